@@ -1,0 +1,23 @@
+//! pgoutput bytes → typed record events.
+//!
+//! Everything here is pure: no sockets, no clocks. The source stage hands each
+//! XLogData payload (one pgoutput message, a zero-copy `Bytes` slice of the
+//! received frame) to [`Decoder::decode`], which keeps the relation and type
+//! caches and turns row messages into [`RecordEvent`]s. Column values stay as
+//! the server's text (`Cell::Text`, still a slice of the received buffer) and
+//! are converted to JSON only when a batch is serialised, or to filter values
+//! only when a filter reads them; so an event that no strategy wants costs
+//! almost nothing.
+//!
+//! Wire input never panics: every read is checked and malformed input is a
+//! [`DecodeError`].
+
+pub mod convert;
+pub mod model;
+pub mod pgoutput;
+pub mod relcache;
+
+mod assemble;
+
+pub use assemble::Decoder;
+pub use model::*;

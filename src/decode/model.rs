@@ -1,0 +1,169 @@
+//! The record event model shared by every later stage.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::lsn::Lsn;
+
+/// What happened to a row.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// A row read by an on-demand or scheduled run, not a change.
+    Read,
+}
+
+impl Op {
+    /// The payload spelling: `insert`, `update`, `delete`, `truncate`, `read`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Read => "read",
+        }
+    }
+}
+
+/// A table's REPLICA IDENTITY setting, as the Relation message reports it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// `d`: primary key columns in the old image.
+    Default,
+    /// `n`: no old image.
+    Nothing,
+    /// `f`: the whole old row.
+    Full,
+    /// `i`: the columns of a chosen unique index.
+    Index,
+}
+
+/// How a column's text value becomes JSON (and a filter value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeKind {
+    Bool,
+    /// int2, int4, int8, oid: exact JSON integers.
+    Int,
+    /// float4, float8: JSON numbers; NaN and ±Infinity as strings.
+    Float,
+    /// numeric: exact JSON number text; NaN and ±Infinity as strings.
+    Numeric,
+    /// json, jsonb: embedded as-is.
+    Json,
+    /// bytea: `\x…` hex → base64 string.
+    Bytea,
+    /// timestamp without time zone: `YYYY-MM-DDTHH:MM:SS[.ffffff]` (no offset).
+    Timestamp,
+    /// timestamptz: RFC 3339 in UTC (`…Z`).
+    Timestamptz,
+    /// Any type whose text form is used unchanged as a JSON string (text,
+    /// varchar, uuid, date, time, interval, inet, enums, unknown types…).
+    Text,
+    /// An array whose elements are of the inner kind.
+    Array(Box<TypeKind>),
+}
+
+/// One column of a relation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub type_oid: u32,
+    pub type_modifier: i32,
+    /// Part of the replica identity key.
+    pub key: bool,
+    pub kind: TypeKind,
+}
+
+/// A published table, as the latest Relation message described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub replica_identity: ReplicaIdentity,
+    pub columns: Vec<Column>,
+}
+
+impl Relation {
+    /// Position of the column with this name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+/// One column value of a tuple.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    /// An unchanged TOASTed value the server did not send.
+    Unchanged,
+    /// The type's text output, UTF-8; a slice of the received buffer.
+    Text(Bytes),
+    /// The type's binary send() output (binary mode only).
+    Binary(Bytes),
+}
+
+/// A row image: one cell per column of the relation, in column order.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tuple(pub Vec<Cell>);
+
+/// One committed change to one row (or one truncated table).
+#[derive(Clone, Debug)]
+pub struct RecordEvent {
+    pub relation: Arc<Relation>,
+    pub op: Op,
+    /// LSN of the transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// Position of this change in its transaction, from 0.
+    pub index: u32,
+    pub xid: u32,
+    /// Commit time, µs since the Unix epoch.
+    pub commit_time: i64,
+    /// New image: inserts and updates (and reads).
+    pub new: Option<Tuple>,
+    /// Old image: deletes, and updates when the replica identity sends one.
+    /// Under DEFAULT/INDEX identity only key columns are present; the
+    /// others are `Cell::Null` meaning "not sent", see [`RecordEvent::old_is_key_only`].
+    pub old: Option<Tuple>,
+}
+
+impl RecordEvent {
+    /// The record id: `<commit LSN>:<index in transaction>`, stable across redeliveries.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.commit_lsn, self.index)
+    }
+
+    /// True when `old` holds only the replica identity key columns.
+    pub fn old_is_key_only(&self) -> bool {
+        self.relation.replica_identity != ReplicaIdentity::Full
+    }
+}
+
+/// What the decoder hands downstream, in WAL order.
+#[derive(Clone, Debug)]
+pub enum SourceEvent {
+    /// A transaction starts. Its changes follow, then `Commit`.
+    Begin {
+        xid: u32,
+        commit_lsn: Lsn,
+        /// µs since the Unix epoch.
+        commit_time: i64,
+    },
+    /// One change of the current transaction.
+    Record(RecordEvent),
+    /// The current transaction ends. `end_lsn` is the position to acknowledge
+    /// once everything in it has been delivered.
+    Commit { commit_lsn: Lsn, end_lsn: Lsn },
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Bytes,
+    },
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("walhook {}", env!("CARGO_PKG_VERSION"));
+}
