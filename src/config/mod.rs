@@ -148,7 +148,8 @@ pub struct ExprSite<'a> {
 impl Config {
     /// Reads, interpolates (from the process environment), parses and
     /// validates `path`. Every problem found is in the error.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
+        let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|err| {
             let mut errors = ConfigErrors::default();
             errors.push("", format!("cannot read {}: {err}", path.display()));
