@@ -239,7 +239,24 @@ impl RelationCache {
     /// identical description keeps the existing `Arc`, so events before and
     /// after share it.
     pub fn update(&mut self, body: RelationBody, types: &TypeCache) -> Arc<Relation> {
-        let relation = Relation {
+        self.insert(Arc::new(Self::build(body, types)))
+    }
+
+    /// Caches a relation built elsewhere (e.g. inside a streamed
+    /// transaction), keeping the existing `Arc` when nothing changed.
+    pub fn insert(&mut self, relation: Arc<Relation>) -> Arc<Relation> {
+        match self.relations.get(&relation.oid) {
+            Some(existing) if **existing == *relation => Arc::clone(existing),
+            _ => {
+                self.relations.insert(relation.oid, Arc::clone(&relation));
+                relation
+            }
+        }
+    }
+
+    /// The relation a Relation message describes, with column kinds resolved.
+    pub fn build(body: RelationBody, types: &TypeCache) -> Relation {
+        Relation {
             oid: body.oid,
             schema: if body.namespace.is_empty() {
                 String::from("pg_catalog")
@@ -259,14 +276,6 @@ impl RelationCache {
                     key: c.flags & COLUMN_FLAG_KEY != 0,
                 })
                 .collect(),
-        };
-        match self.relations.get(&relation.oid) {
-            Some(existing) if **existing == relation => Arc::clone(existing),
-            _ => {
-                let relation = Arc::new(relation);
-                self.relations.insert(relation.oid, Arc::clone(&relation));
-                relation
-            }
         }
     }
 
