@@ -558,50 +558,50 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds messages the way proto.c writes them.
     #[derive(Default)]
-    struct W(Vec<u8>);
+    pub(crate) struct W(pub(crate) Vec<u8>);
 
     impl W {
-        fn tag(t: u8) -> Self {
+        pub(crate) fn tag(t: u8) -> Self {
             W(vec![t])
         }
-        fn u8(mut self, v: u8) -> Self {
+        pub(crate) fn u8(mut self, v: u8) -> Self {
             self.0.push(v);
             self
         }
-        fn i16(mut self, v: i16) -> Self {
+        pub(crate) fn i16(mut self, v: i16) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn i32(mut self, v: i32) -> Self {
+        pub(crate) fn i32(mut self, v: i32) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn u32(mut self, v: u32) -> Self {
+        pub(crate) fn u32(mut self, v: u32) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn u64(mut self, v: u64) -> Self {
+        pub(crate) fn u64(mut self, v: u64) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn str(mut self, s: &str) -> Self {
+        pub(crate) fn str(mut self, s: &str) -> Self {
             self.0.extend_from_slice(s.as_bytes());
             self.0.push(0);
             self
         }
-        fn raw(mut self, b: &[u8]) -> Self {
+        pub(crate) fn raw(mut self, b: &[u8]) -> Self {
             self.0.extend_from_slice(b);
             self
         }
-        fn text(self, s: &str) -> Self {
+        pub(crate) fn text(self, s: &str) -> Self {
             self.u8(b't').i32(s.len() as i32).raw(s.as_bytes())
         }
-        fn bytes(self) -> Bytes {
+        pub(crate) fn bytes(self) -> Bytes {
             Bytes::from(self.0)
         }
     }
