@@ -546,6 +546,8 @@ mod tests {
         let v = json(r);
         assert_eq!(v["new"], serde_json::json!({"id": 1, "amount": 2.0}));
         assert_eq!(v["unchanged_toast"], serde_json::json!(["doc"]));
+        assert_eq!(r.unchanged_toast().collect::<Vec<_>>(), ["doc"]);
+        assert_eq!(r.row(), r.new.as_ref());
         assert_eq!(v["old"], serde_json::Value::Null);
     }
 
@@ -601,6 +603,8 @@ mod tests {
         assert_eq!(json(recs[1])["old"], serde_json::json!({"id": 7}));
         assert_eq!(json(recs[1])["new"], serde_json::Value::Null);
         assert_eq!(recs[1].op, Op::Delete);
+        assert_eq!(recs[1].row().and_then(|t| t.get(0)), Some(&text("7")));
+        assert_eq!(recs[1].unchanged_toast().count(), 0);
     }
 
     #[test]
@@ -685,6 +689,10 @@ mod tests {
         d.decode(begin(1, 0x100), &mut out).unwrap();
         let err = d.decode(insert(ORDERS, None, "1"), &mut out).unwrap_err();
         assert!(matches!(err, DecodeError::UnknownRelation(ORDERS)));
+        assert!(
+            err.is_transient(),
+            "a reconnect makes the server resend relations"
+        );
         assert!(err.to_string().contains("16384"), "{err}");
     }
 

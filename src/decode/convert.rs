@@ -519,22 +519,18 @@ impl RecordEvent {
         self.write_image(self.new.as_ref(), false, out);
         out.extend_from_slice(b",\"old\":");
         self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
-        if let Some(new) = &self.new {
-            let mut first = true;
-            for (col, cell) in rel.columns.iter().zip(&new.0) {
-                if *cell == Cell::Unchanged {
-                    out.extend_from_slice(if first {
-                        b",\"unchanged_toast\":["
-                    } else {
-                        b","
-                    });
-                    write_json_string(col.name.as_bytes(), out);
-                    first = false;
-                }
-            }
-            if !first {
-                out.push(b']');
-            }
+        let mut first = true;
+        for name in self.unchanged_toast() {
+            out.extend_from_slice(if first {
+                b",\"unchanged_toast\":["
+            } else {
+                b","
+            });
+            write_json_string(name.as_bytes(), out);
+            first = false;
+        }
+        if !first {
+            out.push(b']');
         }
         out.push(b'}');
     }

@@ -60,6 +60,21 @@ pub enum DecodeError {
     OutOfOrder { tag: char, why: &'static str },
 }
 
+impl DecodeError {
+    /// True when a fresh session can cure it: the stream got out of step
+    /// (a row before its relation, a tuple that does not fit), and
+    /// reconnecting makes the server resend relations. Everything else is
+    /// input this decoder does not understand, which a retry only repeats.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            DecodeError::UnknownRelation(_)
+                | DecodeError::ColumnCount { .. }
+                | DecodeError::OutOfOrder { .. }
+        )
+    }
+}
+
 /// Column flag bit: the column is part of the replica identity key.
 pub const COLUMN_FLAG_KEY: u8 = 1;
 /// Truncate option bit: CASCADE.
@@ -960,6 +975,9 @@ pub(crate) mod tests {
             parse(&W::tag(b'Z').bytes(), false),
             Err(DecodeError::UnknownTag('Z'))
         ));
+        assert!(!parse(&W::tag(b'P').bytes(), false)
+            .unwrap_err()
+            .is_transient());
         assert!(matches!(
             parse(&Bytes::new(), false),
             Err(DecodeError::Malformed(_))
