@@ -944,3 +944,14 @@ mod tests {
         assert!(Arc::ptr_eq(&records(&events)[0].relation, session));
     }
 }
+
+#[cfg(test)]
+mod send_check {
+    /// The source stage moves the decoder into a task.
+    #[test]
+    fn decoder_and_events_are_send() {
+        fn send<T: Send + 'static>() {}
+        send::<super::Decoder>();
+        send::<super::SourceEvent>();
+    }
+}
