@@ -194,11 +194,14 @@ fn write_bytea(text: &[u8], out: &mut Vec<u8>) {
     // of the chunks concatenates without padding in between.
     let mut raw = [0u8; 768];
     for chunk in hex.chunks(raw.len() * 2) {
-        let n = chunk.len() / 2;
+        let mut n = 0;
         for (dst, pair) in raw.iter_mut().zip(chunk.chunks_exact(2)) {
-            *dst = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
+            if let [hi, lo] = pair {
+                *dst = (hex_val(*hi) << 4) | hex_val(*lo);
+                n += 1;
+            }
         }
-        write_base64(&raw[..n], out);
+        write_base64(raw.get(..n).unwrap_or_default(), out);
     }
     out.push(b'"');
 }
@@ -217,9 +220,11 @@ fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
     let start = out.len();
     let len = bytes.len().div_ceil(3) * 4;
     out.resize(start + len, 0);
-    let written = base64::engine::general_purpose::STANDARD
-        .encode_slice(bytes, &mut out[start..])
-        .unwrap_or(0);
+    let written = out.get_mut(start..).map_or(0, |buf| {
+        base64::engine::general_purpose::STANDARD
+            .encode_slice(bytes, buf)
+            .unwrap_or(0)
+    });
     out.truncate(start + written);
 }
 
@@ -235,71 +240,59 @@ fn write_timestamp(text: &[u8], with_zone: bool, out: &mut Vec<u8>) {
 }
 
 fn try_write_timestamp(t: &[u8], with_zone: bool, out: &mut Vec<u8>) -> bool {
-    let is_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
     let Some(space) = t.iter().position(|&b| b == b' ') else {
         return false;
     };
-    let (date, rest) = (&t[..space], &t[space + 1..]);
-    // YYYY…-MM-DD
-    let n = date.len();
-    if n < 10
-        || !is_digits(&date[..n - 6])
-        || date[n - 6] != b'-'
-        || !is_digits(&date[n - 5..n - 3])
-        || date[n - 3] != b'-'
-        || !is_digits(&date[n - 2..])
-    {
+    let (date, rest) = t.split_at(space);
+    // YYYY…-MM-DD (four or more year digits)
+    let Some((year, month_day)) = date.split_at_checked(date.len().saturating_sub(6)) else {
+        return false;
+    };
+    let [b'-', m1, m2, b'-', d1, d2] = month_day else {
+        return false;
+    };
+    if year.len() < 4 || !digits(year) || !digits(&[*m1, *m2, *d1, *d2]) {
         return false;
     }
-    // HH:MM:SS[.f…]
-    if rest.len() < 8
-        || !is_digits(&rest[0..2])
-        || rest[2] != b':'
-        || !is_digits(&rest[3..5])
-        || rest[5] != b':'
-        || !is_digits(&rest[6..8])
-    {
+    // ' 'HH:MM:SS[.f…] then the zone
+    let [b' ', h1, h2, b':', n1, n2, b':', s1, s2, after @ ..] = rest else {
+        return false;
+    };
+    if !digits(&[*h1, *h2, *n1, *n2, *s1, *s2]) {
         return false;
     }
-    let mut end = 8;
-    if rest.get(end) == Some(&b'.') {
-        let frac = rest[end + 1..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        if frac == 0 {
-            return false;
+    let (fraction, zone) = match after {
+        [b'.', more @ ..] => {
+            let n = more.iter().take_while(|b| b.is_ascii_digit()).count();
+            if n == 0 {
+                return false;
+            }
+            after.split_at(n + 1)
         }
-        end += 1 + frac;
-    }
-    let (time, zone) = rest.split_at(end);
+        _ => after.split_at(0),
+    };
     out.push(b'"');
     out.extend_from_slice(date);
-    out.push(b'T');
-    out.extend_from_slice(time);
+    out.extend_from_slice(&[b'T', *h1, *h2, b':', *n1, *n2, b':', *s1, *s2]);
+    out.extend_from_slice(fraction);
     if with_zone {
         // ±HH, ±HH:MM or ±HH:MM:SS (historical offsets); RFC 3339 has no seconds.
-        let (sign, hm) = match zone.split_first() {
-            Some((&s @ (b'+' | b'-'), rest)) => (s, rest),
-            _ => return false,
-        };
-        let (hh, mm) = match hm.len() {
-            2 if is_digits(hm) => (hm, &b"00"[..]),
-            5 | 8 if hm[2] == b':' && is_digits(&hm[..2]) && is_digits(&hm[3..5]) => {
-                if hm.len() == 8 && (hm[5] != b':' || &hm[6..8] != b"00") {
-                    return false;
-                }
-                (&hm[..2], &hm[3..5])
+        let (sign, hh, mm) = match zone {
+            [sign @ (b'+' | b'-'), h1, h2] => (sign, [*h1, *h2], *b"00"),
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => (sign, [*h1, *h2], [*m1, *m2]),
+            [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2, b':', b'0', b'0'] => {
+                (sign, [*h1, *h2], [*m1, *m2])
             }
             _ => return false,
         };
-        if hh == b"00" && mm == b"00" {
+        if !digits(&hh) || !digits(&mm) {
+            return false;
+        }
+        if hh == *b"00" && mm == *b"00" {
             out.push(b'Z');
         } else {
-            out.push(sign);
-            out.extend_from_slice(hh);
-            out.push(b':');
-            out.extend_from_slice(mm);
+            out.extend_from_slice(&[*sign, hh[0], hh[1], b':', mm[0], mm[1]]);
         }
     } else if !zone.is_empty() {
         return false;

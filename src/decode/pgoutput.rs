@@ -533,7 +533,7 @@ impl Reader<'_> {
                 what: "string without its NUL terminator",
             });
         };
-        let s = String::from_utf8_lossy(&rest[..nul]).into_owned();
+        let s = String::from_utf8_lossy(rest.get(..nul).unwrap_or_default()).into_owned();
         self.pos += nul + 1;
         Ok(s)
     }
