@@ -10,7 +10,15 @@
 //! almost nothing.
 //!
 //! Wire input never panics: every read is checked and malformed input is a
-//! [`DecodeError`].
+//! [`DecodeError`] (a property test feeds it random and mutated real messages).
+//!
+//! - [`pgoutput`]: one message's bytes → [`pgoutput::LogicalMessage`] (stateless).
+//! - [`relcache`]: Relation/Type messages → [`Relation`]s with a [`TypeKind`] per column.
+//! - [`Decoder`] (assemble.rs): messages → [`SourceEvent`]s: transactions and
+//!   record ids, key-only and full old images, unchanged TOAST, v2 streams.
+//! - [`convert`]: server text → JSON bytes, and [`RecordEvent::write_json`].
+//!
+//! [`DecodeError`]: pgoutput::DecodeError
 
 pub mod convert;
 pub mod model;

@@ -112,6 +112,13 @@ pub enum Cell {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Tuple(pub Vec<Cell>);
 
+impl Tuple {
+    /// The cell at a column position (see [`Relation::column_index`]).
+    pub fn get(&self, index: usize) -> Option<&Cell> {
+        self.0.get(index)
+    }
+}
+
 /// One committed change to one row (or one truncated table).
 #[derive(Clone, Debug)]
 pub struct RecordEvent {
@@ -141,6 +148,27 @@ impl RecordEvent {
     /// True when `old` holds only the replica identity key columns.
     pub fn old_is_key_only(&self) -> bool {
         self.relation.replica_identity != ReplicaIdentity::Full
+    }
+
+    /// The image filters call `row`: `new` for inserts, updates and reads,
+    /// `old` for deletes; `None` for truncates.
+    pub fn row(&self) -> Option<&Tuple> {
+        match self.op {
+            Op::Delete => self.old.as_ref(),
+            _ => self.new.as_ref(),
+        }
+    }
+
+    /// Names of the columns whose new value is an unchanged TOASTed value
+    /// the server did not send (the payload's `unchanged_toast`).
+    pub fn unchanged_toast(&self) -> impl Iterator<Item = &str> {
+        let cells = self.new.as_ref().map_or(&[][..], |t| &t.0[..]);
+        self.relation
+            .columns
+            .iter()
+            .zip(cells)
+            .filter(|(_, cell)| **cell == Cell::Unchanged)
+            .map(|(col, _)| col.name.as_str())
     }
 }
 
