@@ -1,3 +1,159 @@
-fn main() {
-    println!("walhook {}", env!("CARGO_PKG_VERSION"));
+//! The `walhook` command line: parses arguments, sets up logging, loads the
+//! configuration (exit 2 on any problem, before touching the database) and
+//! runs the chosen command with a shutdown token that SIGTERM/SIGINT cancel.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use walhook::app::{self, RunOptions};
+use walhook::config::Config;
+
+/// Exit code for a bad configuration or usage (clap also uses 2).
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure at run time.
+const EXIT_RUNTIME: u8 = 1;
+/// The environment variable holding the log filter.
+const LOG_ENV: &str = "WALHOOK_LOG";
+
+/// Change-data-capture for PostgreSQL: committed changes to batched, signed webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "walhook", version, about)]
+struct Cli {
+    /// Log line format (logs go to stderr; filter with WALHOOK_LOG, e.g. "info,walhook=debug").
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tail the replication slot and deliver changes (the main job).
+    Run {
+        /// The configuration file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Print batches to stdout instead of sending them.
+        #[arg(long)]
+        stdout: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(message) = init_logging(cli.log_format) {
+        eprintln!("walhook: {message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    match cli.command {
+        Command::Run { config, stdout } => {
+            let Some(config) = load_config(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            run_until_signal(|shutdown| app::run(config, RunOptions { stdout }, shutdown))
+        }
+    }
+}
+
+/// Loads and validates the configuration, printing every problem to stderr.
+fn load_config(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            let count = errors.iter().count();
+            let noun = if count == 1 { "problem" } else { "problems" };
+            eprintln!("walhook: {} has {count} {noun}:", path.display());
+            for error in errors.iter() {
+                // Multi-line messages (TOML syntax errors) stay readable indented.
+                eprintln!("  - {}", error.to_string().replace('\n', "\n    "));
+            }
+            None
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    let filter = match std::env::var(LOG_ENV) {
+        Ok(spec) => {
+            EnvFilter::try_new(&spec).map_err(|err| format!("invalid {LOG_ENV}={spec:?}: {err}"))?
+        }
+        Err(_) => EnvFilter::new("info"),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// Runs `job` on a Tokio runtime. The first SIGTERM or SIGINT cancels its
+/// shutdown token (a graceful stop); a second one exits at once.
+fn run_until_signal<F, Fut>(job: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("walhook: cannot start the async runtime: {err}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        if let Err(err) = spawn_signal_handler(shutdown.clone()) {
+            tracing::error!(error = %err, "cannot install signal handlers");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+        match job(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = format!("{err:#}"), "walhook stopped");
+                ExitCode::from(EXIT_RUNTIME)
+            }
+        }
+    })
+}
+
+fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let mut received = 0;
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            received += 1;
+            if received == 1 {
+                tracing::info!(
+                    signal = name,
+                    "shutting down; send it again to exit at once"
+                );
+                shutdown.cancel();
+            } else {
+                tracing::warn!(signal = name, "second signal, exiting now");
+                std::process::exit(i32::from(EXIT_RUNTIME));
+            }
+        }
+    });
+    Ok(())
 }

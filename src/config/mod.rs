@@ -1,1 +1,489 @@
-//! TODO(stage): config
+//! `config.toml`: what to read, where to send it, and how.
+//!
+//! Loading goes in four steps, and every step keeps going after an error so
+//! the user sees every problem at once, each with its dotted path
+//! (`strategies[1].on_update: …`):
+//!
+//! 1. TOML syntax (an error here stops everything; it keeps toml's line and
+//!    column).
+//! 2. `${VAR}` interpolation of every string value ([`interpolate`]).
+//! 3. Deserialization of each section, endpoint and strategy on its own, with
+//!    `deny_unknown_fields`; a failing item is probed key by key so that all
+//!    its unknown keys and bad values are reported, not just the first.
+//! 4. [`Config::validate`]: cross-references and values serde cannot check.
+//!
+//! Filter and mapping expressions are compiled by the strategy stage, which
+//! plugs in through [`Config::check_expressions`].
+
+mod de;
+mod endpoint;
+mod error;
+pub mod interpolate;
+mod secret;
+mod strategy;
+mod template;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use endpoint::{Auth, EndpointConfig, OAuth2AuthMethod, OnExhausted, Retry, Signing, Tls};
+pub use error::{ConfigError, ConfigErrors};
+pub use secret::{DatabaseUrl, Secret};
+pub use strategy::{OnDemand, Schedule, StrategyConfig, TableName};
+pub use template::Template;
+
+/// The whole configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[source]`: the database and its replication slot.
+    pub source: SourceConfig,
+    /// `[admin]`: the HTTP port for metrics, health, status and the API.
+    pub admin: AdminConfig,
+    /// `[endpoints.NAME]`: webhook targets, by name.
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// `[[strategies]]`: what is sent where, in file order.
+    pub strategies: Vec<StrategyConfig>,
+}
+
+/// `[source]`: where changes come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// PostgreSQL connection string (`postgres://user:password@host:5432/db`
+    /// or `host=… user=…`); the role needs REPLICATION. Usually
+    /// `"${WALHOOK_DATABASE_URL}"`.
+    pub url: DatabaseUrl,
+    /// The logical replication slot (lower-case letters, digits, `_`).
+    /// Default "walhook".
+    #[serde(default = "default_walhook")]
+    pub slot: String,
+    /// The publication the slot streams. Default "walhook".
+    #[serde(default = "default_walhook")]
+    pub publication: String,
+}
+
+fn default_walhook() -> String {
+    "walhook".to_string()
+}
+
+/// `[admin]`: the admin HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address for `/metrics`, `/healthz`, `/readyz`, `/status` and the API.
+    /// Default "127.0.0.1:9187". A non-loopback address needs `token`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token for the mutating endpoints; unset or empty = they are
+    /// disabled.
+    #[serde(default, deserialize_with = "empty_secret_is_none")]
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9187))
+}
+
+fn empty_secret_is_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Secret>, D::Error> {
+    let secret = Option::<Secret>::deserialize(deserializer)?;
+    Ok(secret.filter(|s| !s.is_empty()))
+}
+
+/// Where an expression sits and what it is evaluated against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExprRole {
+    /// An `on_insert`/`on_update`/`on_delete`/`on_truncate` filter.
+    Filter(FilterOp),
+    /// A `record` field, evaluated per record.
+    Record,
+    /// A `headers`, `query` or `body` value, evaluated per batch.
+    Batch,
+    /// A schedule's `filter`, evaluated per row.
+    ScheduleFilter,
+}
+
+/// The operation a filter applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterOp {
+    /// `on_insert`.
+    Insert,
+    /// `on_update`.
+    Update,
+    /// `on_delete`.
+    Delete,
+    /// `on_truncate`.
+    Truncate,
+}
+
+/// One expression in the file, for the strategy stage to compile.
+#[derive(Debug, Clone)]
+pub struct ExprSite<'a> {
+    /// Its dotted path, e.g. `strategies[0].on_update`.
+    pub path: String,
+    /// The strategy it belongs to (`None` for an endpoint's headers or query,
+    /// which serve every strategy using the endpoint).
+    pub strategy: Option<&'a StrategyConfig>,
+    /// What it is evaluated against.
+    pub role: ExprRole,
+    /// The expression text.
+    pub expr: &'a str,
+}
+
+impl Config {
+    /// Reads, interpolates (from the process environment), parses and
+    /// validates `path`. Every problem found is in the error.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            let mut errors = ConfigErrors::default();
+            errors.push("", format!("cannot read {}: {err}", path.display()));
+            errors
+        })?;
+        Config::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Config::load`], from text, with variables from `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        let mut errors = ConfigErrors::default();
+        let mut table: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(err) => {
+                let err: toml::de::Error = err;
+                errors.push("", err.to_string().trim_end());
+                return Err(errors);
+            }
+        };
+        let mut interpolation_failed = Vec::new();
+        interpolate_table(&mut table, "", env, &mut errors, &mut interpolation_failed);
+        let interpolation_errors = errors.0.len();
+
+        for key in table.keys() {
+            if !["source", "admin", "endpoints", "strategies"].contains(&key.as_str()) {
+                errors.push(
+                    key.as_str(),
+                    "unknown section; expected [source], [admin], [endpoints.NAME] or [[strategies]]",
+                );
+            }
+        }
+        let source = match table.remove("source") {
+            Some(value) => item::<SourceConfig>(value, "source", &mut errors),
+            None => {
+                errors.push(
+                    "source",
+                    "missing: add a [source] section with url = \"postgres://…\"",
+                );
+                None
+            }
+        };
+        let admin = match table.remove("admin") {
+            Some(value) => item::<AdminConfig>(value, "admin", &mut errors),
+            None => Some(AdminConfig::default()),
+        };
+        let mut endpoints = BTreeMap::new();
+        let mut broken_endpoints = BTreeSet::new();
+        match table.remove("endpoints") {
+            Some(toml::Value::Table(entries)) => {
+                for (name, value) in entries {
+                    let path = format!("endpoints.{name}");
+                    match item::<EndpointConfig>(value, &path, &mut errors) {
+                        Some(endpoint) => {
+                            endpoints.insert(name, endpoint);
+                        }
+                        None => {
+                            broken_endpoints.insert(name);
+                        }
+                    }
+                }
+            }
+            Some(_) => errors.push("endpoints", "expected tables: [endpoints.NAME]"),
+            None => {}
+        }
+        let mut strategies = Vec::new();
+        // The index of each parsed strategy in the file, for error paths.
+        let mut strategy_index = Vec::new();
+        match table.remove("strategies") {
+            Some(toml::Value::Array(entries)) => {
+                for (i, value) in entries.into_iter().enumerate() {
+                    if let Some(strategy) =
+                        item::<StrategyConfig>(value, &format!("strategies[{i}]"), &mut errors)
+                    {
+                        strategies.push(strategy);
+                        strategy_index.push(i);
+                    }
+                }
+            }
+            Some(_) => errors.push("strategies", "expected an array of tables: [[strategies]]"),
+            None => {}
+        }
+
+        let (Some(source), Some(admin)) = (source, admin) else {
+            return Err(dedup(errors, interpolation_errors, &interpolation_failed));
+        };
+        let config = Config {
+            source,
+            admin,
+            endpoints,
+            strategies,
+        };
+        errors.extend(validate::validate(&config, &broken_endpoints, &strategy_index).0);
+        dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
+    }
+
+    /// Cross-reference and value checks: strategies name existing endpoints,
+    /// names are unique, sizes are positive, secrets decode, a non-loopback
+    /// admin address has a token, and so on. Empty when all is well.
+    pub fn validate(&self) -> ConfigErrors {
+        let index: Vec<usize> = (0..self.strategies.len()).collect();
+        validate::validate(self, &BTreeSet::new(), &index)
+    }
+
+    /// Every expression in the file with its path and role, in file order.
+    pub fn expressions(&self) -> Vec<ExprSite<'_>> {
+        let mut sites = Vec::new();
+        for (name, endpoint) in &self.endpoints {
+            for (field, map) in [("headers", &endpoint.headers), ("query", &endpoint.query)] {
+                for (key, template) in map {
+                    if let Some(expr) = template.expr() {
+                        sites.push(ExprSite {
+                            path: format!("endpoints.{name}.{field}.{key}"),
+                            strategy: None,
+                            role: ExprRole::Batch,
+                            expr,
+                        });
+                    }
+                }
+            }
+        }
+        for (i, strategy) in self.strategies.iter().enumerate() {
+            let base = format!("strategies[{i}]");
+            let filters = [
+                ("on_insert", &strategy.on_insert, FilterOp::Insert),
+                ("on_update", &strategy.on_update, FilterOp::Update),
+                ("on_delete", &strategy.on_delete, FilterOp::Delete),
+                ("on_truncate", &strategy.on_truncate, FilterOp::Truncate),
+            ];
+            for (field, filter, op) in filters {
+                if let Some(expr) = filter {
+                    sites.push(ExprSite {
+                        path: format!("{base}.{field}"),
+                        strategy: Some(strategy),
+                        role: ExprRole::Filter(op),
+                        expr,
+                    });
+                }
+            }
+            let maps = [
+                ("headers", Some(&strategy.headers), ExprRole::Batch),
+                ("query", Some(&strategy.query), ExprRole::Batch),
+                ("body", Some(&strategy.body), ExprRole::Batch),
+                ("record", strategy.record.as_ref(), ExprRole::Record),
+            ];
+            for (field, map, role) in maps {
+                let Some(map) = map else { continue };
+                for (key, template) in map {
+                    if let Some(expr) = template.expr() {
+                        sites.push(ExprSite {
+                            path: format!("{base}.{field}.{key}"),
+                            strategy: Some(strategy),
+                            role,
+                            expr,
+                        });
+                    }
+                }
+            }
+            for (j, schedule) in strategy.schedules.iter().enumerate() {
+                if let Some(expr) = &schedule.filter {
+                    sites.push(ExprSite {
+                        path: format!("{base}.schedules[{j}].filter"),
+                        strategy: Some(strategy),
+                        role: ExprRole::ScheduleFilter,
+                        expr,
+                    });
+                }
+            }
+        }
+        sites
+    }
+
+    /// Runs `compile` on every expression (the strategy stage's hook) and
+    /// collects its failures at their paths.
+    pub fn check_expressions(
+        &self,
+        compile: impl Fn(&ExprSite<'_>) -> Result<(), String>,
+    ) -> ConfigErrors {
+        let mut errors = ConfigErrors::default();
+        for site in self.expressions() {
+            if let Err(message) = compile(&site) {
+                errors.push(site.path.clone(), message);
+            }
+        }
+        errors
+    }
+
+    /// The endpoint a strategy sends to. `None` only for a config that did
+    /// not pass [`Config::validate`].
+    pub fn endpoint_of(&self, strategy: &StrategyConfig) -> Option<&EndpointConfig> {
+        self.endpoints.get(&strategy.endpoint)
+    }
+}
+
+/// Interpolates every string in `table` in place; failures are recorded at
+/// their path and the value is left as written.
+fn interpolate_table(
+    table: &mut toml::Table,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+    failed: &mut Vec<String>,
+) {
+    for (key, value) in table.iter_mut() {
+        interpolate_value(value, &error::join(path, key), env, errors, failed);
+    }
+}
+
+fn interpolate_value(
+    value: &mut toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut ConfigErrors,
+    failed: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(text) => match interpolate::interpolate(text, env) {
+            Ok(replaced) => *text = replaced,
+            Err(message) => {
+                errors.push(path, message);
+                failed.push(path.to_string());
+            }
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_value(item, &format!("{path}[{i}]"), env, errors, failed);
+            }
+        }
+        toml::Value::Table(table) => interpolate_table(table, path, env, errors, failed),
+        _ => {}
+    }
+}
+
+/// Drops later errors about values whose interpolation already failed: the
+/// first message (the unset variable) is the one to fix.
+fn dedup(errors: ConfigErrors, interpolation_errors: usize, failed: &[String]) -> ConfigErrors {
+    let mut kept = ConfigErrors::default();
+    let mut seen = BTreeSet::new();
+    for (i, error) in errors.0.into_iter().enumerate() {
+        let about_failed_value = i >= interpolation_errors
+            && failed
+                .iter()
+                .any(|p| error.path == *p || error.path.starts_with(&format!("{p}.")));
+        if !about_failed_value && seen.insert(error.to_string()) {
+            kept.0.push(error);
+        }
+    }
+    kept
+}
+
+/// The outcome of one deserialization attempt.
+struct Attempt {
+    error: ConfigError,
+    /// `Some(field)` for "missing field `field`".
+    missing: Option<String>,
+}
+
+/// Deserializes one item (a section, an endpoint, a strategy). When it fails,
+/// each key is tried alone, so every bad key is reported, then the rest
+/// together, for missing fields.
+fn item<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<T> {
+    let first = match attempt::<T>(value.clone(), path) {
+        Ok(item) => return Some(item),
+        Err(first) => first,
+    };
+    let toml::Value::Table(table) = value else {
+        errors.0.push(first.error);
+        return None;
+    };
+    let mut found = Vec::new();
+    let mut bad_keys = BTreeSet::new();
+    for (key, value) in &table {
+        let probe = toml::Table::from_iter([(key.clone(), value.clone())]);
+        if let Err(attempt) = attempt::<T>(toml::Value::Table(probe), path) {
+            if attempt.missing.is_none() {
+                found.push(attempt.error);
+                bad_keys.insert(key.clone());
+            }
+        }
+    }
+    let rest: toml::Table = table
+        .into_iter()
+        .filter(|(key, _)| !bad_keys.contains(key))
+        .collect();
+    if let Err(attempt) = attempt::<T>(toml::Value::Table(rest), path) {
+        let about_bad_key = attempt
+            .missing
+            .as_ref()
+            .is_some_and(|f| bad_keys.contains(f));
+        if !about_bad_key {
+            found.push(attempt.error);
+        }
+    }
+    if found.is_empty() {
+        found.push(first.error);
+    }
+    errors.extend(found);
+    None
+}
+
+fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Attempt> {
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|err| {
+        let mut path = base.to_string();
+        for segment in err.path() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => path = error::join(&path, key),
+                serde_path_to_error::Segment::Enum { .. }
+                | serde_path_to_error::Segment::Unknown => {}
+            }
+        }
+        let message = err.into_inner().message().to_string();
+        let quoted = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_string)
+        };
+        // serde_path_to_error stops at the struct for some formats and at
+        // the key for others; make sure the path ends at the unknown key.
+        if let Some(field) = quoted("unknown field `") {
+            if !path.ends_with(&format!(".{field}")) {
+                path = error::join(&path, &field);
+            }
+        }
+        let missing = quoted("missing field `");
+        Attempt {
+            error: ConfigError::new(path, message),
+            missing,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

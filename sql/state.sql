@@ -1,0 +1,62 @@
+-- walhook state schema.
+--
+-- walhook keeps a little state in the source database, in its own schema:
+-- dead letters, on-demand/scheduled runs, and the boundaries of batches it
+-- has sent but Postgres has not yet been told are delivered. Everything here
+-- is idempotent (CREATE ... IF NOT EXISTS): running it again is harmless.
+--
+-- Keep the schema out of the publication. walhook's own writes here must not
+-- be streamed back to it (a FOR ALL TABLES publication would do that).
+
+CREATE SCHEMA IF NOT EXISTS walhook;
+
+COMMENT ON SCHEMA walhook IS 'State of the walhook change-data-capture sidecar';
+
+-- Batches that ran out of delivery attempts with on_exhausted = "dead_letter".
+-- walhook moved on past them; replay one with POST /dead-letters/{id}/replay.
+CREATE TABLE IF NOT EXISTS walhook.dead_letters (
+    id          bigserial   PRIMARY KEY,
+    strategy    text        NOT NULL,   -- the [[strategies]] name
+    batch_id    text        NOT NULL,   -- the webhook-id header / batch.id it was sent with
+    first_lsn   pg_lsn      NOT NULL,   -- commit LSN of its first record
+    last_lsn    pg_lsn      NOT NULL,   -- commit LSN of its last record
+    payload     jsonb       NOT NULL,   -- the request body, as it was sent
+    last_status integer,                -- HTTP status of the last attempt; NULL = no response
+    last_error  text,                   -- why the last attempt failed (never a secret)
+    attempts    integer     NOT NULL,   -- how many attempts were made
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS dead_letters_strategy_idx
+    ON walhook.dead_letters (strategy, id);
+
+-- On-demand (admin API) and scheduled runs over a table's current rows.
+CREATE TABLE IF NOT EXISTS walhook.runs (
+    id          bigserial   PRIMARY KEY,
+    strategy    text        NOT NULL,   -- the [[strategies]] name
+    trigger     text        NOT NULL,   -- what started it: on-demand (sync/async) or a schedule
+    filter      text,                   -- the row filter expression used, if any
+    state       text        NOT NULL,   -- e.g. running, succeeded, failed
+    counts      jsonb       NOT NULL DEFAULT '{}'::jsonb,  -- rows read, records and batches sent
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,            -- NULL while running
+    error       text                    -- why it failed, if it did
+);
+
+CREATE INDEX IF NOT EXISTS runs_strategy_idx
+    ON walhook.runs (strategy, id);
+
+-- Batches sent (or being sent) but not yet acknowledged to Postgres. After a
+-- restart Postgres streams those changes again; walhook re-forms batches with
+-- exactly these boundaries, so a redelivered batch carries the same batch id
+-- and webhook-id, and receivers can de-duplicate. Rows are deleted once the
+-- acknowledged position passes last_lsn.
+CREATE TABLE IF NOT EXISTS walhook.batches (
+    strategy        text        NOT NULL,  -- the [[strategies]] name
+    batch_id        text        NOT NULL,  -- batch.id / webhook-id
+    first_record_id text        NOT NULL,  -- records[0].id  ("<commit LSN>:<index>")
+    last_record_id  text        NOT NULL,  -- the last records[].id
+    last_lsn        pg_lsn      NOT NULL,  -- commit LSN of the last record
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (strategy, batch_id)
+);

@@ -1,0 +1,34 @@
+-- walhook teardown: drop the replication slot and the publication, and, when
+-- asked, the state schema.
+--
+--   psql "postgres://admin@db/shop" -v ON_ERROR_STOP=1 \
+--        -v slot=walhook -v publication=walhook [-v drop_state=1] \
+--        -f sql/teardown.sql
+--
+-- Stop walhook first: an active slot cannot be dropped. Dropping the slot
+-- lets the server recycle the WAL it was holding; changes not yet delivered
+-- are then lost to walhook.
+--
+-- The state schema (dead letters, run history) is kept unless
+-- -v drop_state=1 is given.
+
+\set ON_ERROR_STOP on
+\if :{?slot}
+\else
+\set slot walhook
+\endif
+\if :{?publication}
+\else
+\set publication walhook
+\endif
+
+SELECT pg_drop_replication_slot(slot_name)
+FROM pg_replication_slots
+WHERE slot_name = :'slot' AND database = current_database();
+
+SELECT format('DROP PUBLICATION IF EXISTS %I', :'publication')
+\gexec
+
+\if :{?drop_state}
+DROP SCHEMA IF EXISTS walhook CASCADE;
+\endif

@@ -1,0 +1,216 @@
+//! `[endpoints.NAME]`: where and how batches are sent.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::de;
+use super::secret::Secret;
+use super::template::Template;
+
+/// One webhook endpoint. Strategies refer to it by its name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// The URL batches are POSTed to (`http://` or `https://`).
+    pub url: String,
+    /// Time allowed for one whole request, from connecting to the last byte
+    /// of the response. Default "30s".
+    #[serde(default = "default_timeout", deserialize_with = "de::duration")]
+    pub timeout: Duration,
+    /// Time allowed to establish the connection (TCP and TLS). Default "10s".
+    #[serde(default = "default_connect_timeout", deserialize_with = "de::duration")]
+    pub connect_timeout: Duration,
+    /// Extra request headers for every strategy using this endpoint: text, or
+    /// `{ expr = "…" }` evaluated per batch. A strategy's own `headers` win key by key.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Template>,
+    /// Query-string parameters added to `url`, text or `{ expr = "…" }`.
+    #[serde(default)]
+    pub query: BTreeMap<String, Template>,
+    /// How to authenticate; default `{ type = "none" }`.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Standard Webhooks signing (`webhook-signature` header); absent = unsigned.
+    #[serde(default)]
+    pub signing: Option<Signing>,
+    /// TLS settings for `https://` URLs.
+    #[serde(default)]
+    pub tls: Tls,
+    /// What to do when a delivery fails.
+    #[serde(default)]
+    pub retry: Retry,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Authentication, chosen by `type`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Auth {
+    /// No authentication.
+    #[default]
+    None,
+    /// HTTP Basic: `Authorization: Basic base64(username:password)`.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password (secret).
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token (secret).
+        token: Secret,
+    },
+    /// A key in a header of your choice, e.g. `X-Api-Key`.
+    ApiKey {
+        /// The header name.
+        header: String,
+        /// The header value (secret).
+        value: Secret,
+    },
+    /// OAuth 2.0 client credentials: a token is fetched from `token_url`,
+    /// cached until it expires, and sent as `Authorization: Bearer`.
+    Oauth2 {
+        /// The token endpoint.
+        token_url: String,
+        /// The client id.
+        client_id: String,
+        /// The client secret (secret).
+        client_secret: Secret,
+        /// The `scope` parameter, if the provider wants one.
+        #[serde(default)]
+        scope: Option<String>,
+        /// The `audience` parameter, if the provider wants one.
+        #[serde(default)]
+        audience: Option<String>,
+        /// Extra form parameters for the token request.
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+        /// How the client credentials are sent: "basic" (HTTP Basic header,
+        /// the default) or "post" (form fields).
+        #[serde(default)]
+        auth_method: OAuth2AuthMethod,
+    },
+}
+
+/// How OAuth 2.0 client credentials reach the token endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuth2AuthMethod {
+    /// `Authorization: Basic` (client_secret_basic).
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the form body (client_secret_post).
+    Post,
+}
+
+/// Standard Webhooks signing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signing {
+    /// The signing secret, or a list of them while rotating (each one signs,
+    /// so receivers holding either verify). `whsec_…` secrets are base64 after
+    /// the prefix and must decode to at least 24 bytes.
+    #[serde(deserialize_with = "one_or_many")]
+    pub secret: Vec<Secret>,
+    /// Also put a signed token in the payload (`"token"`), for receivers that
+    /// cannot read headers. Default false.
+    #[serde(default)]
+    pub include_token: bool,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Secret),
+        Many(Vec<Secret>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(secret)) => Ok(vec![secret]),
+        Ok(OneOrMany::Many(secrets)) => Ok(secrets),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a secret string or a list of secret strings",
+        )),
+    }
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// A PEM file of CA certificates to trust in addition to the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) for mutual TLS; needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. Only for testing: it disables the
+    /// protection TLS gives. Default false.
+    #[serde(default)]
+    pub danger_accept_invalid_certs: bool,
+}
+
+/// Retry policy: exponential backoff with full jitter between `initial` and
+/// `max`, honouring `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts per batch before `on_exhausted` applies; 0 (the default)
+    /// retries forever.
+    #[serde(default)]
+    pub max_attempts: u32,
+    /// The first backoff. Default "1s".
+    #[serde(default = "default_initial", deserialize_with = "de::duration")]
+    pub initial: Duration,
+    /// The longest backoff. Default "5m".
+    #[serde(default = "default_max", deserialize_with = "de::duration")]
+    pub max: Duration,
+    /// After `max_attempts`: "block" (the default: keep retrying, hold the
+    /// slot) or "dead_letter" (store the batch in walhook.dead_letters, move on).
+    #[serde(default)]
+    pub on_exhausted: OnExhausted,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            max_attempts: 0,
+            initial: default_initial(),
+            max: default_max(),
+            on_exhausted: OnExhausted::default(),
+        }
+    }
+}
+
+fn default_initial() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// What happens to a batch whose attempts are exhausted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    /// Keep retrying; the slot holds WAL until it is delivered.
+    #[default]
+    Block,
+    /// Store it in `walhook.dead_letters` and go on with the next batch.
+    DeadLetter,
+}

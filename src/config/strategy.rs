@@ -1,0 +1,164 @@
+//! `[[strategies]]`: which changes, filtered how, mapped how, sent where.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::de;
+use super::template::Template;
+
+/// One strategy: the changes of one table that pass its filters, batched and
+/// sent to one endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConfig {
+    /// A unique name (letters, digits, `_` and `-`): in payloads, metrics,
+    /// logs and the admin API.
+    pub name: String,
+    /// The table, "schema.table" or "table" (schema `public`), spelled as
+    /// in the catalog (case-sensitive, no quotes).
+    pub table: TableName,
+    /// The name of the `[endpoints.NAME]` to send to.
+    pub endpoint: String,
+    /// Filter for inserts; present = inserts are sent when it is true
+    /// (`"true"` for all). Absent = inserts are not sent.
+    #[serde(default)]
+    pub on_insert: Option<String>,
+    /// Filter for updates (`new.*`, `old.*`, `changed("col")`); absent = not sent.
+    #[serde(default)]
+    pub on_update: Option<String>,
+    /// Filter for deletes (`old.*`, `row.*`); absent = not sent.
+    #[serde(default)]
+    pub on_delete: Option<String>,
+    /// Filter for truncates (`table`, `schema`; no row); absent = not sent.
+    #[serde(default)]
+    pub on_truncate: Option<String>,
+    /// Most records per request. Default 100.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Most bytes of records per request (a single larger record still goes,
+    /// alone). Default 1048576 (1 MiB).
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    /// How long a batch that is not full waits for more records. Default "20ms".
+    #[serde(default = "default_linger", deserialize_with = "de::duration")]
+    pub linger: Duration,
+    /// The database role on-demand and scheduled runs read the table as
+    /// (`SET ROLE`); absent = the source connection's role.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Request headers, merged over the endpoint's key by key: text or `{ expr = "…" }`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Template>,
+    /// Query-string parameters, merged over the endpoint's key by key.
+    #[serde(default)]
+    pub query: BTreeMap<String, Template>,
+    /// Extra top-level payload fields: text or `{ expr = "…" }`.
+    #[serde(default)]
+    pub body: BTreeMap<String, Template>,
+    /// Per-record fields replacing the whole row in `new`/`old`; absent = the
+    /// whole row.
+    #[serde(default)]
+    pub record: Option<BTreeMap<String, Template>>,
+    /// Which on-demand runs the admin API allows.
+    #[serde(default)]
+    pub on_demand: OnDemand,
+    /// Scheduled runs over the table's current rows.
+    #[serde(default)]
+    pub schedules: Vec<Schedule>,
+}
+
+fn default_batch_size() -> usize {
+    100
+}
+
+fn default_max_batch_bytes() -> usize {
+    1024 * 1024
+}
+
+fn default_linger() -> Duration {
+    Duration::from_millis(20)
+}
+
+/// Which on-demand runs (`POST /strategies/NAME/runs`) are allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemand {
+    /// Allow `?mode=sync`: the request waits for the delivery. Default false.
+    #[serde(default)]
+    pub sync: bool,
+    /// Most rows a sync run may send. Default 1000.
+    #[serde(default = "default_sync_limit")]
+    pub sync_limit: u64,
+    /// Allow `?mode=async`: a run in the background, polled at `/runs/ID`. Default false.
+    #[serde(default)]
+    pub r#async: bool,
+}
+
+impl Default for OnDemand {
+    fn default() -> Self {
+        OnDemand {
+            sync: false,
+            sync_limit: default_sync_limit(),
+            r#async: false,
+        }
+    }
+}
+
+fn default_sync_limit() -> u64 {
+    1000
+}
+
+/// A scheduled run: at each `cron` time, the rows matching `filter` are sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// When: a 5-field cron expression ("minute hour day month weekday").
+    pub cron: String,
+    /// Which rows (`row.*`); absent = all.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The IANA time zone `cron` is read in; default UTC.
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+/// A table name with its schema.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableName {
+    /// The schema (`public` when not written).
+    pub schema: String,
+    /// The table.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses "schema.table" or "table" (schema `public`).
+    pub fn parse(text: &str) -> Result<TableName, String> {
+        let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(format!(
+                "invalid table {text:?}: write \"schema.table\" or \"table\" (schema public)"
+            ));
+        }
+        Ok(TableName {
+            schema: schema.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TableName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,378 @@
+//! Checks serde cannot make: cross-references, ranges, secrets that must
+//! decode, files that must exist. Messages name the field, never a secret.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+
+use super::endpoint::{Auth, EndpointConfig};
+use super::error::ConfigErrors;
+use super::secret::Secret;
+use super::strategy::StrategyConfig;
+use super::template::Template;
+use super::Config;
+
+/// Headers walhook sets itself; configuring them would break signing or
+/// de-duplication.
+const RESERVED_HEADERS: [&str; 4] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "content-type",
+];
+
+/// Validates `config`. Strategies are reported at `strategies[index[i]]`;
+/// endpoints in `broken` failed to parse, so references to them are not
+/// reported again.
+pub(super) fn validate(
+    config: &Config,
+    broken: &BTreeSet<String>,
+    index: &[usize],
+) -> ConfigErrors {
+    let mut errors = ConfigErrors::default();
+    source(config, &mut errors);
+    admin(config, &mut errors);
+    for (name, endpoint) in &config.endpoints {
+        self::endpoint(name, endpoint, &mut errors);
+    }
+    let mut names = BTreeMap::new();
+    for (i, strategy) in config.strategies.iter().enumerate() {
+        let path = format!("strategies[{}]", index.get(i).copied().unwrap_or(i));
+        if let Some(first) = names.insert(strategy.name.as_str(), path.clone()) {
+            errors.push(
+                format!("{path}.name"),
+                format!(
+                    "duplicate strategy name {:?} (also {first}); names must be unique",
+                    strategy.name
+                ),
+            );
+        }
+        self::strategy(&path, strategy, config, broken, &mut errors);
+    }
+    errors
+}
+
+fn source(config: &Config, errors: &mut ConfigErrors) {
+    let source = &config.source;
+    if source.url.expose().trim().is_empty() {
+        errors.push(
+            "source.url",
+            "empty: set it to a PostgreSQL connection string, e.g. \"${WALHOOK_DATABASE_URL}\"",
+        );
+    } else if let Err(err) = source.url.expose().parse::<tokio_postgres::Config>() {
+        // tokio-postgres's messages name the option, never its value.
+        errors.push(
+            "source.url",
+            format!("not a valid PostgreSQL connection string: {err}"),
+        );
+    }
+    let slot_ok = !source.slot.is_empty()
+        && source.slot.len() <= 63
+        && source
+            .slot
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !slot_ok {
+        errors.push(
+            "source.slot",
+            format!(
+                "invalid slot name {:?}: use 1 to 63 lower-case letters, digits or underscores",
+                source.slot
+            ),
+        );
+    }
+    if source.publication.is_empty() || source.publication.len() > 63 {
+        errors.push("source.publication", "must be 1 to 63 bytes long");
+    }
+}
+
+fn admin(config: &Config, errors: &mut ConfigErrors) {
+    let listen = config.admin.listen;
+    if !listen.ip().is_loopback() && config.admin.token.is_none() {
+        errors.push(
+            "admin.listen",
+            format!(
+                "{listen} is reachable from other hosts but admin.token is not set; \
+                 set admin.token (e.g. \"${{WALHOOK_ADMIN_TOKEN}}\") or listen on 127.0.0.1"
+            ),
+        );
+    }
+}
+
+fn endpoint(name: &str, endpoint: &EndpointConfig, errors: &mut ConfigErrors) {
+    let path = format!("endpoints.{name}");
+    if !is_name(name) {
+        errors.push(
+            path.clone(),
+            "invalid endpoint name: use letters, digits, `_` and `-`",
+        );
+    }
+    http_url(&format!("{path}.url"), &endpoint.url, errors);
+    if endpoint.timeout.is_zero() {
+        errors.push(format!("{path}.timeout"), "must be more than 0s");
+    }
+    if endpoint.connect_timeout.is_zero() {
+        errors.push(format!("{path}.connect_timeout"), "must be more than 0s");
+    }
+    headers(&format!("{path}.headers"), &endpoint.headers, errors);
+    query(&format!("{path}.query"), &endpoint.query, errors);
+
+    let auth = format!("{path}.auth");
+    match &endpoint.auth {
+        Auth::None => {}
+        Auth::Basic { username, password } => {
+            if username.is_empty() {
+                errors.push(format!("{auth}.username"), "empty");
+            }
+            if username.contains(':') {
+                errors.push(
+                    format!("{auth}.username"),
+                    "must not contain `:` (HTTP Basic)",
+                );
+            }
+            not_empty(&format!("{auth}.password"), password, errors);
+        }
+        Auth::Bearer { token } => not_empty(&format!("{auth}.token"), token, errors),
+        Auth::ApiKey { header, value } => {
+            if reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                errors.push(
+                    format!("{auth}.header"),
+                    format!("{header:?} is not a valid header name"),
+                );
+            }
+            not_empty(&format!("{auth}.value"), value, errors);
+        }
+        Auth::Oauth2 {
+            token_url,
+            client_id,
+            client_secret,
+            ..
+        } => {
+            http_url(&format!("{auth}.token_url"), token_url, errors);
+            if client_id.is_empty() {
+                errors.push(format!("{auth}.client_id"), "empty");
+            }
+            not_empty(&format!("{auth}.client_secret"), client_secret, errors);
+        }
+    }
+
+    if let Some(signing) = &endpoint.signing {
+        if signing.secret.is_empty() {
+            errors.push(format!("{path}.signing.secret"), "give at least one secret");
+        }
+        let many = signing.secret.len() > 1;
+        for (i, secret) in signing.secret.iter().enumerate() {
+            let field = if many {
+                format!("{path}.signing.secret[{i}]")
+            } else {
+                format!("{path}.signing.secret")
+            };
+            if let Err(message) = signing_secret(secret) {
+                errors.push(field, message);
+            }
+        }
+    }
+
+    let tls = &endpoint.tls;
+    if tls.client_cert.is_some() != tls.client_key.is_some() {
+        errors.push(
+            format!("{path}.tls"),
+            "client_cert and client_key go together: set both or neither",
+        );
+    }
+    let files = [
+        ("ca_file", &tls.ca_file),
+        ("client_cert", &tls.client_cert),
+        ("client_key", &tls.client_key),
+    ];
+    for (field, file) in files {
+        if let Some(file) = file {
+            if let Err(err) = std::fs::metadata(file) {
+                errors.push(
+                    format!("{path}.tls.{field}"),
+                    format!("cannot read {}: {err}", file.display()),
+                );
+            }
+        }
+    }
+
+    let retry = &endpoint.retry;
+    if retry.initial.is_zero() {
+        errors.push(format!("{path}.retry.initial"), "must be more than 0s");
+    }
+    if retry.initial > retry.max {
+        errors.push(
+            format!("{path}.retry.max"),
+            format!(
+                "{} is shorter than retry.initial ({})",
+                humantime::format_duration(retry.max),
+                humantime::format_duration(retry.initial)
+            ),
+        );
+    }
+}
+
+fn strategy(
+    path: &str,
+    strategy: &StrategyConfig,
+    config: &Config,
+    broken: &BTreeSet<String>,
+    errors: &mut ConfigErrors,
+) {
+    if !is_name(&strategy.name) {
+        errors.push(
+            format!("{path}.name"),
+            format!(
+                "invalid name {:?}: use letters, digits, `_` and `-`",
+                strategy.name
+            ),
+        );
+    }
+    if !config.endpoints.contains_key(&strategy.endpoint) && !broken.contains(&strategy.endpoint) {
+        let known: Vec<&str> = config.endpoints.keys().map(String::as_str).collect();
+        let hint = if known.is_empty() {
+            "there are none; add an [endpoints.NAME] section".to_string()
+        } else {
+            format!("known endpoints: {}", known.join(", "))
+        };
+        errors.push(
+            format!("{path}.endpoint"),
+            format!("no endpoint named {:?} ({hint})", strategy.endpoint),
+        );
+    }
+    let filters = [
+        ("on_insert", &strategy.on_insert),
+        ("on_update", &strategy.on_update),
+        ("on_delete", &strategy.on_delete),
+        ("on_truncate", &strategy.on_truncate),
+    ];
+    if filters.iter().all(|(_, f)| f.is_none()) {
+        errors.push(
+            path,
+            "no on_insert, on_update, on_delete or on_truncate: the strategy would never send anything; \
+             add one (\"true\" sends every change of that kind)",
+        );
+    }
+    for (field, filter) in filters {
+        if filter.as_deref().is_some_and(|f| f.trim().is_empty()) {
+            errors.push(
+                format!("{path}.{field}"),
+                "empty filter: write \"true\" to send every change, or remove the key to send none",
+            );
+        }
+    }
+    if strategy.batch_size == 0 {
+        errors.push(format!("{path}.batch_size"), "must be at least 1");
+    }
+    if strategy.max_batch_bytes == 0 {
+        errors.push(format!("{path}.max_batch_bytes"), "must be at least 1");
+    }
+    if strategy.run_as.as_deref().is_some_and(str::is_empty) {
+        errors.push(
+            format!("{path}.run_as"),
+            "empty: name a role or remove the key",
+        );
+    }
+    headers(&format!("{path}.headers"), &strategy.headers, errors);
+    query(&format!("{path}.query"), &strategy.query, errors);
+    if strategy.record.as_ref().is_some_and(BTreeMap::is_empty) {
+        errors.push(
+            format!("{path}.record"),
+            "empty: list the fields to send, or remove `record` to send whole rows",
+        );
+    }
+    if strategy.on_demand.sync && strategy.on_demand.sync_limit == 0 {
+        errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
+    }
+    for (i, schedule) in strategy.schedules.iter().enumerate() {
+        let fields = schedule.cron.split_whitespace().count();
+        if fields != 5 {
+            errors.push(
+                format!("{path}.schedules[{i}].cron"),
+                format!(
+                    "{:?} has {fields} fields; write 5: minute hour day-of-month month day-of-week",
+                    schedule.cron
+                ),
+            );
+        }
+    }
+}
+
+fn headers(path: &str, headers: &BTreeMap<String, Template>, errors: &mut ConfigErrors) {
+    for (name, value) in headers {
+        let field = format!("{path}.{name}");
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(field, "not a valid HTTP header name");
+        } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            errors.push(field, "walhook sets this header itself; remove it");
+        } else if let Some(text) = value.literal_text() {
+            if reqwest::header::HeaderValue::from_str(&text).is_err() {
+                errors.push(field, "not a valid HTTP header value (control characters?)");
+            }
+        }
+    }
+}
+
+fn query(path: &str, query: &BTreeMap<String, Template>, errors: &mut ConfigErrors) {
+    for name in query.keys() {
+        if name.is_empty() {
+            errors.push(path, "empty parameter name");
+        }
+    }
+}
+
+fn http_url(path: &str, url: &str, errors: &mut ConfigErrors) {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        Ok(parsed) => errors.push(
+            path,
+            format!(
+                "scheme {:?} is not supported: use http:// or https://",
+                parsed.scheme()
+            ),
+        ),
+        Err(err) => errors.push(path, format!("not a valid URL: {err}")),
+    }
+}
+
+fn not_empty(path: &str, secret: &Secret, errors: &mut ConfigErrors) {
+    if secret.is_empty() {
+        errors.push(path, "empty (is the environment variable set?)");
+    }
+}
+
+/// A Standard Webhooks secret: `whsec_` + base64 of at least 24 bytes, or
+/// any other non-empty text (used as the key bytes as written).
+fn signing_secret(secret: &Secret) -> Result<(), String> {
+    let text = secret.expose();
+    if text.is_empty() {
+        return Err("empty (is the environment variable set?)".to_string());
+    }
+    let Some(encoded) = text.strip_prefix("whsec_") else {
+        return Ok(());
+    };
+    let engine = base64::engine::general_purpose::STANDARD;
+    let decoded = engine
+        .decode(encoded)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded))
+        .map_err(|_| {
+            "a whsec_ secret must be base64 after the prefix; this one is not".to_string()
+        })?;
+    if decoded.len() < 24 {
+        return Err(format!(
+            "a whsec_ secret must decode to at least 24 bytes; this one has {}; \
+             generate one with: echo whsec_$(openssl rand -base64 32)",
+            decoded.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Names in metrics, URLs and logs: letters, digits, `_`, `-`; 1 to 63.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
