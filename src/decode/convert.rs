@@ -1,25 +1,1024 @@
-//! Server text → JSON. (stub: being written)
+//! Server text → JSON, written straight into the output buffer.
+//!
+//! Values arrive as PostgreSQL's text output (with the session pinned to
+//! `DateStyle=ISO`, `IntervalStyle=postgres`, `extra_float_digits=3`,
+//! `TimeZone=UTC`). They are converted only when a batch is serialised, and
+//! without building a `serde_json::Value` or a `String` per cell: each writer
+//! appends bytes to the batch buffer.
+//!
+//! The rules (DESIGN.md "Payload"):
+//! - bool → `true`/`false`; int2/4/8, oid, float4/8 and numeric → the exact
+//!   number text (numeric is never rounded through f64); NaN, Infinity and
+//!   -Infinity → strings.
+//! - json/jsonb → embedded as they are.
+//! - bytea (`\x…` hex) → standard base64 string.
+//! - timestamptz → RFC 3339 `2026-11-22T07:04:00.123456Z`; timestamp →
+//!   `2026-11-22T07:04:00.123456`; the fraction keeps the digits the server
+//!   sent. `infinity`, `-infinity` and BC dates stay strings as the server
+//!   wrote them; years past 9999 keep all their digits.
+//! - arrays → JSON arrays of converted elements, any number of dimensions.
+//!   A lower-bound prefix such as `[0:1]={7,8}` is dropped: `[7,8]`.
+//! - everything else (text, varchar, uuid, date, time, interval, inet,
+//!   enums, unknown types…) → a JSON string of the server text.
+//!
+//! Whatever the input, the output is valid JSON: text that does not look
+//! like its type (which PostgreSQL never sends) falls back to a JSON string,
+//! and invalid UTF-8 is replaced, never a panic.
 
-use super::model::{Cell, RecordEvent, TypeKind};
+use std::io::Write as _;
 
-/// Appends the JSON form of one cell.
+use base64::Engine as _;
+
+use super::model::{Cell, RecordEvent, Tuple, TypeKind};
+
+/// Appends the JSON form of one cell. `Null` (and `Unchanged`, which
+/// [`RecordEvent::write_json`] leaves out) write `null`; a binary-mode cell
+/// writes its bytes as base64.
 pub fn write_cell_json(kind: &TypeKind, cell: &Cell, out: &mut Vec<u8>) {
-    let _ = (kind, cell, out);
-    unimplemented!("convert::write_cell_json")
+    match cell {
+        Cell::Null | Cell::Unchanged => out.extend_from_slice(b"null"),
+        Cell::Text(text) => write_text_json(kind, text, out),
+        Cell::Binary(bytes) => {
+            out.push(b'"');
+            write_base64(bytes, out);
+            out.push(b'"');
+        }
+    }
+}
+
+/// Appends the JSON form of one value in the server's text format.
+pub fn write_text_json(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
+    match kind {
+        TypeKind::Bool => match text {
+            b"t" => out.extend_from_slice(b"true"),
+            b"f" => out.extend_from_slice(b"false"),
+            _ => write_json_string(text, out),
+        },
+        // NaN and ±Infinity are not JSON numbers, so they become strings here.
+        TypeKind::Int | TypeKind::Float | TypeKind::Numeric => {
+            if is_json_number(text) {
+                out.extend_from_slice(text);
+            } else {
+                write_json_string(text, out);
+            }
+        }
+        TypeKind::Json => {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(text).is_ok() {
+                out.extend_from_slice(text);
+            } else {
+                write_json_string(text, out);
+            }
+        }
+        TypeKind::Bytea => write_bytea(text, out),
+        TypeKind::Timestamp => write_timestamp(text, false, out),
+        TypeKind::Timestamptz => write_timestamp(text, true, out),
+        TypeKind::Text => write_json_string(text, out),
+        TypeKind::Array(element) => write_array(element, text, out),
+    }
+}
+
+/// The cell's text, when it is a text cell holding valid UTF-8 (for filters
+/// that compare strings without converting).
+pub fn cell_str(cell: &Cell) -> Option<&str> {
+    match cell {
+        Cell::Text(t) => std::str::from_utf8(t).ok(),
+        _ => None,
+    }
+}
+
+/// Appends `s` as a JSON string, escaping quotes, backslashes and control
+/// characters; invalid UTF-8 is replaced with U+FFFD.
+pub fn write_json_string(s: &[u8], out: &mut Vec<u8>) {
+    match std::str::from_utf8(s) {
+        Ok(valid) => write_escaped(valid.as_bytes(), out),
+        Err(_) => write_escaped(String::from_utf8_lossy(s).as_bytes(), out),
+    }
+}
+
+/// Escape for each byte < 0x80: 0 = copy, b'u' = `\u00XX`, else `\<byte>`.
+static ESCAPE: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = b'u';
+        i += 1;
+    }
+    t[0x08] = b'b';
+    t[0x09] = b't';
+    t[0x0a] = b'n';
+    t[0x0c] = b'f';
+    t[0x0d] = b'r';
+    t[b'"' as usize] = b'"';
+    t[b'\\' as usize] = b'\\';
+    t
+};
+
+fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        let esc = if b < 0x80 { ESCAPE[usize::from(b)] } else { 0 };
+        if esc == 0 {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        if esc == b'u' {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(&[b'\\', esc]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
+}
+
+/// RFC 8259 number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn is_json_number(s: &[u8]) -> bool {
+    let digits = |s: &[u8], i: &mut usize| {
+        let start = *i;
+        while s.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > start
+    };
+    let mut i = 0;
+    if s.first() == Some(&b'-') {
+        i += 1;
+    }
+    match s.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(s, &mut i);
+        }
+        _ => return false,
+    }
+    if s.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(s, &mut i) {
+            return false;
+        }
+    }
+    if matches!(s.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(s.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(s, &mut i) {
+            return false;
+        }
+    }
+    i == s.len()
+}
+
+/// `\x0aff…` → `"Cv8="`. Anything else (e.g. `bytea_output = escape`) is
+/// written as a string.
+fn write_bytea(text: &[u8], out: &mut Vec<u8>) {
+    let Some(hex) = text.strip_prefix(b"\\x") else {
+        return write_json_string(text, out);
+    };
+    if hex.len() % 2 != 0 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return write_json_string(text, out);
+    }
+    out.push(b'"');
+    // Decode and encode in chunks of a multiple of 3 bytes, so the base64
+    // of the chunks concatenates without padding in between.
+    let mut raw = [0u8; 768];
+    for chunk in hex.chunks(raw.len() * 2) {
+        let n = chunk.len() / 2;
+        for (dst, pair) in raw.iter_mut().zip(chunk.chunks_exact(2)) {
+            *dst = (hex_val(pair[0]) << 4) | hex_val(pair[1]);
+        }
+        write_base64(&raw[..n], out);
+    }
+    out.push(b'"');
+}
+
+fn hex_val(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// Appends standard base64 (with padding) of `bytes`.
+fn write_base64(bytes: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let len = bytes.len().div_ceil(3) * 4;
+    out.resize(start + len, 0);
+    let written = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[start..])
+        .unwrap_or(0);
+    out.truncate(start + written);
+}
+
+/// ISO timestamps: `YYYY-MM-DD HH:MM:SS[.f…]` plus, with a time zone,
+/// `±HH[:MM[:SS]]`. Anything else (infinity, BC, a malformed value) is
+/// written as the server's text.
+fn write_timestamp(text: &[u8], with_zone: bool, out: &mut Vec<u8>) {
+    let start = out.len();
+    if !try_write_timestamp(text, with_zone, out) {
+        out.truncate(start);
+        write_json_string(text, out);
+    }
+}
+
+fn try_write_timestamp(t: &[u8], with_zone: bool, out: &mut Vec<u8>) -> bool {
+    let is_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let Some(space) = t.iter().position(|&b| b == b' ') else {
+        return false;
+    };
+    let (date, rest) = (&t[..space], &t[space + 1..]);
+    // YYYY…-MM-DD
+    let n = date.len();
+    if n < 10
+        || !is_digits(&date[..n - 6])
+        || date[n - 6] != b'-'
+        || !is_digits(&date[n - 5..n - 3])
+        || date[n - 3] != b'-'
+        || !is_digits(&date[n - 2..])
+    {
+        return false;
+    }
+    // HH:MM:SS[.f…]
+    if rest.len() < 8
+        || !is_digits(&rest[0..2])
+        || rest[2] != b':'
+        || !is_digits(&rest[3..5])
+        || rest[5] != b':'
+        || !is_digits(&rest[6..8])
+    {
+        return false;
+    }
+    let mut end = 8;
+    if rest.get(end) == Some(&b'.') {
+        let frac = rest[end + 1..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if frac == 0 {
+            return false;
+        }
+        end += 1 + frac;
+    }
+    let (time, zone) = rest.split_at(end);
+    out.push(b'"');
+    out.extend_from_slice(date);
+    out.push(b'T');
+    out.extend_from_slice(time);
+    if with_zone {
+        // ±HH, ±HH:MM or ±HH:MM:SS (historical offsets); RFC 3339 has no seconds.
+        let (sign, hm) = match zone.split_first() {
+            Some((&s @ (b'+' | b'-'), rest)) => (s, rest),
+            _ => return false,
+        };
+        let (hh, mm) = match hm.len() {
+            2 if is_digits(hm) => (hm, &b"00"[..]),
+            5 | 8 if hm[2] == b':' && is_digits(&hm[..2]) && is_digits(&hm[3..5]) => {
+                if hm.len() == 8 && (hm[5] != b':' || &hm[6..8] != b"00") {
+                    return false;
+                }
+                (&hm[..2], &hm[3..5])
+            }
+            _ => return false,
+        };
+        if hh == b"00" && mm == b"00" {
+            out.push(b'Z');
+        } else {
+            out.push(sign);
+            out.extend_from_slice(hh);
+            out.push(b':');
+            out.extend_from_slice(mm);
+        }
+    } else if !zone.is_empty() {
+        return false;
+    }
+    out.push(b'"');
+    true
+}
+
+/// PostgreSQL allows at most 6 dimensions (MAXDIM).
+const MAX_ARRAY_DEPTH: usize = 6;
+
+/// `{1,NULL,"a \"b\""}` → `[1,null,"a \"b\""]`; malformed text is written
+/// as a string.
+fn write_array(element: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
+    let start = out.len();
+    let mut p = ArrayText {
+        s: text,
+        pos: 0,
+        scratch: Vec::new(),
+    };
+    // `[lo:hi][lo:hi]=` dimension decoration: the bounds are dropped.
+    if text.first() == Some(&b'[') {
+        match text.iter().position(|&b| b == b'=') {
+            Some(eq) => p.pos = eq + 1,
+            None => p.pos = text.len(),
+        }
+    }
+    if p.level(element, 1, out).is_none() || p.pos != text.len() {
+        out.truncate(start);
+        write_json_string(text, out);
+    }
+}
+
+struct ArrayText<'a> {
+    s: &'a [u8],
+    pos: usize,
+    /// Unescaped element text, reused between elements.
+    scratch: Vec<u8>,
+}
+
+impl ArrayText<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_whitespace()) {
+            self.pos += 1;
+        }
+    }
+
+    /// One `{…}` level; `None` when the text is not a valid array.
+    fn level(&mut self, element: &TypeKind, depth: usize, out: &mut Vec<u8>) -> Option<()> {
+        if depth > MAX_ARRAY_DEPTH {
+            return None;
+        }
+        self.skip_space();
+        if self.peek()? != b'{' {
+            return None;
+        }
+        self.pos += 1;
+        out.push(b'[');
+        self.skip_space();
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            out.push(b']');
+            return Some(());
+        }
+        loop {
+            self.skip_space();
+            match self.peek()? {
+                b'{' => self.level(element, depth + 1, out)?,
+                b'"' => {
+                    self.quoted()?;
+                    write_text_json(element, &self.scratch, out);
+                }
+                _ => self.unquoted(element, out)?,
+            }
+            self.skip_space();
+            match self.peek()? {
+                b',' => {
+                    self.pos += 1;
+                    out.push(b',');
+                }
+                b'}' => {
+                    self.pos += 1;
+                    out.push(b']');
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// A double-quoted element, unescaped into `scratch`.
+    fn quoted(&mut self) -> Option<()> {
+        self.pos += 1;
+        self.scratch.clear();
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                b'\\' => {
+                    self.scratch.push(*self.s.get(self.pos + 1)?);
+                    self.pos += 2;
+                }
+                b => {
+                    self.scratch.push(b);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    /// An unquoted element up to `,` or `}`; `NULL` (any case) is null.
+    fn unquoted(&mut self, element: &TypeKind, out: &mut Vec<u8>) -> Option<()> {
+        let start = self.pos;
+        let mut escaped = false;
+        while let Some(b) = self.peek() {
+            match b {
+                b',' | b'}' => break,
+                b'{' | b'"' => return None,
+                b'\\' => {
+                    escaped = true;
+                    self.s.get(self.pos + 1)?;
+                    self.pos += 2;
+                }
+                _ => self.pos += 1,
+            }
+        }
+        let raw = self.s.get(start..self.pos)?.trim_ascii_end();
+        if raw.is_empty() {
+            return None;
+        }
+        if !escaped && raw.eq_ignore_ascii_case(b"NULL") {
+            out.extend_from_slice(b"null");
+        } else if escaped {
+            self.scratch.clear();
+            let mut i = 0;
+            while let Some(&b) = raw.get(i) {
+                if b == b'\\' {
+                    i += 1;
+                    if let Some(&next) = raw.get(i) {
+                        self.scratch.push(next);
+                    }
+                } else {
+                    self.scratch.push(b);
+                }
+                i += 1;
+            }
+            write_text_json(element, &self.scratch, out);
+        } else {
+            write_text_json(element, raw, out);
+        }
+        Some(())
+    }
+}
+
+/// Appends µs since the Unix epoch as RFC 3339 UTC with six fraction digits
+/// (`2026-11-22T07:04:00.123456Z`).
+pub fn write_rfc3339_micros(unix_micros: i64, out: &mut Vec<u8>) {
+    let secs = unix_micros.div_euclid(1_000_000);
+    let micros = unix_micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    );
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 impl RecordEvent {
     /// Appends this record's payload object (DESIGN.md "Payload": id, op,
     /// schema, table, lsn, xid, commit_time, new, old, unchanged_toast).
+    ///
+    /// Unchanged TOASTed values are left out of `new` and named in
+    /// `unchanged_toast` (present only when not empty). Under DEFAULT/INDEX
+    /// replica identity `old` holds only the key columns.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        unimplemented!("RecordEvent::write_json")
+        let rel = &*self.relation;
+        out.extend_from_slice(b"{\"id\":\"");
+        let _ = write!(out, "{}:{}", self.commit_lsn, self.index);
+        out.extend_from_slice(b"\",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"schema\":");
+        write_json_string(rel.schema.as_bytes(), out);
+        out.extend_from_slice(b",\"table\":");
+        write_json_string(rel.name.as_bytes(), out);
+        let _ = write!(
+            out,
+            ",\"lsn\":\"{}\",\"xid\":{},\"commit_time\":\"",
+            self.commit_lsn, self.xid
+        );
+        write_rfc3339_micros(self.commit_time, out);
+        out.extend_from_slice(b"\",\"new\":");
+        self.write_image(self.new.as_ref(), false, out);
+        out.extend_from_slice(b",\"old\":");
+        self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
+        if let Some(new) = &self.new {
+            let mut first = true;
+            for (col, cell) in rel.columns.iter().zip(&new.0) {
+                if *cell == Cell::Unchanged {
+                    out.extend_from_slice(if first {
+                        b",\"unchanged_toast\":["
+                    } else {
+                        b","
+                    });
+                    write_json_string(col.name.as_bytes(), out);
+                    first = false;
+                }
+            }
+            if !first {
+                out.push(b']');
+            }
+        }
+        out.push(b'}');
+    }
+
+    fn write_image(&self, tuple: Option<&Tuple>, key_only: bool, out: &mut Vec<u8>) {
+        let Some(tuple) = tuple else {
+            out.extend_from_slice(b"null");
+            return;
+        };
+        out.push(b'{');
+        let mut first = true;
+        for (col, cell) in self.relation.columns.iter().zip(&tuple.0) {
+            if *cell == Cell::Unchanged || (key_only && !col.key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_string(col.name.as_bytes(), out);
+            out.push(b':');
+            write_cell_json(&col.kind, cell, out);
+        }
+        out.push(b'}');
     }
 
     /// The same object as a `serde_json::Value` (tests, the stdout sink).
+    /// Beware: without serde_json's `arbitrary_precision`, numbers beyond
+    /// f64 (a 30-digit numeric) lose digits here; [`RecordEvent::write_json`]
+    /// keeps them exact.
     pub fn to_json_value(&self) -> serde_json::Value {
         let mut buf = Vec::new();
         self.write_json(&mut buf);
         serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::decode::model::{Column, Op, Relation, ReplicaIdentity};
+    use crate::lsn::Lsn;
+
+    fn json(kind: &TypeKind, text: &str) -> String {
+        let mut out = Vec::new();
+        write_text_json(kind, text.as_bytes(), &mut out);
+        let s = String::from_utf8(out).expect("utf-8 output");
+        serde_json::from_str::<serde_json::Value>(&s)
+            .unwrap_or_else(|e| panic!("{s} is not JSON: {e}"));
+        s
+    }
+
+    fn arr(k: TypeKind) -> TypeKind {
+        TypeKind::Array(Box::new(k))
+    }
+
+    #[test]
+    fn bools() {
+        assert_eq!(json(&TypeKind::Bool, "t"), "true");
+        assert_eq!(json(&TypeKind::Bool, "f"), "false");
+        assert_eq!(json(&TypeKind::Bool, "maybe"), r#""maybe""#);
+    }
+
+    #[test]
+    fn integers_are_exact() {
+        assert_eq!(json(&TypeKind::Int, "-32768"), "-32768");
+        assert_eq!(
+            json(&TypeKind::Int, "9223372036854775807"),
+            "9223372036854775807"
+        );
+        assert_eq!(json(&TypeKind::Int, "4294967295"), "4294967295");
+        assert_eq!(json(&TypeKind::Int, "0"), "0");
+        assert_eq!(json(&TypeKind::Int, "12abc"), r#""12abc""#);
+    }
+
+    #[test]
+    fn floats_with_special_values_as_strings() {
+        assert_eq!(json(&TypeKind::Float, "1.5"), "1.5");
+        assert_eq!(
+            json(&TypeKind::Float, "-1.2345678901234567e-300"),
+            "-1.2345678901234567e-300"
+        );
+        assert_eq!(json(&TypeKind::Float, "1e+300"), "1e+300");
+        assert_eq!(json(&TypeKind::Float, "-0"), "-0");
+        assert_eq!(json(&TypeKind::Float, "NaN"), r#""NaN""#);
+        assert_eq!(json(&TypeKind::Float, "Infinity"), r#""Infinity""#);
+        assert_eq!(json(&TypeKind::Float, "-Infinity"), r#""-Infinity""#);
+    }
+
+    #[test]
+    fn numerics_keep_every_digit() {
+        let n = "123456789012345678901234567890.123456789";
+        assert_eq!(json(&TypeKind::Numeric, n), n);
+        assert_eq!(json(&TypeKind::Numeric, "-0.000100"), "-0.000100");
+        assert_eq!(json(&TypeKind::Numeric, "NaN"), r#""NaN""#);
+        assert_eq!(json(&TypeKind::Numeric, "Infinity"), r#""Infinity""#);
+        assert_eq!(json(&TypeKind::Numeric, "-Infinity"), r#""-Infinity""#);
+        for bad in ["", "-", "1.", ".5", "01", "1e", "+1", "1 "] {
+            assert!(!is_json_number(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            json(
+                &TypeKind::Text,
+                "quote \" backslash \\ newline \n tab \t bell \u{7} é 😀"
+            ),
+            r#""quote \" backslash \\ newline \n tab \t bell \u0007 é 😀""#
+        );
+        assert_eq!(json(&TypeKind::Text, ""), r#""""#);
+        assert_eq!(
+            json(&TypeKind::Text, "\u{0}\u{1f}\u{7f}"),
+            "\"\\u0000\\u001f\u{7f}\""
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced() {
+        let mut out = Vec::new();
+        write_text_json(&TypeKind::Text, b"a\xffb", &mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "\"a\u{fffd}b\"");
+    }
+
+    #[test]
+    fn json_is_embedded_raw() {
+        let j = r#"{"a": [1, 2.50, null], "b": "x\"y"}"#;
+        assert_eq!(json(&TypeKind::Json, j), j);
+        assert_eq!(json(&TypeKind::Json, "null"), "null");
+        assert_eq!(json(&TypeKind::Json, "{broken"), r#""{broken""#);
+    }
+
+    #[test]
+    fn bytea_becomes_base64() {
+        assert_eq!(json(&TypeKind::Bytea, r"\x00ff0010"), r#""AP8AEA==""#);
+        assert_eq!(json(&TypeKind::Bytea, r"\x"), r#""""#);
+        assert_eq!(json(&TypeKind::Bytea, r"\x00"), r#""AA==""#);
+        // Longer than one chunk: the chunks must join without padding.
+        let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let expected = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        assert_eq!(
+            json(&TypeKind::Bytea, &format!("\\x{hex}")),
+            format!("\"{expected}\"")
+        );
+        // Escape format or garbage: kept as text.
+        assert_eq!(json(&TypeKind::Bytea, r"\000abc"), r#""\\000abc""#);
+        assert_eq!(json(&TypeKind::Bytea, r"\x0"), r#""\\x0""#);
+        assert_eq!(json(&TypeKind::Bytea, r"\xzz"), r#""\\xzz""#);
+    }
+
+    #[test]
+    fn timestamptz_becomes_rfc3339() {
+        let k = TypeKind::Timestamptz;
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00.123456+00"),
+            r#""2026-11-22T07:04:00.123456Z""#
+        );
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00.1+00"),
+            r#""2026-11-22T07:04:00.1Z""#
+        );
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00+00"),
+            r#""2026-11-22T07:04:00Z""#
+        );
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00+05:30"),
+            r#""2026-11-22T07:04:00+05:30""#
+        );
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00-08"),
+            r#""2026-11-22T07:04:00-08:00""#
+        );
+        assert_eq!(
+            json(&k, "1900-01-01 00:00:00+00:00:00"),
+            r#""1900-01-01T00:00:00Z""#
+        );
+        assert_eq!(
+            json(&k, "12345-06-07 08:09:10.5+00"),
+            r#""12345-06-07T08:09:10.5Z""#
+        );
+        // Not expressible in RFC 3339: the server's text.
+        assert_eq!(
+            json(&k, "1850-01-01 00:00:00+00:53:28"),
+            r#""1850-01-01 00:00:00+00:53:28""#
+        );
+        assert_eq!(json(&k, "infinity"), r#""infinity""#);
+        assert_eq!(json(&k, "-infinity"), r#""-infinity""#);
+        assert_eq!(
+            json(&k, "0044-03-15 12:00:00+00 BC"),
+            r#""0044-03-15 12:00:00+00 BC""#
+        );
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00."),
+            r#""2026-11-22 07:04:00.""#
+        );
+        assert_eq!(json(&k, "2026-11-22 07:04:00"), r#""2026-11-22 07:04:00""#);
+    }
+
+    #[test]
+    fn timestamp_without_zone() {
+        let k = TypeKind::Timestamp;
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00.123456"),
+            r#""2026-11-22T07:04:00.123456""#
+        );
+        assert_eq!(
+            json(&k, "10000-01-01 00:00:00"),
+            r#""10000-01-01T00:00:00""#
+        );
+        assert_eq!(json(&k, "infinity"), r#""infinity""#);
+        assert_eq!(
+            json(&k, "2026-11-22 07:04:00+00"),
+            r#""2026-11-22 07:04:00+00""#
+        );
+    }
+
+    #[test]
+    fn other_types_are_strings() {
+        for t in [
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+            "2026-11-22",
+            "07:04:00.5",
+            "07:04:00+02:30",
+            "1 year 2 mons 3 days 04:05:06.7",
+            "192.168.0.1/24",
+            "08:00:2b:01:02:03",
+            "happy",
+            "$12.34",
+        ] {
+            assert_eq!(json(&TypeKind::Text, t), format!("\"{t}\""));
+        }
+    }
+
+    #[test]
+    fn arrays() {
+        assert_eq!(json(&arr(TypeKind::Int), "{1,NULL,3}"), "[1,null,3]");
+        assert_eq!(json(&arr(TypeKind::Int), "{}"), "[]");
+        assert_eq!(json(&arr(TypeKind::Int), "{{1,2},{3,4}}"), "[[1,2],[3,4]]");
+        assert_eq!(
+            json(&arr(TypeKind::Int), "{{{1},{2}},{{3},{4}}}"),
+            "[[[1],[2]],[[3],[4]]]"
+        );
+        assert_eq!(json(&arr(TypeKind::Int), "[0:1]={7,8}"), "[7,8]");
+        assert_eq!(json(&arr(TypeKind::Int), "[1:1][-2:-1]={{7,8}}"), "[[7,8]]");
+        assert_eq!(
+            json(&arr(TypeKind::Bool), "{t,f,NULL}"),
+            "[true,false,null]"
+        );
+        // PostgreSQL's own output for ARRAY['plain', 'with "quote"', 'back\slash', 'NULL', NULL, '', 'a,b', '{x}'].
+        assert_eq!(
+            json(
+                &arr(TypeKind::Text),
+                r#"{plain,"with \"quote\"","back\\slash","NULL",NULL,"","a,b","{x}"}"#
+            ),
+            r#"["plain","with \"quote\"","back\\slash","NULL",null,"","a,b","{x}"]"#
+        );
+        assert_eq!(
+            json(
+                &arr(TypeKind::Numeric),
+                "{1.5,NaN,-Infinity,123456789012345678901234567890}"
+            ),
+            r#"[1.5,"NaN","-Infinity",123456789012345678901234567890]"#
+        );
+        assert_eq!(
+            json(&arr(TypeKind::Bytea), r#"{"\\x00","\\xdeadbeef"}"#),
+            r#"["AA==","3q2+7w=="]"#
+        );
+        assert_eq!(
+            json(
+                &arr(TypeKind::Timestamptz),
+                r#"{"2026-11-22 07:04:00.123456+00",infinity}"#
+            ),
+            r#"["2026-11-22T07:04:00.123456Z","infinity"]"#
+        );
+        assert_eq!(
+            json(&arr(TypeKind::Json), r#"{"{\"k\": [1]}",null,"\"s\""}"#),
+            r#"[{"k": [1]},null,"s"]"#
+        );
+        // Unquoted elements may carry backslash escapes.
+        assert_eq!(json(&arr(TypeKind::Text), r"{a\,b,c}"), r#"["a,b","c"]"#);
+        assert_eq!(json(&arr(TypeKind::Text), r"{ a , b }"), r#"["a","b"]"#);
+    }
+
+    #[test]
+    fn malformed_arrays_are_strings() {
+        for bad in [
+            "",
+            "{",
+            "{1",
+            "{1,}",
+            "{,1}",
+            "1,2",
+            "{1}}",
+            "{\"a}",
+            "{\"a\\",
+            "[0:1]",
+            "{{{{{{{1}}}}}}}",
+            "{a\"b}",
+            "{{1},2}x",
+        ] {
+            let out = json(&arr(TypeKind::Int), bad);
+            assert!(out.starts_with('"'), "{bad:?} gave {out}");
+        }
+        // Six dimensions is PostgreSQL's maximum and still an array.
+        assert_eq!(json(&arr(TypeKind::Int), "{{{{{{1}}}}}}"), "[[[[[[1]]]]]]");
+    }
+
+    #[test]
+    fn cells() {
+        let mut out = Vec::new();
+        write_cell_json(&TypeKind::Int, &Cell::Null, &mut out);
+        out.push(b' ');
+        write_cell_json(
+            &TypeKind::Int,
+            &Cell::Text(Bytes::from_static(b"5")),
+            &mut out,
+        );
+        out.push(b' ');
+        write_cell_json(
+            &TypeKind::Text,
+            &Cell::Binary(Bytes::from_static(&[0, 255])),
+            &mut out,
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), r#"null 5 "AP8=""#);
+        assert_eq!(
+            cell_str(&Cell::Text(Bytes::from_static(b"open"))),
+            Some("open")
+        );
+        assert_eq!(cell_str(&Cell::Text(Bytes::from_static(b"\xff"))), None);
+        assert_eq!(cell_str(&Cell::Null), None);
+    }
+
+    #[test]
+    fn commit_times_match_the_reference_formatter() {
+        for us in [
+            0,
+            1,
+            1_795_331_040_123_456,
+            -1,
+            946_684_800_000_000,
+            253_402_300_799_999_999,
+            951_782_400_000_000,
+        ] {
+            let mut out = Vec::new();
+            write_rfc3339_micros(us, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                crate::lsn::format_unix_micros(us),
+                "{us}"
+            );
+        }
+        // Extreme garbage still formats.
+        for us in [i64::MIN, i64::MAX] {
+            write_rfc3339_micros(us, &mut Vec::new());
+        }
+    }
+
+    fn relation(identity: ReplicaIdentity) -> Arc<Relation> {
+        let col = |name: &str, kind: TypeKind, key: bool| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_modifier: -1,
+            key,
+            kind,
+        };
+        Arc::new(Relation {
+            oid: 16384,
+            schema: "public".into(),
+            name: "orders".into(),
+            replica_identity: identity,
+            columns: vec![
+                col("id", TypeKind::Int, true),
+                col(
+                    "amount",
+                    TypeKind::Numeric,
+                    identity == ReplicaIdentity::Full,
+                ),
+                col("status", TypeKind::Text, identity == ReplicaIdentity::Full),
+                col("doc", TypeKind::Text, identity == ReplicaIdentity::Full),
+            ],
+        })
+    }
+
+    fn t(s: &'static str) -> Cell {
+        Cell::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn record(
+        identity: ReplicaIdentity,
+        op: Op,
+        new: Option<Vec<Cell>>,
+        old: Option<Vec<Cell>>,
+    ) -> String {
+        let r = RecordEvent {
+            relation: relation(identity),
+            op,
+            commit_lsn: Lsn(0x16B3748),
+            index: 0,
+            xid: 750,
+            commit_time: 1_795_331_040_123_456,
+            new: new.map(Tuple),
+            old: old.map(Tuple),
+        };
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn insert_record_matches_the_design_payload() {
+        let json = record(
+            ReplicaIdentity::Default,
+            Op::Insert,
+            Some(vec![t("1"), t("150.50"), t("open"), Cell::Null]),
+            None,
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"insert","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":1,"amount":150.50,"status":"open","doc":null},"old":null}"#
+        );
+    }
+
+    #[test]
+    fn update_with_unchanged_toast_under_default_identity() {
+        let json = record(
+            ReplicaIdentity::Default,
+            Op::Update,
+            Some(vec![t("2"), t("1"), t("paid"), Cell::Unchanged]),
+            Some(vec![t("1"), Cell::Null, Cell::Null, Cell::Null]),
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"update","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":2,"amount":1,"status":"paid"},"old":{"id":1},"unchanged_toast":["doc"]}"#
+        );
+    }
+
+    #[test]
+    fn delete_under_full_identity_has_the_whole_old_row() {
+        let json = record(
+            ReplicaIdentity::Full,
+            Op::Delete,
+            None,
+            Some(vec![t("1"), t("NaN"), Cell::Null, t("x")]),
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"delete","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":null,"old":{"id":1,"amount":"NaN","status":null,"doc":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn truncate_has_no_images() {
+        let json = record(ReplicaIdentity::Default, Op::Truncate, None, None);
+        assert!(json.ends_with(r#""new":null,"old":null}"#), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["op"], "truncate");
+        assert!(v.get("unchanged_toast").is_none());
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let mut rel = (*relation(ReplicaIdentity::Default)).clone();
+        rel.name = "we\"ird".into();
+        rel.columns[0].name = "a\\b".into();
+        let r = RecordEvent {
+            relation: Arc::new(rel),
+            op: Op::Insert,
+            commit_lsn: Lsn(1),
+            index: 3,
+            xid: 1,
+            commit_time: 0,
+            new: Some(Tuple(vec![t("1"), Cell::Null, Cell::Null, Cell::Null])),
+            old: None,
+        };
+        let v = r.to_json_value();
+        assert_eq!(v["table"], "we\"ird");
+        assert_eq!(v["new"]["a\\b"], 1);
+        assert_eq!(v["id"], "0/1:3");
     }
 }
