@@ -166,6 +166,12 @@ impl SourceError {
                 Disposition::Transient
             }
             SlotActive { .. } => Disposition::Standby,
+            // The decoder lost track of a relation: a new session starts with an
+            // empty cache and the server resends Relation messages.
+            Decode {
+                source: DecodeError::UnknownRelation(_) | DecodeError::ColumnCount { .. },
+                ..
+            } => Disposition::Transient,
             Server { error, .. } => classify_sqlstate(&error.code),
             InvalidUrl(_)
             | InvalidOptions(_)
