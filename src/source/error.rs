@@ -85,7 +85,7 @@ pub enum SourceError {
     #[error("server {target} refused TLS, but sslmode={mode} requires it; enable ssl on the server or lower sslmode in source.url")]
     TlsRefused { target: String, mode: &'static str },
 
-    #[error("TLS with {target} failed: {reason}")]
+    #[error("TLS with {target} failed: {reason}; sslmode and sslrootcert in source.url decide what is verified (verify-full needs the URL's host name in the server certificate)")]
     Tls { target: String, reason: String },
 
     #[error("password authentication failed for role \"{user}\" at {target}: {error}; check the user and password in source.url")]

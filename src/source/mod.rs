@@ -64,7 +64,8 @@ pub struct SourceOptions {
     pub slot: String,
     /// Publications to stream (publication_names).
     pub publications: Vec<String>,
-    /// application_name shown in pg_stat_replication.
+    /// application_name shown in pg_stat_replication (an `application_name`
+    /// in the URL wins).
     pub application_name: String,
     /// Create the slot when it does not exist yet (never after this process
     /// has streamed from it).
@@ -382,7 +383,11 @@ impl Source {
         memory: &mut Memory,
     ) -> Result<(ReplConn, Duration), SourceError> {
         let slot = &self.opts.slot;
-        let mut conn = ReplConn::connect(info, &self.opts.application_name).await?;
+        let application_name = info
+            .application_name
+            .as_deref()
+            .unwrap_or(&self.opts.application_name);
+        let mut conn = ReplConn::connect(info, application_name).await?;
         let protocol_error = |target: &str, e: protocol::WireError| SourceError::Protocol {
             target: target.to_string(),
             reason: e.0,
