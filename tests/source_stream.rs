@@ -159,6 +159,19 @@ async fn second_source_on_the_same_slot_waits_as_standby_then_takes_over() {
         .clone()
         .unwrap_or_default();
     assert!(error.contains("is active for PID"), "{error}");
+    // Every state the standby goes through until it streams.
+    let mut watcher = second.status.clone();
+    let states = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while watcher.changed().await.is_ok() {
+            let state = watcher.borrow_and_update().state;
+            seen.push(state);
+            if state == SourceState::Streaming {
+                break;
+            }
+        }
+        seen
+    });
 
     psql(&db, "INSERT INTO items VALUES (1, 'to the first')").await;
     let (_, end_lsn, records) = first.next_transaction().await;
@@ -171,6 +184,10 @@ async fn second_source_on_the_same_slot_waits_as_standby_then_takes_over() {
 
     first.stop().await.unwrap();
     second.wait_state(SourceState::Streaming).await;
+    // It waited as a standby without flapping through Connecting.
+    let states = states.await.unwrap();
+    assert!(!states.contains(&SourceState::Connecting), "{states:?}");
+    assert_eq!(states.last(), Some(&SourceState::Streaming));
     psql(&db, "INSERT INTO items VALUES (2, 'to the second')").await;
     let (_, _, records) = second.next_transaction().await;
     assert_eq!(

@@ -256,7 +256,10 @@ impl Source {
         let mut backoff = Backoff::default();
         let mut standby_since: Option<Instant> = None;
         loop {
-            self.set_state(SourceState::Connecting);
+            // A standby keeps its state while it retries, so it does not flap.
+            if standby_since.is_none() {
+                self.set_state(SourceState::Connecting);
+            }
             let mut streaming_since = None;
             let result = self
                 .session(
@@ -287,13 +290,19 @@ impl Source {
                     } else {
                         tracing::debug!(slot = %self.opts.slot, "slot still held by another connection");
                     }
-                    self.status.send_modify(|s| {
+                    let text = error.to_string();
+                    self.status.send_if_modified(|s| {
+                        let changed = s.state != SourceState::Standby
+                            || s.last_error.as_deref() != Some(text.as_str());
                         s.state = SourceState::Standby;
-                        s.last_error = Some(error.to_string());
+                        s.last_error = Some(text);
+                        changed
                     });
                     STANDBY_RETRY
                 }
                 Disposition::Transient => {
+                    standby_since = None;
+                    self.set_state(SourceState::Connecting);
                     let delay = backoff.next_delay();
                     tracing::warn!(slot = %self.opts.slot, error = %error, retry_in_ms = delay.as_millis() as u64, "replication connection failed; reconnecting");
                     self.status
