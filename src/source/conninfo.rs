@@ -249,7 +249,7 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Sou
     }
     let port_at = |i: usize| match ports.len() {
         0 => 5432,
-        1 => ports[0],
+        1 => ports.first().copied().unwrap_or(5432),
         _ => ports.get(i).copied().unwrap_or(5432),
     };
     let mut targets = Vec::with_capacity(count);
