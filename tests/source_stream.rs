@@ -290,3 +290,60 @@ async fn non_transactional_messages_and_updates_arrive() {
     }
     src.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_cut_by_a_reconnect_continues_without_duplicates_or_gaps() {
+    let (url, db) = published_db("src_resume").await;
+    let mut opts = options(&url, "s_resume");
+    opts.channel_capacity = 1;
+    let mut src = spawn(opts);
+    src.wait_state(SourceState::Streaming).await;
+    let pid = active_pid(&db, "s_resume").await.expect("walsender pid");
+
+    psql(
+        &db,
+        "INSERT INTO items SELECT g, 'row ' || g FROM generate_series(0, 199) g",
+    )
+    .await;
+    let SourceEvent::Begin { commit_lsn, .. } = src.next().await else {
+        panic!("expected Begin");
+    };
+    let mut indexes = Vec::new();
+    for _ in 0..10 {
+        let SourceEvent::Record(r) = src.next().await else {
+            panic!("expected a record");
+        };
+        indexes.push(r.index);
+    }
+
+    // Kill the walsender while the transaction is half-way downstream.
+    psql(&db, &format!("SELECT pg_terminate_backend({pid})")).await;
+    common::wait_until(WAIT, "a new walsender on the slot", || async {
+        active_pid(&db, "s_resume").await.is_some_and(|p| p != pid)
+    })
+    .await;
+
+    loop {
+        match src.next().await {
+            SourceEvent::Record(r) => {
+                assert_eq!(r.commit_lsn, commit_lsn);
+                indexes.push(r.index);
+            }
+            SourceEvent::Commit {
+                commit_lsn: c,
+                end_lsn,
+            } => {
+                assert_eq!(c, commit_lsn);
+                src.acks.ack(end_lsn);
+                break;
+            }
+            other => panic!("unexpected {other:?} (a second Begin means a duplicate)"),
+        }
+    }
+    assert_eq!(indexes, (0..200).collect::<Vec<u32>>());
+    assert!(
+        src.status.borrow().last_error.is_some(),
+        "no reconnect happened"
+    );
+    src.stop().await.unwrap();
+}
