@@ -1,0 +1,230 @@
+//! One streaming session: CopyBoth frames in, decoded events out, standby
+//! status back, in a single biased `select!` loop.
+//!
+//! Backpressure: while a decoded event waits for a channel slot the loop
+//! stops reading the socket, but acknowledgements and the status timer keep
+//! running, so the walsender never times out behind a slow consumer.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use postgres_protocol::message::backend::Message;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::ReplConn;
+use super::error::SourceError;
+use super::feedback::Feedback;
+use super::protocol::{self, CopyMessage};
+use super::resume::{Handed, ReplayFilter};
+use super::wire::{self, Frame};
+use super::SourceStatus;
+use crate::decode::{Decoder, SourceEvent};
+use crate::lsn::{pg_now_micros, Lsn};
+
+/// How long to wait for the server to confirm the end of the stream.
+const FINISH_WAIT: Duration = Duration::from_secs(2);
+
+/// What outlives a connection.
+#[derive(Debug, Default)]
+pub(super) struct Memory {
+    pub handed: Handed,
+    /// The flush position last confirmed to the server: a floor for later ones.
+    pub floor: Lsn,
+    /// This process has streamed from the slot (so it must keep existing).
+    pub streamed: bool,
+    /// The cluster's system identifier, to notice a different server.
+    pub system_id: Option<String>,
+}
+
+/// Per-connection streaming state.
+struct Session<'a> {
+    conn: ReplConn,
+    memory: &'a mut Memory,
+    status: &'a watch::Sender<SourceStatus>,
+    feedback: Feedback,
+    decoder: Decoder,
+    decoded: Vec<SourceEvent>,
+    pending: VecDeque<SourceEvent>,
+    filter: ReplayFilter,
+    /// Latest non-zero XLogData start, for error messages.
+    position: Lsn,
+}
+
+/// Streams until shutdown (Ok) or an error.
+pub(super) async fn run(
+    conn: ReplConn,
+    memory: &mut Memory,
+    acks: &mut watch::Receiver<Lsn>,
+    status: &watch::Sender<SourceStatus>,
+    wal_sender_timeout: Duration,
+    tx: &mpsc::Sender<SourceEvent>,
+    shutdown: &CancellationToken,
+) -> Result<(), SourceError> {
+    let now = Instant::now();
+    let interval = protocol::feedback_interval(wal_sender_timeout);
+    let silence = protocol::silence_limit(wal_sender_timeout);
+    let acked = *acks.borrow_and_update();
+    let feedback = Feedback::new(now, interval, memory.floor, memory.handed.last_end, acked);
+    let mut s = Session {
+        conn,
+        memory,
+        status,
+        feedback,
+        decoder: Decoder::new(),
+        decoded: Vec::new(),
+        pending: VecDeque::new(),
+        filter: ReplayFilter::new(),
+        position: Lsn::ZERO,
+    };
+    let mut last_heard = now;
+    let mut acks_open = true;
+
+    loop {
+        // Work through frames already buffered, unless downstream is full:
+        // then the socket is left alone until a slot frees up.
+        while s.pending.is_empty() {
+            let Some(frame) = s.conn.try_frame()? else {
+                break;
+            };
+            s.on_frame(frame)?;
+        }
+        let reading = s.pending.is_empty();
+        s.feedback
+            .set_between_transactions(reading && !s.filter.in_transaction());
+        let status_due = s.feedback.next_due();
+
+        tokio::select! {
+            biased;
+            // 1. Shutdown: report the final position, end the stream.
+            _ = shutdown.cancelled() => {
+                s.feedback.on_ack(*acks.borrow_and_update());
+                let _ = s.send_status(false).await;
+                s.conn.finish(FINISH_WAIT).await;
+                return Ok(());
+            }
+            // 2. Acknowledgements from downstream.
+            changed = acks.changed(), if acks_open => match changed {
+                Ok(()) => s.feedback.on_ack(*acks.borrow_and_update()),
+                // Every AckHandle is gone: flush can only follow keepalives now.
+                Err(_) => acks_open = false,
+            },
+            // 3. Deadlines: the standby status, and a server gone silent.
+            _ = sleep_until(status_due) => {
+                // Ask for an answer when the server has been quiet, to notice a dead peer.
+                let ask = Instant::now().saturating_duration_since(last_heard) >= interval;
+                s.send_status(ask).await?;
+            }
+            _ = sleep_until(last_heard + silence), if reading => {
+                return Err(SourceError::Silent {
+                    target: s.conn.target().to_string(),
+                    secs: silence.as_secs(),
+                });
+            }
+            // 4. Hand the next decoded event downstream.
+            permit = tx.reserve(), if !reading => {
+                let permit = permit.map_err(|_| SourceError::DownstreamClosed)?;
+                if let Some(event) = s.pending.pop_front() {
+                    s.memory.handed.record(&event);
+                    if let SourceEvent::Commit { end_lsn, .. } = &event {
+                        s.feedback.on_commit_handed(*end_lsn);
+                    }
+                    permit.send(event);
+                }
+                if s.pending.is_empty() {
+                    // Reading resumes: time spent blocked is not server silence.
+                    last_heard = last_heard.max(Instant::now());
+                }
+            }
+            // 5. More bytes from the server.
+            read = s.conn.fill(), if reading => {
+                read?;
+                last_heard = Instant::now();
+            }
+        }
+    }
+}
+
+impl Session<'_> {
+    fn on_frame(&mut self, frame: Frame) -> Result<(), SourceError> {
+        let message = match frame {
+            Frame::Message(message) => message,
+            Frame::CopyBoth => return Err(self.protocol("a second CopyBothResponse")),
+        };
+        match message {
+            Message::CopyData(body) => match protocol::parse_copy_data(body.into_bytes()) {
+                Ok(CopyMessage::XLogData(x)) => {
+                    self.feedback.on_xlogdata(x.wal_end);
+                    if x.start != Lsn::ZERO {
+                        self.position = x.start;
+                    }
+                    let position = self.position;
+                    self.decoder
+                        .decode(x.data, &mut self.decoded)
+                        .map_err(|source| SourceError::Decode {
+                            lsn: position,
+                            source,
+                        })?;
+                    for event in self.decoded.drain(..) {
+                        if self.filter.admit(&self.memory.handed, &event)? {
+                            self.pending.push_back(event);
+                        }
+                    }
+                    Ok(())
+                }
+                Ok(CopyMessage::Keepalive(k)) => {
+                    self.feedback.on_keepalive(&k);
+                    Ok(())
+                }
+                Err(e) => Err(self.protocol(&e.0)),
+            },
+            Message::ErrorResponse(body) => {
+                let error = wire::db_error(body.fields()).map_err(|e| self.protocol(&e.0))?;
+                Err(SourceError::Server {
+                    context: "replication stream".into(),
+                    target: self.conn.target().to_string(),
+                    error: Box::new(error),
+                })
+            }
+            // The server ended the stream (shutdown, timeline change): reconnect.
+            Message::CopyDone => Err(SourceError::Closed {
+                target: self.conn.target().to_string(),
+            }),
+            Message::NoticeResponse(body) => {
+                if let Ok(notice) = wire::db_error(body.fields()) {
+                    tracing::info!(sqlstate = %notice.code, message = %notice.message, "server notice");
+                }
+                Ok(())
+            }
+            Message::ParameterStatus(_) => Ok(()),
+            _ => Err(self.protocol("unexpected message while streaming")),
+        }
+    }
+
+    async fn send_status(&mut self, request_reply: bool) -> Result<(), SourceError> {
+        let status = self
+            .feedback
+            .take_status(Instant::now(), pg_now_micros(), request_reply);
+        self.conn.send_status(&status).await?;
+        self.memory.floor = self.memory.floor.max(status.flush);
+        tracing::trace!(write = %status.write, flush = %status.flush, "standby status sent");
+        let received = self.feedback.received();
+        let wal_end = self.feedback.server_wal_end().max(received);
+        self.status.send_if_modified(|s| {
+            let before = (s.received_lsn, s.acked_lsn, s.server_wal_end);
+            s.received_lsn = received;
+            s.acked_lsn = status.flush;
+            s.server_wal_end = wal_end;
+            before != (s.received_lsn, s.acked_lsn, s.server_wal_end)
+        });
+        Ok(())
+    }
+
+    fn protocol(&self, reason: &str) -> SourceError {
+        SourceError::Protocol {
+            target: self.conn.target().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
