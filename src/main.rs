@@ -62,7 +62,11 @@ fn main() -> ExitCode {
             let Some(config) = load_config(&config) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
-            run_until_signal(|shutdown| app::run(config, RunOptions { stdout }, shutdown))
+            run_until_signal(|shutdown| async move {
+                app::run(config, RunOptions { stdout }, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
         }
     }
 }

@@ -25,9 +25,10 @@ use super::tls;
 use super::wire::{self, Frame, RowCollector};
 
 /// Session settings pinned at startup so text output is stable (the same
-/// options core's walreceiver sends).
-pub const STARTUP_OPTIONS: &str =
-    "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c timezone=UTC";
+/// options core's walreceiver sends, plus hex bytea so the decoder never sees
+/// the escape format).
+pub const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
+     -c extra_float_digits=3 -c timezone=UTC -c bytea_output=hex";
 
 const READ_CHUNK: usize = 64 * 1024;
 
