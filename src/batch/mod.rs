@@ -1,1 +1,77 @@
-//! TODO(stage): batch
+//! Batching: records that passed a strategy's filter, grouped by
+//! `batch_size`, `max_batch_bytes` and `linger`, serialised once per batch.
+//!
+//! This file starts with the queue contract between the router (strategy/)
+//! and the per-strategy worker (batch/ and delivery/): what travels on a
+//! strategy's bounded queue, and how a strategy fills in per-batch headers,
+//! query parameters and body fields.
+
+use crate::lsn::Lsn;
+
+/// What the router puts on a strategy's queue, in commit order.
+#[derive(Debug)]
+pub enum WorkItem {
+    /// One record that passed the strategy's filter, already mapped.
+    Record(QueuedRecord),
+    /// Every record of the transaction ending at `end_lsn` (and of every
+    /// earlier one) has been queued. Sent only to strategies that got records
+    /// of that transaction; see [`crate::checkpoint`].
+    TxEnd { end_lsn: Lsn },
+}
+
+/// A mapped record, ready to be placed in a batch's `records` array.
+#[derive(Debug, Clone)]
+pub struct QueuedRecord {
+    /// Commit LSN of its transaction.
+    pub commit_lsn: Lsn,
+    /// Position in its transaction, from 0.
+    pub index: u32,
+    /// Commit time, µs since the Unix epoch (for `commit_to_delivery_seconds`).
+    pub commit_time: i64,
+    /// The complete JSON object of this record as it appears in `records[]`.
+    pub json: Vec<u8>,
+}
+
+impl QueuedRecord {
+    /// `<commit LSN>:<index>`, the same on every redelivery.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.commit_lsn, self.index)
+    }
+}
+
+/// What per-batch expressions can see (`batch.size`, `batch.first_lsn`,
+/// `batch.last_lsn`, `strategy`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchMeta<'a> {
+    pub strategy: &'a str,
+    pub id: &'a str,
+    pub size: usize,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
+}
+
+/// Per-batch request parts computed from the endpoint's and strategy's
+/// `headers`, `query` and `body` templates.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoration {
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    /// Extra top-level payload fields, after `records`.
+    pub body: Vec<(String, serde_json::Value)>,
+}
+
+/// Computes a batch's [`Decoration`]; implemented by the compiled strategy.
+pub trait Decorate: Send + Sync + 'static {
+    /// An `Err` (an expression failing at send time) names the field, never values.
+    fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String>;
+}
+
+/// A strategy without per-batch templates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoDecoration;
+
+impl Decorate for NoDecoration {
+    fn decorate(&self, _meta: &BatchMeta<'_>) -> Result<Decoration, String> {
+        Ok(Decoration::default())
+    }
+}

@@ -1,1 +1,211 @@
-//! TODO(stage): checkpoint
+//! The acknowledged position: the commit LSN below which every strategy has
+//! delivered (or dead-lettered) everything it was given.
+//!
+//! Why this shape: the router tells the checkpoint about every transaction
+//! end it has seen, and each strategy reports how far its deliveries reach.
+//! A strategy that has delivered everything it was queued does not hold the
+//! slot back, so filtered-out changes and quiet strategies count as done at
+//! once, and no per-transaction marker has to travel through idle queues.
+//!
+//! `acked = min over strategies of (caught up ? seen_end : delivered_through)`
+//! where a strategy is caught up when `delivered_through >= queued_through`.
+
+use std::sync::Mutex;
+
+use crate::lsn::Lsn;
+
+/// Per-strategy positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StrategyPosition {
+    /// End LSN of the last transaction with records queued to this strategy.
+    pub queued_through: Lsn,
+    /// End LSN of the last transaction whose records this strategy has all
+    /// delivered or dead-lettered.
+    pub delivered_through: Lsn,
+}
+
+impl StrategyPosition {
+    fn caught_up(&self) -> bool {
+        self.delivered_through >= self.queued_through
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    seen_end: Lsn,
+    strategies: Vec<StrategyPosition>,
+    acked: Lsn,
+}
+
+/// Shared between the router (queued, seen) and the strategy workers (delivered).
+pub struct Checkpoint {
+    state: Mutex<State>,
+    on_advance: Box<dyn Fn(Lsn) + Send + Sync>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checkpoint {
+    /// `strategies` positions start at `start` (the slot's confirmed position);
+    /// `on_advance` is called with each new acked LSN (feed it to the source's
+    /// `AckHandle::ack`). It is called with the lock held: keep it cheap.
+    pub fn new(
+        strategies: usize,
+        start: Lsn,
+        on_advance: impl Fn(Lsn) + Send + Sync + 'static,
+    ) -> Self {
+        Checkpoint {
+            state: Mutex::new(State {
+                seen_end: start,
+                strategies: vec![
+                    StrategyPosition {
+                        queued_through: start,
+                        delivered_through: start,
+                    };
+                    strategies
+                ],
+                acked: start,
+            }),
+            on_advance: Box::new(on_advance),
+        }
+    }
+
+    /// The router queued records of the transaction ending at `end_lsn` to
+    /// `strategy`. Call it before (or while) queueing that transaction's end.
+    pub fn queued(&self, strategy: usize, end_lsn: Lsn) {
+        self.update(|state| {
+            if let Some(pos) = state.strategies.get_mut(strategy) {
+                pos.queued_through = pos.queued_through.max(end_lsn);
+            }
+        });
+    }
+
+    /// The router has routed the whole transaction ending at `end_lsn`
+    /// (after any `queued` calls for it).
+    pub fn seen(&self, end_lsn: Lsn) {
+        self.update(|state| state.seen_end = state.seen_end.max(end_lsn));
+    }
+
+    /// `strategy` delivered (or dead-lettered) every record of transactions
+    /// ending at or before `end_lsn`.
+    pub fn delivered(&self, strategy: usize, end_lsn: Lsn) {
+        self.update(|state| {
+            if let Some(pos) = state.strategies.get_mut(strategy) {
+                pos.delivered_through = pos.delivered_through.max(end_lsn);
+            }
+        });
+    }
+
+    /// The position acknowledged so far.
+    pub fn acked(&self) -> Lsn {
+        self.lock().acked
+    }
+
+    /// A strategy's positions (for `/status`).
+    pub fn position(&self, strategy: usize) -> Option<StrategyPosition> {
+        self.lock().strategies.get(strategy).copied()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the positions torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(&mut State)) {
+        let mut state = self.lock();
+        change(&mut state);
+        let seen = state.seen_end;
+        let candidate = state
+            .strategies
+            .iter()
+            .map(|pos| {
+                if pos.caught_up() {
+                    seen
+                } else {
+                    pos.delivered_through
+                }
+            })
+            .min()
+            .unwrap_or(seen);
+        if candidate > state.acked {
+            state.acked = candidate;
+            (self.on_advance)(candidate);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn recorder() -> (Arc<Mutex<Vec<u64>>>, impl Fn(Lsn) + Send + Sync) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        (seen, move |lsn: Lsn| sink.lock().unwrap().push(lsn.0))
+    }
+
+    #[test]
+    fn filtered_transactions_advance_at_once() {
+        let (acks, f) = recorder();
+        let cp = Checkpoint::new(2, Lsn(10), f);
+        cp.seen(Lsn(20));
+        cp.seen(Lsn(30));
+        assert_eq!(cp.acked(), Lsn(30));
+        assert_eq!(*acks.lock().unwrap(), vec![20, 30]);
+    }
+
+    #[test]
+    fn an_undelivered_strategy_holds_the_position() {
+        let (_, f) = recorder();
+        let cp = Checkpoint::new(2, Lsn(10), f);
+        cp.queued(1, Lsn(20));
+        cp.seen(Lsn(20));
+        cp.seen(Lsn(30));
+        assert_eq!(cp.acked(), Lsn(10), "strategy 1 has not delivered txn 20");
+        cp.delivered(1, Lsn(20));
+        assert_eq!(
+            cp.acked(),
+            Lsn(30),
+            "caught up: follows what the router saw"
+        );
+    }
+
+    #[test]
+    fn partial_delivery_acks_only_what_is_delivered() {
+        let (_, f) = recorder();
+        let cp = Checkpoint::new(1, Lsn(0), f);
+        cp.queued(0, Lsn(20));
+        cp.seen(Lsn(20));
+        cp.queued(0, Lsn(40));
+        cp.seen(Lsn(40));
+        cp.delivered(0, Lsn(20));
+        assert_eq!(cp.acked(), Lsn(20));
+        cp.delivered(0, Lsn(40));
+        assert_eq!(cp.acked(), Lsn(40));
+    }
+
+    #[test]
+    fn never_moves_backwards() {
+        let (acks, f) = recorder();
+        let cp = Checkpoint::new(1, Lsn(50), f);
+        cp.seen(Lsn(40));
+        cp.delivered(0, Lsn(30));
+        assert_eq!(cp.acked(), Lsn(50));
+        assert!(acks.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_strategies_follows_the_router() {
+        let (_, f) = recorder();
+        let cp = Checkpoint::new(0, Lsn(1), f);
+        cp.seen(Lsn(9));
+        assert_eq!(cp.acked(), Lsn(9));
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO(stage): delivery::oauth2 (endpoint security)
