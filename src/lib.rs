@@ -36,6 +36,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod db;
 pub mod decode;
 pub mod delivery;
 pub mod lsn;
