@@ -175,6 +175,11 @@ impl Batcher {
         }
     }
 
+    /// Seals whatever is pending now (the queue has ended).
+    pub fn flush(&mut self) {
+        self.seal();
+    }
+
     /// The oldest sealed batch, if any.
     pub fn pop_ready(&mut self) -> Option<Batch> {
         self.ready.pop_front()
