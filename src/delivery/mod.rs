@@ -4,5 +4,7 @@
 pub mod auth;
 pub mod oauth2;
 pub mod prepare;
+pub mod security;
 pub mod signing;
 pub mod tls;
+pub mod token;
