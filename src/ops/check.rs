@@ -692,7 +692,9 @@ async fn table_identity(
     // Without any identity, Postgres rejects UPDATE/DELETE on a table whose
     // publication carries them: the application's writes fail.
     let no_identity = identity == "n" || (identity == "d" && primary.is_none());
+    let mut problems = 0;
     if no_identity && (publishes.update || publishes.delete) {
+        problems += 1;
         out.push(
             Finding::new(
                 Severity::Error,
@@ -717,7 +719,6 @@ async fn table_identity(
         );
     }
 
-    let mut problems = 0;
     if let Some(key) = key {
         for site in config.expressions() {
             let Some(strategy) = site.strategy else {
