@@ -40,6 +40,7 @@ pub mod db;
 pub mod decode;
 pub mod delivery;
 pub mod lsn;
+pub mod ops;
 pub mod runs;
 pub mod source;
 pub mod strategy;
