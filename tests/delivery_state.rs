@@ -186,7 +186,6 @@ async fn dead_letter_without_a_state_store_is_refused() {
         shutdown_timeout: Duration::ZERO,
         queue_capacity: 1,
     })
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(err.to_string().contains("strategy orders"), "{err}");
 }
