@@ -39,6 +39,7 @@ pub mod config;
 pub mod decode;
 pub mod delivery;
 pub mod lsn;
+pub mod receive;
 pub mod source;
 pub mod strategy;
 pub mod telemetry;
