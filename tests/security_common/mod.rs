@@ -76,3 +76,46 @@ impl Write for LogCapture {
         Ok(())
     }
 }
+
+/// Requests a [`Recorder`] received: headers and body.
+pub type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A real HTTP receiver on 127.0.0.1:0 that records every request and
+/// answers 200.
+pub async fn start_recorder() -> (std::net::SocketAddr, Received) {
+    let received: Received = Arc::default();
+    let app = recorder_app(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, received)
+}
+
+/// The recorder's router (also served over TLS by the TLS tests).
+pub fn recorder_app(received: Received) -> axum::Router {
+    async fn record(
+        axum::extract::State(received): axum::extract::State<Received>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> &'static str {
+        received.lock().unwrap().push((headers, body));
+        "ok"
+    }
+    axum::Router::new()
+        .route("/{*path}", axum::routing::post(record))
+        .with_state(received)
+}
+
+/// Sends a prepared attempt the way the sender does.
+pub async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    attempt: &Attempt,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url)
+        .headers(attempt.headers.clone())
+        .body(attempt.body.clone())
+        .send()
+        .await
+}
