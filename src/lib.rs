@@ -41,6 +41,7 @@ pub mod decode;
 pub mod delivery;
 pub mod lsn;
 pub mod ops;
+pub mod receive;
 pub mod runs;
 pub mod source;
 pub mod strategy;

@@ -85,6 +85,26 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Receive webhooks: verify signatures, print batches (for receivers' developers and benchmarks).
+    Receive {
+        /// The address to listen on; port 0 picks a free one (printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// A Standard Webhooks secret (whsec_…) to verify signatures with; repeat while rotating.
+        /// Without one, signatures are not checked.
+        #[arg(
+            long = "secret",
+            env = "WALHOOK_RECEIVE_SECRET",
+            hide_env_values = true
+        )]
+        secrets: Vec<String>,
+        /// Print every record (its JSON, one per line) instead of one line per batch.
+        #[arg(long)]
+        records: bool,
+        /// Print nothing per batch, only count; totals are printed at exit (for benchmarks).
+        #[arg(long, conflicts_with = "records")]
+        null: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -158,6 +178,31 @@ fn main() -> ExitCode {
                     println!("{line}");
                 }
                 Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Receive {
+            listen,
+            secrets,
+            records,
+            null,
+        } => {
+            let secrets = match walhook::receive::parse_secrets(&secrets) {
+                Ok(secrets) => secrets,
+                Err(err) => {
+                    eprintln!("walhook: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let options = walhook::receive::ReceiveOptions {
+                listen,
+                secrets,
+                records,
+                null,
+            };
+            run_until_signal(|shutdown| async move {
+                walhook::receive::run(options, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
             })
         }
     }
