@@ -62,7 +62,7 @@ impl Control for TestControl {
                 "run {strategy} {:?} {:?}",
                 request.mode, request.limit
             ));
-            Ok(match request.mode {
+            Ok(match request.mode.unwrap_or(RunMode::Async) {
                 RunMode::Sync => RunReply::Completed(json!({ "records": 7 })),
                 RunMode::Async => RunReply::Started { id: 41 },
             })
@@ -116,12 +116,15 @@ impl Server {
             token: token.map(Secret::new),
             prom,
         };
-        let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
-        tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+        let (addr, _task) = admin::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            state,
+            shutdown.clone(),
+        )
+        .await
+        .expect("start the admin server");
+        let base = format!("http://{addr}");
         Server {
             base,
             source,
@@ -315,8 +318,8 @@ async fn mutating_endpoints_need_the_token() {
         vec![
             "pause orders",
             "resume orders",
-            "run orders Async Some(5)",
-            "run orders Sync None",
+            "run orders Some(Async) Some(5)",
+            "run orders Some(Sync) None",
             "replay 9"
         ]
     );
