@@ -429,3 +429,23 @@ fn logs_follow_log_format_and_walhook_log() {
     let stderr = run(&["setup"], Some("warn"));
     assert_eq!(stderr, "", "WALHOOK_LOG=warn hides info lines");
 }
+
+#[test]
+fn check_reports_an_unreachable_database() {
+    let config = config(
+        "postgres://walhook:hunter2-secret@127.0.0.1:1/nowhere",
+        "s_down",
+        "http://127.0.0.1:1/",
+        "true",
+    );
+    let (code, stdout, stderr) = walhook(&["check", "--no-network"], &config);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let first = stdout.lines().next().unwrap_or("");
+    assert!(first.starts_with("error connect: "), "{stdout}");
+    assert!(first.contains("127.0.0.1:1"), "{stdout}");
+    assert!(first.contains("— fix: "), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "the password never shows: {stdout}{stderr}"
+    );
+}
