@@ -11,10 +11,12 @@ pub mod auth;
 pub mod oauth2;
 pub mod prepare;
 pub mod retry;
+pub mod security;
 pub mod sender;
 pub mod signing;
 pub mod state;
 pub mod tls;
+pub mod token;
 pub mod worker;
 
 pub use sender::{AttemptResult, Endpoint};
