@@ -62,7 +62,7 @@ impl Control for TestControl {
                 "run {strategy} {:?} {:?}",
                 request.mode, request.limit
             ));
-            Ok(match request.mode {
+            Ok(match request.mode.unwrap_or(RunMode::Async) {
                 RunMode::Sync => RunReply::Completed(json!({ "records": 7 })),
                 RunMode::Async => RunReply::Started { id: 41 },
             })
@@ -116,12 +116,15 @@ impl Server {
             token: token.map(Secret::new),
             prom,
         };
-        let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let shutdown = CancellationToken::new();
-        tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+        let (addr, _task) = admin::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            state,
+            shutdown.clone(),
+        )
+        .await
+        .expect("start the admin server");
+        let base = format!("http://{addr}");
         Server {
             base,
             source,
@@ -315,8 +318,8 @@ async fn mutating_endpoints_need_the_token() {
         vec![
             "pause orders",
             "resume orders",
-            "run orders Async Some(5)",
-            "run orders Sync None",
+            "run orders Some(Async) Some(5)",
+            "run orders Some(Sync) None",
             "replay 9"
         ]
     );
@@ -441,4 +444,119 @@ fn run_refuses_a_public_admin_listen_without_a_token() {
         .expect("serve returns at once");
         assert!(matches!(result, Err(admin::AdminError::Unprotected(_))));
     });
+}
+
+/// The admin server fed by a real source: ready once streaming, metrics and
+/// status following the positions the source reports.
+#[tokio::test]
+async fn readiness_and_metrics_follow_a_real_source() {
+    use walhook::decode::SourceEvent;
+    use walhook::source::{Source, SourceOptions};
+
+    let url = common::fresh_db("ops_admin_source");
+    let db = url.rsplit('/').next().expect("db name").to_string();
+    let cluster = common::cluster();
+    cluster
+        .psql(
+            &db,
+            "CREATE TABLE t (id int PRIMARY KEY); CREATE PUBLICATION p_admin FOR TABLE t;",
+        )
+        .expect("schema");
+    let (source, ack, status) = Source::new(SourceOptions::new(
+        url.clone(),
+        "s_admin",
+        vec!["p_admin".into()],
+    ));
+    let shutdown = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let source_task = tokio::spawn(source.run(tx, shutdown.clone()));
+    // The consumer: acknowledge every transaction at once.
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if let SourceEvent::Commit { end_lsn, .. } = event {
+                ack.ack(end_lsn);
+            }
+        }
+    });
+    let prom = walhook::telemetry::install_recorder().expect("recorder");
+    let upkeep = walhook::telemetry::spawn_upkeep(prom.clone(), status.clone(), shutdown.clone());
+    let state = AdminState {
+        slot: "s_admin".into(),
+        source: status,
+        strategies: Arc::new(Vec::new),
+        control: None,
+        dead_letters: None,
+        token: None,
+        prom,
+    };
+    let (addr, _server) = admin::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        state,
+        shutdown.clone(),
+    )
+    .await
+    .expect("start");
+    let http = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let http = http.clone();
+        async move {
+            let response = http
+                .get(format!("http://{addr}{path}"))
+                .send()
+                .await
+                .expect("request");
+            let code = response.status().as_u16();
+            (code, response.text().await.expect("body"))
+        }
+    };
+
+    common::wait_until(Duration::from_secs(20), "/readyz to say ready", || async {
+        get("/readyz").await == (200, "ready\n".to_string())
+    })
+    .await;
+    cluster
+        .psql(&db, "INSERT INTO t VALUES (1)")
+        .expect("insert");
+    let confirmed = cluster
+        .psql(&db, "SELECT pg_current_wal_lsn()")
+        .expect("lsn");
+    let target: Lsn = confirmed.parse().expect("lsn");
+    common::wait_until(
+        Duration::from_secs(20),
+        "/status to show the insert acked",
+        || async {
+            let (_, body) = get("/status").await;
+            let status: Value = serde_json::from_str(&body).expect("json");
+            status["acked_lsn"]
+                .as_str()
+                .and_then(|s| s.parse::<Lsn>().ok())
+                .is_some_and(|acked| acked >= target)
+        },
+    )
+    .await;
+    let (_, metrics) = get("/metrics").await;
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(gauge("walhook_acked_lsn") >= target.0 as f64, "{metrics}");
+    assert!(
+        gauge("walhook_received_lsn") >= target.0 as f64,
+        "{metrics}"
+    );
+    assert_eq!(gauge("walhook_standby"), 0.0);
+    assert!(
+        metrics.contains("# HELP walhook_replication_lag_bytes "),
+        "{metrics}"
+    );
+
+    shutdown.cancel();
+    source_task
+        .await
+        .expect("source task")
+        .expect("source stops cleanly");
+    upkeep.await.expect("upkeep task");
 }

@@ -387,3 +387,65 @@ async fn teardown_drops_the_slot_and_refuses_an_active_one() {
         "0"
     );
 }
+
+#[test]
+fn logs_follow_log_format_and_walhook_log() {
+    let cluster = common::cluster();
+    let url = common::fresh_db("ops_logs");
+    schema(&db_name(&url), cluster);
+    let config = config(&url, "s_logs", "http://127.0.0.1:1/", "true");
+    let run = |args: &[&str], filter: Option<&str>| {
+        let mut command = Command::new(common::walhook_bin());
+        command.args(args).arg("-c").arg(&config.path);
+        match filter {
+            Some(filter) => command.env("WALHOOK_LOG", filter),
+            None => command.env_remove("WALHOOK_LOG"),
+        };
+        let out = command.output().expect("run walhook");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let stderr = run(&["--log-format", "json", "setup"], None);
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert!(!lines.is_empty(), "setup logs its steps");
+    assert!(
+        lines.iter().all(|l| l["level"] == "INFO"
+            && l["fields"]["message"] == "setup step done"
+            && l["fields"]["step"].is_string()),
+        "{stderr}"
+    );
+
+    let stderr = run(&["setup"], None);
+    assert!(
+        stderr.contains("setup step done"),
+        "text logs by default: {stderr}"
+    );
+    assert!(stderr.lines().all(|l| !l.starts_with('{')), "{stderr}");
+
+    let stderr = run(&["setup"], Some("warn"));
+    assert_eq!(stderr, "", "WALHOOK_LOG=warn hides info lines");
+}
+
+#[test]
+fn check_reports_an_unreachable_database() {
+    let config = config(
+        "postgres://walhook:hunter2-secret@127.0.0.1:1/nowhere",
+        "s_down",
+        "http://127.0.0.1:1/",
+        "true",
+    );
+    let (code, stdout, stderr) = walhook(&["check", "--no-network"], &config);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let first = stdout.lines().next().unwrap_or("");
+    assert!(first.starts_with("error connect: "), "{stdout}");
+    assert!(first.contains("127.0.0.1:1"), "{stdout}");
+    assert!(first.contains("— fix: "), "{stdout}");
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "the password never shows: {stdout}{stderr}"
+    );
+}

@@ -36,6 +36,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::delivery::prepare::BoxFuture;
@@ -168,8 +169,9 @@ pub enum RunMode {
 /// An on-demand run request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunRequest {
-    /// Sync or async (default async).
-    pub mode: RunMode,
+    /// `?mode=`; `None` = whichever the strategy's `on_demand` allows
+    /// (async when it allows both).
+    pub mode: Option<RunMode>,
     /// At most this many rows (`?limit=N`).
     pub limit: Option<u64>,
 }
@@ -283,6 +285,22 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
         .map_err(AdminError::Serve)
+}
+
+/// Binds `addr`, checks the token rule and serves on a spawned task until
+/// `shutdown`. Returns the bound address (useful with port 0) and the task.
+/// Bind errors and an unprotected address fail here, before anything runs.
+pub async fn start(
+    addr: SocketAddr,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<Result<(), AdminError>>), AdminError> {
+    let listener = bind(addr).await?;
+    let local = listener.local_addr().map_err(AdminError::Serve)?;
+    if !local.ip().is_loopback() && state.token.is_none() {
+        return Err(AdminError::Unprotected(local));
+    }
+    Ok((local, tokio::spawn(serve(listener, state, shutdown))))
 }
 
 /// The routes, for [`serve`] or for embedding.
@@ -502,7 +520,7 @@ async fn start_run(
         )
     })?;
     let request = RunRequest {
-        mode: params.mode.unwrap_or(RunMode::Async),
+        mode: params.mode,
         limit: params.limit,
     };
     match control

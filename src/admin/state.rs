@@ -17,6 +17,9 @@ pub enum StateError {
     /// The query failed (the message is the server's, never a secret).
     #[error("state schema query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// Connecting failed.
+    #[error(transparent)]
+    Connect(#[from] crate::db::DbError),
     /// A row did not hold what the query promised.
     #[error("state schema row is malformed: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -30,7 +33,7 @@ impl StateError {
                 *code == tokio_postgres::error::SqlState::UNDEFINED_TABLE
                     || *code == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
             }),
-            StateError::Malformed(_) => false,
+            StateError::Connect(_) | StateError::Malformed(_) => false,
         }
     }
 }
@@ -74,14 +77,9 @@ impl StateControl {
         StateControl { client }
     }
 
-    /// Connects to `url` without TLS (the connection runs on a spawned task).
+    /// Connects to `url` (a libpq URL; sslmode as for the source).
     pub async fn connect(url: &str) -> Result<Self, StateError> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::warn!(error = %err, "state schema connection closed");
-            }
-        });
+        let client = crate::db::connect(url, "walhook-admin").await?;
         Ok(StateControl::new(client))
     }
 

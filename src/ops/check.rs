@@ -295,8 +295,8 @@ fn headroom(name: &str, max: i64, used: i64, needed: i64, what: &str) -> Finding
             format!("{used} of {max} {what} in use; walhook needs {needed} free"),
         )
         .fix(format!(
-            "ALTER SYSTEM SET {name} = {}; -- then restart PostgreSQL",
-            (used + needed).max(max + needed) + 2
+            "ALTER SYSTEM SET {name} = {}; -- then restart PostgreSQL (room for a standby walhook too)",
+            used.max(max) + needed + 1
         ))
     }
 }

@@ -19,8 +19,8 @@ use crate::config::{Config, TableName};
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// Connecting to the source database failed.
-    #[error("cannot connect to the source database: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("{0}")]
+    Connect(#[source] crate::db::DbError),
     /// A statement failed.
     #[error("{what} failed: {source}")]
     Sql {
@@ -40,29 +40,12 @@ impl OpsError {
     }
 }
 
-/// Opens an ordinary SQL connection to the source database (no TLS yet:
-/// `sslmode=require` and stricter fail here with tokio-postgres's message).
+/// Opens an ordinary SQL connection to the source database (same sslmode
+/// handling as the replication connection, see [`crate::db`]).
 pub async fn connect(config: &Config) -> Result<Client, OpsError> {
-    let mut pg: tokio_postgres::Config = config
-        .source
-        .url
-        .expose()
-        .parse()
-        .map_err(OpsError::Connect)?;
-    pg.application_name("walhook-ops");
-    if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(std::time::Duration::from_secs(10));
-    }
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
+    crate::db::connect(config.source.url.expose(), "walhook-ops")
         .await
-        .map_err(OpsError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::debug!(error = %err, "ops connection closed");
-        }
-    });
-    Ok(client)
+        .map_err(OpsError::Connect)
 }
 
 /// The strategies' tables, each once, sorted.
