@@ -18,6 +18,8 @@ const EXIT_CONFIG: u8 = 2;
 const EXIT_RUNTIME: u8 = 1;
 /// The environment variable holding the log filter.
 const LOG_ENV: &str = "WALHOOK_LOG";
+/// The log filter when WALHOOK_LOG is unset.
+const DEFAULT_LOG_FILTER: &str = "info,tokio_postgres=warn";
 
 /// Change-data-capture for PostgreSQL: committed changes to batched, signed webhooks.
 #[derive(Debug, Parser)]
@@ -93,7 +95,7 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
         Ok(spec) => {
             EnvFilter::try_new(&spec).map_err(|err| format!("invalid {LOG_ENV}={spec:?}: {err}"))?
         }
-        Err(_) => EnvFilter::new("info"),
+        Err(_) => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
