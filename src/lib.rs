@@ -44,5 +44,6 @@ pub mod ops;
 pub mod receive;
 pub mod runs;
 pub mod source;
+pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;

@@ -231,7 +231,16 @@ where
 
 /// Loads and validates the configuration, printing every problem to stderr.
 fn load_config(path: &std::path::Path) -> Option<Config> {
-    match Config::load(path) {
+    let loaded = Config::load(path).and_then(|config| {
+        // Expressions compile here, so a typo exits 2 with the rest.
+        let errors = config.check_expressions(walhook::strategy::check_expression);
+        if errors.iter().next().is_some() {
+            Err(errors)
+        } else {
+            Ok(config)
+        }
+    });
+    match loaded {
         Ok(config) => Some(config),
         Err(errors) => {
             let count = errors.iter().count();
@@ -287,7 +296,16 @@ where
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(error = format!("{err:#}"), "walhook stopped");
-                ExitCode::from(EXIT_RUNTIME)
+                eprintln!("walhook: {err:#}");
+                // Configuration and schema problems: restarting will not help.
+                let config_problem = err
+                    .downcast_ref::<app::AppError>()
+                    .is_some_and(app::AppError::is_config);
+                ExitCode::from(if config_problem {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_RUNTIME
+                })
             }
         }
     })
