@@ -31,6 +31,11 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
+        Pki::for_names(&["localhost", "127.0.0.1"])
+    }
+
+    /// A PKI whose server certificate names only `names`.
+    fn for_names(names: &[&str]) -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
@@ -45,7 +50,8 @@ impl Pki {
 
         let server_key = KeyPair::generate().unwrap();
         let mut server_params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server_cert = server_params.signed_by(&server_key, &ca).unwrap();
 
@@ -291,4 +297,29 @@ fn unusable_files_are_named_by_field() {
         assert!(text.starts_with(field), "{text}");
         assert!(!text.contains("PRIVATE KEY-----\n"), "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused_with_an_explanation() {
+    let pki = Pki::for_names(&["orders.internal"]);
+    let server = start_server(&pki, false).await;
+    let tls = Tls {
+        ca_file: Some(pki.path("ca.pem")),
+        ..Tls::default()
+    };
+    let err = post(&client(&tls), &server.url).await.unwrap_err();
+    let why = explain(&err);
+    assert!(why.contains("not valid for this host name"), "{why}");
+}
+
+#[tokio::test]
+async fn errors_without_tls_are_described_without_the_url() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{}/hook?key=in-query", addr.port());
+    let err = post(&client(&Tls::default()), &url).await.unwrap_err();
+    let why = explain(&err);
+    assert!(why.starts_with("cannot connect"), "{why}");
+    assert!(!why.contains("in-query"), "{why}");
 }
