@@ -56,6 +56,9 @@ pub struct WorkerOptions {
     pub queue_capacity: usize,
 }
 
+/// How often stored batch boundaries behind the acked position are deleted.
+const FORGET_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Default capacity of a strategy's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
@@ -194,7 +197,6 @@ struct SenderCtx {
     state: Option<StateStore>,
     status: StatusHandle,
     metrics: Metrics,
-    checkpoint: Arc<Checkpoint>,
     /// Soft stop: start no new batch, no new backoff.
     stop: CancellationToken,
     /// Hard stop: abandon the attempt in flight.
@@ -241,7 +243,6 @@ impl StrategyWorker {
             state: opts.state,
             status: StatusHandle::new(),
             metrics: Metrics::new(&name),
-            checkpoint: opts.checkpoint.clone(),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
         });
@@ -273,6 +274,9 @@ impl StrategyWorker {
         let mut outstanding = 0usize;
         let mut outstanding_records = 0usize;
         let mut input_open = true;
+        let mut forget = tokio::time::interval(FORGET_INTERVAL);
+        forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut forgotten = Lsn::ZERO;
 
         loop {
             if !input_open && self.batcher.is_empty() && outstanding == 0 {
@@ -304,7 +308,9 @@ impl StrategyWorker {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.batcher.poll_linger(Instant::now());
                 }
-                // 5. new input, while at most one sealed batch waits
+                // 5. forget stored batches Postgres has acknowledged
+                _ = forget.tick(), if self.ctx.state.is_some() => self.forget_acked(&mut forgotten),
+                // 6. new input, while at most one sealed batch waits
                 item = self.rx.recv(), if input_open && self.batcher.ready_len() < 2 => match item {
                     Some(WorkItem::Record(record)) => self.batcher.push(record, Instant::now()),
                     Some(WorkItem::TxEnd { end_lsn }) => {
@@ -383,6 +389,23 @@ impl StrategyWorker {
         }
     }
 
+    fn forget_acked(&self, forgotten: &mut Lsn) {
+        let Some(state) = self.ctx.state.clone() else {
+            return;
+        };
+        let acked = self.checkpoint.acked();
+        if acked <= *forgotten {
+            return;
+        }
+        *forgotten = acked;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = state.forget_batches(&name, acked).await {
+                tracing::debug!(strategy = %name, error = %e, "cannot forget acknowledged batches");
+            }
+        });
+    }
+
     fn update_queue(&self, outstanding_records: usize) {
         let n = self.rx.len()
             + self.batcher.pending_len()
@@ -405,7 +428,6 @@ async fn sender_loop(
     mut batches: mpsc::Receiver<Batch>,
     done: mpsc::UnboundedSender<Done>,
 ) {
-    let mut last_forget = Instant::now();
     while let Some(batch) = batches.recv().await {
         if ctx.stop.is_cancelled() {
             break;
@@ -418,17 +440,6 @@ async fn sender_loop(
                 });
             }
             Outcome::Cancelled => break,
-        }
-        if let Some(state) = &ctx.state {
-            if last_forget.elapsed() >= Duration::from_secs(1) {
-                last_forget = Instant::now();
-                if let Err(e) = state
-                    .forget_batches(&ctx.name, ctx.checkpoint.acked())
-                    .await
-                {
-                    tracing::debug!(strategy = %ctx.name, error = %e, "cannot forget acknowledged batches");
-                }
-            }
         }
     }
     ctx.status.update(|s| {
