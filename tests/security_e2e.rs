@@ -5,6 +5,7 @@
 
 mod common;
 mod pipeline_common;
+mod security_common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use common::receiver::Receiver;
 use pipeline_common::{base_config, db_name, wait_streaming, Walhook, WAIT};
+use security_common::tls::{start_server, Pki};
 use standardwebhooks::Webhook;
 
 const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -281,4 +283,64 @@ async fn trace_logs_through_failures_hold_no_secret() {
             "{secret} appears in the TRACE logs"
         );
     }
+}
+
+#[tokio::test]
+async fn mutual_tls_through_walhook_run() {
+    let (url, db) = orders_db("sec_e2e_mtls");
+    let pki = Pki::new();
+    let server = start_server(&pki, true).await;
+    let config = format!(
+        "{}[endpoints.mtls]\nurl = \"{}\"\n\
+         tls = {{ ca_file = \"{}\", client_cert = \"{}\", client_key = \"{}\" }}\n\n{}",
+        base_config(&url, "sec_e2e_mtls", "sec_e2e_mtls"),
+        server.url,
+        pki.path("ca.pem").display(),
+        pki.path("client.pem").display(),
+        pki.path("client.key").display(),
+        strategy("mutual", "mtls"),
+    );
+    let walhook = Walhook::start(&config, &[]);
+    wait_streaming(&db, "sec_e2e_mtls").await;
+    common::cluster()
+        .psql(&db, "INSERT INTO orders VALUES (1, 10, 'open')")
+        .unwrap();
+    common::wait_until(WAIT, "the batch over mutual TLS", || async {
+        server.received.lock().unwrap().len() == 1
+    })
+    .await;
+    let body: serde_json::Value =
+        serde_json::from_slice(&server.received.lock().unwrap()[0].1).unwrap();
+    assert_eq!(body["records"][0]["new"]["id"], 1);
+    stop(walhook).await;
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_and_the_log_says_why() {
+    let (url, db) = orders_db("sec_e2e_untrusted");
+    let pki = Pki::new();
+    let server = start_server(&pki, false).await;
+    let config = format!(
+        "{}[endpoints.private]\nurl = \"{}\"\nretry = {{ initial = \"100ms\", max = \"200ms\" }}\n\n{}",
+        base_config(&url, "sec_e2e_untrusted", "sec_e2e_untrusted"),
+        server.url,
+        strategy("untrusted", "private"),
+    );
+    let mut walhook = Walhook::start(&config, &[]);
+    wait_streaming(&db, "sec_e2e_untrusted").await;
+    common::cluster()
+        .psql(&db, "INSERT INTO orders VALUES (1, 10, 'open')")
+        .unwrap();
+    common::wait_until(WAIT, "a logged delivery failure", || async {
+        walhook.stderr().contains("delivery attempt failed")
+    })
+    .await;
+    let stderr = walhook.stderr();
+    let failure = stderr
+        .lines()
+        .find(|l| l.contains("delivery attempt failed"))
+        .unwrap();
+    assert!(failure.contains("UnknownIssuer"), "{failure}");
+    assert!(server.received.lock().unwrap().is_empty());
+    walhook.kill9().await;
 }
