@@ -6,6 +6,12 @@
 //! strategy's bounded queue, and how a strategy fills in per-batch headers,
 //! query parameters and body fields.
 
+pub mod batcher;
+pub mod payload;
+
+pub use batcher::{Batcher, BatcherOptions, Boundary};
+pub use payload::Batch;
+
 use crate::lsn::Lsn;
 
 /// What the router puts on a strategy's queue, in commit order.

@@ -84,3 +84,4 @@ where
 pub fn walhook_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walhook"))
 }
+pub mod receiver;

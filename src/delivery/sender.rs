@@ -1,0 +1,316 @@
+//! The HTTP side of delivery: one reqwest client per endpoint, one POST per
+//! attempt.
+//!
+//! The client keeps connections alive between batches, never follows
+//! redirects (a 3xx is a failed attempt: following it could send signed data
+//! to a place nobody configured), and bounds connecting and the whole request
+//! by the endpoint's `connect_timeout` and `timeout`. A response body is read
+//! only up to 64 KiB: enough to reuse the connection for small answers, never
+//! a way for an endpoint to make walhook buffer without bound.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{Client, ClientBuilder, StatusCode, Url};
+
+use super::prepare::{Attempt, Prepare};
+use super::retry::parse_retry_after;
+use super::DeliveryError;
+use crate::batch::Batch;
+use crate::config::EndpointConfig;
+
+/// Most bytes of a response body walhook reads.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// `walhook/<version>`.
+pub const USER_AGENT: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
+
+/// One webhook endpoint: its URL, HTTP client and security ([`Prepare`]).
+/// Shared (in an `Arc`) by every strategy sending to it.
+pub struct Endpoint {
+    name: Arc<str>,
+    url: Url,
+    client: Client,
+    timeout: Duration,
+    prepare: Arc<dyn Prepare>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptResult {
+    /// The HTTP status, if a response came.
+    pub status: Option<u16>,
+    /// The response's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// Why it failed (no secret, no URL, no body); `None` when delivered.
+    pub error: Option<String>,
+    /// Time spent, preparation included.
+    pub elapsed: Duration,
+}
+
+impl AttemptResult {
+    /// A 2xx answer.
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// `2xx`, `3xx`, `4xx`, `5xx` or `error` (no response), for metrics.
+    pub fn status_class(&self) -> &'static str {
+        match self.status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            Some(_) => "other",
+            None => "error",
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint with the system's TLS roots. An endpoint with `[tls]`
+    /// settings must be built with [`Endpoint::with_tls`].
+    pub fn new(
+        name: &str,
+        cfg: &EndpointConfig,
+        prepare: Arc<dyn Prepare>,
+    ) -> Result<Endpoint, DeliveryError> {
+        let tls = &cfg.tls;
+        if tls.ca_file.is_some()
+            || tls.client_cert.is_some()
+            || tls.client_key.is_some()
+            || tls.danger_accept_invalid_certs
+        {
+            return Err(DeliveryError::Client {
+                endpoint: name.to_string(),
+                reason: "the endpoint has [tls] settings; build it with Endpoint::with_tls".into(),
+            });
+        }
+        Self::with_tls(name, cfg, prepare, Ok::<_, std::convert::Infallible>)
+    }
+
+    /// An endpoint whose client builder is first passed through `tls` (e.g.
+    /// `|b| delivery::tls::configure(b, &cfg.tls, name)`).
+    pub fn with_tls<E: std::fmt::Display>(
+        name: &str,
+        cfg: &EndpointConfig,
+        prepare: Arc<dyn Prepare>,
+        tls: impl FnOnce(ClientBuilder) -> Result<ClientBuilder, E>,
+    ) -> Result<Endpoint, DeliveryError> {
+        let client_err = |reason: String| DeliveryError::Client {
+            endpoint: name.to_string(),
+            reason,
+        };
+        let builder = tls(Self::client_builder(cfg)).map_err(|e| client_err(e.to_string()))?;
+        let client = builder
+            .build()
+            .map_err(|e| client_err(describe(&e.without_url())))?;
+        Self::from_client(name, cfg, client, prepare)
+    }
+
+    /// The client settings walhook uses (timeouts, no redirects, keep-alive,
+    /// user-agent), for callers that add TLS settings themselves.
+    pub fn client_builder(cfg: &EndpointConfig) -> ClientBuilder {
+        Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .user_agent(USER_AGENT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60))
+    }
+
+    /// An endpoint over a client built elsewhere (it should come from
+    /// [`Endpoint::client_builder`]).
+    pub fn from_client(
+        name: &str,
+        cfg: &EndpointConfig,
+        client: Client,
+        prepare: Arc<dyn Prepare>,
+    ) -> Result<Endpoint, DeliveryError> {
+        let url = Url::parse(&cfg.url).map_err(|e| DeliveryError::InvalidUrl {
+            endpoint: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(DeliveryError::InvalidUrl {
+                endpoint: name.to_string(),
+                reason: format!("scheme {:?} is not http or https", url.scheme()),
+            });
+        }
+        Ok(Endpoint {
+            name: name.into(),
+            url,
+            client,
+            timeout: cfg.timeout,
+            prepare,
+        })
+    }
+
+    /// The endpoint's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// One attempt to POST `batch` (a 401 answered with a fresh credential
+    /// is retried once at once, within this attempt).
+    pub async fn attempt(&self, batch: &Batch) -> AttemptResult {
+        let started = Instant::now();
+        let mut result = self.try_once(batch).await;
+        if result.status == Some(401) && self.prepare.unauthorized() {
+            tracing::info!(
+                endpoint = %self.name,
+                strategy = %batch.strategy,
+                "endpoint answered 401; retrying once with fresh credentials"
+            );
+            result = self.try_once(batch).await;
+        }
+        result.elapsed = started.elapsed();
+        result
+    }
+
+    async fn try_once(&self, batch: &Batch) -> AttemptResult {
+        let fail = |error: String| AttemptResult {
+            status: None,
+            retry_after: None,
+            error: Some(error),
+            elapsed: Duration::ZERO,
+        };
+        if let Some(err) = &batch.decorate_error {
+            return fail(format!("evaluating the strategy's templates: {err}"));
+        }
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let headers = match request_headers(batch, timestamp) {
+            Ok(h) => h,
+            Err(e) => return fail(e),
+        };
+        let mut attempt = Attempt {
+            strategy: batch.strategy.to_string(),
+            batch_id: batch.id.clone(),
+            timestamp,
+            headers,
+            body: batch.body.clone(),
+        };
+        if let Err(e) = self.prepare.prepare(&mut attempt).await {
+            return fail(format!("preparing the request: {e}"));
+        }
+        let mut url = self.url.clone();
+        if !batch.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in &batch.query {
+                pairs.append_pair(k, v);
+            }
+        }
+        let sent = self
+            .client
+            .post(url)
+            .headers(attempt.headers)
+            .body(attempt.body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return fail(self.describe_send_error(e)),
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        // Read (and discard) at most 64 KiB, so the connection can be reused.
+        let mut read = 0usize;
+        let mut body_error = None;
+        while read < MAX_RESPONSE_BODY {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => break,
+                Err(e) => {
+                    body_error = Some(self.describe_send_error(e));
+                    break;
+                }
+            }
+        }
+        let error = if status.is_success() {
+            None
+        } else {
+            Some(status_text(status))
+        };
+        if status.is_success() {
+            if let Some(err) = body_error {
+                tracing::debug!(endpoint = %self.name, error = %err, "reading a 2xx response body failed");
+            }
+        }
+        AttemptResult {
+            status: Some(status.as_u16()),
+            retry_after,
+            error,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn describe_send_error(&self, err: reqwest::Error) -> String {
+        if err.is_timeout() {
+            return format!("timed out after {:?}", self.timeout);
+        }
+        let what = if err.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        format!("{what}: {}", describe(&err.without_url()))
+    }
+}
+
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("HTTP {} {reason}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
+fn request_headers(batch: &Batch, timestamp: i64) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(batch.headers.len() + 4);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in &batch.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not valid header text"))?;
+        headers.insert(name, value);
+    }
+    let id = HeaderValue::from_str(&batch.id).map_err(|_| "invalid batch id".to_string())?;
+    headers.insert(HeaderName::from_static("webhook-id"), id);
+    headers.insert(
+        HeaderName::from_static("webhook-timestamp"),
+        HeaderValue::from(timestamp),
+    );
+    Ok(headers)
+}
+
+/// An error and its sources, joined by ": ", skipping repeats.
+pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,269 @@
+//! Helpers for the delivery integration tests: a strategy worker sending to
+//! the test receiver, fed either with hand-made records or by a real
+//! replication source through a minimal router.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use walhook::batch::{Decorate, NoDecoration, QueuedRecord, WorkItem};
+use walhook::checkpoint::Checkpoint;
+use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
+use walhook::decode::SourceEvent;
+use walhook::delivery::prepare::NoPrepare;
+use walhook::delivery::{
+    DeliveryError, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+};
+use walhook::lsn::Lsn;
+
+use crate::source_common::{self, Running};
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// An endpoint configuration for `url` with this retry policy.
+pub fn endpoint_config(url: &str, retry: Retry) -> EndpointConfig {
+    EndpointConfig {
+        url: url.to_string(),
+        timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(2),
+        headers: BTreeMap::new(),
+        query: BTreeMap::new(),
+        auth: Auth::None,
+        signing: None,
+        tls: Tls::default(),
+        retry,
+    }
+}
+
+/// Short backoffs for tests.
+pub fn fast_retry(max_attempts: u32, on_exhausted: OnExhausted) -> Retry {
+    Retry {
+        max_attempts,
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(2),
+        on_exhausted,
+    }
+}
+
+/// A hand-made record: `{"id":"<lsn>:<index>","n":<n>}`.
+pub fn rec(lsn: u64, index: u32) -> QueuedRecord {
+    let commit_lsn = Lsn(lsn);
+    QueuedRecord {
+        commit_lsn,
+        index,
+        commit_time: 1_700_000_000_000_000,
+        json: format!("{{\"id\":\"{commit_lsn}:{index}\",\"n\":{index}}}").into_bytes(),
+    }
+}
+
+/// What a test worker looks like.
+pub struct Setup {
+    pub name: String,
+    pub batch_size: usize,
+    pub max_batch_bytes: usize,
+    pub linger: Duration,
+    pub retry: Retry,
+    pub decorate: Arc<dyn Decorate>,
+    pub state: Option<StateStore>,
+    pub start: Lsn,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            name: "orders".into(),
+            batch_size: 100,
+            max_batch_bytes: 1 << 20,
+            linger: Duration::from_millis(20),
+            retry: fast_retry(0, OnExhausted::Block),
+            decorate: Arc::new(NoDecoration),
+            state: None,
+            start: Lsn(0),
+        }
+    }
+}
+
+/// A running worker.
+pub struct Worker {
+    pub queue: mpsc::Sender<WorkItem>,
+    pub checkpoint: Arc<Checkpoint>,
+    pub status: StatusHandle,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), DeliveryError>>,
+}
+
+impl Worker {
+    /// Queues one transaction's records and its end (as the router does).
+    pub async fn send_tx(&self, records: Vec<QueuedRecord>, end_lsn: Lsn) {
+        self.checkpoint.queued(0, end_lsn);
+        for r in records {
+            self.queue.send(WorkItem::Record(r)).await.expect("queue");
+        }
+        self.queue
+            .send(WorkItem::TxEnd { end_lsn })
+            .await
+            .expect("queue");
+        self.checkpoint.seen(end_lsn);
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("worker did not stop")
+            .expect("worker panicked")
+            .expect("worker failed");
+    }
+}
+
+impl Setup {
+    /// Starts a worker sending to `url`; `on_ack` sees each acked LSN.
+    pub fn start_with(self, url: &str, on_ack: impl Fn(Lsn) + Send + Sync + 'static) -> Worker {
+        let endpoint = Endpoint::new(
+            "test",
+            &endpoint_config(url, self.retry.clone()),
+            Arc::new(NoPrepare),
+        )
+        .expect("endpoint");
+        let checkpoint = Arc::new(Checkpoint::new(1, self.start, on_ack));
+        let (worker, queue) = StrategyWorker::new(WorkerOptions {
+            index: 0,
+            name: self.name,
+            batch_size: self.batch_size,
+            max_batch_bytes: self.max_batch_bytes,
+            linger: self.linger,
+            retry: self.retry,
+            endpoint: Arc::new(endpoint),
+            decorate: self.decorate,
+            checkpoint: checkpoint.clone(),
+            state: self.state,
+            shutdown_timeout: Duration::from_secs(5),
+            queue_capacity: 1000,
+        })
+        .expect("worker");
+        let status = worker.status();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker.run(shutdown.clone()));
+        Worker {
+            queue,
+            checkpoint,
+            status,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn start(self, url: &str) -> Worker {
+        self.start_with(url, |_| {})
+    }
+}
+
+/// A real source on a fresh database (table `items` published as `pub`,
+/// slot `slot`), routed into a worker whose checkpoint acks the source.
+pub struct Pipeline {
+    pub db: String,
+    pub slot: String,
+    pub worker: Worker,
+    source_shutdown: CancellationToken,
+    source_task: JoinHandle<Result<(), walhook::source::SourceError>>,
+    router: JoinHandle<()>,
+}
+
+impl Pipeline {
+    pub async fn start(prefix: &str, setup: Setup, url: &str) -> Pipeline {
+        let (db_url, db) = source_common::published_db(prefix).await;
+        let slot = format!("{prefix}_slot");
+        let Running {
+            events,
+            acks,
+            status,
+            shutdown,
+            task,
+        } = source_common::spawn(source_common::options(&db_url, &slot));
+        let mut st = status.clone();
+        tokio::time::timeout(
+            WAIT,
+            st.wait_for(|s| s.state == walhook::source::SourceState::Streaming),
+        )
+        .await
+        .expect("source streaming")
+        .expect("source status");
+        let start = source_common::confirmed_flush(&db, &slot)
+            .await
+            .expect("slot exists");
+        let worker = Setup { start, ..setup }.start_with(url, move |lsn| acks.ack(lsn));
+        let router = tokio::spawn(route(
+            events,
+            worker.queue.clone(),
+            worker.checkpoint.clone(),
+        ));
+        Pipeline {
+            db,
+            slot,
+            worker,
+            source_shutdown: shutdown,
+            source_task: task,
+            router,
+        }
+    }
+
+    pub async fn psql(&self, sql: &str) -> String {
+        source_common::psql(&self.db, sql).await
+    }
+
+    pub async fn confirmed_flush(&self) -> Lsn {
+        source_common::confirmed_flush(&self.db, &self.slot)
+            .await
+            .expect("slot")
+    }
+
+    pub async fn stop(self) {
+        self.source_shutdown.cancel();
+        let _ = tokio::time::timeout(WAIT, self.source_task).await;
+        let _ = self.router.await;
+        self.worker.stop().await;
+    }
+}
+
+/// The router's job in miniature: every record to the one strategy, and
+/// the checkpoint told about each transaction.
+async fn route(
+    mut events: mpsc::Receiver<SourceEvent>,
+    queue: mpsc::Sender<WorkItem>,
+    checkpoint: Arc<Checkpoint>,
+) {
+    let mut had_records = false;
+    while let Some(event) = events.recv().await {
+        match event {
+            SourceEvent::Record(r) => {
+                let mut json = Vec::new();
+                r.write_json(&mut json);
+                let item = WorkItem::Record(QueuedRecord {
+                    commit_lsn: r.commit_lsn,
+                    index: r.index,
+                    commit_time: r.commit_time,
+                    json,
+                });
+                if queue.send(item).await.is_err() {
+                    return;
+                }
+                had_records = true;
+            }
+            SourceEvent::Commit { end_lsn, .. } => {
+                if had_records {
+                    checkpoint.queued(0, end_lsn);
+                    if queue.send(WorkItem::TxEnd { end_lsn }).await.is_err() {
+                        return;
+                    }
+                }
+                checkpoint.seen(end_lsn);
+                had_records = false;
+            }
+            SourceEvent::Begin { .. } | SourceEvent::Message { .. } => {}
+        }
+    }
+}
