@@ -95,7 +95,12 @@ fn main() {
         .iter()
         .filter(|e| expr.matches(e) == Ok(true))
         .count();
-    report("EventContext (lazy, per referenced column)", N, matched, start);
+    report(
+        "EventContext (lazy, per referenced column)",
+        N,
+        matched,
+        start,
+    );
 
     let tree = evalexpr::build_operator_tree(FILTER).expect("compiles");
     let start = Instant::now();
@@ -147,7 +152,12 @@ on_insert = '{FILTER}'
             matched += 1;
         }
     }
-    report("accepts + queued_record (whole row JSON)", N, matched, start);
+    report(
+        "accepts + queued_record (whole row JSON)",
+        N,
+        matched,
+        start,
+    );
 }
 
 fn report(what: &str, n: usize, matched: usize, start: Instant) {
