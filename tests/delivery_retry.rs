@@ -34,8 +34,13 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
         .parse()
         .unwrap();
     let mut saw_retrying = false;
-    while rx.accepted().is_empty() {
+    loop {
+        // Read the slot first: if no 2xx has been answered after that read,
+        // the batch was undelivered when Postgres reported the position.
         let confirmed = p.confirmed_flush().await;
+        if !rx.accepted().is_empty() {
+            break;
+        }
         assert!(
             confirmed <= commit_lsn,
             "confirmed_flush_lsn {confirmed} passed the undelivered batch at {commit_lsn}"
@@ -105,14 +110,14 @@ async fn retry_after_seconds_delays_the_next_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_http_date_delays_the_next_attempt() {
     let rx = Receiver::start().await;
-    let at = SystemTime::now() + Duration::from_secs(3);
+    let at = SystemTime::now() + Duration::from_secs(4);
     rx.script([Reply::RetryAfter(503, httpdate::fmt_http_date(at))]);
     let w = Setup::default().start(&rx.url("/hook"));
     w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
     rx.wait_accepted_records(1, WAIT).await;
     let r = rx.requests();
     let gap = r[1].at - r[0].at;
-    // The date has whole seconds: at least 2 s of the 3 remain.
+    // The date has whole seconds: at least 3 s of the 4 remain.
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
     w.stop().await;
 }
