@@ -303,3 +303,53 @@ async fn shutdown_does_not_wait_out_a_backoff() {
     assert!(stopped.elapsed() < Duration::from_secs(5));
     assert_eq!(checkpoint.acked(), Lsn(0), "not delivered: not acked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out_and_is_retried() {
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_secs(3));
+    let w = Setup {
+        timeout: Duration::from_millis(500),
+        ..Setup::default()
+    }
+    .start(&rx.url("/hook"));
+    w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
+    common::wait_until(WAIT, "the timeout to show in /status", || async {
+        w.status.snapshot().last_error.is_some()
+    })
+    .await;
+    assert_eq!(
+        w.status.snapshot().last_error.as_deref(),
+        Some("timed out after 500ms")
+    );
+    assert_eq!(w.checkpoint.acked(), Lsn(0));
+    rx.set_delay(Duration::ZERO);
+    common::wait_until(WAIT, "delivery after the receiver speeds up", || async {
+        w.checkpoint.acked() == Lsn(0x200)
+    })
+    .await;
+    assert!(rx.arrivals() >= 2);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_a_failed_attempt_whose_error_hides_the_url() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let w = Setup::default().start(&format!("http://127.0.0.1:{port}/hook?api_key=SECRET123"));
+    w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
+    common::wait_until(WAIT, "a failed attempt in /status", || async {
+        w.status.snapshot().attempts >= 1
+    })
+    .await;
+    let error = w.status.snapshot().last_error.unwrap();
+    assert!(error.contains("connect"), "{error}");
+    assert!(
+        !error.contains("SECRET123") && !error.contains("127.0.0.1"),
+        "{error}"
+    );
+    assert_eq!(w.checkpoint.acked(), Lsn(0));
+    w.stop().await;
+}

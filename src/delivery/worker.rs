@@ -59,6 +59,9 @@ pub struct WorkerOptions {
 /// How often stored batch boundaries behind the acked position are deleted.
 const FORGET_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long recording a batch's boundaries may delay its delivery.
+const STATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default capacity of a strategy's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
@@ -457,8 +460,16 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
             last_record_id: batch.last_record_id(),
             last_lsn: batch.last_lsn,
         };
-        if let Err(e) = state.record_batch(&ctx.name, &stored).await {
-            tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %e, "cannot record the batch's boundaries; a redelivery may get a new batch id");
+        // Best effort: a slow or absent state database must not stop delivery.
+        let recorded =
+            tokio::time::timeout(STATE_TIMEOUT, state.record_batch(&ctx.name, &stored)).await;
+        let error = match recorded {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {STATE_TIMEOUT:?}")),
+        };
+        if let Some(error) = error {
+            tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %error, "cannot record the batch's boundaries; a redelivery may get a new batch id");
         }
     }
     ctx.status.update(|s| {
