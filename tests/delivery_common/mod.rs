@@ -16,7 +16,7 @@ use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
 use walhook::decode::SourceEvent;
 use walhook::delivery::prepare::NoPrepare;
 use walhook::delivery::{
-    DeliveryError, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+    DeliveryError, Endpoint, PauseHandle, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use walhook::lsn::Lsn;
 
@@ -95,6 +95,7 @@ pub struct Worker {
     pub queue: mpsc::Sender<WorkItem>,
     pub checkpoint: Arc<Checkpoint>,
     pub status: StatusHandle,
+    pub pause: PauseHandle,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), DeliveryError>>,
 }
@@ -146,12 +147,14 @@ impl Setup {
         })
         .expect("worker");
         let status = worker.status();
+        let pause = worker.pause_handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         Worker {
             queue,
             checkpoint,
             status,
+            pause,
             shutdown,
             task,
         }
