@@ -86,7 +86,8 @@ pub enum DeliveryState {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StrategyStatus {
     pub state: DeliveryState,
-    /// Records queued, buffered or in flight.
+    /// Records buffered or in flight, plus the items waiting on the queue
+    /// (records and transaction ends).
     pub queue_records: u64,
     /// When a batch was last delivered (RFC 3339).
     pub last_success: Option<String>,
