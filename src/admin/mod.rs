@@ -1,1 +1,692 @@
-//! TODO(stage): admin
+//! The admin HTTP server: one port for Prometheus, health checks, status
+//! and the operator API.
+//!
+//! ```text
+//!  GET  /metrics   /healthz   /readyz   /status              open
+//!  POST /strategies/{name}/pause | resume | runs             Bearer token
+//!  GET  /runs/{id}                                           Bearer token
+//!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
+//!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
+//! ```
+//!
+//! The server only reads state and forwards commands: the source's status
+//! arrives on its watch channel, strategy status through [`StatusSource`],
+//! commands go to a [`Control`] the application implements, and dead letters
+//! are read and deleted straight in the state schema ([`StateControl`]).
+//! That keeps this module free of pipeline internals and lets tests drive it
+//! with small fakes of those two traits.
+//!
+//! Mutating endpoints need `Authorization: Bearer <[admin].token>`; without a
+//! configured token they answer 403, and a non-loopback listen address
+//! without a token is refused (by config validation, and again by [`serve`]).
+
+pub mod auth;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::delivery::prepare::BoxFuture;
+pub use state::{DeadLetterPage, DeadLetterQuery, StateControl, StateError};
+
+use crate::config::{Config, Secret};
+use crate::source::{SourceState, SourceStatus};
+
+/// Why the admin server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Binding the listen address failed (in use, not permitted, ...).
+    #[error("cannot listen on {addr} for the admin API: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A non-loopback address without a token.
+    #[error("refusing to serve the admin API on {0} without [admin].token; set a token or listen on 127.0.0.1")]
+    Unprotected(SocketAddr),
+    /// The server failed while running.
+    #[error("admin server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What a strategy is doing, for `/status` and `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyState {
+    /// Delivering (or idle).
+    Running,
+    /// Paused by the API: it queues and holds the slot.
+    Paused,
+    /// Its last attempt failed and it is retrying (or blocked): not ready.
+    Failing,
+}
+
+impl StrategyState {
+    /// The lower-case name used in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyState::Running => "running",
+            StrategyState::Paused => "paused",
+            StrategyState::Failing => "failing",
+        }
+    }
+}
+
+/// One strategy's status.
+#[derive(Debug, Clone)]
+pub struct StrategyStatus {
+    /// The `[[strategies]]` name.
+    pub name: String,
+    /// What it is doing.
+    pub state: StrategyState,
+    /// Records queued or in flight.
+    pub queue_records: u64,
+    /// When a batch was last delivered.
+    pub last_success: Option<SystemTime>,
+    /// The last delivery error (never a secret).
+    pub last_error: Option<String>,
+    /// Attempts made for the batch in flight (0 when idle).
+    pub attempts: u64,
+}
+
+/// Supplies strategy status on demand. Implemented for closures
+/// `Fn() -> Vec<StrategyStatus>`.
+pub trait StatusSource: Send + Sync + 'static {
+    /// A snapshot of every strategy, in config order.
+    fn strategies(&self) -> Vec<StrategyStatus>;
+}
+
+impl<F> StatusSource for F
+where
+    F: Fn() -> Vec<StrategyStatus> + Send + Sync + 'static,
+{
+    fn strategies(&self) -> Vec<StrategyStatus> {
+        self()
+    }
+}
+
+/// Why a command failed; each maps to an HTTP status.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    /// No such strategy, run or dead letter (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request is malformed or not allowed for this strategy (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The command conflicts with the current state (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Not possible right now (503), e.g. the endpoint still fails on replay.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else (500).
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl ControlError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        (self.status(), format!("{self}\n")).into_response()
+    }
+}
+
+/// `?mode=` of `POST /strategies/{name}/runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunMode {
+    /// Deliver now and answer with the result (bounded by `sync_limit`).
+    Sync,
+    /// Start in the background and answer 202 with the run id.
+    Async,
+}
+
+/// An on-demand run request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunRequest {
+    /// `?mode=`; `None` = whichever the strategy's `on_demand` allows
+    /// (async when it allows both).
+    pub mode: Option<RunMode>,
+    /// At most this many rows (`?limit=N`).
+    pub limit: Option<u64>,
+}
+
+/// How an on-demand run was answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunReply {
+    /// A sync run finished: 200 with this JSON.
+    Completed(Value),
+    /// An async run started: 202 with its id (`GET /runs/{id}`).
+    Started { id: i64 },
+}
+
+/// The commands the application carries out for the API.
+pub trait Control: Send + Sync + 'static {
+    /// Stops delivering for `strategy`; changes keep queueing and hold the slot.
+    fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
+    /// Resumes a paused strategy.
+    fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
+    /// Starts an on-demand run over the table's current rows.
+    fn start_run<'a>(
+        &'a self,
+        strategy: &'a str,
+        request: RunRequest,
+    ) -> BoxFuture<'a, Result<RunReply, ControlError>>;
+    /// A run's record (see [`StateControl::run`]); `NotFound` when unknown.
+    fn run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// Delivers dead letter `id` again with its strategy's endpoint and
+    /// deletes it on success; the JSON describes the outcome.
+    fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
+}
+
+/// Everything the admin server reads and calls. Build it with
+/// [`AdminState::new`] and the `with_*` methods.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The slot name shown in `/status`.
+    pub slot: String,
+    /// The source's status channel (from `Source::new`).
+    pub source: watch::Receiver<SourceStatus>,
+    /// Per-strategy status.
+    pub strategies: Arc<dyn StatusSource>,
+    /// Commands; `None` = those endpoints answer 503.
+    pub control: Option<Arc<dyn Control>>,
+    /// Dead letters in the state schema; `None` = those endpoints answer 503.
+    pub dead_letters: Option<Arc<StateControl>>,
+    /// `[admin].token`; `None` = the mutating endpoints answer 403.
+    pub token: Option<Secret>,
+    /// Renders `/metrics` (from [`crate::telemetry::install_recorder`]).
+    pub prom: PrometheusHandle,
+}
+
+impl AdminState {
+    /// State with the slot and token from `config`, no strategies, no
+    /// control and no dead-letter access yet.
+    pub fn new(
+        config: &Config,
+        source: watch::Receiver<SourceStatus>,
+        prom: PrometheusHandle,
+    ) -> Self {
+        AdminState {
+            slot: config.source.slot.clone(),
+            source,
+            strategies: Arc::new(Vec::new),
+            control: None,
+            dead_letters: None,
+            token: config.admin.token.clone(),
+            prom,
+        }
+    }
+
+    /// Sets the strategy status source.
+    pub fn with_strategies(mut self, strategies: Arc<dyn StatusSource>) -> Self {
+        self.strategies = strategies;
+        self
+    }
+
+    /// Sets the command handler.
+    pub fn with_control(mut self, control: Arc<dyn Control>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
+    /// Sets the dead-letter store.
+    pub fn with_dead_letters(mut self, dead_letters: Arc<StateControl>) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
+    }
+}
+
+/// Binds the admin address.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+/// Serves the admin API on `listener` until `shutdown`. Refuses a
+/// non-loopback address without a token.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> Result<(), AdminError> {
+    let addr = listener.local_addr().map_err(AdminError::Serve)?;
+    if !addr.ip().is_loopback() && state.token.is_none() {
+        return Err(AdminError::Unprotected(addr));
+    }
+    tracing::info!(%addr, api = state.token.is_some(), "admin server listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(AdminError::Serve)
+}
+
+/// Binds `addr`, checks the token rule and serves on a spawned task until
+/// `shutdown`. Returns the bound address (useful with port 0) and the task.
+/// Bind errors and an unprotected address fail here, before anything runs.
+pub async fn start(
+    addr: SocketAddr,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<Result<(), AdminError>>), AdminError> {
+    let listener = bind(addr).await?;
+    let local = listener.local_addr().map_err(AdminError::Serve)?;
+    if !local.ip().is_loopback() && state.token.is_none() {
+        return Err(AdminError::Unprotected(local));
+    }
+    Ok((local, tokio::spawn(serve(listener, state, shutdown))))
+}
+
+/// The routes, for [`serve`] or for embedding.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/status", get(status))
+        .route("/strategies/{name}/pause", post(pause))
+        .route("/strategies/{name}/resume", post(resume))
+        .route("/strategies/{name}/runs", post(start_run))
+        .route("/runs/{id}", get(run))
+        .route("/dead-letters", get(list_dead_letters))
+        .route(
+            "/dead-letters/{id}",
+            get(get_dead_letter).delete(delete_dead_letter),
+        )
+        .route("/dead-letters/{id}/replay", post(replay_dead_letter))
+        .with_state(state)
+}
+
+type Reply = Result<Response, Response>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut body = body.into();
+    body.push('\n');
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.prom.render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    text(StatusCode::OK, "ok")
+}
+
+/// Why the instance is not ready, or `None` when it is.
+pub fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+    match source.state {
+        SourceState::Streaming => {}
+        SourceState::Standby => return Some("standby".to_string()),
+        SourceState::Connecting => return Some("connecting".to_string()),
+        SourceState::Failed => {
+            let why = source.last_error.as_deref().unwrap_or("source stopped");
+            return Some(format!("failed: {why}"));
+        }
+    }
+    strategies
+        .iter()
+        .find(|s| s.state == StrategyState::Failing)
+        .map(|s| {
+            let why = s.last_error.as_deref().unwrap_or("delivery failing");
+            format!("failed: strategy {}: {why}", s.name)
+        })
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let source = state.source.borrow().clone();
+    match not_ready_reason(&source, &state.strategies.strategies()) {
+        None => text(StatusCode::OK, "ready"),
+        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let micros = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    crate::lsn::format_unix_micros(micros)
+}
+
+/// The `/status` document.
+pub fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
+    let strategies: Vec<Value> = strategies
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "state": s.state.as_str(),
+                "queue_records": s.queue_records,
+                "last_success": s.last_success.map(rfc3339),
+                "last_error": s.last_error,
+                "attempts": s.attempts,
+            })
+        })
+        .collect();
+    json!({
+        "slot": slot,
+        "state": source.state.as_str(),
+        "received_lsn": source.received_lsn.to_string(),
+        "acked_lsn": source.acked_lsn.to_string(),
+        "server_wal_end": source.server_wal_end.to_string(),
+        "lag_bytes": source.server_wal_end.0.saturating_sub(source.acked_lsn.0),
+        "last_error": source.last_error,
+        "strategies": strategies,
+    })
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let source = state.source.borrow().clone();
+    Json(status_json(
+        &state.slot,
+        &source,
+        &state.strategies.strategies(),
+    ))
+}
+
+/// The token check, then the control handle.
+// A ready response as the error keeps handlers short; it is cold-path.
+#[allow(clippy::result_large_err)]
+fn control(state: &AdminState, headers: &HeaderMap) -> Result<Arc<dyn Control>, Response> {
+    auth::authorize(state.token.as_ref(), headers).map_err(IntoResponse::into_response)?;
+    state.control.clone().ok_or_else(|| {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable: commands are not wired in this process",
+        )
+    })
+}
+
+// A ready response as the error keeps handlers short; it is cold-path.
+#[allow(clippy::result_large_err)]
+fn store(state: &AdminState, headers: &HeaderMap) -> Result<Arc<StateControl>, Response> {
+    auth::authorize(state.token.as_ref(), headers).map_err(IntoResponse::into_response)?;
+    state.dead_letters.clone().ok_or_else(|| {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable: the state schema is not connected in this process",
+        )
+    })
+}
+
+// A ready response as the error keeps handlers short; it is cold-path.
+#[allow(clippy::result_large_err)]
+fn parse_id(id: &str) -> Result<i64, Response> {
+    id.parse::<i64>().map_err(|_| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("bad id {id:?}: expected an integer"),
+        )
+    })
+}
+
+fn state_error(err: StateError) -> Response {
+    if err.is_missing_schema() {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable: the state schema walhook is missing; run walhook setup",
+        )
+    } else {
+        tracing::warn!(error = %err, "admin state query failed");
+        text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    }
+}
+
+async fn pause(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    control
+        .pause(&name)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(strategy = %name, "strategy paused by the admin API");
+    Ok(Json(json!({ "strategy": name, "state": "paused" })).into_response())
+}
+
+async fn resume(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    control
+        .resume(&name)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(strategy = %name, "strategy resumed by the admin API");
+    Ok(Json(json!({ "strategy": name, "state": "running" })).into_response())
+}
+
+/// `?mode=sync|async&limit=N`.
+#[derive(Debug, serde::Deserialize)]
+struct RunParams {
+    mode: Option<RunMode>,
+    limit: Option<u64>,
+}
+
+async fn start_run(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let Query(params) = params.map_err(|err| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("{err}; use ?mode=sync|async&limit=N"),
+        )
+    })?;
+    let request = RunRequest {
+        mode: params.mode,
+        limit: params.limit,
+    };
+    match control
+        .start_run(&name, request)
+        .await
+        .map_err(IntoResponse::into_response)?
+    {
+        RunReply::Completed(result) => Ok(Json(result).into_response()),
+        RunReply::Started { id } => {
+            let location = format!("/runs/{id}");
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location.clone())],
+                Json(json!({ "id": id, "strategy": name, "status_url": location })),
+            )
+                .into_response())
+        }
+    }
+}
+
+async fn run(State(state): State<AdminState>, Path(id): Path<String>, headers: HeaderMap) -> Reply {
+    let control = control(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let run = control.run(id).await.map_err(IntoResponse::into_response)?;
+    Ok(Json(run).into_response())
+}
+
+/// `?strategy=&after=&limit=`.
+#[derive(Debug, serde::Deserialize)]
+struct DeadLetterParams {
+    strategy: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_dead_letters(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    params: Result<Query<DeadLetterParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let store = store(&state, &headers)?;
+    let Query(params) = params.map_err(|err| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("{err}; use ?strategy=NAME&after=ID&limit=N"),
+        )
+    })?;
+    let query = DeadLetterQuery {
+        strategy: params.strategy,
+        after: params.after,
+        limit: params.limit,
+    };
+    let page = store.list(&query).await.map_err(state_error)?;
+    Ok(Json(page).into_response())
+}
+
+async fn get_dead_letter(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let store = store(&state, &headers)?;
+    let id = parse_id(&id)?;
+    match store.get(id).await.map_err(state_error)? {
+        Some(letter) => Ok(Json(letter).into_response()),
+        None => Err(text(StatusCode::NOT_FOUND, format!("no dead letter {id}"))),
+    }
+}
+
+async fn delete_dead_letter(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let store = store(&state, &headers)?;
+    let id = parse_id(&id)?;
+    if store.delete(id).await.map_err(state_error)? {
+        tracing::info!(dead_letter = id, "dead letter deleted by the admin API");
+        Ok(Json(json!({ "id": id, "deleted": true })).into_response())
+    } else {
+        Err(text(StatusCode::NOT_FOUND, format!("no dead letter {id}")))
+    }
+}
+
+async fn replay_dead_letter(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let outcome = control
+        .replay_dead_letter(id)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(dead_letter = id, "dead letter replayed by the admin API");
+    Ok(Json(outcome).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lsn::Lsn;
+
+    fn strategy(state: StrategyState) -> StrategyStatus {
+        StrategyStatus {
+            name: "orders".into(),
+            state,
+            queue_records: 3,
+            last_success: Some(SystemTime::UNIX_EPOCH),
+            last_error: Some("HTTP 503".into()),
+            attempts: 2,
+        }
+    }
+
+    #[test]
+    fn readiness_names_the_reason() {
+        let mut source = SourceStatus::default();
+        assert_eq!(
+            not_ready_reason(&source, &[]).as_deref(),
+            Some("connecting")
+        );
+        source.state = SourceState::Standby;
+        assert_eq!(not_ready_reason(&source, &[]).as_deref(), Some("standby"));
+        source.state = SourceState::Failed;
+        source.last_error = Some("slot dropped".into());
+        assert_eq!(
+            not_ready_reason(&source, &[]).as_deref(),
+            Some("failed: slot dropped")
+        );
+        source.state = SourceState::Streaming;
+        assert_eq!(
+            not_ready_reason(&source, &[strategy(StrategyState::Running)]),
+            None
+        );
+        assert_eq!(
+            not_ready_reason(&source, &[strategy(StrategyState::Paused)]),
+            None
+        );
+        assert_eq!(
+            not_ready_reason(&source, &[strategy(StrategyState::Failing)]).as_deref(),
+            Some("failed: strategy orders: HTTP 503")
+        );
+    }
+
+    #[test]
+    fn status_reports_lag_and_strategies() {
+        let source = SourceStatus {
+            state: SourceState::Streaming,
+            received_lsn: Lsn(0x1_0000_0010),
+            acked_lsn: Lsn(0x1_0000_0000),
+            server_wal_end: Lsn(0x1_0000_0100),
+            last_error: None,
+        };
+        let doc = status_json("walhook", &source, &[strategy(StrategyState::Paused)]);
+        assert_eq!(doc["slot"], "walhook");
+        assert_eq!(doc["state"], "streaming");
+        assert_eq!(doc["acked_lsn"], "1/0");
+        assert_eq!(doc["received_lsn"], "1/10");
+        assert_eq!(doc["lag_bytes"], 256);
+        assert_eq!(doc["strategies"][0]["state"], "paused");
+        assert_eq!(doc["strategies"][0]["queue_records"], 3);
+        assert_eq!(doc["strategies"][0]["attempts"], 2);
+        assert_eq!(
+            doc["strategies"][0]["last_success"],
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+}

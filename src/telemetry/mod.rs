@@ -204,6 +204,26 @@ mod tests {
     use super::*;
     use crate::lsn::Lsn;
 
+    #[test]
+    fn every_metric_name_is_described() {
+        let source = include_str!("mod.rs");
+        let describe = source
+            .split("pub fn describe()")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("describe() body");
+        for line in include_str!("names.rs").lines() {
+            let Some(rest) = line.strip_prefix("pub const ") else {
+                continue;
+            };
+            let ident = rest.split(':').next().unwrap_or("").trim();
+            assert!(
+                describe.contains(&format!("{ident},")),
+                "{ident} has no HELP text in describe()"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn scrape_has_help_for_source_gauges_and_build_info() {
         let handle = install_recorder().expect("recorder");

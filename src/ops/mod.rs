@@ -1,0 +1,86 @@
+//! The operator commands: `walhook check` (preflight findings with fixes),
+//! `walhook setup` (publication, state schema, slot) and `walhook teardown`.
+//!
+//! Each command plans in plain code (SQL text, findings) and runs that plan
+//! over one ordinary SQL connection, so `setup --print-sql` prints exactly
+//! what `setup` would run, and the planning is unit-tested without a server.
+
+pub mod check;
+pub mod setup;
+pub mod teardown;
+
+use std::collections::BTreeSet;
+
+use tokio_postgres::Client;
+
+use crate::config::{Config, TableName};
+
+/// Why an operator command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// Connecting to the source database failed.
+    #[error("{0}")]
+    Connect(#[source] crate::db::DbError),
+    /// A statement failed.
+    #[error("{what} failed: {source}")]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The server or the slot is not in a state the command can act on.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl OpsError {
+    pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
+        let what = what.into();
+        move |source| OpsError::Sql { what, source }
+    }
+}
+
+/// Opens an ordinary SQL connection to the source database (same sslmode
+/// handling as the replication connection, see [`crate::db`]).
+pub async fn connect(config: &Config) -> Result<Client, OpsError> {
+    crate::db::connect(config.source.url.expose(), "walhook-ops")
+        .await
+        .map_err(OpsError::Connect)
+}
+
+/// The strategies' tables, each once, sorted.
+pub fn tables(config: &Config) -> Vec<TableName> {
+    let set: BTreeSet<TableName> = config.strategies.iter().map(|s| s.table.clone()).collect();
+    set.into_iter().collect()
+}
+
+/// `"schema"."table"`.
+pub fn qualified(table: &TableName) -> String {
+    format!(
+        "{}.{}",
+        crate::cluster::quote_ident(&table.schema),
+        crate::cluster::quote_ident(&table.name)
+    )
+}
+
+/// Quotes an SQL identifier.
+pub fn ident(name: &str) -> String {
+    crate::cluster::quote_ident(name)
+}
+
+/// Quotes an SQL string literal (standard_conforming_strings on).
+pub fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(literal("it's"), "'it''s'");
+        let table = TableName::parse("Sales.order\"s").expect("table");
+        assert_eq!(qualified(&table), "\"Sales\".\"order\"\"s\"");
+    }
+}

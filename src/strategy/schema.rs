@@ -1,0 +1,438 @@
+//! Startup checks of the strategies against the live schema, and creating
+//! the publication when there is none.
+//!
+//! Why at startup: a filter on a column the table lacks, or on `old.status`
+//! of a table that sends only its key, would otherwise fail on every change
+//! (counted, logged, never matched). Checking the catalog first turns that
+//! into one error that names the strategy, the field and the SQL that fixes it.
+//!
+//! walhook creates the publication `FOR TABLE <every strategy's table>` when
+//! it does not exist, and never alters an existing one: a table missing from
+//! it is a problem whose fix is the `ALTER PUBLICATION` to run.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::expr::{referenced_columns, ColumnRef, Image};
+use crate::config::{Config, StrategyConfig, TableName, Template};
+
+/// One mismatch between a strategy and the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaProblem {
+    /// The strategy's name.
+    pub strategy: String,
+    /// The config field, e.g. `strategies[0].on_update` or `strategies[0].table`.
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do about it (often the exact SQL).
+    pub fix: String,
+}
+
+impl fmt::Display for SchemaProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} (strategy {}): {}; fix: {}",
+            self.path, self.strategy, self.problem, self.fix
+        )
+    }
+}
+
+/// A catalog query or the publication's creation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("reading the catalog failed: {0}")]
+    Query(#[source] tokio_postgres::Error),
+    #[error("creating publication {publication} failed: {source}")]
+    Create {
+        publication: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl SchemaError {
+    /// Connection-level failures may succeed on a retry; SQL errors will not.
+    pub fn is_transient(&self) -> bool {
+        let err = match self {
+            SchemaError::Query(err) | SchemaError::Create { source: err, .. } => err,
+        };
+        err.code().is_none()
+    }
+}
+
+/// What [`ensure_publication`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicationOutcome {
+    /// The publication did not exist and was created for these tables.
+    Created { tables: Vec<TableName> },
+    /// It exists; it was left as it is.
+    Existing,
+}
+
+/// A table's catalog facts.
+struct TableInfo {
+    replica_identity: char,
+    /// Column name and whether it is in the replica identity key.
+    columns: Vec<(String, bool)>,
+}
+
+/// Checks every strategy against the database behind `client`: the table
+/// exists, is in the publication (when it exists) and the publication sends
+/// the strategy's operations, every referenced column exists, and reading
+/// old values of non-key columns has REPLICA IDENTITY FULL. Expressions
+/// that do not compile are skipped (config checking reports them).
+pub async fn validate_schema(
+    client: &Client,
+    config: &Config,
+) -> Result<Vec<SchemaProblem>, SchemaError> {
+    let publication_name = &config.source.publication;
+    let publication = client
+        .query_opt(
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            &[publication_name],
+        )
+        .await
+        .map_err(SchemaError::Query)?
+        .map(|row| -> [bool; 4] { [row.get(0), row.get(1), row.get(2), row.get(3)] });
+    let mut problems = Vec::new();
+    for (i, strategy) in config.strategies.iter().enumerate() {
+        let base = format!("strategies[{i}]");
+        let problem = |path: String, problem: String, fix: String| SchemaProblem {
+            strategy: strategy.name.clone(),
+            path,
+            problem,
+            fix,
+        };
+        let table = &strategy.table;
+        let Some(info) = table_info(client, table).await? else {
+            problems.push(problem(
+                format!("{base}.table"),
+                format!("table {table} does not exist"),
+                "create it, or correct `table` (schema.table, spelled as in the catalog)"
+                    .to_string(),
+            ));
+            continue;
+        };
+        if let Some(actions) = publication {
+            let published: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
+                     WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
+                    &[publication_name, &table.schema, &table.name],
+                )
+                .await
+                .map_err(SchemaError::Query)?
+                .get(0);
+            if !published {
+                problems.push(problem(
+                    format!("{base}.table"),
+                    format!(
+                        "table {table} is not in publication {publication_name} (walhook never \
+                         alters an existing publication)"
+                    ),
+                    format!(
+                        "ALTER PUBLICATION {} ADD TABLE {};",
+                        ident(publication_name),
+                        qualified(table)
+                    ),
+                ));
+            }
+            let wanted = [
+                ("on_insert", strategy.on_insert.is_some(), actions[0]),
+                ("on_update", strategy.on_update.is_some(), actions[1]),
+                ("on_delete", strategy.on_delete.is_some(), actions[2]),
+                ("on_truncate", strategy.on_truncate.is_some(), actions[3]),
+            ];
+            for (field, want, sent) in wanted {
+                if want && !sent {
+                    let op = field.trim_start_matches("on_");
+                    problems.push(problem(
+                        format!("{base}.{field}"),
+                        format!("publication {publication_name} does not publish {op}s"),
+                        format!(
+                            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
+                            ident(publication_name)
+                        ),
+                    ));
+                }
+            }
+        }
+        check_columns(strategy, &base, &info, &mut problems);
+    }
+    Ok(problems)
+}
+
+/// The expressions of a strategy that read rows, with their paths and
+/// whether `row.*` can mean the old row (a delete).
+fn row_expressions<'a>(strategy: &'a StrategyConfig, base: &str) -> Vec<(String, &'a str, bool)> {
+    let mut out = Vec::new();
+    let deletes = strategy.on_delete.is_some();
+    for (field, filter, row_is_old) in [
+        ("on_insert", &strategy.on_insert, false),
+        ("on_update", &strategy.on_update, false),
+        ("on_delete", &strategy.on_delete, true),
+        ("on_truncate", &strategy.on_truncate, false),
+    ] {
+        if let Some(expr) = filter {
+            out.push((format!("{base}.{field}"), expr.as_str(), row_is_old));
+        }
+    }
+    for (key, template) in strategy.record.iter().flatten() {
+        if let Template::Expr(expr) = template {
+            out.push((format!("{base}.record.{key}"), expr.as_str(), deletes));
+        }
+    }
+    for (j, schedule) in strategy.schedules.iter().enumerate() {
+        if let Some(expr) = &schedule.filter {
+            out.push((
+                format!("{base}.schedules[{j}].filter"),
+                expr.as_str(),
+                false,
+            ));
+        }
+    }
+    out
+}
+
+fn check_columns(
+    strategy: &StrategyConfig,
+    base: &str,
+    info: &TableInfo,
+    problems: &mut Vec<SchemaProblem>,
+) {
+    let table = &strategy.table;
+    let full = info.replica_identity == 'f';
+    let identity = match info.replica_identity {
+        'd' => "DEFAULT",
+        'n' => "NOTHING",
+        'i' => "USING INDEX",
+        _ => "FULL",
+    };
+    for (path, expr, row_is_old) in row_expressions(strategy, base) {
+        let Ok(columns) = referenced_columns(expr) else {
+            continue;
+        };
+        let mut reported = BTreeSet::new();
+        for ColumnRef { image, column } in columns {
+            let Some((_, key)) = info.columns.iter().find(|(name, _)| *name == column) else {
+                if reported.insert(column.clone()) {
+                    let names: Vec<&str> = info.columns.iter().map(|(n, _)| n.as_str()).collect();
+                    problems.push(SchemaProblem {
+                        strategy: strategy.name.clone(),
+                        path: path.clone(),
+                        problem: format!("table {table} has no column {column:?}"),
+                        fix: format!("use one of its columns: {}", names.join(", ")),
+                    });
+                }
+                continue;
+            };
+            let reads_old = image == Image::Old || (image == Image::Row && row_is_old);
+            if reads_old && !*key && !full && reported.insert(column.clone()) {
+                let how = if image == Image::Old {
+                    format!("old.{column} (or changed(\"{column}\"))")
+                } else {
+                    format!("row.{column} of deletes")
+                };
+                problems.push(SchemaProblem {
+                    strategy: strategy.name.clone(),
+                    path: path.clone(),
+                    problem: format!(
+                        "table {table} has REPLICA IDENTITY {identity}, so the old value of \
+                         non-key column {column} is not sent and {how} cannot be read"
+                    ),
+                    fix: format!(
+                        "ALTER TABLE {} REPLICA IDENTITY FULL; or use new.* only",
+                        qualified(table)
+                    ),
+                });
+            }
+        }
+    }
+}
+
+async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, SchemaError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map_err(SchemaError::Query)?
+    else {
+        return Ok(None);
+    };
+    let oid: u32 = row.get(0);
+    let identity: String = row.get(1);
+    let rows = client
+        .query(
+            "SELECT a.attname::text, COALESCE(bool_or(a.attnum = ANY (i.indkey)), false) \
+             FROM pg_attribute a \
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND CASE $2::text \
+               WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END \
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+             GROUP BY a.attname, a.attnum ORDER BY a.attnum",
+            &[&oid, &identity],
+        )
+        .await
+        .map_err(SchemaError::Query)?;
+    Ok(Some(TableInfo {
+        replica_identity: identity.chars().next().unwrap_or('d'),
+        columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+    }))
+}
+
+/// Creates `config.source.publication` for every strategy's table when it
+/// does not exist; never alters an existing one. Run [`validate_schema`]
+/// first so missing tables are reported as problems, not as a failed CREATE.
+pub async fn ensure_publication(
+    client: &Client,
+    config: &Config,
+) -> Result<PublicationOutcome, SchemaError> {
+    let name = &config.source.publication;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[name])
+        .await
+        .map_err(SchemaError::Query)?
+        .is_some();
+    if exists {
+        return Ok(PublicationOutcome::Existing);
+    }
+    let tables: Vec<TableName> = config
+        .strategies
+        .iter()
+        .map(|s| s.table.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let sql = create_publication_sql(name, &tables);
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(PublicationOutcome::Created { tables }),
+        // Another instance created it meanwhile.
+        Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Ok(PublicationOutcome::Existing)
+        }
+        Err(source) => Err(SchemaError::Create {
+            publication: name.clone(),
+            source,
+        }),
+    }
+}
+
+/// `CREATE PUBLICATION name FOR TABLE a, b` (no `FOR` clause without tables).
+pub fn create_publication_sql(name: &str, tables: &[TableName]) -> String {
+    let mut sql = format!("CREATE PUBLICATION {}", ident(name));
+    if !tables.is_empty() {
+        let list: Vec<String> = tables.iter().map(qualified).collect();
+        sql.push_str(" FOR TABLE ");
+        sql.push_str(&list.join(", "));
+    }
+    sql
+}
+
+/// `schema.table`, each part quoted only when needed.
+pub fn qualified(table: &TableName) -> String {
+    format!("{}.{}", ident(&table.schema), ident(&table.name))
+}
+
+/// An identifier as SQL: bare when it is a plain lower-case name that is not
+/// a reserved word, double-quoted otherwise.
+pub fn ident(name: &str) -> String {
+    const RESERVED: &[&str] = &[
+        "all",
+        "analyse",
+        "analyze",
+        "and",
+        "any",
+        "array",
+        "as",
+        "asc",
+        "asymmetric",
+        "both",
+        "case",
+        "cast",
+        "check",
+        "collate",
+        "column",
+        "constraint",
+        "create",
+        "current_catalog",
+        "current_date",
+        "current_role",
+        "current_time",
+        "current_timestamp",
+        "current_user",
+        "default",
+        "deferrable",
+        "desc",
+        "distinct",
+        "do",
+        "else",
+        "end",
+        "except",
+        "false",
+        "fetch",
+        "for",
+        "foreign",
+        "from",
+        "grant",
+        "group",
+        "having",
+        "in",
+        "initially",
+        "intersect",
+        "into",
+        "lateral",
+        "leading",
+        "limit",
+        "localtime",
+        "localtimestamp",
+        "not",
+        "null",
+        "offset",
+        "on",
+        "only",
+        "or",
+        "order",
+        "placing",
+        "primary",
+        "references",
+        "returning",
+        "select",
+        "session_user",
+        "some",
+        "symmetric",
+        "system_user",
+        "table",
+        "then",
+        "to",
+        "trailing",
+        "true",
+        "union",
+        "unique",
+        "user",
+        "using",
+        "variadic",
+        "when",
+        "where",
+        "window",
+        "with",
+    ];
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain && !RESERVED.contains(&name) {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
