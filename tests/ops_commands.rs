@@ -312,7 +312,13 @@ fn check_on_wal_level_replica_reports_the_fix() {
         "true",
     );
     let (code, stdout, stderr) = walhook(&["check", "--no-network"], &config);
+    let (setup_code, setup_out, setup_err) = walhook(&["setup"], &config);
     cluster.destroy();
+    assert_eq!(setup_code, 1, "setup refuses: {setup_out}{setup_err}");
+    assert!(
+        setup_err.contains("wal_level is replica, walhook needs logical; hint: Run ALTER SYSTEM SET wal_level = logical;"),
+        "{setup_err}"
+    );
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
         stdout.contains(

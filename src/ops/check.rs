@@ -139,7 +139,7 @@ pub async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
                 findings.push(Finding::new(
                     Severity::Error,
                     "query",
-                    format!("a catalog query failed: {err}"),
+                    format!("a catalog query failed: {}", super::describe(&err)),
                 ));
             }
         }
