@@ -85,6 +85,28 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// The whole pipeline in one command: throwaway PostgreSQL, a receiver, sample writes.
+    Demo,
+    /// Receive webhooks: verify signatures, print batches (for receivers' developers and benchmarks).
+    Receive {
+        /// The address to listen on; port 0 picks a free one (printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// A Standard Webhooks secret (whsec_…) to verify signatures with; repeat while rotating.
+        /// Without one, signatures are not checked.
+        #[arg(
+            long = "secret",
+            env = "WALHOOK_RECEIVE_SECRET",
+            hide_env_values = true
+        )]
+        secrets: Vec<String>,
+        /// Print every record (its JSON, one per line) instead of one line per batch.
+        #[arg(long)]
+        records: bool,
+        /// Print nothing per batch, only count; totals are printed at exit (for benchmarks).
+        #[arg(long, conflicts_with = "records")]
+        null: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -160,6 +182,58 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Demo => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("walhook: cannot start the async runtime: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                if let Err(err) = spawn_signal_handler(shutdown.clone()) {
+                    eprintln!("walhook: cannot install signal handlers: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+                match walhook::demo::run(shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => {
+                        eprintln!("walhook: {err}");
+                        ExitCode::from(if err.is_setup() {
+                            EXIT_CONFIG
+                        } else {
+                            EXIT_RUNTIME
+                        })
+                    }
+                }
+            })
+        }
+        Command::Receive {
+            listen,
+            secrets,
+            records,
+            null,
+        } => {
+            let secrets = match walhook::receive::parse_secrets(&secrets) {
+                Ok(secrets) => secrets,
+                Err(err) => {
+                    eprintln!("walhook: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let options = walhook::receive::ReceiveOptions {
+                listen,
+                secrets,
+                records,
+                null,
+            };
+            run_until_signal(|shutdown| async move {
+                walhook::receive::run(options, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
     }
 }
 
@@ -186,7 +260,16 @@ where
 
 /// Loads and validates the configuration, printing every problem to stderr.
 fn load_config(path: &std::path::Path) -> Option<Config> {
-    match Config::load(path) {
+    let loaded = Config::load(path).and_then(|config| {
+        // Expressions compile here, so a typo exits 2 with the rest.
+        let errors = config.check_expressions(walhook::strategy::check_expression);
+        if errors.iter().next().is_some() {
+            Err(errors)
+        } else {
+            Ok(config)
+        }
+    });
+    match loaded {
         Ok(config) => Some(config),
         Err(errors) => {
             let count = errors.iter().count();
@@ -242,7 +325,16 @@ where
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!(error = format!("{err:#}"), "walhook stopped");
-                ExitCode::from(EXIT_RUNTIME)
+                eprintln!("walhook: {err:#}");
+                // Configuration and schema problems: restarting will not help.
+                let config_problem = err
+                    .downcast_ref::<app::AppError>()
+                    .is_some_and(app::AppError::is_config);
+                ExitCode::from(if config_problem {
+                    EXIT_CONFIG
+                } else {
+                    EXIT_RUNTIME
+                })
             }
         }
     })

@@ -170,16 +170,19 @@ pub fn explain(err: &reqwest::Error) -> String {
     }
 }
 
-/// The rustls error in `cause`, itself or wrapped in an `io::Error` (whose
-/// `source()` skips the wrapped error, so it is unwrapped by hand).
+/// The rustls error in `cause`, itself or wrapped in (possibly nested)
+/// `io::Error`s, whose `source()` skips the wrapped error, so they are
+/// unwrapped by hand.
 fn rustls_error<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(err) = cause.downcast_ref::<rustls::Error>() {
-        return Some(err);
+    let mut current = cause;
+    for _ in 0..8 {
+        if let Some(err) = current.downcast_ref::<rustls::Error>() {
+            return Some(err);
+        }
+        let inner = current.downcast_ref::<std::io::Error>()?.get_ref()?;
+        current = inner;
     }
-    let io = cause.downcast_ref::<std::io::Error>()?;
-    let inner = io.get_ref()?;
-    let inner: &(dyn std::error::Error + 'static) = inner;
-    inner.downcast_ref::<rustls::Error>()
+    None
 }
 
 fn explain_rustls(err: &rustls::Error) -> String {
