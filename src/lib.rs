@@ -39,6 +39,7 @@ pub mod config;
 pub mod db;
 pub mod decode;
 pub mod delivery;
+pub mod demo;
 pub mod lsn;
 pub mod ops;
 pub mod receive;

@@ -85,6 +85,8 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// The whole pipeline in one command: throwaway PostgreSQL, a receiver, sample writes.
+    Demo,
     /// Receive webhooks: verify signatures, print batches (for receivers' developers and benchmarks).
     Receive {
         /// The address to listen on; port 0 picks a free one (printed at start).
@@ -178,6 +180,33 @@ fn main() -> ExitCode {
                     println!("{line}");
                 }
                 Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Demo => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("walhook: cannot start the async runtime: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            runtime.block_on(async {
+                let shutdown = CancellationToken::new();
+                if let Err(err) = spawn_signal_handler(shutdown.clone()) {
+                    eprintln!("walhook: cannot install signal handlers: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+                match walhook::demo::run(shutdown).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(err) => {
+                        eprintln!("walhook: {err}");
+                        ExitCode::from(if err.is_setup() {
+                            EXIT_CONFIG
+                        } else {
+                            EXIT_RUNTIME
+                        })
+                    }
+                }
             })
         }
         Command::Receive {

@@ -1,0 +1,437 @@
+//! `walhook demo`: the whole pipeline in one command, on nothing but the
+//! PostgreSQL server binaries.
+//!
+//! It starts a throwaway cluster (the test harness's [`crate::cluster`]),
+//! creates a sample `orders` table, starts a receiver that verifies Standard
+//! Webhooks signatures, runs the real pipeline ([`crate::app::run`]) with
+//! three strategies, writes a scripted mix of inserts, updates and deletes,
+//! and prints each batch as it arrives. Then a summary read from `/metrics`
+//! and the next steps. Ctrl-C (or the end of the script) stops everything
+//! and removes the cluster.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Router;
+use base64::Engine;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, RunOptions};
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::config::Config;
+use crate::delivery::signing::{SigningKey, Verifier};
+
+/// How long the demo waits for the batches its script should produce.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Why the demo stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// No PostgreSQL server binaries (exit 2: install them).
+    #[error("walhook demo needs the PostgreSQL server binaries (initdb, pg_ctl, postgres) and found none.\n  Install them: apt-get install -y postgresql   (Debian/Ubuntu)\n              brew install postgresql       (macOS)\n  or point WALHOOK_PG_BIN_DIR at a PostgreSQL bin directory.")]
+    NoPostgres,
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl DemoError {
+    /// True when the fix is installing something (exit 2).
+    pub fn is_setup(&self) -> bool {
+        matches!(self, DemoError::NoPostgres)
+    }
+}
+
+fn failed(context: &str) -> impl FnOnce(String) -> DemoError + '_ {
+    move |e| DemoError::Failed(format!("{context}: {e}"))
+}
+
+/// What the demo's receiver saw, per strategy.
+#[derive(Default)]
+struct Seen {
+    batches: BTreeMap<String, u64>,
+    records: BTreeMap<String, u64>,
+    rejected: u64,
+}
+
+struct Receiver {
+    verifier: Verifier,
+    seen: Mutex<Seen>,
+    started: Instant,
+}
+
+/// Prints a line; the demo's output is its user interface.
+fn say(line: &str) {
+    println!("{line}");
+}
+
+/// Runs the demo until its script is done or `shutdown` fires.
+pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
+    if Cluster::find_bin_dir().is_none() {
+        return Err(DemoError::NoPostgres);
+    }
+    let color = std::io::stdout().is_terminal();
+    let bold = |s: &str| {
+        if color {
+            format!("\x1b[1m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    };
+    say(&bold(
+        "walhook demo: PostgreSQL changes → filtered, batched, signed webhooks",
+    ));
+    say("  starting a throwaway PostgreSQL (initdb in a temp dir, wal_level=logical) …");
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
+        .await
+        .map_err(|e| DemoError::Failed(e.to_string()))?
+        .map_err(|e| DemoError::Failed(format!("starting PostgreSQL: {e}")))?;
+    // If the demo is killed, the watchdog still stops the cluster.
+    let _ = cluster.spawn_watchdog(std::process::id());
+    let result = run_with(&cluster, shutdown, &bold).await;
+    say("  stopping PostgreSQL and removing its temp dir …");
+    tokio::task::spawn_blocking(move || cluster.destroy())
+        .await
+        .map_err(|e| DemoError::Failed(e.to_string()))?;
+    result
+}
+
+async fn run_with(
+    cluster: &Cluster,
+    shutdown: CancellationToken,
+    bold: &dyn Fn(&str) -> String,
+) -> Result<(), DemoError> {
+    cluster
+        .create_database("shop")
+        .map_err(|e| failed("creating database shop")(e.to_string()))?;
+    psql(
+        cluster,
+        "CREATE TABLE orders (\n\
+           id serial PRIMARY KEY,\n\
+           customer text NOT NULL,\n\
+           amount numeric(10,2) NOT NULL,\n\
+           status text NOT NULL DEFAULT 'open',\n\
+           created_at timestamptz NOT NULL DEFAULT now());\n\
+         ALTER TABLE orders REPLICA IDENTITY FULL;",
+    )?;
+    say(&format!(
+        "  PostgreSQL {} on 127.0.0.1:{}, database shop, table orders",
+        psql(cluster, "SHOW server_version")?.trim(),
+        cluster.port()
+    ));
+
+    // The receiver: verifies every signature, prints every batch.
+    let secret_bytes: [u8; 32] = rand::random();
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(secret_bytes)
+    );
+    let key = SigningKey::parse(&secret).map_err(|e| DemoError::Failed(e.to_string()))?;
+    let verifier = Verifier::new(vec![key]).map_err(|e| DemoError::Failed(e.to_string()))?;
+    let receiver = Arc::new(Receiver {
+        verifier,
+        seen: Mutex::new(Seen::default()),
+        started: Instant::now(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| failed("starting the receiver")(e.to_string()))?;
+    let receiver_addr = listener
+        .local_addr()
+        .map_err(|e| failed("starting the receiver")(e.to_string()))?;
+    let app_router = Router::new().fallback(receive).with_state(receiver.clone());
+    let receiver_stop = CancellationToken::new();
+    let stop = receiver_stop.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app_router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    say(&format!(
+        "  receiver on http://{receiver_addr}/hooks verifies Standard Webhooks signatures"
+    ));
+
+    let admin = free_addr().map_err(failed("choosing the admin port"))?;
+    let config_text = demo_config(&cluster.url("shop"), receiver_addr, admin, &secret);
+    let config = Config::parse(&config_text, &|_| None)
+        .map_err(|e| DemoError::Failed(format!("the demo's configuration: {e}")))?;
+    say(&format!(
+        "  walhook run with 3 strategies; metrics and status on http://{admin}/metrics and /status"
+    ));
+    say("");
+    say(&bold("strategies"));
+    say("  big_orders      inserts with amount > 100");
+    say("  status_changes  updates that change status");
+    say("  cancellations   deletes");
+    say("");
+
+    let pipeline_stop = CancellationToken::new();
+    let pipeline = tokio::spawn(app::run(
+        config,
+        RunOptions::default(),
+        pipeline_stop.clone(),
+    ));
+    let outcome = script(cluster, &receiver, admin, &shutdown, bold).await;
+    pipeline_stop.cancel();
+    let stopped = pipeline.await;
+    receiver_stop.cancel();
+    outcome?;
+    match stopped {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(DemoError::Failed(format!("walhook stopped: {e}"))),
+        Err(e) => Err(DemoError::Failed(e.to_string())),
+    }
+}
+
+/// Writes the sample changes, waits for their batches, prints the summary.
+async fn script(
+    cluster: &Cluster,
+    receiver: &Arc<Receiver>,
+    admin: SocketAddr,
+    shutdown: &CancellationToken,
+    bold: &dyn Fn(&str) -> String,
+) -> Result<(), DemoError> {
+    // Wait until walhook streams (it creates the publication and the slot).
+    wait(shutdown, "walhook to start streaming", || {
+        psql(
+            cluster,
+            "SELECT count(*) FROM pg_stat_replication WHERE application_name LIKE 'walhook%' AND state IN ('catchup','streaming')",
+        )
+        .map(|out| out.trim() != "0")
+        .unwrap_or(false)
+    })
+    .await?;
+    say(&bold("writes"));
+    let steps: [(&str, &str); 4] = [
+        (
+            "INSERT 8 orders in one transaction (4 above 100)",
+            "INSERT INTO orders (customer, amount) VALUES \
+             ('ada', 250.00), ('bob', 19.99), ('cy', 120.50), ('di', 75.00), \
+             ('ed', 999.99), ('flo', 5.00), ('gus', 101.00), ('hal', 60.00);",
+        ),
+        (
+            "UPDATE 3 statuses, and 2 amounts without a status change",
+            "BEGIN; UPDATE orders SET status = 'paid' WHERE id IN (1, 3, 5); \
+             UPDATE orders SET amount = amount + 1 WHERE id IN (2, 4); COMMIT;",
+        ),
+        (
+            "INSERT 1 more big order, in its own transaction",
+            "INSERT INTO orders (customer, amount) VALUES ('ivy', 300.00);",
+        ),
+        (
+            "DELETE 2 orders (cancelled)",
+            "DELETE FROM orders WHERE id IN (6, 8);",
+        ),
+    ];
+    for (what, sql) in steps {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        say(&format!("  → {what}"));
+        psql(cluster, sql)?;
+        // Let each step's batches print before the next step's line.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let expected = [
+        ("big_orders", 5),
+        ("status_changes", 3),
+        ("cancellations", 2),
+    ];
+    wait(shutdown, "every batch to arrive", || {
+        let seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
+        expected
+            .iter()
+            .all(|(s, n)| seen.records.get(*s).copied().unwrap_or(0) >= *n)
+    })
+    .await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
+    say("");
+    say(&bold("summary"));
+    {
+        let seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (strategy, _) in expected {
+            say(&format!(
+                "  {strategy:<15} {} records in {} batches, every signature valid",
+                seen.records.get(strategy).copied().unwrap_or(0),
+                seen.batches.get(strategy).copied().unwrap_or(0)
+            ));
+        }
+        if seen.rejected > 0 {
+            say(&format!(
+                "  {} requests failed signature checks",
+                seen.rejected
+            ));
+        }
+    }
+    if let Ok(metrics) = fetch_metrics(admin).await {
+        for name in [
+            "walhook_events_total",
+            "walhook_events_matched_total",
+            "walhook_events_filtered_total",
+            "walhook_batches_total",
+        ] {
+            let total: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with(name) && !l[name.len()..].starts_with('_'))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            say(&format!("  {name:<32} {total}"));
+        }
+    }
+    say("");
+    say(&bold("next steps"));
+    say("  walhook receive --listen 127.0.0.1:8080          a receiver for your own tests");
+    say("  walhook setup --print-sql -c config.toml         the SQL a DBA runs on your database");
+    say("  walhook check -c config.toml                     what is missing, and how to fix it");
+    say("  walhook run -c config.toml                       the real thing (see config.toml)");
+    Ok(())
+}
+
+async fn wait(
+    shutdown: &CancellationToken,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), DemoError> {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Failed(format!(
+                "timed out after {WAIT:?} waiting for {what}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn receive(
+    State(receiver): State<Arc<Receiver>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let now = chrono::Utc::now().timestamp();
+    if receiver
+        .verifier
+        .verify_headers(&headers, &body, now)
+        .is_err()
+    {
+        receiver
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rejected += 1;
+        say("  ← a request with a bad signature (rejected with 401)");
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let strategy = payload["strategy"].as_str().unwrap_or("?").to_string();
+    let records = payload["records"].as_array().cloned().unwrap_or_default();
+    let summary: Vec<String> = records.iter().map(describe_record).collect();
+    say(&format!(
+        "  ← {:>5} ms  {strategy:<15} batch of {}: {}",
+        receiver.started.elapsed().as_millis(),
+        records.len(),
+        summary.join(", ")
+    ));
+    let mut seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
+    *seen.batches.entry(strategy.clone()).or_default() += 1;
+    *seen.records.entry(strategy).or_default() += records.len() as u64;
+    StatusCode::NO_CONTENT
+}
+
+fn describe_record(record: &serde_json::Value) -> String {
+    let op = record["op"].as_str().unwrap_or("?");
+    let row = if op == "delete" {
+        &record["old"]
+    } else {
+        &record["new"]
+    };
+    let mut text = format!("{op} #{}", row["id"]);
+    if op == "update" {
+        if record["old"]["status"] != record["new"]["status"] {
+            text.push_str(&format!(
+                " status {}→{}",
+                record["old"]["status"].as_str().unwrap_or("?"),
+                record["new"]["status"].as_str().unwrap_or("?")
+            ));
+        }
+    } else if let Some(customer) = row["customer"].as_str() {
+        let amount = row["amount"].as_f64().unwrap_or_default();
+        text.push_str(&format!(" {customer} {amount:.2}"));
+    }
+    text
+}
+
+fn psql(cluster: &Cluster, sql: &str) -> Result<String, DemoError> {
+    cluster
+        .psql("shop", sql)
+        .map_err(|e| DemoError::Failed(format!("psql: {e}")))
+}
+
+fn free_addr() -> Result<SocketAddr, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())
+}
+
+async fn fetch_metrics(admin: SocketAddr) -> Result<String, reqwest::Error> {
+    reqwest::Client::new()
+        .get(format!("http://{admin}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .text()
+        .await
+}
+
+/// The demo's configuration: the same format as config.toml.
+fn demo_config(url: &str, receiver: SocketAddr, admin: SocketAddr, secret: &str) -> String {
+    format!(
+        r#"[source]
+url = "{url}"
+slot = "walhook_demo"
+publication = "walhook_demo"
+
+[admin]
+listen = "{admin}"
+
+[endpoints.demo]
+url = "http://{receiver}/hooks"
+signing = {{ secret = "{secret}" }}
+retry = {{ initial = "200ms", max = "2s" }}
+
+[[strategies]]
+name = "big_orders"
+table = "orders"
+endpoint = "demo"
+on_insert = "new.amount > 100"
+linger = "50ms"
+
+[[strategies]]
+name = "status_changes"
+table = "orders"
+endpoint = "demo"
+on_update = "changed(\"status\")"
+linger = "50ms"
+
+[[strategies]]
+name = "cancellations"
+table = "orders"
+endpoint = "demo"
+on_delete = "true"
+linger = "50ms"
+"#
+    )
+}
