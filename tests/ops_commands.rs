@@ -278,12 +278,12 @@ fn check_reports_problems_with_their_fixes() {
         )
         .expect("schema");
     let plain = url.replace("postgres@", "ops_plain@");
-    let config = config(&plain, "s_problems", "http://127.0.0.1:1/", "new.status ==");
+    let config = config(&plain, "s_problems", "http://127.0.0.1:1/", "new.nope == 1");
     let (code, stdout, stderr) = walhook(&["check"], &config);
     assert_eq!(code, 1, "{stdout}{stderr}");
     for expected in [
         "error role: role ops_plain lacks the REPLICATION attribute needed to stream from a slot — fix: ALTER ROLE \"ops_plain\" WITH REPLICATION;",
-        "error strategies[0].on_update: ",
+        "error strategies[0].on_update: table public.orders has no column \"nope\" — fix: use one of its columns: id, status",
         "error strategies[1].table: table shop.items does not exist",
         "error publication: publication pub_s_problems does not exist — fix: CREATE PUBLICATION \"pub_s_problems\" FOR TABLE \"public\".\"orders\", \"shop\".\"items\";",
         "error replica_identity: public.orders has no primary key and REPLICA IDENTITY DEFAULT",
