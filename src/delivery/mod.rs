@@ -37,6 +37,8 @@ pub enum DeliveryError {
     Client { endpoint: String, reason: String },
     #[error("strategy {strategy}: on_exhausted = \"dead_letter\" needs the state store (walhook.dead_letters)")]
     NeedsStateStore { strategy: String },
+    #[error("strategy {strategy}: the sender task failed")]
+    SenderFailed { strategy: String },
     #[error(transparent)]
     State(#[from] StateError),
 }

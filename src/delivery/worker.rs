@@ -393,9 +393,14 @@ impl StrategyWorker {
             );
             self.ctx.abort.cancel();
         }
-        let _ = sender.await;
+        let joined = sender.await;
         self.ctx.status.update(|s| s.state = DeliveryState::Stopped);
-        Ok(())
+        match joined {
+            Err(e) if e.is_panic() => Err(DeliveryError::SenderFailed {
+                strategy: self.name.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     async fn restore_boundaries(&mut self) {
