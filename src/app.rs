@@ -258,10 +258,8 @@ impl Pipeline {
         };
         let mut admin_state = AdminState::new(config, status.clone(), prom.clone())
             .with_strategies(Arc::new(strategies_status));
-        match db::connect(config.source.url.expose(), "walhook-admin").await {
-            Ok(client) => {
-                admin_state = admin_state.with_dead_letters(Arc::new(StateControl::new(client)))
-            }
+        match StateControl::connect(config.source.url.expose()).await {
+            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         let admin_task = tokio::spawn(admin::serve(listener, admin_state, admin_stop.clone()));
