@@ -234,6 +234,7 @@ impl Pipeline {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
             .map_err(|e| AppError::Config(e.to_string()))?;
+            telemetry::register_strategy(&cfg.name);
             statuses.push((cfg.name.clone(), worker.status()));
             routes.push(Route {
                 strategy: compiled.clone(),
