@@ -140,9 +140,6 @@ impl Pipeline {
             if !config.strategies.iter().any(|s| &s.endpoint == name) {
                 continue;
             }
-            if cfg.tls.danger_accept_invalid_certs {
-                tracing::warn!(endpoint = %name, "tls.danger_accept_invalid_certs is set: server certificates are not checked");
-            }
             let token_client = tls::configure(
                 reqwest::Client::builder()
                     .timeout(cfg.timeout)
