@@ -6,10 +6,9 @@
 //! It speaks plain TCP: a server that insists on TLS for this connection is
 //! an error here (the replication connection has its own TLS).
 
-use std::str::FromStr;
 use std::sync::Arc;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::lsn::Lsn;
 
@@ -93,7 +92,7 @@ pub struct StateStore {
 }
 
 struct Inner {
-    config: tokio_postgres::Config,
+    url: String,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
@@ -107,8 +106,8 @@ const INFO_COLUMNS: &str = "id, strategy, batch_id, first_lsn::text, last_lsn::t
      last_status, last_error, attempts, to_json(created_at) #>> '{}'";
 
 impl StateStore {
-    /// Connects with the source's connection string (`replication`,
-    /// `sslrootcert` are ignored; TLS is not used).
+    /// Connects with the source's connection string, with the same
+    /// sslmode semantics as the replication connection ([`crate::db`]).
     pub async fn connect(url: &str) -> Result<StateStore, StateError> {
         let store = Self::lazy(url)?;
         store.client().await?;
@@ -117,18 +116,10 @@ impl StateStore {
 
     /// Like [`StateStore::connect`], but connects on first use.
     pub fn lazy(url: &str) -> Result<StateStore, StateError> {
-        let mut config = tokio_postgres::Config::from_str(&strip_params(url))
-            .map_err(|e| StateError::Url(crate::delivery::sender::describe(&e)))?;
-        if config.get_application_name().is_none() {
-            config.application_name("walhook-state");
-        }
-        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(std::time::Duration::from_secs(10));
-        }
+        crate::source::conninfo::parse(url).map_err(|e| StateError::Url(e.to_string()))?;
         Ok(StateStore {
             inner: Arc::new(Inner {
-                config,
+                url: url.to_string(),
                 client: tokio::sync::Mutex::new(None),
             }),
         })
@@ -141,12 +132,9 @@ impl StateStore {
                 return Ok(client.clone());
             }
         }
-        let (client, connection) = self.inner.config.connect(NoTls).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "state store connection closed");
-            }
-        });
+        let client = crate::db::connect(&self.inner.url, "walhook-state")
+            .await
+            .map_err(|e| StateError::Db(e.to_string()))?;
         let client = Arc::new(client);
         *slot = Some(client.clone());
         Ok(client)
@@ -302,60 +290,4 @@ fn info_of(row: &tokio_postgres::Row) -> Result<DeadLetterInfo, StateError> {
         attempts: row.try_get(7)?,
         created_at: row.try_get(8)?,
     })
-}
-
-/// Drops the parameters tokio-postgres does not know or this connection
-/// must not use (`replication`, `sslrootcert`, `sslmode` values beyond
-/// tokio-postgres's), from URL or key=value strings.
-fn strip_params(url: &str) -> String {
-    const DROP: [&str; 3] = ["replication", "sslrootcert", "sslmode"];
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else {
-            return url.to_string();
-        };
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|kv| {
-                let key = kv.split_once('=').map_or(*kv, |(k, _)| k);
-                !DROP.contains(&key)
-            })
-            .collect();
-        if kept.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}?{}", kept.join("&"))
-        }
-    } else {
-        // key=value form: values may be quoted; drop whole words by key.
-        url.split_whitespace()
-            .filter(|kv| {
-                let key = kv.split_once('=').map_or(*kv, |(k, _)| k.trim());
-                !DROP.contains(&key)
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_params;
-
-    #[test]
-    fn strips_parameters_this_connection_does_not_use() {
-        assert_eq!(
-            strip_params(
-                "postgres://u@h/db?sslmode=verify-full&application_name=x&replication=database"
-            ),
-            "postgres://u@h/db?application_name=x"
-        );
-        assert_eq!(
-            strip_params("postgres://u@h/db?sslmode=disable"),
-            "postgres://u@h/db"
-        );
-        assert_eq!(
-            strip_params("host=h sslmode=require dbname=d"),
-            "host=h dbname=d"
-        );
-    }
 }
