@@ -283,15 +283,11 @@ fn strategy(
         errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
     }
     for (i, schedule) in strategy.schedules.iter().enumerate() {
-        let fields = schedule.cron.split_whitespace().count();
-        if fields != 5 {
-            errors.push(
-                format!("{path}.schedules[{i}].cron"),
-                format!(
-                    "{:?} has {fields} fields; write 5: minute hour day-of-month month day-of-week",
-                    schedule.cron
-                ),
-            );
+        if let Err(message) = schedule.parse_cron() {
+            errors.push(format!("{path}.schedules[{i}].cron"), message);
+        }
+        if let Err(message) = schedule.time_zone() {
+            errors.push(format!("{path}.schedules[{i}].timezone"), message);
         }
     }
 }

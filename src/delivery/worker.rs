@@ -93,6 +93,10 @@ pub struct StrategyStatus {
     pub attempts: u32,
     pub delivered_batches: u64,
     pub dead_lettered_batches: u64,
+    /// Records in delivered batches (runs report progress with it).
+    pub delivered_records: u64,
+    /// Records in dead-lettered batches.
+    pub dead_lettered_records: u64,
 }
 
 /// Shared view of a worker's [`StrategyStatus`].
@@ -109,6 +113,8 @@ impl StatusHandle {
             attempts: 0,
             delivered_batches: 0,
             dead_lettered_batches: 0,
+            delivered_records: 0,
+            dead_lettered_records: 0,
         })))
     }
 
@@ -526,6 +532,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
         s.last_error = None;
         s.last_success = Some(crate::lsn::format_unix_micros(now_us));
         s.delivered_batches += 1;
+        s.delivered_records += batch.size as u64;
     });
 }
 
@@ -566,6 +573,7 @@ async fn dead_letter(
                     s.state = DeliveryState::Idle;
                     s.attempts = 0;
                     s.dead_lettered_batches += 1;
+                    s.dead_lettered_records += batch.size as u64;
                 });
                 return Outcome::DeadLettered;
             }
