@@ -244,7 +244,10 @@ fn strategy(
         ("on_delete", &strategy.on_delete),
         ("on_truncate", &strategy.on_truncate),
     ];
-    if filters.iter().all(|(_, f)| f.is_none()) {
+    // A strategy only for on-demand or scheduled runs needs no live filter.
+    let runs_only =
+        strategy.on_demand.sync || strategy.on_demand.r#async || !strategy.schedules.is_empty();
+    if filters.iter().all(|(_, f)| f.is_none()) && !runs_only {
         errors.push(
             path,
             "no on_insert, on_update, on_delete or on_truncate: the strategy would never send anything; \
