@@ -180,6 +180,7 @@ impl Pipeline {
         let mut workers = JoinSet::new();
         let mut routes = Vec::new();
         let mut statuses: Vec<(String, StatusHandle)> = Vec::new();
+        let mut pauses = Vec::new();
         for (index, compiled) in self.strategies.iter().enumerate() {
             let cfg = &config.strategies[index];
             let endpoint = self.endpoints.get(&cfg.endpoint).cloned().ok_or_else(|| {
@@ -209,6 +210,7 @@ impl Pipeline {
             })
             .map_err(|e| AppError::Config(e.to_string()))?;
             statuses.push((cfg.name.clone(), worker.status()));
+            pauses.push((cfg.name.clone(), worker.pause_handle()));
             routes.push(Route {
                 strategy: compiled.clone(),
                 tx,
@@ -245,8 +247,9 @@ impl Pipeline {
             self.state.clone(),
             config.source.url.expose().to_string(),
         );
-        admin_state =
-            admin_state.with_control(Arc::new(crate::runs::AppControl::new(runs.clone(), config)));
+        admin_state = admin_state.with_control(Arc::new(
+            crate::runs::AppControl::new(runs.clone(), config).with_pauses(pauses),
+        ));
         let mut schedules =
             crate::runs::schedule::spawn(runs, config, status.clone(), admin_stop.clone());
         let admin_task = tokio::spawn(admin::serve(listener, admin_state, admin_stop.clone()));
@@ -351,9 +354,6 @@ pub fn build_endpoints(
     for (name, cfg) in &config.endpoints {
         if !config.strategies.iter().any(|s| &s.endpoint == name) {
             continue;
-        }
-        if cfg.tls.danger_accept_invalid_certs {
-            tracing::warn!(endpoint = %name, "tls.danger_accept_invalid_certs is set: server certificates are not checked");
         }
         let token_client = tls::configure(
             reqwest::Client::builder()

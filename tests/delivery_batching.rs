@@ -291,3 +291,33 @@ async fn ten_thousand_rows_over_500_transactions_arrive_in_commit_order() {
     .await;
     p.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_strategy_sends_nothing_until_resumed() {
+    let rx = Receiver::start().await;
+    let w = Setup::default().start(&rx.url("/hook"));
+    let pause = w.pause.clone();
+    pause.pause();
+    common::wait_until(WAIT, "/status to show the pause", || async {
+        w.status.snapshot().paused
+    })
+    .await;
+    w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
+    w.send_tx(vec![rec(0x300, 0)], Lsn(0x400)).await;
+    common::wait_until(WAIT, "both records in the queue", || async {
+        w.status.snapshot().queue_records == 2
+    })
+    .await;
+    // Checking that nothing happens needs some time: 10 lingers.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(rx.arrivals(), 0, "nothing sent while paused");
+    assert_eq!(w.checkpoint.acked(), Lsn(0));
+    pause.resume();
+    rx.wait_accepted_records(2, WAIT).await;
+    assert_eq!(rx.accepted_record_ids(), ["0/100:0", "0/300:0"]);
+    common::wait_until(WAIT, "the checkpoint", || async {
+        w.checkpoint.acked() == Lsn(0x400)
+    })
+    .await;
+    w.stop().await;
+}

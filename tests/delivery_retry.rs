@@ -34,8 +34,13 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
         .parse()
         .unwrap();
     let mut saw_retrying = false;
-    while rx.accepted().is_empty() {
+    loop {
+        // Read the slot first: if no 2xx has been answered after that read,
+        // the batch was undelivered when Postgres reported the position.
         let confirmed = p.confirmed_flush().await;
+        if !rx.accepted().is_empty() {
+            break;
+        }
         assert!(
             confirmed <= commit_lsn,
             "confirmed_flush_lsn {confirmed} passed the undelivered batch at {commit_lsn}"
@@ -105,14 +110,14 @@ async fn retry_after_seconds_delays_the_next_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_http_date_delays_the_next_attempt() {
     let rx = Receiver::start().await;
-    let at = SystemTime::now() + Duration::from_secs(3);
+    let at = SystemTime::now() + Duration::from_secs(4);
     rx.script([Reply::RetryAfter(503, httpdate::fmt_http_date(at))]);
     let w = Setup::default().start(&rx.url("/hook"));
     w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
     rx.wait_accepted_records(1, WAIT).await;
     let r = rx.requests();
     let gap = r[1].at - r[0].at;
-    // The date has whole seconds: at least 2 s of the 3 remain.
+    // The date has whole seconds: at least 3 s of the 4 remain.
     assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
     w.stop().await;
 }
@@ -297,4 +302,54 @@ async fn shutdown_does_not_wait_out_a_backoff() {
     w.stop().await;
     assert!(stopped.elapsed() < Duration::from_secs(5));
     assert_eq!(checkpoint.acked(), Lsn(0), "not delivered: not acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_times_out_and_is_retried() {
+    let rx = Receiver::start().await;
+    rx.set_delay(Duration::from_secs(3));
+    let w = Setup {
+        timeout: Duration::from_millis(500),
+        ..Setup::default()
+    }
+    .start(&rx.url("/hook"));
+    w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
+    common::wait_until(WAIT, "the timeout to show in /status", || async {
+        w.status.snapshot().last_error.is_some()
+    })
+    .await;
+    assert_eq!(
+        w.status.snapshot().last_error.as_deref(),
+        Some("timed out after 500ms")
+    );
+    assert_eq!(w.checkpoint.acked(), Lsn(0));
+    rx.set_delay(Duration::ZERO);
+    common::wait_until(WAIT, "delivery after the receiver speeds up", || async {
+        w.checkpoint.acked() == Lsn(0x200)
+    })
+    .await;
+    assert!(rx.arrivals() >= 2);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_a_failed_attempt_whose_error_hides_the_url() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let w = Setup::default().start(&format!("http://127.0.0.1:{port}/hook?api_key=SECRET123"));
+    w.send_tx(vec![rec(0x100, 0)], Lsn(0x200)).await;
+    common::wait_until(WAIT, "a failed attempt in /status", || async {
+        w.status.snapshot().attempts >= 1
+    })
+    .await;
+    let error = w.status.snapshot().last_error.unwrap();
+    assert!(error.contains("connect"), "{error}");
+    assert!(
+        !error.contains("SECRET123") && !error.contains("127.0.0.1"),
+        "{error}"
+    );
+    assert_eq!(w.checkpoint.acked(), Lsn(0));
+    w.stop().await;
 }

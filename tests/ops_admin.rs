@@ -401,6 +401,21 @@ async fn dead_letters_are_listed_paged_and_deleted() {
         )
         .expect("query");
     assert_eq!(left, "1,2,4,5");
+
+    // The admin connection is ended (as by a database restart): it reconnects.
+    let ended = cluster
+        .psql(
+            &db,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'walhook-admin'",
+        )
+        .expect("terminate");
+    assert_eq!(ended, "t", "one admin connection was ended");
+    common::wait_until(
+        Duration::from_secs(10),
+        "the dead-letter list to answer again",
+        || async { server.call("GET", "/dead-letters", Some(TOKEN)).await.0 == 200 },
+    )
+    .await;
 }
 
 #[test]

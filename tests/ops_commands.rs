@@ -132,7 +132,8 @@ fn setup_twice_then_check_is_clean() {
     for line in [
         "ok    wal_level: wal_level = logical",
         "ok    role: role postgres has superuser",
-        "ok    publication: publication pub_s_setup covers 2 strategy table(s)",
+        "ok    publication: publication pub_s_setup exists (2 of 2 strategy table(s) in it)",
+        "ok    strategies: 2 strategies fit the tables, columns, publication and replica identity",
         "ok    table: public.orders: SELECT granted",
         "ok    endpoint hook: ",
         "warn  max_slot_wal_keep_size: -1 (unbounded)",
@@ -224,18 +225,23 @@ fn check_flags_old_reads_without_replica_identity_full() {
     let doc: Value = serde_json::from_str(&stdout).expect("check --json prints JSON");
     assert_eq!(doc["ok"], false);
     let findings = doc["findings"].as_array().expect("findings");
-    let identity: Vec<&Value> = findings
+    let errors: Vec<&Value> = findings
         .iter()
-        .filter(|f| f["check"] == "replica_identity" && f["severity"] == "error")
+        .filter(|f| f["severity"] == "error")
         .collect();
-    assert_eq!(identity.len(), 1, "{findings:#?}");
-    let message = identity[0]["message"].as_str().unwrap_or("");
-    assert!(message.contains("strategies[0].on_update"), "{message}");
+    assert_eq!(errors.len(), 1, "{findings:#?}");
+    assert_eq!(errors[0]["check"], "strategies[0].on_update");
+    let message = errors[0]["message"].as_str().unwrap_or("");
     assert!(message.contains("REPLICA IDENTITY DEFAULT"), "{message}");
-    assert!(message.contains("\"status\""), "{message}");
-    assert_eq!(
-        identity[0]["fix"],
-        "ALTER TABLE \"public\".\"orders\" REPLICA IDENTITY FULL; -- or read new.* only"
+    assert!(message.contains("old.status"), "{message}");
+    assert!(
+        errors[0]["fix"]
+            .as_str()
+            .unwrap_or("")
+            .replace('"', "")
+            .starts_with("ALTER TABLE public.orders REPLICA IDENTITY FULL;"),
+        "{:?}",
+        errors[0]["fix"]
     );
     assert!(
         findings
@@ -251,7 +257,7 @@ fn check_flags_old_reads_without_replica_identity_full() {
     let (code, stdout, _) = walhook(&["check", "--no-network"], &config);
     assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains("ok    replica_identity: public.orders: REPLICA IDENTITY FULL"),
+        stdout.contains("ok    replica_identity: public.orders: REPLICA IDENTITY FULL: old rows carry every column"),
         "{stdout}"
     );
 }
@@ -272,12 +278,13 @@ fn check_reports_problems_with_their_fixes() {
         )
         .expect("schema");
     let plain = url.replace("postgres@", "ops_plain@");
-    let config = config(&plain, "s_problems", "http://127.0.0.1:1/", "true");
+    let config = config(&plain, "s_problems", "http://127.0.0.1:1/", "new.nope == 1");
     let (code, stdout, stderr) = walhook(&["check"], &config);
     assert_eq!(code, 1, "{stdout}{stderr}");
     for expected in [
         "error role: role ops_plain lacks the REPLICATION attribute needed to stream from a slot — fix: ALTER ROLE \"ops_plain\" WITH REPLICATION;",
-        "error table: table shop.items does not exist",
+        "error strategies[0].on_update: table public.orders has no column \"nope\" — fix: use one of its columns: id, status",
+        "error strategies[1].table: table shop.items does not exist",
         "error publication: publication pub_s_problems does not exist — fix: CREATE PUBLICATION \"pub_s_problems\" FOR TABLE \"public\".\"orders\", \"shop\".\"items\";",
         "error replica_identity: public.orders has no primary key and REPLICA IDENTITY DEFAULT",
         "warn  slot: slot s_problems does not exist yet",
@@ -305,7 +312,13 @@ fn check_on_wal_level_replica_reports_the_fix() {
         "true",
     );
     let (code, stdout, stderr) = walhook(&["check", "--no-network"], &config);
+    let (setup_code, setup_out, setup_err) = walhook(&["setup"], &config);
     cluster.destroy();
+    assert_eq!(setup_code, 1, "setup refuses: {setup_out}{setup_err}");
+    assert!(
+        setup_err.contains("wal_level is replica, walhook needs logical; hint: Run ALTER SYSTEM SET wal_level = logical;"),
+        "{setup_err}"
+    );
     assert_eq!(code, 1, "{stdout}{stderr}");
     assert!(
         stdout.contains(

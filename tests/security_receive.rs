@@ -201,3 +201,58 @@ fn a_bad_secret_is_a_usage_error_that_does_not_show_it() {
     assert!(!stderr.contains("dG9vLXNob3J0"), "{stderr}");
     assert!(!stderr.contains("MfKQ9r8G"), "{stderr}");
 }
+
+#[tokio::test]
+async fn accepts_a_batch_from_the_sender_and_rejects_it_changed() {
+    use std::sync::Arc;
+    use walhook::batch::{payload::build, NoDecoration, QueuedRecord};
+    use walhook::lsn::Lsn;
+
+    let receiver = ReceiveProcess::start(&["--secret", WHSEC]);
+    let config = endpoint(&format!(
+        "url = \"{}\"\nsigning = {{ secret = \"{WHSEC}\" }}",
+        receiver.url
+    ));
+    let security =
+        Arc::new(EndpointSecurity::new("hook", &config, reqwest::Client::new()).unwrap());
+    let sender = walhook::delivery::Endpoint::new("hook", &config, security).unwrap();
+    let record = QueuedRecord {
+        commit_lsn: Lsn(0x16B_3748),
+        index: 0,
+        commit_time: 0,
+        json: br#"{"id":"0/16B3748:0","op":"insert","new":{"amount":150.5}}"#.to_vec(),
+    };
+    let batch = build(&Arc::from("big_orders"), vec![record], None, &NoDecoration);
+    let result = sender.attempt(&batch).await;
+    assert!(result.delivered(), "{result:?}");
+    assert_eq!(
+        receiver.next_line(),
+        format!(
+            "strategy=big_orders batch={} size=1 first_lsn=0/16B3748 last_lsn=0/16B3748",
+            batch.id
+        )
+    );
+
+    // The same batch signed as the sender signs it is accepted again; with
+    // a value changed under that signature it is refused.
+    let mut changed = attempt(&batch.id);
+    changed.body = batch.body.clone();
+    EndpointSecurity::new("hook", &config, reqwest::Client::new())
+        .unwrap()
+        .prepare(&mut changed)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(
+        send(&http, &receiver.url, &changed).await.unwrap().status(),
+        200
+    );
+    assert!(receiver.next_line().contains(&batch.id));
+    changed.body = String::from_utf8(batch.body.to_vec())
+        .unwrap()
+        .replace("150.5", "15.5")
+        .into();
+    let response = send(&http, &receiver.url, &changed).await.unwrap();
+    assert_eq!(response.status(), 401);
+    receiver.stop();
+}

@@ -3,8 +3,13 @@
 //! them without going through the pipeline. Replaying goes through
 //! [`super::Control`], because it must deliver with the strategy's endpoint.
 
+use std::sync::Arc;
+
 use serde_json::Value;
+use tokio::sync::Mutex;
 use tokio_postgres::Client;
+
+use crate::config::Secret;
 
 /// Most rows one list request returns.
 pub const MAX_PAGE: i64 = 1000;
@@ -58,9 +63,13 @@ pub struct DeadLetterPage {
     pub next_after: Option<i64>,
 }
 
-/// Direct access to `walhook.dead_letters` and `walhook.runs`.
+/// Direct access to `walhook.dead_letters` and `walhook.runs`. Built with
+/// [`StateControl::connect`] it reconnects on the next request after the
+/// connection drops (a database restart needs no walhook restart).
 pub struct StateControl {
-    client: Client,
+    /// The connection string, when reconnecting is possible.
+    url: Option<Secret>,
+    client: Mutex<Option<Arc<Client>>>,
 }
 
 /// The columns of a dead letter as JSON, payload optional.
@@ -72,15 +81,36 @@ const DEAD_LETTER_JSON: &str = "jsonb_build_object(
     'payload_bytes', octet_length(payload::text))";
 
 impl StateControl {
-    /// Uses `client` (connected to the source database).
+    /// Uses `client` (connected to the source database); no reconnecting.
     pub fn new(client: Client) -> Self {
-        StateControl { client }
+        StateControl {
+            url: None,
+            client: Mutex::new(Some(Arc::new(client))),
+        }
     }
 
     /// Connects to `url` (a libpq URL; sslmode as for the source).
     pub async fn connect(url: &str) -> Result<Self, StateError> {
-        let client = crate::db::connect(url, "walhook-admin").await?;
-        Ok(StateControl::new(client))
+        let control = StateControl {
+            url: Some(Secret::new(url)),
+            client: Mutex::new(None),
+        };
+        control.client().await?;
+        Ok(control)
+    }
+
+    /// The open connection, reopened when it has closed and the URL is known.
+    async fn client(&self) -> Result<Arc<Client>, StateError> {
+        let mut slot = self.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            if !client.is_closed() || self.url.is_none() {
+                return Ok(client.clone());
+            }
+        }
+        let url = self.url.as_ref().map(Secret::expose).unwrap_or_default();
+        let client = Arc::new(crate::db::connect(url, "walhook-admin").await?);
+        *slot = Some(client.clone());
+        Ok(client)
     }
 
     /// A page of dead letters, oldest first, without payloads.
@@ -93,7 +123,8 @@ impl StateControl {
              ORDER BY id LIMIT $3"
         );
         let rows = self
-            .client
+            .client()
+            .await?
             .query(&sql, &[&query.strategy, &after, &limit])
             .await?;
         let mut dead_letters = Vec::with_capacity(rows.len());
@@ -121,7 +152,7 @@ impl StateControl {
             "SELECT ({DEAD_LETTER_JSON} || jsonb_build_object('payload', payload))::text \
              FROM walhook.dead_letters WHERE id = $1"
         );
-        match self.client.query_opt(&sql, &[&id]).await? {
+        match self.client().await?.query_opt(&sql, &[&id]).await? {
             Some(row) => {
                 let text: &str = row.try_get(0)?;
                 Ok(Some(serde_json::from_str(text)?))
@@ -133,7 +164,8 @@ impl StateControl {
     /// Deletes one dead letter; false when there was no such id.
     pub async fn delete(&self, id: i64) -> Result<bool, StateError> {
         let n = self
-            .client
+            .client()
+            .await?
             .execute("DELETE FROM walhook.dead_letters WHERE id = $1", &[&id])
             .await?;
         Ok(n > 0)
@@ -146,7 +178,7 @@ impl StateControl {
                    'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
                    'finished_at', finished_at, 'error', error)::text \
                    FROM walhook.runs WHERE id = $1";
-        match self.client.query_opt(sql, &[&id]).await? {
+        match self.client().await?.query_opt(sql, &[&id]).await? {
             Some(row) => {
                 let text: &str = row.try_get(0)?;
                 Ok(Some(serde_json::from_str(text)?))

@@ -5,6 +5,10 @@
 //! and the per-strategy worker (batch/ and delivery/): what travels on a
 //! strategy's bounded queue, and how a strategy fills in per-batch headers,
 //! query parameters and body fields.
+//!
+//! Below the contract: [`batcher`] (pure grouping rules: size, bytes,
+//! linger, boundaries restored after a restart) and [`payload`] (the sealed
+//! [`Batch`], its id and its JSON body, written once into one buffer).
 
 pub mod batcher;
 pub mod payload;

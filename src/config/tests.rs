@@ -579,3 +579,16 @@ fn load_reads_a_file_and_names_a_missing_one() {
     let config = Config::load(&path).unwrap();
     assert_eq!(config.strategies[0].name, "all_orders");
 }
+
+#[test]
+fn a_body_token_field_clashes_with_include_token() {
+    let text = MINIMAL
+        .replace(
+            "url = \"http://127.0.0.1:9000/hook\"",
+            &format!(
+                "url = \"http://127.0.0.1:9000/hook\"\nsigning = {{ secret = \"{WHSEC}\", include_token = true }}"
+            ),
+        )
+        .replace("on_insert = \"true\"", "on_insert = \"true\"\nbody = { token = \"x\" }");
+    assert_has(&errs(&text), "strategies[0].body.token", "include_token");
+}

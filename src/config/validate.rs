@@ -262,6 +262,21 @@ fn strategy(
             );
         }
     }
+    let adds_token = config
+        .endpoints
+        .get(&strategy.endpoint)
+        .and_then(|e| e.signing.as_ref())
+        .is_some_and(|s| s.include_token);
+    if adds_token && strategy.body.contains_key("token") {
+        errors.push(
+            format!("{path}.body.token"),
+            format!(
+                "endpoint {:?} has signing.include_token = true, which sets the body's \
+                 `token` itself; rename this field",
+                strategy.endpoint
+            ),
+        );
+    }
     if strategy.batch_size == 0 {
         errors.push(format!("{path}.batch_size"), "must be at least 1");
     }

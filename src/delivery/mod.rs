@@ -21,7 +21,9 @@ pub mod worker;
 
 pub use sender::{AttemptResult, Endpoint};
 pub use state::{StateError, StateStore};
-pub use worker::{DeliveryState, StatusHandle, StrategyStatus, StrategyWorker, WorkerOptions};
+pub use worker::{
+    DeliveryState, PauseHandle, StatusHandle, StrategyStatus, StrategyWorker, WorkerOptions,
+};
 
 /// Errors building or running delivery. Messages name the endpoint or
 /// strategy and never hold a secret.

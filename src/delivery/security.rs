@@ -101,7 +101,7 @@ impl EndpointSecurity {
 
     async fn prepare_attempt(&self, attempt: &mut Attempt) -> Result<(), PrepareError> {
         self.auth.apply(&mut attempt.headers).await.map_err(|err| {
-            tracing::warn!(endpoint = %self.endpoint, strategy = %attempt.strategy, error = %err, "cannot authenticate");
+            tracing::debug!(endpoint = %self.endpoint, strategy = %attempt.strategy, error = %err, "cannot authenticate");
             PrepareError(err.to_string())
         })?;
         let Some(signer) = &self.signer else {

@@ -77,29 +77,20 @@ impl AttemptResult {
 }
 
 impl Endpoint {
-    /// An endpoint with the system's TLS roots. An endpoint with `[tls]`
-    /// settings must be built with [`Endpoint::with_tls`].
+    /// An endpoint with its `[tls]` settings applied ([`super::tls::configure`]:
+    /// system roots, `ca_file`, client certificate).
     pub fn new(
         name: &str,
         cfg: &EndpointConfig,
         prepare: Arc<dyn Prepare>,
     ) -> Result<Endpoint, DeliveryError> {
-        let tls = &cfg.tls;
-        if tls.ca_file.is_some()
-            || tls.client_cert.is_some()
-            || tls.client_key.is_some()
-            || tls.danger_accept_invalid_certs
-        {
-            return Err(DeliveryError::Client {
-                endpoint: name.to_string(),
-                reason: "the endpoint has [tls] settings; build it with Endpoint::with_tls".into(),
-            });
-        }
-        Self::with_tls(name, cfg, prepare, Ok::<_, std::convert::Infallible>)
+        Self::with_tls(name, cfg, prepare, |b| {
+            super::tls::configure(b, &cfg.tls, name)
+        })
     }
 
-    /// An endpoint whose client builder is first passed through `tls` (e.g.
-    /// `|b| delivery::tls::configure(b, &cfg.tls, name)`).
+    /// An endpoint whose client builder is first passed through `tls`
+    /// (what [`Endpoint::new`] does with [`super::tls::configure`]).
     pub fn with_tls<E: std::fmt::Display>(
         name: &str,
         cfg: &EndpointConfig,
@@ -265,12 +256,7 @@ impl Endpoint {
         if err.is_timeout() {
             return format!("timed out after {:?}", self.timeout);
         }
-        let what = if err.is_connect() {
-            "connection failed"
-        } else {
-            "request failed"
-        };
-        format!("{what}: {}", describe(&err.without_url()))
+        super::tls::explain(&err.without_url())
     }
 }
 

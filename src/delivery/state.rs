@@ -123,6 +123,9 @@ impl StateStore {
             config.application_name("walhook-state");
         }
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         Ok(StateStore {
             inner: Arc::new(Inner {
                 config,

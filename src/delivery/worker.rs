@@ -59,6 +59,9 @@ pub struct WorkerOptions {
 /// How often stored batch boundaries behind the acked position are deleted.
 const FORGET_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long recording a batch's boundaries may delay its delivery.
+const STATE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Default capacity of a strategy's queue.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
@@ -83,7 +86,8 @@ pub enum DeliveryState {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StrategyStatus {
     pub state: DeliveryState,
-    /// Records queued, buffered or in flight.
+    /// Records buffered or in flight, plus the items waiting on the queue
+    /// (records and transaction ends).
     pub queue_records: u64,
     /// When a batch was last delivered (RFC 3339).
     pub last_success: Option<String>,
@@ -97,6 +101,28 @@ pub struct StrategyStatus {
     pub delivered_records: u64,
     /// Records in dead-lettered batches.
     pub dead_lettered_records: u64,
+    /// Paused through the admin API: no new batch is sent.
+    pub paused: bool,
+}
+
+/// Pauses a strategy's sending: the batch in flight finishes, no further
+/// batch starts until resumed; the queue fills and then blocks the router
+/// (so the slot holds WAL, nothing is dropped).
+#[derive(Debug, Clone)]
+pub struct PauseHandle(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl PauseHandle {
+    pub fn pause(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.0.send_replace(false);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.0.borrow()
+    }
 }
 
 /// Shared view of a worker's [`StrategyStatus`].
@@ -115,6 +141,7 @@ impl StatusHandle {
             dead_lettered_batches: 0,
             delivered_records: 0,
             dead_lettered_records: 0,
+            paused: false,
         })))
     }
 
@@ -186,6 +213,8 @@ pub struct StrategyWorker {
     ctx: Arc<SenderCtx>,
     checkpoint: Arc<Checkpoint>,
     shutdown_timeout: Duration,
+    paused: tokio::sync::watch::Receiver<bool>,
+    pause: PauseHandle,
 }
 
 impl std::fmt::Debug for StrategyWorker {
@@ -233,6 +262,7 @@ impl StrategyWorker {
         }
         let name: Arc<str> = opts.name.into();
         let (tx, rx) = mpsc::channel(opts.queue_capacity.max(1));
+        let (pause_tx, pause_rx) = tokio::sync::watch::channel(false);
         let batcher = Batcher::new(
             BatcherOptions {
                 strategy: name.clone(),
@@ -260,8 +290,15 @@ impl StrategyWorker {
             ctx,
             checkpoint: opts.checkpoint,
             shutdown_timeout: opts.shutdown_timeout,
+            paused: pause_rx,
+            pause: PauseHandle(Arc::new(pause_tx)),
         };
         Ok((worker, tx))
+    }
+
+    /// Pauses and resumes sending (for the admin API).
+    pub fn pause_handle(&self) -> PauseHandle {
+        self.pause.clone()
     }
 
     /// The strategy's status, updated while the worker runs.
@@ -301,7 +338,14 @@ impl StrategyWorker {
                     self.update_queue(outstanding_records);
                 }
                 // 3. hand the next sealed batch to the sender
-                permit = batch_tx.reserve(), if self.batcher.ready_len() > 0 => {
+                // 3a. paused or resumed
+                // (The sender lives in `self.pause`, so `changed` cannot fail.)
+                Ok(()) = self.paused.changed() => {
+                    let paused = *self.paused.borrow_and_update();
+                    self.ctx.status.update(|s| s.paused = paused);
+                    tracing::info!(strategy = %self.name, paused, "delivery paused or resumed");
+                }
+                permit = batch_tx.reserve(), if self.batcher.ready_len() > 0 && !*self.paused.borrow() => {
                     let Ok(permit) = permit else { break };
                     if let Some(batch) = self.batcher.pop_ready() {
                         outstanding += 1;
@@ -313,6 +357,7 @@ impl StrategyWorker {
                 // 4. linger deadline
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.batcher.poll_linger(Instant::now());
+                    self.update_queue(outstanding_records);
                 }
                 // 5. forget stored batches Postgres has acknowledged
                 _ = forget.tick(), if self.ctx.state.is_some() => self.forget_acked(&mut forgotten),
@@ -324,6 +369,7 @@ impl StrategyWorker {
                         if self.batcher.is_empty() && outstanding == 0 {
                             self.checkpoint.delivered(self.index, end_lsn);
                         }
+                        self.update_queue(outstanding_records);
                     }
                     None => {
                         input_open = false;
@@ -463,8 +509,16 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
             last_record_id: batch.last_record_id(),
             last_lsn: batch.last_lsn,
         };
-        if let Err(e) = state.record_batch(&ctx.name, &stored).await {
-            tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %e, "cannot record the batch's boundaries; a redelivery may get a new batch id");
+        // Best effort: a slow or absent state database must not stop delivery.
+        let recorded =
+            tokio::time::timeout(STATE_TIMEOUT, state.record_batch(&ctx.name, &stored)).await;
+        let error = match recorded {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {STATE_TIMEOUT:?}")),
+        };
+        if let Some(error) = error {
+            tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %error, "cannot record the batch's boundaries; a redelivery may get a new batch id");
         }
     }
     ctx.status.update(|s| {

@@ -8,11 +8,13 @@
 //! `--no-network`) a TCP connect to each endpoint. A failed connection is an
 //! error finding of its own and ends the database checks.
 //!
-//! What the expressions read is found by a scan for `old.<column>`,
-//! `row.<column>` and `changed("<column>")` ([`old_columns`]), which is all
-//! the replica-identity check needs.
+//! Per-strategy findings (expressions that do not compile, missing tables
+//! or columns, tables missing from the publication, `old.*` reads without
+//! REPLICA IDENTITY FULL) come from the strategy stage's own checks
+//! ([`crate::strategy::check_expression`], [`crate::strategy::validate_schema`]),
+//! so `check` and `run` judge a config the same way; they are reported at
+//! the config path they concern (`strategies[0].on_update`).
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use super::{ident, literal, qualified, tables};
-use crate::config::{Config, ExprRole, FilterOp, StrategyConfig, TableName};
+use crate::config::{Config, TableName};
 
 /// Lag above which the slot finding becomes a warning.
 const LAG_WARN_BYTES: i64 = 1 << 30;
@@ -137,7 +139,7 @@ pub async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
                 findings.push(Finding::new(
                     Severity::Error,
                     "query",
-                    format!("a catalog query failed: {err}"),
+                    format!("a catalog query failed: {}", super::describe(&err)),
                 ));
             }
         }
@@ -279,9 +281,49 @@ async fn database(
         });
     }
     for (table, oid) in &existing {
-        table_identity(client, config, table, *oid, publishes, out).await?;
+        table_identity(client, table, *oid, publishes, out).await?;
     }
+    strategy_findings(client, config, out).await;
     Ok(())
+}
+
+/// The strategy stage's own checks: expressions compile, and the tables,
+/// columns, publication and replica identity fit them.
+async fn strategy_findings(client: &Client, config: &Config, out: &mut Vec<Finding>) {
+    let compile = config.check_expressions(crate::strategy::check_expression);
+    for error in compile.iter() {
+        out.push(
+            Finding::new(Severity::Error, &error.path, &error.message)
+                .fix("correct the expression (evalexpr syntax; names new.*, old.*, row.*, op, table, schema)"),
+        );
+    }
+    match crate::strategy::validate_schema(client, config).await {
+        Ok(problems) if problems.is_empty() && compile.is_empty() => out.push(Finding::new(
+            Severity::Ok,
+            "strategies",
+            format!(
+                "{} strateg{} fit the tables, columns, publication and replica identity",
+                config.strategies.len(),
+                if config.strategies.len() == 1 {
+                    "y"
+                } else {
+                    "ies"
+                }
+            ),
+        )),
+        Ok(problems) => {
+            for problem in problems {
+                out.push(
+                    Finding::new(Severity::Error, &problem.path, problem.problem).fix(problem.fix),
+                );
+            }
+        }
+        Err(err) => out.push(Finding::new(
+            Severity::Error,
+            "strategies",
+            format!("checking the strategies against the catalog failed: {err}"),
+        )),
+    }
 }
 
 fn headroom(name: &str, max: i64, used: i64, needed: i64, what: &str) -> Finding {
@@ -345,14 +387,7 @@ async fn table_privileges(
     let oid: Option<u32> = row.try_get(0)?;
     let select: Option<bool> = row.try_get(1)?;
     let Some(oid) = oid else {
-        out.push(
-            Finding::new(
-                Severity::Error,
-                "table",
-                format!("table {table} does not exist (or this role cannot see its schema)"),
-            )
-            .fix("create it, or correct the strategy's table"),
-        );
+        // Reported by the strategy checks, at the strategy's `table`.
         return Ok(None);
     };
     out.push(if select == Some(true) {
@@ -417,16 +452,12 @@ async fn publication(
         });
     };
     let all: bool = row.try_get(0)?;
-    let ops = [
-        ("insert", row.try_get::<_, bool>(1)?, FilterOp::Insert),
-        ("update", row.try_get::<_, bool>(2)?, FilterOp::Update),
-        ("delete", row.try_get::<_, bool>(3)?, FilterOp::Delete),
-    ];
     let publishes = Publishes {
-        update: ops[1].1,
-        delete: ops[2].1,
+        update: row.try_get(2)?,
+        delete: row.try_get(3)?,
     };
-    let mut missing_tables = Vec::new();
+    // Missing tables and operations are reported by the strategy checks.
+    let mut covered = 0;
     for table in tables {
         let present: bool = client
             .query_one(
@@ -436,74 +467,22 @@ async fn publication(
             )
             .await?
             .try_get(0)?;
-        if !present {
-            missing_tables.push(table);
-            out.push(
-                Finding::new(
-                    Severity::Error,
-                    "publication",
-                    format!("publication {name} does not include {table}; its changes never reach walhook"),
-                )
-                .fix(format!(
-                    "ALTER PUBLICATION {} ADD TABLE {};",
-                    ident(name),
-                    qualified(table)
-                )),
-            );
-        }
+        covered += usize::from(present);
     }
-    let mut missing_ops = BTreeSet::new();
-    for strategy in &config.strategies {
-        for (op_name, published, op) in ops {
-            if !published && filter(strategy, op).is_some() {
-                missing_ops.insert(op_name);
-            }
-        }
-    }
-    if !missing_ops.is_empty() {
-        let publish: Vec<&str> = ops
-            .iter()
-            .filter(|(n, p, _)| *p || missing_ops.contains(n))
-            .map(|(n, _, _)| *n)
-            .collect();
-        out.push(
-            Finding::new(
-                Severity::Error,
-                "publication",
-                format!(
-                    "publication {name} does not publish {} but strategies filter on them",
-                    missing_ops.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            )
-            .fix(format!(
-                "ALTER PUBLICATION {} SET (publish = {});",
-                ident(name),
-                literal(&publish.join(", "))
-            )),
-        );
-    }
-    if missing_tables.is_empty() {
-        let scope = if all {
-            "all tables".to_string()
+    let scope = if all { "FOR ALL TABLES, " } else { "" };
+    out.push(Finding::new(
+        if covered == tables.len() {
+            Severity::Ok
         } else {
-            format!("{} strategy table(s)", tables.len())
-        };
-        out.push(Finding::new(
-            Severity::Ok,
-            "publication",
-            format!("publication {name} covers {scope}"),
-        ));
-    }
+            Severity::Info
+        },
+        "publication",
+        format!(
+            "publication {name} exists ({scope}{covered} of {} strategy table(s) in it)",
+            tables.len()
+        ),
+    ));
     Ok(publishes)
-}
-
-fn filter(strategy: &StrategyConfig, op: FilterOp) -> Option<&str> {
-    match op {
-        FilterOp::Insert => strategy.on_insert.as_deref(),
-        FilterOp::Update => strategy.on_update.as_deref(),
-        FilterOp::Delete => strategy.on_delete.as_deref(),
-        FilterOp::Truncate => strategy.on_truncate.as_deref(),
-    }
 }
 
 async fn slot_findings(
@@ -644,11 +623,10 @@ fn bytes(n: i64) -> String {
     }
 }
 
-/// Primary key and replica identity of one table against what the
-/// strategies on it read from the old row.
+/// Primary key and replica identity of one table. (What the strategies
+/// read from old rows is judged by the strategy checks.)
 async fn table_identity(
     client: &Client,
-    config: &Config,
     table: &TableName,
     oid: u32,
     publishes: Publishes,
@@ -671,24 +649,12 @@ async fn table_identity(
     let primary: Option<Vec<String>> = row.try_get(1)?;
     let index: Option<Vec<String>> = row.try_get(2)?;
     let name = qualified(table);
-    let (label, key): (&str, Option<BTreeSet<String>>) = match identity.as_str() {
-        "f" => ("FULL", None),
-        "i" => (
-            "USING INDEX",
-            Some(index.unwrap_or_default().into_iter().collect()),
-        ),
-        "n" => ("NOTHING", Some(BTreeSet::new())),
-        _ => (
-            "DEFAULT",
-            Some(primary.clone().unwrap_or_default().into_iter().collect()),
-        ),
+    let label = match identity.as_str() {
+        "f" => "FULL",
+        "i" => "USING INDEX",
+        "n" => "NOTHING",
+        _ => "DEFAULT",
     };
-    let strategies: Vec<&StrategyConfig> = config
-        .strategies
-        .iter()
-        .filter(|s| &s.table == table)
-        .collect();
-
     // Without any identity, Postgres rejects UPDATE/DELETE on a table whose
     // publication carries them: the application's writes fail.
     let no_identity = identity == "n" || (identity == "d" && primary.is_none());
@@ -719,124 +685,20 @@ async fn table_identity(
         );
     }
 
-    if let Some(key) = key {
-        for site in config.expressions() {
-            let Some(strategy) = site.strategy else {
-                continue;
-            };
-            if !strategies.iter().any(|s| std::ptr::eq(*s, strategy)) {
-                continue;
-            }
-            // `row.` is the old row for deletes: a delete filter, or a
-            // record mapping of a strategy that sends deletes.
-            let row_is_old = match site.role {
-                ExprRole::Filter(FilterOp::Delete) => true,
-                ExprRole::Record => strategy.on_delete.is_some(),
-                _ => false,
-            };
-            for column in old_columns(site.expr, row_is_old) {
-                if key.contains(&column) {
-                    continue;
-                }
-                problems += 1;
-                out.push(
-                    Finding::new(
-                        Severity::Error,
-                        "replica_identity",
-                        format!(
-                            "{}: table {table} has REPLICA IDENTITY {label}, so the old value of {column:?} \
-                             is not sent for updates and deletes, but the expression reads it",
-                            site.path
-                        ),
-                    )
-                    .fix(format!(
-                        "ALTER TABLE {name} REPLICA IDENTITY FULL; -- or read new.* only"
-                    )),
-                );
-            }
-        }
-    }
     if problems == 0 {
+        let key = match (&primary, identity.as_str()) {
+            (_, "f") => "every column".to_string(),
+            (_, "i") => format!("index ({})", index.unwrap_or_default().join(", ")),
+            (Some(primary), _) => format!("primary key ({})", primary.join(", ")),
+            (None, _) => "no column".to_string(),
+        };
         out.push(Finding::new(
             Severity::Ok,
             "replica_identity",
-            format!(
-                "{table}: REPLICA IDENTITY {label} gives every old.* column the strategies read"
-            ),
+            format!("{table}: REPLICA IDENTITY {label}: old rows carry {key}"),
         ));
     }
     Ok(())
-}
-
-/// Columns an expression reads from the old row: `old.<col>`,
-/// `changed("<col>")` (compares old and new) and, when `row_is_old`,
-/// `row.<col>`. A lexical scan: string literals are skipped.
-pub fn old_columns(expr: &str, row_is_old: bool) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let chars: Vec<char> = expr.chars().collect();
-    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars.get(i).copied().unwrap_or(' ');
-        if c == '"' {
-            // Skip a string literal.
-            i += 1;
-            while i < chars.len() && chars.get(i) != Some(&'"') {
-                if chars.get(i) == Some(&'\\') {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            continue;
-        }
-        if is_ident(c) && (i == 0 || !chars.get(i - 1).copied().is_some_and(is_ident)) {
-            let start = i;
-            while chars.get(i).copied().is_some_and(is_ident) {
-                i += 1;
-            }
-            let word: String = chars.get(start..i).unwrap_or_default().iter().collect();
-            let accessor = word == "old" || (row_is_old && word == "row");
-            if accessor && chars.get(i) == Some(&'.') {
-                let begin = i + 1;
-                let mut end = begin;
-                while chars.get(end).copied().is_some_and(is_ident) {
-                    end += 1;
-                }
-                if end > begin {
-                    found.insert(chars.get(begin..end).unwrap_or_default().iter().collect());
-                }
-                i = end;
-            } else if word == "changed" {
-                // changed ( "col" )
-                let mut j = i;
-                while chars.get(j).is_some_and(|c| c.is_whitespace()) {
-                    j += 1;
-                }
-                if chars.get(j) == Some(&'(') {
-                    j += 1;
-                    while chars.get(j).is_some_and(|c| c.is_whitespace()) {
-                        j += 1;
-                    }
-                    if chars.get(j) == Some(&'"') {
-                        let begin = j + 1;
-                        let mut end = begin;
-                        while end < chars.len() && chars.get(end) != Some(&'"') {
-                            end += 1;
-                        }
-                        if end < chars.len() {
-                            found
-                                .insert(chars.get(begin..end).unwrap_or_default().iter().collect());
-                        }
-                        i = end + 1;
-                    }
-                }
-            }
-            continue;
-        }
-        i += 1;
-    }
-    found
 }
 
 async fn endpoints(config: &Config, out: &mut Vec<Finding>) {
@@ -893,28 +755,6 @@ async fn endpoints(config: &Config, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn cols(expr: &str, row_is_old: bool) -> Vec<String> {
-        old_columns(expr, row_is_old).into_iter().collect()
-    }
-
-    #[test]
-    fn finds_old_columns() {
-        assert_eq!(cols("old.status != new.status", false), ["status"]);
-        assert_eq!(
-            cols("changed(\"status\") && new.amount > 1", false),
-            ["status"]
-        );
-        assert_eq!(cols("changed ( \"a b\" )", false), ["a b"]);
-        assert_eq!(cols("row.amount > 1 && old.id == 1", false), ["id"]);
-        assert_eq!(cols("row.amount > 1", true), ["amount"]);
-        assert_eq!(
-            cols("bold.status == \"old.x\"", false),
-            Vec::<String>::new()
-        );
-        assert_eq!(cols("old.", false), Vec::<String>::new());
-        assert_eq!(cols("changed(\"unterminated", false), Vec::<String>::new());
-    }
 
     #[test]
     fn finding_is_one_line_with_fix() {

@@ -21,13 +21,9 @@ pub enum OpsError {
     /// Connecting to the source database failed.
     #[error("{0}")]
     Connect(#[source] crate::db::DbError),
-    /// A statement failed.
-    #[error("{what} failed: {source}")]
-    Sql {
-        what: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
+    /// A statement failed (the server's message, detail and hint).
+    #[error("{what} failed: {message}")]
+    Sql { what: String, message: String },
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
@@ -36,8 +32,28 @@ pub enum OpsError {
 impl OpsError {
     pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
         let what = what.into();
-        move |source| OpsError::Sql { what, source }
+        move |err| OpsError::Sql {
+            what,
+            message: describe(&err),
+        }
     }
+}
+
+/// A database error as the server worded it: message, detail, hint and
+/// SQLSTATE; other errors with their causes.
+pub fn describe(err: &tokio_postgres::Error) -> String {
+    let Some(db) = err.as_db_error() else {
+        return crate::delivery::sender::describe(err);
+    };
+    let mut out = db.message().to_string();
+    if let Some(detail) = db.detail() {
+        out.push_str(&format!(" ({detail})"));
+    }
+    if let Some(hint) = db.hint() {
+        out.push_str(&format!("; hint: {hint}"));
+    }
+    out.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+    out
 }
 
 /// Opens an ordinary SQL connection to the source database (same sslmode

@@ -56,26 +56,17 @@ pub async fn run(
                     database.as_deref().unwrap_or("?")
                 )));
             }
-            if active {
-                let pid = pid.unwrap_or(0);
-                if !opts.force {
-                    return Err(OpsError::Refused(format!(
-                        "slot {slot} is active (walsender pid {pid}): stop walhook first, \
-                         or pass --force to end that connection and drop the slot anyway \
-                         (undelivered changes are then lost)"
-                    )));
-                }
-                client
-                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
-                    .await
-                    .map_err(OpsError::sql("ending the walsender holding the slot"))?;
-                wait_released(client, slot).await?;
+            if active && !opts.force {
+                return Err(OpsError::Refused(format!(
+                    "slot {slot} is active (walsender pid {}): stop walhook first, \
+                     or pass --force to end that connection and drop the slot anyway \
+                     (undelivered changes are then lost)",
+                    pid.unwrap_or(0)
+                )));
+            }
+            for pid in drop_slot(client, slot, opts.force).await? {
                 report.push(format!("slot {slot}: ended walsender pid {pid}"));
             }
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[slot])
-                .await
-                .map_err(OpsError::sql(format!("dropping slot {slot}")))?;
             report.push(format!("slot {slot}: dropped"));
         }
     }
@@ -103,30 +94,58 @@ pub async fn run(
     Ok(report)
 }
 
-/// Waits until the slot is no longer active (after pg_terminate_backend).
-async fn wait_released(client: &Client, slot: &str) -> Result<(), OpsError> {
+/// Drops the slot, ending whichever walsender holds it first. A walhook
+/// that reconnects at once may take the slot again between the two steps,
+/// so both are retried until [`RELEASE_TIMEOUT`]. Without `force` a holder
+/// is never ended. Returns the pids ended.
+async fn drop_slot(client: &Client, slot: &str, force: bool) -> Result<Vec<i32>, OpsError> {
     let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+    let mut ended = Vec::new();
     loop {
-        let row = client
+        let holder = client
             .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
                 &[&slot],
             )
             .await
             .map_err(OpsError::sql("reading pg_replication_slots"))?;
-        let active = match row {
-            Some(row) => row.try_get::<_, bool>(0).unwrap_or(true),
-            None => false,
+        let Some(holder) = holder else {
+            // Gone already (dropped by someone else, or temporary).
+            return Ok(ended);
         };
-        if !active {
-            return Ok(());
+        let pid: Option<i32> = holder
+            .try_get(0)
+            .map_err(OpsError::sql("reading pg_replication_slots"))?;
+        if let Some(pid) = pid {
+            if !force {
+                return Err(OpsError::Refused(format!(
+                    "slot {slot} became active (walsender pid {pid}); stop walhook first or pass --force"
+                )));
+            }
+            client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .map_err(OpsError::sql("ending the walsender holding the slot"))?;
+            if !ended.contains(&pid) {
+                ended.push(pid);
+            }
+            // The backend exits asynchronously; give it a moment.
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(OpsError::Refused(format!(
-                "slot {slot} is still active {RELEASE_TIMEOUT:?} after ending its walsender; \
-                 is a walhook reconnecting? stop it and try again"
-            )));
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => return Ok(ended),
+            Err(err)
+                if err.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                continue
+            }
+            Err(err) => {
+                return Err(OpsError::sql(format!("dropping slot {slot}"))(err));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -1,18 +1,21 @@
 //! The admin API's commands ([`Control`]) for `walhook run`: runs go to the
-//! [`RunManager`]; pausing, resuming and replaying dead letters are not
-//! wired in this build yet and answer 503.
+//! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s;
+//! replaying dead letters is not wired in this build yet and answers 503.
 
 use serde_json::Value;
 
 use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
+use crate::delivery::PauseHandle;
 
 /// [`Control`] over a [`RunManager`].
 pub struct AppControl {
     runs: RunManager,
     /// (name, sync allowed, async allowed) per strategy, for the default mode.
     modes: Vec<(String, bool, bool)>,
+    /// The live workers' pause switches, by strategy name.
+    pauses: Vec<(String, PauseHandle)>,
 }
 
 impl AppControl {
@@ -25,7 +28,25 @@ impl AppControl {
                 .iter()
                 .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
                 .collect(),
+            pauses: Vec::new(),
         }
+    }
+
+    /// Lets `pause`/`resume` reach the live workers.
+    pub fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
+        self.pauses = pauses;
+        self
+    }
+
+    fn pause_handle(&self, strategy: &str) -> Result<&PauseHandle, ControlError> {
+        if self.pauses.is_empty() {
+            return Err(unsupported("pause and resume"));
+        }
+        self.pauses
+            .iter()
+            .find(|(n, _)| n == strategy)
+            .map(|(_, h)| h)
+            .ok_or_else(|| ControlError::NotFound(format!("no strategy named {strategy:?}")))
     }
 }
 
@@ -34,12 +55,18 @@ fn unsupported(what: &str) -> ControlError {
 }
 
 impl Control for AppControl {
-    fn pause<'a>(&'a self, _strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
-        Box::pin(async { Err(unsupported("pause")) })
+    fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            self.pause_handle(strategy)?.pause();
+            Ok(())
+        })
     }
 
-    fn resume<'a>(&'a self, _strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
-        Box::pin(async { Err(unsupported("resume")) })
+    fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
+        Box::pin(async move {
+            self.pause_handle(strategy)?.resume();
+            Ok(())
+        })
     }
 
     fn start_run<'a>(

@@ -16,7 +16,7 @@ use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
 use walhook::decode::SourceEvent;
 use walhook::delivery::prepare::NoPrepare;
 use walhook::delivery::{
-    DeliveryError, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+    DeliveryError, Endpoint, PauseHandle, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use walhook::lsn::Lsn;
 
@@ -70,6 +70,8 @@ pub struct Setup {
     pub decorate: Arc<dyn Decorate>,
     pub state: Option<StateStore>,
     pub start: Lsn,
+    /// The endpoint's request timeout.
+    pub timeout: Duration,
 }
 
 impl Default for Setup {
@@ -83,6 +85,7 @@ impl Default for Setup {
             decorate: Arc::new(NoDecoration),
             state: None,
             start: Lsn(0),
+            timeout: Duration::from_secs(10),
         }
     }
 }
@@ -92,6 +95,7 @@ pub struct Worker {
     pub queue: mpsc::Sender<WorkItem>,
     pub checkpoint: Arc<Checkpoint>,
     pub status: StatusHandle,
+    pub pause: PauseHandle,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), DeliveryError>>,
 }
@@ -123,12 +127,9 @@ impl Worker {
 impl Setup {
     /// Starts a worker sending to `url`; `on_ack` sees each acked LSN.
     pub fn start_with(self, url: &str, on_ack: impl Fn(Lsn) + Send + Sync + 'static) -> Worker {
-        let endpoint = Endpoint::new(
-            "test",
-            &endpoint_config(url, self.retry.clone()),
-            Arc::new(NoPrepare),
-        )
-        .expect("endpoint");
+        let mut config = endpoint_config(url, self.retry.clone());
+        config.timeout = self.timeout;
+        let endpoint = Endpoint::new("test", &config, Arc::new(NoPrepare)).expect("endpoint");
         let checkpoint = Arc::new(Checkpoint::new(1, self.start, on_ack));
         let (worker, queue) = StrategyWorker::new(WorkerOptions {
             index: 0,
@@ -146,12 +147,14 @@ impl Setup {
         })
         .expect("worker");
         let status = worker.status();
+        let pause = worker.pause_handle();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker.run(shutdown.clone()));
         Worker {
             queue,
             checkpoint,
             status,
+            pause,
             shutdown,
             task,
         }

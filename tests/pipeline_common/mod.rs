@@ -152,3 +152,86 @@ pub fn confirmed_flush(db: &str, slot: &str) -> String {
 pub fn db_name(url: &str) -> String {
     url.rsplit('/').next().unwrap().to_string()
 }
+
+/// Runs SQL on a test database (psql: each statement its own transaction)
+/// and returns its trimmed output.
+pub fn sql(db: &str, sql: &str) -> String {
+    crate::common::cluster()
+        .psql(db, sql)
+        .unwrap_or_else(|err| panic!("psql on {db} failed: {err}\n{sql}"))
+        .trim()
+        .to_string()
+}
+
+/// An LSN as text (`X/Y`) to a comparable number.
+pub fn lsn(text: &str) -> u64 {
+    let (hi, lo) = text
+        .trim()
+        .split_once('/')
+        .unwrap_or_else(|| panic!("not an LSN: {text:?}"));
+    let hi = u64::from_str_radix(hi, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
+    let lo = u64::from_str_radix(lo, 16).unwrap_or_else(|_| panic!("not an LSN: {text:?}"));
+    (hi << 32) | lo
+}
+
+/// Polls `f` every `every` until it returns true; panics naming `what`
+/// after `timeout`. For conditions too costly to check every 20 ms.
+pub async fn wait_every<F, Fut>(timeout: Duration, every: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits until the slot's confirmed_flush_lsn is at or past `target`:
+/// walhook acknowledged everything committed before it.
+pub async fn wait_flushed(db: &str, slot: &str, target: u64) {
+    let what = format!("slot {slot} confirmed past {target:X}");
+    wait_every(WAIT, Duration::from_millis(100), &what, || async {
+        let flushed = confirmed_flush(db, slot);
+        !flushed.is_empty() && lsn(&flushed) >= target
+    })
+    .await;
+}
+
+/// The server's current WAL insert position.
+pub fn current_lsn(db: &str) -> u64 {
+    lsn(&sql(db, "SELECT pg_current_wal_insert_lsn()"))
+}
+
+/// Runs `walhook run` with this config until it exits by itself (bounded
+/// by [`WAIT`]); returns its exit code and stderr.
+pub async fn run_to_exit(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).expect("writing config.toml");
+    let mut cmd = Command::new(walhook_bin());
+    cmd.arg("run")
+        .arg("-c")
+        .arg(&path)
+        .current_dir(dir.path())
+        .env("WALHOOK_LOG", "info")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(WAIT, cmd.output())
+        .await
+        .expect("walhook did not exit by itself")
+        .expect("running walhook");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -2,6 +2,8 @@
 //! and a tracing capture to prove secrets stay out of logs.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
