@@ -251,7 +251,7 @@ impl Pipeline {
             crate::runs::AppControl::new(runs.clone(), config).with_pauses(pauses),
         ));
         let mut schedules =
-            crate::runs::schedule::spawn(runs, config, status.clone(), admin_stop.clone());
+            crate::runs::schedule::spawn(runs.clone(), config, status.clone(), admin_stop.clone());
         let admin_task = tokio::spawn(admin::serve(listener, admin_state, admin_stop.clone()));
         let upkeep = telemetry::spawn_upkeep(prom, status.clone(), admin_stop.clone());
 
@@ -337,6 +337,7 @@ impl Pipeline {
         admin_stop.cancel();
         let _ = admin_task.await;
         while schedules.join_next().await.is_some() {}
+        runs.shutdown(Duration::from_secs(10)).await;
         let _ = upkeep.await;
         tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
         match failure {

@@ -296,6 +296,18 @@ impl RunManager {
         }
     }
 
+    /// Cancels every active run and waits (up to `timeout`) until they have
+    /// recorded their outcome; for shutdown.
+    pub async fn shutdown(&self, timeout: Duration) {
+        for active in self.lock_active().values() {
+            active.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.lock_active().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A run's record, with live counts while it runs here.
     pub async fn get(&self, id: i64) -> Result<Value, ControlError> {
         let row = self
@@ -438,13 +450,14 @@ impl RunManager {
             ),
             Err(e) => (e.outcome(), Some(e.to_string())),
         };
-        self.lock_active().remove(&plan.id);
         if let Err(e) = self
             .finish_run(plan.id, state, &counts, error.as_deref())
             .await
         {
             tracing::warn!(run = plan.id, error = %e, "cannot record the run's outcome in walhook.runs");
         }
+        // Only now: a schedule's next run starts after this one is recorded as done.
+        self.lock_active().remove(&plan.id);
         let strategy = plan.compiled.name().to_string();
         metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "outcome" => state)
             .increment(1);
