@@ -154,7 +154,7 @@ async fn sync_run_answers_after_delivery_and_over_the_limit_is_refused_before_se
     let (base, admin) = config_with_token(&url, "runs_sync");
     let config = format!(
         "{base}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"t\"\ntable = \"t\"\n\
-         endpoint = \"hook\"\nbatch_size = 15\non_demand = {{ sync = true, sync_limit = 50 }}\n",
+         endpoint = \"hook\"\nbatch_size = 15\nlinger = \"10s\"\non_demand = {{ sync = true, sync_limit = 50 }}\n",
         receiver.url("/hook")
     );
     let mut walhook = start_streaming(&config, &db, "runs_sync").await;

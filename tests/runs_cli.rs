@@ -133,3 +133,46 @@ async fn run_strategy_exits_non_zero_when_attempts_are_exhausted() {
     assert!(receiver.arrivals() >= 2);
     assert!(receiver.accepted().is_empty());
 }
+
+#[tokio::test]
+async fn dead_lettered_batches_count_as_failed_records_and_exit_non_zero() {
+    let (url, db) = setup("runs_cli_dead");
+    let receiver = Receiver::start().await;
+    receiver.fail_next(1, 500);
+    let config = format!(
+        "{}[endpoints.hook]\nurl = \"{}\"\n\
+         retry = {{ max_attempts = 1, initial = \"10ms\", on_exhausted = \"dead_letter\" }}\n\n\
+         [[strategies]]\nname = \"seed\"\ntable = \"t\"\nendpoint = \"hook\"\non_insert = \"true\"\n\
+         batch_size = 1000\nlinger = \"10s\"\n",
+        base_config(&url, "runs_cli_dead", "runs_cli_dead"),
+        receiver.url("/hook")
+    );
+    let out = run_strategy(&config, &["seed"]).await;
+    assert_eq!(
+        out.code,
+        Some(1),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .lines()
+            .last()
+            .unwrap()
+            .contains("1500 delivered, 1000 failed"),
+        "{}",
+        out.stdout
+    );
+    let stored = common::cluster()
+        .psql(
+            &db,
+            "SELECT count(*), sum(jsonb_array_length(payload->'records')) FROM walhook.dead_letters",
+        )
+        .unwrap();
+    assert_eq!(stored.trim(), "1|1000");
+    let run = common::cluster()
+        .psql(&db, "SELECT trigger || '|' || state FROM walhook.runs")
+        .unwrap();
+    assert_eq!(run.trim(), "cli|failed");
+}

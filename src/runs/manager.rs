@@ -600,6 +600,7 @@ impl RunManager {
         let task = tokio::spawn(worker.run(stop.clone()));
         Ok(RunWorker {
             tx: Some(tx),
+            opened: false,
             status,
             stop,
             task,
@@ -757,6 +758,8 @@ impl Reader<'_> {
 /// A run's own delivery worker.
 struct RunWorker {
     tx: Option<mpsc::Sender<WorkItem>>,
+    /// The first record (and the transaction end after it) was queued.
+    opened: bool,
     status: StatusHandle,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), crate::delivery::DeliveryError>>,
@@ -778,6 +781,13 @@ impl RunWorker {
                 biased;
                 _ = plan.cancel.cancelled() => return Err(self.abort(RunError::Cancelled).await),
                 sent = tx.send_timeout(next, TICK) => match sent {
+                    Ok(()) if !self.opened => {
+                        // A batch boundary stored by live delivery that spans
+                        // the snapshot LSN would otherwise hold every run
+                        // record in one batch: this transaction end closes it.
+                        self.opened = true;
+                        item = Some(WorkItem::TxEnd { end_lsn: Lsn(u64::MAX) });
+                    }
                     Ok(()) => return Ok(()),
                     Err(mpsc::error::SendTimeoutError::Timeout(back)) => {
                         item = Some(back);

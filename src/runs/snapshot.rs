@@ -139,7 +139,14 @@ impl Snapshot {
             )
             .await
             .map_err(query_err)?;
-        let lsn = lsn_row.get::<_, &str>(0).parse().unwrap_or(Lsn::ZERO);
+        // One byte before the insert position: WAL records start 8-byte
+        // aligned, so no commit LSN (and no live record id) can equal it,
+        // while a transaction committing right after the snapshot still
+        // sorts after it.
+        let lsn = lsn_row
+            .get::<_, &str>(0)
+            .parse()
+            .map_or(Lsn::ZERO, |l: Lsn| Lsn(l.0.saturating_sub(1)));
         let read_time: i64 = lsn_row.get(1);
         let select_list = cols
             .iter()
@@ -184,7 +191,8 @@ impl Snapshot {
         &self.relation
     }
 
-    /// The WAL position when the snapshot was taken.
+    /// Just before the WAL position when the snapshot was taken (never a
+    /// commit LSN, so run record ids never equal live ones).
     pub fn lsn(&self) -> Lsn {
         self.lsn
     }
