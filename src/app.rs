@@ -209,6 +209,7 @@ impl Pipeline {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
             .map_err(|e| AppError::Config(e.to_string()))?;
+            telemetry::register_strategy(&cfg.name);
             statuses.push((cfg.name.clone(), worker.status()));
             pauses.push((cfg.name.clone(), worker.pause_handle()));
             routes.push(Route {
@@ -234,10 +235,8 @@ impl Pipeline {
         };
         let mut admin_state = AdminState::new(config, status.clone(), prom.clone())
             .with_strategies(Arc::new(strategies_status));
-        match db::connect(config.source.url.expose(), "walhook-admin").await {
-            Ok(client) => {
-                admin_state = admin_state.with_dead_letters(Arc::new(StateControl::new(client)))
-            }
+        match StateControl::connect(config.source.url.expose()).await {
+            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         let runs = crate::runs::RunManager::new(

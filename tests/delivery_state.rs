@@ -189,3 +189,47 @@ async fn dead_letter_without_a_state_store_is_refused() {
     .expect_err("refused");
     assert!(err.to_string().contains("strategy orders"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
+    let state = store("dlv_state_replay").await;
+    let payload = br#"{"strategy":"orders","batch":{"id":"msg_x","size":1,"first_lsn":"0/100","last_lsn":"0/100"},"records":[{"id":"0/100:0"}]}"#;
+    let id = state
+        .insert_dead_letter(&letter("orders", "msg_x", payload))
+        .await
+        .unwrap();
+    let rx = Receiver::start().await;
+    rx.fail_next(1, 503);
+    let endpoint = walhook::delivery::Endpoint::new(
+        "test",
+        &endpoint_config(&rx.url("/hook"), fast_retry(0, OnExhausted::Block)),
+        std::sync::Arc::new(walhook::delivery::prepare::NoPrepare),
+    )
+    .unwrap();
+    let replay = |id| {
+        walhook::delivery::replay::replay_dead_letter(
+            &state,
+            id,
+            &endpoint,
+            &walhook::batch::NoDecoration,
+        )
+    };
+    let failed = replay(id).await.unwrap();
+    assert!(!failed.delivered);
+    assert_eq!(failed.status, Some(503));
+    assert!(state.get_dead_letter(id).await.unwrap().is_some(), "kept");
+    let ok = replay(id).await.unwrap();
+    assert!(ok.delivered);
+    assert!(
+        state.get_dead_letter(id).await.unwrap().is_none(),
+        "deleted"
+    );
+    let r = rx.requests();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[1].header("webhook-id"), Some("msg_x"));
+    assert_eq!(r[1].record_ids(), ["0/100:0"]);
+    assert!(matches!(
+        replay(id).await,
+        Err(walhook::delivery::replay::ReplayError::NotFound(_))
+    ));
+}

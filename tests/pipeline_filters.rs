@@ -408,13 +408,13 @@ async fn run_creates_the_missing_publication_for_the_strategies_tables_and_logs_
         ),
         "public.items,public.orders"
     );
-    assert!(
+    // stderr is read by a task of this runtime: wait for it to catch up.
+    common::wait_until(WAIT, "the log line about the new publication", || async {
         walhook
             .stderr()
-            .contains("created the publication for the strategies' tables"),
-        "{}",
-        walhook.stderr()
-    );
+            .contains("created the publication for the strategies' tables")
+    })
+    .await;
     sql(
         &db,
         "INSERT INTO other VALUES (1); INSERT INTO orders VALUES (2); INSERT INTO items VALUES (3);",

@@ -4,12 +4,14 @@
 //! - [`sender`]: the endpoint's client and one attempt (POST, 401 refresh).
 //! - [`retry`]: backoff with full jitter, `Retry-After`, exhaustion policy.
 //! - [`worker`]: the per-strategy loop (batcher → sender task → checkpoint).
+//! - [`replay`]: one attempt to deliver a dead letter again (admin API).
 //! - [`state`]: dead letters and batch boundaries in the `walhook` schema.
 //! - [`prepare`]: the seam to endpoint security (auth, signing).
 
 pub mod auth;
 pub mod oauth2;
 pub mod prepare;
+pub mod replay;
 pub mod retry;
 pub mod security;
 pub mod sender;
@@ -35,6 +37,8 @@ pub enum DeliveryError {
     Client { endpoint: String, reason: String },
     #[error("strategy {strategy}: on_exhausted = \"dead_letter\" needs the state store (walhook.dead_letters)")]
     NeedsStateStore { strategy: String },
+    #[error("strategy {strategy}: the sender task failed")]
+    SenderFailed { strategy: String },
     #[error(transparent)]
     State(#[from] StateError),
 }

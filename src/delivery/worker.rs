@@ -332,19 +332,19 @@ impl StrategyWorker {
                 _ = shutdown.cancelled() => break,
                 // 2. a batch finished: advance the checkpoint
                 Some(done) = done_rx.recv() => {
-                    outstanding -= 1;
+                    outstanding = outstanding.saturating_sub(1);
                     outstanding_records = outstanding_records.saturating_sub(done.size);
                     self.finished(done, outstanding);
                     self.update_queue(outstanding_records);
                 }
-                // 3. hand the next sealed batch to the sender
-                // 3a. paused or resumed
-                // (The sender lives in `self.pause`, so `changed` cannot fail.)
+                // 3. paused or resumed (the watch sender lives in
+                //    `self.pause`, so `changed` cannot fail)
                 Ok(()) = self.paused.changed() => {
                     let paused = *self.paused.borrow_and_update();
                     self.ctx.status.update(|s| s.paused = paused);
                     tracing::info!(strategy = %self.name, paused, "delivery paused or resumed");
                 }
+                // 4. hand the next sealed batch to the sender, unless paused
                 permit = batch_tx.reserve(), if self.batcher.ready_len() > 0 && !*self.paused.borrow() => {
                     let Ok(permit) = permit else { break };
                     if let Some(batch) = self.batcher.pop_ready() {
@@ -354,14 +354,14 @@ impl StrategyWorker {
                         self.update_queue(outstanding_records);
                     }
                 }
-                // 4. linger deadline
+                // 5. linger deadline
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.batcher.poll_linger(Instant::now());
                     self.update_queue(outstanding_records);
                 }
-                // 5. forget stored batches Postgres has acknowledged
+                // 6. forget stored batches Postgres has acknowledged
                 _ = forget.tick(), if self.ctx.state.is_some() => self.forget_acked(&mut forgotten),
-                // 6. new input, while at most one sealed batch waits
+                // 7. new input, while fewer than two sealed batches wait
                 item = self.rx.recv(), if input_open && self.batcher.ready_len() < 2 => match item {
                     Some(WorkItem::Record(record)) => self.batcher.push(record, Instant::now()),
                     Some(WorkItem::TxEnd { end_lsn }) => {
@@ -399,9 +399,14 @@ impl StrategyWorker {
             );
             self.ctx.abort.cancel();
         }
-        let _ = sender.await;
+        let joined = sender.await;
         self.ctx.status.update(|s| s.state = DeliveryState::Stopped);
-        Ok(())
+        match joined {
+            Err(e) if e.is_panic() => Err(DeliveryError::SenderFailed {
+                strategy: self.name.to_string(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     async fn restore_boundaries(&mut self) {

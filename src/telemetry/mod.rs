@@ -157,6 +157,26 @@ pub fn describe() {
     );
 }
 
+/// Triggers of runs that this process serves (`run-strategy` from the
+/// command line is a process of its own and exposes no metrics).
+const RUN_TRIGGERS: [&str; 3] = ["sync", "async", "schedule"];
+/// How runs end.
+const RUN_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
+
+/// Registers a strategy's run counters at zero, so their series exist from
+/// the start: `rate()` and `increase()` over them then see the first run
+/// (a counter that appears at 1 counts as no increase), and dashboards and
+/// alerts have a series to show before any run.
+pub fn register_strategy(strategy: &str) {
+    for trigger in RUN_TRIGGERS {
+        for outcome in RUN_OUTCOMES {
+            metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.to_string(), "trigger" => trigger, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.to_string()).increment(0);
+}
+
 /// Sets the source gauges from one status snapshot.
 pub fn record_source_status(status: &SourceStatus) {
     let lag = status.server_wal_end.0.saturating_sub(status.acked_lsn.0);

@@ -32,6 +32,60 @@ pub fn base_config(url: &str, slot: &str, publication: &str) -> String {
     )
 }
 
+/// Like [`base_config`], with the admin server on a given port (from
+/// [`free_port`]) so the test can scrape it.
+pub fn base_config_with_admin(url: &str, slot: &str, publication: &str, port: u16) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{publication}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n"
+    )
+}
+
+/// `GET http://127.0.0.1:{port}{path}`: status and body; `None` while
+/// nothing answers (not yet listening).
+pub async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let code = response.status().as_u16();
+    Some((code, response.text().await.ok()?))
+}
+
+/// The sum of every sample of `name` in a Prometheus text scrape whose
+/// labels contain each of `labels` (`key="value"`); `None` when no sample
+/// matches.
+pub fn metric_sum(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        if !labels
+            .iter()
+            .all(|l| label_text.split(',').any(|x| x == *l))
+        {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 /// A running `walhook run -c <dir>/config.toml`.
 pub struct Walhook {
     child: Child,

@@ -1,0 +1,103 @@
+//! Replaying a dead letter (`POST /dead-letters/{id}/replay`): one attempt
+//! with the strategy's endpoint, outside the strategy's ordered stream, and
+//! the dead letter deleted only after a 2xx.
+//!
+//! The request carries the stored batch id (`webhook-id`), so a receiver
+//! that did get the batch after all can de-duplicate it; headers and query
+//! parameters are evaluated again by the strategy's templates, and a fresh
+//! timestamp and signature are added by the endpoint's security as usual.
+
+use super::sender::{AttemptResult, Endpoint};
+use super::state::{StateError, StateStore};
+use crate::batch::{Batch, BatchMeta, Decorate};
+use crate::lsn::Lsn;
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayOutcome {
+    pub id: i64,
+    pub batch_id: String,
+    /// A 2xx came and the dead letter was deleted.
+    pub delivered: bool,
+    pub status: Option<u16>,
+    /// Why the attempt failed (no secrets, no URL).
+    pub error: Option<String>,
+}
+
+/// Why a replay could not be attempted.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no dead letter with id {0}")]
+    NotFound(i64),
+    #[error("dead letter {id}: {reason}")]
+    Invalid { id: i64, reason: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Sends dead letter `id` once to `endpoint` (its strategy's), with headers
+/// and query from `decorate` (its strategy's templates); deletes it on 2xx.
+pub async fn replay_dead_letter(
+    state: &StateStore,
+    id: i64,
+    endpoint: &Endpoint,
+    decorate: &dyn Decorate,
+) -> Result<ReplayOutcome, ReplayError> {
+    let letter = state
+        .get_dead_letter(id)
+        .await?
+        .ok_or(ReplayError::NotFound(id))?;
+    let invalid = |reason: String| ReplayError::Invalid { id, reason };
+    let info = &letter.info;
+    let first_lsn: Lsn = info
+        .first_lsn
+        .parse()
+        .map_err(|e| invalid(format!("{e}")))?;
+    let last_lsn: Lsn = info.last_lsn.parse().map_err(|e| invalid(format!("{e}")))?;
+    let payload: serde_json::Value = serde_json::from_str(&letter.payload)
+        .map_err(|e| invalid(format!("payload is not JSON: {e}")))?;
+    let size = payload
+        .get("records")
+        .and_then(|r| r.as_array())
+        .map_or(0, Vec::len);
+    let meta = BatchMeta {
+        strategy: &info.strategy,
+        id: &info.batch_id,
+        size,
+        first_lsn,
+        last_lsn,
+    };
+    let (headers, query, decorate_error) = match decorate.decorate(&meta) {
+        Ok(d) => (d.headers, d.query, None),
+        Err(e) => (Vec::new(), Vec::new(), Some(e)),
+    };
+    let batch = Batch {
+        strategy: info.strategy.as_str().into(),
+        id: info.batch_id.clone(),
+        size,
+        first_lsn,
+        last_lsn,
+        keys: Vec::new(),
+        complete_through: None,
+        first_commit_time: 0,
+        body: bytes::Bytes::from(letter.payload.clone().into_bytes()),
+        headers,
+        query,
+        decorate_error,
+    };
+    let AttemptResult { status, error, .. } = endpoint.attempt(&batch).await;
+    let delivered = status.is_some_and(|s| (200..300).contains(&s));
+    if delivered {
+        state.delete_dead_letter(id).await?;
+        tracing::info!(strategy = %info.strategy, batch_id = %info.batch_id, dead_letter_id = id, "dead letter replayed and deleted");
+    } else {
+        tracing::warn!(strategy = %info.strategy, batch_id = %info.batch_id, dead_letter_id = id, status, error = error.as_deref().unwrap_or(""), "dead letter replay failed; it stays stored");
+    }
+    Ok(ReplayOutcome {
+        id,
+        batch_id: info.batch_id.clone(),
+        delivered,
+        status,
+        error,
+    })
+}

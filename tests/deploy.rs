@@ -1,0 +1,163 @@
+//! Issue 8's deployment checks: every metric the Prometheus alert rules and
+//! the Grafana dashboard name is one a running walhook exposes, and the
+//! alert rules pass `promtool check rules`.
+
+mod common;
+mod pipeline_common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use common::receiver::Receiver;
+use pipeline_common::{
+    admin_get, base_config_with_admin, current_lsn, db_name, free_port, sql, wait_flushed,
+    wait_streaming, Walhook, WAIT,
+};
+
+const ALERTS: &str = "deploy/prometheus/alerts.yml";
+const DASHBOARD: &str = "deploy/grafana/walhook-dashboard.json";
+
+fn read(path: &str) -> String {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {}: {e}", full.display()))
+}
+
+/// Every `walhook_*` word in `text`, as the metric it names (a histogram's
+/// `_bucket`, `_sum` and `_count` series name the histogram).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("walhook_") {
+        let word: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + word.len()..];
+        let name = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| word.strip_suffix(suffix))
+            .unwrap_or(&word);
+        names.insert(name.to_string());
+    }
+    names
+}
+
+/// Names with at least one sample in a scrape (HELP alone does not count).
+fn exposed(scrape: &str) -> BTreeSet<String> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(|series| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| series.strip_suffix(suffix))
+                .unwrap_or(series)
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_names_are_read_from_the_files() {
+    let alerts = metric_names(&read(ALERTS));
+    let dashboard = metric_names(&read(DASHBOARD));
+    for expected in [
+        "walhook_replication_lag_bytes",
+        "walhook_dead_letters_total",
+        "walhook_standby",
+    ] {
+        assert!(alerts.contains(expected), "{expected} in {alerts:?}");
+    }
+    assert!(
+        dashboard.contains("walhook_commit_to_delivery_seconds"),
+        "{dashboard:?}"
+    );
+    assert!(dashboard.len() >= 10, "{dashboard:?}");
+    // The dashboard is JSON Grafana can import.
+    let json: serde_json::Value = serde_json::from_str(&read(DASHBOARD)).expect("dashboard JSON");
+    assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+}
+
+/// A workload with a filter, deliveries and a dead letter: afterwards the
+/// scrape has a sample of every metric the alerts and the dashboard use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_alerts_and_the_dashboard_is_exposed() {
+    let url = common::fresh_db("deploy_metrics");
+    let db = db_name(&url);
+    sql(&db, "CREATE TABLE orders (id int PRIMARY KEY, note text)");
+    let receiver = Receiver::start().await;
+    // The first batch fails both attempts and becomes a dead letter.
+    receiver.fail_next(2, 500);
+    let port = free_port();
+    let config = format!(
+        "{}[endpoints.hook]\nurl = \"{}\"\n\
+         retry = {{ max_attempts = 2, initial = \"50ms\", max = \"100ms\", on_exhausted = \"dead_letter\" }}\n\n\
+         [[strategies]]\nname = \"orders\"\ntable = \"orders\"\nendpoint = \"hook\"\n\
+         on_insert = \"new.id % 2 == 0\"\nbatch_size = 1\nlinger = \"10ms\"\n",
+        base_config_with_admin(&url, "deploy_metrics", "deploy_metrics", port),
+        receiver.url("/hook"),
+    );
+    let walhook = Walhook::start(&config, &[]);
+    wait_streaming(&db, "deploy_metrics").await;
+    sql(
+        &db,
+        "INSERT INTO orders VALUES (2, 'dead'); INSERT INTO orders SELECT g, 'n' FROM generate_series(3, 10) g",
+    );
+    let end = current_lsn(&db);
+    receiver.wait_accepted_records(4, WAIT).await;
+    wait_flushed(&db, "deploy_metrics", end).await;
+    assert_eq!(
+        sql(&db, "SELECT count(*) FROM walhook.dead_letters"),
+        "1",
+        "the workload left a dead letter"
+    );
+
+    let mut wanted = metric_names(&read(ALERTS));
+    wanted.extend(metric_names(&read(DASHBOARD)));
+    // Counters appear as soon as they are bumped; poll until the scrape
+    // has them all, and name what is missing after the bound.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let missing = loop {
+        let missing: BTreeSet<String> = match admin_get(port, "/metrics").await {
+            Some((200, scrape)) => wanted.difference(&exposed(&scrape)).cloned().collect(),
+            _ => wanted.clone(),
+        };
+        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
+            break missing;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(missing.is_empty(), "not exposed: {missing:?}");
+
+    let mut walhook = walhook;
+    walhook.signal(libc::SIGTERM);
+    let status = walhook.wait_exit(WAIT).await;
+    assert!(status.success(), "{}", walhook.stderr());
+}
+
+/// `promtool check rules` accepts the alert rules. Without promtool on PATH
+/// the check is skipped with a note, unless WALHOOK_REQUIRE_PROMTOOL=1 (CI
+/// sets it after installing the Debian package prometheus).
+#[test]
+fn the_alert_rules_pass_promtool() {
+    let required = std::env::var("WALHOOK_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    let output = match std::process::Command::new("promtool")
+        .args(["check", "rules", ALERTS])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+            eprintln!("promtool not found (Debian package prometheus): rules not checked");
+            return;
+        }
+        Err(e) => panic!("running promtool (Debian package prometheus): {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "promtool check rules {ALERTS}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

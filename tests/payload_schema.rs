@@ -1,0 +1,184 @@
+//! Issue 8: payloads walhook really delivers validate against the published
+//! JSON Schema (schema/payload.schema.json): inserts, updates and deletes of
+//! every type (the all_types table of tests/fixtures/capture_v1.sql),
+//! unchanged TOAST under REPLICA IDENTITY DEFAULT, full old images under
+//! FULL, and a truncate. Format assertions (date-time) are on.
+
+mod common;
+mod pipeline_common;
+
+use std::collections::BTreeSet;
+
+use common::receiver::Receiver;
+use pipeline_common::{base_config, db_name, sql, wait_streaming, Walhook, WAIT};
+use serde_json::{json, Value};
+
+const SCHEMA_PATH: &str = "schema/payload.schema.json";
+
+/// The compiled payload schema.
+fn payload_schema() -> (boon::Schemas, boon::SchemaIndex) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SCHEMA_PATH);
+    let text = std::fs::read_to_string(&path).expect("reading the schema");
+    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    let id = schema["$id"].as_str().expect("$id").to_string();
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    compiler.enable_format_assertions();
+    compiler
+        .add_resource(&id, schema)
+        .expect("adding the schema");
+    let index = compiler
+        .compile(&id, &mut schemas)
+        .unwrap_or_else(|e| panic!("compiling {SCHEMA_PATH}: {e:#}"));
+    (schemas, index)
+}
+
+/// The fixture script's parts: the tables, the every-type rows, the
+/// updates and delete, the TOAST statements.
+fn fixture() -> (String, String, String, String) {
+    let script = include_str!("fixtures/capture_v1.sql");
+    let section = |from: &str, to: &str| -> String {
+        let start = script
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} in capture_v1.sql"));
+        let end = script[start..]
+            .find(to)
+            .unwrap_or_else(|| panic!("{to} in capture_v1.sql"));
+        script[start..start + end].to_string()
+    };
+    (
+        section("CREATE TYPE mood", "CREATE TABLE alt "),
+        section("-- 1: every type", "-- 2: updates"),
+        section("-- 2: updates", "-- 3: unchanged TOAST"),
+        section("-- 3: unchanged TOAST", "-- 4: ALTER TABLE"),
+    )
+}
+
+#[test]
+fn the_schema_rejects_what_it_should() {
+    let (schemas, index) = payload_schema();
+    let good = json!({
+        "strategy": "s",
+        "batch": {"id": "b1", "size": 1, "first_lsn": "0/16B3748", "last_lsn": "0/16B3748"},
+        "records": [{
+            "id": "0/16B3748:0", "op": "insert", "schema": "public", "table": "t",
+            "lsn": "0/16B3748", "xid": 740, "commit_time": "2026-11-22T07:04:00.123456Z",
+            "new": {"id": 1}, "old": null
+        }]
+    });
+    schemas
+        .validate(&good, index)
+        .expect("a well-formed payload");
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut bad = good.clone();
+        f(&mut bad);
+        bad
+    };
+    for (what, bad) in [
+        (
+            "no op",
+            mutate(&|v| {
+                v["records"][0].as_object_mut().unwrap().remove("op");
+            }),
+        ),
+        (
+            "unknown op",
+            mutate(&|v| v["records"][0]["op"] = json!("upsert")),
+        ),
+        (
+            "lower-case LSN",
+            mutate(&|v| v["records"][0]["lsn"] = json!("0/16b3748")),
+        ),
+        (
+            "not a date-time",
+            mutate(&|v| v["records"][0]["commit_time"] = json!("yesterday")),
+        ),
+        (
+            "an image that is a list",
+            mutate(&|v| v["records"][0]["new"] = json!([1])),
+        ),
+        ("no records", mutate(&|v| v["records"] = json!([]))),
+        (
+            "an unknown record field",
+            mutate(&|v| v["records"][0]["extra"] = json!(1)),
+        ),
+    ] {
+        assert!(
+            schemas.validate(&bad, index).is_err(),
+            "the schema accepted a payload with {what}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
+    let (schemas, index) = payload_schema();
+    let (tables, every_type, updates, toast) = fixture();
+    let url = common::fresh_db("payload_schema");
+    let db = db_name(&url);
+    sql(&db, &tables);
+    let receiver = Receiver::start().await;
+    let strategy = |name: &str, table: &str, extra: &str| {
+        format!(
+            "[[strategies]]\nname = \"{name}\"\ntable = \"{table}\"\nendpoint = \"hook\"\n\
+             on_insert = \"true\"\non_update = \"true\"\non_delete = \"true\"\n{extra}\
+             linger = \"20ms\"\n\n"
+        )
+    };
+    let config = format!(
+        "{}[endpoints.hook]\nurl = \"{}\"\n\n{}{}{}",
+        base_config(&url, "payload_schema", "payload_schema"),
+        receiver.url("/hook"),
+        strategy("types", "all_types", "body = { source = \"erp\" }\n"),
+        strategy("toast", "toasty", "on_truncate = \"true\"\n"),
+        strategy("toast_full", "toasty_full", ""),
+    );
+    let walhook = Walhook::start(&config, &[]);
+    wait_streaming(&db, "payload_schema").await;
+    sql(&db, &every_type);
+    sql(&db, &updates);
+    sql(&db, &toast);
+    sql(&db, "TRUNCATE toasty");
+    // all_types: 3 inserts, 2 updates, 1 delete; toasty: insert, update,
+    // truncate; toasty_full: insert, update, delete.
+    receiver.wait_accepted_records(12, WAIT).await;
+
+    let mut kinds = BTreeSet::new();
+    for request in receiver.accepted() {
+        let body = request.json();
+        if let Err(error) = schemas.validate(&body, index) {
+            panic!(
+                "a delivered payload does not match {SCHEMA_PATH}:\n{error:#}\n{}",
+                serde_json::to_string_pretty(&body).unwrap()
+            );
+        }
+        for record in body["records"].as_array().expect("records") {
+            let op = record["op"].as_str().expect("op").to_string();
+            kinds.insert(format!("{}:{op}", record["table"].as_str().expect("table")));
+            if record.get("unchanged_toast").is_some() {
+                kinds.insert("unchanged_toast".to_string());
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "all_types:insert",
+        "all_types:update",
+        "all_types:delete",
+        "toasty:insert",
+        "toasty:update",
+        "toasty:truncate",
+        "toasty_full:insert",
+        "toasty_full:update",
+        "toasty_full:delete",
+        "unchanged_toast",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(kinds, expected, "every kind of payload was checked");
+
+    let mut walhook = walhook;
+    walhook.signal(libc::SIGTERM);
+    let status = walhook.wait_exit(WAIT).await;
+    assert!(status.success(), "{}", walhook.stderr());
+}
