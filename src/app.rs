@@ -135,30 +135,7 @@ impl Pipeline {
         if !problems.is_empty() {
             return Err(AppError::Schema(problems));
         }
-        let mut endpoints = std::collections::BTreeMap::new();
-        for (name, cfg) in &config.endpoints {
-            if !config.strategies.iter().any(|s| &s.endpoint == name) {
-                continue;
-            }
-            let token_client = tls::configure(
-                reqwest::Client::builder()
-                    .timeout(cfg.timeout)
-                    .connect_timeout(cfg.connect_timeout)
-                    .redirect(reqwest::redirect::Policy::none()),
-                &cfg.tls,
-                name,
-            )
-            .map_err(|e| AppError::Config(format!("endpoints.{name}.tls: {e}")))?
-            .build()
-            .map_err(|e| AppError::Config(format!("endpoints.{name}: HTTP client: {e}")))?;
-            let security = EndpointSecurity::new(name, cfg, token_client)
-                .map_err(|e| AppError::Config(e.to_string()))?;
-            let endpoint = Endpoint::with_tls(name, cfg, Arc::new(security), |b| {
-                tls::configure(b, &cfg.tls, name)
-            })
-            .map_err(|e| AppError::Config(e.to_string()))?;
-            endpoints.insert(name.clone(), Arc::new(endpoint));
-        }
+        let endpoints = build_endpoints(config)?;
         match strategy::ensure_publication(&client, config)
             .await
             .map_err(|e| AppError::Database(e.to_string()))?
@@ -203,6 +180,7 @@ impl Pipeline {
         let mut workers = JoinSet::new();
         let mut routes = Vec::new();
         let mut statuses: Vec<(String, StatusHandle)> = Vec::new();
+        let mut pauses = Vec::new();
         for (index, compiled) in self.strategies.iter().enumerate() {
             let cfg = &config.strategies[index];
             let endpoint = self.endpoints.get(&cfg.endpoint).cloned().ok_or_else(|| {
@@ -233,6 +211,7 @@ impl Pipeline {
             .map_err(|e| AppError::Config(e.to_string()))?;
             telemetry::register_strategy(&cfg.name);
             statuses.push((cfg.name.clone(), worker.status()));
+            pauses.push((cfg.name.clone(), worker.pause_handle()));
             routes.push(Route {
                 strategy: compiled.clone(),
                 tx,
@@ -260,6 +239,18 @@ impl Pipeline {
             Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
+        let runs = crate::runs::RunManager::new(
+            Arc::new(config.clone()),
+            self.strategies.clone(),
+            self.endpoints.clone(),
+            self.state.clone(),
+            config.source.url.expose().to_string(),
+        );
+        admin_state = admin_state.with_control(Arc::new(
+            crate::runs::AppControl::new(runs.clone(), config).with_pauses(pauses),
+        ));
+        let mut schedules =
+            crate::runs::schedule::spawn(runs.clone(), config, status.clone(), admin_stop.clone());
         let admin_task = tokio::spawn(admin::serve(listener, admin_state, admin_stop.clone()));
         let upkeep = telemetry::spawn_upkeep(prom, status.clone(), admin_stop.clone());
 
@@ -344,6 +335,8 @@ impl Pipeline {
         drop(events_keep);
         admin_stop.cancel();
         let _ = admin_task.await;
+        while schedules.join_next().await.is_some() {}
+        runs.shutdown(Duration::from_secs(10)).await;
         let _ = upkeep.await;
         tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
         match failure {
@@ -351,6 +344,37 @@ impl Pipeline {
             None => Ok(()),
         }
     }
+}
+
+/// One [`Endpoint`] (auth, signing, TLS) per endpoint a strategy uses.
+pub fn build_endpoints(
+    config: &Config,
+) -> Result<std::collections::BTreeMap<String, Arc<Endpoint>>, AppError> {
+    let mut endpoints = std::collections::BTreeMap::new();
+    for (name, cfg) in &config.endpoints {
+        if !config.strategies.iter().any(|s| &s.endpoint == name) {
+            continue;
+        }
+        let token_client = tls::configure(
+            reqwest::Client::builder()
+                .timeout(cfg.timeout)
+                .connect_timeout(cfg.connect_timeout)
+                .redirect(reqwest::redirect::Policy::none()),
+            &cfg.tls,
+            name,
+        )
+        .map_err(|e| AppError::Config(format!("endpoints.{name}.tls: {e}")))?
+        .build()
+        .map_err(|e| AppError::Config(format!("endpoints.{name}: HTTP client: {e}")))?;
+        let security = EndpointSecurity::new(name, cfg, token_client)
+            .map_err(|e| AppError::Config(e.to_string()))?;
+        let endpoint = Endpoint::with_tls(name, cfg, Arc::new(security), |b| {
+            tls::configure(b, &cfg.tls, name)
+        })
+        .map_err(|e| AppError::Config(e.to_string()))?;
+        endpoints.insert(name.clone(), Arc::new(endpoint));
+    }
+    Ok(endpoints)
 }
 
 fn admin_status(name: &str, handle: &StatusHandle) -> StrategyStatus {

@@ -85,6 +85,20 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Run a strategy once over its table's current rows (no admin server), then exit.
+    RunStrategy {
+        /// The `[[strategies]]` name.
+        name: String,
+        /// The configuration file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        /// Only rows matching this expression (`row.<col>`, `new.<col>`).
+        #[arg(long)]
+        filter: Option<String>,
+        /// At most this many records.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// The whole pipeline in one command: throwaway PostgreSQL, a receiver, sample writes.
     Demo,
     /// Receive webhooks: verify signatures, print batches (for receivers' developers and benchmarks).
@@ -181,6 +195,46 @@ fn main() -> ExitCode {
                 }
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::RunStrategy {
+            name,
+            config,
+            filter,
+            limit,
+        } => {
+            let Some(config) = load_config(&config) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("walhook: cannot start the async runtime: {err}");
+                    return ExitCode::from(EXIT_RUNTIME);
+                }
+            };
+            let opts = walhook::runs::cli::RunStrategyOptions {
+                strategy: name,
+                filter,
+                limit,
+            };
+            match runtime.block_on(walhook::runs::cli::run_strategy(config, opts)) {
+                Ok(summary) if summary.counts.failed == 0 => ExitCode::SUCCESS,
+                Ok(summary) => {
+                    eprintln!(
+                        "walhook: run {}: {} records failed (dead-lettered)",
+                        summary.id, summary.counts.failed
+                    );
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+                Err(err) => {
+                    eprintln!("walhook: {err}");
+                    ExitCode::from(if err.is_usage() {
+                        EXIT_CONFIG
+                    } else {
+                        EXIT_RUNTIME
+                    })
+                }
+            }
         }
         Command::Demo => {
             let runtime = match tokio::runtime::Runtime::new() {

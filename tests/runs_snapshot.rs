@@ -98,3 +98,29 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
     }
     assert_eq!(count, 25, "the role sees only its tenant's rows");
 }
+
+#[tokio::test]
+async fn values_read_the_way_replication_sends_them() {
+    let url = common::fresh_db("runs_values");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    common::cluster()
+        .psql(
+            &db,
+            "CREATE TABLE v (id int PRIMARY KEY, ok bool, code char(4), addr inet, note text); \
+             INSERT INTO v VALUES (1, true, 'ab', '10.0.0.1', NULL), (2, false, 'abcd', '10.1.0.0/16', '');",
+        )
+        .unwrap();
+    let client = db::connect(&url, "test").await.unwrap();
+    let mut snap = Snapshot::open(client, &table("v"), None, 10).await.unwrap();
+    let page = snap.next_page().await.unwrap().unwrap();
+    let rows: Vec<serde_json::Value> = page
+        .iter()
+        .map(|e| e.to_json_value()["new"].clone())
+        .collect();
+    assert_eq!(rows[0]["ok"], true);
+    assert_eq!(rows[1]["ok"], false);
+    assert_eq!(rows[0]["code"], "ab  ", "char(n) keeps its padding");
+    assert_eq!(rows[0]["addr"], "10.0.0.1", "no /32 appended");
+    assert!(rows[0]["note"].is_null(), "NULL stays null");
+    assert_eq!(rows[1]["note"], "", "empty text is not NULL");
+}

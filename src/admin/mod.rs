@@ -4,7 +4,7 @@
 //! ```text
 //!  GET  /metrics   /healthz   /readyz   /status              open
 //!  POST /strategies/{name}/pause | resume | runs             Bearer token
-//!  GET  /runs/{id}                                           Bearer token
+//!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
 //! ```
@@ -133,6 +133,9 @@ pub enum ControlError {
     /// Not possible right now (503), e.g. the endpoint still fails on replay.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Understood but refused (422), e.g. a sync run over `sync_limit`.
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
     /// Anything else (500).
     #[error("failed: {0}")]
     Failed(String),
@@ -145,6 +148,7 @@ impl ControlError {
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -167,13 +171,15 @@ pub enum RunMode {
 }
 
 /// An on-demand run request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRequest {
     /// `?mode=`; `None` = whichever the strategy's `on_demand` allows
     /// (async when it allows both).
     pub mode: Option<RunMode>,
     /// At most this many rows (`?limit=N`).
     pub limit: Option<u64>,
+    /// Which rows (`?filter=EXPR`, `row.<col>`/`new.<col>`); `None` = all.
+    pub filter: Option<String>,
 }
 
 /// How an on-demand run was answered.
@@ -199,6 +205,15 @@ pub trait Control: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<RunReply, ControlError>>;
     /// A run's record (see [`StateControl::run`]); `NotFound` when unknown.
     fn run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// Cancels a running run (`DELETE /runs/{id}`); `Conflict` when it has
+    /// already finished.
+    fn cancel_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "cancelling run {id} is not supported in this process"
+            )))
+        })
+    }
     /// Delivers dead letter `id` again with its strategy's endpoint and
     /// deletes it on success; the JSON describes the outcome.
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
@@ -313,7 +328,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/pause", post(pause))
         .route("/strategies/{name}/resume", post(resume))
         .route("/strategies/{name}/runs", post(start_run))
-        .route("/runs/{id}", get(run))
+        .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/dead-letters", get(list_dead_letters))
         .route(
             "/dead-letters/{id}",
@@ -499,11 +514,12 @@ async fn resume(
     Ok(Json(json!({ "strategy": name, "state": "running" })).into_response())
 }
 
-/// `?mode=sync|async&limit=N`.
+/// `?mode=sync|async&limit=N&filter=EXPR`.
 #[derive(Debug, serde::Deserialize)]
 struct RunParams {
     mode: Option<RunMode>,
     limit: Option<u64>,
+    filter: Option<String>,
 }
 
 async fn start_run(
@@ -516,12 +532,13 @@ async fn start_run(
     let Query(params) = params.map_err(|err| {
         text(
             StatusCode::BAD_REQUEST,
-            format!("{err}; use ?mode=sync|async&limit=N"),
+            format!("{err}; use ?mode=sync|async&limit=N&filter=EXPR"),
         )
     })?;
     let request = RunRequest {
         mode: params.mode,
         limit: params.limit,
+        filter: params.filter.filter(|f| !f.trim().is_empty()),
     };
     match control
         .start_run(&name, request)
@@ -545,6 +562,21 @@ async fn run(State(state): State<AdminState>, Path(id): Path<String>, headers: H
     let control = control(&state, &headers)?;
     let id = parse_id(&id)?;
     let run = control.run(id).await.map_err(IntoResponse::into_response)?;
+    Ok(Json(run).into_response())
+}
+
+async fn cancel_run(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let id = parse_id(&id)?;
+    let run = control
+        .cancel_run(id)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(run = id, "run cancelled by the admin API");
     Ok(Json(run).into_response())
 }
 

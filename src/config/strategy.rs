@@ -125,6 +125,37 @@ pub struct Schedule {
     pub timezone: Option<String>,
 }
 
+impl Schedule {
+    /// Parses `cron`: 5 fields ("minute hour day-of-month month
+    /// day-of-week"), or 6 with seconds first.
+    pub fn parse_cron(&self) -> Result<croner::Cron, String> {
+        let fields = self.cron.split_whitespace().count();
+        if fields != 5 && fields != 6 {
+            return Err(format!(
+                "{:?} has {fields} fields; write 5 (minute hour day-of-month month day-of-week) \
+                 or 6 (seconds first)",
+                self.cron
+            ));
+        }
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(&self.cron)
+            .map_err(|err| format!("{:?} is not a valid cron expression: {err}", self.cron))
+    }
+
+    /// The time zone `cron` is read in: `timezone`, else UTC.
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
+        match &self.timezone {
+            None => Ok(chrono_tz::UTC),
+            Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
+                format!("unknown time zone {name:?}: use an IANA name such as \"Europe/Berlin\"")
+            }),
+        }
+    }
+}
+
 /// A table name with its schema.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {

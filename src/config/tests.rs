@@ -493,6 +493,24 @@ fn strategy_checks() {
     assert_has(&errors, "strategies[0].name", "invalid name");
     let errors = errs(&with("schedules = [ { cron = \"* * *\" } ]"));
     assert_has(&errors, "strategies[0].schedules[0].cron", "has 3 fields");
+    let errors = errs(&with(
+        "schedules = [ { cron = \"*/2 * * * * *\" }, { cron = \"0 99 * * *\" }, \
+         { cron = \"0 2 * * *\", timezone = \"Mars/Base\" } ]",
+    ));
+    assert!(
+        !errors.iter().any(|e| e.contains("schedules[0]")),
+        "six fields (seconds first) are fine: {errors:?}"
+    );
+    assert_has(
+        &errors,
+        "strategies[0].schedules[1].cron",
+        "not a valid cron",
+    );
+    assert_has(
+        &errors,
+        "strategies[0].schedules[2].timezone",
+        "unknown time zone",
+    );
     let errors = errs(&with("record = {}"));
     assert_has(&errors, "strategies[0].record", "empty");
     let errors = errs(&with("linger = 5"));

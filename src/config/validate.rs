@@ -244,7 +244,10 @@ fn strategy(
         ("on_delete", &strategy.on_delete),
         ("on_truncate", &strategy.on_truncate),
     ];
-    if filters.iter().all(|(_, f)| f.is_none()) {
+    // A strategy only for on-demand or scheduled runs needs no live filter.
+    let runs_only =
+        strategy.on_demand.sync || strategy.on_demand.r#async || !strategy.schedules.is_empty();
+    if filters.iter().all(|(_, f)| f.is_none()) && !runs_only {
         errors.push(
             path,
             "no on_insert, on_update, on_delete or on_truncate: the strategy would never send anything; \
@@ -298,15 +301,11 @@ fn strategy(
         errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
     }
     for (i, schedule) in strategy.schedules.iter().enumerate() {
-        let fields = schedule.cron.split_whitespace().count();
-        if fields != 5 {
-            errors.push(
-                format!("{path}.schedules[{i}].cron"),
-                format!(
-                    "{:?} has {fields} fields; write 5: minute hour day-of-month month day-of-week",
-                    schedule.cron
-                ),
-            );
+        if let Err(message) = schedule.parse_cron() {
+            errors.push(format!("{path}.schedules[{i}].cron"), message);
+        }
+        if let Err(message) = schedule.time_zone() {
+            errors.push(format!("{path}.schedules[{i}].timezone"), message);
         }
     }
 }

@@ -97,6 +97,10 @@ pub struct StrategyStatus {
     pub attempts: u32,
     pub delivered_batches: u64,
     pub dead_lettered_batches: u64,
+    /// Records in delivered batches (runs report progress with it).
+    pub delivered_records: u64,
+    /// Records in dead-lettered batches.
+    pub dead_lettered_records: u64,
     /// Paused through the admin API: no new batch is sent.
     pub paused: bool,
 }
@@ -135,6 +139,8 @@ impl StatusHandle {
             attempts: 0,
             delivered_batches: 0,
             dead_lettered_batches: 0,
+            delivered_records: 0,
+            dead_lettered_records: 0,
             paused: false,
         })))
     }
@@ -585,6 +591,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
         s.last_error = None;
         s.last_success = Some(crate::lsn::format_unix_micros(now_us));
         s.delivered_batches += 1;
+        s.delivered_records += batch.size as u64;
     });
 }
 
@@ -625,6 +632,7 @@ async fn dead_letter(
                     s.state = DeliveryState::Idle;
                     s.attempts = 0;
                     s.dead_lettered_batches += 1;
+                    s.dead_lettered_records += batch.size as u64;
                 });
                 return Outcome::DeadLettered;
             }

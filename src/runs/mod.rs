@@ -8,4 +8,11 @@
 //! `<snapshot LSN>:<row number>`; each run is recorded in `walhook.runs`
 //! before its snapshot is taken, so two runs never share a snapshot LSN.
 
+pub mod cli;
+pub mod control;
+pub mod manager;
+pub mod schedule;
 pub mod snapshot;
+
+pub use control::AppControl;
+pub use manager::{Counts, RunError, RunManager, Summary, Trigger};

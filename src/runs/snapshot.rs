@@ -6,8 +6,8 @@
 //! primary-key order with keyset pagination (`WHERE (pk) > (last) ORDER BY
 //! pk LIMIT n`), which costs the same for the last page as for the first.
 //!
-//! Values are selected as text with the replication connection's session
-//! settings, and become the same `RecordEvent`s the decoder makes (op
+//! Values are selected as text (through each type's output function, like
+//! pgoutput) with the replication connection's session settings, and become the same `RecordEvent`s the decoder makes (op
 //! `read`), so a row read by a run is written to JSON by the same code as a
 //! row that arrived through the slot.
 
@@ -139,11 +139,24 @@ impl Snapshot {
             )
             .await
             .map_err(query_err)?;
-        let lsn = lsn_row.get::<_, &str>(0).parse().unwrap_or(Lsn::ZERO);
+        // One byte before the insert position: WAL records start 8-byte
+        // aligned, so no commit LSN (and no live record id) can equal it,
+        // while a transaction committing right after the snapshot still
+        // sorts after it.
+        let lsn = lsn_row
+            .get::<_, &str>(0)
+            .parse()
+            .map_or(Lsn::ZERO, |l: Lsn| Lsn(l.0.saturating_sub(1)));
         let read_time: i64 = lsn_row.get(1);
         let select_list = cols
             .iter()
-            .map(|c| format!("r.{}::text", quote_ident(&c.name)))
+            // The type's output function, exactly as pgoutput sends values:
+            // `::text` differs for some types (bool gives "true", not "t";
+            // bpchar drops trailing blanks; inet adds the netmask).
+            .map(|c| {
+                let col = quote_ident(&c.name);
+                format!("CASE WHEN r.{col} IS NULL THEN NULL ELSE format('%s', r.{col}) END")
+            })
             .collect::<Vec<_>>()
             .join(", ");
         let select = format!(
@@ -178,7 +191,8 @@ impl Snapshot {
         &self.relation
     }
 
-    /// The WAL position when the snapshot was taken.
+    /// Just before the WAL position when the snapshot was taken (never a
+    /// commit LSN, so run record ids never equal live ones).
     pub fn lsn(&self) -> Lsn {
         self.lsn
     }

@@ -1,0 +1,859 @@
+//! Starting, tracking and cancelling runs.
+//!
+//! Every run gets its own [`StrategyWorker`] (same endpoint, signing,
+//! batching and retry policy as the strategy's live worker) fed from the
+//! snapshot, and its own [`Checkpoint`] that acknowledges nothing: a run
+//! never moves the slot, and live changes never wait behind it.
+//!
+//! A run is recorded in `walhook.runs` before its snapshot is taken; its
+//! counts (`read`, `sent`, `delivered`, `failed`, `batches`) are written
+//! after every page and when it ends, with the state `running`,
+//! `succeeded`, `failed`, `cancelled` or `refused` (a sync run over
+//! `sync_limit`). Delivery that exhausts `max_attempts` with
+//! `on_exhausted = "block"` fails the run (a one-off run has no slot to
+//! hold); dead-lettered batches count as `failed` records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+
+use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
+use crate::admin::{ControlError, RunMode, RunReply};
+use crate::batch::{Decorate, QueuedRecord, WorkItem};
+use crate::checkpoint::Checkpoint;
+use crate::config::{Config, ExprRole, FilterOp, OnExhausted};
+use crate::db;
+use crate::delivery::{
+    DeliveryState, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+};
+use crate::lsn::Lsn;
+use crate::strategy::expr::Expr;
+use crate::strategy::{referenced_columns, CompiledStrategy};
+use crate::telemetry::names;
+
+/// How long a cancelled or failed run waits for its batch in flight.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a running run checks its delivery and writes its counts.
+const TICK: Duration = Duration::from_millis(200);
+
+/// What started a run (the `trigger` column and metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// `POST /strategies/{name}/runs?mode=sync`.
+    Sync,
+    /// `POST /strategies/{name}/runs?mode=async`.
+    Async,
+    /// A `schedules` entry.
+    Schedule,
+    /// `walhook run-strategy`.
+    Cli,
+}
+
+impl Trigger {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Sync => "sync",
+            Trigger::Async => "async",
+            Trigger::Schedule => "schedule",
+            Trigger::Cli => "cli",
+        }
+    }
+}
+
+/// Why a run could not start or did not finish.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RunError {
+    #[error("no strategy named {0:?}")]
+    NoStrategy(String),
+    #[error("strategy {strategy}: {mode} runs are not enabled (set on_demand.{mode} = true)")]
+    NotAllowed {
+        strategy: String,
+        mode: &'static str,
+    },
+    #[error("filter: {0}")]
+    Filter(String),
+    #[error("the run would send more than on_demand.sync_limit = {limit} records; use mode=async, a narrower filter or a limit")]
+    OverLimit { limit: u64 },
+    #[error(transparent)]
+    Snapshot(Arc<SnapshotError>),
+    #[error("state schema (walhook.runs): {0}")]
+    State(String),
+    #[error("delivery failed: {0}")]
+    Delivery(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl RunError {
+    /// The HTTP-facing error of the admin API.
+    pub fn to_control(&self) -> ControlError {
+        let text = self.to_string();
+        match self {
+            RunError::NoStrategy(_) => ControlError::NotFound(text),
+            RunError::NotAllowed { .. } | RunError::Filter(_) => ControlError::BadRequest(text),
+            RunError::OverLimit { .. } => ControlError::Unprocessable(text),
+            RunError::Cancelled => ControlError::Conflict(text),
+            RunError::Snapshot(_) | RunError::State(_) | RunError::Delivery(_) => {
+                ControlError::Unavailable(text)
+            }
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            RunError::OverLimit { .. } => "refused",
+            RunError::Cancelled => "cancelled",
+            _ => "failed",
+        }
+    }
+}
+
+/// A run's counts so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    /// Rows read from the table.
+    pub read: u64,
+    /// Records that passed the filter and were queued for delivery.
+    pub sent: u64,
+    /// Records delivered (2xx).
+    pub delivered: u64,
+    /// Records in batches that failed (dead-lettered).
+    pub failed: u64,
+    /// Batches delivered or dead-lettered.
+    pub batches: u64,
+}
+
+/// How a run that finished went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub id: i64,
+    pub counts: Counts,
+    pub duration: Duration,
+}
+
+impl Summary {
+    /// The sync API's answer.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "run_id": self.id,
+            "state": if self.counts.failed == 0 { "succeeded" } else { "failed" },
+            "records": self.counts.delivered,
+            "read": self.counts.read,
+            "batches": self.counts.batches,
+            "failures": self.counts.failed,
+            "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+}
+
+/// Progress of an active run, shared with its task.
+#[derive(Debug, Default)]
+struct Live {
+    counts: Mutex<Counts>,
+}
+
+impl Live {
+    fn get(&self) -> Counts {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn update(&self, f: impl FnOnce(&mut Counts)) {
+        f(&mut self.counts.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+struct Active {
+    cancel: CancellationToken,
+    live: Arc<Live>,
+}
+
+/// One run, ready to execute.
+struct Plan {
+    id: i64,
+    index: usize,
+    trigger: Trigger,
+    compiled: Arc<CompiledStrategy>,
+    filter: Option<(String, Expr)>,
+    limit: Option<u64>,
+    /// Sync runs: read everything first, refuse past this many records.
+    buffer_limit: Option<u64>,
+    cancel: CancellationToken,
+    live: Arc<Live>,
+    started: Instant,
+}
+
+/// Called with the counts after every page (the CLI prints them).
+pub type OnProgress = Arc<dyn Fn(i64, &Counts) + Send + Sync>;
+
+/// Starts and tracks runs. Cheap to clone.
+#[derive(Clone)]
+pub struct RunManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Arc<Config>,
+    strategies: Vec<Arc<CompiledStrategy>>,
+    endpoints: BTreeMap<String, Arc<Endpoint>>,
+    state: StateStore,
+    url: String,
+    db: tokio::sync::Mutex<Option<Client>>,
+    active: Mutex<HashMap<i64, Active>>,
+}
+
+impl RunManager {
+    /// `strategies` in config order; `endpoints` by name; `state` stores
+    /// dead letters of runs; `url` is the source database.
+    pub fn new(
+        config: Arc<Config>,
+        strategies: Vec<Arc<CompiledStrategy>>,
+        endpoints: BTreeMap<String, Arc<Endpoint>>,
+        state: StateStore,
+        url: String,
+    ) -> Self {
+        RunManager {
+            inner: Arc::new(Inner {
+                config,
+                strategies,
+                endpoints,
+                state,
+                url,
+                db: tokio::sync::Mutex::new(None),
+                active: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Starts a run of `strategy`. Sync: answers after delivery (or refuses
+    /// with 422 before sending anything when more than `sync_limit` records
+    /// would be sent). Async: answers at once with the run id. The API
+    /// triggers (`Sync`, `Async`) need the strategy's `on_demand` to allow
+    /// them; a schedule or the CLI does not.
+    pub async fn start(
+        &self,
+        strategy: &str,
+        mode: RunMode,
+        filter: Option<String>,
+        limit: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<RunReply, ControlError> {
+        let plan = self
+            .prepare(strategy, mode, filter, limit, trigger)
+            .await
+            .map_err(|e| e.to_control())?;
+        match mode {
+            RunMode::Sync => {
+                let summary = self
+                    .clone()
+                    .execute(plan, None)
+                    .await
+                    .map_err(|e| e.to_control())?;
+                Ok(RunReply::Completed(summary.to_json()))
+            }
+            RunMode::Async => {
+                let id = plan.id;
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let _ = me.execute(plan, None).await;
+                });
+                Ok(RunReply::Started { id })
+            }
+        }
+    }
+
+    /// Runs `strategy` to the end in this task (the CLI), reporting progress.
+    pub async fn run_to_end(
+        &self,
+        strategy: &str,
+        filter: Option<String>,
+        limit: Option<u64>,
+        progress: OnProgress,
+    ) -> Result<Summary, RunError> {
+        let plan = self
+            .prepare(strategy, RunMode::Async, filter, limit, Trigger::Cli)
+            .await?;
+        self.clone().execute(plan, Some(progress)).await
+    }
+
+    /// True while run `id` is going on in this process.
+    pub fn is_active(&self, id: i64) -> bool {
+        self.lock_active().contains_key(&id)
+    }
+
+    /// Cancels an active run of this process's (`Started` runs only).
+    pub fn cancel_active(&self, id: i64) -> bool {
+        match self.lock_active().get(&id) {
+            Some(active) => {
+                active.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Cancels every active run and waits (up to `timeout`) until they have
+    /// recorded their outcome; for shutdown.
+    pub async fn shutdown(&self, timeout: Duration) {
+        for active in self.lock_active().values() {
+            active.cancel.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.lock_active().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A run's record, with live counts while it runs here.
+    pub async fn get(&self, id: i64) -> Result<Value, ControlError> {
+        let row = self
+            .query_run(id)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        let Some(mut row) = row else {
+            return Err(ControlError::NotFound(format!("no run {id}")));
+        };
+        let live = self.lock_active().get(&id).map(|a| a.live.get());
+        if let Some(counts) = live {
+            row["counts"] = json!(counts);
+        }
+        Ok(row)
+    }
+
+    /// Cancels run `id` (`DELETE /runs/{id}`).
+    pub async fn cancel(&self, id: i64) -> Result<Value, ControlError> {
+        if self.cancel_active(id) {
+            return Ok(json!({ "id": id, "state": "cancelling" }));
+        }
+        let row = self
+            .query_run(id)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        match row {
+            None => Err(ControlError::NotFound(format!("no run {id}"))),
+            Some(row) => {
+                let state = row["state"].as_str().unwrap_or("unknown").to_string();
+                Err(ControlError::Conflict(format!(
+                    "run {id} is not running here (state {state})"
+                )))
+            }
+        }
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Active>> {
+        self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn prepare(
+        &self,
+        strategy: &str,
+        mode: RunMode,
+        filter: Option<String>,
+        limit: Option<u64>,
+        trigger: Trigger,
+    ) -> Result<Plan, RunError> {
+        let inner = &self.inner;
+        let index = inner
+            .config
+            .strategies
+            .iter()
+            .position(|s| s.name == strategy)
+            .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
+        let cfg = &inner.config.strategies[index];
+        let compiled = inner
+            .strategies
+            .get(index)
+            .cloned()
+            .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
+        match trigger {
+            Trigger::Sync if !cfg.on_demand.sync => {
+                return Err(RunError::NotAllowed {
+                    strategy: strategy.to_string(),
+                    mode: "sync",
+                })
+            }
+            Trigger::Async if !cfg.on_demand.r#async => {
+                return Err(RunError::NotAllowed {
+                    strategy: strategy.to_string(),
+                    mode: "async",
+                })
+            }
+            _ => {}
+        }
+        let filter = match filter {
+            Some(text) if !text.trim().is_empty() => {
+                // Runs read current rows: row.<col> and new.<col>, as for inserts.
+                let expr = Expr::compile(&text, ExprRole::Filter(FilterOp::Insert))
+                    .map_err(RunError::Filter)?;
+                Some((text, expr))
+            }
+            _ => None,
+        };
+        let buffer_limit = match mode {
+            RunMode::Sync => {
+                let cap = cfg.on_demand.sync_limit;
+                // A limit within sync_limit can never go over it.
+                if limit.is_some_and(|l| l <= cap) {
+                    None
+                } else {
+                    Some(cap)
+                }
+            }
+            RunMode::Async => None,
+        };
+        let id = self
+            .insert_run(strategy, trigger, filter.as_ref().map(|(t, _)| t.as_str()))
+            .await
+            .map_err(|e| RunError::State(e.to_string()))?;
+        let cancel = CancellationToken::new();
+        let live = Arc::new(Live::default());
+        self.lock_active().insert(
+            id,
+            Active {
+                cancel: cancel.clone(),
+                live: live.clone(),
+            },
+        );
+        tracing::info!(
+            run = id,
+            strategy,
+            trigger = trigger.as_str(),
+            "run started"
+        );
+        Ok(Plan {
+            id,
+            index,
+            trigger,
+            compiled,
+            filter,
+            limit,
+            buffer_limit,
+            cancel,
+            live,
+            started: Instant::now(),
+        })
+    }
+
+    /// Runs `plan` to its end and records the outcome.
+    async fn execute(self, plan: Plan, progress: Option<OnProgress>) -> Result<Summary, RunError> {
+        let result = self.deliver(&plan, progress.as_ref()).await;
+        let counts = plan.live.get();
+        let (state, error) = match &result {
+            Ok(()) if counts.failed == 0 => ("succeeded", None),
+            Ok(()) => (
+                "failed",
+                Some(format!("{} records failed (dead-lettered)", counts.failed)),
+            ),
+            Err(e) => (e.outcome(), Some(e.to_string())),
+        };
+        if let Err(e) = self
+            .finish_run(plan.id, state, &counts, error.as_deref())
+            .await
+        {
+            tracing::warn!(run = plan.id, error = %e, "cannot record the run's outcome in walhook.runs");
+        }
+        // Only now: a schedule's next run starts after this one is recorded as done.
+        self.lock_active().remove(&plan.id);
+        let strategy = plan.compiled.name().to_string();
+        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "outcome" => state)
+            .increment(1);
+        metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
+            .increment(counts.delivered);
+        if let Some(progress) = &progress {
+            progress(plan.id, &counts);
+        }
+        let duration = plan.started.elapsed();
+        match &error {
+            None => {
+                tracing::info!(run = plan.id, strategy = %strategy, read = counts.read, delivered = counts.delivered, duration_ms = duration.as_millis() as u64, "run succeeded")
+            }
+            Some(e) => {
+                tracing::warn!(run = plan.id, strategy = %strategy, state, error = %e, "run ended")
+            }
+        }
+        result?;
+        Ok(Summary {
+            id: plan.id,
+            counts,
+            duration,
+        })
+    }
+
+    async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {
+        let cfg = &self.inner.config.strategies[plan.index];
+        let client = db::connect(&self.inner.url, "walhook-run")
+            .await
+            .map_err(|e| RunError::State(e.to_string()))?;
+        let mut snapshot = Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE)
+            .await
+            .map_err(|e| RunError::Snapshot(Arc::new(e)))?;
+        if let Some((text, _)) = &plan.filter {
+            for column in referenced_columns(text).map_err(RunError::Filter)? {
+                if snapshot.relation().column_index(&column.column).is_none() {
+                    return Err(RunError::Filter(format!(
+                        "`{column}`: {} has no column {:?}",
+                        cfg.table, column.column
+                    )));
+                }
+            }
+        }
+        let mut reader = Reader {
+            plan,
+            warned: false,
+        };
+        if let Some(cap) = plan.buffer_limit {
+            // Sync: everything that would be sent is known before anything is.
+            let mut buffered = Vec::new();
+            while let Some(page) = self.next_page(plan, &mut snapshot).await? {
+                if reader.take(page, &mut buffered) {
+                    break;
+                }
+                if buffered.len() as u64 > cap {
+                    let _ = snapshot.finish().await;
+                    return Err(RunError::OverLimit { limit: cap });
+                }
+            }
+            let _ = snapshot.finish().await;
+            let mut run = self.start_worker(plan)?;
+            for record in buffered {
+                run.send(record, plan).await?;
+            }
+            return run.finish(plan, self).await;
+        }
+        let mut run = self.start_worker(plan)?;
+        let mut page_records = Vec::new();
+        let mut last_write = Instant::now();
+        loop {
+            let Some(page) = self.next_page(plan, &mut snapshot).await? else {
+                break;
+            };
+            let done = reader.take(page, &mut page_records);
+            for record in page_records.drain(..) {
+                run.send(record, plan).await?;
+            }
+            run.refresh(plan)?;
+            if let Some(progress) = progress {
+                progress(plan.id, &plan.live.get());
+            }
+            if last_write.elapsed() >= Duration::from_secs(1) {
+                last_write = Instant::now();
+                let _ = self.write_counts(plan.id, &plan.live.get()).await;
+            }
+            if done {
+                break;
+            }
+        }
+        let _ = snapshot.finish().await;
+        run.finish(plan, self).await
+    }
+
+    async fn next_page(
+        &self,
+        plan: &Plan,
+        snapshot: &mut Snapshot,
+    ) -> Result<Option<Vec<crate::decode::RecordEvent>>, RunError> {
+        tokio::select! {
+            biased;
+            _ = plan.cancel.cancelled() => Err(RunError::Cancelled),
+            page = snapshot.next_page() => page.map_err(|e| RunError::Snapshot(Arc::new(e))),
+        }
+    }
+
+    fn start_worker(&self, plan: &Plan) -> Result<RunWorker, RunError> {
+        let inner = &self.inner;
+        let cfg = &inner.config.strategies[plan.index];
+        let endpoint =
+            inner.endpoints.get(&cfg.endpoint).cloned().ok_or_else(|| {
+                RunError::Delivery(format!("no endpoint named {:?}", cfg.endpoint))
+            })?;
+        let retry = inner
+            .config
+            .endpoint_of(cfg)
+            .map(|e| e.retry.clone())
+            .unwrap_or_default();
+        // Stored batch boundaries belong to live delivery; a run only needs
+        // the state store for dead letters.
+        let state = (retry.on_exhausted == OnExhausted::DeadLetter).then(|| inner.state.clone());
+        let decorate: Arc<dyn Decorate> = plan.compiled.clone();
+        let (worker, tx) = StrategyWorker::new(WorkerOptions {
+            index: 0,
+            name: cfg.name.clone(),
+            batch_size: cfg.batch_size,
+            max_batch_bytes: cfg.max_batch_bytes,
+            linger: cfg.linger,
+            retry,
+            endpoint,
+            decorate,
+            // Runs never acknowledge WAL.
+            checkpoint: Arc::new(Checkpoint::new(1, Lsn::ZERO, |_| {})),
+            state,
+            shutdown_timeout: STOP_TIMEOUT,
+            queue_capacity: DEFAULT_PAGE * 2,
+        })
+        .map_err(|e| RunError::Delivery(e.to_string()))?;
+        let status = worker.status();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(worker.run(stop.clone()));
+        Ok(RunWorker {
+            tx: Some(tx),
+            opened: false,
+            status,
+            stop,
+            task,
+        })
+    }
+
+    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, String> {
+        let mut guard = self.inner.db.lock().await;
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let client = db::connect(&self.inner.url, "walhook-runs")
+                .await
+                .map_err(|e| e.to_string())?;
+            *guard = Some(client);
+        }
+        Ok(guard)
+    }
+
+    async fn insert_run(
+        &self,
+        strategy: &str,
+        trigger: Trigger,
+        filter: Option<&str>,
+    ) -> Result<i64, String> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or("no connection")?;
+        let row = client
+            .query_one(
+                "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
+                 VALUES ($1, $2, $3, 'running', $4::text::jsonb) RETURNING id",
+                &[
+                    &strategy,
+                    &trigger.as_str(),
+                    &filter,
+                    &json!(Counts::default()).to_string(),
+                ],
+            )
+            .await
+            .map_err(|e| db_message(&e))?;
+        row.try_get(0).map_err(|e| db_message(&e))
+    }
+
+    async fn write_counts(&self, id: i64, counts: &Counts) -> Result<(), String> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or("no connection")?;
+        client
+            .execute(
+                "UPDATE walhook.runs SET counts = $2::text::jsonb WHERE id = $1",
+                &[&id, &json!(counts).to_string()],
+            )
+            .await
+            .map_err(|e| db_message(&e))?;
+        Ok(())
+    }
+
+    async fn finish_run(
+        &self,
+        id: i64,
+        state: &str,
+        counts: &Counts,
+        error: Option<&str>,
+    ) -> Result<(), String> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or("no connection")?;
+        client
+            .execute(
+                "UPDATE walhook.runs SET state = $2, counts = $3::text::jsonb, \
+                 finished_at = clock_timestamp(), error = $4 WHERE id = $1",
+                &[&id, &state, &json!(counts).to_string(), &error],
+            )
+            .await
+            .map_err(|e| db_message(&e))?;
+        Ok(())
+    }
+
+    async fn query_run(&self, id: i64) -> Result<Option<Value>, String> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().ok_or("no connection")?;
+        let row = client
+            .query_opt(
+                "SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
+                 'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
+                 'finished_at', finished_at, 'error', error)::text \
+                 FROM walhook.runs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(|e| db_message(&e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let text: &str = row.try_get(0).map_err(|e| db_message(&e))?;
+                serde_json::from_str(text)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
+/// Filters and maps pages, counting rows read and records taken.
+struct Reader<'a> {
+    plan: &'a Plan,
+    warned: bool,
+}
+
+impl Reader<'_> {
+    /// Appends the page's matching records to `out`; true once the limit
+    /// is reached (read no further).
+    fn take(&mut self, page: Vec<crate::decode::RecordEvent>, out: &mut Vec<QueuedRecord>) -> bool {
+        let plan = self.plan;
+        let mut read = 0;
+        let mut taken = 0;
+        let already = plan.live.get().sent;
+        let mut reached = false;
+        for event in &page {
+            if plan.limit.is_some_and(|l| already + taken >= l) {
+                reached = true;
+                break;
+            }
+            read += 1;
+            let matched = match &plan.filter {
+                None => true,
+                Some((_, expr)) => match expr.matches(event) {
+                    Ok(b) => b,
+                    Err(reason) => {
+                        if !self.warned {
+                            self.warned = true;
+                            tracing::warn!(run = plan.id, strategy = %plan.compiled.name(), record = %event.id(), error = %reason, "run filter failed; such rows count as not matched");
+                        }
+                        false
+                    }
+                },
+            };
+            if matched {
+                out.push(plan.compiled.queued_record(event));
+                taken += 1;
+            }
+        }
+        if plan.limit.is_some_and(|l| already + taken >= l) {
+            reached = true;
+        }
+        plan.live.update(|c| {
+            c.read += read;
+            c.sent += taken;
+        });
+        reached
+    }
+}
+
+/// A run's own delivery worker.
+struct RunWorker {
+    tx: Option<mpsc::Sender<WorkItem>>,
+    /// The first record (and the transaction end after it) was queued.
+    opened: bool,
+    status: StatusHandle,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::delivery::DeliveryError>>,
+}
+
+impl RunWorker {
+    /// Queues one record, giving up when the run is cancelled or delivery
+    /// is blocked.
+    async fn send(&mut self, record: QueuedRecord, plan: &Plan) -> Result<(), RunError> {
+        let Some(tx) = &self.tx else {
+            return Err(RunError::Delivery("the run's worker stopped".into()));
+        };
+        let mut item = Some(WorkItem::Record(record));
+        loop {
+            let Some(next) = item.take() else {
+                return Ok(());
+            };
+            tokio::select! {
+                biased;
+                _ = plan.cancel.cancelled() => return Err(self.abort(RunError::Cancelled).await),
+                sent = tx.send_timeout(next, TICK) => match sent {
+                    Ok(()) if !self.opened => {
+                        // A batch boundary stored by live delivery that spans
+                        // the snapshot LSN would otherwise hold every run
+                        // record in one batch: this transaction end closes it.
+                        self.opened = true;
+                        item = Some(WorkItem::TxEnd { end_lsn: Lsn(u64::MAX) });
+                    }
+                    Ok(()) => return Ok(()),
+                    Err(mpsc::error::SendTimeoutError::Timeout(back)) => {
+                        item = Some(back);
+                        if let Err(e) = self.refresh(plan) {
+                            return Err(self.abort(e).await);
+                        }
+                    }
+                    Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                        return Err(RunError::Delivery("the run's worker stopped".into()))
+                    }
+                },
+            }
+        }
+    }
+
+    /// Copies delivery counts into the run; an error when delivery is blocked.
+    fn refresh(&self, plan: &Plan) -> Result<(), RunError> {
+        let s = self.status.snapshot();
+        plan.live.update(|c| {
+            c.delivered = s.delivered_records;
+            c.failed = s.dead_lettered_records;
+            c.batches = s.delivered_batches + s.dead_lettered_batches;
+        });
+        if s.state == DeliveryState::Blocked {
+            let why = s.last_error.unwrap_or_else(|| "delivery failing".into());
+            return Err(RunError::Delivery(format!(
+                "attempts exhausted (max_attempts reached): {why}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn abort(&mut self, error: RunError) -> RunError {
+        self.tx = None;
+        self.stop.cancel();
+        let _ = (&mut self.task).await;
+        error
+    }
+
+    /// Closes the queue and waits until everything queued was delivered.
+    async fn finish(mut self, plan: &Plan, manager: &RunManager) -> Result<(), RunError> {
+        self.tx = None;
+        let mut tick = tokio::time::interval(TICK);
+        let mut last_write = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = plan.cancel.cancelled() => return Err(self.abort(RunError::Cancelled).await),
+                joined = &mut self.task => {
+                    let _ = self.refresh(plan);
+                    return match joined {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(RunError::Delivery(e.to_string())),
+                        Err(e) => Err(RunError::Delivery(e.to_string())),
+                    };
+                }
+                _ = tick.tick() => {
+                    if let Err(e) = self.refresh(plan) {
+                        return Err(self.abort(e).await);
+                    }
+                    if last_write.elapsed() >= Duration::from_secs(1) {
+                        last_write = Instant::now();
+                        let _ = manager.write_counts(plan.id, &plan.live.get()).await;
+                    }
+                }
+            }
+        }
+    }
+}
