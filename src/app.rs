@@ -239,6 +239,16 @@ impl Pipeline {
             Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
+        let replay_targets = config
+            .strategies
+            .iter()
+            .zip(&self.strategies)
+            .filter_map(|(cfg, compiled)| {
+                let endpoint = self.endpoints.get(&cfg.endpoint)?.clone();
+                let decorate: Arc<dyn Decorate> = compiled.clone();
+                Some((cfg.name.clone(), endpoint, decorate))
+            })
+            .collect();
         let runs = crate::runs::RunManager::new(
             Arc::new(config.clone()),
             self.strategies.clone(),
@@ -247,7 +257,9 @@ impl Pipeline {
             config.source.url.expose().to_string(),
         );
         admin_state = admin_state.with_control(Arc::new(
-            crate::runs::AppControl::new(runs.clone(), config).with_pauses(pauses),
+            crate::runs::AppControl::new(runs.clone(), config)
+                .with_pauses(pauses)
+                .with_replay(self.state.clone(), replay_targets),
         ));
         let mut schedules =
             crate::runs::schedule::spawn(runs.clone(), config, status.clone(), admin_stop.clone());
@@ -382,6 +394,7 @@ fn admin_status(name: &str, handle: &StatusHandle) -> StrategyStatus {
     StrategyStatus {
         name: name.to_string(),
         state: match s.state {
+            _ if s.paused => StrategyState::Paused,
             DeliveryState::Retrying | DeliveryState::Blocked => StrategyState::Failing,
             DeliveryState::Idle | DeliveryState::Delivering | DeliveryState::Stopped => {
                 StrategyState::Running

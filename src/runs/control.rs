@@ -1,13 +1,17 @@
 //! The admin API's commands ([`Control`]) for `walhook run`: runs go to the
-//! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s;
-//! replaying dead letters is not wired in this build yet and answers 503.
+//! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
+//! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
+use crate::batch::Decorate;
 use crate::config::Config;
-use crate::delivery::PauseHandle;
+use crate::delivery::replay::{replay_dead_letter, ReplayError};
+use crate::delivery::{Endpoint, PauseHandle, StateStore};
 
 /// [`Control`] over a [`RunManager`].
 pub struct AppControl {
@@ -16,6 +20,13 @@ pub struct AppControl {
     modes: Vec<(String, bool, bool)>,
     /// The live workers' pause switches, by strategy name.
     pauses: Vec<(String, PauseHandle)>,
+    /// Where dead letters live, and each strategy's endpoint and templates.
+    replay: Option<Replay>,
+}
+
+struct Replay {
+    state: StateStore,
+    strategies: Vec<(String, Arc<Endpoint>, Arc<dyn Decorate>)>,
 }
 
 impl AppControl {
@@ -29,12 +40,24 @@ impl AppControl {
                 .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
                 .collect(),
             pauses: Vec::new(),
+            replay: None,
         }
     }
 
     /// Lets `pause`/`resume` reach the live workers.
     pub fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
         self.pauses = pauses;
+        self
+    }
+
+    /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
+    /// templates, by name.
+    pub fn with_replay(
+        mut self,
+        state: StateStore,
+        strategies: Vec<(String, Arc<Endpoint>, Arc<dyn Decorate>)>,
+    ) -> Self {
+        self.replay = Some(Replay { state, strategies });
         self
     }
 
@@ -106,8 +129,45 @@ impl Control for AppControl {
         Box::pin(async move { self.runs.cancel(id).await })
     }
 
-    fn replay_dead_letter(&self, _id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
-        Box::pin(async { Err(unsupported("replaying dead letters")) })
+    fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            let Some(replay) = &self.replay else {
+                return Err(unsupported("replaying dead letters"));
+            };
+            let letter = replay
+                .state
+                .get_dead_letter(id)
+                .await
+                .map_err(|e| ControlError::Failed(e.to_string()))?
+                .ok_or_else(|| ControlError::NotFound(format!("dead letter {id}")))?;
+            let strategy = letter.info.strategy.as_str();
+            let (_, endpoint, decorate) = replay
+                .strategies
+                .iter()
+                .find(|(name, _, _)| name == strategy)
+                .ok_or_else(|| {
+                    ControlError::Conflict(format!(
+                        "dead letter {id} belongs to strategy {strategy:?}, which is not configured"
+                    ))
+                })?;
+            let outcome = replay_dead_letter(&replay.state, id, endpoint, decorate.as_ref())
+                .await
+                .map_err(|e| match e {
+                    ReplayError::NotFound(_) => ControlError::NotFound(format!("dead letter {id}")),
+                    other => ControlError::Failed(other.to_string()),
+                })?;
+            if !outcome.delivered {
+                return Err(ControlError::Unavailable(format!(
+                    "dead letter {id} was not delivered: {}; it stays stored",
+                    outcome
+                        .error
+                        .clone()
+                        .or(outcome.status.map(|s| format!("HTTP {s}")))
+                        .unwrap_or_else(|| "no 2xx".into())
+                )));
+            }
+            serde_json::to_value(&outcome).map_err(|e| ControlError::Failed(e.to_string()))
+        })
     }
 }
 
