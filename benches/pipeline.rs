@@ -93,6 +93,8 @@ fn workloads() -> Vec<Workload> {
 }
 
 struct Measure {
+    /// Records the receiver answered 2xx for.
+    delivered: u64,
     seconds: f64,
     cpu_seconds: f64,
     peak_rss_kib: u64,
@@ -227,6 +229,16 @@ fn main() {
             all.cpu_seconds,
             all.peak_rss_kib / 1024
         );
+        println!(
+            "     delivered: {} of {rows} records (filter true), {} (10% filter)",
+            all.delivered, tenth.delivered
+        );
+        if all.delivered < rows {
+            failures.push(format!(
+                "{}: only {} of {rows} records delivered",
+                w.name, all.delivered
+            ));
+        }
         if matches!(w.name, "W1" | "W2") && rate / ceiling_rate < 0.8 {
             failures.push(format!(
                 "{}: ratio {:.2} < 0.8",
@@ -284,7 +296,7 @@ fn run_walhook(
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start walhook receive");
@@ -345,10 +357,27 @@ linger = "5ms"
     peak = peak.max(peak_rss_kib(walhook.id()));
     stop(&mut walhook);
     stop(&mut receiver);
+    // The receiver prints "total: B batches, R records, …" when it stops.
+    let mut out = String::new();
+    if let Some(mut stdout) = receiver.stdout.take() {
+        use std::io::Read;
+        let _ = stdout.read_to_string(&mut out);
+    }
+    let delivered = out
+        .lines()
+        .find_map(|l| l.strip_prefix("total: "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if delivered == 0 {
+        eprintln!("receiver output: {out:?}");
+    }
     Measure {
         seconds,
         cpu_seconds,
         peak_rss_kib: peak,
+        delivered,
     }
 }
 
