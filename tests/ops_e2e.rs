@@ -1,6 +1,8 @@
 //! Issue 5's operations acceptance through the built binary: what a scrape
 //! of /metrics shows after a known workload, standby and takeover between
-//! two `walhook run` on one slot, and SIGTERM with a batch in flight.
+//! two `walhook run` on one slot, SIGTERM with a batch in flight, and the
+//! operator API: dead-letter replay (the same batch again) and pause, which
+//! holds the slot (tests/ops_replay.rs covers the same API more briefly).
 //!
 //! The SIGTERM test compares the slot's confirmed position with one
 //! transaction's end exactly; walhook lets that position follow the server's
@@ -400,4 +402,158 @@ async fn sigterm_with_a_batch_in_flight_finishes_it_and_confirms_its_end() {
         "a cleanly stopped walhook delivered something again"
     );
     stop(again).await;
+}
+
+const TOKEN: &str = "ops-e2e-admin-token";
+
+/// `method path` on the admin server with the token: status and body.
+async fn admin_call(port: u16, method: &str, path: &str) -> (u16, String) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let response = reqwest::Client::new()
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("admin request");
+    let code = response.status().as_u16();
+    (code, response.text().await.expect("admin body"))
+}
+
+fn config_with_token(
+    url: &str,
+    slot: &str,
+    port: u16,
+    receiver: &Receiver,
+    retry: &str,
+    strategy: &str,
+) -> String {
+    format!(
+        "{}token = \"{TOKEN}\"\n\n[endpoints.hook]\nurl = \"{}\"\n{retry}\n\n[[strategies]]\nname = \"orders\"\n\
+         table = \"orders\"\nendpoint = \"hook\"\n{strategy}\n",
+        base_config_with_admin(url, slot, slot, port),
+        receiver.url("/hook"),
+    )
+}
+
+/// A batch whose attempts ran out is a dead letter; once the endpoint has
+/// recovered, `POST /dead-letters/{id}/replay` delivers it (same batch id)
+/// and it leaves walhook.dead_letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_replays_to_the_recovered_endpoint_and_leaves_the_table() {
+    let _quiet = QUIET.read().await;
+    let (url, db) = orders("ops_replay");
+    let receiver = Receiver::start().await;
+    receiver.fail_next(2, 503);
+    let port = free_port();
+    let walhook = Walhook::start(
+        &config_with_token(
+            &url,
+            "ops_replay",
+            port,
+            &receiver,
+            "retry = { max_attempts = 2, initial = \"50ms\", max = \"100ms\", on_exhausted = \"dead_letter\" }",
+            "on_insert = \"true\"\nbatch_size = 1\nlinger = \"10ms\"",
+        ),
+        &[],
+    );
+    wait_streaming(&db, "ops_replay").await;
+    sql(&db, "INSERT INTO orders VALUES (1, 'dead')");
+    sql(&db, "INSERT INTO orders VALUES (2, 'next')");
+    receiver.wait_accepted_records(1, WAIT).await;
+    common::wait_until(WAIT, "the dead letter stored", || async {
+        sql(&db, "SELECT count(*) FROM walhook.dead_letters") == "1"
+    })
+    .await;
+    let failed = receiver.requests()[0].clone();
+    assert_eq!(failed.answered, 503);
+    assert_eq!(new_ids(&receiver.accepted()), vec![2]);
+    let id = sql(&db, "SELECT id FROM walhook.dead_letters");
+
+    let (code, body) = admin_call(port, "POST", &format!("/dead-letters/{id}/replay")).await;
+    assert_eq!(code, 200, "replay: {body}");
+    let replayed = receiver
+        .accepted()
+        .last()
+        .cloned()
+        .expect("the replayed batch");
+    assert_eq!(new_ids(std::slice::from_ref(&replayed)), vec![1]);
+    assert_eq!(
+        replayed.header("webhook-id"),
+        failed.header("webhook-id"),
+        "the replay is the same batch"
+    );
+    assert_eq!(sql(&db, "SELECT count(*) FROM walhook.dead_letters"), "0");
+    let (code, _) = admin_call(port, "GET", &format!("/dead-letters/{id}")).await;
+    assert_eq!(code, 404, "the dead letter is gone");
+    stop(walhook).await;
+}
+
+/// Pause holds deliveries (the changes queue, /status says "paused", the
+/// slot is not confirmed past them); resume delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_deliveries_and_resume_delivers_them() {
+    let _quiet = QUIET.read().await;
+    let (url, db) = orders("ops_pause");
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let walhook = Walhook::start(
+        &config_with_token(
+            &url,
+            "ops_pause",
+            port,
+            &receiver,
+            "",
+            "on_insert = \"true\"\nlinger = \"10ms\"",
+        ),
+        &[],
+    );
+    wait_streaming(&db, "ops_pause").await;
+    sql(&db, "INSERT INTO orders VALUES (1, 'before')");
+    receiver.wait_accepted_records(1, WAIT).await;
+
+    let (code, body) = admin_call(port, "POST", "/strategies/orders/pause").await;
+    assert_eq!(code, 200, "pause: {body}");
+    let strategy_state = || async {
+        let (_, body) = admin_get(port, "/status").await.expect("/status");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        status["strategies"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "orders"))
+            .map(|s| {
+                (
+                    s["state"].as_str().unwrap_or_default().to_string(),
+                    s["queue_records"].as_u64().unwrap_or(0),
+                )
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(strategy_state().await.0, "paused");
+
+    let held_from = lsn(&confirmed_flush(&db, "ops_pause"));
+    sql(
+        &db,
+        "INSERT INTO orders SELECT g, 'paused' FROM generate_series(2, 6) g",
+    );
+    let end = current_lsn(&db);
+    common::wait_until(WAIT, "the paused strategy to queue the changes", || async {
+        strategy_state().await == ("paused".to_string(), 5)
+    })
+    .await;
+    assert_eq!(receiver.arrivals(), 1, "nothing delivered while paused");
+    let confirmed = lsn(&confirmed_flush(&db, "ops_pause"));
+    assert!(
+        confirmed < end,
+        "the slot was confirmed past undelivered changes ({confirmed:X} >= {end:X}, held from {held_from:X})"
+    );
+
+    let (code, body) = admin_call(port, "POST", "/strategies/orders/resume").await;
+    assert_eq!(code, 200, "resume: {body}");
+    receiver.wait_accepted_records(6, WAIT).await;
+    let mut ids = new_ids(&receiver.accepted());
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=6).collect::<Vec<_>>());
+    wait_flushed(&db, "ops_pause", end).await;
+    assert_ne!(strategy_state().await.0, "paused");
+    stop(walhook).await;
 }
