@@ -158,7 +158,14 @@ fn main() {
             );
         }
         psql(&cluster, &db, "CREATE PUBLICATION bench FOR TABLE t");
-        for slot in ["ceiling", "all_rows", "tenth"] {
+        // Slots are cluster-wide: one set per workload.
+        let tag = w.name.to_lowercase();
+        let (ceiling_slot, all_slot, tenth_slot) = (
+            format!("ceiling_{tag}"),
+            format!("all_rows_{tag}"),
+            format!("tenth_{tag}"),
+        );
+        for slot in [&ceiling_slot, &all_slot, &tenth_slot] {
             psql(
                 &cluster,
                 &db,
@@ -176,7 +183,7 @@ fn main() {
                 "-d",
                 &cluster.url(&db),
                 "--slot",
-                "ceiling",
+                &ceiling_slot,
                 "--start",
                 "-E",
                 &end_lsn,
@@ -199,7 +206,7 @@ fn main() {
             &cluster,
             &db,
             work.path(),
-            "all_rows",
+            &all_slot,
             w.key,
             "true",
             &end_lsn,
@@ -208,7 +215,7 @@ fn main() {
             &cluster,
             &db,
             work.path(),
-            "tenth",
+            &tenth_slot,
             w.key,
             "row.id % 10 == 0",
             &end_lsn,
@@ -252,8 +259,8 @@ fn main() {
                 all.peak_rss_kib / 1024
             ));
         }
-        let _ = fs::remove_dir_all(work.path().join("all_rows"));
-        let _ = fs::remove_dir_all(work.path().join("tenth"));
+        let _ = fs::remove_dir_all(work.path().join(&all_slot));
+        let _ = fs::remove_dir_all(work.path().join(&tenth_slot));
     }
     if failures.is_empty() {
         println!("targets: met (W1/W2 ratio >= 0.8, W3 peak RSS <= 64 MiB) for the workloads run");
