@@ -262,8 +262,20 @@ fn main() {
         let _ = fs::remove_dir_all(work.path().join(&all_slot));
         let _ = fs::remove_dir_all(work.path().join(&tenth_slot));
     }
+    // A walsender that timed out (e.g. during W3's long transaction) says so in the server log.
+    let log = fs::read_to_string(cluster.log_file()).unwrap_or_default();
+    let timeouts = log
+        .lines()
+        .filter(|l| l.contains("replication timeout"))
+        .count();
+    println!("walsender timeouts in the server log: {timeouts}");
+    if timeouts > 0 {
+        failures.push(format!("{timeouts} walsender timeouts"));
+    }
     if failures.is_empty() {
-        println!("targets: met (W1/W2 ratio >= 0.8, W3 peak RSS <= 64 MiB) for the workloads run");
+        println!(
+            "targets: met (W1/W2 ratio >= 0.8, W3 peak RSS <= 64 MiB, no walsender timeout) for the workloads run"
+        );
     } else {
         println!("targets missed: {}", failures.join("; "));
     }
