@@ -96,6 +96,12 @@ async fn async_run_with_a_filter_delivers_exactly_the_matching_rows_in_key_order
         .collect();
     assert_eq!(ids, expected, "exactly the SQL WHERE's rows, in key order");
     assert!(read.iter().all(|r| r["new"]["kind"] == "a"));
+    // Run batches (op "read") follow the published payload schema too.
+    for request in receiver.accepted() {
+        if let Err(e) = common::schema::validate_payload(&request.json()) {
+            panic!("a delivered payload does not match the schema: {e}");
+        }
+    }
     let live: Vec<i64> = all
         .iter()
         .filter(|r| r["op"] == "insert")

@@ -85,3 +85,4 @@ pub fn walhook_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walhook"))
 }
 pub mod receiver;
+pub mod schema;
