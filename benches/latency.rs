@@ -10,7 +10,6 @@
 //!   max (targets p50 <= 5 ms, p99 <= 25 ms).
 
 use std::fs;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +17,9 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+mod common;
+
+use common::{cpu_seconds, free_port};
 use walhook::cluster::{Cluster, ClusterOptions};
 
 const WALHOOK: &str = env!("CARGO_BIN_EXE_walhook");
@@ -47,28 +49,6 @@ async fn receive(State(arrivals): State<Arc<Mutex<Arrivals>>>, body: Bytes) -> S
         }
     }
     StatusCode::NO_CONTENT
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0)
 }
 
 fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {

@@ -16,11 +16,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{cpu_seconds, free_port};
 use walhook::cluster::{Cluster, ClusterOptions};
 
 const WALHOOK: &str = env!("CARGO_BIN_EXE_walhook");
@@ -288,13 +290,6 @@ fn psql(cluster: &Cluster, db: &str, sql: &str) -> String {
         .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Runs walhook on `slot` until its confirmed_flush_lsn reaches `end_lsn`.
 fn run_walhook(
     cluster: &Cluster,
@@ -435,20 +430,4 @@ fn peak_rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// utime + stime of a live process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(") ")?.1;
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let utime: f64 = fields.get(11)?.parse().ok()?;
-            let stime: f64 = fields.get(12)?.parse().ok()?;
-            Some((utime + stime) / ticks)
-        })
-        .unwrap_or(0.0)
 }

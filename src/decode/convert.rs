@@ -493,6 +493,17 @@ impl RecordEvent {
     /// `unchanged_toast` (present only when not empty). Under DEFAULT/INDEX
     /// replica identity `old` holds only the key columns.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_envelope(out);
+        out.extend_from_slice(b",\"new\":");
+        self.write_image(self.new.as_ref(), false, out);
+        out.extend_from_slice(b",\"old\":");
+        self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
+        self.write_tail(out);
+    }
+
+    /// The record object's opening and envelope fields (`{"id":…,"commit_time":"…"`),
+    /// shared with mapped records, which write their own `new`/`old`.
+    pub fn write_envelope(&self, out: &mut Vec<u8>) {
         let rel = &*self.relation;
         out.extend_from_slice(b"{\"id\":\"");
         let _ = write!(out, "{}:{}", self.commit_lsn, self.index);
@@ -508,10 +519,11 @@ impl RecordEvent {
             self.commit_lsn, self.xid
         );
         write_rfc3339_micros(self.commit_time, out);
-        out.extend_from_slice(b"\",\"new\":");
-        self.write_image(self.new.as_ref(), false, out);
-        out.extend_from_slice(b",\"old\":");
-        self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
+        out.push(b'"');
+    }
+
+    /// `unchanged_toast` (only when not empty) and the closing brace.
+    pub fn write_tail(&self, out: &mut Vec<u8>) {
         let mut first = true;
         for name in self.unchanged_toast() {
             out.extend_from_slice(if first {

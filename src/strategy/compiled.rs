@@ -10,7 +10,7 @@ use super::expr::{describe, resolve, BatchValues, Expr, Image, Resolved};
 use super::StrategyError;
 use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord};
 use crate::config::{Config, ExprRole, FilterOp, TableName, Template};
-use crate::decode::convert::{write_cell_json, write_json_string, write_rfc3339_micros};
+use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Op, RecordEvent};
 use crate::telemetry::names;
 
@@ -265,22 +265,7 @@ impl CompiledStrategy {
             event.write_json(out);
             return;
         };
-        let rel = &*event.relation;
-        out.extend_from_slice(b"{\"id\":\"");
-        let _ = write!(out, "{}:{}", event.commit_lsn, event.index);
-        out.extend_from_slice(b"\",\"op\":\"");
-        out.extend_from_slice(event.op.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"schema\":");
-        write_json_string(rel.schema.as_bytes(), out);
-        out.extend_from_slice(b",\"table\":");
-        write_json_string(rel.name.as_bytes(), out);
-        let _ = write!(
-            out,
-            ",\"lsn\":\"{}\",\"xid\":{},\"commit_time\":\"",
-            event.commit_lsn, event.xid
-        );
-        write_rfc3339_micros(event.commit_time, out);
-        out.push(b'"');
+        event.write_envelope(out);
         match event.op {
             Op::Insert | Op::Update | Op::Read => {
                 out.extend_from_slice(b",\"new\":");
@@ -293,20 +278,7 @@ impl CompiledStrategy {
             }
             Op::Truncate => out.extend_from_slice(b",\"new\":null,\"old\":null"),
         }
-        let mut first = true;
-        for name in event.unchanged_toast() {
-            out.extend_from_slice(if first {
-                b",\"unchanged_toast\":["
-            } else {
-                b","
-            });
-            write_json_string(name.as_bytes(), out);
-            first = false;
-        }
-        if !first {
-            out.push(b']');
-        }
-        out.push(b'}');
+        event.write_tail(out);
     }
 
     /// The queue item for a matched event.
