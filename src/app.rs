@@ -11,72 +11,85 @@
 //! Startup checks everything it can before the slot is touched: the
 //! configuration (main.rs), the expressions (compiled here), the live schema
 //! (tables, columns, replica identity, publication membership). Problems of
-//! that kind are [`AppError::is_config`] and exit 2.
+//! that kind exit 2 (see [`crate::error`]).
 //!
 //! Shutdown order: stop routing and let each worker finish its batch in
 //! flight (its checkpoint advances), then stop the source, which sends the
-//! final standby status with the last acknowledged position.
+//! final standby status with the last acknowledged position. The router's
+//! receiver stays open until the source has stopped.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState, StateControl, StrategyState, StrategyStatus};
+use crate::admin::{self, AdminError, AdminState, StateControl, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::db;
+use crate::db::{self, DbError};
 use crate::decode::SourceEvent;
-use crate::delivery::security::EndpointSecurity;
-use crate::delivery::worker::{DeliveryState, StatusHandle, DEFAULT_QUEUE_CAPACITY};
-use crate::delivery::{tls, Endpoint, StateStore, StrategyWorker, WorkerOptions};
+use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
+use crate::delivery::{
+    build_endpoints, DeliveryError, Endpoint, EndpointError, PauseHandle, StateError, StateStore,
+    StatusHandle, StrategyWorker, WorkerOptions,
+};
 use crate::lsn::Lsn;
-use crate::source::{Source, SourceError, SourceOptions};
-use crate::strategy::{self, CompiledStrategy, Route, Router, SchemaProblem};
-use crate::telemetry;
+use crate::runs::{schedule, AppControl, RunManager};
+use crate::source::{Source, SourceError, SourceOptions, SourceStatus};
+use crate::strategy::{
+    self, CompiledStrategy, PublicationOutcome, Route, RouteError, Router, SchemaError,
+    SchemaProblem, StrategyError,
+};
+use crate::telemetry::{self, TelemetryError};
 
-/// Events buffered between the source and the router.
-pub(crate) const SOURCE_CHANNEL: usize = 1024;
 /// How long a worker may take to finish its batch in flight at shutdown.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Options of `walhook run` that are not in the config file.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Print committed records to stdout as JSON lines instead of delivering them.
-    pub stdout: bool,
-}
+/// How long runs in progress get to record their outcome at shutdown.
+const RUNS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why `run` stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("writing to stdout: {0}")]
-    Stdout(#[source] std::io::Error),
-    #[error("{0}")]
-    Database(String),
+    Telemetry(#[from] TelemetryError),
+    #[error("connecting to the source database: {0}")]
+    Connect(#[source] DbError),
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    #[error(transparent)]
+    Catalog(#[from] SchemaError),
     #[error("the database does not match the configuration:\n{}", list(.0))]
     Schema(Vec<SchemaProblem>),
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Startup(String),
-    #[error("{0}")]
-    Stage(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error("strategies[{index}].endpoint: no endpoint named {name:?}")]
+    NoEndpoint { index: usize, name: String },
+    #[error("the walhook state schema: {0}")]
+    State(#[source] StateError),
+    #[error(transparent)]
+    Worker(DeliveryError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("strategy {strategy}: {source}")]
+    Delivery {
+        strategy: String,
+        #[source]
+        source: DeliveryError,
+    },
+    #[error("strategy {strategy}: worker stopped")]
+    WorkerStopped { strategy: String },
     #[error("a pipeline task failed: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
-
-impl AppError {
-    /// A problem with the configuration or with the database objects it
-    /// names: restarting will not fix it (exit code 2).
-    pub fn is_config(&self) -> bool {
-        matches!(self, AppError::Schema(_) | AppError::Config(_))
-    }
+    Task(#[from] JoinError),
 }
 
 fn list(problems: &[SchemaProblem]) -> String {
@@ -87,34 +100,35 @@ fn list(problems: &[SchemaProblem]) -> String {
         .join("\n")
 }
 
-/// Source options from the configuration.
-pub fn source_options(config: &Config) -> SourceOptions {
-    SourceOptions::new(
-        config.source.url.expose().to_string(),
-        config.source.slot.clone(),
-        vec![config.source.publication.clone()],
-    )
-}
-
-/// Runs the pipeline until `shutdown` is cancelled or a fatal error.
-pub async fn run(
-    config: Config,
-    opts: RunOptions,
-    shutdown: CancellationToken,
-) -> Result<(), AppError> {
-    if opts.stdout {
-        return crate::stdout_sink::run(config, shutdown).await;
-    }
-    let prom = telemetry::install_recorder().map_err(|e| AppError::Startup(e.to_string()))?;
+/// Runs the pipeline until `shutdown` is cancelled or a stage stops.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    let prom = telemetry::install_recorder()?;
     telemetry::describe();
     let pipeline = Pipeline::build(&config).await?;
-    pipeline.run(&config, prom, shutdown).await
+    let listener = admin::bind(config.admin.listen).await?;
+    let opts = SourceOptions::from_config(&config.source);
+    let capacity = opts.channel_capacity;
+    let (source, ack, source_status) = Source::new(opts);
+    let checkpoint = Arc::new(Checkpoint::new(
+        pipeline.strategies.len(),
+        Lsn::ZERO,
+        move |lsn| ack.ack(lsn),
+    ));
+    let workers = Workers::start(&config, &pipeline, &checkpoint)?;
+    let services =
+        Services::start(&config, &pipeline, &workers, listener, source_status, prom).await;
+    let mut stages = Stages::start(source, capacity, workers, checkpoint.clone());
+    let first = stages.until_one_stops(&shutdown).await;
+    let failure = stages.stop(first).await;
+    services.stop().await;
+    tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
+    failure.map_or(Ok(()), Err)
 }
 
 /// Everything built from the configuration before the slot is touched.
 struct Pipeline {
     strategies: Vec<Arc<CompiledStrategy>>,
-    endpoints: std::collections::BTreeMap<String, Arc<Endpoint>>,
+    endpoints: BTreeMap<String, Arc<Endpoint>>,
     state: StateStore,
 }
 
@@ -123,72 +137,65 @@ impl Pipeline {
         let url = config.source.url.expose();
         let client = db::connect(url, "walhook")
             .await
-            .map_err(|e| AppError::Database(e.to_string()))?;
-        let strategies = CompiledStrategy::compile_all(config)
-            .map_err(|e| AppError::Config(e.to_string()))?
+            .map_err(AppError::Connect)?;
+        let strategies = CompiledStrategy::compile_all(config)?
             .into_iter()
             .map(Arc::new)
             .collect::<Vec<_>>();
-        let problems = strategy::validate_schema(&client, config)
-            .await
-            .map_err(|e| AppError::Database(e.to_string()))?;
+        let problems = strategy::validate_schema(&client, config).await?;
         if !problems.is_empty() {
             return Err(AppError::Schema(problems));
         }
         let endpoints = build_endpoints(config)?;
-        match strategy::ensure_publication(&client, config)
-            .await
-            .map_err(|e| AppError::Database(e.to_string()))?
+        if let PublicationOutcome::Created { tables } =
+            strategy::ensure_publication(&client, config).await?
         {
-            strategy::PublicationOutcome::Created { tables } => {
-                let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
-                tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
-            }
-            strategy::PublicationOutcome::Existing => {}
+            let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
+            tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        let state = StateStore::connect(url)
-            .await
-            .map_err(|e| AppError::Database(format!("state schema: {e}")))?;
-        state
-            .ensure_schema()
-            .await
-            .map_err(|e| AppError::Database(format!("creating the walhook state schema: {e}")))?;
+        let state = StateStore::connect(url).await.map_err(AppError::State)?;
+        state.ensure_schema().await.map_err(AppError::State)?;
         Ok(Pipeline {
             strategies,
             endpoints,
             state,
         })
     }
+}
 
-    async fn run(
-        self,
+/// One delivery worker per strategy, and what the router and the admin API
+/// need of them.
+struct Workers {
+    tasks: JoinSet<(String, Result<(), DeliveryError>)>,
+    stop: CancellationToken,
+    routes: Vec<Route>,
+    statuses: Vec<(String, StatusHandle)>,
+    pauses: Vec<(String, PauseHandle)>,
+}
+
+impl Workers {
+    fn start(
         config: &Config,
-        prom: metrics_exporter_prometheus::PrometheusHandle,
-        shutdown: CancellationToken,
-    ) -> Result<(), AppError> {
-        let listener = admin::bind(config.admin.listen)
-            .await
-            .map_err(|e| AppError::Startup(e.to_string()))?;
-        let (source, ack, status) = Source::new(source_options(config));
-        let checkpoint = Arc::new(Checkpoint::new(
-            self.strategies.len(),
-            Lsn::ZERO,
-            move |lsn| ack.ack(lsn),
-        ));
-
-        let workers_stop = CancellationToken::new();
-        let mut workers = JoinSet::new();
-        let mut routes = Vec::new();
-        let mut statuses: Vec<(String, StatusHandle)> = Vec::new();
-        let mut pauses = Vec::new();
-        for (index, compiled) in self.strategies.iter().enumerate() {
+        pipeline: &Pipeline,
+        checkpoint: &Arc<Checkpoint>,
+    ) -> Result<Workers, AppError> {
+        let mut workers = Workers {
+            tasks: JoinSet::new(),
+            stop: CancellationToken::new(),
+            routes: Vec::new(),
+            statuses: Vec::new(),
+            pauses: Vec::new(),
+        };
+        for (index, compiled) in pipeline.strategies.iter().enumerate() {
             let cfg = &config.strategies[index];
-            let endpoint = self.endpoints.get(&cfg.endpoint).cloned().ok_or_else(|| {
-                AppError::Config(format!(
-                    "strategies[{index}].endpoint: no endpoint named {:?}",
-                    cfg.endpoint
-                ))
-            })?;
+            let endpoint = pipeline
+                .endpoints
+                .get(&cfg.endpoint)
+                .cloned()
+                .ok_or_else(|| AppError::NoEndpoint {
+                    index,
+                    name: cfg.endpoint.clone(),
+                })?;
             let retry = config
                 .endpoint_of(cfg)
                 .map(|e| e.retry.clone())
@@ -204,239 +211,228 @@ impl Pipeline {
                 endpoint,
                 decorate,
                 checkpoint: checkpoint.clone(),
-                state: Some(self.state.clone()),
+                state: Some(pipeline.state.clone()),
                 shutdown_timeout: SHUTDOWN_TIMEOUT,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
-            .map_err(|e| AppError::Config(e.to_string()))?;
+            .map_err(AppError::Worker)?;
             telemetry::register_strategy(&cfg.name);
-            statuses.push((cfg.name.clone(), worker.status()));
-            pauses.push((cfg.name.clone(), worker.pause_handle()));
-            routes.push(Route {
+            workers.statuses.push((cfg.name.clone(), worker.status()));
+            workers
+                .pauses
+                .push((cfg.name.clone(), worker.pause_handle()));
+            workers.routes.push(Route {
                 strategy: compiled.clone(),
                 tx,
             });
-            let stop = workers_stop.clone();
+            let stop = workers.stop.clone();
             let name = cfg.name.clone();
-            workers.spawn(async move { (name, worker.run(stop).await) });
+            workers
+                .tasks
+                .spawn(async move { (name, worker.run(stop).await) });
         }
-        let router = Router::new(routes, checkpoint.clone());
+        Ok(workers)
+    }
+}
 
-        let admin_stop = CancellationToken::new();
-        let statuses = Arc::new(statuses);
-        let strategies_status = {
-            let statuses = statuses.clone();
-            move || {
-                statuses
-                    .iter()
-                    .map(|(name, handle)| admin_status(name, handle))
-                    .collect::<Vec<_>>()
-            }
-        };
-        let mut admin_state = AdminState::new(config, status.clone(), prom.clone())
-            .with_strategies(Arc::new(strategies_status));
-        match StateControl::connect(config.source.url.expose()).await {
-            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
-            Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
-        }
+/// What serves the operator beside the stages: the admin API, scheduled
+/// runs and metrics upkeep. They stop after the stages.
+struct Services {
+    stop: CancellationToken,
+    admin: JoinHandle<Result<(), AdminError>>,
+    schedules: JoinSet<()>,
+    runs: RunManager,
+    upkeep: JoinHandle<()>,
+}
+
+impl Services {
+    async fn start(
+        config: &Config,
+        pipeline: &Pipeline,
+        workers: &Workers,
+        listener: TcpListener,
+        source_status: watch::Receiver<SourceStatus>,
+        prom: PrometheusHandle,
+    ) -> Services {
+        let stop = CancellationToken::new();
+        let runs = RunManager::new(
+            Arc::new(config.clone()),
+            pipeline.strategies.clone(),
+            pipeline.endpoints.clone(),
+            pipeline.state.clone(),
+            config.source.url.expose().to_string(),
+        );
         let replay_targets = config
             .strategies
             .iter()
-            .zip(&self.strategies)
+            .zip(&pipeline.strategies)
             .filter_map(|(cfg, compiled)| {
-                let endpoint = self.endpoints.get(&cfg.endpoint)?.clone();
+                let endpoint = pipeline.endpoints.get(&cfg.endpoint)?.clone();
                 let decorate: Arc<dyn Decorate> = compiled.clone();
                 Some((cfg.name.clone(), endpoint, decorate))
             })
             .collect();
-        let runs = crate::runs::RunManager::new(
-            Arc::new(config.clone()),
-            self.strategies.clone(),
-            self.endpoints.clone(),
-            self.state.clone(),
-            config.source.url.expose().to_string(),
-        );
-        admin_state = admin_state.with_control(Arc::new(
-            crate::runs::AppControl::new(runs.clone(), config)
-                .with_pauses(pauses)
-                .with_replay(self.state.clone(), replay_targets),
-        ));
-        let mut schedules =
-            crate::runs::schedule::spawn(runs.clone(), config, status.clone(), admin_stop.clone());
-        let admin_task = tokio::spawn(admin::serve(listener, admin_state, admin_stop.clone()));
-        let upkeep = telemetry::spawn_upkeep(prom, status.clone(), admin_stop.clone());
+        let control = AppControl::new(runs.clone(), config)
+            .with_pauses(workers.pauses.clone())
+            .with_replay(pipeline.state.clone(), replay_targets);
+        let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
+            .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
+            .with_control(Arc::new(control));
+        match StateControl::connect(config.source.url.expose()).await {
+            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
+            Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
+        }
+        Services {
+            schedules: schedule::spawn(runs.clone(), config, source_status.clone(), stop.clone()),
+            admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
+            upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
+            runs,
+            stop,
+        }
+    }
 
-        let (events_tx, events_rx) = mpsc::channel::<SourceEvent>(SOURCE_CHANNEL);
+    async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = self.admin.await;
+        while self.schedules.join_next().await.is_some() {}
+        self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
+        let _ = self.upkeep.await;
+    }
+}
+
+/// What the router task hands back: its result, and the events receiver
+/// (kept open until the source has stopped).
+type Routed = (Result<(), RouteError>, mpsc::Receiver<SourceEvent>);
+type WorkerJoined = Result<(String, Result<(), DeliveryError>), JoinError>;
+
+/// The running stages, each with its own stop token.
+struct Stages {
+    source: JoinHandle<Result<(), SourceError>>,
+    source_stop: CancellationToken,
+    router: JoinHandle<Routed>,
+    router_stop: CancellationToken,
+    workers: JoinSet<(String, Result<(), DeliveryError>)>,
+    workers_stop: CancellationToken,
+}
+
+/// What ended [`Stages::until_one_stops`].
+enum First {
+    Shutdown,
+    Source(Result<Result<(), SourceError>, JoinError>),
+    Router(Result<Routed, JoinError>),
+    Worker(WorkerJoined),
+}
+
+impl Stages {
+    /// Connects source → router (a channel of `capacity` events) → the
+    /// workers' queues and starts the source and the router.
+    fn start(
+        source: Source,
+        capacity: usize,
+        workers: Workers,
+        checkpoint: Arc<Checkpoint>,
+    ) -> Stages {
+        let (events_tx, mut events_rx) = mpsc::channel::<SourceEvent>(capacity);
+        let router = Router::new(workers.routes, checkpoint);
         let source_stop = CancellationToken::new();
-        let mut source_task = tokio::spawn(source.run(events_tx, source_stop.clone()));
         let router_stop = CancellationToken::new();
-        let mut router_task = tokio::spawn(route_events(router, events_rx, router_stop.clone()));
+        let stop = router_stop.clone();
+        Stages {
+            source: tokio::spawn(source.run(events_tx, source_stop.clone())),
+            source_stop,
+            // The router task hands the receiver back (see `Routed`).
+            router: tokio::spawn(
+                async move { (router.run(&mut events_rx, stop).await, events_rx) },
+            ),
+            router_stop,
+            workers: workers.tasks,
+            workers_stop: workers.stop,
+        }
+    }
 
-        // Run until a signal or until a stage stops on its own.
-        let mut failure: Option<AppError> = None;
-        let mut source_done = false;
-        let mut router_done = false;
-        // The router's receiver stays open until the source has stopped: a
-        // source that found it closed would stop with "downstream closed".
-        let mut events_keep: Option<mpsc::Receiver<SourceEvent>> = None;
+    /// Waits for `shutdown` or for a stage that stops on its own.
+    async fn until_one_stops(&mut self, shutdown: &CancellationToken) -> First {
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            result = &mut source_task => {
-                source_done = true;
-                match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => failure = Some(AppError::Source(e)),
-                    Err(e) => failure = Some(AppError::Task(e)),
-                }
-            }
-            result = &mut router_task => {
-                router_done = true;
-                match result {
-                    Ok((Ok(()), rx)) => events_keep = Some(rx),
-                    Ok((Err(e), rx)) => {
-                        events_keep = Some(rx);
-                        failure = Some(AppError::Stage(e.to_string()));
-                    }
-                    Err(e) => failure = Some(AppError::Task(e)),
-                }
-            }
-            Some(joined) = workers.join_next() => {
-                match joined {
-                    Ok((name, Err(e))) => failure = Some(AppError::Stage(format!("strategy {name}: {e}"))),
-                    Ok((name, Ok(()))) => failure = Some(AppError::Stage(format!("strategy {name}: worker stopped"))),
-                    Err(e) => failure = Some(AppError::Task(e)),
-                }
-            }
+            _ = shutdown.cancelled() => First::Shutdown,
+            result = &mut self.source => First::Source(result),
+            result = &mut self.router => First::Router(result),
+            Some(joined) = self.workers.join_next() => First::Worker(joined),
         }
+    }
 
-        // 1. Stop routing and let every worker finish its batch in flight.
-        router_stop.cancel();
-        workers_stop.cancel();
-        if !router_done {
-            match router_task.await {
-                Ok((result, rx)) => {
-                    events_keep = Some(rx);
-                    if let Err(e) = result {
-                        failure.get_or_insert(AppError::Stage(e.to_string()));
-                    }
-                }
-                Err(e) => {
-                    failure.get_or_insert(AppError::Task(e));
-                }
+    /// Stops the stages in order and returns the first failure: routing
+    /// stops and every worker finishes its batch in flight (its checkpoint
+    /// advances), then the source stops and sends the last acknowledged
+    /// position. A stage that already stopped (`first`) is not awaited again.
+    async fn stop(mut self, first: First) -> Option<AppError> {
+        let mut failure = None;
+        let mut source_done = false;
+        let mut routed = None;
+        match first {
+            First::Shutdown => {}
+            First::Source(joined) => {
+                source_done = true;
+                failure = source_failure(joined);
             }
+            First::Router(joined) => routed = Some(joined),
+            First::Worker(joined) => failure = Some(worker_failure(joined)),
         }
-        while let Some(joined) = workers.join_next().await {
+        // 1. Stop routing and let every worker finish its batch in flight.
+        self.router_stop.cancel();
+        self.workers_stop.cancel();
+        let routed = match routed {
+            Some(joined) => joined,
+            None => self.router.await,
+        };
+        // Held until the source has stopped (see the module doc).
+        let events = match routed {
+            Ok((result, events)) => {
+                if let Err(e) = result {
+                    failure.get_or_insert(e.into());
+                }
+                Some(events)
+            }
+            Err(e) => {
+                failure.get_or_insert(e.into());
+                None
+            }
+        };
+        while let Some(joined) = self.workers.join_next().await {
             match joined {
                 Ok((name, Err(e))) => {
                     tracing::warn!(strategy = %name, error = %e, "strategy worker stopped with an error");
                 }
                 Ok((_, Ok(()))) => {}
-                Err(e) if failure.is_none() => failure = Some(AppError::Task(e)),
-                Err(_) => {}
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
             }
         }
         // 2. Stop the source: it sends the last acknowledged position.
-        source_stop.cancel();
+        self.source_stop.cancel();
         if !source_done {
-            match source_task.await {
-                Ok(Err(e)) if failure.is_none() => failure = Some(AppError::Source(e)),
-                Err(e) if failure.is_none() => failure = Some(AppError::Task(e)),
-                _ => {}
+            if let Some(e) = source_failure(self.source.await) {
+                failure.get_or_insert(e);
             }
         }
-        drop(events_keep);
-        admin_stop.cancel();
-        let _ = admin_task.await;
-        while schedules.join_next().await.is_some() {}
-        runs.shutdown(Duration::from_secs(10)).await;
-        let _ = upkeep.await;
-        tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        drop(events);
+        failure
     }
 }
 
-/// One [`Endpoint`] (auth, signing, TLS) per endpoint a strategy uses.
-pub fn build_endpoints(
-    config: &Config,
-) -> Result<std::collections::BTreeMap<String, Arc<Endpoint>>, AppError> {
-    let mut endpoints = std::collections::BTreeMap::new();
-    for (name, cfg) in &config.endpoints {
-        if !config.strategies.iter().any(|s| &s.endpoint == name) {
-            continue;
-        }
-        let token_client = tls::configure(
-            reqwest::Client::builder()
-                .timeout(cfg.timeout)
-                .connect_timeout(cfg.connect_timeout)
-                .redirect(reqwest::redirect::Policy::none()),
-            &cfg.tls,
-            name,
-        )
-        .map_err(|e| AppError::Config(format!("endpoints.{name}.tls: {e}")))?
-        .build()
-        .map_err(|e| AppError::Config(format!("endpoints.{name}: HTTP client: {e}")))?;
-        let security = EndpointSecurity::new(name, cfg, token_client)
-            .map_err(|e| AppError::Config(e.to_string()))?;
-        let endpoint = Endpoint::with_tls(name, cfg, Arc::new(security), |b| {
-            tls::configure(b, &cfg.tls, name)
-        })
-        .map_err(|e| AppError::Config(e.to_string()))?;
-        endpoints.insert(name.clone(), Arc::new(endpoint));
-    }
-    Ok(endpoints)
-}
-
-fn admin_status(name: &str, handle: &StatusHandle) -> StrategyStatus {
-    let s = handle.snapshot();
-    StrategyStatus {
-        name: name.to_string(),
-        state: match s.state {
-            _ if s.paused => StrategyState::Paused,
-            DeliveryState::Retrying | DeliveryState::Blocked => StrategyState::Failing,
-            DeliveryState::Idle | DeliveryState::Delivering | DeliveryState::Stopped => {
-                StrategyState::Running
-            }
-        },
-        queue_records: s.queue_records,
-        last_success: s
-            .last_success
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(SystemTime::from),
-        last_error: s.last_error,
-        attempts: u64::from(s.attempts),
+fn source_failure(joined: Result<Result<(), SourceError>, JoinError>) -> Option<AppError> {
+    match joined {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.into()),
+        Err(e) => Some(e.into()),
     }
 }
 
-/// Routes source events until `stop`, also while waiting on a full queue.
-/// Returns the receiver so the caller can keep it open while the source stops.
-async fn route_events(
-    mut router: Router,
-    mut rx: mpsc::Receiver<SourceEvent>,
-    stop: CancellationToken,
-) -> (
-    Result<(), strategy::RouteError>,
-    mpsc::Receiver<SourceEvent>,
-) {
-    let result = loop {
-        let event = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break Ok(()),
-            event = rx.recv() => match event {
-                Some(event) => event,
-                None => break Ok(()),
-            },
-        };
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break Ok(()),
-            routed = router.route(event) => if let Err(e) = routed { break Err(e) },
-        }
-    };
-    // Dropping the router closes the strategies' queues.
-    drop(router);
-    (result, rx)
+/// A worker that stopped before it was told to is a failure, also without an error.
+fn worker_failure(joined: WorkerJoined) -> AppError {
+    match joined {
+        Ok((strategy, Err(source))) => AppError::Delivery { strategy, source },
+        Ok((strategy, Ok(()))) => AppError::WorkerStopped { strategy },
+        Err(e) => AppError::Task(e),
+    }
 }

@@ -22,10 +22,10 @@ use axum::Router;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, RunOptions};
-use crate::cluster::{Cluster, ClusterOptions};
-use crate::config::Config;
-use crate::delivery::signing::{SigningKey, Verifier};
+use crate::app::{self, AppError};
+use crate::cluster::{Cluster, ClusterError, ClusterOptions};
+use crate::config::{Config, ConfigErrors};
+use crate::delivery::signing::{SigningError, SigningKey, Verifier};
 
 /// How long the demo waits for the batches its script should produce.
 const WAIT: Duration = Duration::from_secs(30);
@@ -36,19 +36,38 @@ pub enum DemoError {
     /// No PostgreSQL server binaries (exit 2: install them).
     #[error("walhook demo needs the PostgreSQL server binaries (initdb, pg_ctl, postgres) and found none.\n  Install them: apt-get install -y postgresql   (Debian/Ubuntu)\n              brew install postgresql       (macOS)\n  or point WALHOOK_PG_BIN_DIR at a PostgreSQL bin directory.")]
     NoPostgres,
-    #[error("{0}")]
-    Failed(String),
+    /// The throwaway cluster could not be started, used or removed.
+    #[error("{what}: {source}")]
+    Cluster {
+        what: &'static str,
+        #[source]
+        source: ClusterError,
+    },
+    /// A socket for the receiver or the admin API.
+    #[error("{what}: {source}")]
+    Listen {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the demo's signing secret: {0}")]
+    Secret(#[source] SigningError),
+    #[error("the demo's configuration: {0}")]
+    Config(#[source] ConfigErrors),
+    #[error("walhook stopped: {0}")]
+    Pipeline(#[source] AppError),
+    #[error("timed out after {WAIT:?} waiting for {0}")]
+    Timeout(String),
+    #[error("a demo task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-impl DemoError {
-    /// True when the fix is installing something (exit 2).
-    pub fn is_setup(&self) -> bool {
-        matches!(self, DemoError::NoPostgres)
-    }
+fn cluster_failed(what: &'static str) -> impl FnOnce(ClusterError) -> DemoError {
+    move |source| DemoError::Cluster { what, source }
 }
 
-fn failed(context: &str) -> impl FnOnce(String) -> DemoError + '_ {
-    move |e| DemoError::Failed(format!("{context}: {e}"))
+fn listen_failed(what: &'static str) -> impl FnOnce(std::io::Error) -> DemoError {
+    move |source| DemoError::Listen { what, source }
 }
 
 /// What the demo's receiver saw, per strategy.
@@ -88,16 +107,13 @@ pub async fn run(shutdown: CancellationToken) -> Result<(), DemoError> {
     ));
     say("  starting a throwaway PostgreSQL (initdb in a temp dir, wal_level=logical) …");
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(ClusterOptions::default()))
-        .await
-        .map_err(|e| DemoError::Failed(e.to_string()))?
-        .map_err(|e| DemoError::Failed(format!("starting PostgreSQL: {e}")))?;
+        .await?
+        .map_err(cluster_failed("starting PostgreSQL"))?;
     // If the demo is killed, the watchdog still stops the cluster.
     let _ = cluster.spawn_watchdog(std::process::id());
     let result = run_with(&cluster, shutdown, &bold).await;
     say("  stopping PostgreSQL and removing its temp dir …");
-    tokio::task::spawn_blocking(move || cluster.destroy())
-        .await
-        .map_err(|e| DemoError::Failed(e.to_string()))?;
+    tokio::task::spawn_blocking(move || cluster.destroy()).await?;
     result
 }
 
@@ -108,7 +124,7 @@ async fn run_with(
 ) -> Result<(), DemoError> {
     cluster
         .create_database("shop")
-        .map_err(|e| failed("creating database shop")(e.to_string()))?;
+        .map_err(cluster_failed("creating database shop"))?;
     psql(
         cluster,
         "CREATE TABLE orders (\n\
@@ -131,8 +147,8 @@ async fn run_with(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(secret_bytes)
     );
-    let key = SigningKey::parse(&secret).map_err(|e| DemoError::Failed(e.to_string()))?;
-    let verifier = Verifier::new(vec![key]).map_err(|e| DemoError::Failed(e.to_string()))?;
+    let key = SigningKey::parse(&secret).map_err(DemoError::Secret)?;
+    let verifier = Verifier::new(vec![key]).map_err(DemoError::Secret)?;
     let receiver = Arc::new(Receiver {
         verifier,
         seen: Mutex::new(Seen::default()),
@@ -140,10 +156,10 @@ async fn run_with(
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| failed("starting the receiver")(e.to_string()))?;
+        .map_err(listen_failed("starting the receiver"))?;
     let receiver_addr = listener
         .local_addr()
-        .map_err(|e| failed("starting the receiver")(e.to_string()))?;
+        .map_err(listen_failed("starting the receiver"))?;
     let app_router = Router::new().fallback(receive).with_state(receiver.clone());
     let receiver_stop = CancellationToken::new();
     let stop = receiver_stop.clone();
@@ -156,10 +172,9 @@ async fn run_with(
         "  receiver on http://{receiver_addr}/hooks verifies Standard Webhooks signatures"
     ));
 
-    let admin = free_addr().map_err(failed("choosing the admin port"))?;
+    let admin = free_addr().map_err(listen_failed("choosing the admin port"))?;
     let config_text = demo_config(&cluster.url("shop"), receiver_addr, admin, &secret);
-    let config = Config::parse(&config_text, &|_| None)
-        .map_err(|e| DemoError::Failed(format!("the demo's configuration: {e}")))?;
+    let config = Config::parse(&config_text, &|_| None).map_err(DemoError::Config)?;
     say(&format!(
         "  walhook run with 3 strategies; metrics and status on http://{admin}/metrics and /status"
     ));
@@ -171,21 +186,13 @@ async fn run_with(
     say("");
 
     let pipeline_stop = CancellationToken::new();
-    let pipeline = tokio::spawn(app::run(
-        config,
-        RunOptions::default(),
-        pipeline_stop.clone(),
-    ));
+    let pipeline = tokio::spawn(app::run(config, pipeline_stop.clone()));
     let outcome = script(cluster, &receiver, admin, &shutdown, bold).await;
     pipeline_stop.cancel();
     let stopped = pipeline.await;
     receiver_stop.cancel();
     outcome?;
-    match stopped {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(DemoError::Failed(format!("walhook stopped: {e}"))),
-        Err(e) => Err(DemoError::Failed(e.to_string())),
-    }
+    stopped?.map_err(DemoError::Pipeline)
 }
 
 /// Writes the sample changes, waits for their batches, prints the summary.
@@ -305,9 +312,7 @@ async fn wait(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(DemoError::Failed(format!(
-                "timed out after {WAIT:?} waiting for {what}"
-            )));
+            return Err(DemoError::Timeout(what.to_string()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -375,15 +380,11 @@ fn describe_record(record: &serde_json::Value) -> String {
 }
 
 fn psql(cluster: &Cluster, sql: &str) -> Result<String, DemoError> {
-    cluster
-        .psql("shop", sql)
-        .map_err(|e| DemoError::Failed(format!("psql: {e}")))
+    cluster.psql("shop", sql).map_err(cluster_failed("psql"))
 }
 
-fn free_addr() -> Result<SocketAddr, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())
+fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr())
 }
 
 async fn fetch_metrics(admin: SocketAddr) -> Result<String, reqwest::Error> {

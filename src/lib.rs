@@ -40,6 +40,7 @@ pub mod db;
 pub mod decode;
 pub mod delivery;
 pub mod demo;
+pub mod error;
 pub mod lsn;
 pub mod ops;
 pub mod receive;

@@ -1,22 +1,21 @@
 //! The `walhook` command line: parses arguments, sets up logging, loads the
-//! configuration (exit 2 on any problem, before touching the database) and
-//! runs the chosen command with a shutdown token that SIGTERM/SIGINT cancel.
+//! configuration (exit 2 on any problem, before touching the database),
+//! builds the runtime and runs the chosen command; long-running commands get
+//! a shutdown token that SIGTERM/SIGINT cancel. The exit code comes from
+//! [`Error::exit_code`].
 
-use std::path::PathBuf;
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use walhook::app::{self, RunOptions};
 use walhook::config::Config;
-use walhook::ops;
+use walhook::error::{report, Error, EXIT_RUNTIME};
+use walhook::{app, demo, ops, receive, runs, stdout_sink};
 
-/// Exit code for a bad configuration or usage (clap also uses 2).
-const EXIT_CONFIG: u8 = 2;
-/// Exit code for a failure at run time.
-const EXIT_RUNTIME: u8 = 1;
 /// The environment variable holding the log filter.
 const LOG_ENV: &str = "WALHOOK_LOG";
 /// The log filter when WALHOOK_LOG is unset.
@@ -125,19 +124,28 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = init_logging(cli.log_format) {
-        eprintln!("walhook: {message}");
-        return ExitCode::from(EXIT_CONFIG);
+    match init_logging(cli.log_format).and_then(|()| execute(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("walhook: {}", report(&err));
+            ExitCode::from(err.exit_code())
+        }
     }
-    match cli.command {
+}
+
+/// Runs `command`: its configuration is loaded (and rejected) before the
+/// runtime starts and anything touches the database.
+fn execute(command: Command) -> Result<(), Error> {
+    match command {
         Command::Run { config, stdout } => {
-            let Some(config) = load_config(&config) else {
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            run_until_signal(|shutdown| async move {
-                app::run(config, RunOptions { stdout }, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
+            let config = load_config(&config)?;
+            until_signal(|shutdown| async move {
+                if stdout {
+                    stdout_sink::run(config, shutdown).await?;
+                } else {
+                    app::run(config, shutdown).await?;
+                }
+                Ok(())
             })
         }
         Command::Check {
@@ -145,56 +153,24 @@ fn main() -> ExitCode {
             json,
             no_network,
         } => {
-            let Some(config) = load_config(&config) else {
-                return ExitCode::from(EXIT_CONFIG);
+            let config = load_config(&config)?;
+            let opts = ops::check::CheckOptions {
+                network: !no_network,
             };
-            run_ops(async move {
-                let opts = ops::check::CheckOptions {
-                    network: !no_network,
-                };
-                let findings = ops::check::run(&config, opts).await;
-                if json {
-                    println!("{:#}", ops::check::to_json(&findings));
-                } else {
-                    for finding in &findings {
-                        println!("{finding}");
-                    }
-                }
-                if ops::check::has_errors(&findings) {
-                    Ok(ExitCode::from(EXIT_RUNTIME))
-                } else {
-                    Ok(ExitCode::SUCCESS)
-                }
-            })
+            block_on(async { ops::check(&config, opts, json).await })
         }
         Command::Setup { config, print_sql } => {
-            let Some(config) = load_config(&config) else {
-                return ExitCode::from(EXIT_CONFIG);
-            };
+            let config = load_config(&config)?;
             if print_sql {
                 print!("{}", ops::setup::script(&config));
-                return ExitCode::SUCCESS;
+                return Ok(());
             }
-            run_ops(async move {
-                let client = ops::connect(&config).await?;
-                for step in ops::setup::run(&client, &config).await? {
-                    println!("ok    {step}");
-                }
-                Ok(ExitCode::SUCCESS)
-            })
+            block_on(async { ops::setup(&config).await })
         }
         Command::Teardown { config, force, yes } => {
-            let Some(config) = load_config(&config) else {
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            run_ops(async move {
-                let client = ops::connect(&config).await?;
-                let opts = ops::teardown::TeardownOptions { force, yes };
-                for line in ops::teardown::run(&client, &config, opts).await? {
-                    println!("{line}");
-                }
-                Ok(ExitCode::SUCCESS)
-            })
+            let config = load_config(&config)?;
+            let opts = ops::teardown::TeardownOptions { force, yes };
+            block_on(async { ops::teardown(&config, opts).await })
         }
         Command::RunStrategy {
             name,
@@ -202,147 +178,78 @@ fn main() -> ExitCode {
             filter,
             limit,
         } => {
-            let Some(config) = load_config(&config) else {
-                return ExitCode::from(EXIT_CONFIG);
-            };
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("walhook: cannot start the async runtime: {err}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-            };
-            let opts = walhook::runs::cli::RunStrategyOptions {
+            let config = load_config(&config)?;
+            let opts = runs::cli::RunStrategyOptions {
                 strategy: name,
                 filter,
                 limit,
             };
-            match runtime.block_on(walhook::runs::cli::run_strategy(config, opts)) {
-                Ok(summary) if summary.counts.failed == 0 => ExitCode::SUCCESS,
-                Ok(summary) => {
-                    eprintln!(
-                        "walhook: run {}: {} records failed (dead-lettered)",
-                        summary.id, summary.counts.failed
-                    );
-                    ExitCode::from(EXIT_RUNTIME)
-                }
-                Err(err) => {
-                    eprintln!("walhook: {err}");
-                    ExitCode::from(if err.is_usage() {
-                        EXIT_CONFIG
-                    } else {
-                        EXIT_RUNTIME
-                    })
-                }
-            }
+            block_on(runs::cli::run_strategy(config, opts))
         }
-        Command::Demo => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("walhook: cannot start the async runtime: {err}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-            };
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                if let Err(err) = spawn_signal_handler(shutdown.clone()) {
-                    eprintln!("walhook: cannot install signal handlers: {err}");
-                    return ExitCode::from(EXIT_RUNTIME);
-                }
-                match walhook::demo::run(shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(err) => {
-                        eprintln!("walhook: {err}");
-                        ExitCode::from(if err.is_setup() {
-                            EXIT_CONFIG
-                        } else {
-                            EXIT_RUNTIME
-                        })
-                    }
-                }
-            })
-        }
+        Command::Demo => until_signal(|shutdown| async move { Ok(demo::run(shutdown).await?) }),
         Command::Receive {
             listen,
             secrets,
             records,
             null,
         } => {
-            let secrets = match walhook::receive::parse_secrets(&secrets) {
-                Ok(secrets) => secrets,
-                Err(err) => {
-                    eprintln!("walhook: {err}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            let options = walhook::receive::ReceiveOptions {
+            let options = receive::ReceiveOptions {
                 listen,
-                secrets,
+                secrets: receive::parse_secrets(&secrets)?,
                 records,
                 null,
             };
-            run_until_signal(|shutdown| async move {
-                walhook::receive::run(options, shutdown)
-                    .await
-                    .map_err(anyhow::Error::from)
-            })
+            until_signal(|shutdown| async move { Ok(receive::run(options, shutdown).await?) })
         }
     }
 }
 
-/// Runs an operator command on a Tokio runtime; an error is printed and exits 1.
-fn run_ops<Fut>(job: Fut) -> ExitCode
+/// Runs `job` to its end on the one Tokio runtime.
+fn block_on<E>(job: impl Future<Output = Result<(), E>>) -> Result<(), Error>
 where
-    Fut: std::future::Future<Output = Result<ExitCode, ops::OpsError>>,
+    Error: From<E>,
 {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("walhook: cannot start the async runtime: {err}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    match runtime.block_on(job) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("walhook: {err}");
-            ExitCode::from(EXIT_RUNTIME)
-        }
-    }
+    let runtime = tokio::runtime::Runtime::new().map_err(Error::Runtime)?;
+    Ok(runtime.block_on(job)?)
 }
 
-/// Loads and validates the configuration, printing every problem to stderr.
-fn load_config(path: &std::path::Path) -> Option<Config> {
-    let loaded = Config::load(path).and_then(|config| {
-        // Expressions compile here, so a typo exits 2 with the rest.
-        let errors = config.check_expressions(walhook::strategy::check_expression);
-        if errors.iter().next().is_some() {
-            Err(errors)
-        } else {
-            Ok(config)
-        }
-    });
-    match loaded {
-        Ok(config) => Some(config),
-        Err(errors) => {
-            let count = errors.iter().count();
-            let noun = if count == 1 { "problem" } else { "problems" };
-            eprintln!("walhook: {} has {count} {noun}:", path.display());
-            for error in errors.iter() {
-                // Multi-line messages (TOML syntax errors) stay readable indented.
-                eprintln!("  - {}", error.to_string().replace('\n', "\n    "));
-            }
-            None
-        }
-    }
+/// Runs `job` with a shutdown token: the first SIGTERM or SIGINT cancels it
+/// (a graceful stop), a second one exits at once. Its failure is also logged.
+fn until_signal<F, Fut>(job: F) -> Result<(), Error>
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    block_on(async {
+        let shutdown = CancellationToken::new();
+        spawn_signal_handler(shutdown.clone()).map_err(Error::Signals)?;
+        job(shutdown).await.inspect_err(|err| {
+            tracing::error!(error = report(err), "walhook stopped");
+        })
+    })
 }
 
-fn init_logging(format: LogFormat) -> Result<(), String> {
+/// Loads and validates the configuration, expressions included.
+fn load_config(path: &Path) -> Result<Config, Error> {
+    Config::load(path)
+        .and_then(|config| {
+            // Expressions compile here, so a typo exits 2 with the rest.
+            let errors = config.check_expressions(walhook::strategy::check_expression);
+            errors.into_result(config)
+        })
+        .map_err(|errors| Error::Config {
+            path: path.to_path_buf(),
+            errors,
+        })
+}
+
+fn init_logging(format: LogFormat) -> Result<(), Error> {
     let filter = match std::env::var(LOG_ENV) {
-        Ok(spec) => {
-            EnvFilter::try_new(&spec).map_err(|err| format!("invalid {LOG_ENV}={spec:?}: {err}"))?
-        }
+        Ok(spec) => EnvFilter::try_new(&spec).map_err(|source| Error::Logging {
+            variable: LOG_ENV,
+            spec,
+            source,
+        })?,
         Err(_) => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
     let builder = tracing_subscriber::fmt()
@@ -353,45 +260,6 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
-}
-
-/// Runs `job` on a Tokio runtime. The first SIGTERM or SIGINT cancels its
-/// shutdown token (a graceful stop); a second one exits at once.
-fn run_until_signal<F, Fut>(job: F) -> ExitCode
-where
-    F: FnOnce(CancellationToken) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("walhook: cannot start the async runtime: {err}");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        if let Err(err) = spawn_signal_handler(shutdown.clone()) {
-            tracing::error!(error = %err, "cannot install signal handlers");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
-        match job(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!(error = format!("{err:#}"), "walhook stopped");
-                eprintln!("walhook: {err:#}");
-                // Configuration and schema problems: restarting will not help.
-                let config_problem = err
-                    .downcast_ref::<app::AppError>()
-                    .is_some_and(app::AppError::is_config);
-                ExitCode::from(if config_problem {
-                    EXIT_CONFIG
-                } else {
-                    EXIT_RUNTIME
-                })
-            }
-        }
-    })
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {

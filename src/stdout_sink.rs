@@ -5,24 +5,35 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{source_options, AppError, SOURCE_CHANNEL};
 use crate::config::Config;
 use crate::decode::SourceEvent;
-use crate::source::{AckHandle, Source};
+use crate::source::{AckHandle, Source, SourceError, SourceOptions};
 
 /// The stdout sink writes in chunks of about this size.
 const STDOUT_CHUNK: usize = 64 * 1024;
 /// How long a stopping sink waits for the end of the transaction it is printing.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Why `walhook run --stdout` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum StdoutError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("writing to stdout: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("the source task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Runs source → stdout until `shutdown` is cancelled or a fatal error.
 ///
 /// Shutdown runs downstream first: the sink finishes the transaction it is
 /// printing, flushes and acknowledges, and only then is the source stopped,
 /// so its last standby status carries that acknowledgement.
-pub(crate) async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let (source, ack, _status) = Source::new(source_options(&config));
-    let (tx, mut rx) = mpsc::channel(SOURCE_CHANNEL);
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StdoutError> {
+    let opts = SourceOptions::from_config(&config.source);
+    let (tx, mut rx) = mpsc::channel(opts.channel_capacity);
+    let (source, ack, _status) = Source::new(opts);
     let source_stop = CancellationToken::new();
     let source_task = tokio::spawn(source.run(tx, source_stop.clone()));
     let sink = stdout_sink(&mut rx, ack, &shutdown).await;
@@ -44,7 +55,7 @@ async fn stdout_sink(
     rx: &mut mpsc::Receiver<SourceEvent>,
     ack: AckHandle,
     shutdown: &CancellationToken,
-) -> Result<(), AppError> {
+) -> Result<(), StdoutError> {
     let mut out = tokio::io::stdout();
     let mut buf: Vec<u8> = Vec::with_capacity(STDOUT_CHUNK * 2);
     // The end LSN of the last transaction whose records are all in `buf` or written.
@@ -107,12 +118,12 @@ async fn stdout_sink(
 }
 
 /// Writes and flushes `buf` to stdout, leaving it empty.
-async fn write_out(out: &mut tokio::io::Stdout, buf: &mut Vec<u8>) -> Result<(), AppError> {
+async fn write_out(out: &mut tokio::io::Stdout, buf: &mut Vec<u8>) -> Result<(), StdoutError> {
     if buf.is_empty() {
         return Ok(());
     }
-    out.write_all(buf).await.map_err(AppError::Stdout)?;
-    out.flush().await.map_err(AppError::Stdout)?;
+    out.write_all(buf).await.map_err(StdoutError::Write)?;
+    out.flush().await.map_err(StdoutError::Write)?;
     buf.clear();
     Ok(())
 }

@@ -107,8 +107,9 @@ async fn real_changes_reach_only_the_strategies_whose_filters_pass() {
     let stop = CancellationToken::new();
     // The router reads the source's events (moved out of the helper).
     let mut src = src;
-    let events = std::mem::replace(&mut src.events, mpsc::channel(1).1);
-    let router_task = tokio::spawn(router.run(events, stop.clone()));
+    let mut events = std::mem::replace(&mut src.events, mpsc::channel(1).1);
+    let router_stop = stop.clone();
+    let router_task = tokio::spawn(async move { router.run(&mut events, router_stop).await });
 
     psql(
         &db,

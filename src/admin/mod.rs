@@ -43,6 +43,7 @@ pub use crate::delivery::prepare::BoxFuture;
 pub use state::{DeadLetterPage, DeadLetterQuery, StateControl, StateError};
 
 use crate::config::{Config, Secret};
+use crate::delivery::{DeliveryState, StatusHandle, StrategyStatus as WorkerStatus};
 use crate::source::{SourceState, SourceStatus};
 
 /// Why the admin server could not run.
@@ -115,6 +116,46 @@ where
 {
     fn strategies(&self) -> Vec<StrategyStatus> {
         self()
+    }
+}
+
+/// The live delivery workers' status, by strategy name, as `/status` and
+/// `/readyz` show it.
+pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle)>);
+
+impl WorkerStatuses {
+    /// `workers` in config order.
+    pub(crate) fn new(workers: Vec<(String, StatusHandle)>) -> Self {
+        WorkerStatuses(workers)
+    }
+}
+
+impl StatusSource for WorkerStatuses {
+    fn strategies(&self) -> Vec<StrategyStatus> {
+        self.0
+            .iter()
+            .map(|(name, handle)| StrategyStatus::of_worker(name, &handle.snapshot()))
+            .collect()
+    }
+}
+
+impl StrategyStatus {
+    /// A delivery worker's status: paused wins; retrying and blocked are failing.
+    pub(crate) fn of_worker(name: &str, worker: &WorkerStatus) -> StrategyStatus {
+        StrategyStatus {
+            name: name.to_string(),
+            state: match worker.state {
+                _ if worker.paused => StrategyState::Paused,
+                DeliveryState::Retrying | DeliveryState::Blocked => StrategyState::Failing,
+                DeliveryState::Idle | DeliveryState::Delivering | DeliveryState::Stopped => {
+                    StrategyState::Running
+                }
+            },
+            queue_records: worker.queue_records,
+            last_success: worker.last_success,
+            last_error: worker.last_error.clone(),
+            attempts: u64::from(worker.attempts),
+        }
     }
 }
 
@@ -695,6 +736,46 @@ mod tests {
         assert_eq!(
             not_ready_reason(&source, &[strategy(StrategyState::Failing)]).as_deref(),
             Some("failed: strategy orders: HTTP 503")
+        );
+    }
+
+    #[test]
+    fn a_workers_status_is_shown_typed_paused_first_then_failing() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
+        let worker = |state, paused| WorkerStatus {
+            state,
+            queue_records: 4,
+            last_success: Some(at),
+            last_error: Some("HTTP 502".into()),
+            attempts: 2,
+            delivered_batches: 0,
+            dead_lettered_batches: 0,
+            delivered_records: 0,
+            dead_lettered_records: 0,
+            paused,
+        };
+        let cases = [
+            (DeliveryState::Idle, false, StrategyState::Running),
+            (DeliveryState::Delivering, false, StrategyState::Running),
+            (DeliveryState::Stopped, false, StrategyState::Running),
+            (DeliveryState::Retrying, false, StrategyState::Failing),
+            (DeliveryState::Blocked, false, StrategyState::Failing),
+            (DeliveryState::Blocked, true, StrategyState::Paused),
+        ];
+        for (delivery, paused, shown) in cases {
+            let status = StrategyStatus::of_worker("orders", &worker(delivery, paused));
+            assert_eq!(status.state, shown, "{delivery:?} paused={paused}");
+            assert_eq!(status.name, "orders");
+            assert_eq!(status.last_success, Some(at), "the time itself, not text");
+            assert_eq!(status.queue_records, 4);
+            assert_eq!(status.attempts, 2);
+            assert_eq!(status.last_error.as_deref(), Some("HTTP 502"));
+        }
+        let status = StrategyStatus::of_worker("orders", &worker(DeliveryState::Idle, false));
+        let doc = status_json("walhook", &SourceStatus::default(), &[status]);
+        assert_eq!(
+            doc["strategies"][0]["last_success"],
+            "2023-11-14T22:13:20.123456Z"
         );
     }
 

@@ -20,6 +20,7 @@ mod endpoint;
 mod error;
 pub mod interpolate;
 mod secret;
+mod signing_key;
 mod strategy;
 mod template;
 mod validate;
@@ -34,6 +35,7 @@ use serde::Deserialize;
 pub use endpoint::{Auth, EndpointConfig, OAuth2AuthMethod, OnExhausted, Retry, Signing, Tls};
 pub use error::{ConfigError, ConfigErrors};
 pub use secret::{DatabaseUrl, Secret};
+pub use signing_key::{SigningError, SigningKey};
 pub use strategy::{OnDemand, Schedule, StrategyConfig, TableName};
 pub use template::Template;
 

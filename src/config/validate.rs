@@ -356,7 +356,7 @@ fn not_empty(path: &str, secret: &Secret, errors: &mut ConfigErrors) {
 /// A Standard Webhooks secret: `whsec_` + base64 of at least 24 bytes,
 /// checked by the same parser the signer uses.
 fn signing_secret(secret: &Secret) -> Result<(), String> {
-    crate::delivery::signing::SigningKey::parse(secret.expose())
+    super::SigningKey::parse(secret.expose())
         .map(|_| ())
         .map_err(|err| err.to_string())
 }

@@ -7,8 +7,10 @@
 //! - [`replay`]: one attempt to deliver a dead letter again (admin API).
 //! - [`state`]: dead letters and batch boundaries in the `walhook` schema.
 //! - [`prepare`]: the seam to endpoint security (auth, signing).
+//! - [`build_endpoints`]: the endpoints (client, TLS, auth, signing) from the configuration.
 
 pub mod auth;
+mod endpoints;
 pub mod oauth2;
 pub mod prepare;
 pub mod replay;
@@ -21,6 +23,8 @@ pub mod tls;
 pub mod token;
 pub mod worker;
 
+pub(crate) use endpoints::build_endpoints;
+pub use endpoints::EndpointError;
 pub use sender::{AttemptResult, Endpoint};
 pub use state::{StateError, StateStore};
 pub use worker::{
@@ -41,11 +45,4 @@ pub enum DeliveryError {
     SenderFailed { strategy: String },
     #[error(transparent)]
     State(#[from] StateError),
-}
-
-impl DeliveryError {
-    /// Only state-store database errors may pass; the rest are configuration.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DeliveryError::State(e) if e.is_transient())
-    }
 }

@@ -89,8 +89,8 @@ pub struct StrategyStatus {
     /// Records buffered or in flight, plus the items waiting on the queue
     /// (records and transaction ends).
     pub queue_records: u64,
-    /// When a batch was last delivered (RFC 3339).
-    pub last_success: Option<String>,
+    /// When a batch was last delivered.
+    pub last_success: Option<SystemTime>,
     /// Why the last attempt failed (no secrets, no values); cleared on success.
     pub last_error: Option<String>,
     /// Failed attempts of the batch in flight.
@@ -579,7 +579,8 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
 fn delivered(ctx: &SenderCtx, batch: &Batch) {
     ctx.metrics.delivered.increment(1);
     ctx.metrics.batch_records.record(batch.size as f64);
-    let now_us = SystemTime::now()
+    let now = SystemTime::now();
+    let now_us = now
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
@@ -589,7 +590,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
         s.state = DeliveryState::Idle;
         s.attempts = 0;
         s.last_error = None;
-        s.last_success = Some(crate::lsn::format_unix_micros(now_us));
+        s.last_success = Some(now);
         s.delivered_batches += 1;
         s.delivered_records += batch.size as u64;
     });

@@ -116,7 +116,15 @@ impl Default for CheckOptions {
 
 /// True when any finding is an error (`check` then exits 1).
 pub fn has_errors(findings: &[Finding]) -> bool {
-    findings.iter().any(|f| f.severity == Severity::Error)
+    error_count(findings) > 0
+}
+
+/// How many findings are errors.
+pub(crate) fn error_count(findings: &[Finding]) -> usize {
+    findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count()
 }
 
 /// The findings as the `--json` document.

@@ -27,6 +27,9 @@ pub enum OpsError {
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
+    /// `walhook check` found errors (they are printed on stdout).
+    #[error("check found {errors} error{}", if *errors == 1 { "" } else { "s" })]
+    CheckFailed { errors: usize },
 }
 
 impl OpsError {
@@ -62,6 +65,41 @@ pub async fn connect(config: &Config) -> Result<Client, OpsError> {
     crate::db::connect(config.source.url.expose(), "walhook-ops")
         .await
         .map_err(OpsError::Connect)
+}
+
+/// `walhook check`: prints every finding (one per line, or one JSON
+/// document); an error when any finding is.
+pub async fn check(config: &Config, opts: check::CheckOptions, json: bool) -> Result<(), OpsError> {
+    let findings = check::run(config, opts).await;
+    if json {
+        println!("{:#}", check::to_json(&findings));
+    } else {
+        for finding in &findings {
+            println!("{finding}");
+        }
+    }
+    match check::error_count(&findings) {
+        0 => Ok(()),
+        errors => Err(OpsError::CheckFailed { errors }),
+    }
+}
+
+/// `walhook setup`: creates what is missing, printing each step.
+pub async fn setup(config: &Config) -> Result<(), OpsError> {
+    let client = connect(config).await?;
+    for step in setup::run(&client, config).await? {
+        println!("ok    {step}");
+    }
+    Ok(())
+}
+
+/// `walhook teardown`: drops what `opts` asks for, printing each step.
+pub async fn teardown(config: &Config, opts: teardown::TeardownOptions) -> Result<(), OpsError> {
+    let client = connect(config).await?;
+    for line in teardown::run(&client, config, opts).await? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// The strategies' tables, each once, sorted.

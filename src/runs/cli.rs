@@ -5,11 +5,10 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use super::manager::{Counts, RunError, RunManager, Summary};
-use crate::app::{self, AppError};
+use super::manager::{Counts, RunError, RunManager};
 use crate::config::Config;
-use crate::delivery::StateStore;
-use crate::strategy::CompiledStrategy;
+use crate::delivery::{build_endpoints, EndpointError, StateError, StateStore};
+use crate::strategy::{CompiledStrategy, StrategyError};
 
 /// What `run-strategy` was asked to do.
 #[derive(Debug, Clone)]
@@ -22,55 +21,49 @@ pub struct RunStrategyOptions {
     pub limit: Option<u64>,
 }
 
-/// Why `run-strategy` stopped.
+/// Why `run-strategy` stopped (see `crate::error` for the exit codes).
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The strategy, filter or configuration is wrong (exit 2).
-    #[error("{0}")]
-    Usage(String),
-    /// Setting up failed (exit 1).
+    /// No such strategy.
+    #[error("no strategy named {name:?}; the configuration has {known:?}")]
+    NoStrategy { name: String, known: Vec<String> },
+    /// A strategy's expressions do not compile.
     #[error(transparent)]
-    App(#[from] AppError),
-    /// The run failed (exit 1).
+    Strategy(#[from] StrategyError),
+    /// An endpoint cannot be built from its configuration.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    /// `--filter` does not compile or names a column the table lacks.
+    #[error("--filter: {0}")]
+    Filter(String),
+    /// The state store cannot be reached or set up.
+    #[error("the walhook state schema: {0}")]
+    State(#[source] StateError),
+    /// The run failed.
     #[error("run failed: {0}")]
-    Run(RunError),
+    Run(#[source] RunError),
+    /// The run ended, but records were dead-lettered.
+    #[error("run {id}: {failed} records failed (dead-lettered)")]
+    Failed { id: i64, failed: u64 },
 }
 
-impl CliError {
-    /// A usage or configuration problem: exit 2.
-    pub fn is_usage(&self) -> bool {
-        match self {
-            CliError::Usage(_) => true,
-            CliError::App(e) => e.is_config(),
-            CliError::Run(_) => false,
-        }
-    }
-}
-
-/// Runs the strategy once; `Ok` with its summary when every record was
-/// delivered (a summary with failures is `Ok` too: the caller exits 1).
-pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<Summary, CliError> {
+/// Runs the strategy once, printing progress; an error also when records
+/// were dead-lettered.
+pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<(), CliError> {
     if !config.strategies.iter().any(|s| s.name == opts.strategy) {
-        let names: Vec<&str> = config.strategies.iter().map(|s| s.name.as_str()).collect();
-        return Err(CliError::Usage(format!(
-            "no strategy named {:?}; the configuration has {names:?}",
-            opts.strategy
-        )));
+        return Err(CliError::NoStrategy {
+            name: opts.strategy,
+            known: config.strategies.iter().map(|s| s.name.clone()).collect(),
+        });
     }
-    let strategies = CompiledStrategy::compile_all(&config)
-        .map_err(|e| CliError::Usage(e.to_string()))?
+    let strategies = CompiledStrategy::compile_all(&config)?
         .into_iter()
         .map(Arc::new)
         .collect();
-    let endpoints = app::build_endpoints(&config)?;
+    let endpoints = build_endpoints(&config)?;
     let url = config.source.url.expose().to_string();
-    let state = StateStore::connect(&url)
-        .await
-        .map_err(|e| AppError::Database(format!("state schema: {e}")))?;
-    state
-        .ensure_schema()
-        .await
-        .map_err(|e| AppError::Database(format!("creating the walhook state schema: {e}")))?;
+    let state = StateStore::connect(&url).await.map_err(CliError::State)?;
+    state.ensure_schema().await.map_err(CliError::State)?;
     let manager = RunManager::new(Arc::new(config), strategies, endpoints, state, url);
     let terminal = std::io::stdout().is_terminal();
     let progress = Arc::new(move |id: i64, c: &Counts| {
@@ -93,8 +86,12 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<Su
         println!();
     }
     match result {
-        Ok(summary) => Ok(summary),
-        Err(RunError::Filter(e)) => Err(CliError::Usage(format!("--filter: {e}"))),
+        Ok(summary) if summary.counts.failed == 0 => Ok(()),
+        Ok(summary) => Err(CliError::Failed {
+            id: summary.id,
+            failed: summary.counts.failed,
+        }),
+        Err(RunError::Filter(e)) => Err(CliError::Filter(e)),
         Err(e) => Err(CliError::Run(e)),
     }
 }

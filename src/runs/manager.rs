@@ -29,7 +29,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ExprRole, FilterOp, OnExhausted};
 use crate::db;
 use crate::delivery::{
-    DeliveryState, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+    DeliveryError, DeliveryState, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use crate::lsn::Lsn;
 use crate::strategy::expr::Expr;
@@ -67,7 +67,7 @@ impl Trigger {
 }
 
 /// Why a run could not start or did not finish.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("no strategy named {0:?}")]
     NoStrategy(String),
@@ -81,11 +81,21 @@ pub enum RunError {
     #[error("the run would send more than on_demand.sync_limit = {limit} records; use mode=async, a narrower filter or a limit")]
     OverLimit { limit: u64 },
     #[error(transparent)]
-    Snapshot(Arc<SnapshotError>),
+    Snapshot(#[from] SnapshotError),
     #[error("state schema (walhook.runs): {0}")]
     State(String),
+    #[error("connecting to the source database: {0}")]
+    Connect(#[source] db::DbError),
+    #[error("delivery failed: no endpoint named {0:?}")]
+    NoEndpoint(String),
     #[error("delivery failed: {0}")]
-    Delivery(String),
+    Delivery(#[source] DeliveryError),
+    #[error("delivery failed: attempts exhausted (max_attempts reached): {last_error}")]
+    Exhausted { last_error: String },
+    #[error("delivery failed: the run's worker stopped")]
+    WorkerStopped,
+    #[error("delivery failed: the run's worker task failed: {0}")]
+    WorkerTask(#[source] tokio::task::JoinError),
     #[error("cancelled")]
     Cancelled,
 }
@@ -99,9 +109,14 @@ impl RunError {
             RunError::NotAllowed { .. } | RunError::Filter(_) => ControlError::BadRequest(text),
             RunError::OverLimit { .. } => ControlError::Unprocessable(text),
             RunError::Cancelled => ControlError::Conflict(text),
-            RunError::Snapshot(_) | RunError::State(_) | RunError::Delivery(_) => {
-                ControlError::Unavailable(text)
-            }
+            RunError::Snapshot(_)
+            | RunError::State(_)
+            | RunError::Connect(_)
+            | RunError::NoEndpoint(_)
+            | RunError::Delivery(_)
+            | RunError::Exhausted { .. }
+            | RunError::WorkerStopped
+            | RunError::WorkerTask(_) => ControlError::Unavailable(text),
         }
     }
 
@@ -487,10 +502,9 @@ impl RunManager {
         let cfg = &self.inner.config.strategies[plan.index];
         let client = db::connect(&self.inner.url, "walhook-run")
             .await
-            .map_err(|e| RunError::State(e.to_string()))?;
-        let mut snapshot = Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE)
-            .await
-            .map_err(|e| RunError::Snapshot(Arc::new(e)))?;
+            .map_err(RunError::Connect)?;
+        let mut snapshot =
+            Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE).await?;
         if let Some((text, _)) = &plan.filter {
             for column in referenced_columns(text).map_err(RunError::Filter)? {
                 if snapshot.relation().column_index(&column.column).is_none() {
@@ -559,17 +573,18 @@ impl RunManager {
         tokio::select! {
             biased;
             _ = plan.cancel.cancelled() => Err(RunError::Cancelled),
-            page = snapshot.next_page() => page.map_err(|e| RunError::Snapshot(Arc::new(e))),
+            page = snapshot.next_page() => Ok(page?),
         }
     }
 
     fn start_worker(&self, plan: &Plan) -> Result<RunWorker, RunError> {
         let inner = &self.inner;
         let cfg = &inner.config.strategies[plan.index];
-        let endpoint =
-            inner.endpoints.get(&cfg.endpoint).cloned().ok_or_else(|| {
-                RunError::Delivery(format!("no endpoint named {:?}", cfg.endpoint))
-            })?;
+        let endpoint = inner
+            .endpoints
+            .get(&cfg.endpoint)
+            .cloned()
+            .ok_or_else(|| RunError::NoEndpoint(cfg.endpoint.clone()))?;
         let retry = inner
             .config
             .endpoint_of(cfg)
@@ -594,7 +609,7 @@ impl RunManager {
             shutdown_timeout: STOP_TIMEOUT,
             queue_capacity: DEFAULT_PAGE * 2,
         })
-        .map_err(|e| RunError::Delivery(e.to_string()))?;
+        .map_err(RunError::Delivery)?;
         let status = worker.status();
         let stop = CancellationToken::new();
         let task = tokio::spawn(worker.run(stop.clone()));
@@ -762,7 +777,7 @@ struct RunWorker {
     opened: bool,
     status: StatusHandle,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), crate::delivery::DeliveryError>>,
+    task: tokio::task::JoinHandle<Result<(), DeliveryError>>,
 }
 
 impl RunWorker {
@@ -770,7 +785,7 @@ impl RunWorker {
     /// is blocked.
     async fn send(&mut self, record: QueuedRecord, plan: &Plan) -> Result<(), RunError> {
         let Some(tx) = &self.tx else {
-            return Err(RunError::Delivery("the run's worker stopped".into()));
+            return Err(RunError::WorkerStopped);
         };
         let mut item = Some(WorkItem::Record(record));
         loop {
@@ -796,7 +811,7 @@ impl RunWorker {
                         }
                     }
                     Err(mpsc::error::SendTimeoutError::Closed(_)) => {
-                        return Err(RunError::Delivery("the run's worker stopped".into()))
+                        return Err(RunError::WorkerStopped)
                     }
                 },
             }
@@ -812,10 +827,8 @@ impl RunWorker {
             c.batches = s.delivered_batches + s.dead_lettered_batches;
         });
         if s.state == DeliveryState::Blocked {
-            let why = s.last_error.unwrap_or_else(|| "delivery failing".into());
-            return Err(RunError::Delivery(format!(
-                "attempts exhausted (max_attempts reached): {why}"
-            )));
+            let last_error = s.last_error.unwrap_or_else(|| "delivery failing".into());
+            return Err(RunError::Exhausted { last_error });
         }
         Ok(())
     }
@@ -840,8 +853,8 @@ impl RunWorker {
                     let _ = self.refresh(plan);
                     return match joined {
                         Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(RunError::Delivery(e.to_string())),
-                        Err(e) => Err(RunError::Delivery(e.to_string())),
+                        Ok(Err(e)) => Err(RunError::Delivery(e)),
+                        Err(e) => Err(RunError::WorkerTask(e)),
                     };
                 }
                 _ = tick.tick() => {

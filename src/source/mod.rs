@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{DbError, Disposition, SourceError};
 
+use crate::config::SourceConfig;
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
 use conn::ReplConn;
@@ -86,6 +87,15 @@ impl SourceOptions {
             create_slot: true,
             channel_capacity: 1024,
         }
+    }
+
+    /// The options of `walhook run`: `[source]`'s URL, slot and publication.
+    pub(crate) fn from_config(source: &SourceConfig) -> Self {
+        SourceOptions::new(
+            source.url.expose(),
+            source.slot.clone(),
+            vec![source.publication.clone()],
+        )
     }
 }
 

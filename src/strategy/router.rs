@@ -170,12 +170,16 @@ impl Router {
         Ok(())
     }
 
-    /// Routes events from `rx` until it closes or `shutdown` fires. A
-    /// transaction cut short by shutdown is not acknowledged, so it is read
-    /// again after a restart.
+    /// Routes events from `rx` until it closes or `shutdown` fires (also
+    /// while waiting on a full queue). A transaction cut short by shutdown is
+    /// not acknowledged, so it is read again after a restart.
+    ///
+    /// Returning drops the router, which closes the strategies' queues. The
+    /// caller keeps `rx`: a source that found its channel closed would stop
+    /// with an error, so the receiver stays open until the source stopped.
     pub async fn run(
         mut self,
-        mut rx: mpsc::Receiver<SourceEvent>,
+        rx: &mut mpsc::Receiver<SourceEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), RouteError> {
         loop {

@@ -638,8 +638,8 @@ fn router_take(router: &mut Router) -> Router {
 
 async fn router_run(
     router: Router,
-    rx: mpsc::Receiver<SourceEvent>,
+    mut rx: mpsc::Receiver<SourceEvent>,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Result<(), RouteError> {
-    router.run(rx, shutdown).await
+    router.run(&mut rx, shutdown).await
 }

@@ -1,0 +1,234 @@
+//! How a command's failure reaches the operator: [`Error`] holds every
+//! command's own error with its cause chain, [`Error::exit_code`] is the one
+//! mapping to the process exit code, and [`report`] words the chain on one
+//! line.
+//!
+//! Exit codes: `0` ok, `1` a failure at run time (restarting may help), `2`
+//! a bad configuration, usage or a database that does not match the
+//! configuration (restarting will not help until something is changed).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::app::AppError;
+use crate::config::ConfigErrors;
+use crate::demo::DemoError;
+use crate::ops::OpsError;
+use crate::receive::ReceiveError;
+use crate::runs::cli::CliError;
+use crate::stdout_sink::StdoutError;
+
+/// Exit code for a failure at run time.
+pub const EXIT_RUNTIME: u8 = 1;
+/// Exit code for a bad configuration or usage (clap also uses 2).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Why a walhook command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The log filter in the environment does not parse.
+    #[error("invalid {variable}={spec:?}: {source}")]
+    Logging {
+        variable: &'static str,
+        spec: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The configuration file cannot be read or is invalid.
+    #[error("{}", ConfigProblems { path, errors })]
+    Config { path: PathBuf, errors: ConfigErrors },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+    /// `walhook run`.
+    #[error(transparent)]
+    Run(#[from] AppError),
+    /// `walhook run --stdout`.
+    #[error(transparent)]
+    Stdout(#[from] StdoutError),
+    /// `walhook check`, `setup` and `teardown`.
+    #[error(transparent)]
+    Ops(#[from] OpsError),
+    /// `walhook run-strategy`.
+    #[error(transparent)]
+    RunStrategy(#[from] CliError),
+    /// `walhook demo`.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    /// `walhook receive`.
+    #[error(transparent)]
+    Receive(#[from] ReceiveError),
+}
+
+impl Error {
+    /// The process exit code: [`EXIT_CONFIG`] when the configuration, the
+    /// command line or the database's objects must change first, else
+    /// [`EXIT_RUNTIME`].
+    pub fn exit_code(&self) -> u8 {
+        let must_change_first = matches!(
+            self,
+            Error::Logging { .. }
+                | Error::Config { .. }
+                | Error::Run(
+                    AppError::Strategy(_)
+                        | AppError::Schema(_)
+                        | AppError::Endpoint(_)
+                        | AppError::NoEndpoint { .. }
+                        | AppError::Worker(_)
+                )
+                | Error::RunStrategy(
+                    CliError::NoStrategy { .. }
+                        | CliError::Strategy(_)
+                        | CliError::Endpoint(_)
+                        | CliError::Filter(_)
+                )
+                | Error::Demo(DemoError::NoPostgres)
+                | Error::Receive(ReceiveError::Secret { .. })
+        );
+        if must_change_first {
+            EXIT_CONFIG
+        } else {
+            EXIT_RUNTIME
+        }
+    }
+}
+
+/// `path has N problems:` and one indented line per problem.
+struct ConfigProblems<'a> {
+    path: &'a PathBuf,
+    errors: &'a ConfigErrors,
+}
+
+impl fmt::Display for ConfigProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.errors.iter().count();
+        let noun = if count == 1 { "problem" } else { "problems" };
+        write!(f, "{} has {count} {noun}:", self.path.display())?;
+        for error in self.errors.iter() {
+            // Multi-line messages (TOML syntax errors) stay readable indented.
+            write!(f, "\n  - {}", error.to_string().replace('\n', "\n    "))?;
+        }
+        Ok(())
+    }
+}
+
+/// `err` and its causes, `a: b: c`. A cause whose text its parent's message
+/// already holds is not repeated.
+pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        let message = err.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = err.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, SigningError};
+    use crate::delivery::tls::TlsError;
+    use crate::delivery::{DeliveryError, EndpointError};
+    use crate::strategy::StrategyError;
+
+    fn io(text: &str) -> std::io::Error {
+        std::io::Error::other(text.to_string())
+    }
+
+    #[test]
+    fn configuration_and_usage_problems_exit_2_the_rest_exit_1() {
+        let config = || ConfigErrors(vec![ConfigError::new("source.url", "missing")]);
+        let strategy = || StrategyError::NoSuchStrategy(3);
+        let endpoint = || EndpointError::Tls(TlsError::HalfIdentity("hook".into()));
+        let exit_2 = [
+            Error::Config {
+                path: "config.toml".into(),
+                errors: config(),
+            },
+            Error::Run(AppError::Strategy(strategy())),
+            Error::Run(AppError::Schema(Vec::new())),
+            Error::Run(AppError::Endpoint(endpoint())),
+            Error::Run(AppError::Worker(DeliveryError::NeedsStateStore {
+                strategy: "orders".into(),
+            })),
+            Error::Run(AppError::NoEndpoint {
+                index: 0,
+                name: "hook".into(),
+            }),
+            Error::RunStrategy(CliError::NoStrategy {
+                name: "nope".into(),
+                known: vec!["seed".into()],
+            }),
+            Error::RunStrategy(CliError::Strategy(strategy())),
+            Error::RunStrategy(CliError::Endpoint(endpoint())),
+            Error::RunStrategy(CliError::Filter("row.id >".into())),
+            Error::Demo(DemoError::NoPostgres),
+            Error::Receive(ReceiveError::Secret {
+                index: 1,
+                source: SigningError::TooShort(5),
+            }),
+        ];
+        for err in &exit_2 {
+            assert_eq!(err.exit_code(), EXIT_CONFIG, "{err:?}");
+        }
+        let exit_1 = [
+            Error::Runtime(io("no threads")),
+            Error::Signals(io("no signals")),
+            Error::Run(AppError::WorkerStopped {
+                strategy: "orders".into(),
+            }),
+            Error::Stdout(StdoutError::Write(io("broken pipe"))),
+            Error::Ops(OpsError::Refused("slot s is active".into())),
+            Error::Ops(OpsError::CheckFailed { errors: 2 }),
+            Error::RunStrategy(CliError::Failed { id: 7, failed: 3 }),
+            Error::RunStrategy(CliError::Run(crate::runs::RunError::WorkerStopped)),
+            // The demo's own pipeline failing is the demo failing at run time.
+            Error::Demo(DemoError::Pipeline(AppError::Schema(Vec::new()))),
+            Error::Demo(DemoError::Timeout("every batch".into())),
+            Error::Receive(ReceiveError::Serve(io("reset"))),
+        ];
+        for err in &exit_1 {
+            assert_eq!(err.exit_code(), EXIT_RUNTIME, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_configuration_lists_every_problem_indented() {
+        let err = Error::Config {
+            path: "config.toml".into(),
+            errors: ConfigErrors(vec![
+                ConfigError::new("source.url", "missing"),
+                ConfigError::new("", "TOML syntax\nat line 3"),
+            ]),
+        };
+        assert_eq!(
+            report(&err),
+            "config.toml has 2 problems:\n  - source.url: missing\n  - TOML syntax\n    at line 3"
+        );
+    }
+
+    #[test]
+    fn the_report_holds_the_chain_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("context: {0}")]
+        struct Worded(#[source] std::io::Error);
+        assert_eq!(report(&Outer(io("inner"))), "outer: inner");
+        assert_eq!(report(&Worded(io("inner"))), "context: inner");
+        let run = Error::RunStrategy(CliError::Run(crate::runs::RunError::Exhausted {
+            last_error: "HTTP 500".into(),
+        }));
+        assert_eq!(
+            report(&run),
+            "run failed: delivery failed: attempts exhausted (max_attempts reached): HTTP 500"
+        );
+    }
+}
