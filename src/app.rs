@@ -32,7 +32,6 @@ use crate::admin::{self, AdminError, AdminState, StateControl, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::db::{self, DbError};
 use crate::decode::SourceEvent;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
@@ -40,6 +39,7 @@ use crate::delivery::{
     StatusHandle, StrategyWorker, WorkerOptions,
 };
 use crate::lsn::Lsn;
+use crate::pg::{self, ConnectError};
 use crate::runs::{schedule, AppControl, RunManager};
 use crate::source::{Source, SourceError, SourceOptions, SourceStatus};
 use crate::strategy::{
@@ -59,7 +59,7 @@ pub enum AppError {
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
     #[error("connecting to the source database: {0}")]
-    Connect(#[source] DbError),
+    Connect(#[source] ConnectError),
     #[error(transparent)]
     Strategy(#[from] StrategyError),
     #[error(transparent)]
@@ -135,7 +135,7 @@ struct Pipeline {
 impl Pipeline {
     async fn build(config: &Config) -> Result<Pipeline, AppError> {
         let url = config.source.url.expose();
-        let client = db::connect(url, "walhook")
+        let client = pg::connect(url, "walhook")
             .await
             .map_err(AppError::Connect)?;
         let strategies = CompiledStrategy::compile_all(config)?
