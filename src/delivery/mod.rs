@@ -7,7 +7,7 @@
 //! - [`replay`]: one attempt to deliver a dead letter again (admin API).
 //! - [`state`]: dead letters and batch boundaries in the `walhook` schema.
 //! - [`prepare`]: the seam to endpoint security (auth, signing).
-//! - [`build_endpoints`]: the endpoints (client, TLS, auth, signing) from the configuration.
+//! - `endpoints`: every endpoint (client, TLS, auth, signing) built from the configuration.
 
 pub mod auth;
 mod endpoints;
