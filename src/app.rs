@@ -28,20 +28,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminError, AdminState, StateControl, WorkerStatuses};
+use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::decode::SourceEvent;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
-    build_endpoints, DeliveryError, Endpoint, EndpointError, PauseHandle, StateError, StateStore,
-    StatusHandle, StrategyWorker, WorkerOptions,
+    build_endpoints, DeliveryError, Endpoint, EndpointError, PauseHandle, StatusHandle,
+    StrategyWorker, WorkerOptions,
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
 use crate::runs::{schedule, AppControl, RunManager};
 use crate::source::{Source, SourceError, SourceOptions, SourceStatus};
+use crate::state::{StateError, StateStore};
 use crate::strategy::{
     self, CompiledStrategy, PublicationOutcome, Route, RouteError, Router, SchemaError,
     SchemaProblem, StrategyError,
@@ -153,7 +154,9 @@ impl Pipeline {
             let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        let state = StateStore::connect(url).await.map_err(AppError::State)?;
+        let state = StateStore::connect(url, "walhook-state")
+            .await
+            .map_err(AppError::State)?;
         state.ensure_schema().await.map_err(AppError::State)?;
         Ok(Pipeline {
             strategies,
@@ -278,8 +281,8 @@ impl Services {
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
             .with_control(Arc::new(control));
-        match StateControl::connect(config.source.url.expose()).await {
-            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
+        match StateStore::connect(config.source.url.expose(), "walhook-admin").await {
+            Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {

@@ -41,51 +41,74 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    // Each command's own error, boxed: the enum stays small whatever a
+    // command's error holds.
     /// `walhook run`.
     #[error(transparent)]
-    Run(#[from] AppError),
+    Run(Box<AppError>),
     /// `walhook run --stdout`.
     #[error(transparent)]
-    Stdout(#[from] StdoutError),
+    Stdout(Box<StdoutError>),
     /// `walhook check`, `setup` and `teardown`.
     #[error(transparent)]
-    Ops(#[from] OpsError),
+    Ops(Box<OpsError>),
     /// `walhook run-strategy`.
     #[error(transparent)]
-    RunStrategy(#[from] CliError),
+    RunStrategy(Box<CliError>),
     /// `walhook demo`.
     #[error(transparent)]
-    Demo(#[from] DemoError),
+    Demo(Box<DemoError>),
     /// `walhook receive`.
     #[error(transparent)]
-    Receive(#[from] ReceiveError),
+    Receive(Box<ReceiveError>),
 }
+
+/// `?` on a command's own error boxes it into its variant.
+macro_rules! from_command_error {
+    ($($error:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$error> for Error {
+            fn from(err: $error) -> Self {
+                Error::$variant(Box::new(err))
+            }
+        }
+    )*};
+}
+
+from_command_error!(
+    AppError => Run,
+    StdoutError => Stdout,
+    OpsError => Ops,
+    CliError => RunStrategy,
+    DemoError => Demo,
+    ReceiveError => Receive,
+);
 
 impl Error {
     /// The process exit code: [`EXIT_CONFIG`] when the configuration, the
     /// command line or the database's objects must change first, else
     /// [`EXIT_RUNTIME`].
     pub fn exit_code(&self) -> u8 {
-        let must_change_first = matches!(
-            self,
-            Error::Logging { .. }
-                | Error::Config { .. }
-                | Error::Run(
-                    AppError::Strategy(_)
-                        | AppError::Schema(_)
-                        | AppError::Endpoint(_)
-                        | AppError::NoEndpoint { .. }
-                        | AppError::Worker(_)
-                )
-                | Error::RunStrategy(
-                    CliError::NoStrategy { .. }
-                        | CliError::Strategy(_)
-                        | CliError::Endpoint(_)
-                        | CliError::Filter(_)
-                )
-                | Error::Demo(DemoError::NoPostgres)
-                | Error::Receive(ReceiveError::Secret { .. })
-        );
+        let must_change_first = match self {
+            Error::Logging { .. } | Error::Config { .. } => true,
+            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) | Error::Ops(_) => false,
+            Error::Run(err) => matches!(
+                **err,
+                AppError::Strategy(_)
+                    | AppError::Schema(_)
+                    | AppError::Endpoint(_)
+                    | AppError::NoEndpoint { .. }
+                    | AppError::Worker(_)
+            ),
+            Error::RunStrategy(err) => matches!(
+                **err,
+                CliError::NoStrategy { .. }
+                    | CliError::Strategy(_)
+                    | CliError::Endpoint(_)
+                    | CliError::Filter(_)
+            ),
+            Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
+            Error::Receive(err) => matches!(**err, ReceiveError::Secret { .. }),
+        };
         if must_change_first {
             EXIT_CONFIG
         } else {
@@ -151,25 +174,25 @@ mod tests {
                 path: "config.toml".into(),
                 errors: config(),
             },
-            Error::Run(AppError::Strategy(strategy())),
-            Error::Run(AppError::Schema(Vec::new())),
-            Error::Run(AppError::Endpoint(endpoint())),
-            Error::Run(AppError::Worker(DeliveryError::NeedsStateStore {
+            Error::from(AppError::Strategy(strategy())),
+            Error::from(AppError::Schema(Vec::new())),
+            Error::from(AppError::Endpoint(endpoint())),
+            Error::from(AppError::Worker(DeliveryError::NeedsStateStore {
                 strategy: "orders".into(),
             })),
-            Error::Run(AppError::NoEndpoint {
+            Error::from(AppError::NoEndpoint {
                 index: 0,
                 name: "hook".into(),
             }),
-            Error::RunStrategy(CliError::NoStrategy {
+            Error::from(CliError::NoStrategy {
                 name: "nope".into(),
                 known: vec!["seed".into()],
             }),
-            Error::RunStrategy(CliError::Strategy(strategy())),
-            Error::RunStrategy(CliError::Endpoint(endpoint())),
-            Error::RunStrategy(CliError::Filter("row.id >".into())),
-            Error::Demo(DemoError::NoPostgres),
-            Error::Receive(ReceiveError::Secret {
+            Error::from(CliError::Strategy(strategy())),
+            Error::from(CliError::Endpoint(endpoint())),
+            Error::from(CliError::Filter("row.id >".into())),
+            Error::from(DemoError::NoPostgres),
+            Error::from(ReceiveError::Secret {
                 index: 1,
                 source: SigningError::TooShort(5),
             }),
@@ -180,18 +203,18 @@ mod tests {
         let exit_1 = [
             Error::Runtime(io("no threads")),
             Error::Signals(io("no signals")),
-            Error::Run(AppError::WorkerStopped {
+            Error::from(AppError::WorkerStopped {
                 strategy: "orders".into(),
             }),
-            Error::Stdout(StdoutError::Write(io("broken pipe"))),
-            Error::Ops(OpsError::Refused("slot s is active".into())),
-            Error::Ops(OpsError::CheckFailed { errors: 2 }),
-            Error::RunStrategy(CliError::Failed { id: 7, failed: 3 }),
-            Error::RunStrategy(CliError::Run(crate::runs::RunError::WorkerStopped)),
+            Error::from(StdoutError::Write(io("broken pipe"))),
+            Error::from(OpsError::Refused("slot s is active".into())),
+            Error::from(OpsError::CheckFailed { errors: 2 }),
+            Error::from(CliError::Failed { id: 7, failed: 3 }),
+            Error::from(CliError::Run(crate::runs::RunError::WorkerStopped)),
             // The demo's own pipeline failing is the demo failing at run time.
-            Error::Demo(DemoError::Pipeline(AppError::Schema(Vec::new()))),
-            Error::Demo(DemoError::Timeout("every batch".into())),
-            Error::Receive(ReceiveError::Serve(io("reset"))),
+            Error::from(DemoError::Pipeline(AppError::Schema(Vec::new()))),
+            Error::from(DemoError::Timeout("every batch".into())),
+            Error::from(ReceiveError::Serve(io("reset"))),
         ];
         for err in &exit_1 {
             assert_eq!(err.exit_code(), EXIT_RUNTIME, "{err:?}");
@@ -223,7 +246,7 @@ mod tests {
         struct Worded(#[source] std::io::Error);
         assert_eq!(report(&Outer(io("inner"))), "outer: inner");
         assert_eq!(report(&Worded(io("inner"))), "context: inner");
-        let run = Error::RunStrategy(CliError::Run(crate::runs::RunError::Exhausted {
+        let run = Error::from(CliError::Run(crate::runs::RunError::Exhausted {
             last_error: "HTTP 500".into(),
         }));
         assert_eq!(

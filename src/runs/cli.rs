@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::manager::{Counts, RunError, RunManager};
 use crate::config::Config;
-use crate::delivery::{build_endpoints, EndpointError, StateError, StateStore};
+use crate::delivery::{build_endpoints, EndpointError};
+use crate::state::{StateError, StateStore};
 use crate::strategy::{CompiledStrategy, StrategyError};
 
 /// What `run-strategy` was asked to do.
@@ -62,7 +63,9 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
         .collect();
     let endpoints = build_endpoints(&config)?;
     let url = config.source.url.expose().to_string();
-    let state = StateStore::connect(&url).await.map_err(CliError::State)?;
+    let state = StateStore::connect(&url, "walhook-state")
+        .await
+        .map_err(CliError::State)?;
     state.ensure_schema().await.map_err(CliError::State)?;
     let manager = RunManager::new(Arc::new(config), strategies, endpoints, state, url);
     let terminal = std::io::stdout().is_terminal();
