@@ -1,12 +1,13 @@
 //! SQL connections opened from `source.url`.
 
-mod common;
-
 use walhook::db;
+
+use crate::support::cluster::add_hba_lines;
+use crate::support::{cluster, fresh_db, Db};
 
 #[tokio::test]
 async fn connects_with_the_source_url_with_and_without_tls_preference() {
-    let url = common::fresh_db("db_connect");
+    let url = fresh_db("db_connect").await.url();
     for suffix in ["", "?sslmode=disable", "?sslmode=prefer"] {
         let client = db::connect(&format!("{url}{suffix}"), "walhook-test")
             .await
@@ -21,14 +22,11 @@ async fn connects_with_the_source_url_with_and_without_tls_preference() {
 
 #[tokio::test]
 async fn a_wrong_password_names_role_and_host_but_not_the_password() {
-    let cluster = common::cluster();
-    cluster
-        .psql("postgres", "DO $$ BEGIN CREATE ROLE db_pw_role LOGIN PASSWORD 'right-pw-123'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;")
-        .unwrap();
-    cluster
-        .add_hba_line_first("host all db_pw_role 127.0.0.1/32 scram-sha-256")
-        .unwrap();
-    cluster.reload().unwrap();
+    let cluster = cluster();
+    Db::existing(cluster, "postgres")
+        .psql("DO $$ BEGIN CREATE ROLE db_pw_role LOGIN PASSWORD 'right-pw-123'; EXCEPTION WHEN duplicate_object THEN NULL; END $$;")
+        .await;
+    add_hba_lines(&["host all db_pw_role 127.0.0.1/32 scram-sha-256"]).await;
     let url = format!(
         "postgres://db_pw_role:wrong-pw-456@127.0.0.1:{}/postgres?sslmode=disable",
         cluster.port()
