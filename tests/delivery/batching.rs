@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use walhook::batch::{BatchMeta, Decorate, Decoration};
 use walhook::lsn::Lsn;
 
-use super::*;
+use super::{rec, Pipeline, Setup};
 use crate::support::{wait_until, Receiver, Reply, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 use walhook::lsn::Lsn;
 
-use super::*;
+use super::{rec, Setup};
 use crate::support::{wait_until, Receiver, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use walhook::delivery::prepare::{Attempt, BoxFuture, Prepare, PrepareError};
 use walhook::delivery::{DeliveryState, Endpoint, StateStore, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
 
-use super::*;
+use super::{endpoint_config, fast_retry, rec, Pipeline, Setup};
 use crate::support::{fresh_db, wait_until, Receiver, Reply, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

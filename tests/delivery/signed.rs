@@ -15,7 +15,7 @@ use walhook::delivery::signing::{SigningKey, Verifier};
 use walhook::delivery::{Endpoint, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
 
-use super::*;
+use super::{endpoint_config, fast_retry, rec};
 use crate::support::{Receiver, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

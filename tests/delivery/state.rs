@@ -9,7 +9,7 @@ use walhook::delivery::state::{NewDeadLetter, StoredBatch};
 use walhook::delivery::StateStore;
 use walhook::lsn::Lsn;
 
-use super::*;
+use super::{endpoint_config, fast_retry, rec, Setup};
 use crate::support::{fresh_db, wait_until, Receiver, WAIT};
 
 async fn store(prefix: &str) -> StateStore {

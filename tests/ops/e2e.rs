@@ -46,12 +46,14 @@ async fn a_known_workload_shows_in_the_metrics_scrape() {
     let (url, db) = orders("ops_metrics").await;
     let receiver = Receiver::start().await;
     let port = free_port();
+    // A linger longer than the workload takes, so only batch_size seals
+    // batches even on a loaded machine (40 rows, 4 full batches, no wait).
     let mut walhook = Walhook::run(&config(
         &url,
         "ops_metrics",
         port,
         &receiver,
-        "on_insert = \"new.id % 5 < 2\"\nbatch_size = 10\nlinger = \"50ms\"",
+        "on_insert = \"new.id % 5 < 2\"\nbatch_size = 10\nlinger = \"5s\"",
     ))
     .spawn();
     walhook.wait_streaming(&db, "ops_metrics").await;
