@@ -28,12 +28,12 @@ use crate::admin::{self, AdminState, StateControl, StrategyState, StrategyStatus
 use crate::batch::Decorate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::db;
 use crate::decode::SourceEvent;
 use crate::delivery::security::EndpointSecurity;
 use crate::delivery::worker::{DeliveryState, StatusHandle, DEFAULT_QUEUE_CAPACITY};
 use crate::delivery::{tls, Endpoint, StateStore, StrategyWorker, WorkerOptions};
 use crate::lsn::Lsn;
+use crate::pg;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::strategy::{self, CompiledStrategy, Route, Router, SchemaProblem};
 use crate::telemetry;
@@ -121,7 +121,7 @@ struct Pipeline {
 impl Pipeline {
     async fn build(config: &Config) -> Result<Pipeline, AppError> {
         let url = config.source.url.expose();
-        let client = db::connect(url, "walhook")
+        let client = pg::connect(url, "walhook")
             .await
             .map_err(|e| AppError::Database(e.to_string()))?;
         let strategies = CompiledStrategy::compile_all(config)

@@ -24,7 +24,7 @@ pub enum StateError {
     Query(#[from] tokio_postgres::Error),
     /// Connecting failed.
     #[error(transparent)]
-    Connect(#[from] crate::db::DbError),
+    Connect(#[from] crate::pg::ConnectError),
     /// A row did not hold what the query promised.
     #[error("state schema row is malformed: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -108,7 +108,7 @@ impl StateControl {
             }
         }
         let url = self.url.as_ref().map(Secret::expose).unwrap_or_default();
-        let client = Arc::new(crate::db::connect(url, "walhook-admin").await?);
+        let client = Arc::new(crate::pg::connect(url, "walhook-admin").await?);
         *slot = Some(client.clone());
         Ok(client)
     }

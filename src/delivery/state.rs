@@ -33,7 +33,7 @@ impl StateError {
 
 impl From<tokio_postgres::Error> for StateError {
     fn from(e: tokio_postgres::Error) -> Self {
-        StateError::Db(crate::delivery::sender::describe(&e))
+        StateError::Db(crate::pg::describe(&e))
     }
 }
 
@@ -107,7 +107,7 @@ const INFO_COLUMNS: &str = "id, strategy, batch_id, first_lsn::text, last_lsn::t
 
 impl StateStore {
     /// Connects with the source's connection string, with the same
-    /// sslmode semantics as the replication connection ([`crate::db`]).
+    /// sslmode semantics as the replication connection ([`crate::pg`]).
     pub async fn connect(url: &str) -> Result<StateStore, StateError> {
         let store = Self::lazy(url)?;
         store.client().await?;
@@ -116,7 +116,7 @@ impl StateStore {
 
     /// Like [`StateStore::connect`], but connects on first use.
     pub fn lazy(url: &str) -> Result<StateStore, StateError> {
-        crate::source::conninfo::parse(url).map_err(|e| StateError::Url(e.to_string()))?;
+        crate::pg::conninfo::parse(url).map_err(|e| StateError::Url(e.to_string()))?;
         Ok(StateStore {
             inner: Arc::new(Inner {
                 url: url.to_string(),
@@ -132,7 +132,7 @@ impl StateStore {
                 return Ok(client.clone());
             }
         }
-        let client = crate::db::connect(&self.inner.url, "walhook-state")
+        let client = crate::pg::connect(&self.inner.url, "walhook-state")
             .await
             .map_err(|e| StateError::Db(e.to_string()))?;
         let client = Arc::new(client);

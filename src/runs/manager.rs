@@ -27,11 +27,11 @@ use crate::admin::{ControlError, RunMode, RunReply};
 use crate::batch::{Decorate, QueuedRecord, WorkItem};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ExprRole, FilterOp, OnExhausted};
-use crate::db;
 use crate::delivery::{
     DeliveryState, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use crate::lsn::Lsn;
+use crate::pg;
 use crate::strategy::expr::Expr;
 use crate::strategy::{referenced_columns, CompiledStrategy};
 use crate::telemetry::names;
@@ -485,9 +485,9 @@ impl RunManager {
 
     async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {
         let cfg = &self.inner.config.strategies[plan.index];
-        let client = db::connect(&self.inner.url, "walhook-run")
+        let client = pg::connect(&self.inner.url, "walhook-run")
             .await
-            .map_err(|e| RunError::State(e.to_string()))?;
+            .map_err(|e| RunError::Snapshot(Arc::new(SnapshotError::Connect(e))))?;
         let mut snapshot = Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE)
             .await
             .map_err(|e| RunError::Snapshot(Arc::new(e)))?;
@@ -610,7 +610,7 @@ impl RunManager {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, String> {
         let mut guard = self.inner.db.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let client = db::connect(&self.inner.url, "walhook-runs")
+            let client = pg::connect(&self.inner.url, "walhook-runs")
                 .await
                 .map_err(|e| e.to_string())?;
             *guard = Some(client);
@@ -638,8 +638,8 @@ impl RunManager {
                 ],
             )
             .await
-            .map_err(|e| db_message(&e))?;
-        row.try_get(0).map_err(|e| db_message(&e))
+            .map_err(|e| pg::describe(&e))?;
+        row.try_get(0).map_err(|e| pg::describe(&e))
     }
 
     async fn write_counts(&self, id: i64, counts: &Counts) -> Result<(), String> {
@@ -651,7 +651,7 @@ impl RunManager {
                 &[&id, &json!(counts).to_string()],
             )
             .await
-            .map_err(|e| db_message(&e))?;
+            .map_err(|e| pg::describe(&e))?;
         Ok(())
     }
 
@@ -671,7 +671,7 @@ impl RunManager {
                 &[&id, &state, &json!(counts).to_string(), &error],
             )
             .await
-            .map_err(|e| db_message(&e))?;
+            .map_err(|e| pg::describe(&e))?;
         Ok(())
     }
 
@@ -687,22 +687,17 @@ impl RunManager {
                 &[&id],
             )
             .await
-            .map_err(|e| db_message(&e))?;
+            .map_err(|e| pg::describe(&e))?;
         match row {
             None => Ok(None),
             Some(row) => {
-                let text: &str = row.try_get(0).map_err(|e| db_message(&e))?;
+                let text: &str = row.try_get(0).map_err(|e| pg::describe(&e))?;
                 serde_json::from_str(text)
                     .map(Some)
                     .map_err(|e| e.to_string())
             }
         }
     }
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.message().to_string())
 }
 
 /// Filters and maps pages, counting rows read and records taken.
