@@ -14,12 +14,12 @@ mod support;
 
 mod cluster;
 mod config;
-mod db;
 mod delivery;
 mod demo;
 mod deploy;
 mod ops;
 mod payload_schema;
+mod pg;
 mod pipeline;
 mod runs;
 mod security;

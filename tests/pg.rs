@@ -1,4 +1,4 @@
-//! SQL connections opened from `source.url`.
+//! SQL connections opened from `source.url` (`walhook::pg`).
 
 use walhook::pg;
 

@@ -14,9 +14,6 @@ use super::{tables, OpsError};
 use crate::config::Config;
 use crate::pg::{create_publication_sql, quote_ident, quote_literal, quote_table};
 
-/// The state schema (`walhook.dead_letters`, `walhook.runs`, ...).
-pub const STATE_SQL: &str = include_str!("../../sql/state.sql");
-
 /// One step of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -69,7 +66,7 @@ pub fn plan(config: &Config) -> Vec<Step> {
 
     steps.push(Step {
         what: "state schema walhook (dead letters, runs, batches)".to_string(),
-        sql: STATE_SQL.trim().to_string(),
+        sql: crate::state::SCHEMA_SQL.trim().to_string(),
     });
     steps.push(Step {
         what: format!(

@@ -22,9 +22,10 @@ use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
 use walhook::decode::SourceEvent;
 use walhook::delivery::prepare::NoPrepare;
 use walhook::delivery::{
-    DeliveryError, Endpoint, PauseHandle, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+    DeliveryError, Endpoint, PauseHandle, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use walhook::lsn::Lsn;
+use walhook::state::StateStore;
 
 use crate::support::source::{items_db, options, spawn, Running};
 use crate::support::{Db, WAIT};
