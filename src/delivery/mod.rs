@@ -44,3 +44,6 @@ pub enum DeliveryError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
 }
+
+#[cfg(test)]
+mod security_tests;
