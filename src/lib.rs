@@ -48,3 +48,4 @@ pub mod source;
 pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;
+pub mod timestamp;

@@ -26,7 +26,7 @@ use super::retry::{self, Next};
 use super::sender::{AttemptResult, Endpoint};
 use super::state::{NewDeadLetter, StateStore, StoredBatch};
 use super::DeliveryError;
-use crate::batch::batcher::parse_record_id;
+use crate::batch::payload::parse_record_id;
 use crate::batch::{Batch, Batcher, BatcherOptions, Boundary, Decorate, WorkItem};
 use crate::checkpoint::Checkpoint;
 use crate::config::{OnExhausted, Retry};
@@ -589,7 +589,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
         s.state = DeliveryState::Idle;
         s.attempts = 0;
         s.last_error = None;
-        s.last_success = Some(crate::lsn::format_unix_micros(now_us));
+        s.last_success = Some(crate::timestamp::format_rfc3339(now_us));
         s.delivered_batches += 1;
         s.delivered_records += batch.size as u64;
     });
