@@ -24,17 +24,18 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminState, StateControl, StrategyState, StrategyStatus};
+use crate::admin::{self, AdminState, StrategyState, StrategyStatus};
 use crate::batch::Decorate;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
-use crate::db;
 use crate::decode::SourceEvent;
 use crate::delivery::security::EndpointSecurity;
 use crate::delivery::worker::{DeliveryState, StatusHandle, DEFAULT_QUEUE_CAPACITY};
-use crate::delivery::{tls, Endpoint, StateStore, StrategyWorker, WorkerOptions};
+use crate::delivery::{tls, Endpoint, StrategyWorker, WorkerOptions};
 use crate::lsn::Lsn;
+use crate::pg;
 use crate::source::{Source, SourceError, SourceOptions};
+use crate::state::StateStore;
 use crate::strategy::{self, CompiledStrategy, Route, Router, SchemaProblem};
 use crate::telemetry;
 
@@ -121,7 +122,7 @@ struct Pipeline {
 impl Pipeline {
     async fn build(config: &Config) -> Result<Pipeline, AppError> {
         let url = config.source.url.expose();
-        let client = db::connect(url, "walhook")
+        let client = pg::connect(url, "walhook")
             .await
             .map_err(|e| AppError::Database(e.to_string()))?;
         let strategies = CompiledStrategy::compile_all(config)
@@ -146,7 +147,7 @@ impl Pipeline {
             }
             strategy::PublicationOutcome::Existing => {}
         }
-        let state = StateStore::connect(url)
+        let state = StateStore::connect(url, "walhook-state")
             .await
             .map_err(|e| AppError::Database(format!("state schema: {e}")))?;
         state
@@ -235,8 +236,8 @@ impl Pipeline {
         };
         let mut admin_state = AdminState::new(config, status.clone(), prom.clone())
             .with_strategies(Arc::new(strategies_status));
-        match StateControl::connect(config.source.url.expose()).await {
-            Ok(control) => admin_state = admin_state.with_dead_letters(Arc::new(control)),
+        match StateStore::connect(config.source.url.expose(), "walhook-admin").await {
+            Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         let replay_targets = config

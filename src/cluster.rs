@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::pg::quote_ident;
+
 /// Environment variable that points at a PostgreSQL `bin` directory,
 /// overriding the search in [`Cluster::find_bin_dir`].
 pub const BIN_DIR_ENV: &str = "WALHOOK_PG_BIN_DIR";
@@ -571,19 +573,9 @@ fn check(program: &str, out: Output) -> Result<String, ClusterError> {
     }
 }
 
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quote_ident_doubles_quotes() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    }
 
     #[test]
     fn default_options_ask_for_logical_wal() {

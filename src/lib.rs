@@ -17,6 +17,11 @@
 //!  checkpoint/ min over strategies → acked LSN ──────────────────┘
 //! ```
 //!
+//! Beside the stages: `pg/` holds what every part needs to talk to Postgres
+//! (connection strings, TLS, SQL connections, quoting, shared catalog
+//! queries), and `state/` is the one store for walhook's own schema (dead
+//! letters, batch boundaries, runs).
+//!
 //! Invariants:
 //! - A WAL position is acknowledged to Postgres only after every strategy has
 //!   delivered (or dead-lettered) every change committed before it. A crash
@@ -36,15 +41,16 @@ pub mod batch;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
-pub mod db;
 pub mod decode;
 pub mod delivery;
 pub mod demo;
 pub mod lsn;
 pub mod ops;
+pub mod pg;
 pub mod receive;
 pub mod runs;
 pub mod source;
+pub mod state;
 pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;

@@ -2,13 +2,13 @@
 
 mod common;
 
-use walhook::db;
+use walhook::pg;
 
 #[tokio::test]
 async fn connects_with_the_source_url_with_and_without_tls_preference() {
     let url = common::fresh_db("db_connect");
     for suffix in ["", "?sslmode=disable", "?sslmode=prefer"] {
-        let client = db::connect(&format!("{url}{suffix}"), "walhook-test")
+        let client = pg::connect(&format!("{url}{suffix}"), "walhook-test")
             .await
             .unwrap_or_else(|e| panic!("connect with {suffix:?}: {e}"));
         let row = client
@@ -33,7 +33,7 @@ async fn a_wrong_password_names_role_and_host_but_not_the_password() {
         "postgres://db_pw_role:wrong-pw-456@127.0.0.1:{}/postgres?sslmode=disable",
         cluster.port()
     );
-    let err = db::connect(&url, "walhook").await.unwrap_err().to_string();
+    let err = pg::connect(&url, "walhook").await.unwrap_err().to_string();
     assert!(err.contains("db_pw_role"), "{err}");
     assert!(err.contains("127.0.0.1"), "{err}");
     assert!(!err.contains("wrong-pw-456"), "{err}");
@@ -41,5 +41,5 @@ async fn a_wrong_password_names_role_and_host_but_not_the_password() {
         "postgres://db_pw_role:right-pw-123@127.0.0.1:{}/postgres?sslmode=disable",
         cluster.port()
     );
-    db::connect(&ok, "walhook").await.unwrap();
+    pg::connect(&ok, "walhook").await.unwrap();
 }

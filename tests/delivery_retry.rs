@@ -15,8 +15,9 @@ use delivery_common::*;
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use walhook::config::OnExhausted;
 use walhook::delivery::prepare::{Attempt, BoxFuture, Prepare, PrepareError};
-use walhook::delivery::{DeliveryState, Endpoint, StateStore, StrategyWorker, WorkerOptions};
+use walhook::delivery::{DeliveryState, Endpoint, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
+use walhook::state::StateStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
@@ -149,7 +150,9 @@ async fn block_keeps_retrying_and_holds_the_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_stored_and_later_batches_flow() {
     let url = common::fresh_db("dlv_dead");
-    let state = StateStore::connect(&url).await.expect("state store");
+    let state = StateStore::connect(&url, "walhook-state")
+        .await
+        .expect("state store");
     state.ensure_schema().await.expect("schema");
     let rx = Receiver::start().await;
     rx.fail_next(2, 500);

@@ -11,13 +11,14 @@ use std::time::Duration;
 use common::receiver::Receiver;
 use delivery_common::*;
 use walhook::config::OnExhausted;
-use walhook::delivery::state::{NewDeadLetter, StoredBatch};
-use walhook::delivery::StateStore;
 use walhook::lsn::Lsn;
+use walhook::state::{NewDeadLetter, StateStore, StoredBatch};
 
 async fn store(prefix: &str) -> StateStore {
     let url = common::fresh_db(prefix);
-    let state = StateStore::connect(&url).await.expect("state store");
+    let state = StateStore::connect(&url, "walhook-state")
+        .await
+        .expect("state store");
     state.ensure_schema().await.expect("schema");
     state
         .ensure_schema()
@@ -74,6 +75,7 @@ async fn dead_letters_list_page_get_and_delete() {
     );
     assert_eq!(first.attempts, 7);
     assert!(first.created_at.contains('T'), "{}", first.created_at);
+    assert!(first.payload_bytes > 0);
 
     let got = state.get_dead_letter(b1).await.unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(&got.payload).unwrap();
@@ -206,14 +208,12 @@ async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
         std::sync::Arc::new(walhook::delivery::prepare::NoPrepare),
     )
     .unwrap();
-    let replay = |id| {
-        walhook::delivery::replay::replay_dead_letter(
-            &state,
-            id,
-            &endpoint,
-            &walhook::batch::NoDecoration,
-        )
-    };
+    let targets: Vec<walhook::delivery::replay::ReplayTarget> = vec![(
+        "orders".into(),
+        std::sync::Arc::new(endpoint),
+        std::sync::Arc::new(walhook::batch::NoDecoration),
+    )];
+    let replay = |id| walhook::delivery::replay::replay_dead_letter(&state, id, &targets);
     let failed = replay(id).await.unwrap();
     assert!(!failed.delivered);
     assert_eq!(failed.status, Some(503));
@@ -232,4 +232,18 @@ async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
         replay(id).await,
         Err(walhook::delivery::replay::ReplayError::NotFound(_))
     ));
+    let orphan = state
+        .insert_dead_letter(&letter("gone", "msg_y", payload))
+        .await
+        .unwrap();
+    assert!(matches!(
+        replay(orphan).await,
+        Err(walhook::delivery::replay::ReplayError::UnknownStrategy { .. })
+    ));
+    assert_eq!(
+        rx.requests().len(),
+        2,
+        "nothing sent for an unknown strategy"
+    );
+    assert!(state.get_dead_letter(orphan).await.unwrap().is_some());
 }

@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use walhook::admin::{
     self, AdminState, BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest,
-    StateControl, StrategyState, StrategyStatus,
+    StrategyState, StrategyStatus,
 };
 use walhook::config::Secret;
 use walhook::lsn::Lsn;
 use walhook::source::{SourceState, SourceStatus};
+use walhook::state::StateStore;
 
 const TOKEN: &str = "adm1n-t0ken-for-tests";
 
@@ -101,7 +102,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start(token: Option<&str>, dead_letters: Option<StateControl>) -> Server {
+    async fn start(token: Option<&str>, dead_letters: Option<StateStore>) -> Server {
         let prom = walhook::telemetry::install_recorder().expect("recorder");
         let (source, rx) = watch::channel(SourceStatus::default());
         let strategies = Arc::new(Mutex::new(Vec::<StrategyStatus>::new()));
@@ -112,7 +113,7 @@ impl Server {
             source: rx,
             strategies: Arc::new(move || snapshot.lock().expect("lock").clone()),
             control: Some(control.clone()),
-            dead_letters: dead_letters.map(Arc::new),
+            dead_letters,
             token: token.map(Secret::new),
             prom,
         };
@@ -337,6 +338,20 @@ async fn without_a_token_the_api_is_disabled() {
 }
 
 #[tokio::test]
+async fn dead_letters_without_the_state_schema_say_run_setup() {
+    let url = common::fresh_db("ops_admin_noschema");
+    let store = StateStore::connect(&url, "walhook-admin")
+        .await
+        .expect("connect");
+    let server = Server::start(Some(TOKEN), Some(store)).await;
+    for path in ["/dead-letters", "/dead-letters/1"] {
+        let (code, body) = server.call("GET", path, Some(TOKEN)).await;
+        assert_eq!(code, 503, "{path}: {body}");
+        assert!(body.contains("run walhook setup"), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn dead_letters_are_listed_paged_and_deleted() {
     let url = common::fresh_db("ops_admin_dl");
     let db = url.rsplit('/').next().expect("db name").to_string();
@@ -353,7 +368,9 @@ async fn dead_letters_are_listed_paged_and_deleted() {
              FROM generate_series(1, 5) AS i",
         )
         .expect("dead letters");
-    let store = StateControl::connect(&url).await.expect("connect");
+    let store = StateStore::connect(&url, "walhook-admin")
+        .await
+        .expect("connect");
     let server = Server::start(Some(TOKEN), Some(store)).await;
 
     let (code, body) = server

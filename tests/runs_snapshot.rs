@@ -4,7 +4,7 @@
 mod common;
 
 use walhook::config::TableName;
-use walhook::db;
+use walhook::pg;
 use walhook::runs::snapshot::{Snapshot, SnapshotError};
 
 fn table(name: &str) -> TableName {
@@ -23,12 +23,12 @@ async fn pages_cover_every_row_once_in_key_order_within_one_snapshot() {
              FROM generate_series(1, 2500) i;",
         )
         .unwrap();
-    let client = db::connect(&url, "test").await.unwrap();
+    let client = pg::connect(&url, "test").await.unwrap();
     let mut snap = Snapshot::open(client, &table("t"), None, 700)
         .await
         .unwrap();
     // Rows written after the snapshot began are not in it.
-    let other = db::connect(&url, "writer").await.unwrap();
+    let other = pg::connect(&url, "writer").await.unwrap();
     other
         .batch_execute("INSERT INTO t VALUES (99999, 'late', 1, '{}')")
         .await
@@ -77,7 +77,7 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
              CREATE POLICY acme_only ON accounts FOR SELECT TO runs_acme USING (tenant = 'acme');",
         )
         .unwrap();
-    let client = db::connect(&url, "test").await.unwrap();
+    let client = pg::connect(&url, "test").await.unwrap();
     let err = Snapshot::open(client, &table("nokey"), None, 100)
         .await
         .err()
@@ -85,7 +85,7 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
     assert!(matches!(err, SnapshotError::NoPrimaryKey(_)), "{err}");
     assert!(err.to_string().contains("ADD PRIMARY KEY"), "{err}");
 
-    let client = db::connect(&url, "test").await.unwrap();
+    let client = pg::connect(&url, "test").await.unwrap();
     let mut snap = Snapshot::open(client, &table("accounts"), Some("runs_acme"), 10)
         .await
         .unwrap();
@@ -110,7 +110,7 @@ async fn values_read_the_way_replication_sends_them() {
              INSERT INTO v VALUES (1, true, 'ab', '10.0.0.1', NULL), (2, false, 'abcd', '10.1.0.0/16', '');",
         )
         .unwrap();
-    let client = db::connect(&url, "test").await.unwrap();
+    let client = pg::connect(&url, "test").await.unwrap();
     let mut snap = Snapshot::open(client, &table("v"), None, 10).await.unwrap();
     let page = snap.next_page().await.unwrap().unwrap();
     let rows: Vec<serde_json::Value> = page

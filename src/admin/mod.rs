@@ -12,7 +12,7 @@
 //! The server only reads state and forwards commands: the source's status
 //! arrives on its watch channel, strategy status through [`StatusSource`],
 //! commands go to a [`Control`] the application implements, and dead letters
-//! are read and deleted straight in the state schema ([`StateControl`]).
+//! are read and deleted straight in the state schema ([`StateStore`]).
 //! That keeps this module free of pipeline internals and lets tests drive it
 //! with small fakes of those two traits.
 //!
@@ -21,7 +21,7 @@
 //! without a token is refused (by config validation, and again by [`serve`]).
 
 pub mod auth;
-pub mod state;
+pub mod dead_letters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,10 +40,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::delivery::prepare::BoxFuture;
-pub use state::{DeadLetterPage, DeadLetterQuery, StateControl, StateError};
+pub use dead_letters::{DeadLetterPage, DeadLetterQuery};
 
 use crate::config::{Config, Secret};
 use crate::source::{SourceState, SourceStatus};
+use crate::state::{StateError, StateStore};
 
 /// Why the admin server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +204,7 @@ pub trait Control: Send + Sync + 'static {
         strategy: &'a str,
         request: RunRequest,
     ) -> BoxFuture<'a, Result<RunReply, ControlError>>;
-    /// A run's record (see [`StateControl::run`]); `NotFound` when unknown.
+    /// A run's record (`walhook.runs`); `NotFound` when unknown.
     fn run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
     /// Cancels a running run (`DELETE /runs/{id}`); `Conflict` when it has
     /// already finished.
@@ -232,7 +233,7 @@ pub struct AdminState {
     /// Commands; `None` = those endpoints answer 503.
     pub control: Option<Arc<dyn Control>>,
     /// Dead letters in the state schema; `None` = those endpoints answer 503.
-    pub dead_letters: Option<Arc<StateControl>>,
+    pub dead_letters: Option<StateStore>,
     /// `[admin].token`; `None` = the mutating endpoints answer 403.
     pub token: Option<Secret>,
     /// Renders `/metrics` (from [`crate::telemetry::install_recorder`]).
@@ -271,7 +272,7 @@ impl AdminState {
     }
 
     /// Sets the dead-letter store.
-    pub fn with_dead_letters(mut self, dead_letters: Arc<StateControl>) -> Self {
+    pub fn with_dead_letters(mut self, dead_letters: StateStore) -> Self {
         self.dead_letters = Some(dead_letters);
         self
     }
@@ -453,7 +454,7 @@ fn control(state: &AdminState, headers: &HeaderMap) -> Result<Arc<dyn Control>, 
 
 // A ready response as the error keeps handlers short; it is cold-path.
 #[allow(clippy::result_large_err)]
-fn store(state: &AdminState, headers: &HeaderMap) -> Result<Arc<StateControl>, Response> {
+fn store(state: &AdminState, headers: &HeaderMap) -> Result<StateStore, Response> {
     auth::authorize(state.token.as_ref(), headers).map_err(IntoResponse::into_response)?;
     state.dead_letters.clone().ok_or_else(|| {
         text(
@@ -605,7 +606,9 @@ async fn list_dead_letters(
         after: params.after,
         limit: params.limit,
     };
-    let page = store.list(&query).await.map_err(state_error)?;
+    let page = dead_letters::page(&store, &query)
+        .await
+        .map_err(state_error)?;
     Ok(Json(page).into_response())
 }
 
@@ -616,7 +619,10 @@ async fn get_dead_letter(
 ) -> Reply {
     let store = store(&state, &headers)?;
     let id = parse_id(&id)?;
-    match store.get(id).await.map_err(state_error)? {
+    match dead_letters::letter(&store, id)
+        .await
+        .map_err(state_error)?
+    {
         Some(letter) => Ok(Json(letter).into_response()),
         None => Err(text(StatusCode::NOT_FOUND, format!("no dead letter {id}"))),
     }
@@ -629,7 +635,7 @@ async fn delete_dead_letter(
 ) -> Reply {
     let store = store(&state, &headers)?;
     let id = parse_id(&id)?;
-    if store.delete(id).await.map_err(state_error)? {
+    if store.delete_dead_letter(id).await.map_err(state_error)? {
         tracing::info!(dead_letter = id, "dead letter deleted by the admin API");
         Ok(Json(json!({ "id": id, "deleted": true })).into_response())
     } else {

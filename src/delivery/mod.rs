@@ -5,7 +5,7 @@
 //! - [`retry`]: backoff with full jitter, `Retry-After`, exhaustion policy.
 //! - [`worker`]: the per-strategy loop (batcher → sender task → checkpoint).
 //! - [`replay`]: one attempt to deliver a dead letter again (admin API).
-//! - [`state`]: dead letters and batch boundaries in the `walhook` schema.
+//! - dead letters and batch boundaries are stored through [`crate::state`].
 //! - [`prepare`]: the seam to endpoint security (auth, signing).
 
 pub mod auth;
@@ -16,13 +16,11 @@ pub mod retry;
 pub mod security;
 pub mod sender;
 pub mod signing;
-pub mod state;
 pub mod tls;
 pub mod token;
 pub mod worker;
 
 pub use sender::{AttemptResult, Endpoint};
-pub use state::{StateError, StateStore};
 pub use worker::{
     DeliveryState, PauseHandle, StatusHandle, StrategyStatus, StrategyWorker, WorkerOptions,
 };
@@ -40,7 +38,7 @@ pub enum DeliveryError {
     #[error("strategy {strategy}: the sender task failed")]
     SenderFailed { strategy: String },
     #[error(transparent)]
-    State(#[from] StateError),
+    State(#[from] crate::state::StateError),
 }
 
 impl DeliveryError {

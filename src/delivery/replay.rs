@@ -7,10 +7,16 @@
 //! parameters are evaluated again by the strategy's templates, and a fresh
 //! timestamp and signature are added by the endpoint's security as usual.
 
+use std::sync::Arc;
+
 use super::sender::{AttemptResult, Endpoint};
-use super::state::{StateError, StateStore};
 use crate::batch::{Batch, BatchMeta, Decorate};
 use crate::lsn::Lsn;
+use crate::state::{StateError, StateStore};
+
+/// A strategy a dead letter can be replayed for: its name, endpoint and
+/// templates.
+pub type ReplayTarget = (String, Arc<Endpoint>, Arc<dyn Decorate>);
 
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -29,26 +35,35 @@ pub struct ReplayOutcome {
 pub enum ReplayError {
     #[error("no dead letter with id {0}")]
     NotFound(i64),
+    #[error("dead letter {id} belongs to strategy {strategy:?}, which is not configured")]
+    UnknownStrategy { id: i64, strategy: String },
     #[error("dead letter {id}: {reason}")]
     Invalid { id: i64, reason: String },
     #[error(transparent)]
     State(#[from] StateError),
 }
 
-/// Sends dead letter `id` once to `endpoint` (its strategy's), with headers
-/// and query from `decorate` (its strategy's templates); deletes it on 2xx.
+/// Sends dead letter `id` once to its strategy's endpoint (found in
+/// `targets` by name), with headers and query from the strategy's
+/// templates; deletes it on 2xx.
 pub async fn replay_dead_letter(
     state: &StateStore,
     id: i64,
-    endpoint: &Endpoint,
-    decorate: &dyn Decorate,
+    targets: &[ReplayTarget],
 ) -> Result<ReplayOutcome, ReplayError> {
     let letter = state
         .get_dead_letter(id)
         .await?
         .ok_or(ReplayError::NotFound(id))?;
-    let invalid = |reason: String| ReplayError::Invalid { id, reason };
     let info = &letter.info;
+    let (_, endpoint, decorate) = targets
+        .iter()
+        .find(|(name, _, _)| *name == info.strategy)
+        .ok_or_else(|| ReplayError::UnknownStrategy {
+            id,
+            strategy: info.strategy.clone(),
+        })?;
+    let invalid = |reason: String| ReplayError::Invalid { id, reason };
     let first_lsn: Lsn = info
         .first_lsn
         .parse()

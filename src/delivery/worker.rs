@@ -24,13 +24,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::retry::{self, Next};
 use super::sender::{AttemptResult, Endpoint};
-use super::state::{NewDeadLetter, StateStore, StoredBatch};
 use super::DeliveryError;
 use crate::batch::payload::parse_record_id;
 use crate::batch::{Batch, Batcher, BatcherOptions, Boundary, Decorate, WorkItem};
 use crate::checkpoint::Checkpoint;
 use crate::config::{OnExhausted, Retry};
 use crate::lsn::Lsn;
+use crate::state::{NewDeadLetter, StateStore, StoredBatch};
 use crate::telemetry::names;
 
 /// Everything a strategy's worker needs.

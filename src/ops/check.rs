@@ -21,8 +21,10 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use super::{ident, literal, qualified, tables};
+use super::tables;
 use crate::config::{Config, TableName};
+use crate::decode::ReplicaIdentity;
+use crate::pg::{self, create_publication_sql, quote_ident, quote_literal, quote_table};
 
 /// Lag above which the slot finding becomes a warning.
 const LAG_WARN_BYTES: i64 = 1 << 30;
@@ -139,7 +141,7 @@ pub async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
                 findings.push(Finding::new(
                     Severity::Error,
                     "query",
-                    format!("a catalog query failed: {}", super::describe(&err)),
+                    format!("a catalog query failed: {}", pg::describe(&err)),
                 ));
             }
         }
@@ -257,8 +259,8 @@ async fn database(
     let tables = tables(config);
     let mut existing = Vec::new();
     for table in &tables {
-        if let Some(oid) = table_privileges(client, table, out).await? {
-            existing.push((table.clone(), oid));
+        if table_privileges(client, table, out).await? {
+            existing.push(table.clone());
         }
     }
     let publishes = publication(client, config, &tables, out).await?;
@@ -280,8 +282,8 @@ async fn database(
             )
         });
     }
-    for (table, oid) in &existing {
-        table_identity(client, table, *oid, publishes, out).await?;
+    for table in &existing {
+        table_identity(client, table, publishes, out).await?;
     }
     strategy_findings(client, config, out).await;
     Ok(())
@@ -366,30 +368,33 @@ async fn role(client: &Client, out: &mut Vec<Finding>) -> Result<(), tokio_postg
             "role",
             format!("role {name} lacks the REPLICATION attribute needed to stream from a slot"),
         )
-        .fix(format!("ALTER ROLE {} WITH REPLICATION;", ident(&name)))
+        .fix(format!(
+            "ALTER ROLE {} WITH REPLICATION;",
+            quote_ident(&name)
+        ))
     });
     Ok(())
 }
 
-/// The table's oid when it exists; findings for existence and SELECT.
+/// Whether the table exists; findings for existence and SELECT.
 async fn table_privileges(
     client: &Client,
     table: &TableName,
     out: &mut Vec<Finding>,
-) -> Result<Option<u32>, tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT c.oid, has_table_privilege(c.oid, 'SELECT') \
              FROM (SELECT to_regclass($1) AS oid) r LEFT JOIN pg_class c ON c.oid = r.oid",
-            &[&qualified(table)],
+            &[&quote_table(table)],
         )
         .await?;
     let oid: Option<u32> = row.try_get(0)?;
     let select: Option<bool> = row.try_get(1)?;
-    let Some(oid) = oid else {
+    if oid.is_none() {
         // Reported by the strategy checks, at the strategy's `table`.
-        return Ok(None);
-    };
+        return Ok(false);
+    }
     out.push(if select == Some(true) {
         Finding::new(Severity::Ok, "table", format!("{table}: SELECT granted"))
     } else {
@@ -400,10 +405,10 @@ async fn table_privileges(
         )
         .fix(format!(
             "GRANT SELECT ON {} TO CURRENT_USER;",
-            qualified(table)
+            quote_table(table)
         ))
     });
-    Ok(Some(oid))
+    Ok(true)
 }
 
 /// Which operations the publication carries.
@@ -427,15 +432,11 @@ async fn publication(
         )
         .await?;
     let Some(row) = row else {
-        let list: Vec<String> = tables.iter().map(qualified).collect();
-        let fix = if list.is_empty() {
-            format!("CREATE PUBLICATION {};", ident(name))
+        let create = create_publication_sql(name, tables);
+        let fix = if tables.is_empty() {
+            format!("{create};")
         } else {
-            format!(
-                "CREATE PUBLICATION {} FOR TABLE {}; -- or run walhook setup",
-                ident(name),
-                list.join(", ")
-            )
+            format!("{create}; -- or run walhook setup")
         };
         out.push(
             Finding::new(
@@ -516,7 +517,7 @@ async fn slot_findings(
             )
             .fix(format!(
                 "SELECT pg_create_logical_replication_slot({}, 'pgoutput');",
-                literal(slot)
+                quote_literal(slot)
             )),
         );
         return Ok(());
@@ -532,7 +533,7 @@ async fn slot_findings(
     let lag: Option<i64> = row.try_get(8)?;
     let recreate = format!(
         "SELECT pg_drop_replication_slot({0}); SELECT pg_create_logical_replication_slot({0}, 'pgoutput');",
-        literal(slot)
+        quote_literal(slot)
     );
     if kind.as_deref() != Some("logical") || plugin.as_deref() != Some("pgoutput") {
         out.push(
@@ -628,36 +629,31 @@ fn bytes(n: i64) -> String {
 async fn table_identity(
     client: &Client,
     table: &TableName,
-    oid: u32,
     publishes: Publishes,
     out: &mut Vec<Finding>,
 ) -> Result<(), tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT relreplident::text, \
-             (SELECT array_agg(a.attname::text) FROM pg_index i \
-              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-              WHERE i.indrelid = c.oid AND i.indisprimary), \
-             (SELECT array_agg(a.attname::text) FROM pg_index i \
-              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-              WHERE i.indrelid = c.oid AND i.indisreplident) \
-             FROM pg_class c WHERE c.oid = $1",
-            &[&oid],
-        )
-        .await?;
-    let identity: String = row.try_get(0)?;
-    let primary: Option<Vec<String>> = row.try_get(1)?;
-    let index: Option<Vec<String>> = row.try_get(2)?;
-    let name = qualified(table);
-    let label = match identity.as_str() {
-        "f" => "FULL",
-        "i" => "USING INDEX",
-        "n" => "NOTHING",
-        _ => "DEFAULT",
+    let Some(catalog) = pg::table_catalog(client, table).await? else {
+        return Ok(());
     };
+    let primary: Vec<String> = catalog
+        .primary_key()
+        .into_iter()
+        .filter_map(|p| catalog.columns.get(p).map(|c| c.name.clone()))
+        .collect();
+    let primary = Some(primary).filter(|k| !k.is_empty());
+    let index: Vec<String> = catalog
+        .columns
+        .iter()
+        .filter(|c| c.identity_index)
+        .map(|c| c.name.clone())
+        .collect();
+    let identity = catalog.replica_identity;
+    let name = quote_table(table);
+    let label = catalog.identity_label();
     // Without any identity, Postgres rejects UPDATE/DELETE on a table whose
     // publication carries them: the application's writes fail.
-    let no_identity = identity == "n" || (identity == "d" && primary.is_none());
+    let no_identity = identity == ReplicaIdentity::Nothing
+        || (identity == ReplicaIdentity::Default && primary.is_none());
     let mut problems = 0;
     if no_identity && (publishes.update || publishes.delete) {
         problems += 1;
@@ -686,9 +682,9 @@ async fn table_identity(
     }
 
     if problems == 0 {
-        let key = match (&primary, identity.as_str()) {
-            (_, "f") => "every column".to_string(),
-            (_, "i") => format!("index ({})", index.unwrap_or_default().join(", ")),
+        let key = match (&primary, identity) {
+            (_, ReplicaIdentity::Full) => "every column".to_string(),
+            (_, ReplicaIdentity::Index) => format!("index ({})", index.join(", ")),
             (Some(primary), _) => format!("primary key ({})", primary.join(", ")),
             (None, _) => "no column".to_string(),
         };

@@ -14,16 +14,21 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use crate::config::{Config, TableName};
+use crate::pg::{self, ConnectError};
 
 /// Why an operator command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     /// Connecting to the source database failed.
-    #[error("{0}")]
-    Connect(#[source] crate::db::DbError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A statement failed (the server's message, detail and hint).
-    #[error("{what} failed: {message}")]
-    Sql { what: String, message: String },
+    #[error("{what} failed: {}", pg::describe(.source))]
+    Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
@@ -32,71 +37,18 @@ pub enum OpsError {
 impl OpsError {
     pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
         let what = what.into();
-        move |err| OpsError::Sql {
-            what,
-            message: describe(&err),
-        }
+        move |source| OpsError::Sql { what, source }
     }
-}
-
-/// A database error as the server worded it: message, detail, hint and
-/// SQLSTATE; other errors with their causes.
-pub fn describe(err: &tokio_postgres::Error) -> String {
-    let Some(db) = err.as_db_error() else {
-        return crate::delivery::sender::describe(err);
-    };
-    let mut out = db.message().to_string();
-    if let Some(detail) = db.detail() {
-        out.push_str(&format!(" ({detail})"));
-    }
-    if let Some(hint) = db.hint() {
-        out.push_str(&format!("; hint: {hint}"));
-    }
-    out.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
-    out
 }
 
 /// Opens an ordinary SQL connection to the source database (same sslmode
-/// handling as the replication connection, see [`crate::db`]).
+/// handling as the replication connection, see [`crate::pg`]).
 pub async fn connect(config: &Config) -> Result<Client, OpsError> {
-    crate::db::connect(config.source.url.expose(), "walhook-ops")
-        .await
-        .map_err(OpsError::Connect)
+    Ok(pg::connect(config.source.url.expose(), "walhook-ops").await?)
 }
 
 /// The strategies' tables, each once, sorted.
 pub fn tables(config: &Config) -> Vec<TableName> {
     let set: BTreeSet<TableName> = config.strategies.iter().map(|s| s.table.clone()).collect();
     set.into_iter().collect()
-}
-
-/// `"schema"."table"`.
-pub fn qualified(table: &TableName) -> String {
-    format!(
-        "{}.{}",
-        crate::cluster::quote_ident(&table.schema),
-        crate::cluster::quote_ident(&table.name)
-    )
-}
-
-/// Quotes an SQL identifier.
-pub fn ident(name: &str) -> String {
-    crate::cluster::quote_ident(name)
-}
-
-/// Quotes an SQL string literal (standard_conforming_strings on).
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(literal("it's"), "'it''s'");
-        let table = TableName::parse("Sales.order\"s").expect("table");
-        assert_eq!(qualified(&table), "\"Sales\".\"order\"\"s\"");
-    }
 }

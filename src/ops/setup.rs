@@ -10,11 +10,9 @@
 
 use tokio_postgres::Client;
 
-use super::{ident, literal, qualified, tables, OpsError};
+use super::{tables, OpsError};
 use crate::config::Config;
-
-/// The state schema (`walhook.dead_letters`, `walhook.runs`, ...).
-pub const STATE_SQL: &str = include_str!("../../sql/state.sql");
+use crate::pg::{create_publication_sql, quote_ident, quote_literal, quote_table};
 
 /// One step of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,28 +42,20 @@ pub fn plan(config: &Config) -> Vec<Step> {
     // that an existing one lacks (FOR ALL TABLES already lists them all).
     let mut body = format!(
         "DO $walhook$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = {}) THEN\n    ",
-        literal(publication)
+        quote_literal(publication)
     );
-    if tables.is_empty() {
-        body.push_str(&format!("CREATE PUBLICATION {};\n", ident(publication)));
-    } else {
-        let list: Vec<String> = tables.iter().map(qualified).collect();
-        body.push_str(&format!(
-            "CREATE PUBLICATION {} FOR TABLE {};\n",
-            ident(publication),
-            list.join(", ")
-        ));
-    }
+    body.push_str(&create_publication_sql(publication, &tables));
+    body.push_str(";\n");
     body.push_str("  END IF;\n");
     for table in &tables {
         body.push_str(&format!(
             "  IF NOT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = {} \
              AND schemaname = {} AND tablename = {}) THEN\n    ALTER PUBLICATION {} ADD TABLE {};\n  END IF;\n",
-            literal(publication),
-            literal(&table.schema),
-            literal(&table.name),
-            ident(publication),
-            qualified(table)
+            quote_literal(publication),
+            quote_literal(&table.schema),
+            quote_literal(&table.name),
+            quote_ident(publication),
+            quote_table(table)
         ));
     }
     body.push_str("END $walhook$;");
@@ -76,7 +66,7 @@ pub fn plan(config: &Config) -> Vec<Step> {
 
     steps.push(Step {
         what: "state schema walhook (dead letters, runs, batches)".to_string(),
-        sql: STATE_SQL.trim().to_string(),
+        sql: crate::state::SCHEMA_SQL.trim().to_string(),
     });
     steps.push(Step {
         what: format!(
@@ -86,8 +76,8 @@ pub fn plan(config: &Config) -> Vec<Step> {
             "SELECT slot_name, lsn AS consistent_point\n\
              FROM pg_create_logical_replication_slot({}, 'pgoutput')\n\
              WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {});",
-            literal(slot),
-            literal(slot)
+            quote_literal(slot),
+            quote_literal(slot)
         ),
     });
     steps

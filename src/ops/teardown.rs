@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use super::{ident, OpsError};
+use super::OpsError;
 use crate::config::Config;
+use crate::pg::quote_ident;
 
 /// How long `--force` waits for the terminated walsender to let go.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,7 +77,7 @@ pub async fn run(
         client
             .batch_execute(&format!(
                 "DROP PUBLICATION IF EXISTS {}",
-                ident(publication)
+                quote_ident(publication)
             ))
             .await
             .map_err(OpsError::sql(format!("dropping publication {publication}")))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::manager::{Counts, RunError, RunManager, Summary};
 use crate::app::{self, AppError};
 use crate::config::Config;
-use crate::delivery::StateStore;
+use crate::state::StateStore;
 use crate::strategy::CompiledStrategy;
 
 /// What `run-strategy` was asked to do.
@@ -64,7 +64,7 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<Su
         .collect();
     let endpoints = app::build_endpoints(&config)?;
     let url = config.source.url.expose().to_string();
-    let state = StateStore::connect(&url)
+    let state = StateStore::connect(&url, "walhook-state")
         .await
         .map_err(|e| AppError::Database(format!("state schema: {e}")))?;
     state

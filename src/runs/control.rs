@@ -2,16 +2,14 @@
 //! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
-use crate::batch::Decorate;
 use crate::config::Config;
-use crate::delivery::replay::{replay_dead_letter, ReplayError};
-use crate::delivery::{Endpoint, PauseHandle, StateStore};
+use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
+use crate::delivery::PauseHandle;
+use crate::state::StateStore;
 
 /// [`Control`] over a [`RunManager`].
 pub struct AppControl {
@@ -26,7 +24,7 @@ pub struct AppControl {
 
 struct Replay {
     state: StateStore,
-    strategies: Vec<(String, Arc<Endpoint>, Arc<dyn Decorate>)>,
+    strategies: Vec<ReplayTarget>,
 }
 
 impl AppControl {
@@ -52,11 +50,7 @@ impl AppControl {
 
     /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
     /// templates, by name.
-    pub fn with_replay(
-        mut self,
-        state: StateStore,
-        strategies: Vec<(String, Arc<Endpoint>, Arc<dyn Decorate>)>,
-    ) -> Self {
+    pub fn with_replay(mut self, state: StateStore, strategies: Vec<ReplayTarget>) -> Self {
         self.replay = Some(Replay { state, strategies });
         self
     }
@@ -134,27 +128,14 @@ impl Control for AppControl {
             let Some(replay) = &self.replay else {
                 return Err(unsupported("replaying dead letters"));
             };
-            let letter = replay
-                .state
-                .get_dead_letter(id)
-                .await
-                .map_err(|e| ControlError::Failed(e.to_string()))?
-                .ok_or_else(|| ControlError::NotFound(format!("dead letter {id}")))?;
-            let strategy = letter.info.strategy.as_str();
-            let (_, endpoint, decorate) = replay
-                .strategies
-                .iter()
-                .find(|(name, _, _)| name == strategy)
-                .ok_or_else(|| {
-                    ControlError::Conflict(format!(
-                        "dead letter {id} belongs to strategy {strategy:?}, which is not configured"
-                    ))
-                })?;
-            let outcome = replay_dead_letter(&replay.state, id, endpoint, decorate.as_ref())
+            let outcome = replay_dead_letter(&replay.state, id, &replay.strategies)
                 .await
                 .map_err(|e| match e {
                     ReplayError::NotFound(_) => ControlError::NotFound(format!("dead letter {id}")),
-                    other => ControlError::Failed(other.to_string()),
+                    ReplayError::UnknownStrategy { .. } => ControlError::Conflict(e.to_string()),
+                    ReplayError::Invalid { .. } | ReplayError::State(_) => {
+                        ControlError::Failed(e.to_string())
+                    }
                 })?;
             if !outcome.delivered {
                 return Err(ControlError::Unavailable(format!(

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
@@ -27,11 +26,10 @@ use crate::admin::{ControlError, RunMode, RunReply};
 use crate::batch::{Decorate, QueuedRecord, WorkItem};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ExprRole, FilterOp, OnExhausted};
-use crate::db;
-use crate::delivery::{
-    DeliveryState, Endpoint, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
-};
+use crate::delivery::{DeliveryState, Endpoint, StatusHandle, StrategyWorker, WorkerOptions};
 use crate::lsn::Lsn;
+use crate::pg;
+use crate::state::{StateError, StateStore};
 use crate::strategy::expr::Expr;
 use crate::strategy::{referenced_columns, CompiledStrategy};
 use crate::telemetry::names;
@@ -82,8 +80,8 @@ pub enum RunError {
     OverLimit { limit: u64 },
     #[error(transparent)]
     Snapshot(Arc<SnapshotError>),
-    #[error("state schema (walhook.runs): {0}")]
-    State(String),
+    #[error(transparent)]
+    State(Arc<StateError>),
     #[error("delivery failed: {0}")]
     Delivery(String),
     #[error("cancelled")]
@@ -202,13 +200,13 @@ struct Inner {
     endpoints: BTreeMap<String, Arc<Endpoint>>,
     state: StateStore,
     url: String,
-    db: tokio::sync::Mutex<Option<Client>>,
     active: Mutex<HashMap<i64, Active>>,
 }
 
 impl RunManager {
     /// `strategies` in config order; `endpoints` by name; `state` stores
-    /// dead letters of runs; `url` is the source database.
+    /// runs and their dead letters; `url` is the source database (each run
+    /// reads its snapshot on a connection of its own).
     pub fn new(
         config: Arc<Config>,
         strategies: Vec<Arc<CompiledStrategy>>,
@@ -223,7 +221,6 @@ impl RunManager {
                 endpoints,
                 state,
                 url,
-                db: tokio::sync::Mutex::new(None),
                 active: Mutex::new(HashMap::new()),
             }),
         }
@@ -311,7 +308,9 @@ impl RunManager {
     /// A run's record, with live counts while it runs here.
     pub async fn get(&self, id: i64) -> Result<Value, ControlError> {
         let row = self
-            .query_run(id)
+            .inner
+            .state
+            .get_run(id)
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         let Some(mut row) = row else {
@@ -330,7 +329,9 @@ impl RunManager {
             return Ok(json!({ "id": id, "state": "cancelling" }));
         }
         let row = self
-            .query_run(id)
+            .inner
+            .state
+            .get_run(id)
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
         match row {
@@ -405,10 +406,16 @@ impl RunManager {
             }
             RunMode::Async => None,
         };
-        let id = self
-            .insert_run(strategy, trigger, filter.as_ref().map(|(t, _)| t.as_str()))
+        let id = inner
+            .state
+            .insert_run(
+                strategy,
+                trigger.as_str(),
+                filter.as_ref().map(|(t, _)| t.as_str()),
+                &json!(Counts::default()),
+            )
             .await
-            .map_err(|e| RunError::State(e.to_string()))?;
+            .map_err(|e| RunError::State(Arc::new(e)))?;
         let cancel = CancellationToken::new();
         let live = Arc::new(Live::default());
         self.lock_active().insert(
@@ -451,7 +458,9 @@ impl RunManager {
             Err(e) => (e.outcome(), Some(e.to_string())),
         };
         if let Err(e) = self
-            .finish_run(plan.id, state, &counts, error.as_deref())
+            .inner
+            .state
+            .finish_run(plan.id, state, &json!(counts), error.as_deref())
             .await
         {
             tracing::warn!(run = plan.id, error = %e, "cannot record the run's outcome in walhook.runs");
@@ -485,9 +494,9 @@ impl RunManager {
 
     async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {
         let cfg = &self.inner.config.strategies[plan.index];
-        let client = db::connect(&self.inner.url, "walhook-run")
+        let client = pg::connect(&self.inner.url, "walhook-run")
             .await
-            .map_err(|e| RunError::State(e.to_string()))?;
+            .map_err(|e| RunError::Snapshot(Arc::new(SnapshotError::Connect(e))))?;
         let mut snapshot = Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE)
             .await
             .map_err(|e| RunError::Snapshot(Arc::new(e)))?;
@@ -541,7 +550,7 @@ impl RunManager {
             }
             if last_write.elapsed() >= Duration::from_secs(1) {
                 last_write = Instant::now();
-                let _ = self.write_counts(plan.id, &plan.live.get()).await;
+                self.write_counts(plan).await;
             }
             if done {
                 break;
@@ -607,102 +616,14 @@ impl RunManager {
         })
     }
 
-    async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, String> {
-        let mut guard = self.inner.db.lock().await;
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            let client = db::connect(&self.inner.url, "walhook-runs")
-                .await
-                .map_err(|e| e.to_string())?;
-            *guard = Some(client);
-        }
-        Ok(guard)
-    }
-
-    async fn insert_run(
-        &self,
-        strategy: &str,
-        trigger: Trigger,
-        filter: Option<&str>,
-    ) -> Result<i64, String> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().ok_or("no connection")?;
-        let row = client
-            .query_one(
-                "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
-                 VALUES ($1, $2, $3, 'running', $4::text::jsonb) RETURNING id",
-                &[
-                    &strategy,
-                    &trigger.as_str(),
-                    &filter,
-                    &json!(Counts::default()).to_string(),
-                ],
-            )
-            .await
-            .map_err(|e| db_message(&e))?;
-        row.try_get(0).map_err(|e| db_message(&e))
-    }
-
-    async fn write_counts(&self, id: i64, counts: &Counts) -> Result<(), String> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().ok_or("no connection")?;
-        client
-            .execute(
-                "UPDATE walhook.runs SET counts = $2::text::jsonb WHERE id = $1",
-                &[&id, &json!(counts).to_string()],
-            )
-            .await
-            .map_err(|e| db_message(&e))?;
-        Ok(())
-    }
-
-    async fn finish_run(
-        &self,
-        id: i64,
-        state: &str,
-        counts: &Counts,
-        error: Option<&str>,
-    ) -> Result<(), String> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().ok_or("no connection")?;
-        client
-            .execute(
-                "UPDATE walhook.runs SET state = $2, counts = $3::text::jsonb, \
-                 finished_at = clock_timestamp(), error = $4 WHERE id = $1",
-                &[&id, &state, &json!(counts).to_string(), &error],
-            )
-            .await
-            .map_err(|e| db_message(&e))?;
-        Ok(())
-    }
-
-    async fn query_run(&self, id: i64) -> Result<Option<Value>, String> {
-        let guard = self.client().await?;
-        let client = guard.as_ref().ok_or("no connection")?;
-        let row = client
-            .query_opt(
-                "SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
-                 'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
-                 'finished_at', finished_at, 'error', error)::text \
-                 FROM walhook.runs WHERE id = $1",
-                &[&id],
-            )
-            .await
-            .map_err(|e| db_message(&e))?;
-        match row {
-            None => Ok(None),
-            Some(row) => {
-                let text: &str = row.try_get(0).map_err(|e| db_message(&e))?;
-                serde_json::from_str(text)
-                    .map(Some)
-                    .map_err(|e| e.to_string())
-            }
+    /// Writes a running run's counts; best effort, as the outcome written
+    /// when it ends has the final counts.
+    async fn write_counts(&self, plan: &Plan) {
+        let counts = json!(plan.live.get());
+        if let Err(e) = self.inner.state.update_run_counts(plan.id, &counts).await {
+            tracing::debug!(run = plan.id, error = %e, "cannot write the run's counts to walhook.runs");
         }
     }
-}
-
-fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error()
-        .map_or_else(|| e.to_string(), |d| d.message().to_string())
 }
 
 /// Filters and maps pages, counting rows read and records taken.
@@ -850,7 +771,7 @@ impl RunWorker {
                     }
                     if last_write.elapsed() >= Duration::from_secs(1) {
                         last_write = Instant::now();
-                        let _ = manager.write_counts(plan.id, &plan.live.get()).await;
+                        manager.write_counts(plan).await;
                     }
                 }
             }

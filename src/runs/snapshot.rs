@@ -16,11 +16,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio_postgres::Client;
 
-use crate::cluster::quote_ident;
 use crate::config::TableName;
 use crate::decode::relcache::{builtin_kind, kind_by_name};
-use crate::decode::{Cell, Column, Op, RecordEvent, Relation, ReplicaIdentity, Tuple};
+use crate::decode::{Cell, Column, Op, RecordEvent, Relation, Tuple};
 use crate::lsn::Lsn;
+use crate::pg::{self, quote_ident, quote_table};
 
 /// Rows per page.
 pub const DEFAULT_PAGE: usize = 1000;
@@ -32,8 +32,14 @@ pub enum SnapshotError {
     NoTable(TableName),
     #[error("table {0} has no primary key: runs read in primary-key order; add one with ALTER TABLE {0} ADD PRIMARY KEY (...)")]
     NoPrimaryKey(TableName),
-    #[error("cannot read {table}: {reason}")]
-    Query { table: TableName, reason: String },
+    #[error(transparent)]
+    Connect(#[from] pg::ConnectError),
+    #[error("cannot read {table}: {}", pg::describe(.source))]
+    Query {
+        table: TableName,
+        #[source]
+        source: tokio_postgres::Error,
+    },
 }
 
 /// Reads one table page by page inside one snapshot. Dropping it mid-way
@@ -65,11 +71,9 @@ impl Snapshot {
         run_as: Option<&str>,
         page: usize,
     ) -> Result<Snapshot, SnapshotError> {
-        let query_err = |e: tokio_postgres::Error| SnapshotError::Query {
+        let query_err = |source| SnapshotError::Query {
             table: table.clone(),
-            reason: e
-                .as_db_error()
-                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+            source,
         };
         let mut begin = String::from(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
@@ -81,57 +85,31 @@ impl Snapshot {
             begin.push_str(&format!(" SET LOCAL ROLE {};", quote_ident(role)));
         }
         client.batch_execute(&begin).await.map_err(query_err)?;
-        let columns = client
-            .query(
-                "SELECT a.attname::text, a.atttypid::oid, a.atttypmod, n.nspname::text, t.typname::text, \
-                        format_type(a.atttypid, NULL), \
-                        array_position(i.indkey::int2[], a.attnum), c.relreplident::text, c.oid::oid \
-                 FROM pg_class c \
-                 JOIN pg_namespace cn ON cn.oid = c.relnamespace \
-                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-                 JOIN pg_type t ON t.oid = a.atttypid \
-                 JOIN pg_namespace n ON n.oid = t.typnamespace \
-                 LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
-                 WHERE cn.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
-                 ORDER BY a.attnum",
-                &[&table.schema, &table.name],
-            )
+        let catalog = pg::table_catalog(&client, table)
             .await
-            .map_err(query_err)?;
-        if columns.is_empty() {
-            return Err(SnapshotError::NoTable(table.clone()));
-        }
-        let mut cols = Vec::with_capacity(columns.len());
-        let mut key: Vec<(i32, usize, String)> = Vec::new();
-        let mut identity = ReplicaIdentity::Default;
-        let mut oid = 0;
-        for (pos, row) in columns.iter().enumerate() {
-            let type_oid: u32 = row.get(1);
-            let kind = builtin_kind(type_oid)
-                .unwrap_or_else(|| kind_by_name(row.get::<_, &str>(3), row.get::<_, &str>(4)));
-            let key_pos: Option<i32> = row.get(6);
-            if let Some(k) = key_pos {
-                key.push((k, pos, row.get::<_, String>(5)));
-            }
-            identity = match row.get::<_, &str>(7) {
-                "f" => ReplicaIdentity::Full,
-                "n" => ReplicaIdentity::Nothing,
-                "i" => ReplicaIdentity::Index,
-                _ => ReplicaIdentity::Default,
-            };
-            oid = row.get(8);
-            cols.push(Column {
-                name: row.get(0),
-                type_oid,
-                type_modifier: row.get(2),
-                key: key_pos.is_some(),
-                kind,
-            });
-        }
+            .map_err(query_err)?
+            .filter(|c| !c.columns.is_empty())
+            .ok_or_else(|| SnapshotError::NoTable(table.clone()))?;
+        let key = catalog.primary_key();
         if key.is_empty() {
             return Err(SnapshotError::NoPrimaryKey(table.clone()));
         }
-        key.sort();
+        let key_types = key
+            .iter()
+            .map(|&k| catalog.columns[k].type_sql.clone())
+            .collect();
+        let cols: Vec<Column> = catalog
+            .columns
+            .iter()
+            .map(|c| Column {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                key: c.primary_key.is_some(),
+                kind: builtin_kind(c.type_oid)
+                    .unwrap_or_else(|| kind_by_name(&c.type_schema, &c.type_name)),
+            })
+            .collect();
         let lsn_row = client
             .query_one(
                 "SELECT pg_current_wal_lsn()::text, (extract(epoch from now()) * 1000000)::int8",
@@ -159,23 +137,19 @@ impl Snapshot {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let select = format!(
-            "SELECT {select_list} FROM {}.{} AS r",
-            quote_ident(&table.schema),
-            quote_ident(&table.name)
-        );
+        let select = format!("SELECT {select_list} FROM {} AS r", quote_table(table));
         Ok(Snapshot {
             client,
             table: table.clone(),
             relation: Arc::new(Relation {
-                oid,
+                oid: catalog.oid,
                 schema: table.schema.clone(),
                 name: table.name.clone(),
-                replica_identity: identity,
+                replica_identity: catalog.replica_identity,
                 columns: cols,
             }),
-            key: key.iter().map(|(_, pos, _)| *pos).collect(),
-            key_types: key.into_iter().map(|(_, _, ty)| ty).collect(),
+            key,
+            key_types,
             select,
             page: page.max(1),
             after: None,
@@ -226,16 +200,14 @@ impl Snapshot {
             .iter()
             .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
             .collect();
-        let rows =
-            self.client
-                .query(sql.as_str(), &refs)
-                .await
-                .map_err(|e| SnapshotError::Query {
-                    table: self.table.clone(),
-                    reason: e
-                        .as_db_error()
-                        .map_or_else(|| e.to_string(), |d| d.message().to_string()),
-                })?;
+        let rows = self
+            .client
+            .query(sql.as_str(), &refs)
+            .await
+            .map_err(|source| SnapshotError::Query {
+                table: self.table.clone(),
+                source,
+            })?;
         if rows.len() < self.page {
             self.done = true;
         }

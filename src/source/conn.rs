@@ -18,11 +18,11 @@ use tokio::net::UnixStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use super::conninfo::{ConnInfo, SslMode, Target};
 use super::error::{sqlstate, DbError, SourceError};
 use super::protocol::{Rows, StandbyStatus};
-use super::tls;
 use super::wire::{self, Frame, RowCollector};
+use crate::pg::conninfo::{ConnInfo, SslMode, Target, UrlError};
+use crate::pg::tls::{self, TlsError};
 
 /// Session settings pinned at startup so text output is stable (the same
 /// options core's walreceiver sends, plus hex bytea so the decoder never sees
@@ -131,7 +131,9 @@ impl ReplConn {
                 Err(e) => return Err(e),
             }
         }
-        Err(last.unwrap_or_else(|| SourceError::InvalidUrl("no host to connect to".into())))
+        Err(last.unwrap_or_else(|| {
+            SourceError::InvalidUrl(UrlError::Invalid("no host to connect to".into()))
+        }))
     }
 
     /// The address this connection talks to, for messages.
@@ -167,9 +169,9 @@ impl ReplConn {
             }
             #[cfg(not(unix))]
             Target::Unix { .. } => {
-                return Err(SourceError::InvalidUrl(
+                return Err(SourceError::InvalidUrl(UrlError::Invalid(
                     "Unix sockets are not supported on this platform".into(),
-                ))
+                )))
             }
         };
         let tls = matches!(stream, Stream::Tls(_));
@@ -200,7 +202,9 @@ impl ReplConn {
             ("options", STARTUP_OPTIONS),
         ];
         frontend::startup_message(params.iter().copied(), &mut self.wbuf).map_err(|e| {
-            SourceError::InvalidUrl(format!("cannot encode the startup message: {e}"))
+            SourceError::InvalidUrl(UrlError::Invalid(format!(
+                "cannot encode the startup message: {e}"
+            )))
         })?;
         self.send().await?;
 
@@ -434,10 +438,10 @@ async fn negotiate_tls(
     match TlsConnector::from(config).connect(name, tcp).await {
         Ok(stream) => Ok(Stream::Tls(Box::new(stream))),
         // rustls reports certificate and handshake problems as InvalidData.
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(SourceError::Tls {
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(SourceError::Tls(TlsError {
             target: target.to_string(),
             reason: e.to_string(),
-        }),
+        })),
         Err(source) => Err(SourceError::Io {
             target: target.to_string(),
             source,

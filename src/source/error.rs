@@ -5,6 +5,8 @@ use std::fmt;
 
 use crate::decode::pgoutput::DecodeError;
 use crate::lsn::Lsn;
+use crate::pg::conninfo::UrlError;
+use crate::pg::tls::TlsError;
 
 /// An ErrorResponse from the server, with the fields an operator needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,8 +55,8 @@ pub enum Disposition {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("invalid source.url: {0}")]
-    InvalidUrl(String),
+    #[error(transparent)]
+    InvalidUrl(#[from] UrlError),
 
     #[error("invalid source options: {0}")]
     InvalidOptions(String),
@@ -85,8 +87,8 @@ pub enum SourceError {
     #[error("server {target} refused TLS, but sslmode={mode} requires it; enable ssl on the server or lower sslmode in source.url")]
     TlsRefused { target: String, mode: &'static str },
 
-    #[error("TLS with {target} failed: {reason}; sslmode and sslrootcert in source.url decide what is verified (verify-full needs the URL's host name in the server certificate)")]
-    Tls { target: String, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 
     #[error("password authentication failed for role \"{user}\" at {target}: {error}; check the user and password in source.url")]
     AuthFailed {
@@ -176,7 +178,7 @@ impl SourceError {
             InvalidUrl(_)
             | InvalidOptions(_)
             | TlsRefused { .. }
-            | Tls { .. }
+            | Tls(_)
             | AuthFailed { .. }
             | PasswordMissing { .. }
             | UnsupportedAuth { .. }
@@ -254,6 +256,13 @@ mod tests {
         assert_eq!(server("55000").disposition(), Disposition::Fatal);
         assert_eq!(server("").disposition(), Disposition::Fatal);
         assert!(!SourceError::SlotLost { slot: "s".into() }.is_transient());
+        let tls = crate::pg::tls::client_config(
+            crate::pg::conninfo::SslMode::VerifyFull,
+            &crate::pg::conninfo::RootCerts::File("/nonexistent/root.crt".into()),
+            "h:5432",
+        )
+        .unwrap_err();
+        assert!(!SourceError::from(tls).is_transient());
     }
 
     #[test]

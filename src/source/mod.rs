@@ -21,16 +21,15 @@
 //! transactions already handed down are skipped, and one cut off half-way
 //! resumes after its last handed-down change (see [`resume`]).
 //!
-//! The pure parts (URL handling, frames, auth, copy messages, feedback
-//! timing, replay filter) live in their own modules and are unit-tested with
-//! bytes and values; `conn` and `stream` are the thin async shell.
+//! The pure parts (frames, auth, copy messages, feedback timing, replay
+//! filter) live in their own modules and are unit-tested with bytes and
+//! values; `conn` and `stream` are the thin async shell. Connection strings
+//! and TLS settings are shared with every SQL connection ([`crate::pg`]).
 
-pub mod conninfo;
 pub mod error;
 pub mod feedback;
 pub mod protocol;
 pub mod resume;
-pub mod tls;
 pub mod wire;
 
 mod conn;
@@ -49,8 +48,8 @@ pub use error::{DbError, Disposition, SourceError};
 
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
+use crate::pg::conninfo::{self, ConnInfo};
 use conn::ReplConn;
-use conninfo::ConnInfo;
 use error::sqlstate;
 use protocol::{SlotInfo, SystemInfo};
 use stream::Memory;
@@ -322,7 +321,7 @@ impl Source {
         protocol::validate_slot_name(&self.opts.slot).map_err(SourceError::InvalidOptions)?;
         protocol::validate_publications(&self.opts.publications)
             .map_err(SourceError::InvalidOptions)?;
-        conninfo::parse(&self.opts.url)
+        Ok(conninfo::parse(&self.opts.url)?)
     }
 
     fn fail(&self, error: SourceError) -> SourceError {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::lsn::Lsn;
+use crate::pg::{quote_ident, quote_literal};
 
 /// Malformed replication protocol input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,17 +124,6 @@ impl StandbyStatus {
         out.put_i64(self.client_time);
         out.put_u8(u8::from(self.reply_requested));
     }
-}
-
-/// `"name"` with embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// `'text'` with embedded quotes doubled (standard-conforming strings: the
-/// replication grammar has no backslash escapes).
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Postgres's rule for slot names (`ReplicationSlotValidateName`).

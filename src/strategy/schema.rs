@@ -17,6 +17,8 @@ use tokio_postgres::Client;
 
 use super::expr::{referenced_columns, ColumnRef, Image};
 use crate::config::{Config, StrategyConfig, TableName, Template};
+use crate::decode::ReplicaIdentity;
+use crate::pg::{self, readable_ident, readable_table, TableCatalog};
 
 /// One mismatch between a strategy and the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,9 +46,9 @@ impl fmt::Display for SchemaProblem {
 /// A catalog query or the publication's creation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("reading the catalog failed: {0}")]
+    #[error("reading the catalog failed: {}", pg::describe(.0))]
     Query(#[source] tokio_postgres::Error),
-    #[error("creating publication {publication} failed: {source}")]
+    #[error("creating publication {publication} failed: {}", pg::describe(.source))]
     Create {
         publication: String,
         #[source]
@@ -71,13 +73,6 @@ pub enum PublicationOutcome {
     Created { tables: Vec<TableName> },
     /// It exists; it was left as it is.
     Existing,
-}
-
-/// A table's catalog facts.
-struct TableInfo {
-    replica_identity: char,
-    /// Column name and whether it is in the replica identity key.
-    columns: Vec<(String, bool)>,
 }
 
 /// Checks every strategy against the database behind `client`: the table
@@ -108,7 +103,10 @@ pub async fn validate_schema(
             fix,
         };
         let table = &strategy.table;
-        let Some(info) = table_info(client, table).await? else {
+        let Some(info) = pg::table_catalog(client, table)
+            .await
+            .map_err(SchemaError::Query)?
+        else {
             problems.push(problem(
                 format!("{base}.table"),
                 format!("table {table} does not exist"),
@@ -136,8 +134,8 @@ pub async fn validate_schema(
                     ),
                     format!(
                         "ALTER PUBLICATION {} ADD TABLE {};",
-                        ident(publication_name),
-                        qualified(table)
+                        readable_ident(publication_name),
+                        readable_table(table)
                     ),
                 ));
             }
@@ -155,7 +153,7 @@ pub async fn validate_schema(
                         format!("publication {publication_name} does not publish {op}s"),
                         format!(
                             "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');",
-                            ident(publication_name)
+                            readable_ident(publication_name)
                         ),
                     ));
                 }
@@ -201,26 +199,21 @@ fn row_expressions<'a>(strategy: &'a StrategyConfig, base: &str) -> Vec<(String,
 fn check_columns(
     strategy: &StrategyConfig,
     base: &str,
-    info: &TableInfo,
+    info: &TableCatalog,
     problems: &mut Vec<SchemaProblem>,
 ) {
     let table = &strategy.table;
-    let full = info.replica_identity == 'f';
-    let identity = match info.replica_identity {
-        'd' => "DEFAULT",
-        'n' => "NOTHING",
-        'i' => "USING INDEX",
-        _ => "FULL",
-    };
+    let full = info.replica_identity == ReplicaIdentity::Full;
+    let identity = info.identity_label();
     for (path, expr, row_is_old) in row_expressions(strategy, base) {
         let Ok(columns) = referenced_columns(expr) else {
             continue;
         };
         let mut reported = BTreeSet::new();
         for ColumnRef { image, column } in columns {
-            let Some((_, key)) = info.columns.iter().find(|(name, _)| *name == column) else {
+            let Some(found) = info.columns.iter().find(|c| c.name == column) else {
                 if reported.insert(column.clone()) {
-                    let names: Vec<&str> = info.columns.iter().map(|(n, _)| n.as_str()).collect();
+                    let names: Vec<&str> = info.columns.iter().map(|c| c.name.as_str()).collect();
                     problems.push(SchemaProblem {
                         strategy: strategy.name.clone(),
                         path: path.clone(),
@@ -231,7 +224,8 @@ fn check_columns(
                 continue;
             };
             let reads_old = image == Image::Old || (image == Image::Row && row_is_old);
-            if reads_old && !*key && !full && reported.insert(column.clone()) {
+            let key = info.in_identity_key(found);
+            if reads_old && !key && !full && reported.insert(column.clone()) {
                 let how = if image == Image::Old {
                     format!("old.{column} (or changed(\"{column}\"))")
                 } else {
@@ -246,45 +240,12 @@ fn check_columns(
                     ),
                     fix: format!(
                         "ALTER TABLE {} REPLICA IDENTITY FULL; or use new.* only",
-                        qualified(table)
+                        readable_table(table)
                     ),
                 });
             }
         }
     }
-}
-
-async fn table_info(client: &Client, table: &TableName) -> Result<Option<TableInfo>, SchemaError> {
-    let Some(row) = client
-        .query_opt(
-            "SELECT c.oid, c.relreplident::text FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-            &[&table.schema, &table.name],
-        )
-        .await
-        .map_err(SchemaError::Query)?
-    else {
-        return Ok(None);
-    };
-    let oid: u32 = row.get(0);
-    let identity: String = row.get(1);
-    let rows = client
-        .query(
-            "SELECT a.attname::text, COALESCE(bool_or(a.attnum = ANY (i.indkey)), false) \
-             FROM pg_attribute a \
-             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND CASE $2::text \
-               WHEN 'd' THEN i.indisprimary WHEN 'i' THEN i.indisreplident ELSE false END \
-             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
-             GROUP BY a.attname, a.attnum ORDER BY a.attnum",
-            &[&oid, &identity],
-        )
-        .await
-        .map_err(SchemaError::Query)?;
-    Ok(Some(TableInfo {
-        replica_identity: identity.chars().next().unwrap_or('d'),
-        columns: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
-    }))
 }
 
 /// Creates `config.source.publication` for every strategy's table when it
@@ -310,7 +271,7 @@ pub async fn ensure_publication(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let sql = create_publication_sql(name, &tables);
+    let sql = pg::create_publication_sql(name, &tables);
     match client.batch_execute(&sql).await {
         Ok(()) => Ok(PublicationOutcome::Created { tables }),
         // Another instance created it meanwhile.
@@ -321,118 +282,5 @@ pub async fn ensure_publication(
             publication: name.clone(),
             source,
         }),
-    }
-}
-
-/// `CREATE PUBLICATION name FOR TABLE a, b` (no `FOR` clause without tables).
-pub fn create_publication_sql(name: &str, tables: &[TableName]) -> String {
-    let mut sql = format!("CREATE PUBLICATION {}", ident(name));
-    if !tables.is_empty() {
-        let list: Vec<String> = tables.iter().map(qualified).collect();
-        sql.push_str(" FOR TABLE ");
-        sql.push_str(&list.join(", "));
-    }
-    sql
-}
-
-/// `schema.table`, each part quoted only when needed.
-pub fn qualified(table: &TableName) -> String {
-    format!("{}.{}", ident(&table.schema), ident(&table.name))
-}
-
-/// An identifier as SQL: bare when it is a plain lower-case name that is not
-/// a reserved word, double-quoted otherwise.
-pub fn ident(name: &str) -> String {
-    const RESERVED: &[&str] = &[
-        "all",
-        "analyse",
-        "analyze",
-        "and",
-        "any",
-        "array",
-        "as",
-        "asc",
-        "asymmetric",
-        "both",
-        "case",
-        "cast",
-        "check",
-        "collate",
-        "column",
-        "constraint",
-        "create",
-        "current_catalog",
-        "current_date",
-        "current_role",
-        "current_time",
-        "current_timestamp",
-        "current_user",
-        "default",
-        "deferrable",
-        "desc",
-        "distinct",
-        "do",
-        "else",
-        "end",
-        "except",
-        "false",
-        "fetch",
-        "for",
-        "foreign",
-        "from",
-        "grant",
-        "group",
-        "having",
-        "in",
-        "initially",
-        "intersect",
-        "into",
-        "lateral",
-        "leading",
-        "limit",
-        "localtime",
-        "localtimestamp",
-        "not",
-        "null",
-        "offset",
-        "on",
-        "only",
-        "or",
-        "order",
-        "placing",
-        "primary",
-        "references",
-        "returning",
-        "select",
-        "session_user",
-        "some",
-        "symmetric",
-        "system_user",
-        "table",
-        "then",
-        "to",
-        "trailing",
-        "true",
-        "union",
-        "unique",
-        "user",
-        "using",
-        "variadic",
-        "when",
-        "where",
-        "window",
-        "with",
-    ];
-    let plain = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
-    if plain && !RESERVED.contains(&name) {
-        name.to_string()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
     }
 }

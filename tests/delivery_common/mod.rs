@@ -16,9 +16,10 @@ use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
 use walhook::decode::SourceEvent;
 use walhook::delivery::prepare::NoPrepare;
 use walhook::delivery::{
-    DeliveryError, Endpoint, PauseHandle, StateStore, StatusHandle, StrategyWorker, WorkerOptions,
+    DeliveryError, Endpoint, PauseHandle, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use walhook::lsn::Lsn;
+use walhook::state::StateStore;
 
 use crate::source_common::{self, Running};
 

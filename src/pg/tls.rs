@@ -19,21 +19,31 @@ use rustls::{
 };
 
 use super::conninfo::{RootCerts, SslMode};
-use super::error::SourceError;
+
+/// A TLS configuration or handshake problem; not transient (the settings
+/// or the certificates must change).
+#[derive(Debug, thiserror::Error)]
+#[error("TLS with {target} failed: {reason}; sslmode and sslrootcert in source.url decide what is verified (verify-full needs the URL's host name in the server certificate)")]
+pub struct TlsError {
+    /// The server, as `host:port`.
+    pub(crate) target: String,
+    /// What went wrong.
+    pub(crate) reason: String,
+}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn tls_error(target: &str, reason: impl Into<String>) -> SourceError {
-    SourceError::Tls {
+fn tls_error(target: &str, reason: impl Into<String>) -> TlsError {
+    TlsError {
         target: target.to_string(),
         reason: reason.into(),
     }
 }
 
 /// Loads the trusted roots for verify-ca / verify-full.
-pub fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, SourceError> {
+pub fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         RootCerts::File(path) => {
@@ -72,7 +82,7 @@ pub fn client_config(
     mode: SslMode,
     roots: &RootCerts,
     target: &str,
-) -> Result<Arc<ClientConfig>, SourceError> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -107,7 +117,7 @@ pub fn server_name(
     host: &str,
     mode: SslMode,
     target: &str,
-) -> Result<ServerName<'static>, SourceError> {
+) -> Result<ServerName<'static>, TlsError> {
     match ServerName::try_from(host.to_string()) {
         Ok(name) => Ok(name),
         Err(_) if mode != SslMode::VerifyFull => {
@@ -238,7 +248,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/root.crt"), "{err}");
-        assert!(!err.is_transient());
     }
 
     #[test]

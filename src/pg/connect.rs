@@ -6,27 +6,38 @@ use secrecy::ExposeSecret;
 use tokio_postgres::config::SslMode as PgSslMode;
 use tokio_postgres::{Client, NoTls};
 
-use crate::source::conninfo::{self, SslMode, Target};
-use crate::source::tls;
+use super::conninfo::{self, SslMode, Target, UrlError};
+use super::tls::{self, TlsError};
 
 /// Why a SQL connection could not be opened. Never holds the password.
 #[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("invalid source.url: {0}")]
-    Url(String),
-    #[error("cannot connect to PostgreSQL at {target} as {user}: {reason}")]
+pub enum ConnectError {
+    /// The connection string is wrong.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The TLS settings cannot be used (e.g. an unreadable sslrootcert).
+    #[error("cannot connect to PostgreSQL at {target} as {user}: {source}")]
+    Tls {
+        target: String,
+        user: String,
+        #[source]
+        source: TlsError,
+    },
+    /// The server could not be reached, refused TLS or the login.
+    #[error("cannot connect to PostgreSQL at {target} as {user}: {}", super::describe(.source))]
     Connect {
         target: String,
         user: String,
-        reason: String,
+        #[source]
+        source: tokio_postgres::Error,
     },
 }
 
 /// Opens a SQL connection for `url` (a libpq URL or key=value string) and
 /// drives it on a background task. `application_name` defaults to the URL's
 /// or `walhook`.
-pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbError> {
-    let info = conninfo::parse(url).map_err(|e| DbError::Url(e.to_string()))?;
+pub async fn connect(url: &str, application_name: &str) -> Result<Client, ConnectError> {
+    let info = conninfo::parse(url)?;
     let mut config = tokio_postgres::Config::new();
     for target in &info.targets {
         match target {
@@ -54,18 +65,15 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbErro
         .first()
         .map(ToString::to_string)
         .unwrap_or_default();
-    let fail = |reason: String| DbError::Connect {
+    let fail = |source: tokio_postgres::Error| ConnectError::Connect {
         target: where_.clone(),
         user: info.user.clone(),
-        reason,
+        source,
     };
     let client = match info.ssl_mode {
         SslMode::Disable => {
             config.ssl_mode(PgSslMode::Disable);
-            let (client, connection) = config
-                .connect(NoTls)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let (client, connection) = config.connect(NoTls).await.map_err(fail)?;
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "SQL connection closed");
@@ -79,13 +87,16 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, DbErro
             } else {
                 PgSslMode::Prefer
             });
-            let tls_config = tls::client_config(mode, &info.root_certs, &where_)
-                .map_err(|e| fail(e.to_string()))?;
+            let tls_config =
+                tls::client_config(mode, &info.root_certs, &where_).map_err(|source| {
+                    ConnectError::Tls {
+                        target: where_.clone(),
+                        user: info.user.clone(),
+                        source,
+                    }
+                })?;
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*tls_config).clone());
-            let (client, connection) = config
-                .connect(connector)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            let (client, connection) = config.connect(connector).await.map_err(fail)?;
             tokio::spawn(async move {
                 if let Err(err) = connection.await {
                     tracing::debug!(error = %err, "SQL connection closed");

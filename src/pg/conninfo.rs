@@ -16,7 +16,16 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio_postgres::config::Host;
 
-use super::error::SourceError;
+/// A connection string walhook cannot use. Never holds the password.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// A rule walhook checks itself (sslmode, user, ports, encoding).
+    #[error("invalid source.url: {0}")]
+    Invalid(String),
+    /// tokio-postgres could not parse the rest of the string.
+    #[error("invalid source.url: {0}")]
+    Parse(#[source] tokio_postgres::Error),
+}
 
 /// libpq's `sslmode`, all six values.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -58,7 +67,7 @@ impl SslMode {
 }
 
 impl FromStr for SslMode {
-    type Err = SourceError;
+    type Err = UrlError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "disable" => SslMode::Disable,
@@ -68,7 +77,7 @@ impl FromStr for SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             other => {
-                return Err(SourceError::InvalidUrl(format!(
+                return Err(UrlError::Invalid(format!(
                     "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
                 )))
             }
@@ -150,16 +159,15 @@ struct Extracted {
 }
 
 /// Parses a libpq URL (`postgres://…`) or `key=value` string.
-pub fn parse(url: &str) -> Result<ConnInfo, SourceError> {
+pub fn parse(url: &str) -> Result<ConnInfo, UrlError> {
     let (rest, extracted) = preprocess(url)?;
-    let config = tokio_postgres::Config::from_str(&rest)
-        .map_err(|e| SourceError::InvalidUrl(e.to_string()))?;
+    let config = tokio_postgres::Config::from_str(&rest).map_err(UrlError::Parse)?;
     build(&config, extracted)
 }
 
 /// Splits off `sslmode`, `sslrootcert` and `replication`, returning the rest
 /// in a form tokio-postgres accepts.
-fn preprocess(url: &str) -> Result<(String, Extracted), SourceError> {
+fn preprocess(url: &str) -> Result<(String, Extracted), UrlError> {
     let mut ex = Extracted::default();
     let mut take = |key: &str, value: String| -> bool {
         match key {
@@ -196,12 +204,12 @@ fn preprocess(url: &str) -> Result<(String, Extracted), SourceError> {
     Ok((rest, ex))
 }
 
-fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, SourceError> {
+fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, UrlError> {
     let user = config
         .get_user()
         .filter(|u| !u.is_empty())
         .ok_or_else(|| {
-            SourceError::InvalidUrl(
+            UrlError::Invalid(
                 "no user: write it into the URL, e.g. postgres://walhook@db.example.com/app".into(),
             )
         })?
@@ -211,7 +219,7 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Sou
         .map(|p| {
             String::from_utf8(p.to_vec())
                 .map(SecretString::from)
-                .map_err(|_| SourceError::InvalidUrl("the password is not valid UTF-8".into()))
+                .map_err(|_| UrlError::Invalid("the password is not valid UTF-8".into()))
         })
         .transpose()?;
     let dbname = config.get_dbname().unwrap_or(&user).to_string();
@@ -226,7 +234,7 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Sou
         // libpq: sslrootcert=system defaults to, and demands, verify-full.
         (None, Some("system")) => SslMode::VerifyFull,
         (Some(m), Some("system")) if m != SslMode::VerifyFull => {
-            return Err(SourceError::InvalidUrl(format!(
+            return Err(UrlError::Invalid(format!(
                 "sslmode={} may not be used with sslrootcert=system; use sslmode=verify-full",
                 m.as_str()
             )))
@@ -242,7 +250,7 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Sou
     let addrs = config.get_hostaddrs();
     let count = hosts.len().max(addrs.len()).max(1);
     if ports.len() > 1 && ports.len() != count {
-        return Err(SourceError::InvalidUrl(format!(
+        return Err(UrlError::Invalid(format!(
             "{} ports for {count} hosts: give one port, or one per host",
             ports.len()
         )));
@@ -347,7 +355,7 @@ fn split_url(url: &str) -> Option<(&str, &str)> {
     Some(url.split_once('?').unwrap_or((url, "")))
 }
 
-fn percent_decode(s: &str) -> Result<String, SourceError> {
+fn percent_decode(s: &str) -> Result<String, UrlError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -358,7 +366,7 @@ fn percent_decode(s: &str) -> Result<String, SourceError> {
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| {
-                    SourceError::InvalidUrl("invalid percent-encoding in a URL parameter".into())
+                    UrlError::Invalid("invalid percent-encoding in a URL parameter".into())
                 })?;
             out.push(hex);
             i += 3;
@@ -368,15 +376,15 @@ fn percent_decode(s: &str) -> Result<String, SourceError> {
         }
     }
     String::from_utf8(out)
-        .map_err(|_| SourceError::InvalidUrl("a URL parameter is not valid UTF-8".into()))
+        .map_err(|_| UrlError::Invalid("a URL parameter is not valid UTF-8".into()))
 }
 
 /// Tokenises a libpq `key=value` string (values optionally single-quoted,
 /// backslash escapes `\\` and `\'`).
-fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, SourceError> {
+fn kv_pairs(s: &str) -> Result<Vec<(String, String)>, UrlError> {
     let mut pairs = Vec::new();
     let mut it = s.chars().peekable();
-    let bad = |what: &str| SourceError::InvalidUrl(format!("invalid connection string: {what}"));
+    let bad = |what: &str| UrlError::Invalid(format!("invalid connection string: {what}"));
     loop {
         while it.next_if(|c| c.is_whitespace()).is_some() {}
         if it.peek().is_none() {

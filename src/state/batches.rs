@@ -1,0 +1,87 @@
+//! `walhook.batches`: the boundaries of batches sent but not yet
+//! acknowledged, so that after a restart the delivery worker re-forms them
+//! with the same records and ids.
+
+use super::{StateError, StateStore};
+use crate::lsn::{Lsn, ParseLsnError};
+
+/// A batch sent but not yet acknowledged (`walhook.batches`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub batch_id: String,
+    pub first_record_id: String,
+    pub last_record_id: String,
+    pub last_lsn: Lsn,
+}
+
+impl StateStore {
+    /// Records a batch's boundaries before it is sent (idempotent).
+    pub async fn record_batch(
+        &self,
+        strategy: &str,
+        batch: &StoredBatch,
+    ) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO walhook.batches \
+                 (strategy, batch_id, first_record_id, last_record_id, last_lsn) \
+                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn) ON CONFLICT DO NOTHING",
+                &[
+                    &strategy,
+                    &batch.batch_id,
+                    &batch.first_record_id,
+                    &batch.last_record_id,
+                    &batch.last_lsn.to_string(),
+                ],
+            )
+            .await
+            .map_err(StateError::query("recording a batch in walhook.batches"))?;
+        Ok(())
+    }
+
+    /// A strategy's stored batches, in commit order.
+    pub async fn load_batches(&self, strategy: &str) -> Result<Vec<StoredBatch>, StateError> {
+        const WHAT: &str = "reading walhook.batches";
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT batch_id, first_record_id, last_record_id, last_lsn::text \
+                 FROM walhook.batches WHERE strategy = $1 ORDER BY last_lsn, created_at",
+                &[&strategy],
+            )
+            .await
+            .map_err(StateError::query(WHAT))?;
+        rows.iter()
+            .map(|row| {
+                let column = StateError::query(WHAT);
+                let lsn: String = row.try_get(3).map_err(&column)?;
+                Ok(StoredBatch {
+                    batch_id: row.try_get(0).map_err(&column)?,
+                    first_record_id: row.try_get(1).map_err(&column)?,
+                    last_record_id: row.try_get(2).map_err(&column)?,
+                    last_lsn: lsn
+                        .parse()
+                        .map_err(|e: ParseLsnError| StateError::Malformed {
+                            what: WHAT,
+                            source: e.into(),
+                        })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets a strategy's batches wholly before `acked` (Postgres will not
+    /// stream them again).
+    pub async fn forget_batches(&self, strategy: &str, acked: Lsn) -> Result<u64, StateError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn",
+                &[&strategy, &acked.to_string()],
+            )
+            .await
+            .map_err(StateError::query("forgetting acknowledged walhook.batches"))
+    }
+}

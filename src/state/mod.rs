@@ -1,0 +1,153 @@
+//! walhook's state in the source database (schema `walhook`,
+//! `sql/state.sql`): dead letters, the boundaries of batches sent but not yet
+//! acknowledged, and runs. Delivery, replay, runs and the admin API all go
+//! through [`StateStore`], so each table has one set of queries.
+//!
+//! A store holds one ordinary SQL connection ([`crate::pg::connect`], same
+//! sslmode semantics as the replication connection), opened on first use and
+//! reopened on the next call after it drops, so a database restart needs no
+//! walhook restart. Each store is its own connection: the application name
+//! tells them apart in `pg_stat_activity`.
+
+mod batches;
+mod dead_letters;
+mod runs;
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::Secret;
+use crate::pg::{self, ConnectError};
+
+pub use batches::StoredBatch;
+pub use dead_letters::{DeadLetter, DeadLetterInfo, NewDeadLetter};
+
+/// The state schema, applied by [`StateStore::ensure_schema`] and printed
+/// by `walhook setup --print-sql`.
+pub const SCHEMA_SQL: &str = include_str!("../../sql/state.sql");
+
+/// Why the state schema could not be read or written. Messages never hold
+/// the password.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Connecting failed: a bad connection string or TLS setting, or the
+    /// server could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A statement failed (the server's message, detail and hint).
+    #[error("{what} failed: {}", pg::describe(.source))]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A row did not hold what the query promised.
+    #[error("{what}: malformed value: {source}")]
+    Malformed {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StateError {
+    /// Reconnecting or retrying may help: the server was unreachable or a
+    /// statement failed; a bad URL, bad TLS settings or a malformed row
+    /// will not pass.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StateError::Connect(err) => matches!(err, ConnectError::Connect { .. }),
+            StateError::Query { .. } => true,
+            StateError::Malformed { .. } => false,
+        }
+    }
+
+    /// True when the database lacks the state schema (run `walhook setup`).
+    pub fn is_missing_schema(&self) -> bool {
+        match self {
+            StateError::Query { source, .. } => source.code().is_some_and(|c| {
+                *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
+            }),
+            StateError::Connect(_) | StateError::Malformed { .. } => false,
+        }
+    }
+
+    /// Wraps a failed statement: `map_err(StateError::query("…"))`.
+    fn query(what: &'static str) -> impl Fn(tokio_postgres::Error) -> StateError {
+        move |source| StateError::Query { what, source }
+    }
+}
+
+/// Handle to the state schema; cheap to clone and share (clones share the
+/// connection).
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: Secret,
+    application_name: &'static str,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("application_name", &self.inner.application_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// Connects with the source's connection string; the connection shows
+    /// `application_name` (unless the URL sets one).
+    pub async fn connect(
+        url: &str,
+        application_name: &'static str,
+    ) -> Result<StateStore, StateError> {
+        let store = Self::lazy(url, application_name)?;
+        store.client().await?;
+        Ok(store)
+    }
+
+    /// Like [`StateStore::connect`], but connects on first use (the URL is
+    /// checked now).
+    pub fn lazy(url: &str, application_name: &'static str) -> Result<StateStore, StateError> {
+        pg::conninfo::parse(url).map_err(ConnectError::from)?;
+        Ok(StateStore {
+            inner: Arc::new(Inner {
+                url: Secret::new(url),
+                application_name,
+                client: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The open connection, reopened when it has closed.
+    async fn client(&self) -> Result<Arc<Client>, StateError> {
+        // A tokio mutex: callers wait here while one of them reconnects.
+        let mut slot = self.inner.client.lock().await;
+        if let Some(client) = slot.as_ref() {
+            if !client.is_closed() {
+                return Ok(client.clone());
+            }
+        }
+        let client =
+            Arc::new(pg::connect(self.inner.url.expose(), self.inner.application_name).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Creates the `walhook` schema and its tables if missing (idempotent).
+    pub async fn ensure_schema(&self) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .batch_execute(SCHEMA_SQL)
+            .await
+            .map_err(StateError::query("creating the state schema walhook"))
+    }
+}

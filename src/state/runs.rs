@@ -1,0 +1,93 @@
+//! `walhook.runs`: one row per on-demand or scheduled run, written when it
+//! starts, as its counts grow and when it ends; read by `GET /runs/{id}`.
+
+use serde_json::Value;
+
+use super::{StateError, StateStore};
+
+impl StateStore {
+    /// Records a run as `running` with `counts`; returns its id.
+    pub async fn insert_run(
+        &self,
+        strategy: &str,
+        trigger: &str,
+        filter: Option<&str>,
+        counts: &Value,
+    ) -> Result<i64, StateError> {
+        const WHAT: &str = "recording a run in walhook.runs";
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
+                 VALUES ($1, $2, $3, 'running', $4::text::jsonb) RETURNING id",
+                &[&strategy, &trigger, &filter, &counts.to_string()],
+            )
+            .await
+            .map_err(StateError::query(WHAT))?;
+        row.try_get(0).map_err(StateError::query(WHAT))
+    }
+
+    /// Writes a running run's counts.
+    pub async fn update_run_counts(&self, id: i64, counts: &Value) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE walhook.runs SET counts = $2::text::jsonb WHERE id = $1",
+                &[&id, &counts.to_string()],
+            )
+            .await
+            .map_err(StateError::query("updating a run's counts in walhook.runs"))?;
+        Ok(())
+    }
+
+    /// Records how a run ended: its state, final counts and error.
+    pub async fn finish_run(
+        &self,
+        id: i64,
+        state: &str,
+        counts: &Value,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE walhook.runs SET state = $2, counts = $3::text::jsonb, \
+                 finished_at = clock_timestamp(), error = $4 WHERE id = $1",
+                &[&id, &state, &counts.to_string(), &error],
+            )
+            .await
+            .map_err(StateError::query(
+                "recording a run's outcome in walhook.runs",
+            ))?;
+        Ok(())
+    }
+
+    /// A run's record as JSON (id, strategy, trigger, filter, state, counts,
+    /// started_at, finished_at, error); `None` when there is no such id.
+    pub async fn get_run(&self, id: i64) -> Result<Option<Value>, StateError> {
+        const WHAT: &str = "reading walhook.runs";
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
+                 'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
+                 'finished_at', finished_at, 'error', error)::text \
+                 FROM walhook.runs WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .map_err(StateError::query(WHAT))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let text: &str = row.try_get(0).map_err(StateError::query(WHAT))?;
+        serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| StateError::Malformed {
+                what: WHAT,
+                source: e.into(),
+            })
+    }
+}
