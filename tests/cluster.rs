@@ -1,23 +1,23 @@
 //! The throwaway cluster itself: logical WAL, SQL, crash restart, cleanup.
 
-mod common;
-
 use walhook::cluster::{Cluster, ClusterOptions};
 
-#[test]
-fn shared_cluster_has_logical_wal_and_fresh_databases() {
-    let cluster = common::cluster();
+use crate::support::cluster::{add_hba_lines, replica_cluster};
+use crate::support::{cluster, fresh_db, Db};
+
+#[tokio::test]
+async fn shared_cluster_has_logical_wal_and_fresh_databases() {
+    let cluster = cluster();
     assert_eq!(
         cluster.psql("postgres", "SHOW wal_level").unwrap(),
         "logical"
     );
-    let url = common::fresh_db("Cluster Test");
+    let db = fresh_db("Cluster Test").await;
+    let url = db.url();
     let dbname = url.rsplit('/').next().unwrap();
+    assert_eq!(dbname, db.name());
     assert!(dbname.starts_with("cluster_test_"), "{url}");
-    assert_eq!(
-        cluster.psql(dbname, "SELECT current_database()").unwrap(),
-        dbname
-    );
+    assert_eq!(db.psql("SELECT current_database()").await, dbname);
 }
 
 #[test]
@@ -66,17 +66,19 @@ fn own_cluster_survives_a_crash_restart_and_is_removed_on_drop() {
     );
 }
 
-#[test]
-fn hba_lines_added_first_take_effect_after_reload() {
-    let cluster = Cluster::start(ClusterOptions::default()).unwrap();
-    cluster
-        .psql("postgres", "CREATE ROLE locked LOGIN PASSWORD 'right'")
-        .unwrap();
+/// On the shared cluster: the line is for a role of this test only.
+#[tokio::test]
+async fn hba_lines_added_first_take_effect_after_reload() {
+    let cluster = cluster();
+    let postgres = Db::existing(cluster, "postgres");
+    postgres
+        .psql("CREATE ROLE cluster_locked LOGIN PASSWORD 'right'")
+        .await;
     let connect = |password: &str| {
         std::process::Command::new(cluster.bin_dir().join("psql"))
             .args(["-X", "-A", "-t", "-c", "SELECT 1"])
             .arg(format!(
-                "postgres://locked:{password}@127.0.0.1:{}/postgres",
+                "postgres://cluster_locked:{password}@127.0.0.1:{}/postgres",
                 cluster.port()
             ))
             .env("PGCONNECT_TIMEOUT", "10")
@@ -91,10 +93,7 @@ fn hba_lines_added_first_take_effect_after_reload() {
         "trust should admit any password before the hba change"
     );
 
-    cluster
-        .add_hba_line_first("host all locked 127.0.0.1/32 scram-sha-256")
-        .unwrap();
-    cluster.reload().unwrap();
+    add_hba_lines(&["host all cluster_locked 127.0.0.1/32 scram-sha-256"]).await;
 
     assert!(
         !connect("wrong"),
@@ -122,11 +121,11 @@ fn run_script(
     cmd.output().unwrap()
 }
 
-#[test]
-fn setup_and_teardown_scripts_create_and_drop_what_they_say() {
-    let cluster = common::cluster();
-    let url = common::fresh_db("scripts");
-    let db = url.rsplit('/').next().unwrap();
+#[tokio::test]
+async fn setup_and_teardown_scripts_create_and_drop_what_they_say() {
+    let cluster = cluster();
+    let fresh = fresh_db("scripts").await;
+    let db = fresh.name();
     cluster
         .psql(
             db,
@@ -241,12 +240,13 @@ fn setup_and_teardown_scripts_create_and_drop_what_they_say() {
     assert_eq!(schema, "0");
 }
 
-#[test]
-fn setup_script_refuses_a_server_without_logical_wal() {
-    let cluster =
-        Cluster::start(ClusterOptions::default().setting("wal_level", "replica")).unwrap();
-    cluster.psql("postgres", "CREATE TABLE t (id int)").unwrap();
-    let out = run_script(&cluster, "postgres", "setup.sql", &[("tables", "public.t")]);
+#[tokio::test]
+async fn setup_script_refuses_a_server_without_logical_wal() {
+    let cluster = tokio::task::spawn_blocking(replica_cluster).await.unwrap();
+    let fresh = Db::create(cluster, "scripts_replica").await;
+    let db = fresh.name();
+    fresh.psql("CREATE TABLE t (id int)").await;
+    let out = run_script(cluster, db, "setup.sql", &[("tables", "public.t")]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -257,8 +257,6 @@ fn setup_script_refuses_a_server_without_logical_wal() {
         err.contains("wal_level = logical in postgresql.conf"),
         "{err}"
     );
-    let created = cluster
-        .psql("postgres", "SELECT count(*) FROM pg_publication")
-        .unwrap();
+    let created = fresh.psql("SELECT count(*) FROM pg_publication").await;
     assert_eq!(created, "0");
 }

@@ -1,39 +1,22 @@
 //! `walhook run` with a bad configuration: exit 2, every problem printed with
 //! its path, and nothing created in the database.
 
-mod common;
+use crate::support::walhook::Exited;
+use crate::support::{fresh_db, Db, Walhook};
 
-use std::process::{Command, Output, Stdio};
-
-use walhook::config::Config;
-
-fn walhook(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
+/// `walhook ARGS` in a temp dir holding `config` as ./config.toml (if given).
+async fn walhook(args: &[&str], config: Option<&str>, env: &[(&str, &str)]) -> Exited {
+    let mut cmd = Walhook::command(args).envs(env);
     if let Some(text) = config {
-        std::fs::write(&path, text).unwrap();
+        cmd = cmd.config(text);
     }
-    let mut cmd = Command::new(common::walhook_bin());
-    cmd.args(args)
-        .current_dir(dir.path())
-        .env_remove("WALHOOK_LOG")
-        .env_remove("WALHOOK_DATABASE_URL")
-        .env_remove("WALHOOK_ADMIN_TOKEN")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    cmd.output().await
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-#[test]
-fn bad_config_exits_2_listing_every_problem_and_creates_nothing() {
-    let url = common::fresh_db("bad_config");
-    let dbname = url.rsplit('/').next().unwrap().to_string();
+#[tokio::test]
+async fn bad_config_exits_2_listing_every_problem_and_creates_nothing() {
+    let db = fresh_db("bad_config").await;
+    let url = db.url();
     let config = r#"
 [source]
 url = "${WALHOOK_DATABASE_URL}"
@@ -60,9 +43,10 @@ on_delete = "${ITEMS_FILTER}"
         &["run"],
         Some(config),
         &[("WALHOOK_DATABASE_URL", url.as_str())],
-    );
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    )
+    .await;
+    let err = &out.stderr;
+    assert_eq!(out.code(), Some(2), "stderr: {err}");
     for expected in [
         "config.toml has 4 problems",
         "strategies[0].on_updat: unknown field",
@@ -73,75 +57,57 @@ on_delete = "${ITEMS_FILTER}"
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 
-    let cluster = common::cluster();
-    let slots = cluster
-        .psql(
-            "postgres",
-            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bad_config_slot'",
-        )
-        .unwrap();
+    let slots = Db::existing(db.cluster(), "postgres")
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bad_config_slot'")
+        .await;
     assert_eq!(slots, "0", "a slot was created despite the bad config");
-    let publications = cluster
-        .psql(&dbname, "SELECT count(*) FROM pg_publication")
-        .unwrap();
+    let publications = db.psql("SELECT count(*) FROM pg_publication").await;
     assert_eq!(
         publications, "0",
         "a publication was created despite the bad config"
     );
 }
 
-#[test]
-fn toml_syntax_error_exits_2_with_line_and_column() {
-    let out = walhook(&["run"], Some("[source]\nurl = postgres://x\n"), &[]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+#[tokio::test]
+async fn toml_syntax_error_exits_2_with_line_and_column() {
+    let out = walhook(&["run"], Some("[source]\nurl = postgres://x\n"), &[]).await;
+    let err = &out.stderr;
+    assert_eq!(out.code(), Some(2), "stderr: {err}");
     assert!(err.contains("line 2, column 7"), "{err}");
 }
 
-#[test]
-fn missing_config_file_exits_2_naming_it() {
-    let out = walhook(&["run", "-c", "missing.toml"], None, &[]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+#[tokio::test]
+async fn missing_config_file_exits_2_naming_it() {
+    let out = walhook(&["run", "-c", "missing.toml"], None, &[]).await;
+    let err = &out.stderr;
+    assert_eq!(out.code(), Some(2), "stderr: {err}");
     assert!(err.contains("cannot read missing.toml"), "{err}");
 
     // -c defaults to ./config.toml
-    let out = walhook(&["run"], None, &[]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = walhook(&["run"], None, &[]).await;
+    assert_eq!(out.code(), Some(2));
     assert!(
-        stderr(&out).contains("cannot read config.toml"),
+        out.stderr.contains("cannot read config.toml"),
         "{}",
-        stderr(&out)
+        out.stderr
     );
 }
 
-#[test]
-fn usage_errors_exit_2() {
-    let out = walhook(&["frobnicate"], None, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let out = walhook(&["run", "--log-format", "xml"], None, &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let out = walhook(&["--version"], None, &[]);
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let out = walhook(&["frobnicate"], None, &[]).await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    let out = walhook(&["run", "--log-format", "xml"], None, &[]).await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    let out = walhook(&["--version"], None, &[]).await;
+    assert_eq!(out.code(), Some(0));
+    assert!(out.stdout.contains(env!("CARGO_PKG_VERSION")));
 }
 
-#[test]
-fn invalid_log_filter_exits_2() {
-    let out = walhook(&["run"], None, &[("WALHOOK_LOG", "walhook=loud")]);
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+#[tokio::test]
+async fn invalid_log_filter_exits_2() {
+    let out = walhook(&["run"], None, &[("WALHOOK_LOG", "walhook=loud")]).await;
+    let err = &out.stderr;
+    assert_eq!(out.code(), Some(2), "{err}");
     assert!(err.contains("invalid WALHOOK_LOG"), "{err}");
-}
-
-#[test]
-fn the_shipped_example_config_is_valid() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml");
-    let text = std::fs::read_to_string(path).unwrap();
-    let env = |name: &str| match name {
-        "WALHOOK_DATABASE_URL" => Some("postgres://walhook@127.0.0.1:5432/shop".to_string()),
-        _ => None,
-    };
-    let config = Config::parse(&text, &env).unwrap_or_else(|errors| panic!("{errors}"));
-    assert!(!config.strategies.is_empty());
 }

@@ -1,10 +1,9 @@
 //! `walhook demo` as a newcomer runs it: batches from all three strategies,
 //! exit 0, and no PostgreSQL left behind.
 
-mod common;
+use std::time::Duration;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::support::{Walhook, WAIT};
 
 fn port_of(output: &str) -> u16 {
     let line = output
@@ -28,31 +27,14 @@ fn cluster_is_gone(port: u16) -> bool {
     .is_err()
 }
 
-#[test]
-fn demo_shows_batches_from_every_strategy_and_leaves_nothing_running() {
-    let mut child = Command::new(common::walhook_bin())
-        .arg("demo")
+#[tokio::test]
+async fn demo_shows_batches_from_every_strategy_and_leaves_nothing_running() {
+    let mut demo = Walhook::command(&["demo"])
         .env("WALHOOK_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("walhook demo did not finish within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .spawn();
+    let status = demo.wait_exit(Duration::from_secs(120)).await;
+    let stdout = demo.stdout();
+    let stderr = demo.stderr();
     assert!(
         status.success(),
         "exit {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
@@ -75,35 +57,19 @@ fn demo_shows_batches_from_every_strategy_and_leaves_nothing_running() {
     );
 }
 
-#[test]
-fn ctrl_c_stops_the_demo_cleanly() {
-    let mut child = Command::new(common::walhook_bin())
-        .arg("demo")
+#[tokio::test]
+async fn ctrl_c_stops_the_demo_cleanly() {
+    let mut demo = Walhook::command(&["demo"])
         .env("WALHOOK_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn();
     // Interrupt as soon as the cluster is up (its line is printed).
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("database shop") {
-        use std::io::Read;
-        let n = stdout.read(&mut buf).unwrap();
-        assert!(n > 0, "demo ended early:\n{seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let mut rest = String::new();
-    use std::io::Read;
-    stdout.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    seen.push_str(&rest);
+    demo.wait_lines(WAIT, "the demo's database line", |lines| {
+        lines.iter().any(|l| l.contains("database shop"))
+    })
+    .await;
+    demo.signal(libc::SIGINT);
+    let status = demo.wait_exit(WAIT).await;
+    let seen = demo.stdout();
     assert!(status.success(), "exit {status:?}:\n{seen}");
     assert!(
         cluster_is_gone(port_of(&seen)),

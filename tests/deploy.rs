@@ -2,17 +2,11 @@
 //! the Grafana dashboard name is one a running walhook exposes, and the
 //! alert rules pass `promtool check rules`.
 
-mod common;
-mod pipeline_common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::receiver::Receiver;
-use pipeline_common::{
-    admin_get, base_config_with_admin, current_lsn, db_name, free_port, sql, wait_flushed,
-    wait_streaming, Walhook, WAIT,
-};
+use crate::support::walhook::{admin_get, base_config_with_admin};
+use crate::support::{free_port, fresh_db, poll_until, Receiver, Walhook, WAIT};
 
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
 const DASHBOARD: &str = "deploy/grafana/walhook-dashboard.json";
@@ -83,9 +77,10 @@ fn the_names_are_read_from_the_files() {
 /// scrape has a sample of every metric the alerts and the dashboard use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_in_the_alerts_and_the_dashboard_is_exposed() {
-    let url = common::fresh_db("deploy_metrics");
-    let db = db_name(&url);
-    sql(&db, "CREATE TABLE orders (id int PRIMARY KEY, note text)");
+    let db = fresh_db("deploy_metrics").await;
+    let url = db.url();
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+        .await;
     let receiver = Receiver::start().await;
     // The first batch fails both attempts and becomes a dead letter.
     receiver.fail_next(2, 500);
@@ -98,17 +93,17 @@ async fn every_metric_in_the_alerts_and_the_dashboard_is_exposed() {
         base_config_with_admin(&url, "deploy_metrics", "deploy_metrics", port),
         receiver.url("/hook"),
     );
-    let walhook = Walhook::start(&config, &[]);
-    wait_streaming(&db, "deploy_metrics").await;
-    sql(
-        &db,
+    let mut walhook = Walhook::run(&config).spawn();
+    walhook.wait_streaming(&db, "deploy_metrics").await;
+    db.psql(
         "INSERT INTO orders VALUES (2, 'dead'); INSERT INTO orders SELECT g, 'n' FROM generate_series(3, 10) g",
-    );
-    let end = current_lsn(&db);
+    )
+    .await;
+    let end = db.current_wal_lsn().await;
     receiver.wait_accepted_records(4, WAIT).await;
-    wait_flushed(&db, "deploy_metrics", end).await;
+    db.wait_confirmed("deploy_metrics", end).await;
     assert_eq!(
-        sql(&db, "SELECT count(*) FROM walhook.dead_letters"),
+        db.psql("SELECT count(*) FROM walhook.dead_letters").await,
         "1",
         "the workload left a dead letter"
     );
@@ -117,23 +112,20 @@ async fn every_metric_in_the_alerts_and_the_dashboard_is_exposed() {
     wanted.extend(metric_names(&read(DASHBOARD)));
     // Counters appear as soon as they are bumped; poll until the scrape
     // has them all, and name what is missing after the bound.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let missing = loop {
-        let missing: BTreeSet<String> = match admin_get(port, "/metrics").await {
+    let missing = std::cell::RefCell::new(wanted.clone());
+    let all_exposed = poll_until(WAIT, || async {
+        let now: BTreeSet<String> = match admin_get(port, "/metrics").await {
             Some((200, scrape)) => wanted.difference(&exposed(&scrape)).cloned().collect(),
             _ => wanted.clone(),
         };
-        if missing.is_empty() || tokio::time::Instant::now() >= deadline {
-            break missing;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
-    assert!(missing.is_empty(), "not exposed: {missing:?}");
+        let done = now.is_empty();
+        *missing.borrow_mut() = now;
+        done
+    })
+    .await;
+    assert!(all_exposed, "not exposed: {:?}", missing.borrow());
 
-    let mut walhook = walhook;
-    walhook.signal(libc::SIGTERM);
-    let status = walhook.wait_exit(WAIT).await;
-    assert!(status.success(), "{}", walhook.stderr());
+    walhook.stop().await;
 }
 
 /// `promtool check rules` accepts the alert rules. Without promtool on PATH

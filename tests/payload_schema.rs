@@ -4,34 +4,13 @@
 //! unchanged TOAST under REPLICA IDENTITY DEFAULT, full old images under
 //! FULL, and a truncate. Format assertions (date-time) are on.
 
-mod common;
-mod pipeline_common;
-
 use std::collections::BTreeSet;
 
-use common::receiver::Receiver;
-use pipeline_common::{base_config, db_name, sql, wait_streaming, Walhook, WAIT};
 use serde_json::{json, Value};
 
-const SCHEMA_PATH: &str = "schema/payload.schema.json";
-
-/// The compiled payload schema.
-fn payload_schema() -> (boon::Schemas, boon::SchemaIndex) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(SCHEMA_PATH);
-    let text = std::fs::read_to_string(&path).expect("reading the schema");
-    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
-    let id = schema["$id"].as_str().expect("$id").to_string();
-    let mut schemas = boon::Schemas::new();
-    let mut compiler = boon::Compiler::new();
-    compiler.enable_format_assertions();
-    compiler
-        .add_resource(&id, schema)
-        .expect("adding the schema");
-    let index = compiler
-        .compile(&id, &mut schemas)
-        .unwrap_or_else(|e| panic!("compiling {SCHEMA_PATH}: {e:#}"));
-    (schemas, index)
-}
+use crate::support::schema::{validate_payload, SCHEMA_PATH};
+use crate::support::walhook::base_config;
+use crate::support::{fresh_db, Receiver, Walhook, WAIT};
 
 /// The fixture script's parts: the tables, the every-type rows, the
 /// updates and delete, the TOAST statements.
@@ -56,7 +35,6 @@ fn fixture() -> (String, String, String, String) {
 
 #[test]
 fn the_schema_rejects_what_it_should() {
-    let (schemas, index) = payload_schema();
     let good = json!({
         "strategy": "s",
         "batch": {"id": "b1", "size": 1, "first_lsn": "0/16B3748", "last_lsn": "0/16B3748"},
@@ -66,9 +44,7 @@ fn the_schema_rejects_what_it_should() {
             "new": {"id": 1}, "old": null
         }]
     });
-    schemas
-        .validate(&good, index)
-        .expect("a well-formed payload");
+    validate_payload(&good).expect("a well-formed payload");
     let mutate = |f: &dyn Fn(&mut Value)| {
         let mut bad = good.clone();
         f(&mut bad);
@@ -104,7 +80,7 @@ fn the_schema_rejects_what_it_should() {
         ),
     ] {
         assert!(
-            schemas.validate(&bad, index).is_err(),
+            validate_payload(&bad).is_err(),
             "the schema accepted a payload with {what}"
         );
     }
@@ -112,11 +88,10 @@ fn the_schema_rejects_what_it_should() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
-    let (schemas, index) = payload_schema();
     let (tables, every_type, updates, toast) = fixture();
-    let url = common::fresh_db("payload_schema");
-    let db = db_name(&url);
-    sql(&db, &tables);
+    let db = fresh_db("payload_schema").await;
+    let url = db.url();
+    db.psql(&tables).await;
     let receiver = Receiver::start().await;
     let strategy = |name: &str, table: &str, extra: &str| {
         format!(
@@ -133,12 +108,12 @@ async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
         strategy("toast", "toasty", "on_truncate = \"true\"\n"),
         strategy("toast_full", "toasty_full", ""),
     );
-    let walhook = Walhook::start(&config, &[]);
-    wait_streaming(&db, "payload_schema").await;
-    sql(&db, &every_type);
-    sql(&db, &updates);
-    sql(&db, &toast);
-    sql(&db, "TRUNCATE toasty");
+    let mut walhook = Walhook::run(&config).spawn();
+    walhook.wait_streaming(&db, "payload_schema").await;
+    db.psql(&every_type).await;
+    db.psql(&updates).await;
+    db.psql(&toast).await;
+    db.psql("TRUNCATE toasty").await;
     // all_types: 3 inserts, 2 updates, 1 delete; toasty: insert, update,
     // truncate; toasty_full: insert, update, delete.
     receiver.wait_accepted_records(12, WAIT).await;
@@ -146,9 +121,9 @@ async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
     let mut kinds = BTreeSet::new();
     for request in receiver.accepted() {
         let body = request.json();
-        if let Err(error) = schemas.validate(&body, index) {
+        if let Err(error) = validate_payload(&body) {
             panic!(
-                "a delivered payload does not match {SCHEMA_PATH}:\n{error:#}\n{}",
+                "a delivered payload does not match {SCHEMA_PATH}:\n{error}\n{}",
                 serde_json::to_string_pretty(&body).unwrap()
             );
         }
@@ -177,8 +152,5 @@ async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
     .collect();
     assert_eq!(kinds, expected, "every kind of payload was checked");
 
-    let mut walhook = walhook;
-    walhook.signal(libc::SIGTERM);
-    let status = walhook.wait_exit(WAIT).await;
-    assert!(status.success(), "{}", walhook.stderr());
+    walhook.stop().await;
 }

@@ -487,4 +487,6 @@ fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Att
 }
 
 #[cfg(test)]
+mod reference_tests;
+#[cfg(test)]
 mod tests;

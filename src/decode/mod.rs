@@ -30,3 +30,8 @@ mod assemble;
 
 pub use assemble::Decoder;
 pub use model::*;
+
+#[cfg(test)]
+mod fixture_tests;
+#[cfg(test)]
+mod proptests;

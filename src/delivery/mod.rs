@@ -47,3 +47,6 @@ impl DeliveryError {
         matches!(self, DeliveryError::State(e) if e.is_transient())
     }
 }
+
+#[cfg(test)]
+mod security_tests;

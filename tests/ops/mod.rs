@@ -1,0 +1,8 @@
+//! Operating walhook: the admin server (health, readiness, status, metrics,
+//! commands), `check`, `setup` and `teardown`, standby and takeover,
+//! SIGTERM, dead-letter replay and pause through the built binary.
+
+mod admin;
+mod commands;
+mod e2e;
+mod replay;

@@ -1,0 +1,9 @@
+//! The replication source against a real PostgreSQL: slot creation,
+//! streaming, acknowledgements, standby, authentication, TLS, and what
+//! happens when the server restarts or invalidates the slot.
+
+mod connect;
+mod lost;
+mod restart;
+mod stream;
+mod tls;

@@ -1,0 +1,395 @@
+//! The built walhook binary as a child process, run as a user runs it: in
+//! a temp dir of its own (where its `config.toml` is written), stdout
+//! collected line by line and stderr as text by tasks of the test's
+//! runtime, stopped by signal. Also the config text and the admin API
+//! calls the tests share.
+
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+
+use super::{free_port, poll_until, Db, WAIT};
+
+/// Variables that would change how walhook behaves if the developer's
+/// shell set them; a test sets what it wants.
+const CLEARED_ENV: [&str; 4] = [
+    "WALHOOK_LOG",
+    "WALHOOK_DATABASE_URL",
+    "WALHOOK_ADMIN_TOKEN",
+    "WALHOOK_RECEIVE_SECRET",
+];
+
+/// How to start walhook: arguments, a config file, environment.
+#[must_use]
+pub(crate) struct WalhookCommand {
+    args: Vec<String>,
+    config: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl WalhookCommand {
+    /// Writes `text` to `config.toml` in the process's directory (its
+    /// current directory, so `-c config.toml` and the default find it).
+    pub(crate) fn config(mut self, text: &str) -> Self {
+        self.config = Some(text.to_string());
+        self
+    }
+
+    pub(crate) fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub(crate) fn envs(self, vars: &[(&str, &str)]) -> Self {
+        vars.iter().fold(self, |cmd, (k, v)| cmd.env(k, v))
+    }
+
+    /// Starts the process.
+    pub(crate) fn spawn(self) -> Walhook {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(text) = &self.config {
+            std::fs::write(dir.path().join("config.toml"), text).expect("writing config.toml");
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walhook"));
+        cmd.args(&self.args)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for name in CLEARED_ENV {
+            cmd.env_remove(name);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut child = cmd.spawn().expect("spawning walhook");
+        let pid = child.id().expect("walhook pid");
+
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let collected = lines.clone();
+        let stdout_reader = tokio::spawn(async move {
+            let mut stdout = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = stdout.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped stderr");
+        let text = stderr.clone();
+        let stderr_reader = tokio::spawn(async move {
+            let mut chunk = vec![0u8; 8192];
+            while let Ok(n) = pipe.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                text.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
+        Walhook {
+            child,
+            pid,
+            lines,
+            stderr,
+            stdout_reader,
+            stderr_reader,
+            _dir: dir,
+        }
+    }
+
+    /// Runs the process until it exits by itself (within [`WAIT`]).
+    pub(crate) async fn output(self) -> Exited {
+        let mut walhook = self.spawn();
+        let status = walhook.wait_exit(WAIT).await;
+        Exited {
+            status,
+            stdout: walhook.stdout(),
+            stderr: walhook.stderr(),
+        }
+    }
+}
+
+/// A finished walhook: how it exited and what it printed.
+#[derive(Debug)]
+pub(crate) struct Exited {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Exited {
+    pub(crate) fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// A running walhook.
+pub(crate) struct Walhook {
+    child: Child,
+    pid: u32,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+    stdout_reader: JoinHandle<()>,
+    stderr_reader: JoinHandle<()>,
+    /// Its current directory, removed when it is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Walhook {
+    /// `walhook ARGS`, with nothing set yet.
+    pub(crate) fn command(args: &[&str]) -> WalhookCommand {
+        WalhookCommand {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            config: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// `walhook run -c config.toml` with this config, logging at info.
+    pub(crate) fn run(config: &str) -> WalhookCommand {
+        Walhook::command(&["run", "-c", "config.toml"])
+            .config(config)
+            .env("WALHOOK_LOG", "info")
+    }
+
+    /// `walhook run -c config.toml --stdout` with this config, logging at info.
+    pub(crate) fn run_stdout(config: &str) -> WalhookCommand {
+        Walhook::command(&["run", "-c", "config.toml", "--stdout"])
+            .config(config)
+            .env("WALHOOK_LOG", "info")
+    }
+
+    /// The lines printed to stdout so far.
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many lines were printed so far.
+    pub(crate) fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Everything printed to stdout so far, one `\n` after each line.
+    pub(crate) fn stdout(&self) -> String {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// The lines printed so far, each parsed as JSON.
+    pub(crate) fn records(&self) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// Everything written to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until the printed lines satisfy `f`; panics with stderr otherwise.
+    pub(crate) async fn wait_lines(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&[String]) -> bool,
+    ) {
+        let done = poll_until(timeout, || async { f(&self.lines.lock().unwrap()) }).await;
+        if !done {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}; {} lines printed; stderr:\n{}",
+                self.line_count(),
+                self.stderr()
+            );
+        }
+    }
+
+    /// Waits until at least `n` lines were printed and returns them parsed.
+    pub(crate) async fn wait_records(&self, n: usize) -> Vec<Value> {
+        self.wait_lines(WAIT, &format!("{n} lines"), |l| l.len() >= n)
+            .await;
+        self.records()
+    }
+
+    /// Waits until stderr satisfies `f`; panics with stderr otherwise.
+    pub(crate) async fn wait_stderr(&self, what: &str, f: impl Fn(&str) -> bool) {
+        let done = poll_until(WAIT, || async { f(&self.stderr.lock().unwrap()) }).await;
+        if !done {
+            panic!(
+                "timed out after {WAIT:?} waiting for {what}; stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// Waits until walhook streams from `slot` (its walsender has started
+    /// replication); fails with its stderr if it exits first.
+    pub(crate) async fn wait_streaming(&mut self, db: &Db, slot: &str) {
+        let mut exited = None;
+        let streaming = poll_until(WAIT, || {
+            if exited.is_none() {
+                exited = self.child.try_wait().ok().flatten();
+            }
+            let gone = exited.is_some();
+            async move { gone || db.is_streaming(slot).await }
+        })
+        .await;
+        if let Some(status) = exited {
+            // Let the stderr reader copy the last lines.
+            let _ = tokio::time::timeout(WAIT, &mut self.stderr_reader).await;
+            panic!(
+                "walhook exited ({status}) before streaming from {slot}:\n{}",
+                self.stderr()
+            );
+        }
+        if !streaming {
+            panic!(
+                "walhook is not streaming from {slot} after {WAIT:?}; stderr:\n{}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// The process's peak resident set size in KiB (VmHWM), while it runs.
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("reading /proc/<pid>/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Closes the read end of stdout, as a consumer that went away would.
+    pub(crate) async fn close_stdout(&mut self) {
+        self.stdout_reader.abort();
+        let _ = (&mut self.stdout_reader).await;
+    }
+
+    /// Sends `signal` (a libc number) to the process.
+    pub(crate) fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        let rc = unsafe { libc::kill(self.pid as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid);
+    }
+
+    /// Waits for the process to exit, then for stdout and stderr to be read
+    /// to their end.
+    pub(crate) async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.expect("waiting for walhook"),
+            Err(_) => panic!(
+                "walhook did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            ),
+        };
+        if !self.stdout_reader.is_finished() {
+            let _ = tokio::time::timeout(WAIT, &mut self.stdout_reader).await;
+        }
+        if !self.stderr_reader.is_finished() {
+            let _ = tokio::time::timeout(WAIT, &mut self.stderr_reader).await;
+        }
+        status
+    }
+
+    /// Asserts it still runs, sends SIGTERM and asserts a clean exit (0);
+    /// returns what it wrote to stderr.
+    pub(crate) async fn stop(mut self) -> String {
+        assert!(self.is_running(), "walhook exited:\n{}", self.stderr());
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(WAIT).await;
+        let stderr = self.stderr();
+        assert!(status.success(), "exit {status:?}; stderr:\n{stderr}");
+        stderr
+    }
+
+    /// SIGKILL, then wait for the exit.
+    pub(crate) async fn kill9(&mut self) -> ExitStatus {
+        self.signal(libc::SIGKILL);
+        self.wait_exit(WAIT).await
+    }
+}
+
+/// `[source]` for a database URL, slot and publication, and `[admin]` on a
+/// free port.
+pub(crate) fn base_config(url: &str, slot: &str, publication: &str) -> String {
+    base_config_with_admin(url, slot, publication, free_port())
+}
+
+/// Like [`base_config`], with the admin server on a given port (from
+/// [`free_port`]) so the test can call it.
+pub(crate) fn base_config_with_admin(
+    url: &str,
+    slot: &str,
+    publication: &str,
+    port: u16,
+) -> String {
+    format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{publication}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n"
+    )
+}
+
+/// `GET http://127.0.0.1:{port}{path}`: status and body; `None` while
+/// nothing answers (not yet listening).
+pub(crate) async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?;
+    let code = response.status().as_u16();
+    Some((code, response.text().await.ok()?))
+}
+
+/// The sum of every sample of `name` in a Prometheus text scrape whose
+/// labels contain each of `labels` (`key="value"`); `None` when no sample
+/// matches.
+pub(crate) fn metric_sum(scrape: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let mut found = None;
+    for line in scrape.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(rest) => match rest.split_once("} ") {
+                Some((labels, value)) => (labels, value),
+                None => continue,
+            },
+            None => match rest.strip_prefix(' ') {
+                Some(value) => ("", value),
+                None => continue,
+            },
+        };
+        if !labels
+            .iter()
+            .all(|l| label_text.split(',').any(|x| x == *l))
+        {
+            continue;
+        }
+        if let Ok(v) = value.trim().parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
