@@ -3,7 +3,8 @@
 //!
 //! It starts a throwaway cluster (the test harness's [`crate::cluster`]),
 //! creates a sample `orders` table, starts a receiver that verifies Standard
-//! Webhooks signatures, runs the real pipeline ([`crate::app::run`]) with
+//! Webhooks signatures (`walhook receive`'s [`Receiver`], with the demo's
+//! printer as its [`Sink`]), runs the real pipeline ([`crate::app::run`]) with
 //! three strategies, writes a scripted mix of inserts, updates and deletes,
 //! and prints each batch as it arrives. Then a summary read from `/metrics`
 //! and the next steps. Ctrl-C (or the end of the script) stops everything
@@ -15,17 +16,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::Router;
 use base64::Engine;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError};
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{Config, ConfigErrors};
-use crate::delivery::signing::{SigningError, SigningKey, Verifier};
+use crate::delivery::signing::{SigningError, SigningKey, VerifyError};
+use crate::receive::{ReceiveError, ReceivedBatch, Receiver, Sink};
 
 /// How long the demo waits for the batches its script should produce.
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,7 +41,10 @@ pub enum DemoError {
         #[source]
         source: ClusterError,
     },
-    /// A socket for the receiver or the admin API.
+    /// The receiver cannot listen.
+    #[error("starting the receiver: {0}")]
+    Receiver(#[source] ReceiveError),
+    /// A socket for the admin API.
     #[error("{what}: {source}")]
     Listen {
         what: &'static str,
@@ -78,8 +79,8 @@ struct Seen {
     rejected: u64,
 }
 
-struct Receiver {
-    verifier: Verifier,
+/// The demo's [`Sink`]: one line per batch, and what it saw.
+struct Printer {
     seen: Mutex<Seen>,
     started: Instant,
 }
@@ -148,26 +149,20 @@ async fn run_with(
         base64::engine::general_purpose::STANDARD.encode(secret_bytes)
     );
     let key = SigningKey::parse(&secret).map_err(DemoError::Secret)?;
-    let verifier = Verifier::new(vec![key]).map_err(DemoError::Secret)?;
-    let receiver = Arc::new(Receiver {
-        verifier,
+    let printer = Arc::new(Printer {
         seen: Mutex::new(Seen::default()),
         started: Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(listen_failed("starting the receiver"))?;
-    let receiver_addr = listener
-        .local_addr()
-        .map_err(listen_failed("starting the receiver"))?;
-    let app_router = Router::new().fallback(receive).with_state(receiver.clone());
+    let receiver = Receiver::bind(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        vec![key],
+        printer.clone(),
+    )
+    .await
+    .map_err(DemoError::Receiver)?;
+    let receiver_addr = receiver.local_addr();
     let receiver_stop = CancellationToken::new();
-    let stop = receiver_stop.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app_router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await;
-    });
+    tokio::spawn(receiver.serve(receiver_stop.clone()));
     say(&format!(
         "  receiver on http://{receiver_addr}/hooks verifies Standard Webhooks signatures"
     ));
@@ -187,7 +182,7 @@ async fn run_with(
 
     let pipeline_stop = CancellationToken::new();
     let pipeline = tokio::spawn(app::run(config, pipeline_stop.clone()));
-    let outcome = script(cluster, &receiver, admin, &shutdown, bold).await;
+    let outcome = script(cluster, &printer, admin, &shutdown, bold).await;
     pipeline_stop.cancel();
     let stopped = pipeline.await;
     receiver_stop.cancel();
@@ -198,7 +193,7 @@ async fn run_with(
 /// Writes the sample changes, waits for their batches, prints the summary.
 async fn script(
     cluster: &Cluster,
-    receiver: &Arc<Receiver>,
+    printer: &Printer,
     admin: SocketAddr,
     shutdown: &CancellationToken,
     bold: &dyn Fn(&str) -> String,
@@ -250,7 +245,7 @@ async fn script(
         ("cancellations", 2),
     ];
     wait(shutdown, "every batch to arrive", || {
-        let seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = printer.seen.lock().unwrap_or_else(|e| e.into_inner());
         expected
             .iter()
             .all(|(s, n)| seen.records.get(*s).copied().unwrap_or(0) >= *n)
@@ -262,7 +257,7 @@ async fn script(
     say("");
     say(&bold("summary"));
     {
-        let seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = printer.seen.lock().unwrap_or_else(|e| e.into_inner());
         for (strategy, _) in expected {
             say(&format!(
                 "  {strategy:<15} {} records in {} batches, every signature valid",
@@ -319,41 +314,33 @@ async fn wait(
     Ok(())
 }
 
-async fn receive(
-    State(receiver): State<Arc<Receiver>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let now = chrono::Utc::now().timestamp();
-    if receiver
-        .verifier
-        .verify_headers(&headers, &body, now)
-        .is_err()
-    {
-        receiver
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .rejected += 1;
-        say("  ← a request with a bad signature (rejected with 401)");
-        return StatusCode::UNAUTHORIZED;
+impl Sink for Printer {
+    fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error> {
+        let batch = ReceivedBatch::parse(body)?;
+        let records = batch
+            .records
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r.get()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let summary: Vec<String> = records.iter().map(describe_record).collect();
+        say(&format!(
+            "  ← {:>5} ms  {:<15} batch of {}: {}",
+            self.started.elapsed().as_millis(),
+            batch.strategy,
+            records.len(),
+            summary.join(", ")
+        ));
+        let count = records.len() as u64;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        *seen.batches.entry(batch.strategy.clone()).or_default() += 1;
+        *seen.records.entry(batch.strategy).or_default() += count;
+        Ok(count)
     }
-    let Ok(payload) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let strategy = payload["strategy"].as_str().unwrap_or("?").to_string();
-    let records = payload["records"].as_array().cloned().unwrap_or_default();
-    let summary: Vec<String> = records.iter().map(describe_record).collect();
-    say(&format!(
-        "  ← {:>5} ms  {strategy:<15} batch of {}: {}",
-        receiver.started.elapsed().as_millis(),
-        records.len(),
-        summary.join(", ")
-    ));
-    let mut seen = receiver.seen.lock().unwrap_or_else(|e| e.into_inner());
-    *seen.batches.entry(strategy.clone()).or_default() += 1;
-    *seen.records.entry(strategy).or_default() += records.len() as u64;
-    StatusCode::NO_CONTENT
+
+    fn refused(&self, _error: &VerifyError) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).rejected += 1;
+        say("  ← a request with a bad signature (rejected with 401)");
+    }
 }
 
 fn describe_record(record: &serde_json::Value) -> String {

@@ -55,3 +55,4 @@ pub mod state;
 pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;
+pub mod timestamp;

@@ -1,4 +1,4 @@
-//! Log sequence numbers and Postgres timestamps.
+//! Log sequence numbers.
 //!
 //! An LSN is a 64-bit byte position in the WAL, printed by Postgres as two
 //! hexadecimal halves (`16/B374D848`). walhook uses the same text form in
@@ -38,33 +38,6 @@ impl FromStr for Lsn {
     }
 }
 
-/// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01 UTC).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
-
-/// Converts a Postgres timestamp (µs since 2000-01-01) to µs since the Unix epoch.
-pub fn pg_to_unix_micros(pg: i64) -> i64 {
-    pg.saturating_add(PG_EPOCH_OFFSET_MICROS)
-}
-
-/// Now, in µs since Postgres's epoch (for standby status messages).
-pub fn pg_now_micros() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    unix - PG_EPOCH_OFFSET_MICROS
-}
-
-/// Formats µs since the Unix epoch as RFC 3339 UTC with microseconds.
-pub fn format_unix_micros(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000) as u32;
-    match chrono::DateTime::from_timestamp(secs, micros * 1000) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        None => String::from("1970-01-01T00:00:00.000000Z"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,13 +50,5 @@ mod tests {
         assert_eq!(Lsn(0x16B3748).to_string(), "0/16B3748");
         assert!("16B374D848".parse::<Lsn>().is_err());
         assert!("x/1".parse::<Lsn>().is_err());
-    }
-
-    #[test]
-    fn timestamps_format_as_rfc3339() {
-        // 2026-11-22T07:04:00.123456Z
-        let unix = 1_795_331_040_123_456;
-        assert_eq!(format_unix_micros(unix), "2026-11-22T07:04:00.123456Z");
-        assert_eq!(pg_to_unix_micros(0), PG_EPOCH_OFFSET_MICROS);
     }
 }

@@ -9,6 +9,10 @@
 //!
 //! Its first stdout line is `listening on <addr>`, so scripts and tests can
 //! start it on port 0 and read the port.
+//!
+//! The receiver itself ([`Receiver`]: HTTP, signature checks, answers,
+//! totals) is shared with `walhook demo`, which plugs in its own printer:
+//! what happens to a request that passed is a [`Sink`]'s business.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,9 +25,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::signing::{SigningError, SigningKey, Verifier};
+use crate::delivery::signing::{SigningError, SigningKey, Verifier, VerifyError};
 
 /// The largest body accepted.
 const BODY_LIMIT: usize = 256 * 1024 * 1024;
@@ -92,79 +97,134 @@ pub struct Totals {
     pub rejected: AtomicU64,
 }
 
+/// What becomes of the requests a [`Receiver`] lets through.
+pub trait Sink: Send + Sync + 'static {
+    /// A request whose signature verified (or that needed none): the number
+    /// of records it carried, or why its body is not a walhook batch (the
+    /// request is then answered 400).
+    fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error>;
+
+    /// A request answered 401: its signature or timestamp did not verify.
+    fn refused(&self, _error: &VerifyError) {}
+}
+
+/// A batch as a receiver reads it: the envelope, and each record's JSON
+/// exactly as it was sent.
+#[derive(Debug, Deserialize)]
+pub struct ReceivedBatch<'a> {
+    #[serde(default)]
+    pub strategy: String,
+    pub batch: BatchInfo,
+    #[serde(default, borrow)]
+    pub records: Vec<&'a RawValue>,
+}
+
+impl<'a> ReceivedBatch<'a> {
+    /// Reads a payload; an error says why it is not a walhook batch.
+    pub fn parse(body: &'a [u8]) -> Result<ReceivedBatch<'a>, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}
+
+/// The payload's `batch` object.
+#[derive(Debug, Deserialize)]
+pub struct BatchInfo {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub first_lsn: String,
+    #[serde(default)]
+    pub last_lsn: String,
+}
+
+/// A bound receiver: verifies Standard Webhooks signatures when it has
+/// secrets (401 otherwise), hands the rest to its [`Sink`] (400 when that
+/// finds no batch, else 200) and keeps [`Totals`].
+pub struct Receiver {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
 struct Shared {
     verifier: Option<Verifier>,
-    records: bool,
-    null: bool,
-    totals: Totals,
+    sink: Arc<dyn Sink>,
+    totals: Arc<Totals>,
 }
 
-/// The batch fields printed per batch.
-#[derive(Deserialize)]
-struct BatchLine {
-    #[serde(default)]
-    strategy: String,
-    batch: BatchMeta,
-    #[serde(default)]
-    records: Vec<Box<serde_json::value::RawValue>>,
+impl Receiver {
+    /// Binds `listen` (port 0 picks a free port); `secrets` empty = no checks.
+    pub async fn bind(
+        listen: SocketAddr,
+        secrets: Vec<SigningKey>,
+        sink: Arc<dyn Sink>,
+    ) -> Result<Receiver, ReceiveError> {
+        // Only an empty list is refused, and that means "do not verify".
+        let verifier = Verifier::new(secrets).ok();
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ReceiveError::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ReceiveError::Serve)?;
+        Ok(Receiver {
+            listener,
+            addr,
+            shared: Arc::new(Shared {
+                verifier,
+                sink,
+                totals: Arc::default(),
+            }),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether it checks signatures.
+    pub fn verifies(&self) -> bool {
+        self.shared.verifier.is_some()
+    }
+
+    /// What it has received so far (live).
+    pub fn totals(&self) -> Arc<Totals> {
+        self.shared.totals.clone()
+    }
+
+    /// Answers requests until `shutdown` is cancelled.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ReceiveError> {
+        let app = Router::new()
+            .route("/", post(receive))
+            .route("/{*path}", post(receive))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(self.shared);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(ReceiveError::Serve)
+    }
 }
 
-#[derive(Deserialize)]
-struct BatchMeta {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    size: u64,
-    #[serde(default)]
-    first_lsn: String,
-    #[serde(default)]
-    last_lsn: String,
-}
-
-/// Only the size, for `--null`.
-#[derive(Deserialize)]
-struct SizeOnly {
-    batch: SizeMeta,
-}
-
-#[derive(Deserialize)]
-struct SizeMeta {
-    #[serde(default)]
-    size: u64,
-}
-
-/// Runs the receiver until `shutdown` is cancelled.
+/// Runs `walhook receive` until `shutdown` is cancelled.
 pub async fn run(options: ReceiveOptions, shutdown: CancellationToken) -> Result<(), ReceiveError> {
-    let verifier = if options.secrets.is_empty() {
-        None
+    let sink: Arc<dyn Sink> = if options.null {
+        Arc::new(Count)
     } else {
-        Verifier::new(options.secrets.clone()).ok()
+        Arc::new(Print {
+            records: options.records,
+        })
     };
-    let shared = Arc::new(Shared {
-        verifier,
-        records: options.records,
-        null: options.null,
-        totals: Totals::default(),
-    });
-    let app = Router::new()
-        .route("/", post(receive))
-        .route("/{*path}", post(receive))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ReceiveError::Bind {
-            addr: options.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(ReceiveError::Serve)?;
+    let receiver = Receiver::bind(options.listen, options.secrets, sink).await?;
+    let addr = receiver.local_addr();
     print_line(&format!("listening on {addr}"));
-    tracing::info!(%addr, verify = shared.verifier.is_some(), "receiver listening");
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(ReceiveError::Serve);
-    let totals = &shared.totals;
+    tracing::info!(%addr, verify = receiver.verifies(), "receiver listening");
+    let totals = receiver.totals();
+    let result = receiver.serve(shutdown).await;
     print_line(&format!(
         "total: {} batches, {} records, {} bytes, {} rejected",
         totals.batches.load(Ordering::Relaxed),
@@ -175,6 +235,54 @@ pub async fn run(options: ReceiveOptions, shutdown: CancellationToken) -> Result
     result
 }
 
+/// `walhook receive`: one line per batch, or (`--records`) each record's JSON.
+struct Print {
+    records: bool,
+}
+
+impl Sink for Print {
+    fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error> {
+        let batch = ReceivedBatch::parse(body)?;
+        if self.records {
+            let mut out = std::io::stdout().lock();
+            for record in &batch.records {
+                // A closed stdout only loses the printout, not the delivery.
+                let _ = writeln!(out, "{}", record.get());
+            }
+            let _ = out.flush();
+        } else {
+            print_line(&format!(
+                "strategy={} batch={} size={} first_lsn={} last_lsn={}",
+                batch.strategy,
+                batch.batch.id,
+                batch.batch.size,
+                batch.batch.first_lsn,
+                batch.batch.last_lsn
+            ));
+        }
+        Ok(batch.batch.size)
+    }
+}
+
+/// `walhook receive --null`: reads only `batch.size`; anything else counts
+/// as a batch of no records.
+struct Count;
+
+impl Sink for Count {
+    fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct SizeOnly {
+            batch: SizeMeta,
+        }
+        #[derive(Deserialize)]
+        struct SizeMeta {
+            #[serde(default)]
+            size: u64,
+        }
+        Ok(serde_json::from_slice::<SizeOnly>(body).map_or(0, |b| b.batch.size))
+    }
+}
+
 fn print_line(line: &str) {
     let mut out = std::io::stdout().lock();
     // A closed stdout only loses the printout, not the delivery.
@@ -182,63 +290,136 @@ fn print_line(line: &str) {
     let _ = out.flush();
 }
 
-fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 async fn receive(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
+    let totals = &shared.totals;
     if let Some(verifier) = &shared.verifier {
-        if let Err(err) = verifier.verify_headers(&headers, &body, now()) {
-            shared.totals.rejected.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = verifier.verify_headers(&headers, &body, chrono::Utc::now().timestamp()) {
+            totals.rejected.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %err, "rejected a request");
+            shared.sink.refused(&err);
             return (StatusCode::UNAUTHORIZED, format!("{err}\n"));
         }
     }
-    if shared.null {
-        let size = serde_json::from_slice::<SizeOnly>(&body)
-            .map(|b| b.batch.size)
-            .unwrap_or(0);
-        count(&shared.totals, size, body.len());
-        return (StatusCode::OK, String::new());
-    }
-    let batch: BatchLine = match serde_json::from_slice(&body) {
-        Ok(batch) => batch,
+    match shared.sink.batch(&body) {
+        Ok(records) => {
+            totals.batches.fetch_add(1, Ordering::Relaxed);
+            totals.records.fetch_add(records, Ordering::Relaxed);
+            totals.bytes.fetch_add(
+                u64::try_from(body.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            (StatusCode::OK, String::new())
+        }
         Err(err) => {
-            shared.totals.rejected.fetch_add(1, Ordering::Relaxed);
-            return (
+            totals.rejected.fetch_add(1, Ordering::Relaxed);
+            (
                 StatusCode::BAD_REQUEST,
                 format!("not a walhook batch: {err}\n"),
-            );
+            )
         }
-    };
-    count(&shared.totals, batch.batch.size, body.len());
-    if shared.records {
-        let mut out = std::io::stdout().lock();
-        for record in &batch.records {
-            let _ = writeln!(out, "{}", record.get());
-        }
-        let _ = out.flush();
-    } else {
-        print_line(&format!(
-            "strategy={} batch={} size={} first_lsn={} last_lsn={}",
-            batch.strategy,
-            batch.batch.id,
-            batch.batch.size,
-            batch.batch.first_lsn,
-            batch.batch.last_lsn
-        ));
     }
-    (StatusCode::OK, String::new())
 }
 
-fn count(totals: &Totals, records: u64, bytes: usize) {
-    totals.batches.fetch_add(1, Ordering::Relaxed);
-    totals.records.fetch_add(records, Ordering::Relaxed);
-    totals
-        .bytes
-        .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::batch::payload::build;
+    use crate::batch::{NoDecoration, QueuedRecord};
+    use crate::lsn::Lsn;
+
+    /// Keeps what it is handed, as the demo's printer does.
+    #[derive(Default)]
+    struct Keep {
+        batches: Mutex<Vec<(String, Vec<String>)>>,
+        refused: Mutex<Vec<VerifyError>>,
+    }
+
+    impl Sink for Keep {
+        fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error> {
+            let batch = ReceivedBatch::parse(body)?;
+            let records = batch.records.iter().map(|r| r.get().to_string()).collect();
+            self.batches.lock().unwrap().push((batch.batch.id, records));
+            Ok(batch.batch.size)
+        }
+
+        fn refused(&self, error: &VerifyError) {
+            self.refused.lock().unwrap().push(error.clone());
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_then_hands_batches_to_its_sink_and_counts() {
+        let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sink = Arc::new(Keep::default());
+        let receiver = Receiver::bind(([127, 0, 0, 1], 0).into(), vec![key.clone()], sink.clone())
+            .await
+            .unwrap();
+        assert!(receiver.verifies());
+        let url = format!("http://{}/hooks/orders", receiver.local_addr());
+        let totals = receiver.totals();
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(receiver.serve(stop.clone()));
+
+        let record = br#"{"id":"0/16B3748:0","op":"insert","new":{"amount":150.50}}"#;
+        let batch = build(
+            &Arc::from("s"),
+            vec![QueuedRecord {
+                commit_lsn: Lsn(0x16B_3748),
+                index: 0,
+                commit_time: 0,
+                json: record.to_vec(),
+            }],
+            None,
+            &NoDecoration,
+        );
+        let http = reqwest::Client::new();
+        let post = |body: Vec<u8>, signed_body: &[u8]| {
+            let now = chrono::Utc::now().timestamp();
+            http.post(&url)
+                .header("webhook-id", batch.id.as_str())
+                .header("webhook-timestamp", now.to_string())
+                .header("webhook-signature", key.sign(&batch.id, now, signed_body))
+                .body(body)
+                .send()
+        };
+        let ok = post(batch.body.to_vec(), &batch.body).await.unwrap();
+        assert_eq!(ok.status(), 200);
+        // Signed, but changed in transit.
+        let changed = post(b"{}".to_vec(), &batch.body).await.unwrap();
+        assert_eq!(changed.status(), 401);
+        assert!(changed
+            .text()
+            .await
+            .unwrap()
+            .contains("no signature matches"));
+        // Signed, but not a batch.
+        let not_a_batch = post(b"[1]".to_vec(), b"[1]").await.unwrap();
+        assert_eq!(not_a_batch.status(), 400);
+
+        stop.cancel();
+        served.await.unwrap().unwrap();
+        let batches = sink.batches.lock().unwrap();
+        assert_eq!(
+            *batches,
+            vec![(
+                batch.id.clone(),
+                vec![String::from_utf8(record.to_vec()).unwrap()]
+            )],
+            "records arrive exactly as sent"
+        );
+        assert_eq!(sink.refused.lock().unwrap().len(), 1);
+        assert_eq!(totals.batches.load(Ordering::Relaxed), 1);
+        assert_eq!(totals.records.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            totals.bytes.load(Ordering::Relaxed),
+            batch.body.len() as u64
+        );
+        assert_eq!(totals.rejected.load(Ordering::Relaxed), 2);
+    }
 }

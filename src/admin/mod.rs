@@ -441,7 +441,7 @@ fn rfc3339(time: SystemTime) -> String {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    crate::lsn::format_unix_micros(micros)
+    crate::timestamp::format_rfc3339(micros)
 }
 
 /// The `/status` document.

@@ -20,24 +20,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::payload::{self, Batch};
+use super::payload::{self, Batch, RecordKey};
 use super::{Decorate, QueuedRecord};
 use crate::lsn::Lsn;
-
-/// A record's position: (commit LSN, index in transaction).
-pub type RecordKey = (Lsn, u32);
 
 /// The first and last record of a batch sent before a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Boundary {
     pub first: RecordKey,
     pub last: RecordKey,
-}
-
-/// Parses a record id (`<commit LSN>:<index>`) back into its key.
-pub fn parse_record_id(id: &str) -> Option<RecordKey> {
-    let (lsn, index) = id.rsplit_once(':')?;
-    Some((lsn.parse().ok()?, index.parse().ok()?))
 }
 
 /// Batching limits of one strategy.
@@ -384,12 +375,5 @@ mod tests {
         assert_eq!(b.ready_len(), 0);
         b.tx_end(Lsn(12));
         assert_eq!(drain(&mut b), vec![vec![(Lsn(10), 0), (Lsn(10), 1)]]);
-    }
-
-    #[test]
-    fn record_ids_parse_back() {
-        assert_eq!(parse_record_id("0/16B3748:3"), Some((Lsn(0x16B3748), 3)));
-        assert_eq!(parse_record_id("nonsense"), None);
-        assert_eq!(parse_record_id("0/1:x"), None);
     }
 }

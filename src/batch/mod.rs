@@ -7,8 +7,11 @@
 //! query parameters and body fields.
 //!
 //! Below the contract: [`batcher`] (pure grouping rules: size, bytes,
-//! linger, boundaries restored after a restart) and [`payload`] (the sealed
-//! [`Batch`], its id and its JSON body, written once into one buffer).
+//! linger, boundaries restored after a restart) and [`payload`] (the one
+//! writer of the payload's JSON: each record's object, and the sealed
+//! [`Batch`] with its id and body, written once into one buffer). The
+//! batcher uses the payload to seal batches; the payload knows nothing of
+//! the batcher.
 
 pub mod batcher;
 pub mod payload;
@@ -45,7 +48,7 @@ pub struct QueuedRecord {
 impl QueuedRecord {
     /// `<commit LSN>:<index>`, the same on every redelivery.
     pub fn id(&self) -> String {
-        format!("{}:{}", self.commit_lsn, self.index)
+        payload::record_id((self.commit_lsn, self.index))
     }
 }
 

@@ -1,23 +1,63 @@
-//! A sealed batch and its payload, serialised once into one buffer:
+//! The payload: the JSON walhook sends, written here and nowhere else
+//! (DESIGN.md "Payload"). A batch, one POST:
 //!
 //! ```json
 //! {"strategy":"…","batch":{"id":"msg_…","size":2,"first_lsn":"0/16B3748","last_lsn":"0/16B3A10"},
-//!  "records":[<record>,<record>], <the strategy's body fields>}
+//!  "records":[<record>,<record>], <the strategy's body fields>, "token":"…"}
 //! ```
 //!
-//! The batch id is `msg_` + base64url(sha256(strategy name, NUL, each record
-//! id followed by a newline)): the same records give the same id on every
-//! redelivery, and it is the `webhook-id` header too.
+//! A record (also one line of `walhook run --stdout`):
+//!
+//! ```json
+//! {"id":"0/16B3748:0","op":"insert","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,
+//!  "commit_time":"2026-11-22T07:04:00.123456Z","new":{…},"old":null,"unchanged_toast":["doc"]}
+//! ```
+//!
+//! - A record's id is `<commit LSN>:<index in transaction>` ([`RecordKey`]),
+//!   the same on every redelivery.
+//! - `new` and `old` are the row images ([`RecordEvent::write_json`]): under
+//!   DEFAULT/INDEX replica identity `old` holds only the key columns; an
+//!   unchanged TOASTed value is left out of `new` and named in
+//!   `unchanged_toast` (present only when not empty). A strategy with
+//!   `record` puts its mapped fields in `new` (inserts, updates, reads) or
+//!   `old` (deletes) instead ([`RecordEvent::write_mapped_json`]).
+//! - Each value is written by [`crate::decode::convert`], `commit_time` by
+//!   [`crate::timestamp`].
+//! - The batch id is `msg_` + base64url(sha256(strategy name, NUL, each
+//!   record id followed by a newline)): the same records give the same id on
+//!   every redelivery, and it is the `webhook-id` header too.
+//! - `token` is added at delivery, when the endpoint asks for one ([`with_token`]).
+//!
+//! Nothing is serialised twice: a record's object is written once, when the
+//! router queues it, and a batch is those bytes with the envelope around
+//! them, written into one buffer when it is sealed ([`build`]).
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 
 use base64::Engine as _;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::batcher::RecordKey;
 use super::{BatchMeta, Decorate, QueuedRecord};
+use crate::decode::convert::{write_cell_json, write_json_string};
+use crate::decode::{Cell, Op, RecordEvent, Tuple};
 use crate::lsn::Lsn;
+use crate::timestamp::write_rfc3339;
+
+/// A record's position: (commit LSN, index in its transaction).
+pub type RecordKey = (Lsn, u32);
+
+/// The record id of `key`: `<commit LSN>:<index>`.
+pub fn record_id((lsn, index): RecordKey) -> String {
+    format!("{lsn}:{index}")
+}
+
+/// Parses a record id (`<commit LSN>:<index>`) back into its key.
+pub fn parse_record_id(id: &str) -> Option<RecordKey> {
+    let (lsn, index) = id.rsplit_once(':')?;
+    Some((lsn.parse().ok()?, index.parse().ok()?))
+}
 
 /// Top-level payload keys walhook writes itself; body fields cannot replace them.
 pub const RESERVED_KEYS: [&str; 3] = ["strategy", "batch", "records"];
@@ -58,16 +98,14 @@ impl Batch {
     pub fn first_record_id(&self) -> String {
         self.keys
             .first()
-            .map(|(l, i)| format!("{l}:{i}"))
+            .copied()
+            .map(record_id)
             .unwrap_or_default()
     }
 
     /// The last `records[].id`.
     pub fn last_record_id(&self) -> String {
-        self.keys
-            .last()
-            .map(|(l, i)| format!("{l}:{i}"))
-            .unwrap_or_default()
+        self.keys.last().copied().map(record_id).unwrap_or_default()
     }
 }
 
@@ -119,12 +157,11 @@ pub fn build(
     write_str(&mut out, strategy);
     out.extend_from_slice(b",\"batch\":{\"id\":");
     write_str(&mut out, &id);
-    let _ = write_fmt(
-        &mut out,
-        format_args!(
-            ",\"size\":{},\"first_lsn\":\"{first_lsn}\",\"last_lsn\":\"{last_lsn}\"}},\"records\":[",
-            records.len()
-        ),
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        out,
+        ",\"size\":{},\"first_lsn\":\"{first_lsn}\",\"last_lsn\":\"{last_lsn}\"}},\"records\":[",
+        records.len()
     );
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
@@ -166,15 +203,143 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn write_fmt(out: &mut Vec<u8>, args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
-    std::io::Write::write_fmt(out, args)
+/// `body` (a batch's payload) with `"token":"<token>"` as its last field,
+/// inserted before the final `}` so nothing is re-serialised; `None` when
+/// `body` is not a JSON object.
+pub fn with_token(body: &[u8], token: &str) -> Option<Bytes> {
+    let close = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .filter(|&i| body.get(i) == Some(&b'}'))?;
+    let head = body.get(..close)?;
+    let last = head.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    let empty = head.get(last) == Some(&b'{');
+    let mut out = Vec::with_capacity(body.len() + token.len() + 12);
+    out.extend_from_slice(head);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"token\":");
+    write_json_string(token.as_bytes(), &mut out);
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+impl RecordEvent {
+    /// The record id: `<commit LSN>:<index in transaction>`, stable across redeliveries.
+    pub fn id(&self) -> String {
+        record_id((self.commit_lsn, self.index))
+    }
+
+    /// Appends this record's payload object with the whole row images
+    /// (a strategy without `record`, and `walhook run --stdout`).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_record(None::<fn(&mut Vec<u8>)>, out);
+    }
+
+    /// Appends this record's payload object for a strategy with `record`:
+    /// the same envelope, with the JSON object `mapped` writes as `new`
+    /// (inserts, updates, reads) or `old` (deletes); a truncate has neither.
+    pub fn write_mapped_json(&self, mapped: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
+        self.write_record(Some(mapped), out);
+    }
+
+    fn write_record(&self, mapped: Option<impl FnOnce(&mut Vec<u8>)>, out: &mut Vec<u8>) {
+        let rel = &*self.relation;
+        out.extend_from_slice(b"{\"id\":\"");
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{}:{}", self.commit_lsn, self.index);
+        out.extend_from_slice(b"\",\"op\":\"");
+        out.extend_from_slice(self.op.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"schema\":");
+        write_json_string(rel.schema.as_bytes(), out);
+        out.extend_from_slice(b",\"table\":");
+        write_json_string(rel.name.as_bytes(), out);
+        let _ = write!(
+            out,
+            ",\"lsn\":\"{}\",\"xid\":{},\"commit_time\":\"",
+            self.commit_lsn, self.xid
+        );
+        write_rfc3339(self.commit_time, out);
+        out.push(b'"');
+        match mapped {
+            None => {
+                out.extend_from_slice(b",\"new\":");
+                self.write_image(self.new.as_ref(), false, out);
+                out.extend_from_slice(b",\"old\":");
+                self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
+            }
+            Some(write_mapped) => match self.op {
+                Op::Insert | Op::Update | Op::Read => {
+                    out.extend_from_slice(b",\"new\":");
+                    write_mapped(out);
+                    out.extend_from_slice(b",\"old\":null");
+                }
+                Op::Delete => {
+                    out.extend_from_slice(b",\"new\":null,\"old\":");
+                    write_mapped(out);
+                }
+                Op::Truncate => out.extend_from_slice(b",\"new\":null,\"old\":null"),
+            },
+        }
+        let mut first = true;
+        for name in self.unchanged_toast() {
+            out.extend_from_slice(if first {
+                b",\"unchanged_toast\":["
+            } else {
+                b","
+            });
+            write_json_string(name.as_bytes(), out);
+            first = false;
+        }
+        if !first {
+            out.push(b']');
+        }
+        out.push(b'}');
+    }
+
+    /// A row image as a JSON object: unchanged TOASTed values left out, and
+    /// only key columns when `key_only`.
+    fn write_image(&self, tuple: Option<&Tuple>, key_only: bool, out: &mut Vec<u8>) {
+        let Some(tuple) = tuple else {
+            out.extend_from_slice(b"null");
+            return;
+        };
+        out.push(b'{');
+        let mut first = true;
+        for (col, cell) in self.relation.columns.iter().zip(&tuple.0) {
+            if *cell == Cell::Unchanged || (key_only && !col.key) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_json_string(col.name.as_bytes(), out);
+            out.push(b':');
+            write_cell_json(&col.kind, cell, out);
+        }
+        out.push(b'}');
+    }
+
+    /// The record's object as a `serde_json::Value` (tests). Beware:
+    /// without serde_json's `arbitrary_precision`, numbers beyond f64 (a
+    /// 30-digit numeric) lose digits here; [`RecordEvent::write_json`] keeps
+    /// them exact.
+    pub fn to_json_value(&self) -> serde_json::Value {
+        let mut buf = Vec::new();
+        self.write_json(&mut buf);
+        serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::batch::{Decoration, NoDecoration};
-    use std::sync::Arc;
+    use crate::decode::{Column, Relation, ReplicaIdentity, TypeKind};
 
     fn rec(lsn: u64, index: u32) -> QueuedRecord {
         QueuedRecord {
@@ -233,5 +398,226 @@ mod tests {
         assert_ne!(a.id, d.id);
         assert!(a.id.starts_with("msg_"));
         assert_eq!(a.id.len(), 4 + 43);
+    }
+
+    #[test]
+    fn a_batch_is_its_records_bytes_in_the_envelope() {
+        let s: Arc<str> = "s".into();
+        let b = build(&s, vec![rec(0x16B3748, 0), rec(0x16B3A10, 1)], None, &Body);
+        assert_eq!(
+            std::str::from_utf8(&b.body).unwrap(),
+            format!(
+                r#"{{"strategy":"s","batch":{{"id":"{}","size":2,"first_lsn":"0/16B3748","last_lsn":"0/16B3A10"}},"records":[{{"id":"0/16B3748:0"}},{{"id":"0/16B3A10:1"}}],"source":"erp"}}"#,
+                b.id
+            )
+        );
+        // msg_ + base64url(sha256("s" NUL "0/16B3748:0\n0/16B3A10:1\n")).
+        assert_eq!(b.id, "msg_lrPW5ISOPCNip1vbuEYOaeUSyMUJJuX5Yp2IA78hqt0");
+    }
+
+    #[test]
+    fn record_ids_parse_back() {
+        assert_eq!(parse_record_id("0/16B3748:3"), Some((Lsn(0x16B3748), 3)));
+        assert_eq!(record_id((Lsn(0x16B3748), 3)), "0/16B3748:3");
+        assert_eq!(parse_record_id("nonsense"), None);
+        assert_eq!(parse_record_id("0/1:x"), None);
+    }
+
+    #[test]
+    fn the_token_goes_last_in_the_object() {
+        let body = with_token(br#"{"strategy":"s","records":[]}"#, "a.b.c").unwrap();
+        assert_eq!(
+            &body[..],
+            br#"{"strategy":"s","records":[],"token":"a.b.c"}"#
+        );
+        assert_eq!(
+            &with_token(b"{ }\n", "a.b.c").unwrap()[..],
+            br#"{ "token":"a.b.c"}"#
+        );
+        assert_eq!(with_token(b"[1]", "t"), None);
+        assert_eq!(with_token(b"}", "t"), None);
+        assert_eq!(with_token(b"", "t"), None);
+    }
+
+    fn relation(identity: ReplicaIdentity) -> Arc<Relation> {
+        let col = |name: &str, kind: TypeKind, key: bool| Column {
+            name: name.into(),
+            type_oid: 0,
+            type_modifier: -1,
+            key,
+            kind,
+        };
+        Arc::new(Relation {
+            oid: 16384,
+            schema: "public".into(),
+            name: "orders".into(),
+            replica_identity: identity,
+            columns: vec![
+                col("id", TypeKind::Int, true),
+                col(
+                    "amount",
+                    TypeKind::Numeric,
+                    identity == ReplicaIdentity::Full,
+                ),
+                col("status", TypeKind::Text, identity == ReplicaIdentity::Full),
+                col("doc", TypeKind::Text, identity == ReplicaIdentity::Full),
+            ],
+        })
+    }
+
+    fn t(s: &'static str) -> Cell {
+        Cell::Text(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn record(
+        identity: ReplicaIdentity,
+        op: Op,
+        new: Option<Vec<Cell>>,
+        old: Option<Vec<Cell>>,
+    ) -> String {
+        let r = RecordEvent {
+            relation: relation(identity),
+            op,
+            commit_lsn: Lsn(0x16B3748),
+            index: 0,
+            xid: 750,
+            commit_time: 1_795_331_040_123_456,
+            new: new.map(Tuple),
+            old: old.map(Tuple),
+        };
+        let mut out = Vec::new();
+        r.write_json(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn insert_record_matches_the_design_payload() {
+        let json = record(
+            ReplicaIdentity::Default,
+            Op::Insert,
+            Some(vec![t("1"), t("150.50"), t("open"), Cell::Null]),
+            None,
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"insert","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":1,"amount":150.50,"status":"open","doc":null},"old":null}"#
+        );
+    }
+
+    #[test]
+    fn update_with_unchanged_toast_under_default_identity() {
+        let json = record(
+            ReplicaIdentity::Default,
+            Op::Update,
+            Some(vec![t("2"), t("1"), t("paid"), Cell::Unchanged]),
+            Some(vec![t("1"), Cell::Null, Cell::Null, Cell::Null]),
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"update","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":2,"amount":1,"status":"paid"},"old":{"id":1},"unchanged_toast":["doc"]}"#
+        );
+    }
+
+    #[test]
+    fn delete_under_full_identity_has_the_whole_old_row() {
+        let json = record(
+            ReplicaIdentity::Full,
+            Op::Delete,
+            None,
+            Some(vec![t("1"), t("NaN"), Cell::Null, t("x")]),
+        );
+        assert_eq!(
+            json,
+            r#"{"id":"0/16B3748:0","op":"delete","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":null,"old":{"id":1,"amount":"NaN","status":null,"doc":"x"}}"#
+        );
+    }
+
+    #[test]
+    fn truncate_has_no_images() {
+        let json = record(ReplicaIdentity::Default, Op::Truncate, None, None);
+        assert!(json.ends_with(r#""new":null,"old":null}"#), "{json}");
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["op"], "truncate");
+        assert!(v.get("unchanged_toast").is_none());
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let mut rel = (*relation(ReplicaIdentity::Default)).clone();
+        rel.name = "we\"ird".into();
+        rel.columns[0].name = "a\\b".into();
+        let r = RecordEvent {
+            relation: Arc::new(rel),
+            op: Op::Insert,
+            commit_lsn: Lsn(1),
+            index: 3,
+            xid: 1,
+            commit_time: 0,
+            new: Some(Tuple(vec![t("1"), Cell::Null, Cell::Null, Cell::Null])),
+            old: None,
+        };
+        let v = r.to_json_value();
+        assert_eq!(v["table"], "we\"ird");
+        assert_eq!(v["new"]["a\\b"], 1);
+        assert_eq!(v["id"], "0/1:3");
+    }
+
+    fn mapped(identity: ReplicaIdentity, op: Op, new: Option<Vec<Cell>>) -> String {
+        let r = RecordEvent {
+            relation: relation(identity),
+            op,
+            commit_lsn: Lsn(0x16B3748),
+            index: 2,
+            xid: 750,
+            commit_time: 1_795_331_040_123_456,
+            new: new.map(Tuple),
+            old: None,
+        };
+        let mut out = Vec::new();
+        r.write_mapped_json(|out| out.extend_from_slice(br#"{"k":1}"#), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_mapped_record_keeps_the_envelope_and_places_the_fields_by_op() {
+        let envelope = |op: &str| {
+            format!(
+                r#"{{"id":"0/16B3748:2","op":"{op}","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z""#
+            )
+        };
+        let identity = ReplicaIdentity::Default;
+        assert_eq!(
+            mapped(
+                identity,
+                Op::Insert,
+                Some(vec![t("1"), Cell::Null, Cell::Null, Cell::Null])
+            ),
+            envelope("insert") + r#","new":{"k":1},"old":null}"#
+        );
+        assert_eq!(
+            mapped(
+                identity,
+                Op::Read,
+                Some(vec![t("1"), Cell::Null, Cell::Null, Cell::Null])
+            ),
+            envelope("read") + r#","new":{"k":1},"old":null}"#
+        );
+        // An unchanged TOASTed column is still named.
+        assert_eq!(
+            mapped(
+                identity,
+                Op::Update,
+                Some(vec![t("1"), Cell::Null, Cell::Unchanged, Cell::Unchanged])
+            ),
+            envelope("update") + r#","new":{"k":1},"old":null,"unchanged_toast":["status","doc"]}"#
+        );
+        assert_eq!(
+            mapped(identity, Op::Delete, None),
+            envelope("delete") + r#","new":null,"old":{"k":1}}"#
+        );
+        assert_eq!(
+            mapped(identity, Op::Truncate, None),
+            envelope("truncate") + r#","new":null,"old":null}"#
+        );
     }
 }

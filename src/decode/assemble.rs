@@ -24,7 +24,8 @@ use bytes::Bytes;
 use super::model::{Cell, Op, RecordEvent, Relation, ReplicaIdentity, SourceEvent, Tuple};
 use super::pgoutput::{self, DecodeError, LogicalMessage, OldKind};
 use super::relcache::{RelationCache, TypeCache};
-use crate::lsn::{pg_to_unix_micros, Lsn};
+use crate::lsn::Lsn;
+use crate::timestamp::pg_to_unix_micros;
 
 /// Keeps relation/type caches and transaction state across messages. Use a
 /// new one for every replication session: the server resends relations.
@@ -363,7 +364,7 @@ mod tests {
     use super::*;
     use crate::decode::model::TypeKind;
     use crate::decode::pgoutput::tests::W;
-    use crate::lsn::PG_EPOCH_OFFSET_MICROS;
+    use crate::timestamp::PG_EPOCH_OFFSET_MICROS;
 
     const ORDERS: u32 = 16384;
     const ITEMS: u32 = 16390;

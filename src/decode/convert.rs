@@ -1,4 +1,5 @@
-//! Server text → JSON, written straight into the output buffer.
+//! Server text → JSON values, written straight into the output buffer (the
+//! payload around them is written by `batch/payload.rs`).
 //!
 //! Values arrive as PostgreSQL's text output (with the session pinned to
 //! `DateStyle=ISO`, `IntervalStyle=postgres`, `extra_float_digits=3`,
@@ -25,14 +26,12 @@
 //! like its type (which PostgreSQL never sends) falls back to a JSON string,
 //! and invalid UTF-8 is replaced, never a panic.
 
-use std::io::Write as _;
-
 use base64::Engine as _;
 
-use super::model::{Cell, RecordEvent, Tuple, TypeKind};
+use super::model::{Cell, TypeKind};
 
 /// Appends the JSON form of one cell. `Null` (and `Unchanged`, which
-/// [`RecordEvent::write_json`] leaves out) write `null`; a binary-mode cell
+/// the payload's row images leave out) write `null`; a binary-mode cell
 /// writes its bytes as base64.
 pub fn write_cell_json(kind: &TypeKind, cell: &Cell, out: &mut Vec<u8>) {
     match cell {
@@ -453,135 +452,11 @@ impl ArrayText<'_> {
     }
 }
 
-/// Appends µs since the Unix epoch as RFC 3339 UTC with six fraction digits
-/// (`2026-11-22T07:04:00.123456Z`).
-pub fn write_rfc3339_micros(unix_micros: i64, out: &mut Vec<u8>) {
-    let secs = unix_micros.div_euclid(1_000_000);
-    let micros = unix_micros.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    );
-}
-
-/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-impl RecordEvent {
-    /// Appends this record's payload object (DESIGN.md "Payload": id, op,
-    /// schema, table, lsn, xid, commit_time, new, old, unchanged_toast).
-    ///
-    /// Unchanged TOASTed values are left out of `new` and named in
-    /// `unchanged_toast` (present only when not empty). Under DEFAULT/INDEX
-    /// replica identity `old` holds only the key columns.
-    pub fn write_json(&self, out: &mut Vec<u8>) {
-        self.write_envelope(out);
-        out.extend_from_slice(b",\"new\":");
-        self.write_image(self.new.as_ref(), false, out);
-        out.extend_from_slice(b",\"old\":");
-        self.write_image(self.old.as_ref(), self.old_is_key_only(), out);
-        self.write_tail(out);
-    }
-
-    /// The record object's opening and envelope fields (`{"id":…,"commit_time":"…"`),
-    /// shared with mapped records, which write their own `new`/`old`.
-    pub fn write_envelope(&self, out: &mut Vec<u8>) {
-        let rel = &*self.relation;
-        out.extend_from_slice(b"{\"id\":\"");
-        let _ = write!(out, "{}:{}", self.commit_lsn, self.index);
-        out.extend_from_slice(b"\",\"op\":\"");
-        out.extend_from_slice(self.op.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"schema\":");
-        write_json_string(rel.schema.as_bytes(), out);
-        out.extend_from_slice(b",\"table\":");
-        write_json_string(rel.name.as_bytes(), out);
-        let _ = write!(
-            out,
-            ",\"lsn\":\"{}\",\"xid\":{},\"commit_time\":\"",
-            self.commit_lsn, self.xid
-        );
-        write_rfc3339_micros(self.commit_time, out);
-        out.push(b'"');
-    }
-
-    /// `unchanged_toast` (only when not empty) and the closing brace.
-    pub fn write_tail(&self, out: &mut Vec<u8>) {
-        let mut first = true;
-        for name in self.unchanged_toast() {
-            out.extend_from_slice(if first {
-                b",\"unchanged_toast\":["
-            } else {
-                b","
-            });
-            write_json_string(name.as_bytes(), out);
-            first = false;
-        }
-        if !first {
-            out.push(b']');
-        }
-        out.push(b'}');
-    }
-
-    fn write_image(&self, tuple: Option<&Tuple>, key_only: bool, out: &mut Vec<u8>) {
-        let Some(tuple) = tuple else {
-            out.extend_from_slice(b"null");
-            return;
-        };
-        out.push(b'{');
-        let mut first = true;
-        for (col, cell) in self.relation.columns.iter().zip(&tuple.0) {
-            if *cell == Cell::Unchanged || (key_only && !col.key) {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            write_json_string(col.name.as_bytes(), out);
-            out.push(b':');
-            write_cell_json(&col.kind, cell, out);
-        }
-        out.push(b'}');
-    }
-
-    /// The same object as a `serde_json::Value` (tests, the stdout sink).
-    /// Beware: without serde_json's `arbitrary_precision`, numbers beyond
-    /// f64 (a 30-digit numeric) lose digits here; [`RecordEvent::write_json`]
-    /// keeps them exact.
-    pub fn to_json_value(&self) -> serde_json::Value {
-        let mut buf = Vec::new();
-        self.write_json(&mut buf);
-        serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
 
     use super::*;
-    use crate::decode::model::{Column, Op, Relation, ReplicaIdentity};
-    use crate::lsn::Lsn;
 
     fn json(kind: &TypeKind, text: &str) -> String {
         let mut out = Vec::new();
@@ -873,153 +748,5 @@ mod tests {
         );
         assert_eq!(cell_str(&Cell::Text(Bytes::from_static(b"\xff"))), None);
         assert_eq!(cell_str(&Cell::Null), None);
-    }
-
-    #[test]
-    fn commit_times_match_the_reference_formatter() {
-        for us in [
-            0,
-            1,
-            1_795_331_040_123_456,
-            -1,
-            946_684_800_000_000,
-            253_402_300_799_999_999,
-            951_782_400_000_000,
-        ] {
-            let mut out = Vec::new();
-            write_rfc3339_micros(us, &mut out);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                crate::lsn::format_unix_micros(us),
-                "{us}"
-            );
-        }
-        // Extreme garbage still formats.
-        for us in [i64::MIN, i64::MAX] {
-            write_rfc3339_micros(us, &mut Vec::new());
-        }
-    }
-
-    fn relation(identity: ReplicaIdentity) -> Arc<Relation> {
-        let col = |name: &str, kind: TypeKind, key: bool| Column {
-            name: name.into(),
-            type_oid: 0,
-            type_modifier: -1,
-            key,
-            kind,
-        };
-        Arc::new(Relation {
-            oid: 16384,
-            schema: "public".into(),
-            name: "orders".into(),
-            replica_identity: identity,
-            columns: vec![
-                col("id", TypeKind::Int, true),
-                col(
-                    "amount",
-                    TypeKind::Numeric,
-                    identity == ReplicaIdentity::Full,
-                ),
-                col("status", TypeKind::Text, identity == ReplicaIdentity::Full),
-                col("doc", TypeKind::Text, identity == ReplicaIdentity::Full),
-            ],
-        })
-    }
-
-    fn t(s: &'static str) -> Cell {
-        Cell::Text(Bytes::from_static(s.as_bytes()))
-    }
-
-    fn record(
-        identity: ReplicaIdentity,
-        op: Op,
-        new: Option<Vec<Cell>>,
-        old: Option<Vec<Cell>>,
-    ) -> String {
-        let r = RecordEvent {
-            relation: relation(identity),
-            op,
-            commit_lsn: Lsn(0x16B3748),
-            index: 0,
-            xid: 750,
-            commit_time: 1_795_331_040_123_456,
-            new: new.map(Tuple),
-            old: old.map(Tuple),
-        };
-        let mut out = Vec::new();
-        r.write_json(&mut out);
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn insert_record_matches_the_design_payload() {
-        let json = record(
-            ReplicaIdentity::Default,
-            Op::Insert,
-            Some(vec![t("1"), t("150.50"), t("open"), Cell::Null]),
-            None,
-        );
-        assert_eq!(
-            json,
-            r#"{"id":"0/16B3748:0","op":"insert","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":1,"amount":150.50,"status":"open","doc":null},"old":null}"#
-        );
-    }
-
-    #[test]
-    fn update_with_unchanged_toast_under_default_identity() {
-        let json = record(
-            ReplicaIdentity::Default,
-            Op::Update,
-            Some(vec![t("2"), t("1"), t("paid"), Cell::Unchanged]),
-            Some(vec![t("1"), Cell::Null, Cell::Null, Cell::Null]),
-        );
-        assert_eq!(
-            json,
-            r#"{"id":"0/16B3748:0","op":"update","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":{"id":2,"amount":1,"status":"paid"},"old":{"id":1},"unchanged_toast":["doc"]}"#
-        );
-    }
-
-    #[test]
-    fn delete_under_full_identity_has_the_whole_old_row() {
-        let json = record(
-            ReplicaIdentity::Full,
-            Op::Delete,
-            None,
-            Some(vec![t("1"), t("NaN"), Cell::Null, t("x")]),
-        );
-        assert_eq!(
-            json,
-            r#"{"id":"0/16B3748:0","op":"delete","schema":"public","table":"orders","lsn":"0/16B3748","xid":750,"commit_time":"2026-11-22T07:04:00.123456Z","new":null,"old":{"id":1,"amount":"NaN","status":null,"doc":"x"}}"#
-        );
-    }
-
-    #[test]
-    fn truncate_has_no_images() {
-        let json = record(ReplicaIdentity::Default, Op::Truncate, None, None);
-        assert!(json.ends_with(r#""new":null,"old":null}"#), "{json}");
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v["op"], "truncate");
-        assert!(v.get("unchanged_toast").is_none());
-    }
-
-    #[test]
-    fn names_are_escaped() {
-        let mut rel = (*relation(ReplicaIdentity::Default)).clone();
-        rel.name = "we\"ird".into();
-        rel.columns[0].name = "a\\b".into();
-        let r = RecordEvent {
-            relation: Arc::new(rel),
-            op: Op::Insert,
-            commit_lsn: Lsn(1),
-            index: 3,
-            xid: 1,
-            commit_time: 0,
-            new: Some(Tuple(vec![t("1"), Cell::Null, Cell::Null, Cell::Null])),
-            old: None,
-        };
-        let v = r.to_json_value();
-        assert_eq!(v["table"], "we\"ird");
-        assert_eq!(v["new"]["a\\b"], 1);
-        assert_eq!(v["id"], "0/1:3");
     }
 }

@@ -16,7 +16,8 @@
 //! - [`relcache`]: Relation/Type messages → [`Relation`]s with a [`TypeKind`] per column.
 //! - [`Decoder`] (assemble.rs): messages → [`SourceEvent`]s: transactions and
 //!   record ids, key-only and full old images, unchanged TOAST, v2 streams.
-//! - [`convert`]: server text → JSON bytes, and [`RecordEvent::write_json`].
+//! - [`convert`]: server text → JSON values (the record objects around them
+//!   are written by `batch/payload.rs`).
 //!
 //! [`DecodeError`]: pgoutput::DecodeError
 

@@ -119,7 +119,9 @@ impl Tuple {
     }
 }
 
-/// One committed change to one row (or one truncated table).
+/// One committed change to one row (or one truncated table). Its payload
+/// form (`id()`, `write_json()`) is written by `batch/payload.rs`, the one
+/// place that knows the payload's shape.
 #[derive(Clone, Debug)]
 pub struct RecordEvent {
     pub relation: Arc<Relation>,
@@ -140,11 +142,6 @@ pub struct RecordEvent {
 }
 
 impl RecordEvent {
-    /// The record id: `<commit LSN>:<index in transaction>`, stable across redeliveries.
-    pub fn id(&self) -> String {
-        format!("{}:{}", self.commit_lsn, self.index)
-    }
-
     /// True when `old` holds only the replica identity key columns.
     pub fn old_is_key_only(&self) -> bool {
         self.relation.replica_identity != ReplicaIdentity::Full

@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::signing::SigningKey;
+use crate::batch::payload;
 
 /// The token's issuer.
 pub const ISSUER: &str = "walhook";
@@ -53,28 +54,9 @@ pub fn make_token(key: &SigningKey, strategy: &str, jti: &str, iat: i64) -> Stri
 }
 
 /// Adds `"token":"<token>"` as the last field of the JSON object `body`
-/// (inserted before its final `}`, so nothing is re-serialised).
+/// (see [`payload::with_token`]).
 pub fn insert_token(body: &[u8], token: &str) -> Result<Bytes, TokenError> {
-    let close = body
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .filter(|&i| body.get(i) == Some(&b'}'))
-        .ok_or(TokenError::NotAnObject)?;
-    let head = body.get(..close).ok_or(TokenError::NotAnObject)?;
-    let empty = match head.iter().rposition(|b| !b.is_ascii_whitespace()) {
-        Some(i) => head.get(i) == Some(&b'{'),
-        None => return Err(TokenError::NotAnObject),
-    };
-    let mut out = Vec::with_capacity(body.len() + token.len() + 12);
-    out.extend_from_slice(head);
-    if !empty {
-        out.push(b',');
-    }
-    // A JWT is base64url and dots: no JSON escaping needed.
-    out.extend_from_slice(b"\"token\":\"");
-    out.extend_from_slice(token.as_bytes());
-    out.extend_from_slice(b"\"}");
-    Ok(Bytes::from(out))
+    payload::with_token(body, token).ok_or(TokenError::NotAnObject)
 }
 
 #[cfg(test)]

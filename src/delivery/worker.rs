@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::retry::{self, Next};
 use super::sender::{AttemptResult, Endpoint};
 use super::DeliveryError;
-use crate::batch::batcher::parse_record_id;
+use crate::batch::payload::parse_record_id;
 use crate::batch::{Batch, Batcher, BatcherOptions, Boundary, Decorate, WorkItem};
 use crate::checkpoint::Checkpoint;
 use crate::config::{OnExhausted, Retry};

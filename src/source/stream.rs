@@ -21,7 +21,8 @@ use super::resume::{Handed, ReplayFilter};
 use super::wire::{self, Frame};
 use super::SourceStatus;
 use crate::decode::{Decoder, SourceEvent};
-use crate::lsn::{pg_now_micros, Lsn};
+use crate::lsn::Lsn;
+use crate::timestamp::pg_now_micros;
 
 /// How long to wait for the server to confirm the end of the stream.
 const FINISH_WAIT: Duration = Duration::from_secs(2);

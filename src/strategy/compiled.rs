@@ -256,29 +256,15 @@ impl CompiledStrategy {
         matched
     }
 
-    /// Appends `event`'s record object (DESIGN.md payload record). Without
-    /// `record` it is [`RecordEvent::write_json`]; with it, the same envelope
-    /// whose `new` (inserts, updates) or `old` (deletes) holds the mapped
-    /// fields.
+    /// Appends `event`'s record object (DESIGN.md payload record): the whole
+    /// row, or with `record` the mapped fields (see [`RecordEvent::write_mapped_json`]).
     pub fn write_record(&self, event: &RecordEvent, out: &mut Vec<u8>) {
-        let Some(fields) = &self.record else {
-            event.write_json(out);
-            return;
-        };
-        event.write_envelope(out);
-        match event.op {
-            Op::Insert | Op::Update | Op::Read => {
-                out.extend_from_slice(b",\"new\":");
-                self.write_fields(fields, event, out);
-                out.extend_from_slice(b",\"old\":null");
+        match &self.record {
+            None => event.write_json(out),
+            Some(fields) => {
+                event.write_mapped_json(|out| self.write_fields(fields, event, out), out);
             }
-            Op::Delete => {
-                out.extend_from_slice(b",\"new\":null,\"old\":");
-                self.write_fields(fields, event, out);
-            }
-            Op::Truncate => out.extend_from_slice(b",\"new\":null,\"old\":null"),
         }
-        event.write_tail(out);
     }
 
     /// The queue item for a matched event.

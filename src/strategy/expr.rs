@@ -24,6 +24,7 @@ use evalexpr::{Context, EvalexprError, EvalexprResult, Node, Operator, Value};
 
 use crate::config::{ExprRole, FilterOp};
 use crate::decode::{Cell, Column, Op, RecordEvent, ReplicaIdentity, TypeKind};
+use crate::timestamp;
 
 /// evalexpr 11.3.1's built-in functions (without the optional regex ones).
 const BUILTINS: &[&str] = &[
@@ -744,9 +745,9 @@ impl Context for BatchContext<'_> {
         match identifier {
             EQ => sql_eq(argument).map(Value::Boolean),
             NEQ => sql_eq(argument).map(|b| Value::Boolean(!b)),
-            "now" => Ok(Value::String(
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-            )),
+            "now" => Ok(Value::String(timestamp::format_rfc3339(
+                timestamp::unix_now_micros(),
+            ))),
             _ => Err(EvalexprError::FunctionIdentifierNotFound(
                 identifier.to_string(),
             )),

@@ -1,0 +1,136 @@
+//! Points in time as walhook reads and writes them: Postgres's epoch, and
+//! the one RFC 3339 formatter (the payload's `commit_time`, `/status`, and
+//! `now()` in batch templates all print through it).
+//!
+//! Times travel as µs since the Unix epoch (`i64`). The formatter runs
+//! once per record on the hot path, so it appends to the payload buffer
+//! through a static list of chrono format items: no allocation (chrono's
+//! `to_rfc3339_opts` and `Display` allocate a `String` per call) and no
+//! format string to parse.
+
+use chrono::format::{Fixed, Item, Numeric, Pad};
+
+/// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01 UTC).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// Converts a Postgres timestamp (µs since 2000-01-01) to µs since the Unix epoch.
+pub fn pg_to_unix_micros(pg: i64) -> i64 {
+    pg.saturating_add(PG_EPOCH_OFFSET_MICROS)
+}
+
+/// Now, in µs since the Unix epoch.
+pub fn unix_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Now, in µs since Postgres's epoch (for standby status messages).
+pub fn pg_now_micros() -> i64 {
+    unix_now_micros() - PG_EPOCH_OFFSET_MICROS
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const RFC3339_MICROS: &[Item<'static>] = &[
+    Item::Numeric(Numeric::Year, Pad::Zero),
+    Item::Literal("-"),
+    Item::Numeric(Numeric::Month, Pad::Zero),
+    Item::Literal("-"),
+    Item::Numeric(Numeric::Day, Pad::Zero),
+    Item::Literal("T"),
+    Item::Numeric(Numeric::Hour, Pad::Zero),
+    Item::Literal(":"),
+    Item::Numeric(Numeric::Minute, Pad::Zero),
+    Item::Literal(":"),
+    Item::Numeric(Numeric::Second, Pad::Zero),
+    Item::Fixed(Fixed::Nanosecond6),
+    Item::Literal("Z"),
+];
+
+/// Appends µs since the Unix epoch as RFC 3339 UTC with six fraction digits
+/// (`2026-11-22T07:04:00.123456Z`). A time beyond chrono's range (±262,000
+/// years, only from a broken clock) is written as the Unix epoch.
+pub fn write_rfc3339(unix_micros: i64, out: &mut Vec<u8>) {
+    let time = chrono::DateTime::from_timestamp_micros(unix_micros).unwrap_or_default();
+    // Writing to a Vec cannot fail.
+    let _ = time
+        .naive_utc()
+        .format_with_items(RFC3339_MICROS.iter())
+        .write_to(&mut Utf8Vec(out));
+}
+
+/// [`write_rfc3339`] into a new `String`.
+pub fn format_rfc3339(unix_micros: i64) -> String {
+    let mut out = Vec::with_capacity(27);
+    write_rfc3339(unix_micros, &mut out);
+    // Only `str`s are written into it.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A byte buffer that chrono writes `str`s into.
+struct Utf8Vec<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8Vec<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_utc_with_microseconds() {
+        assert_eq!(
+            format_rfc3339(1_795_331_040_123_456),
+            "2026-11-22T07:04:00.123456Z"
+        );
+        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_rfc3339(-1), "1969-12-31T23:59:59.999999Z");
+        // A leap day, and the last µs of year 9999.
+        assert_eq!(
+            format_rfc3339(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            format_rfc3339(253_402_300_799_999_999),
+            "9999-12-31T23:59:59.999999Z"
+        );
+        let mut out = b"x".to_vec();
+        write_rfc3339(PG_EPOCH_OFFSET_MICROS + 1_000_000, &mut out);
+        assert_eq!(out, b"x2000-01-01T00:00:01.000000Z");
+    }
+
+    #[test]
+    fn matches_chronos_rfc3339_across_the_calendar() {
+        // One instant every ~37 days and 1 µs over four centuries (leap
+        // years, the 1900 and 2100 non-leap centuries, before 1970).
+        let step = 37 * 86_400_000_000 + 3_600_000_001;
+        let mut us = -2_208_988_800_000_000; // 1900-01-01
+        while us < 10_413_792_000_000_000 {
+            // 2300-01-01
+            let expected = chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            assert_eq!(format_rfc3339(us), expected, "{us}");
+            us += step;
+        }
+        // Extreme garbage still formats, without a panic.
+        for us in [i64::MIN, i64::MAX] {
+            assert_eq!(format_rfc3339(us), "1970-01-01T00:00:00.000000Z");
+        }
+    }
+
+    #[test]
+    fn postgres_epoch() {
+        assert_eq!(pg_to_unix_micros(0), PG_EPOCH_OFFSET_MICROS);
+        assert_eq!(
+            format_rfc3339(pg_to_unix_micros(0)),
+            "2000-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(pg_to_unix_micros(i64::MAX), i64::MAX);
+        assert!(pg_now_micros() > 0);
+    }
+}
