@@ -204,7 +204,7 @@ async fn redirects_are_not_followed() {
 async fn payload_from_postgres_has_the_documented_fields_and_types() {
     let rx = Receiver::start().await;
     let p = Pipeline::start("dlv_payload", Setup::default(), &rx.url("/hook")).await;
-    p.psql("INSERT INTO items VALUES (1, 'first'), (2, NULL)")
+    p.db.psql("INSERT INTO items VALUES (1, 'first'), (2, NULL)")
         .await;
     rx.wait_accepted_records(2, WAIT).await;
     let r = &rx.accepted()[0];
@@ -238,7 +238,7 @@ async fn payload_from_postgres_has_the_documented_fields_and_types() {
     assert!(rec0["old"].is_null());
     // Delivered, so the slot moves past the transaction.
     wait_until(WAIT, "confirmed_flush_lsn past the batch", || async {
-        p.confirmed_flush().await > last_lsn
+        p.db.confirmed_flush(&p.slot).await.expect("slot") > last_lsn
     })
     .await;
     p.stop().await;
@@ -248,7 +248,7 @@ async fn payload_from_postgres_has_the_documented_fields_and_types() {
 async fn ten_thousand_rows_over_500_transactions_arrive_in_commit_order() {
     let rx = Receiver::start().await;
     let p = Pipeline::start("dlv_order", Setup::default(), &rx.url("/hook")).await;
-    p.psql(
+    p.db.psql(
         "DO $$ BEGIN
            FOR t IN 0..499 LOOP
              INSERT INTO items SELECT t * 20 + g, 'n' FROM generate_series(0, 19) g;
@@ -283,7 +283,7 @@ async fn ten_thousand_rows_over_500_transactions_arrive_in_commit_order() {
     wait_until(
         WAIT,
         "confirmed_flush_lsn past the last transaction",
-        || async { p.confirmed_flush().await > last },
+        || async { p.db.confirmed_flush(&p.slot).await.expect("slot") > last },
     )
     .await;
     p.stop().await;

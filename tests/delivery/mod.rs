@@ -222,14 +222,6 @@ impl Pipeline {
         }
     }
 
-    pub(crate) async fn psql(&self, sql: &str) -> String {
-        self.db.psql(sql).await
-    }
-
-    pub(crate) async fn confirmed_flush(&self) -> Lsn {
-        self.db.confirmed_flush(&self.slot).await.expect("slot")
-    }
-
     pub(crate) async fn stop(self) {
         self.source_shutdown.cancel();
         let _ = tokio::time::timeout(WAIT, self.source_task).await;

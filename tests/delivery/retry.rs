@@ -21,7 +21,7 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
     let rx = Receiver::start().await;
     rx.fail_next(5, 500);
     let p = Pipeline::start("dlv_retry", Setup::default(), &rx.url("/hook")).await;
-    p.psql("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    p.db.psql("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')")
         .await;
 
     // While the receiver fails, the slot must not pass the batch.
@@ -35,7 +35,7 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
     loop {
         // Read the slot first: if no 2xx has been answered after that read,
         // the batch was undelivered when Postgres reported the position.
-        let confirmed = p.confirmed_flush().await;
+        let confirmed = p.db.confirmed_flush(&p.slot).await.expect("slot");
         if !rx.accepted().is_empty() {
             break;
         }
@@ -82,7 +82,7 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
     wait_until(
         WAIT,
         "confirmed_flush_lsn past the delivered batch",
-        || async { p.confirmed_flush().await > commit_lsn },
+        || async { p.db.confirmed_flush(&p.slot).await.expect("slot") > commit_lsn },
     )
     .await;
     let status = p.worker.status.snapshot();

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use walhook::lsn::Lsn;
 
+use crate::support::receiver::new_ids;
 use crate::support::walhook::{admin_get, base_config_with_admin, metric_sum};
-use crate::support::{free_port, fresh_db, wait_until, Db, Received, Receiver, Walhook, WAIT};
+use crate::support::{free_port, fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
 
 async fn orders(prefix: &str) -> (String, Db) {
     let db = fresh_db(prefix).await;
@@ -25,10 +26,6 @@ fn config(url: &str, slot: &str, port: u16, receiver: &Receiver, strategy: &str)
         base_config_with_admin(url, slot, slot, port),
         receiver.url("/hook"),
     )
-}
-
-fn new_ids(requests: &[Received]) -> Vec<i64> {
-    requests.iter().flat_map(Received::new_ids).collect()
 }
 
 async fn scrape(port: u16) -> String {

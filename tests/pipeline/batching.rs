@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use walhook::lsn::Lsn;
 
+use crate::support::receiver::new_ids;
 use crate::support::walhook::base_config;
 use crate::support::{fresh_db, wait_until, Received, Receiver, Walhook, WAIT};
 
@@ -23,10 +24,6 @@ fn sizes(requests: &[Received]) -> Vec<u64> {
         .iter()
         .map(|r| r.json()["batch"]["size"].as_u64().expect("batch.size"))
         .collect()
-}
-
-fn new_ids(requests: &[Received]) -> Vec<i64> {
-    requests.iter().flat_map(Received::new_ids).collect()
 }
 
 #[tokio::test]

@@ -28,10 +28,6 @@ async fn orders(prefix: &str) -> (String, Db) {
     (db.url(), db)
 }
 
-fn new_ids(request: &Received) -> Vec<i64> {
-    request.new_ids()
-}
-
 /// Full jitter makes each delay uniform in [0, min(max, initial * 2^n)], so
 /// a single run cannot show every delay growing; what holds every time is
 /// that each delay stays under its (growing) ceiling, and that the ceiling
@@ -79,9 +75,9 @@ async fn five_500s_are_retried_with_backoff_then_delivered_and_the_slot_waits_fo
     let first_id = requests[0].header("webhook-id").expect("webhook-id");
     for request in &requests[..6] {
         assert_eq!(request.header("webhook-id"), Some(first_id));
-        assert_eq!(new_ids(request), vec![1]);
+        assert_eq!(request.new_ids(), vec![1]);
     }
-    assert_eq!(new_ids(&requests[6]), vec![2]);
+    assert_eq!(requests[6].new_ids(), vec![2]);
 
     // Never acknowledged past the undelivered batch's commit while failing.
     let commit: Lsn = requests[0].json()["records"][0]["lsn"]
@@ -176,7 +172,11 @@ async fn an_exhausted_batch_becomes_a_dead_letter_and_later_batches_flow() {
         requests.iter().map(|r| r.answered).collect::<Vec<_>>(),
         vec![500, 500, 200, 200]
     );
-    let accepted: Vec<i64> = receiver.accepted().iter().flat_map(new_ids).collect();
+    let accepted: Vec<i64> = receiver
+        .accepted()
+        .iter()
+        .flat_map(Received::new_ids)
+        .collect();
     assert_eq!(accepted, vec![2, 3]);
     let letter = db
         .psql(
@@ -203,7 +203,11 @@ async fn an_exhausted_batch_becomes_a_dead_letter_and_later_batches_flow() {
 /// record delivered again came in a batch with the same webhook-id, batch id
 /// and record ids as its first delivery. Returns the number of duplicates.
 fn check_redeliveries(receiver: &Receiver, rows: i64) -> usize {
-    let mut seen: Vec<i64> = receiver.accepted().iter().flat_map(new_ids).collect();
+    let mut seen: Vec<i64> = receiver
+        .accepted()
+        .iter()
+        .flat_map(Received::new_ids)
+        .collect();
     seen.sort_unstable();
     seen.dedup();
     assert_eq!(seen, (1..=rows).collect::<Vec<_>>(), "a row was lost");

@@ -59,6 +59,11 @@ impl Received {
     }
 }
 
+/// `records[].new.id` of these requests' payloads, in order.
+pub(crate) fn new_ids(requests: &[Received]) -> Vec<i64> {
+    requests.iter().flat_map(Received::new_ids).collect()
+}
+
 /// A scripted answer.
 #[derive(Debug, Clone)]
 pub(crate) enum Reply {
