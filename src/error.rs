@@ -1,7 +1,10 @@
 //! How a command's failure reaches the operator: [`Error`] holds every
-//! command's own error with its cause chain, [`Error::exit_code`] is the one
-//! mapping to the process exit code, and [`report`] words the chain on one
-//! line.
+//! command's own error with its typed cause chain (`#[source]`), and
+//! [`Error::exit_code`] is the one mapping to the process exit code.
+//!
+//! Every error's message includes its cause's (the way Postgres errors are
+//! worded by `pg::describe`, for instance), so `{err}` in main and
+//! `error = %err` in a log line show the whole chain once.
 //!
 //! Exit codes: `0` ok, `1` a failure at run time (restarting may help), `2`
 //! a bad configuration, usage or a database that does not match the
@@ -136,28 +139,13 @@ impl fmt::Display for ConfigProblems<'_> {
     }
 }
 
-/// `err` and its causes, `a: b: c`. A cause whose text its parent's message
-/// already holds is not repeated.
-pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(err) = cause {
-        let message = err.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        cause = err.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ConfigError, SigningError};
     use crate::delivery::tls::TlsError;
     use crate::delivery::{DeliveryError, EndpointError};
+    use crate::runs::RunError;
     use crate::strategy::StrategyError;
 
     fn io(text: &str) -> std::io::Error {
@@ -210,7 +198,7 @@ mod tests {
             Error::from(OpsError::Refused("slot s is active".into())),
             Error::from(OpsError::CheckFailed { errors: 2 }),
             Error::from(CliError::Failed { id: 7, failed: 3 }),
-            Error::from(CliError::Run(crate::runs::RunError::WorkerStopped)),
+            Error::from(CliError::Run(RunError::WorkerStopped)),
             // The demo's own pipeline failing is the demo failing at run time.
             Error::from(DemoError::Pipeline(AppError::Schema(Vec::new()))),
             Error::from(DemoError::Timeout("every batch".into())),
@@ -231,27 +219,24 @@ mod tests {
             ]),
         };
         assert_eq!(
-            report(&err),
+            err.to_string(),
             "config.toml has 2 problems:\n  - source.url: missing\n  - TOML syntax\n    at line 3"
         );
     }
 
     #[test]
-    fn the_report_holds_the_chain_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        #[derive(Debug, thiserror::Error)]
-        #[error("context: {0}")]
-        struct Worded(#[source] std::io::Error);
-        assert_eq!(report(&Outer(io("inner"))), "outer: inner");
-        assert_eq!(report(&Worded(io("inner"))), "context: inner");
-        let run = Error::from(CliError::Run(crate::runs::RunError::Exhausted {
+    fn the_message_holds_the_chain_and_the_causes_stay_typed() {
+        let err = Error::from(CliError::Run(RunError::Exhausted {
             last_error: "HTTP 500".into(),
         }));
         assert_eq!(
-            report(&run),
+            err.to_string(),
             "run failed: delivery failed: attempts exhausted (max_attempts reached): HTTP 500"
         );
+        let cause = std::error::Error::source(&err).expect("the run's error");
+        assert!(matches!(
+            cause.downcast_ref::<RunError>(),
+            Some(RunError::Exhausted { .. })
+        ));
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use walhook::config::Config;
-use walhook::error::{report, Error, EXIT_RUNTIME};
+use walhook::error::{Error, EXIT_RUNTIME};
 use walhook::{app, demo, ops, receive, runs, stdout_sink};
 
 /// The environment variable holding the log filter.
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
     match init_logging(cli.log_format).and_then(|()| execute(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("walhook: {}", report(&err));
+            eprintln!("walhook: {err}");
             ExitCode::from(err.exit_code())
         }
     }
@@ -224,7 +224,7 @@ where
         let shutdown = CancellationToken::new();
         spawn_signal_handler(shutdown.clone()).map_err(Error::Signals)?;
         job(shutdown).await.inspect_err(|err| {
-            tracing::error!(error = report(err), "walhook stopped");
+            tracing::error!(error = %err, "walhook stopped");
         })
     })
 }
