@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use walhook::batch::{NoDecoration, QueuedRecord, WorkItem};
 use walhook::checkpoint::Checkpoint;
 use walhook::config::{EndpointConfig, Retry};
-use walhook::delivery::prepare::NoPrepare;
+use walhook::delivery::NoPrepare;
 use walhook::delivery::{Endpoint, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
 
@@ -41,7 +41,7 @@ async fn receive(State(count): State<Arc<AtomicU64>>, body: Bytes) -> &'static s
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let n: u64 = args
         .next()

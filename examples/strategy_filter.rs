@@ -19,8 +19,8 @@ use evalexpr::{ContextWithMutableVariables, HashMapContext, Value};
 use walhook::config::{Config, ExprRole, FilterOp};
 use walhook::decode::{Cell, Column, Op, RecordEvent, Relation, ReplicaIdentity, Tuple, TypeKind};
 use walhook::lsn::Lsn;
-use walhook::strategy::expr::Expr;
 use walhook::strategy::CompiledStrategy;
+use walhook::strategy::Expr;
 
 const FILTER: &str = r#"new.amount > 100 && new.status == "open""#;
 

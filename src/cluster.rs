@@ -1,4 +1,10 @@
-//! Throwaway PostgreSQL clusters for tests and the demo.
+//! Throwaway PostgreSQL clusters, for `walhook demo` and the tests only.
+//!
+//! No production path uses this module: `run`, `check`, `setup` and the
+//! rest reach Postgres through [`crate::pg`]. It is public only so that the
+//! integration tests (`tests/support`) and the benchmarks can start a
+//! cluster; how it runs the server (as the `postgres` OS user when root,
+//! its settings file, port picking) stays private.
 //!
 //! Every integration test, and `walhook demo`, needs a PostgreSQL with
 //! `wal_level = logical` that nobody else uses. [`Cluster::start`] makes one:
@@ -29,7 +35,7 @@ use crate::pg::quote_ident;
 
 /// Environment variable that points at a PostgreSQL `bin` directory,
 /// overriding the search in [`Cluster::find_bin_dir`].
-pub const BIN_DIR_ENV: &str = "WALHOOK_PG_BIN_DIR";
+const BIN_DIR_ENV: &str = "WALHOOK_PG_BIN_DIR";
 
 /// The name of the file (inside the data dir) that holds our settings; it is
 /// included from `postgresql.conf` and rewritten on every (re)start.
@@ -98,7 +104,7 @@ pub struct ClusterOptions {
     /// `postgresql.conf` settings as (name, value); values are written quoted,
     /// later entries win. `port` is chosen by [`Cluster::start`], and
     /// `unix_socket_directories` defaults to the cluster's temp dir.
-    pub settings: Vec<(String, String)>,
+    settings: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -155,7 +161,7 @@ impl Cluster {
     /// Debian's `/usr/local/bin` links work), else the highest-numbered
     /// `/usr/lib/postgresql/*/bin`. `None` when none has all of initdb,
     /// pg_ctl, postgres and psql.
-    pub fn find_bin_dir() -> Option<PathBuf> {
+    pub(crate) fn find_bin_dir() -> Option<PathBuf> {
         let complete = |dir: &Path| {
             ["initdb", "pg_ctl", "postgres", "psql"]
                 .iter()
@@ -253,7 +259,7 @@ impl Cluster {
     }
 
     /// The data directory (`PGDATA`).
-    pub fn data_dir(&self) -> PathBuf {
+    fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
@@ -361,19 +367,9 @@ impl Cluster {
         .map(|_| ())
     }
 
-    /// Sets one `postgresql.conf` setting and restarts (fast shutdown), for
-    /// settings that need a restart (e.g. `max_wal_senders`).
-    pub fn set_setting_and_restart(&self, name: &str, value: &str) -> Result<(), ClusterError> {
-        self.lock_settings()
-            .push((name.to_string(), value.to_string()));
-        self.write_settings()?;
-        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60", "-l"], true)
-            .map(|_| ())
-    }
-
     /// Stops the server at once (`pg_ctl stop -m immediate`); files stay.
     /// Does nothing if it is not running.
-    pub fn stop(&self) {
+    fn stop(&self) {
         if self.data_dir().join("postmaster.pid").exists() {
             if let Err(err) = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"], false) {
                 tracing::warn!(error = %err, "stopping the throwaway cluster failed");

@@ -3,8 +3,8 @@
 //!
 //! It starts a throwaway cluster (the test harness's [`crate::cluster`]),
 //! creates a sample `orders` table, starts a receiver that verifies Standard
-//! Webhooks signatures (`walhook receive`'s [`Receiver`], with the demo's
-//! printer as its [`Sink`]), runs the real pipeline ([`crate::app::run`]) with
+//! Webhooks signatures (`walhook receive`'s `Receiver`, with the demo's
+//! printer as its `Sink`), runs the real pipeline ([`crate::app::run`]) with
 //! three strategies, writes a scripted mix of inserts, updates and deletes,
 //! and prints each batch as it arrives. Then a summary read from `/metrics`
 //! and the next steps. Ctrl-C (or the end of the script) stops everything

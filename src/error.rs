@@ -24,7 +24,7 @@ use crate::stdout_sink::StdoutError;
 /// Exit code for a failure at run time.
 pub const EXIT_RUNTIME: u8 = 1;
 /// Exit code for a bad configuration or usage (clap also uses 2).
-pub const EXIT_CONFIG: u8 = 2;
+const EXIT_CONFIG: u8 = 2;
 
 /// Why a walhook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +87,7 @@ from_command_error!(
 );
 
 impl Error {
-    /// The process exit code: [`EXIT_CONFIG`] when the configuration, the
+    /// The process exit code: `EXIT_CONFIG` when the configuration, the
     /// command line or the database's objects must change first, else
     /// [`EXIT_RUNTIME`].
     pub fn exit_code(&self) -> u8 {
@@ -143,7 +143,7 @@ impl fmt::Display for ConfigProblems<'_> {
 mod tests {
     use super::*;
     use crate::config::{ConfigError, SigningError};
-    use crate::delivery::tls::TlsError;
+    use crate::delivery::TlsError;
     use crate::delivery::{DeliveryError, EndpointError};
     use crate::runs::RunError;
     use crate::strategy::StrategyError;

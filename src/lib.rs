@@ -55,4 +55,4 @@ pub mod state;
 pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;
-pub mod timestamp;
+pub(crate) mod timestamp;

@@ -154,7 +154,7 @@ fn execute(command: Command) -> Result<(), Error> {
             no_network,
         } => {
             let config = load_config(&config)?;
-            let opts = ops::check::CheckOptions {
+            let opts = ops::CheckOptions {
                 network: !no_network,
             };
             block_on(async { ops::check(&config, opts, json).await })
@@ -162,14 +162,14 @@ fn execute(command: Command) -> Result<(), Error> {
         Command::Setup { config, print_sql } => {
             let config = load_config(&config)?;
             if print_sql {
-                print!("{}", ops::setup::script(&config));
+                print!("{}", ops::setup_script(&config));
                 return Ok(());
             }
             block_on(async { ops::setup(&config).await })
         }
         Command::Teardown { config, force, yes } => {
             let config = load_config(&config)?;
-            let opts = ops::teardown::TeardownOptions { force, yes };
+            let opts = ops::TeardownOptions { force, yes };
             block_on(async { ops::teardown(&config, opts).await })
         }
         Command::RunStrategy {
@@ -179,12 +179,12 @@ fn execute(command: Command) -> Result<(), Error> {
             limit,
         } => {
             let config = load_config(&config)?;
-            let opts = runs::cli::RunStrategyOptions {
+            let opts = runs::RunStrategyOptions {
                 strategy: name,
                 filter,
                 limit,
             };
-            block_on(runs::cli::run_strategy(config, opts))
+            block_on(runs::run_strategy(config, opts))
         }
         Command::Demo => until_signal(|shutdown| async move { Ok(demo::run(shutdown).await?) }),
         Command::Receive {

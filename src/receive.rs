@@ -10,9 +10,9 @@
 //! Its first stdout line is `listening on <addr>`, so scripts and tests can
 //! start it on port 0 and read the port.
 //!
-//! The receiver itself ([`Receiver`]: HTTP, signature checks, answers,
+//! The receiver itself (`Receiver`: HTTP, signature checks, answers,
 //! totals) is shared with `walhook demo`, which plugs in its own printer:
-//! what happens to a request that passed is a [`Sink`]'s business.
+//! what happens to a request that passed is a `Sink`'s business.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -86,19 +86,19 @@ pub fn parse_secrets(secrets: &[String]) -> Result<Vec<SigningKey>, ReceiveError
 
 /// Counters of what arrived.
 #[derive(Debug, Default)]
-pub struct Totals {
+struct Totals {
     /// Batches accepted.
-    pub batches: AtomicU64,
+    batches: AtomicU64,
     /// Records in them.
-    pub records: AtomicU64,
+    records: AtomicU64,
     /// Body bytes.
-    pub bytes: AtomicU64,
+    bytes: AtomicU64,
     /// Requests refused (bad signature, not a batch).
-    pub rejected: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// What becomes of the requests a [`Receiver`] lets through.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     /// A request whose signature verified (or that needed none): the number
     /// of records it carried, or why its body is not a walhook batch (the
     /// request is then answered 400).
@@ -111,38 +111,38 @@ pub trait Sink: Send + Sync + 'static {
 /// A batch as a receiver reads it: the envelope, and each record's JSON
 /// exactly as it was sent.
 #[derive(Debug, Deserialize)]
-pub struct ReceivedBatch<'a> {
+pub(crate) struct ReceivedBatch<'a> {
     #[serde(default)]
-    pub strategy: String,
-    pub batch: BatchInfo,
+    pub(crate) strategy: String,
+    batch: BatchInfo,
     #[serde(default, borrow)]
-    pub records: Vec<&'a RawValue>,
+    pub(crate) records: Vec<&'a RawValue>,
 }
 
 impl<'a> ReceivedBatch<'a> {
     /// Reads a payload; an error says why it is not a walhook batch.
-    pub fn parse(body: &'a [u8]) -> Result<ReceivedBatch<'a>, serde_json::Error> {
+    pub(crate) fn parse(body: &'a [u8]) -> Result<ReceivedBatch<'a>, serde_json::Error> {
         serde_json::from_slice(body)
     }
 }
 
 /// The payload's `batch` object.
 #[derive(Debug, Deserialize)]
-pub struct BatchInfo {
+struct BatchInfo {
     #[serde(default)]
-    pub id: String,
+    id: String,
     #[serde(default)]
-    pub size: u64,
+    size: u64,
     #[serde(default)]
-    pub first_lsn: String,
+    first_lsn: String,
     #[serde(default)]
-    pub last_lsn: String,
+    last_lsn: String,
 }
 
 /// A bound receiver: verifies Standard Webhooks signatures when it has
 /// secrets (401 otherwise), hands the rest to its [`Sink`] (400 when that
 /// finds no batch, else 200) and keeps [`Totals`].
-pub struct Receiver {
+pub(crate) struct Receiver {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -156,7 +156,7 @@ struct Shared {
 
 impl Receiver {
     /// Binds `listen` (port 0 picks a free port); `secrets` empty = no checks.
-    pub async fn bind(
+    pub(crate) async fn bind(
         listen: SocketAddr,
         secrets: Vec<SigningKey>,
         sink: Arc<dyn Sink>,
@@ -182,22 +182,22 @@ impl Receiver {
     }
 
     /// The address it listens on.
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Whether it checks signatures.
-    pub fn verifies(&self) -> bool {
+    fn verifies(&self) -> bool {
         self.shared.verifier.is_some()
     }
 
     /// What it has received so far (live).
-    pub fn totals(&self) -> Arc<Totals> {
+    fn totals(&self) -> Arc<Totals> {
         self.shared.totals.clone()
     }
 
     /// Answers requests until `shutdown` is cancelled.
-    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ReceiveError> {
+    pub(crate) async fn serve(self, shutdown: CancellationToken) -> Result<(), ReceiveError> {
         let app = Router::new()
             .route("/", post(receive))
             .route("/{*path}", post(receive))

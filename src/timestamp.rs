@@ -11,22 +11,22 @@
 use chrono::format::{Fixed, Item, Numeric, Pad};
 
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01 UTC).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// Converts a Postgres timestamp (µs since 2000-01-01) to µs since the Unix epoch.
-pub fn pg_to_unix_micros(pg: i64) -> i64 {
+pub(crate) fn pg_to_unix_micros(pg: i64) -> i64 {
     pg.saturating_add(PG_EPOCH_OFFSET_MICROS)
 }
 
 /// Now, in µs since the Unix epoch.
-pub fn unix_now_micros() -> i64 {
+pub(crate) fn unix_now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Now, in µs since Postgres's epoch (for standby status messages).
-pub fn pg_now_micros() -> i64 {
+pub(crate) fn pg_now_micros() -> i64 {
     unix_now_micros() - PG_EPOCH_OFFSET_MICROS
 }
 
@@ -50,7 +50,7 @@ const RFC3339_MICROS: &[Item<'static>] = &[
 /// Appends µs since the Unix epoch as RFC 3339 UTC with six fraction digits
 /// (`2026-11-22T07:04:00.123456Z`). A time beyond chrono's range (±262,000
 /// years, only from a broken clock) is written as the Unix epoch.
-pub fn write_rfc3339(unix_micros: i64, out: &mut Vec<u8>) {
+pub(crate) fn write_rfc3339(unix_micros: i64, out: &mut Vec<u8>) {
     let time = chrono::DateTime::from_timestamp_micros(unix_micros).unwrap_or_default();
     // Writing to a Vec cannot fail.
     let _ = time
@@ -60,7 +60,7 @@ pub fn write_rfc3339(unix_micros: i64, out: &mut Vec<u8>) {
 }
 
 /// [`write_rfc3339`] into a new `String`.
-pub fn format_rfc3339(unix_micros: i64) -> String {
+pub(crate) fn format_rfc3339(unix_micros: i64) -> String {
     let mut out = Vec::with_capacity(27);
     write_rfc3339(unix_micros, &mut out);
     // Only `str`s are written into it.

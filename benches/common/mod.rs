@@ -5,7 +5,7 @@ use std::fs;
 use std::net::TcpListener;
 
 /// A free port on 127.0.0.1.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -13,7 +13,7 @@ pub fn free_port() -> u16 {
 }
 
 /// utime + stime of a live process, in seconds.
-pub fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     fs::read_to_string(format!("/proc/{pid}/stat"))

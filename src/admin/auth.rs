@@ -12,7 +12,7 @@ use crate::config::Secret;
 
 /// Why a request to a mutating endpoint is turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// No `[admin].token` is configured: the endpoints are off (403).
     Disabled,
     /// The `Authorization` header is missing or holds the wrong token (401).
@@ -38,7 +38,7 @@ impl IntoResponse for Denied {
 }
 
 /// Checks `headers` against the configured token.
-pub fn authorize(token: Option<&Secret>, headers: &HeaderMap) -> Result<(), Denied> {
+pub(crate) fn authorize(token: Option<&Secret>, headers: &HeaderMap) -> Result<(), Denied> {
     let Some(token) = token else {
         return Err(Denied::Disabled);
     };
@@ -64,7 +64,7 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 /// Constant-time equality of two tokens of any length.
-pub fn token_matches(expected: &[u8], given: &[u8]) -> bool {
+fn token_matches(expected: &[u8], given: &[u8]) -> bool {
     let expected = Sha256::digest(expected);
     let given = Sha256::digest(given);
     let mut diff = 0u8;

@@ -9,28 +9,28 @@ use serde_json::Value;
 use crate::state::{DeadLetterInfo, StateError, StateStore};
 
 /// Most rows one list request returns.
-pub const MAX_PAGE: i64 = 1000;
+const MAX_PAGE: i64 = 1000;
 /// Rows one list request returns when no limit is given.
-pub const DEFAULT_PAGE: i64 = 100;
+const DEFAULT_PAGE: i64 = 100;
 
 /// Which dead letters to list: by strategy, after an id, at most `limit`.
 #[derive(Debug, Clone, Default)]
-pub struct DeadLetterQuery {
+pub(crate) struct DeadLetterQuery {
     /// Only this strategy's.
-    pub strategy: Option<String>,
+    pub(crate) strategy: Option<String>,
     /// Only ids above this one (the previous page's `next_after`).
-    pub after: Option<i64>,
+    pub(crate) after: Option<i64>,
     /// Page size, 1 to [`MAX_PAGE`]; default [`DEFAULT_PAGE`].
-    pub limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
 }
 
 /// One page of dead letters (without payloads).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct DeadLetterPage {
+pub(crate) struct DeadLetterPage {
     /// The rows, by id.
-    pub dead_letters: Vec<Value>,
+    dead_letters: Vec<Value>,
     /// Pass as `after` for the next page; `None` when this was the last.
-    pub next_after: Option<i64>,
+    next_after: Option<i64>,
 }
 
 /// A page of dead letters, oldest first, without payloads.

@@ -20,8 +20,8 @@
 //! configured token they answer 403, and a non-loopback listen address
 //! without a token is refused (by config validation, and again by [`serve`]).
 
-pub mod auth;
-pub mod dead_letters;
+mod auth;
+mod dead_letters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,11 +36,10 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::delivery::prepare::BoxFuture;
-pub use dead_letters::{DeadLetterPage, DeadLetterQuery};
+pub use crate::delivery::BoxFuture;
+use dead_letters::DeadLetterQuery;
 
 use crate::config::{Config, Secret};
 use crate::delivery::{DeliveryState, StatusHandle, StrategyStatus as WorkerStatus};
@@ -78,7 +77,7 @@ pub enum StrategyState {
 
 impl StrategyState {
     /// The lower-case name used in JSON.
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             StrategyState::Running => "running",
             StrategyState::Paused => "paused",
@@ -142,7 +141,7 @@ impl StatusSource for WorkerStatuses {
 
 impl StrategyStatus {
     /// A delivery worker's status: paused wins; retrying and blocked are failing.
-    pub(crate) fn of_worker(name: &str, worker: &WorkerStatus) -> StrategyStatus {
+    fn of_worker(name: &str, worker: &WorkerStatus) -> StrategyStatus {
         StrategyStatus {
             name: name.to_string(),
             state: match worker.state {
@@ -221,7 +220,7 @@ pub struct RunRequest {
     /// At most this many rows (`?limit=N`).
     pub limit: Option<u64>,
     /// Which rows (`?filter=EXPR`, `row.<col>`/`new.<col>`); `None` = all.
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
 }
 
 /// How an on-demand run was answered.
@@ -262,7 +261,7 @@ pub trait Control: Send + Sync + 'static {
 }
 
 /// Everything the admin server reads and calls. Build it with
-/// [`AdminState::new`] and the `with_*` methods.
+/// `AdminState::new` and the `with_*` methods.
 #[derive(Clone)]
 pub struct AdminState {
     /// The slot name shown in `/status`.
@@ -281,10 +280,21 @@ pub struct AdminState {
     pub prom: PrometheusHandle,
 }
 
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("slot", &self.slot)
+            .field("control", &self.control.is_some())
+            .field("dead_letters", &self.dead_letters.is_some())
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl AdminState {
     /// State with the slot and token from `config`, no strategies, no
     /// control and no dead-letter access yet.
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         source: watch::Receiver<SourceStatus>,
         prom: PrometheusHandle,
@@ -301,19 +311,19 @@ impl AdminState {
     }
 
     /// Sets the strategy status source.
-    pub fn with_strategies(mut self, strategies: Arc<dyn StatusSource>) -> Self {
+    pub(crate) fn with_strategies(mut self, strategies: Arc<dyn StatusSource>) -> Self {
         self.strategies = strategies;
         self
     }
 
     /// Sets the command handler.
-    pub fn with_control(mut self, control: Arc<dyn Control>) -> Self {
+    pub(crate) fn with_control(mut self, control: Arc<dyn Control>) -> Self {
         self.control = Some(control);
         self
     }
 
     /// Sets the dead-letter store.
-    pub fn with_dead_letters(mut self, dead_letters: StateStore) -> Self {
+    pub(crate) fn with_dead_letters(mut self, dead_letters: StateStore) -> Self {
         self.dead_letters = Some(dead_letters);
         self
     }
@@ -344,24 +354,8 @@ pub async fn serve(
         .map_err(AdminError::Serve)
 }
 
-/// Binds `addr`, checks the token rule and serves on a spawned task until
-/// `shutdown`. Returns the bound address (useful with port 0) and the task.
-/// Bind errors and an unprotected address fail here, before anything runs.
-pub async fn start(
-    addr: SocketAddr,
-    state: AdminState,
-    shutdown: CancellationToken,
-) -> Result<(SocketAddr, JoinHandle<Result<(), AdminError>>), AdminError> {
-    let listener = bind(addr).await?;
-    let local = listener.local_addr().map_err(AdminError::Serve)?;
-    if !local.ip().is_loopback() && state.token.is_none() {
-        return Err(AdminError::Unprotected(local));
-    }
-    Ok((local, tokio::spawn(serve(listener, state, shutdown))))
-}
-
 /// The routes, for [`serve`] or for embedding.
-pub fn router(state: AdminState) -> Router {
+fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -409,7 +403,7 @@ async fn healthz() -> Response {
 }
 
 /// Why the instance is not ready, or `None` when it is.
-pub fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
     match source.state {
         SourceState::Streaming => {}
         SourceState::Standby => return Some("standby".to_string()),
@@ -445,7 +439,7 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// The `/status` document.
-pub fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
+fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
     let strategies: Vec<Value> = strategies
         .iter()
         .map(|s| {

@@ -26,26 +26,26 @@ use crate::lsn::Lsn;
 
 /// The first and last record of a batch sent before a restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Boundary {
-    pub first: RecordKey,
-    pub last: RecordKey,
+pub(crate) struct Boundary {
+    pub(crate) first: RecordKey,
+    pub(crate) last: RecordKey,
 }
 
 /// Batching limits of one strategy.
 #[derive(Debug, Clone)]
-pub struct BatcherOptions {
+pub(crate) struct BatcherOptions {
     /// The strategy's name (in the payload and the batch id).
-    pub strategy: Arc<str>,
+    pub(crate) strategy: Arc<str>,
     /// Most records per batch (at least 1).
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Most bytes of record JSON per batch; a larger single record goes alone.
-    pub max_batch_bytes: usize,
+    pub(crate) max_batch_bytes: usize,
     /// How long a batch that is not full waits after its first record.
-    pub linger: Duration,
+    pub(crate) linger: Duration,
 }
 
 /// Groups records into sealed [`Batch`]es.
-pub struct Batcher {
+pub(crate) struct Batcher {
     opts: BatcherOptions,
     decorate: Arc<dyn Decorate>,
     pending: Vec<QueuedRecord>,
@@ -71,7 +71,7 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    pub fn new(opts: BatcherOptions, decorate: Arc<dyn Decorate>) -> Self {
+    pub(crate) fn new(opts: BatcherOptions, decorate: Arc<dyn Decorate>) -> Self {
         let opts = BatcherOptions {
             batch_size: opts.batch_size.max(1),
             max_batch_bytes: opts.max_batch_bytes.max(1),
@@ -92,13 +92,13 @@ impl Batcher {
 
     /// Batches sent before a restart whose records will be streamed again:
     /// they are re-formed with exactly these boundaries.
-    pub fn restore_boundaries(&mut self, mut boundaries: Vec<Boundary>) {
+    pub(crate) fn restore_boundaries(&mut self, mut boundaries: Vec<Boundary>) {
         boundaries.sort_by_key(|b| b.first);
         self.boundaries = boundaries.into();
     }
 
     /// Adds a record; may seal batches (see [`Batcher::pop_ready`]).
-    pub fn push(&mut self, record: QueuedRecord, now: Instant) {
+    pub(crate) fn push(&mut self, record: QueuedRecord, now: Instant) {
         let key = (record.commit_lsn, record.index);
         // Stored boundaries this record has passed can no longer be re-formed.
         while let Some(b) = self.boundaries.front().copied() {
@@ -137,7 +137,7 @@ impl Batcher {
     }
 
     /// Every record of the transaction ending at `end_lsn` has been pushed.
-    pub fn tx_end(&mut self, end_lsn: Lsn) {
+    pub(crate) fn tx_end(&mut self, end_lsn: Lsn) {
         self.last_tx_end = Some(self.last_tx_end.map_or(end_lsn, |l| l.max(end_lsn)));
         // A stored batch whose last record's transaction has ended without
         // that record (the filter changed since) is sealed as it stands.
@@ -152,7 +152,7 @@ impl Batcher {
     }
 
     /// When the pending (not full) batch must be sealed, if there is one.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         if self.replaying.is_some() {
             return None;
         }
@@ -160,44 +160,44 @@ impl Batcher {
     }
 
     /// Seals the pending batch if its linger has passed.
-    pub fn poll_linger(&mut self, now: Instant) {
+    pub(crate) fn poll_linger(&mut self, now: Instant) {
         if self.deadline().is_some_and(|d| d <= now) {
             self.seal();
         }
     }
 
     /// Seals whatever is pending now (the queue has ended).
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.seal();
     }
 
     /// The oldest sealed batch, if any.
-    pub fn pop_ready(&mut self) -> Option<Batch> {
+    pub(crate) fn pop_ready(&mut self) -> Option<Batch> {
         self.ready.pop_front()
     }
 
     /// Sealed batches waiting to be sent.
-    pub fn ready_len(&self) -> usize {
+    pub(crate) fn ready_len(&self) -> usize {
         self.ready.len()
     }
 
     /// Records not yet sealed.
-    pub fn pending_len(&self) -> usize {
+    pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
     /// Records in sealed batches not yet taken.
-    pub fn ready_records(&self) -> usize {
+    pub(crate) fn ready_records(&self) -> usize {
         self.ready.iter().map(|b| b.size).sum()
     }
 
     /// True when nothing is pending or sealed.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty() && self.ready.is_empty()
     }
 
     /// The last transaction end received.
-    pub fn last_tx_end(&self) -> Option<Lsn> {
+    pub(crate) fn last_tx_end(&self) -> Option<Lsn> {
         self.last_tx_end
     }
 

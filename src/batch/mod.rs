@@ -6,18 +6,18 @@
 //! strategy's bounded queue, and how a strategy fills in per-batch headers,
 //! query parameters and body fields.
 //!
-//! Below the contract: [`batcher`] (pure grouping rules: size, bytes,
-//! linger, boundaries restored after a restart) and [`payload`] (the one
+//! Below the contract: `batcher` (pure grouping rules: size, bytes,
+//! linger, boundaries restored after a restart) and `payload` (the one
 //! writer of the payload's JSON: each record's object, and the sealed
 //! [`Batch`] with its id and body, written once into one buffer). The
 //! batcher uses the payload to seal batches; the payload knows nothing of
 //! the batcher.
 
-pub mod batcher;
-pub mod payload;
+mod batcher;
+pub(crate) mod payload;
 
-pub use batcher::{Batcher, BatcherOptions, Boundary};
-pub use payload::Batch;
+pub(crate) use batcher::{Batcher, BatcherOptions, Boundary};
+pub use payload::{build, Batch};
 
 use crate::lsn::Lsn;
 
@@ -45,21 +45,14 @@ pub struct QueuedRecord {
     pub json: Vec<u8>,
 }
 
-impl QueuedRecord {
-    /// `<commit LSN>:<index>`, the same on every redelivery.
-    pub fn id(&self) -> String {
-        payload::record_id((self.commit_lsn, self.index))
-    }
-}
-
 /// What per-batch expressions can see (`batch.size`, `batch.first_lsn`,
 /// `batch.last_lsn`, `strategy`).
 #[derive(Debug, Clone, Copy)]
 pub struct BatchMeta<'a> {
     pub strategy: &'a str,
-    pub id: &'a str,
+    pub(crate) id: &'a str,
     pub size: usize,
-    pub first_lsn: Lsn,
+    pub(crate) first_lsn: Lsn,
     pub last_lsn: Lsn,
 }
 

@@ -46,56 +46,56 @@ use crate::lsn::Lsn;
 use crate::timestamp::write_rfc3339;
 
 /// A record's position: (commit LSN, index in its transaction).
-pub type RecordKey = (Lsn, u32);
+pub(crate) type RecordKey = (Lsn, u32);
 
 /// The record id of `key`: `<commit LSN>:<index>`.
-pub fn record_id((lsn, index): RecordKey) -> String {
+fn record_id((lsn, index): RecordKey) -> String {
     format!("{lsn}:{index}")
 }
 
 /// Parses a record id (`<commit LSN>:<index>`) back into its key.
-pub fn parse_record_id(id: &str) -> Option<RecordKey> {
+pub(crate) fn parse_record_id(id: &str) -> Option<RecordKey> {
     let (lsn, index) = id.rsplit_once(':')?;
     Some((lsn.parse().ok()?, index.parse().ok()?))
 }
 
 /// Top-level payload keys walhook writes itself; body fields cannot replace them.
-pub const RESERVED_KEYS: [&str; 3] = ["strategy", "batch", "records"];
+const RESERVED_KEYS: [&str; 3] = ["strategy", "batch", "records"];
 
 /// A batch ready to send.
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// The strategy's name.
-    pub strategy: std::sync::Arc<str>,
+    pub(crate) strategy: std::sync::Arc<str>,
     /// `batch.id` and the `webhook-id` header.
     pub id: String,
     /// Number of records.
-    pub size: usize,
+    pub(crate) size: usize,
     /// Commit LSN of the first record.
-    pub first_lsn: Lsn,
+    pub(crate) first_lsn: Lsn,
     /// Commit LSN of the last record.
-    pub last_lsn: Lsn,
+    pub(crate) last_lsn: Lsn,
     /// The records' positions, in order.
-    pub keys: Vec<RecordKey>,
+    pub(crate) keys: Vec<RecordKey>,
     /// The last transaction end received before the batch was sealed: once
     /// it is delivered, every record of that transaction (and all before) is.
-    pub complete_through: Option<Lsn>,
+    pub(crate) complete_through: Option<Lsn>,
     /// Commit time of the first record, µs since the Unix epoch.
-    pub first_commit_time: i64,
+    pub(crate) first_commit_time: i64,
     /// The JSON payload.
     pub body: Bytes,
     /// Request headers from the strategy's templates.
-    pub headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     /// Query parameters from the strategy's templates.
-    pub query: Vec<(String, String)>,
+    pub(crate) query: Vec<(String, String)>,
     /// Why the strategy's templates could not be evaluated (each attempt
     /// then fails without a request; the text names the field, never values).
-    pub decorate_error: Option<String>,
+    pub(crate) decorate_error: Option<String>,
 }
 
 impl Batch {
     /// `records[0].id`.
-    pub fn first_record_id(&self) -> String {
+    pub(crate) fn first_record_id(&self) -> String {
         self.keys
             .first()
             .copied()
@@ -104,13 +104,13 @@ impl Batch {
     }
 
     /// The last `records[].id`.
-    pub fn last_record_id(&self) -> String {
+    pub(crate) fn last_record_id(&self) -> String {
         self.keys.last().copied().map(record_id).unwrap_or_default()
     }
 }
 
 /// `msg_` + base64url(sha256(strategy, NUL, record ids each followed by `\n`)).
-pub fn batch_id<'a>(strategy: &str, keys: impl IntoIterator<Item = &'a RecordKey>) -> String {
+fn batch_id<'a>(strategy: &str, keys: impl IntoIterator<Item = &'a RecordKey>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(strategy.as_bytes());
     hasher.update([0u8]);
@@ -206,7 +206,7 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
 /// `body` (a batch's payload) with `"token":"<token>"` as its last field,
 /// inserted before the final `}` so nothing is re-serialised; `None` when
 /// `body` is not a JSON object.
-pub fn with_token(body: &[u8], token: &str) -> Option<Bytes> {
+pub(crate) fn with_token(body: &[u8], token: &str) -> Option<Bytes> {
     let close = body
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -240,7 +240,7 @@ impl RecordEvent {
     /// Appends this record's payload object for a strategy with `record`:
     /// the same envelope, with the JSON object `mapped` writes as `new`
     /// (inserts, updates, reads) or `old` (deletes); a truncate has neither.
-    pub fn write_mapped_json(&self, mapped: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
+    pub(crate) fn write_mapped_json(&self, mapped: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
         self.write_record(Some(mapped), out);
     }
 
@@ -326,7 +326,8 @@ impl RecordEvent {
     /// without serde_json's `arbitrary_precision`, numbers beyond f64 (a
     /// 30-digit numeric) lose digits here; [`RecordEvent::write_json`] keeps
     /// them exact.
-    pub fn to_json_value(&self) -> serde_json::Value {
+    #[cfg(test)]
+    pub(crate) fn to_json_value(&self) -> serde_json::Value {
         let mut buf = Vec::new();
         self.write_json(&mut buf);
         serde_json::from_slice(&buf).unwrap_or(serde_json::Value::Null)

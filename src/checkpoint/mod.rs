@@ -21,7 +21,7 @@ pub struct StrategyPosition {
     pub queued_through: Lsn,
     /// End LSN of the last transaction whose records this strategy has all
     /// delivered or dead-lettered.
-    pub delivered_through: Lsn,
+    delivered_through: Lsn,
 }
 
 impl StrategyPosition {
@@ -107,7 +107,8 @@ impl Checkpoint {
         self.lock().acked
     }
 
-    /// A strategy's positions (for `/status`).
+    /// A strategy's positions: what the router queued to it and what it
+    /// delivered.
     pub fn position(&self, strategy: usize) -> Option<StrategyPosition> {
         self.lock().strategies.get(strategy).copied()
     }

@@ -5,16 +5,16 @@ use std::fmt;
 /// One problem in the configuration, at a dotted path such as
 /// `strategies[1].on_update` or `endpoints.orders_api.timeout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// Where: a dotted path into the file; empty for the file as a whole.
-    pub path: String,
+    pub(crate) path: String,
     /// What is wrong, and the fix where there is one. Never a secret value.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl ConfigError {
     /// An error at `path`.
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             path: path.into(),
             message: message.into(),
@@ -35,21 +35,21 @@ impl fmt::Display for ConfigError {
 /// Every problem found in a configuration, reported together so one edit
 /// fixes them all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(pub(crate) Vec<ConfigError>);
 
 impl ConfigErrors {
     /// Records an error at `path`.
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError::new(path, message));
     }
 
     /// True when nothing was recorded.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The errors, in the order found.
-    pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &ConfigError> {
         self.0.iter()
     }
 

@@ -6,11 +6,11 @@
 //!
 //! 1. TOML syntax (an error here stops everything; it keeps toml's line and
 //!    column).
-//! 2. `${VAR}` interpolation of every string value ([`interpolate`]).
+//! 2. `${VAR}` interpolation of every string value (`interpolate`).
 //! 3. Deserialization of each section, endpoint and strategy on its own, with
 //!    `deny_unknown_fields`; a failing item is probed key by key so that all
 //!    its unknown keys and bad values are reported, not just the first.
-//! 4. [`Config::validate`]: cross-references and values serde cannot check.
+//! 4. Validation (`validate.rs`): cross-references and values serde cannot check.
 //!
 //! Filter and mapping expressions are compiled by the strategy stage, which
 //! plugs in through [`Config::check_expressions`].
@@ -18,7 +18,7 @@
 mod de;
 mod endpoint;
 mod error;
-pub mod interpolate;
+mod interpolate;
 mod secret;
 mod signing_key;
 mod strategy;
@@ -33,40 +33,45 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use endpoint::{Auth, EndpointConfig, OAuth2AuthMethod, OnExhausted, Retry, Signing, Tls};
-pub use error::{ConfigError, ConfigErrors};
-pub use secret::{DatabaseUrl, Secret};
+pub(crate) use error::ConfigError;
+pub use error::ConfigErrors;
+use secret::DatabaseUrl;
+pub use secret::Secret;
 pub use signing_key::{SigningError, SigningKey};
-pub use strategy::{OnDemand, Schedule, StrategyConfig, TableName};
+#[cfg(test)]
+pub(crate) use strategy::Schedule;
+pub(crate) use strategy::StrategyConfig;
+pub use strategy::TableName;
 pub use template::Template;
 
 /// The whole configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `[source]`: the database and its replication slot.
-    pub source: SourceConfig,
+    pub(crate) source: SourceConfig,
     /// `[admin]`: the HTTP port for metrics, health, status and the API.
-    pub admin: AdminConfig,
+    pub(crate) admin: AdminConfig,
     /// `[endpoints.NAME]`: webhook targets, by name.
-    pub endpoints: BTreeMap<String, EndpointConfig>,
+    pub(crate) endpoints: BTreeMap<String, EndpointConfig>,
     /// `[[strategies]]`: what is sent where, in file order.
-    pub strategies: Vec<StrategyConfig>,
+    pub(crate) strategies: Vec<StrategyConfig>,
 }
 
 /// `[source]`: where changes come from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     /// PostgreSQL connection string (`postgres://user:password@host:5432/db`
     /// or `host=… user=…`); the role needs REPLICATION. Usually
     /// `"${WALHOOK_DATABASE_URL}"`.
-    pub url: DatabaseUrl,
+    pub(crate) url: DatabaseUrl,
     /// The logical replication slot (lower-case letters, digits, `_`).
     /// Default "walhook".
     #[serde(default = "default_walhook")]
-    pub slot: String,
+    pub(crate) slot: String,
     /// The publication the slot streams. Default "walhook".
     #[serde(default = "default_walhook")]
-    pub publication: String,
+    pub(crate) publication: String,
 }
 
 fn default_walhook() -> String {
@@ -76,15 +81,15 @@ fn default_walhook() -> String {
 /// `[admin]`: the admin HTTP server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// Address for `/metrics`, `/healthz`, `/readyz`, `/status` and the API.
     /// Default "127.0.0.1:9187". A non-loopback address needs `token`.
     #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// Bearer token for the mutating endpoints; unset or empty = they are
     /// disabled.
     #[serde(default, deserialize_with = "empty_secret_is_none")]
-    pub token: Option<Secret>,
+    pub(crate) token: Option<Secret>,
 }
 
 impl Default for AdminConfig {
@@ -137,14 +142,11 @@ pub enum FilterOp {
 #[derive(Debug, Clone)]
 pub struct ExprSite<'a> {
     /// Its dotted path, e.g. `strategies[0].on_update`.
-    pub path: String,
-    /// The strategy it belongs to (`None` for an endpoint's headers or query,
-    /// which serve every strategy using the endpoint).
-    pub strategy: Option<&'a StrategyConfig>,
+    path: String,
     /// What it is evaluated against.
-    pub role: ExprRole,
+    pub(crate) role: ExprRole,
     /// The expression text.
-    pub expr: &'a str,
+    pub(crate) expr: &'a str,
 }
 
 impl Config {
@@ -247,16 +249,8 @@ impl Config {
         dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
     }
 
-    /// Cross-reference and value checks: strategies name existing endpoints,
-    /// names are unique, sizes are positive, secrets decode, a non-loopback
-    /// admin address has a token, and so on. Empty when all is well.
-    pub fn validate(&self) -> ConfigErrors {
-        let index: Vec<usize> = (0..self.strategies.len()).collect();
-        validate::validate(self, &BTreeSet::new(), &index)
-    }
-
     /// Every expression in the file with its path and role, in file order.
-    pub fn expressions(&self) -> Vec<ExprSite<'_>> {
+    fn expressions(&self) -> Vec<ExprSite<'_>> {
         let mut sites = Vec::new();
         for (name, endpoint) in &self.endpoints {
             for (field, map) in [("headers", &endpoint.headers), ("query", &endpoint.query)] {
@@ -264,7 +258,6 @@ impl Config {
                     if let Some(expr) = template.expr() {
                         sites.push(ExprSite {
                             path: format!("endpoints.{name}.{field}.{key}"),
-                            strategy: None,
                             role: ExprRole::Batch,
                             expr,
                         });
@@ -284,7 +277,6 @@ impl Config {
                 if let Some(expr) = filter {
                     sites.push(ExprSite {
                         path: format!("{base}.{field}"),
-                        strategy: Some(strategy),
                         role: ExprRole::Filter(op),
                         expr,
                     });
@@ -302,7 +294,6 @@ impl Config {
                     if let Some(expr) = template.expr() {
                         sites.push(ExprSite {
                             path: format!("{base}.{field}.{key}"),
-                            strategy: Some(strategy),
                             role,
                             expr,
                         });
@@ -313,7 +304,6 @@ impl Config {
                 if let Some(expr) = &schedule.filter {
                     sites.push(ExprSite {
                         path: format!("{base}.schedules[{j}].filter"),
-                        strategy: Some(strategy),
                         role: ExprRole::ScheduleFilter,
                         expr,
                     });
@@ -340,7 +330,7 @@ impl Config {
 
     /// The endpoint a strategy sends to. `None` only for a config that did
     /// not pass [`Config::validate`].
-    pub fn endpoint_of(&self, strategy: &StrategyConfig) -> Option<&EndpointConfig> {
+    pub(crate) fn endpoint_of(&self, strategy: &StrategyConfig) -> Option<&EndpointConfig> {
         self.endpoints.get(&strategy.endpoint)
     }
 }

@@ -6,7 +6,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 /// A secret configuration value (password, token, signing secret). Its
-/// `Debug` prints `[redacted]`; [`Secret::expose`] is the only way to read it.
+/// `Debug` prints `[redacted]`; `Secret::expose` is the only way to read it.
 #[derive(Clone)]
 pub struct Secret(SecretString);
 
@@ -17,12 +17,12 @@ impl Secret {
     }
 
     /// The secret itself; use it, never log it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         self.0.expose_secret()
     }
 
     /// True for the empty string.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.expose().is_empty()
     }
 }
@@ -42,22 +42,22 @@ impl<'de> Deserialize<'de> for Secret {
 /// A PostgreSQL connection string (URL or `key=value` form). It may hold a
 /// password, so `Debug` and [`DatabaseUrl::redacted`] hide it.
 #[derive(Clone)]
-pub struct DatabaseUrl(Secret);
+pub(crate) struct DatabaseUrl(Secret);
 
 impl DatabaseUrl {
     /// Wraps a connection string.
-    pub fn new(value: impl Into<String>) -> Self {
+    fn new(value: impl Into<String>) -> Self {
         DatabaseUrl(Secret::new(value))
     }
 
     /// The full connection string, password included; pass it to the driver.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         self.0.expose()
     }
 
     /// The connection string with any password replaced by `[redacted]`, for
     /// logs and messages.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         redact_conninfo(self.expose())
     }
 }

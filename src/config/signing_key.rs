@@ -71,7 +71,7 @@ impl SigningKey {
     }
 
     /// The raw key bytes (the HMAC key, also the HS256 key of the body token).
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         self.0.expose_secret()
     }
 }

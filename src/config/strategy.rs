@@ -13,61 +13,61 @@ use super::template::Template;
 /// sent to one endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StrategyConfig {
+pub(crate) struct StrategyConfig {
     /// A unique name (letters, digits, `_` and `-`): in payloads, metrics,
     /// logs and the admin API.
-    pub name: String,
+    pub(crate) name: String,
     /// The table, "schema.table" or "table" (schema `public`), spelled as
     /// in the catalog (case-sensitive, no quotes).
-    pub table: TableName,
+    pub(crate) table: TableName,
     /// The name of the `[endpoints.NAME]` to send to.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// Filter for inserts; present = inserts are sent when it is true
     /// (`"true"` for all). Absent = inserts are not sent.
     #[serde(default)]
-    pub on_insert: Option<String>,
+    pub(crate) on_insert: Option<String>,
     /// Filter for updates (`new.*`, `old.*`, `changed("col")`); absent = not sent.
     #[serde(default)]
-    pub on_update: Option<String>,
+    pub(crate) on_update: Option<String>,
     /// Filter for deletes (`old.*`, `row.*`); absent = not sent.
     #[serde(default)]
-    pub on_delete: Option<String>,
+    pub(crate) on_delete: Option<String>,
     /// Filter for truncates (`table`, `schema`; no row); absent = not sent.
     #[serde(default)]
-    pub on_truncate: Option<String>,
+    pub(crate) on_truncate: Option<String>,
     /// Most records per request. Default 100.
     #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Most bytes of records per request (a single larger record still goes,
     /// alone). Default 1048576 (1 MiB).
     #[serde(default = "default_max_batch_bytes")]
-    pub max_batch_bytes: usize,
+    pub(crate) max_batch_bytes: usize,
     /// How long a batch that is not full waits for more records. Default "20ms".
     #[serde(default = "default_linger", deserialize_with = "de::duration")]
-    pub linger: Duration,
+    pub(crate) linger: Duration,
     /// The database role on-demand and scheduled runs read the table as
     /// (`SET ROLE`); absent = the source connection's role.
     #[serde(default)]
-    pub run_as: Option<String>,
+    pub(crate) run_as: Option<String>,
     /// Request headers, merged over the endpoint's key by key: text or `{ expr = "…" }`.
     #[serde(default)]
-    pub headers: BTreeMap<String, Template>,
+    pub(crate) headers: BTreeMap<String, Template>,
     /// Query-string parameters, merged over the endpoint's key by key.
     #[serde(default)]
-    pub query: BTreeMap<String, Template>,
+    pub(crate) query: BTreeMap<String, Template>,
     /// Extra top-level payload fields: text or `{ expr = "…" }`.
     #[serde(default)]
-    pub body: BTreeMap<String, Template>,
+    pub(crate) body: BTreeMap<String, Template>,
     /// Per-record fields replacing the whole row in `new`/`old`; absent = the
     /// whole row.
     #[serde(default)]
-    pub record: Option<BTreeMap<String, Template>>,
+    pub(crate) record: Option<BTreeMap<String, Template>>,
     /// Which on-demand runs the admin API allows.
     #[serde(default)]
-    pub on_demand: OnDemand,
+    pub(crate) on_demand: OnDemand,
     /// Scheduled runs over the table's current rows.
     #[serde(default)]
-    pub schedules: Vec<Schedule>,
+    pub(crate) schedules: Vec<Schedule>,
 }
 
 fn default_batch_size() -> usize {
@@ -85,16 +85,16 @@ fn default_linger() -> Duration {
 /// Which on-demand runs (`POST /strategies/NAME/runs`) are allowed.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OnDemand {
+pub(crate) struct OnDemand {
     /// Allow `?mode=sync`: the request waits for the delivery. Default false.
     #[serde(default)]
-    pub sync: bool,
+    pub(crate) sync: bool,
     /// Most rows a sync run may send. Default 1000.
     #[serde(default = "default_sync_limit")]
-    pub sync_limit: u64,
+    pub(crate) sync_limit: u64,
     /// Allow `?mode=async`: a run in the background, polled at `/runs/ID`. Default false.
     #[serde(default)]
-    pub r#async: bool,
+    pub(crate) r#async: bool,
 }
 
 impl Default for OnDemand {
@@ -114,21 +114,21 @@ fn default_sync_limit() -> u64 {
 /// A scheduled run: at each `cron` time, the rows matching `filter` are sent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// When: a 5-field cron expression ("minute hour day month weekday").
-    pub cron: String,
+    pub(crate) cron: String,
     /// Which rows (`row.*`); absent = all.
     #[serde(default)]
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
     /// The IANA time zone `cron` is read in; default UTC.
     #[serde(default)]
-    pub timezone: Option<String>,
+    pub(crate) timezone: Option<String>,
 }
 
 impl Schedule {
     /// Parses `cron`: 5 fields ("minute hour day-of-month month
     /// day-of-week"), or 6 with seconds first.
-    pub fn parse_cron(&self) -> Result<croner::Cron, String> {
+    pub(crate) fn parse_cron(&self) -> Result<croner::Cron, String> {
         let fields = self.cron.split_whitespace().count();
         if fields != 5 && fields != 6 {
             return Err(format!(
@@ -146,7 +146,7 @@ impl Schedule {
     }
 
     /// The time zone `cron` is read in: `timezone`, else UTC.
-    pub fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
+    pub(crate) fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
         match &self.timezone {
             None => Ok(chrono_tz::UTC),
             Some(name) => name.parse::<chrono_tz::Tz>().map_err(|_| {
@@ -160,9 +160,9 @@ impl Schedule {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableName {
     /// The schema (`public` when not written).
-    pub schema: String,
+    pub(crate) schema: String,
     /// The table.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl TableName {

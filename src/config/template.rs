@@ -17,7 +17,7 @@ pub enum Template {
 
 impl Template {
     /// The expression, if this is one.
-    pub fn expr(&self) -> Option<&str> {
+    pub(crate) fn expr(&self) -> Option<&str> {
         match self {
             Template::Expr(expr) => Some(expr),
             Template::Literal(_) => None,
@@ -26,7 +26,7 @@ impl Template {
 
     /// A literal as header or query text: strings as they are, numbers and
     /// booleans in their JSON spelling. `None` for expressions.
-    pub fn literal_text(&self) -> Option<String> {
+    pub(crate) fn literal_text(&self) -> Option<String> {
         match self {
             Template::Literal(serde_json::Value::String(s)) => Some(s.clone()),
             Template::Literal(other) => Some(other.to_string()),

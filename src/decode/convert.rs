@@ -33,7 +33,7 @@ use super::model::{Cell, TypeKind};
 /// Appends the JSON form of one cell. `Null` (and `Unchanged`, which
 /// the payload's row images leave out) write `null`; a binary-mode cell
 /// writes its bytes as base64.
-pub fn write_cell_json(kind: &TypeKind, cell: &Cell, out: &mut Vec<u8>) {
+pub(crate) fn write_cell_json(kind: &TypeKind, cell: &Cell, out: &mut Vec<u8>) {
     match cell {
         Cell::Null | Cell::Unchanged => out.extend_from_slice(b"null"),
         Cell::Text(text) => write_text_json(kind, text, out),
@@ -46,7 +46,7 @@ pub fn write_cell_json(kind: &TypeKind, cell: &Cell, out: &mut Vec<u8>) {
 }
 
 /// Appends the JSON form of one value in the server's text format.
-pub fn write_text_json(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn write_text_json(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
     match kind {
         TypeKind::Bool => match text {
             b"t" => out.extend_from_slice(b"true"),
@@ -76,18 +76,9 @@ pub fn write_text_json(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// The cell's text, when it is a text cell holding valid UTF-8 (for filters
-/// that compare strings without converting).
-pub fn cell_str(cell: &Cell) -> Option<&str> {
-    match cell {
-        Cell::Text(t) => std::str::from_utf8(t).ok(),
-        _ => None,
-    }
-}
-
 /// Appends `s` as a JSON string, escaping quotes, backslashes and control
 /// characters; invalid UTF-8 is replaced with U+FFFD.
-pub fn write_json_string(s: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn write_json_string(s: &[u8], out: &mut Vec<u8>) {
     match std::str::from_utf8(s) {
         Ok(valid) => write_escaped(valid.as_bytes(), out),
         Err(_) => write_escaped(String::from_utf8_lossy(s).as_bytes(), out),
@@ -742,11 +733,5 @@ mod tests {
             &mut out,
         );
         assert_eq!(String::from_utf8(out).unwrap(), r#"null 5 "AP8=""#);
-        assert_eq!(
-            cell_str(&Cell::Text(Bytes::from_static(b"open"))),
-            Some("open")
-        );
-        assert_eq!(cell_str(&Cell::Text(Bytes::from_static(b"\xff"))), None);
-        assert_eq!(cell_str(&Cell::Null), None);
     }
 }

@@ -12,24 +12,26 @@
 //! Wire input never panics: every read is checked and malformed input is a
 //! [`DecodeError`] (a property test feeds it random and mutated real messages).
 //!
-//! - [`pgoutput`]: one message's bytes → [`pgoutput::LogicalMessage`] (stateless).
-//! - [`relcache`]: Relation/Type messages → [`Relation`]s with a [`TypeKind`] per column.
+//! - `pgoutput`: one message's bytes → `pgoutput::LogicalMessage` (stateless).
+//! - `relcache`: Relation/Type messages → [`Relation`]s with a [`TypeKind`] per column.
 //! - [`Decoder`] (assemble.rs): messages → [`SourceEvent`]s: transactions and
 //!   record ids, key-only and full old images, unchanged TOAST, v2 streams.
-//! - [`convert`]: server text → JSON values (the record objects around them
+//! - `convert`: server text → JSON values (the record objects around them
 //!   are written by `batch/payload.rs`).
 //!
-//! [`DecodeError`]: pgoutput::DecodeError
 
-pub mod convert;
-pub mod model;
-pub mod pgoutput;
-pub mod relcache;
+pub(crate) mod convert;
+mod model;
+pub(crate) mod pgoutput;
+pub(crate) mod relcache;
 
 mod assemble;
 
 pub use assemble::Decoder;
-pub use model::*;
+pub use model::{
+    Cell, Column, Op, RecordEvent, Relation, ReplicaIdentity, SourceEvent, Tuple, TypeKind,
+};
+pub use pgoutput::DecodeError;
 
 #[cfg(test)]
 mod fixture_tests;

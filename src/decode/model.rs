@@ -137,28 +137,19 @@ pub struct RecordEvent {
     pub new: Option<Tuple>,
     /// Old image: deletes, and updates when the replica identity sends one.
     /// Under DEFAULT/INDEX identity only key columns are present; the
-    /// others are `Cell::Null` meaning "not sent", see [`RecordEvent::old_is_key_only`].
+    /// others are `Cell::Null` meaning "not sent", see `RecordEvent::old_is_key_only`.
     pub old: Option<Tuple>,
 }
 
 impl RecordEvent {
     /// True when `old` holds only the replica identity key columns.
-    pub fn old_is_key_only(&self) -> bool {
+    pub(crate) fn old_is_key_only(&self) -> bool {
         self.relation.replica_identity != ReplicaIdentity::Full
-    }
-
-    /// The image filters call `row`: `new` for inserts, updates and reads,
-    /// `old` for deletes; `None` for truncates.
-    pub fn row(&self) -> Option<&Tuple> {
-        match self.op {
-            Op::Delete => self.old.as_ref(),
-            _ => self.new.as_ref(),
-        }
     }
 
     /// Names of the columns whose new value is an unchanged TOASTed value
     /// the server did not send (the payload's `unchanged_toast`).
-    pub fn unchanged_toast(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn unchanged_toast(&self) -> impl Iterator<Item = &str> {
         let cells = self.new.as_ref().map_or(&[][..], |t| &t.0[..]);
         self.relation
             .columns

@@ -60,27 +60,8 @@ pub enum DecodeError {
     OutOfOrder { tag: char, why: &'static str },
 }
 
-impl DecodeError {
-    /// True when a fresh session can cure it: the stream got out of step
-    /// (a row before its relation, a tuple that does not fit), and
-    /// reconnecting makes the server resend relations. Everything else is
-    /// input this decoder does not understand, which a retry only repeats.
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            DecodeError::UnknownRelation(_)
-                | DecodeError::ColumnCount { .. }
-                | DecodeError::OutOfOrder { .. }
-        )
-    }
-}
-
 /// Column flag bit: the column is part of the replica identity key.
-pub const COLUMN_FLAG_KEY: u8 = 1;
-/// Truncate option bit: CASCADE.
-pub const TRUNCATE_CASCADE: u8 = 1;
-/// Truncate option bit: RESTART IDENTITY.
-pub const TRUNCATE_RESTART_IDENTITY: u8 = 2;
+pub(crate) const COLUMN_FLAG_KEY: u8 = 1;
 
 /// One parsed pgoutput message.
 ///
@@ -88,7 +69,7 @@ pub const TRUNCATE_RESTART_IDENTITY: u8 = 2;
 /// Stream Stop), where the server prefixes them; there they may name a
 /// subtransaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LogicalMessage {
+pub(crate) enum LogicalMessage {
     Begin(Begin),
     Commit(Commit),
     Origin(Origin),
@@ -107,77 +88,77 @@ pub enum LogicalMessage {
 
 /// `B`: a transaction starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Begin {
+pub(crate) struct Begin {
     /// LSN of the transaction's commit record.
-    pub final_lsn: Lsn,
+    pub(crate) final_lsn: Lsn,
     /// Commit time, µs since 2000-01-01 (Postgres epoch).
-    pub timestamp: i64,
-    pub xid: u32,
+    pub(crate) timestamp: i64,
+    pub(crate) xid: u32,
 }
 
 /// `C`: the transaction ends.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Commit {
-    pub flags: u8,
-    pub commit_lsn: Lsn,
+pub(crate) struct Commit {
+    flags: u8,
+    pub(crate) commit_lsn: Lsn,
     /// End of the commit record: the position to acknowledge.
-    pub end_lsn: Lsn,
+    pub(crate) end_lsn: Lsn,
     /// µs since 2000-01-01.
-    pub timestamp: i64,
+    timestamp: i64,
 }
 
 /// `O`: the transaction came from another node through replication origins.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    pub lsn: Lsn,
-    pub name: String,
+pub(crate) struct Origin {
+    lsn: Lsn,
+    name: String,
 }
 
 /// One column of a Relation message.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelationColumn {
+pub(crate) struct RelationColumn {
     /// [`COLUMN_FLAG_KEY`] when the column is part of the replica identity
     /// (every column under REPLICA IDENTITY FULL).
-    pub flags: u8,
-    pub name: String,
-    pub type_oid: u32,
-    pub type_modifier: i32,
+    pub(crate) flags: u8,
+    pub(crate) name: String,
+    pub(crate) type_oid: u32,
+    pub(crate) type_modifier: i32,
 }
 
 /// `R`: a published table's current shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RelationBody {
-    pub xid: Option<u32>,
-    pub oid: u32,
+pub(crate) struct RelationBody {
+    pub(crate) xid: Option<u32>,
+    pub(crate) oid: u32,
     /// Empty means `pg_catalog`.
-    pub namespace: String,
-    pub name: String,
-    pub replica_identity: ReplicaIdentity,
-    pub columns: Vec<RelationColumn>,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) replica_identity: ReplicaIdentity,
+    pub(crate) columns: Vec<RelationColumn>,
 }
 
 /// `Y`: a type with OID ≥ 10000 used by the next Relation. For a domain it
 /// names the base type.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TypeBody {
-    pub xid: Option<u32>,
-    pub oid: u32,
+pub(crate) struct TypeBody {
+    pub(crate) xid: Option<u32>,
+    pub(crate) oid: u32,
     /// Empty means `pg_catalog`.
-    pub namespace: String,
-    pub name: String,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
 }
 
 /// `I`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Insert {
-    pub xid: Option<u32>,
-    pub relation: u32,
-    pub new: Tuple,
+pub(crate) struct Insert {
+    pub(crate) xid: Option<u32>,
+    pub(crate) relation: u32,
+    pub(crate) new: Tuple,
 }
 
 /// Which old image a row message carries.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum OldKind {
+pub(crate) enum OldKind {
     /// `K`: replica identity key columns; other slots are `Cell::Null`
     /// meaning "not sent".
     Key,
@@ -187,74 +168,74 @@ pub enum OldKind {
 
 /// `U`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Update {
-    pub xid: Option<u32>,
-    pub relation: u32,
+pub(crate) struct Update {
+    pub(crate) xid: Option<u32>,
+    pub(crate) relation: u32,
     /// Absent under DEFAULT/INDEX identity when the key did not change.
-    pub old: Option<(OldKind, Tuple)>,
-    pub new: Tuple,
+    pub(crate) old: Option<(OldKind, Tuple)>,
+    pub(crate) new: Tuple,
 }
 
 /// `D`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delete {
-    pub xid: Option<u32>,
-    pub relation: u32,
-    pub old: (OldKind, Tuple),
+pub(crate) struct Delete {
+    pub(crate) xid: Option<u32>,
+    pub(crate) relation: u32,
+    pub(crate) old: (OldKind, Tuple),
 }
 
 /// `T`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Truncate {
-    pub xid: Option<u32>,
-    /// [`TRUNCATE_CASCADE`] | [`TRUNCATE_RESTART_IDENTITY`].
-    pub options: u8,
-    pub relations: Vec<u32>,
+pub(crate) struct Truncate {
+    pub(crate) xid: Option<u32>,
+    /// Option bits: 1 = CASCADE, 2 = RESTART IDENTITY.
+    options: u8,
+    pub(crate) relations: Vec<u32>,
 }
 
 /// `M`: `pg_logical_emit_message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
-    pub xid: Option<u32>,
-    pub transactional: bool,
-    pub lsn: Lsn,
-    pub prefix: String,
-    pub content: Bytes,
+pub(crate) struct Message {
+    pub(crate) xid: Option<u32>,
+    pub(crate) transactional: bool,
+    pub(crate) lsn: Lsn,
+    pub(crate) prefix: String,
+    pub(crate) content: Bytes,
 }
 
 /// `S` (v2): a chunk of an in-progress transaction follows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamStart {
-    pub xid: u32,
-    pub first_segment: bool,
+pub(crate) struct StreamStart {
+    pub(crate) xid: u32,
+    first_segment: bool,
 }
 
 /// `c` (v2): a streamed transaction committed.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamCommit {
-    pub xid: u32,
-    pub flags: u8,
-    pub commit_lsn: Lsn,
-    pub end_lsn: Lsn,
+pub(crate) struct StreamCommit {
+    pub(crate) xid: u32,
+    flags: u8,
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) end_lsn: Lsn,
     /// µs since 2000-01-01.
-    pub timestamp: i64,
+    pub(crate) timestamp: i64,
 }
 
 /// `A` (v2): a streamed transaction, or one of its subtransactions, aborted.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamAbort {
-    pub xid: u32,
+pub(crate) struct StreamAbort {
+    pub(crate) xid: u32,
     /// Equal to `xid` when the whole transaction aborted.
-    pub subxid: u32,
+    pub(crate) subxid: u32,
     /// Only with streaming = 'parallel' (protocol v4).
-    pub abort_lsn: Option<Lsn>,
-    pub abort_timestamp: Option<i64>,
+    abort_lsn: Option<Lsn>,
+    abort_timestamp: Option<i64>,
 }
 
 /// Parses one pgoutput message. `in_stream` says whether a Stream Start is
 /// open, in which case row, relation, type, truncate and message messages
 /// carry a leading xid.
-pub fn parse(data: &Bytes, in_stream: bool) -> Result<LogicalMessage, DecodeError> {
+pub(crate) fn parse(data: &Bytes, in_stream: bool) -> Result<LogicalMessage, DecodeError> {
     let Some(&tag) = data.first() else {
         return Err(DecodeError::Malformed("empty message"));
     };
@@ -576,9 +557,14 @@ impl Reader<'_> {
 pub(crate) mod tests {
     use super::*;
 
+    /// Truncate option bit: CASCADE.
+    const TRUNCATE_CASCADE: u8 = 1;
+    /// Truncate option bit: RESTART IDENTITY.
+    const TRUNCATE_RESTART_IDENTITY: u8 = 2;
+
     /// Builds messages the way proto.c writes them.
     #[derive(Default)]
-    pub(crate) struct W(pub(crate) Vec<u8>);
+    pub(crate) struct W(Vec<u8>);
 
     impl W {
         pub(crate) fn tag(t: u8) -> Self {
@@ -975,9 +961,6 @@ pub(crate) mod tests {
             parse(&W::tag(b'Z').bytes(), false),
             Err(DecodeError::UnknownTag('Z'))
         ));
-        assert!(!parse(&W::tag(b'P').bytes(), false)
-            .unwrap_err()
-            .is_transient());
         assert!(matches!(
             parse(&Bytes::new(), false),
             Err(DecodeError::Malformed(_))

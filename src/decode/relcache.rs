@@ -171,7 +171,7 @@ impl Kind {
 
 /// The kind of a built-in type OID (< 10000); `None` for OIDs this table
 /// does not know (they convert as text).
-pub fn builtin_kind(oid: u32) -> Option<TypeKind> {
+pub(crate) fn builtin_kind(oid: u32) -> Option<TypeKind> {
     if let Some(&(_, _, k)) = SCALARS.iter().find(|(o, _, _)| *o == oid) {
         return Some(k.to_type_kind());
     }
@@ -187,7 +187,7 @@ pub fn builtin_kind(oid: u32) -> Option<TypeKind> {
 /// The kind of a type named by a Type message. Built-in names resolve only
 /// in `pg_catalog` (sent as ""); a leading '_' is PostgreSQL's array naming,
 /// so `_int4` is an array of int4 and `_mood` an array of the enum `mood`.
-pub fn kind_by_name(namespace: &str, name: &str) -> TypeKind {
+pub(crate) fn kind_by_name(namespace: &str, name: &str) -> TypeKind {
     match name.strip_prefix('_') {
         // Arrays never nest: the element of `__x` is the type `_x`.
         Some(element) if !element.is_empty() => {
@@ -208,20 +208,20 @@ fn scalar_by_name(namespace: &str, name: &str) -> TypeKind {
 
 /// Type messages seen this session, by OID.
 #[derive(Default, Debug)]
-pub struct TypeCache {
+pub(crate) struct TypeCache {
     types: HashMap<u32, TypeKind>,
 }
 
 impl TypeCache {
     /// Records what a Type message says (replacing an earlier one).
-    pub fn update(&mut self, t: &TypeBody) {
+    pub(crate) fn update(&mut self, t: &TypeBody) {
         self.types
             .insert(t.oid, kind_by_name(&t.namespace, &t.name));
     }
 
     /// How values of this type OID convert: built-in table, then Type
     /// messages, else text.
-    pub fn kind(&self, oid: u32) -> TypeKind {
+    fn kind(&self, oid: u32) -> TypeKind {
         builtin_kind(oid)
             .or_else(|| self.types.get(&oid).cloned())
             .unwrap_or(TypeKind::Text)
@@ -230,7 +230,7 @@ impl TypeCache {
 
 /// Relations seen this session, by OID, shared with the events that use them.
 #[derive(Default, Debug)]
-pub struct RelationCache {
+pub(crate) struct RelationCache {
     relations: HashMap<u32, Arc<Relation>>,
 }
 
@@ -238,13 +238,13 @@ impl RelationCache {
     /// Replaces the relation with what this Relation message says. An
     /// identical description keeps the existing `Arc`, so events before and
     /// after share it.
-    pub fn update(&mut self, body: RelationBody, types: &TypeCache) -> Arc<Relation> {
+    pub(crate) fn update(&mut self, body: RelationBody, types: &TypeCache) -> Arc<Relation> {
         self.insert(Arc::new(Self::build(body, types)))
     }
 
     /// Caches a relation built elsewhere (e.g. inside a streamed
     /// transaction), keeping the existing `Arc` when nothing changed.
-    pub fn insert(&mut self, relation: Arc<Relation>) -> Arc<Relation> {
+    pub(crate) fn insert(&mut self, relation: Arc<Relation>) -> Arc<Relation> {
         match self.relations.get(&relation.oid) {
             Some(existing) if **existing == *relation => Arc::clone(existing),
             _ => {
@@ -255,7 +255,7 @@ impl RelationCache {
     }
 
     /// The relation a Relation message describes, with column kinds resolved.
-    pub fn build(body: RelationBody, types: &TypeCache) -> Relation {
+    pub(crate) fn build(body: RelationBody, types: &TypeCache) -> Relation {
         Relation {
             oid: body.oid,
             schema: if body.namespace.is_empty() {
@@ -279,7 +279,7 @@ impl RelationCache {
         }
     }
 
-    pub fn get(&self, oid: u32) -> Option<&Arc<Relation>> {
+    pub(crate) fn get(&self, oid: u32) -> Option<&Arc<Relation>> {
         self.relations.get(&oid)
     }
 }

@@ -42,7 +42,7 @@ enum Kind {
 
 /// Applies one endpoint's `auth` to requests.
 #[derive(Debug)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     kind: Kind,
 }
 
@@ -55,7 +55,7 @@ fn sensitive(text: &str, field: &'static str) -> Result<HeaderValue, AuthError> 
 impl Authenticator {
     /// Builds the authenticator for `auth`. `http` and `timeout` serve OAuth2
     /// token requests; `endpoint` names the endpoint in logs.
-    pub fn new(
+    pub(crate) fn new(
         endpoint: &str,
         auth: &Auth,
         http: reqwest::Client,
@@ -85,7 +85,7 @@ impl Authenticator {
     }
 
     /// Sets the auth header on `headers` (fetching an OAuth2 token if needed).
-    pub async fn apply(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+    pub(crate) async fn apply(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
         match &self.kind {
             Kind::None => {}
             Kind::Static(name, value) => {
@@ -104,21 +104,13 @@ impl Authenticator {
 
     /// The endpoint answered 401: drops an OAuth2 token and returns true (a
     /// retry with a new token may succeed); false for static credentials.
-    pub fn unauthorized(&self) -> bool {
+    pub(crate) fn unauthorized(&self) -> bool {
         match &self.kind {
             Kind::OAuth2(source) => {
                 source.invalidate();
                 true
             }
             _ => false,
-        }
-    }
-
-    /// The OAuth2 token source, if `auth` is `oauth2`.
-    pub fn token_source(&self) -> Option<&Arc<TokenSource>> {
-        match &self.kind {
-            Kind::OAuth2(source) => Some(source),
-            _ => None,
         }
     }
 }

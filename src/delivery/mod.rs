@@ -1,30 +1,37 @@
 //! Delivery: one HTTP client per endpoint, auth, Standard Webhooks signing,
 //! retries with backoff, dead letters. One batch in flight per strategy.
 //!
-//! - [`sender`]: the endpoint's client and one attempt (POST, 401 refresh).
-//! - [`retry`]: backoff with full jitter, `Retry-After`, exhaustion policy.
-//! - [`worker`]: the per-strategy loop (batcher → sender task → checkpoint).
-//! - [`replay`]: one attempt to deliver a dead letter again (admin API).
+//! - `sender`: the endpoint's client and one attempt (POST, 401 refresh).
+//! - `retry`: backoff with full jitter, `Retry-After`, exhaustion policy.
+//! - `worker`: the per-strategy loop (batcher → sender task → checkpoint).
+//! - `replay`: one attempt to deliver a dead letter again (admin API).
 //! - dead letters and batch boundaries are stored through [`crate::state`].
-//! - [`prepare`]: the seam to endpoint security (auth, signing).
+//! - `prepare`: the seam to endpoint security (auth, signing).
 //! - `endpoints`: every endpoint (client, TLS, auth, signing) built from the configuration.
 
-pub mod auth;
+mod auth;
 mod endpoints;
-pub mod oauth2;
-pub mod prepare;
-pub mod replay;
-pub mod retry;
-pub mod security;
-pub mod sender;
-pub mod signing;
-pub mod tls;
-pub mod token;
-pub mod worker;
+mod oauth2;
+mod prepare;
+pub(crate) mod replay;
+mod retry;
+mod security;
+mod sender;
+pub(crate) mod signing;
+mod tls;
+mod token;
+pub(crate) mod worker;
 
+pub use auth::AuthError;
 pub(crate) use endpoints::build_endpoints;
 pub use endpoints::EndpointError;
+pub use oauth2::OAuth2Error;
+pub use prepare::{Attempt, BoxFuture, NoPrepare, Prepare, PrepareError};
+pub use replay::{replay_dead_letter, ReplayError, ReplayOutcome, ReplayTarget};
+pub use security::{EndpointSecurity, SecurityError};
 pub use sender::{AttemptResult, Endpoint};
+pub use signing::{Verifier, VerifyError};
+pub use tls::{configure as configure_tls, explain as explain_request_error, TlsError};
 pub use worker::{
     DeliveryState, PauseHandle, StatusHandle, StrategyStatus, StrategyWorker, WorkerOptions,
 };

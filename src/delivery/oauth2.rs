@@ -78,7 +78,7 @@ struct Cached {
 }
 
 /// Fetches, caches and refreshes one endpoint's client-credentials token.
-pub struct TokenSource {
+pub(crate) struct TokenSource {
     http: reqwest::Client,
     endpoint: String,
     token_url: String,
@@ -93,7 +93,6 @@ pub struct TokenSource {
     cache: Mutex<Option<Cached>>,
     /// Bumped by `invalidate`; a token from an older epoch is not used.
     epoch: AtomicU64,
-    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -125,7 +124,7 @@ impl TokenSource {
     /// A token source for `auth` (which must be `Auth::Oauth2`), sending
     /// token requests with `http` and giving each `timeout`. `endpoint` is
     /// the endpoint's name, for logs.
-    pub fn new(
+    pub(crate) fn new(
         endpoint: &str,
         auth: &Auth,
         http: reqwest::Client,
@@ -164,13 +163,12 @@ impl TokenSource {
             timeout,
             cache: Mutex::new(None),
             epoch: AtomicU64::new(0),
-            fetches: AtomicU64::new(0),
         })
     }
 
     /// A valid access token: the cached one, or a new one fetched now (one
     /// fetch at a time; callers waiting meanwhile get its result).
-    pub async fn token(&self) -> Result<SecretString, OAuth2Error> {
+    pub(crate) async fn token(&self) -> Result<SecretString, OAuth2Error> {
         let mut cache = self.cache.lock().await;
         let epoch = self.epoch.load(Ordering::Acquire);
         if let Some(cached) = cache.as_ref() {
@@ -190,18 +188,12 @@ impl TokenSource {
 
     /// Drops the cached token (the endpoint answered 401): the next
     /// [`token`](Self::token) fetches a new one.
-    pub fn invalidate(&self) {
+    pub(crate) fn invalidate(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         tracing::debug!(endpoint = %self.endpoint, "oauth2 token invalidated after a 401");
     }
 
-    /// Token requests sent so far (answered or not).
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
-    }
-
     async fn fetch(&self) -> Result<(SecretString, Duration), OAuth2Error> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(endpoint = %self.endpoint, token_url = %self.shown_url, "fetching an oauth2 token");
         let mut form = self.form.clone();
         let mut request = self
@@ -353,7 +345,7 @@ fn base_url() -> reqwest::Url {
 }
 
 /// `url` without any `user:password@`.
-pub fn redact_url(url: &str) -> String {
+fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) => {
             if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -367,7 +359,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// A reqwest error and its causes, without the URL.
-pub(crate) fn describe(err: &reqwest::Error) -> String {
+fn describe(err: &reqwest::Error) -> String {
     let mut text = if err.is_timeout() {
         "timed out".to_string()
     } else if err.is_connect() {

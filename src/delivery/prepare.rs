@@ -33,7 +33,7 @@ pub struct Attempt {
 /// other). The message never holds a secret.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct PrepareError(pub String);
+pub struct PrepareError(pub(crate) String);
 
 /// Adds credentials and signatures to an attempt.
 pub trait Prepare: Send + Sync + 'static {

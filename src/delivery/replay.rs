@@ -21,13 +21,13 @@ pub type ReplayTarget = (String, Arc<Endpoint>, Arc<dyn Decorate>);
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ReplayOutcome {
-    pub id: i64,
-    pub batch_id: String,
+    id: i64,
+    batch_id: String,
     /// A 2xx came and the dead letter was deleted.
     pub delivered: bool,
     pub status: Option<u16>,
     /// Why the attempt failed (no secrets, no URL).
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// Why a replay could not be attempted.

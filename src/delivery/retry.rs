@@ -13,7 +13,7 @@ use crate::config::{OnExhausted, Retry};
 
 /// The ceiling of the delay after failed attempt number `failures` (1-based):
 /// `min(max, initial * 2^(failures-1))`.
-pub fn ceiling(retry: &Retry, failures: u32) -> Duration {
+fn ceiling(retry: &Retry, failures: u32) -> Duration {
     let exp = failures.saturating_sub(1).min(31);
     let factor = 1u32 << exp;
     retry
@@ -25,7 +25,7 @@ pub fn ceiling(retry: &Retry, failures: u32) -> Duration {
 
 /// The delay before the next attempt after `failures` failed ones: uniform
 /// in `[0, ceiling]`, and at least `retry_after` when the endpoint sent one.
-pub fn delay(
+pub(crate) fn delay(
     retry: &Retry,
     failures: u32,
     retry_after: Option<Duration>,
@@ -42,7 +42,7 @@ pub fn delay(
 
 /// What to do after `attempts` failed attempts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Try again (after a delay).
     Retry,
     /// Attempts are exhausted, but the policy is to keep trying: the
@@ -53,7 +53,7 @@ pub enum Next {
 }
 
 /// Decides after `attempts` failed attempts.
-pub fn next(retry: &Retry, attempts: u32) -> Next {
+pub(crate) fn next(retry: &Retry, attempts: u32) -> Next {
     if retry.max_attempts == 0 || attempts < retry.max_attempts {
         return Next::Retry;
     }
@@ -64,7 +64,7 @@ pub fn next(retry: &Retry, attempts: u32) -> Next {
 }
 
 /// Parses a `Retry-After` value: delay seconds or an HTTP-date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -15,11 +15,11 @@ use super::token::{insert_token, make_token};
 use crate::config::EndpointConfig;
 
 /// The signature header.
-pub const WEBHOOK_SIGNATURE: &str = "webhook-signature";
+const WEBHOOK_SIGNATURE: &str = "webhook-signature";
 /// The batch id header.
-pub const WEBHOOK_ID: &str = "webhook-id";
+const WEBHOOK_ID: &str = "webhook-id";
 /// The attempt timestamp header.
-pub const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
+const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Why an endpoint's security settings cannot be used (config validation
 /// reports these first, at load). Never holds a secret.
@@ -87,16 +87,6 @@ impl EndpointSecurity {
             signer,
             include_token,
         })
-    }
-
-    /// The endpoint's name.
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    /// The authenticator (e.g. to read OAuth2 fetch counts).
-    pub fn auth(&self) -> &Authenticator {
-        &self.auth
     }
 
     async fn prepare_attempt(&self, attempt: &mut Attempt) -> Result<(), PrepareError> {

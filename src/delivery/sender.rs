@@ -21,10 +21,10 @@ use crate::batch::Batch;
 use crate::config::EndpointConfig;
 
 /// Most bytes of a response body walhook reads.
-pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// `walhook/<version>`.
-pub const USER_AGENT: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
+const USER_AGENT: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
 
 /// One webhook endpoint: its URL, HTTP client and security ([`Prepare`]).
 /// Shared (in an `Arc`) by every strategy sending to it.
@@ -48,13 +48,13 @@ impl std::fmt::Debug for Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttemptResult {
     /// The HTTP status, if a response came.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
     /// The response's `Retry-After`, if any.
-    pub retry_after: Option<Duration>,
+    pub(crate) retry_after: Option<Duration>,
     /// Why it failed (no secret, no URL, no body); `None` when delivered.
     pub error: Option<String>,
     /// Time spent, preparation included.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 impl AttemptResult {
@@ -64,7 +64,7 @@ impl AttemptResult {
     }
 
     /// `2xx`, `3xx`, `4xx`, `5xx` or `error` (no response), for metrics.
-    pub fn status_class(&self) -> &'static str {
+    pub(crate) fn status_class(&self) -> &'static str {
         match self.status {
             Some(200..=299) => "2xx",
             Some(300..=399) => "3xx",
@@ -110,7 +110,7 @@ impl Endpoint {
 
     /// The client settings walhook uses (timeouts, no redirects, keep-alive,
     /// user-agent), for callers that add TLS settings themselves.
-    pub fn client_builder(cfg: &EndpointConfig) -> ClientBuilder {
+    fn client_builder(cfg: &EndpointConfig) -> ClientBuilder {
         Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout)
@@ -122,7 +122,7 @@ impl Endpoint {
 
     /// An endpoint over a client built elsewhere (it should come from
     /// [`Endpoint::client_builder`]).
-    pub fn from_client(
+    fn from_client(
         name: &str,
         cfg: &EndpointConfig,
         client: Client,
@@ -145,11 +145,6 @@ impl Endpoint {
             timeout: cfg.timeout,
             prepare,
         })
-    }
-
-    /// The endpoint's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// One attempt to POST `batch` (a 401 answered with a fresh credential
@@ -287,7 +282,7 @@ fn request_headers(batch: &Batch, timestamp: i64) -> Result<HeaderMap, String> {
 }
 
 /// An error and its sources, joined by ": ", skipping repeats.
-pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

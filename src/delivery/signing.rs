@@ -20,13 +20,13 @@ use sha2::Sha256;
 use crate::config::{Secret, Signing};
 
 /// How far a receiver lets `webhook-timestamp` stray from its clock.
-pub const TOLERANCE_SECONDS: i64 = 5 * 60;
+const TOLERANCE_SECONDS: i64 = 5 * 60;
 /// The signature scheme this module writes and reads.
 const VERSION: &str = "v1";
 
 // A key's parsing (the `whsec_` format) is configuration's: validation at
 // load and the signer read a secret the same way.
-pub use crate::config::{SigningError, SigningKey};
+pub(crate) use crate::config::{SigningError, SigningKey};
 
 impl SigningKey {
     fn mac(&self, id: &str, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
@@ -44,7 +44,7 @@ impl SigningKey {
     }
 
     /// `v1,<base64 HMAC-SHA256("id.timestamp.body")>`.
-    pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         let tag = self.mac(id, timestamp, body).finalize().into_bytes();
         format!("{VERSION},{}", STANDARD.encode(tag))
     }
@@ -61,13 +61,13 @@ impl SigningKey {
 
 /// Signs with every configured key (rotation).
 #[derive(Debug, Clone)]
-pub struct Signer {
+pub(crate) struct Signer {
     keys: Vec<SigningKey>,
 }
 
 impl Signer {
     /// A signer over `keys`; the first one also signs body tokens.
-    pub fn new(keys: Vec<SigningKey>) -> Result<Signer, SigningError> {
+    pub(crate) fn new(keys: Vec<SigningKey>) -> Result<Signer, SigningError> {
         if keys.is_empty() {
             return Err(SigningError::NoKeys);
         }
@@ -75,12 +75,12 @@ impl Signer {
     }
 
     /// Parses every secret of an endpoint's `signing` section.
-    pub fn from_config(signing: &Signing) -> Result<Signer, SigningError> {
+    pub(crate) fn from_config(signing: &Signing) -> Result<Signer, SigningError> {
         Signer::from_secrets(&signing.secret)
     }
 
     /// Parses `secrets` (each `whsec_…`).
-    pub fn from_secrets(secrets: &[Secret]) -> Result<Signer, SigningError> {
+    fn from_secrets(secrets: &[Secret]) -> Result<Signer, SigningError> {
         let keys = secrets
             .iter()
             .map(|s| SigningKey::parse(s.expose()))
@@ -89,7 +89,7 @@ impl Signer {
     }
 
     /// The `webhook-signature` value: one `v1,…` per key, space-separated.
-    pub fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
+    pub(crate) fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         self.keys
             .iter()
             .map(|key| key.sign(id, timestamp, body))
@@ -98,14 +98,9 @@ impl Signer {
     }
 
     /// The first key: the one body tokens are signed with.
-    pub fn primary(&self) -> &SigningKey {
+    pub(crate) fn primary(&self) -> &SigningKey {
         // `new` refuses an empty list.
         &self.keys[0]
-    }
-
-    /// The keys, in configuration order.
-    pub fn keys(&self) -> &[SigningKey] {
-        &self.keys
     }
 }
 
@@ -143,7 +138,7 @@ impl Verifier {
     }
 
     /// Verifies the three header values against `body` at unix time `now`.
-    pub fn verify(
+    fn verify(
         &self,
         id: &str,
         timestamp: &str,

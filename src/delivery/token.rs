@@ -19,13 +19,13 @@ use super::signing::SigningKey;
 use crate::batch::payload;
 
 /// The token's issuer.
-pub const ISSUER: &str = "walhook";
+const ISSUER: &str = "walhook";
 /// How long a token is valid after `iat`, in seconds.
-pub const LIFETIME_SECONDS: i64 = 300;
+const LIFETIME_SECONDS: i64 = 300;
 
 /// Why the token cannot be placed in a body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The body does not end in `}` (it is not a JSON object).
     #[error("the batch body is not a JSON object, so it cannot carry a token")]
     NotAnObject,
@@ -33,7 +33,7 @@ pub enum TokenError {
 
 /// A compact HS256 JWT: `{"iss":"walhook","sub":strategy,"iat":iat,
 /// "exp":iat+300,"jti":jti}` signed with `key`'s bytes.
-pub fn make_token(key: &SigningKey, strategy: &str, jti: &str, iat: i64) -> String {
+pub(crate) fn make_token(key: &SigningKey, strategy: &str, jti: &str, iat: i64) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = serde_json::json!({
         "iss": ISSUER,
@@ -55,7 +55,7 @@ pub fn make_token(key: &SigningKey, strategy: &str, jti: &str, iat: i64) -> Stri
 
 /// Adds `"token":"<token>"` as the last field of the JSON object `body`
 /// (see [`payload::with_token`]).
-pub fn insert_token(body: &[u8], token: &str) -> Result<Bytes, TokenError> {
+pub(crate) fn insert_token(body: &[u8], token: &str) -> Result<Bytes, TokenError> {
     payload::with_token(body, token).ok_or(TokenError::NotAnObject)
 }
 

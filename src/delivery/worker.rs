@@ -56,6 +56,19 @@ pub struct WorkerOptions {
     pub queue_capacity: usize,
 }
 
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("index", &self.index)
+            .field("name", &self.name)
+            .field("batch_size", &self.batch_size)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("linger", &self.linger)
+            .field("queue_capacity", &self.queue_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How often stored batch boundaries behind the acked position are deleted.
 const FORGET_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -63,7 +76,7 @@ const FORGET_INTERVAL: Duration = Duration::from_secs(1);
 const STATE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default capacity of a strategy's queue.
-pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
 /// What a strategy's delivery is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -95,12 +108,12 @@ pub struct StrategyStatus {
     pub last_error: Option<String>,
     /// Failed attempts of the batch in flight.
     pub attempts: u32,
-    pub delivered_batches: u64,
+    pub(crate) delivered_batches: u64,
     pub dead_lettered_batches: u64,
     /// Records in delivered batches (runs report progress with it).
-    pub delivered_records: u64,
+    pub(crate) delivered_records: u64,
     /// Records in dead-lettered batches.
-    pub dead_lettered_records: u64,
+    pub(crate) dead_lettered_records: u64,
     /// Paused through the admin API: no new batch is sent.
     pub paused: bool,
 }
@@ -118,10 +131,6 @@ impl PauseHandle {
 
     pub fn resume(&self) {
         self.0.send_replace(false);
-    }
-
-    pub fn is_paused(&self) -> bool {
-        *self.0.borrow()
     }
 }
 

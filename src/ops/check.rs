@@ -34,7 +34,7 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Severity {
+enum Severity {
     /// walhook will not work (or breaks the application) until fixed.
     Error,
     /// Works, but risky or degraded.
@@ -47,7 +47,7 @@ pub enum Severity {
 
 impl Severity {
     /// The lower-case label.
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             Severity::Error => "error",
             Severity::Warn => "warn",
@@ -59,15 +59,15 @@ impl Severity {
 
 /// One result of `check`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     /// Severity.
-    pub severity: Severity,
+    severity: Severity,
     /// What was checked (`wal_level`, `slot`, `replica_identity`, ...).
-    pub check: String,
+    check: String,
     /// What was found.
-    pub message: String,
+    message: String,
     /// How to fix it (SQL where there is one).
-    pub fix: Option<String>,
+    fix: Option<String>,
 }
 
 impl Finding {
@@ -117,7 +117,7 @@ impl Default for CheckOptions {
 }
 
 /// True when any finding is an error (`check` then exits 1).
-pub fn has_errors(findings: &[Finding]) -> bool {
+fn has_errors(findings: &[Finding]) -> bool {
     error_count(findings) > 0
 }
 
@@ -130,7 +130,7 @@ pub(crate) fn error_count(findings: &[Finding]) -> usize {
 }
 
 /// The findings as the `--json` document.
-pub fn to_json(findings: &[Finding]) -> serde_json::Value {
+pub(crate) fn to_json(findings: &[Finding]) -> serde_json::Value {
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
     serde_json::json!({
         "ok": !has_errors(findings),
@@ -141,7 +141,7 @@ pub fn to_json(findings: &[Finding]) -> serde_json::Value {
 }
 
 /// Runs every check against the configured database and endpoints.
-pub async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
+pub(crate) async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
     let mut findings = Vec::new();
     match super::connect(config).await {
         Ok(client) => {

@@ -5,9 +5,13 @@
 //! over one ordinary SQL connection, so `setup --print-sql` prints exactly
 //! what `setup` would run, and the planning is unit-tested without a server.
 
-pub mod check;
-pub mod setup;
-pub mod teardown;
+mod check;
+mod setup;
+mod teardown;
+
+pub use check::CheckOptions;
+pub use setup::script as setup_script;
+pub use teardown::TeardownOptions;
 
 use std::collections::BTreeSet;
 
@@ -38,7 +42,7 @@ pub enum OpsError {
 }
 
 impl OpsError {
-    pub(crate) fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
+    fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
         let what = what.into();
         move |source| OpsError::Sql { what, source }
     }
@@ -46,13 +50,13 @@ impl OpsError {
 
 /// Opens an ordinary SQL connection to the source database (same sslmode
 /// handling as the replication connection, see [`crate::pg`]).
-pub async fn connect(config: &Config) -> Result<Client, OpsError> {
+async fn connect(config: &Config) -> Result<Client, OpsError> {
     Ok(pg::connect(config.source.url.expose(), "walhook-ops").await?)
 }
 
 /// `walhook check`: prints every finding (one per line, or one JSON
 /// document); an error when any finding is.
-pub async fn check(config: &Config, opts: check::CheckOptions, json: bool) -> Result<(), OpsError> {
+pub async fn check(config: &Config, opts: CheckOptions, json: bool) -> Result<(), OpsError> {
     let findings = check::run(config, opts).await;
     if json {
         println!("{:#}", check::to_json(&findings));
@@ -77,7 +81,7 @@ pub async fn setup(config: &Config) -> Result<(), OpsError> {
 }
 
 /// `walhook teardown`: drops what `opts` asks for, printing each step.
-pub async fn teardown(config: &Config, opts: teardown::TeardownOptions) -> Result<(), OpsError> {
+pub async fn teardown(config: &Config, opts: TeardownOptions) -> Result<(), OpsError> {
     let client = connect(config).await?;
     for line in teardown::run(&client, config, opts).await? {
         println!("{line}");
@@ -86,7 +90,7 @@ pub async fn teardown(config: &Config, opts: teardown::TeardownOptions) -> Resul
 }
 
 /// The strategies' tables, each once, sorted.
-pub fn tables(config: &Config) -> Vec<TableName> {
+fn tables(config: &Config) -> Vec<TableName> {
     let set: BTreeSet<TableName> = config.strategies.iter().map(|s| s.table.clone()).collect();
     set.into_iter().collect()
 }

@@ -16,15 +16,15 @@ use crate::pg::{create_publication_sql, quote_ident, quote_literal, quote_table}
 
 /// One step of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
+struct Step {
     /// What it does, in a few words (printed as an SQL comment).
-    pub what: String,
+    what: String,
     /// The SQL, idempotent on its own.
-    pub sql: String,
+    sql: String,
 }
 
 /// The steps, in order.
-pub fn plan(config: &Config) -> Vec<Step> {
+fn plan(config: &Config) -> Vec<Step> {
     let publication = &config.source.publication;
     let slot = &config.source.slot;
     let tables = tables(config);
@@ -96,7 +96,7 @@ pub fn script(config: &Config) -> String {
 }
 
 /// Runs the plan on `client`, logging each step; returns the steps' names.
-pub async fn run(client: &Client, config: &Config) -> Result<Vec<String>, OpsError> {
+pub(crate) async fn run(client: &Client, config: &Config) -> Result<Vec<String>, OpsError> {
     let mut done = Vec::new();
     for step in plan(config) {
         client

@@ -28,7 +28,7 @@ pub struct TeardownOptions {
 }
 
 /// Runs teardown; returns one line per thing done or kept, for the user.
-pub async fn run(
+pub(crate) async fn run(
     client: &Client,
     config: &Config,
     opts: TeardownOptions,

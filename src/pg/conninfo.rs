@@ -29,7 +29,7 @@ pub enum UrlError {
 
 /// libpq's `sslmode`, all six values.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Plaintext only.
     Disable,
     /// libpq tries plaintext first; walhook treats it as `prefer`.
@@ -46,7 +46,7 @@ pub enum SslMode {
 
 impl SslMode {
     /// The libpq spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Allow => "allow",
@@ -58,7 +58,7 @@ impl SslMode {
     }
 
     /// True when a server that refuses TLS must not be used.
-    pub fn requires_tls(self) -> bool {
+    pub(crate) fn requires_tls(self) -> bool {
         matches!(
             self,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
@@ -87,7 +87,7 @@ impl FromStr for SslMode {
 
 /// Where trusted root certificates come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RootCerts {
+pub(crate) enum RootCerts {
     /// The operating system's store (also `sslrootcert=system`).
     System,
     /// A PEM file (`sslrootcert=/path/root.crt`).
@@ -96,7 +96,7 @@ pub enum RootCerts {
 
 /// One address to try, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Tcp {
         /// The name used for TLS verification and error messages.
         host: String,
@@ -122,15 +122,15 @@ impl fmt::Display for Target {
 
 /// Everything needed to open the replication connection.
 #[derive(Clone)]
-pub struct ConnInfo {
-    pub targets: Vec<Target>,
-    pub user: String,
-    pub password: Option<SecretString>,
-    pub dbname: String,
-    pub application_name: Option<String>,
-    pub ssl_mode: SslMode,
-    pub root_certs: RootCerts,
-    pub connect_timeout: Duration,
+pub(crate) struct ConnInfo {
+    pub(crate) targets: Vec<Target>,
+    pub(crate) user: String,
+    pub(crate) password: Option<SecretString>,
+    pub(crate) dbname: String,
+    pub(crate) application_name: Option<String>,
+    pub(crate) ssl_mode: SslMode,
+    pub(crate) root_certs: RootCerts,
+    pub(crate) connect_timeout: Duration,
 }
 
 impl fmt::Debug for ConnInfo {
@@ -149,7 +149,7 @@ impl fmt::Debug for ConnInfo {
 }
 
 /// Connect (TCP + TLS + startup) timeout when the string sets none.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The parameters this module handles itself, taken out of the string.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -159,7 +159,7 @@ struct Extracted {
 }
 
 /// Parses a libpq URL (`postgres://…`) or `key=value` string.
-pub fn parse(url: &str) -> Result<ConnInfo, UrlError> {
+pub(crate) fn parse(url: &str) -> Result<ConnInfo, UrlError> {
     let (rest, extracted) = preprocess(url)?;
     let config = tokio_postgres::Config::from_str(&rest).map_err(UrlError::Parse)?;
     build(&config, extracted)
@@ -301,7 +301,7 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Url
 
 /// The connection string with any password replaced by `***`, for Debug
 /// output and logs. Unparseable input is hidden entirely.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     if let Some((base, query)) = split_url(url) {
         let (scheme, after) = base.split_once("://").unwrap_or(("", base));
         let auth_end = after.find('/').unwrap_or(after.len());

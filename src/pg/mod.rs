@@ -1,26 +1,28 @@
 //! PostgreSQL helpers every part of walhook shares: the replication source,
 //! the operator commands, runs, the strategy checks and the state store.
 //!
-//! - [`conninfo`]: `source.url` (libpq URL or key=value) → targets, user,
+//! - `conninfo`: `source.url` (libpq URL or key=value) → targets, user,
 //!   sslmode, roots; the one parser, so every connection reads the URL alike.
-//! - [`tls`]: rustls settings for libpq's sslmode semantics.
+//! - `tls`: rustls settings for libpq's sslmode semantics.
 //! - [`connect`]: an ordinary SQL connection (tokio-postgres) from the URL.
-//! - quoting ([`quote_ident`], [`quote_literal`]), [`describe`] for errors,
-//!   and the catalog queries several callers need ([`table_catalog`],
-//!   [`create_publication_sql`]).
+//! - quoting (`quote_ident`, `quote_literal`), `describe` for errors,
+//!   and the catalog queries several callers need (`table_catalog`,
+//!   `create_publication_sql`).
 //!
 //! Nothing here knows about pipelines or webhooks; the replication protocol
 //! itself stays in `source/`.
 
 mod catalog;
 mod connect;
-pub mod conninfo;
+pub(crate) mod conninfo;
 mod quote;
-pub mod tls;
+pub(crate) mod tls;
 
 pub(crate) use catalog::{create_publication_sql, table_catalog, TableCatalog};
 pub use connect::{connect, ConnectError};
+pub use conninfo::UrlError;
 pub(crate) use quote::{quote_ident, quote_literal, quote_table, readable_ident, readable_table};
+pub use tls::TlsError;
 
 /// A Postgres error for a human: for a server error its message, detail,
 /// hint and SQLSTATE; otherwise the error with its causes, each once.

@@ -43,7 +43,7 @@ fn tls_error(target: &str, reason: impl Into<String>) -> TlsError {
 }
 
 /// Loads the trusted roots for verify-ca / verify-full.
-pub fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsError> {
+fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         RootCerts::File(path) => {
@@ -78,7 +78,7 @@ pub fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsE
 }
 
 /// The client configuration for `mode` (which must not be `disable`).
-pub fn client_config(
+pub(crate) fn client_config(
     mode: SslMode,
     roots: &RootCerts,
     target: &str,
@@ -113,7 +113,7 @@ pub fn client_config(
 }
 
 /// The name the certificate is checked against (and sent as SNI).
-pub fn server_name(
+pub(crate) fn server_name(
     host: &str,
     mode: SslMode,
     target: &str,

@@ -12,7 +12,7 @@ use crate::delivery::PauseHandle;
 use crate::state::StateStore;
 
 /// [`Control`] over a [`RunManager`].
-pub struct AppControl {
+pub(crate) struct AppControl {
     runs: RunManager,
     /// (name, sync allowed, async allowed) per strategy, for the default mode.
     modes: Vec<(String, bool, bool)>,
@@ -29,7 +29,7 @@ struct Replay {
 
 impl AppControl {
     /// Commands for `config`'s strategies.
-    pub fn new(runs: RunManager, config: &Config) -> Self {
+    pub(crate) fn new(runs: RunManager, config: &Config) -> Self {
         AppControl {
             runs,
             modes: config
@@ -43,14 +43,14 @@ impl AppControl {
     }
 
     /// Lets `pause`/`resume` reach the live workers.
-    pub fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
+    pub(crate) fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
         self.pauses = pauses;
         self
     }
 
     /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
     /// templates, by name.
-    pub fn with_replay(mut self, state: StateStore, strategies: Vec<ReplayTarget>) -> Self {
+    pub(crate) fn with_replay(mut self, state: StateStore, strategies: Vec<ReplayTarget>) -> Self {
         self.replay = Some(Replay { state, strategies });
         self
     }

@@ -43,7 +43,7 @@ const TICK: Duration = Duration::from_millis(200);
 
 /// What started a run (the `trigger` column and metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// `POST /strategies/{name}/runs?mode=sync`.
     Sync,
     /// `POST /strategies/{name}/runs?mode=async`.
@@ -56,7 +56,7 @@ pub enum Trigger {
 
 impl Trigger {
     /// The lower-case name.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Sync => "sync",
             Trigger::Async => "async",
@@ -100,7 +100,7 @@ pub enum RunError {
 
 impl RunError {
     /// The HTTP-facing error of the admin API.
-    pub fn to_control(&self) -> ControlError {
+    fn to_control(&self) -> ControlError {
         let text = self.to_string();
         match self {
             RunError::NoStrategy(_) => ControlError::NotFound(text),
@@ -128,30 +128,30 @@ impl RunError {
 
 /// A run's counts so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Rows read from the table.
-    pub read: u64,
+    pub(crate) read: u64,
     /// Records that passed the filter and were queued for delivery.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Records delivered (2xx).
-    pub delivered: u64,
+    pub(crate) delivered: u64,
     /// Records in batches that failed (dead-lettered).
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Batches delivered or dead-lettered.
-    pub batches: u64,
+    pub(crate) batches: u64,
 }
 
 /// How a run that finished went.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Summary {
-    pub id: i64,
-    pub counts: Counts,
-    pub duration: Duration,
+pub(crate) struct Summary {
+    pub(crate) id: i64,
+    pub(crate) counts: Counts,
+    duration: Duration,
 }
 
 impl Summary {
     /// The sync API's answer.
-    pub fn to_json(&self) -> Value {
+    fn to_json(&self) -> Value {
         json!({
             "run_id": self.id,
             "state": if self.counts.failed == 0 { "succeeded" } else { "failed" },
@@ -200,11 +200,11 @@ struct Plan {
 }
 
 /// Called with the counts after every page (the CLI prints them).
-pub type OnProgress = Arc<dyn Fn(i64, &Counts) + Send + Sync>;
+type OnProgress = Arc<dyn Fn(i64, &Counts) + Send + Sync>;
 
 /// Starts and tracks runs. Cheap to clone.
 #[derive(Clone)]
-pub struct RunManager {
+pub(crate) struct RunManager {
     inner: Arc<Inner>,
 }
 
@@ -221,7 +221,7 @@ impl RunManager {
     /// `strategies` in config order; `endpoints` by name; `state` stores
     /// runs and their dead letters; `url` is the source database (each run
     /// reads its snapshot on a connection of its own).
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         strategies: Vec<Arc<CompiledStrategy>>,
         endpoints: BTreeMap<String, Arc<Endpoint>>,
@@ -245,7 +245,7 @@ impl RunManager {
     /// would be sent). Async: answers at once with the run id. The API
     /// triggers (`Sync`, `Async`) need the strategy's `on_demand` to allow
     /// them; a schedule or the CLI does not.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         strategy: &str,
         mode: RunMode,
@@ -278,7 +278,7 @@ impl RunManager {
     }
 
     /// Runs `strategy` to the end in this task (the CLI), reporting progress.
-    pub async fn run_to_end(
+    pub(crate) async fn run_to_end(
         &self,
         strategy: &str,
         filter: Option<String>,
@@ -292,12 +292,12 @@ impl RunManager {
     }
 
     /// True while run `id` is going on in this process.
-    pub fn is_active(&self, id: i64) -> bool {
+    pub(crate) fn is_active(&self, id: i64) -> bool {
         self.lock_active().contains_key(&id)
     }
 
     /// Cancels an active run of this process's (`Started` runs only).
-    pub fn cancel_active(&self, id: i64) -> bool {
+    fn cancel_active(&self, id: i64) -> bool {
         match self.lock_active().get(&id) {
             Some(active) => {
                 active.cancel.cancel();
@@ -309,7 +309,7 @@ impl RunManager {
 
     /// Cancels every active run and waits (up to `timeout`) until they have
     /// recorded their outcome; for shutdown.
-    pub async fn shutdown(&self, timeout: Duration) {
+    pub(crate) async fn shutdown(&self, timeout: Duration) {
         for active in self.lock_active().values() {
             active.cancel.cancel();
         }
@@ -320,7 +320,7 @@ impl RunManager {
     }
 
     /// A run's record, with live counts while it runs here.
-    pub async fn get(&self, id: i64) -> Result<Value, ControlError> {
+    pub(crate) async fn get(&self, id: i64) -> Result<Value, ControlError> {
         let row = self
             .inner
             .state
@@ -338,7 +338,7 @@ impl RunManager {
     }
 
     /// Cancels run `id` (`DELETE /runs/{id}`).
-    pub async fn cancel(&self, id: i64) -> Result<Value, ControlError> {
+    pub(crate) async fn cancel(&self, id: i64) -> Result<Value, ControlError> {
         if self.cancel_active(id) {
             return Ok(json!({ "id": id, "state": "cancelling" }));
         }

@@ -1,18 +1,21 @@
 //! On-demand and scheduled runs of a strategy over its table's current rows
 //! (seeding, re-syncing and repairing receivers).
 //!
-//! A run reads the table in one snapshot ([`snapshot`]), filters and maps the
+//! A run reads the table in one snapshot (`snapshot`), filters and maps the
 //! rows with the strategy's own expressions, and delivers them through the
 //! strategy's batching, signing and delivery, on a queue of its own so live
 //! changes are not held behind it. Records carry `op = "read"` and ids
 //! `<snapshot LSN>:<row number>`; each run is recorded in `walhook.runs`
 //! before its snapshot is taken, so two runs never share a snapshot LSN.
 
-pub mod cli;
-pub mod control;
-pub mod manager;
-pub mod schedule;
-pub mod snapshot;
+pub(crate) mod cli;
+mod control;
+mod manager;
+pub(crate) mod schedule;
+mod snapshot;
 
-pub use control::AppControl;
-pub use manager::{Counts, RunError, RunManager, Summary, Trigger};
+pub use cli::{run_strategy, CliError, RunStrategyOptions};
+pub(crate) use control::AppControl;
+pub use manager::RunError;
+pub(crate) use manager::RunManager;
+pub use snapshot::{Snapshot, SnapshotError};

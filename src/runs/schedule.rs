@@ -24,7 +24,7 @@ use crate::source::{SourceState, SourceStatus};
 use crate::telemetry::names;
 
 /// The next time `cron` fires strictly after `after`, read in `tz`.
-pub fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&after.with_timezone(&tz), false)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -33,7 +33,7 @@ pub fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<D
 /// Spawns one task per schedule of every strategy; they end on `stop`.
 /// Schedules that do not parse were refused by config validation and are
 /// skipped here with a warning.
-pub fn spawn(
+pub(crate) fn spawn(
     manager: RunManager,
     config: &Config,
     source: watch::Receiver<SourceStatus>,

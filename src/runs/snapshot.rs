@@ -23,7 +23,7 @@ use crate::lsn::Lsn;
 use crate::pg::{self, quote_ident, quote_table};
 
 /// Rows per page.
-pub const DEFAULT_PAGE: usize = 1000;
+pub(crate) const DEFAULT_PAGE: usize = 1000;
 
 /// Why a table cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +61,17 @@ pub struct Snapshot {
     read_time: i64,
     emitted: u64,
     done: bool,
+}
+
+/// Shows where the read is, never a row value.
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("table", &self.table)
+            .field("page", &self.page)
+            .field("emitted", &self.emitted)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Snapshot {
@@ -161,14 +172,8 @@ impl Snapshot {
     }
 
     /// The table's columns as the run sees them.
-    pub fn relation(&self) -> &Arc<Relation> {
+    pub(crate) fn relation(&self) -> &Arc<Relation> {
         &self.relation
-    }
-
-    /// Just before the WAL position when the snapshot was taken (never a
-    /// commit LSN, so run record ids never equal live ones).
-    pub fn lsn(&self) -> Lsn {
-        self.lsn
     }
 
     /// The next page of rows, in primary-key order; `None` when done.

@@ -27,13 +27,13 @@ use crate::pg::tls::{self, TlsError};
 /// Session settings pinned at startup so text output is stable (the same
 /// options core's walreceiver sends, plus hex bytea so the decoder never sees
 /// the escape format).
-pub const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
+const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
      -c extra_float_digits=3 -c timezone=UTC -c bytea_output=hex";
 
 const READ_CHUNK: usize = 64 * 1024;
 
 /// A byte stream to the server.
-pub enum Stream {
+enum Stream {
     Tcp(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     #[cfg(unix)]
@@ -89,23 +89,26 @@ impl AsyncWrite for Stream {
 }
 
 /// An authenticated replication connection.
-pub struct ReplConn {
+pub(crate) struct ReplConn {
     stream: Stream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     target: String,
     /// True when the stream is encrypted.
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// `server_version` as reported at startup.
-    pub server_version: Option<String>,
+    server_version: Option<String>,
     /// The walsender's PID (BackendKeyData).
-    pub backend_pid: Option<i32>,
+    backend_pid: Option<i32>,
 }
 
 impl ReplConn {
     /// Connects to the first target that accepts a connection (libpq's rule:
     /// later hosts are tried only when a host cannot be reached).
-    pub async fn connect(info: &ConnInfo, application_name: &str) -> Result<ReplConn, SourceError> {
+    pub(crate) async fn connect(
+        info: &ConnInfo,
+        application_name: &str,
+    ) -> Result<ReplConn, SourceError> {
         let mut last = None;
         for target in &info.targets {
             let name = target.to_string();
@@ -137,7 +140,7 @@ impl ReplConn {
     }
 
     /// The address this connection talks to, for messages.
-    pub fn target(&self) -> &str {
+    pub(crate) fn target(&self) -> &str {
         &self.target
     }
 
@@ -281,12 +284,12 @@ impl ReplConn {
     }
 
     /// The next complete frame already buffered, if any.
-    pub fn try_frame(&mut self) -> Result<Option<Frame>, SourceError> {
+    pub(crate) fn try_frame(&mut self) -> Result<Option<Frame>, SourceError> {
         wire::next_frame(&mut self.rbuf).map_err(|e| self.protocol(&e.0))
     }
 
     /// Reads more bytes from the socket (cancel-safe: use it in `select!`).
-    pub async fn fill(&mut self) -> Result<(), SourceError> {
+    pub(crate) async fn fill(&mut self) -> Result<(), SourceError> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK);
         }
@@ -312,7 +315,11 @@ impl ReplConn {
     }
 
     /// Runs one statement with the simple query protocol and returns its rows.
-    pub async fn simple_query(&mut self, context: &str, sql: &str) -> Result<Rows, SourceError> {
+    pub(crate) async fn simple_query(
+        &mut self,
+        context: &str,
+        sql: &str,
+    ) -> Result<Rows, SourceError> {
         frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(&e.to_string()))?;
         self.send().await?;
         let mut rows = RowCollector::default();
@@ -349,7 +356,7 @@ impl ReplConn {
     }
 
     /// Sends START_REPLICATION and waits for CopyBothResponse.
-    pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), SourceError> {
+    pub(crate) async fn start_copy_both(&mut self, sql: &str) -> Result<(), SourceError> {
         frontend::query(sql, &mut self.wbuf).map_err(|e| self.protocol(&e.to_string()))?;
         self.send().await?;
         loop {
@@ -369,7 +376,7 @@ impl ReplConn {
     }
 
     /// Sends a standby status update.
-    pub async fn send_status(&mut self, status: &StandbyStatus) -> Result<(), SourceError> {
+    pub(crate) async fn send_status(&mut self, status: &StandbyStatus) -> Result<(), SourceError> {
         let mut payload = BytesMut::with_capacity(super::protocol::STANDBY_STATUS_LEN);
         status.encode(&mut payload);
         frontend::CopyData::new(payload)
@@ -380,7 +387,7 @@ impl ReplConn {
 
     /// Ends streaming politely: CopyDone, drain until ReadyForQuery (bounded
     /// by `wait`), Terminate. Errors are ignored: we are leaving anyway.
-    pub async fn finish(mut self, wait: Duration) {
+    pub(crate) async fn finish(mut self, wait: Duration) {
         frontend::copy_done(&mut self.wbuf);
         if self.send().await.is_err() {
             return;

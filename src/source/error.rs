@@ -12,12 +12,12 @@ use crate::pg::tls::TlsError;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DbError {
     /// ERROR, FATAL, PANIC (the non-localised `V` field when present).
-    pub severity: String,
+    pub(crate) severity: String,
     /// SQLSTATE, e.g. `28P01`.
-    pub code: String,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
+    pub(crate) code: String,
+    pub(crate) message: String,
+    pub(crate) detail: Option<String>,
+    pub(crate) hint: Option<String>,
 }
 
 impl fmt::Display for DbError {
@@ -34,12 +34,10 @@ impl fmt::Display for DbError {
 }
 
 /// SQLSTATEs this module treats specially.
-pub mod sqlstate {
-    pub const INVALID_PASSWORD: &str = "28P01";
-    pub const INVALID_AUTHORIZATION: &str = "28000";
-    pub const OBJECT_IN_USE: &str = "55006";
-    pub const DUPLICATE_OBJECT: &str = "42710";
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
+pub(crate) mod sqlstate {
+    pub(crate) const INVALID_PASSWORD: &str = "28P01";
+    pub(crate) const OBJECT_IN_USE: &str = "55006";
+    pub(crate) const DUPLICATE_OBJECT: &str = "42710";
 }
 
 /// How a caller should react to an error.
@@ -194,26 +192,11 @@ impl SourceError {
             | DownstreamClosed => Disposition::Fatal,
         }
     }
-
-    /// True when reconnecting may help.
-    pub fn is_transient(&self) -> bool {
-        self.disposition() != Disposition::Fatal
-    }
-
-    /// The server's SQLSTATE, when the error came from the server.
-    pub fn sqlstate(&self) -> Option<&str> {
-        match self {
-            SourceError::Server { error, .. }
-            | SourceError::AuthFailed { error, .. }
-            | SourceError::SlotActive { error, .. } => Some(&error.code),
-            _ => None,
-        }
-    }
 }
 
 /// Server errors by SQLSTATE class: connection problems, shutdowns,
 /// resource limits and serialization failures pass; the rest needs a human.
-pub fn classify_sqlstate(code: &str) -> Disposition {
+fn classify_sqlstate(code: &str) -> Disposition {
     if code == sqlstate::OBJECT_IN_USE {
         return Disposition::Standby;
     }
@@ -255,14 +238,41 @@ mod tests {
         assert_eq!(server("42501").disposition(), Disposition::Fatal);
         assert_eq!(server("55000").disposition(), Disposition::Fatal);
         assert_eq!(server("").disposition(), Disposition::Fatal);
-        assert!(!SourceError::SlotLost { slot: "s".into() }.is_transient());
+        assert_eq!(
+            SourceError::SlotLost { slot: "s".into() }.disposition(),
+            Disposition::Fatal
+        );
         let tls = crate::pg::tls::client_config(
             crate::pg::conninfo::SslMode::VerifyFull,
             &crate::pg::conninfo::RootCerts::File("/nonexistent/root.crt".into()),
             "h:5432",
         )
         .unwrap_err();
-        assert!(!SourceError::from(tls).is_transient());
+        assert_eq!(SourceError::from(tls).disposition(), Disposition::Fatal);
+    }
+
+    #[test]
+    fn decode_errors_a_new_session_cures_are_transient() {
+        let decode = |source| SourceError::Decode {
+            lsn: Lsn(0x100),
+            source,
+        };
+        // A reconnect makes the server resend relations.
+        assert_eq!(
+            decode(DecodeError::UnknownRelation(16384)).disposition(),
+            Disposition::Transient
+        );
+        let count = DecodeError::ColumnCount {
+            relation: "public.orders".into(),
+            expected: 3,
+            got: 4,
+        };
+        assert_eq!(decode(count).disposition(), Disposition::Transient);
+        // Input the decoder does not understand: a retry only repeats it.
+        assert_eq!(
+            decode(DecodeError::Unsupported('P')).disposition(),
+            Disposition::Fatal
+        );
     }
 
     #[test]

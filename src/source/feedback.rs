@@ -23,10 +23,10 @@ use super::protocol::{Keepalive, StandbyStatus};
 use crate::lsn::Lsn;
 
 /// Delay between an acknowledgement and the status that reports it.
-pub const ACK_COALESCE: Duration = Duration::from_millis(100);
+const ACK_COALESCE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
-pub struct Feedback {
+pub(crate) struct Feedback {
     interval: Duration,
     coalesce: Duration,
     started: Instant,
@@ -48,7 +48,13 @@ pub struct Feedback {
 
 impl Feedback {
     /// `floor` is the highest flush position already confirmed to the server.
-    pub fn new(now: Instant, interval: Duration, floor: Lsn, handed_end: Lsn, acked: Lsn) -> Self {
+    pub(crate) fn new(
+        now: Instant,
+        interval: Duration,
+        floor: Lsn,
+        handed_end: Lsn,
+        acked: Lsn,
+    ) -> Self {
         Feedback {
             interval,
             coalesce: ACK_COALESCE.min(interval),
@@ -64,58 +70,49 @@ impl Feedback {
         }
     }
 
-    pub fn interval(&self) -> Duration {
-        self.interval
-    }
-
     /// An XLogData arrived (its header positions only feed `write`).
-    pub fn on_xlogdata(&mut self, wal_end: Lsn) {
+    pub(crate) fn on_xlogdata(&mut self, wal_end: Lsn) {
         self.received = self.received.max(wal_end);
     }
 
-    pub fn on_keepalive(&mut self, keepalive: &Keepalive) {
+    pub(crate) fn on_keepalive(&mut self, keepalive: &Keepalive) {
         self.received = self.received.max(keepalive.wal_end);
         self.keepalive_end = self.keepalive_end.max(keepalive.wal_end);
         self.reply_due |= keepalive.reply_requested;
     }
 
-    pub fn on_ack(&mut self, lsn: Lsn) {
+    pub(crate) fn on_ack(&mut self, lsn: Lsn) {
         self.acked = self.acked.max(lsn);
     }
 
     /// A Commit ending at `end` went downstream.
-    pub fn on_commit_handed(&mut self, end: Lsn) {
+    pub(crate) fn on_commit_handed(&mut self, end: Lsn) {
         self.handed_end = self.handed_end.max(end);
     }
 
     /// True while no transaction is open in the stream and no event waits
     /// for a channel slot.
-    pub fn set_between_transactions(&mut self, between: bool) {
+    pub(crate) fn set_between_transactions(&mut self, between: bool) {
         self.between_transactions = between;
     }
 
     /// The newest keepalive walEnd of this session.
-    pub fn server_wal_end(&self) -> Lsn {
+    pub(crate) fn server_wal_end(&self) -> Lsn {
         self.keepalive_end
     }
 
-    pub fn received(&self) -> Lsn {
+    pub(crate) fn received(&self) -> Lsn {
         self.received
-    }
-
-    /// The flush position last reported.
-    pub fn sent_flush(&self) -> Lsn {
-        self.sent_flush
     }
 
     /// True when everything handed downstream is acknowledged and the stream
     /// rests between transactions.
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.between_transactions && self.acked >= self.handed_end
     }
 
     /// The flush position the next status will carry.
-    pub fn flush_target(&self) -> Lsn {
+    fn flush_target(&self) -> Lsn {
         let acked = self.acked.min(self.handed_end);
         let target = if self.is_idle() {
             acked.max(self.keepalive_end)
@@ -126,7 +123,7 @@ impl Feedback {
     }
 
     /// When the next status is due (in the past = now).
-    pub fn next_due(&self) -> Instant {
+    pub(crate) fn next_due(&self) -> Instant {
         let Some(last) = self.last_sent else {
             return self.started;
         };
@@ -142,7 +139,7 @@ impl Feedback {
     }
 
     /// Builds the status to send now and records it as sent.
-    pub fn take_status(
+    pub(crate) fn take_status(
         &mut self,
         now: Instant,
         client_time: i64,

@@ -19,18 +19,18 @@
 //! What may repeat: after a process restart, every transaction after the
 //! slot's confirmed position. After an in-process reconnect, nothing: the
 //! transactions already handed down are skipped, and one cut off half-way
-//! resumes after its last handed-down change (see [`resume`]).
+//! resumes after its last handed-down change (see `resume`).
 //!
 //! The pure parts (frames, auth, copy messages, feedback timing, replay
 //! filter) live in their own modules and are unit-tested with bytes and
 //! values; `conn` and `stream` are the thin async shell. Connection strings
 //! and TLS settings are shared with every SQL connection ([`crate::pg`]).
 
-pub mod error;
-pub mod feedback;
-pub mod protocol;
-pub mod resume;
-pub mod wire;
+mod error;
+mod feedback;
+mod protocol;
+mod resume;
+mod wire;
 
 mod conn;
 mod stream;
@@ -59,9 +59,9 @@ use stream::Memory;
 #[derive(Clone)]
 pub struct SourceOptions {
     /// libpq URL or key=value string; sslmode up to verify-full, sslrootcert.
-    pub url: String,
+    url: String,
     /// Logical replication slot (pgoutput).
-    pub slot: String,
+    slot: String,
     /// Publications to stream (publication_names).
     pub publications: Vec<String>,
     /// application_name shown in pg_stat_replication (an `application_name`
@@ -133,7 +133,8 @@ impl AckHandle {
     }
 
     /// The highest LSN acknowledged so far.
-    pub fn acked(&self) -> Lsn {
+    #[cfg(test)]
+    fn acked(&self) -> Lsn {
         *self.acked.borrow()
     }
 }
@@ -152,7 +153,7 @@ pub enum SourceState {
 }
 
 impl SourceState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SourceState::Connecting => "connecting",
             SourceState::Streaming => "streaming",
@@ -190,7 +191,7 @@ impl Default for SourceStatus {
 
 /// Exponential backoff with jitter, 100 ms → 5 s.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+struct Backoff {
     next: Duration,
     min: Duration,
     max: Duration,
@@ -203,7 +204,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
+    fn new(min: Duration, max: Duration) -> Self {
         Backoff {
             next: min,
             min,
@@ -212,14 +213,14 @@ impl Backoff {
     }
 
     /// The next delay: uniformly in [d/2, d], with d doubling up to max.
-    pub fn next_delay(&mut self) -> Duration {
+    fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         let low = d / 2;
         low + rand::rng().random_range(Duration::ZERO..=d - low)
     }
 
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.next = self.min;
     }
 }
@@ -234,6 +235,14 @@ pub struct Source {
     opts: SourceOptions,
     acks: watch::Receiver<Lsn>,
     status: watch::Sender<SourceStatus>,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Source {

@@ -17,35 +17,35 @@ use crate::pg::{quote_ident, quote_literal};
 /// Malformed replication protocol input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct WireError(pub String);
+pub(crate) struct WireError(pub(crate) String);
 
 /// A server → client CopyData payload during streaming.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CopyMessage {
+pub(crate) enum CopyMessage {
     XLogData(XLogData),
     Keepalive(Keepalive),
 }
 
 /// One pgoutput message with its WAL header.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct XLogData {
+pub(crate) struct XLogData {
     /// Zero for messages that are not the last write of a change (Relation,
     /// Type): never use it as a checkpoint.
-    pub start: Lsn,
-    pub wal_end: Lsn,
-    pub send_time: i64,
+    pub(crate) start: Lsn,
+    pub(crate) wal_end: Lsn,
+    send_time: i64,
     /// The pgoutput message: a zero-copy slice of the received frame.
-    pub data: Bytes,
+    pub(crate) data: Bytes,
 }
 
 /// Primary keepalive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Keepalive {
+pub(crate) struct Keepalive {
     /// Everything before this position has been decoded and sent.
-    pub wal_end: Lsn,
-    pub send_time: i64,
+    pub(crate) wal_end: Lsn,
+    pub(crate) send_time: i64,
     /// The server wants a standby status now.
-    pub reply_requested: bool,
+    pub(crate) reply_requested: bool,
 }
 
 fn be_u64(b: &[u8], at: usize) -> Option<u64> {
@@ -54,7 +54,7 @@ fn be_u64(b: &[u8], at: usize) -> Option<u64> {
 }
 
 /// Parses a CopyData payload received while streaming.
-pub fn parse_copy_data(data: Bytes) -> Result<CopyMessage, WireError> {
+pub(crate) fn parse_copy_data(data: Bytes) -> Result<CopyMessage, WireError> {
     let short = |what: &str, need: usize| {
         WireError(format!(
             "{what} message of {} bytes, expected at least {need}",
@@ -98,24 +98,24 @@ pub fn parse_copy_data(data: Bytes) -> Result<CopyMessage, WireError> {
 
 /// A standby status update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StandbyStatus {
+pub(crate) struct StandbyStatus {
     /// Highest position received.
-    pub write: Lsn,
+    pub(crate) write: Lsn,
     /// Durable downstream: the server may discard WAL before it.
-    pub flush: Lsn,
-    pub apply: Lsn,
+    pub(crate) flush: Lsn,
+    pub(crate) apply: Lsn,
     /// µs since 2000-01-01.
-    pub client_time: i64,
+    pub(crate) client_time: i64,
     /// Ask the server to answer with a keepalive at once.
-    pub reply_requested: bool,
+    pub(crate) reply_requested: bool,
 }
 
 /// Length of the standby status payload.
-pub const STANDBY_STATUS_LEN: usize = 34;
+pub(crate) const STANDBY_STATUS_LEN: usize = 34;
 
 impl StandbyStatus {
     /// The CopyData payload (34 bytes).
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
         out.reserve(STANDBY_STATUS_LEN);
         out.put_u8(b'r');
         out.put_u64(self.write.0);
@@ -127,7 +127,7 @@ impl StandbyStatus {
 }
 
 /// Postgres's rule for slot names (`ReplicationSlotValidateName`).
-pub fn validate_slot_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_slot_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 63 {
         return Err(format!(
             "slot name {name:?} must be 1 to 63 characters long"
@@ -145,7 +145,7 @@ pub fn validate_slot_name(name: &str) -> Result<(), String> {
 }
 
 /// Publication names must be non-empty identifiers without NUL bytes.
-pub fn validate_publications(names: &[String]) -> Result<(), String> {
+pub(crate) fn validate_publications(names: &[String]) -> Result<(), String> {
     if names.is_empty() {
         return Err("at least one publication is needed".into());
     }
@@ -158,7 +158,7 @@ pub fn validate_publications(names: &[String]) -> Result<(), String> {
 }
 
 /// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"a","b"')`.
-pub fn start_replication(slot: &str, start: Lsn, publications: &[String]) -> String {
+pub(crate) fn start_replication(slot: &str, start: Lsn, publications: &[String]) -> String {
     let names: Vec<String> = publications.iter().map(|p| quote_ident(p)).collect();
     format!(
         "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
@@ -169,7 +169,7 @@ pub fn start_replication(slot: &str, start: Lsn, publications: &[String]) -> Str
 
 /// Creates a pgoutput slot without exporting a snapshot: streaming starts at
 /// the slot's consistent point (the legacy spelling works on PG 10 to 17).
-pub fn create_slot(slot: &str) -> String {
+pub(crate) fn create_slot(slot: &str) -> String {
     format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
         quote_ident(slot)
@@ -177,7 +177,7 @@ pub fn create_slot(slot: &str) -> String {
 }
 
 /// The slot's row in pg_replication_slots (plain SQL on the walsender).
-pub fn slot_query(slot: &str) -> String {
+pub(crate) fn slot_query(slot: &str) -> String {
     format!(
         "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid::text \
          FROM pg_replication_slots WHERE slot_name = {}",
@@ -186,7 +186,7 @@ pub fn slot_query(slot: &str) -> String {
 }
 
 /// Which of these publications exist in the current database.
-pub fn publications_query(publications: &[String]) -> String {
+pub(crate) fn publications_query(publications: &[String]) -> String {
     let list: Vec<String> = publications.iter().map(|p| quote_literal(p)).collect();
     format!(
         "SELECT pubname FROM pg_publication WHERE pubname IN ({})",
@@ -196,7 +196,7 @@ pub fn publications_query(publications: &[String]) -> String {
 
 /// Parses a duration as `SHOW` prints it (`5s`, `1min`, `500ms`, `0`; a
 /// bare number is milliseconds, wal_sender_timeout's base unit).
-pub fn parse_pg_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_pg_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -216,7 +216,7 @@ pub fn parse_pg_duration(text: &str) -> Option<Duration> {
 
 /// Standby status period: at most min(10 s, wal_sender_timeout / 2), so the
 /// walsender never times us out (0 disables its timeout).
-pub fn feedback_interval(wal_sender_timeout: Duration) -> Duration {
+pub(crate) fn feedback_interval(wal_sender_timeout: Duration) -> Duration {
     const MAX: Duration = Duration::from_secs(10);
     if wal_sender_timeout.is_zero() {
         MAX
@@ -227,7 +227,7 @@ pub fn feedback_interval(wal_sender_timeout: Duration) -> Duration {
 
 /// How long the server may stay silent, while we keep asking for replies,
 /// before the connection counts as dead.
-pub fn silence_limit(wal_sender_timeout: Duration) -> Duration {
+pub(crate) fn silence_limit(wal_sender_timeout: Duration) -> Duration {
     if wal_sender_timeout.is_zero() {
         Duration::from_secs(120)
     } else {
@@ -237,14 +237,14 @@ pub fn silence_limit(wal_sender_timeout: Duration) -> Duration {
 
 /// The text rows of a simple query.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
+pub(crate) struct Rows {
+    pub(crate) columns: Vec<String>,
+    pub(crate) rows: Vec<Vec<Option<String>>>,
 }
 
 impl Rows {
     /// The value of `column` in row `row` (None for NULL or absent).
-    pub fn get(&self, row: usize, column: &str) -> Option<&str> {
+    pub(crate) fn get(&self, row: usize, column: &str) -> Option<&str> {
         let col = self.columns.iter().position(|c| c == column)?;
         self.rows.get(row)?.get(col)?.as_deref()
     }
@@ -257,15 +257,15 @@ impl Rows {
 
 /// IDENTIFY_SYSTEM's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemInfo {
-    pub system_id: String,
-    pub timeline: u32,
-    pub xlog_pos: Lsn,
-    pub dbname: Option<String>,
+pub(crate) struct SystemInfo {
+    pub(crate) system_id: String,
+    timeline: u32,
+    xlog_pos: Lsn,
+    pub(crate) dbname: Option<String>,
 }
 
 impl SystemInfo {
-    pub fn from_rows(rows: &Rows) -> Result<Self, WireError> {
+    pub(crate) fn from_rows(rows: &Rows) -> Result<Self, WireError> {
         let bad = |what: &str| WireError(format!("IDENTIFY_SYSTEM returned an invalid {what}"));
         Ok(SystemInfo {
             system_id: rows.require(0, "systemid")?.to_string(),
@@ -284,18 +284,18 @@ impl SystemInfo {
 
 /// A row of pg_replication_slots, as [`slot_query`] selects it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SlotInfo {
-    pub plugin: Option<String>,
-    pub slot_type: String,
-    pub database: Option<String>,
-    pub confirmed_flush: Option<Lsn>,
-    pub wal_status: Option<String>,
-    pub active_pid: Option<i32>,
+pub(crate) struct SlotInfo {
+    plugin: Option<String>,
+    slot_type: String,
+    database: Option<String>,
+    pub(crate) confirmed_flush: Option<Lsn>,
+    wal_status: Option<String>,
+    active_pid: Option<i32>,
 }
 
 impl SlotInfo {
     /// None when the slot does not exist.
-    pub fn from_rows(rows: &Rows) -> Result<Option<Self>, WireError> {
+    pub(crate) fn from_rows(rows: &Rows) -> Result<Option<Self>, WireError> {
         if rows.rows.is_empty() {
             return Ok(None);
         }
@@ -318,7 +318,7 @@ impl SlotInfo {
     }
 
     /// Why this slot cannot feed walhook in `database`, if it cannot.
-    pub fn unusable_reason(&self, database: &str) -> Option<String> {
+    pub(crate) fn unusable_reason(&self, database: &str) -> Option<String> {
         if self.slot_type != "logical" {
             return Some(format!(
                 "it is a {} slot; walhook needs a logical slot with the pgoutput plugin",
@@ -340,7 +340,7 @@ impl SlotInfo {
         None
     }
 
-    pub fn is_lost(&self) -> bool {
+    pub(crate) fn is_lost(&self) -> bool {
         self.wal_status.as_deref() == Some("lost")
     }
 }

@@ -18,27 +18,27 @@ use super::error::SourceError;
 
 /// What went downstream, across reconnects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Handed {
+pub(crate) struct Handed {
     /// Commit LSN of the last transaction handed down completely.
-    pub last_commit: Option<Lsn>,
+    last_commit: Option<Lsn>,
     /// Its end LSN.
-    pub last_end: Lsn,
+    pub(crate) last_end: Lsn,
     /// A transaction whose Begin went down but whose Commit did not.
-    pub open: Option<OpenTxn>,
+    open: Option<OpenTxn>,
     /// LSN of the last non-transactional message handed down.
-    pub last_message: Lsn,
+    last_message: Lsn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenTxn {
-    pub commit_lsn: Lsn,
+struct OpenTxn {
+    commit_lsn: Lsn,
     /// Events (records, transactional messages) handed down after Begin.
-    pub events: u32,
+    events: u32,
 }
 
 impl Handed {
     /// Records an event that was just handed downstream.
-    pub fn record(&mut self, event: &SourceEvent) {
+    pub(crate) fn record(&mut self, event: &SourceEvent) {
         match event {
             SourceEvent::Begin { commit_lsn, .. } => {
                 self.open = Some(OpenTxn {
@@ -81,22 +81,26 @@ enum InTxn {
 
 /// Per-session filter over decoded events.
 #[derive(Debug, Clone, Default)]
-pub struct ReplayFilter {
+pub(crate) struct ReplayFilter {
     txn: Option<InTxn>,
 }
 
 impl ReplayFilter {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// True between Begin and Commit of the stream (skipped ones included).
-    pub fn in_transaction(&self) -> bool {
+    pub(crate) fn in_transaction(&self) -> bool {
         self.txn.is_some()
     }
 
     /// Whether `event` should go downstream, given what already went.
-    pub fn admit(&mut self, handed: &Handed, event: &SourceEvent) -> Result<bool, SourceError> {
+    pub(crate) fn admit(
+        &mut self,
+        handed: &Handed,
+        event: &SourceEvent,
+    ) -> Result<bool, SourceError> {
         match event {
             SourceEvent::Begin { commit_lsn, .. } => {
                 let state = match handed.open {

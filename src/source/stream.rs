@@ -30,13 +30,13 @@ const FINISH_WAIT: Duration = Duration::from_secs(2);
 /// What outlives a connection.
 #[derive(Debug, Default)]
 pub(super) struct Memory {
-    pub handed: Handed,
+    handed: Handed,
     /// The flush position last confirmed to the server: a floor for later ones.
-    pub floor: Lsn,
+    pub(crate) floor: Lsn,
     /// This process has streamed from the slot (so it must keep existing).
-    pub streamed: bool,
+    pub(crate) streamed: bool,
     /// The cluster's system identifier, to notice a different server.
-    pub system_id: Option<String>,
+    pub(crate) system_id: Option<String>,
 }
 
 /// Per-connection streaming state.

@@ -18,17 +18,17 @@ use super::error::{DbError, SourceError};
 use super::protocol::{Rows, WireError};
 
 /// Largest frame accepted: Postgres never sends a message over 1 GiB.
-pub const MAX_FRAME: usize = (1 << 30) + 4096;
+const MAX_FRAME: usize = (1 << 30) + 4096;
 
 /// One backend message.
-pub enum Frame {
+pub(crate) enum Frame {
     Message(Message),
     /// CopyBothResponse: the server starts streaming.
     CopyBoth,
 }
 
 /// Takes the next complete frame off `buf`; `Ok(None)` when more bytes are needed.
-pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+pub(crate) fn next_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     let header = match Header::parse(buf) {
         Ok(Some(header)) => header,
         Ok(None) => return Ok(None),
@@ -69,7 +69,7 @@ pub fn next_frame(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
 }
 
 /// The fields of an ErrorResponse or NoticeResponse.
-pub fn db_error(mut fields: ErrorFields<'_>) -> Result<DbError, WireError> {
+pub(crate) fn db_error(mut fields: ErrorFields<'_>) -> Result<DbError, WireError> {
     let mut e = DbError::default();
     let mut localized_severity = None;
     while let Some(field) = fields
@@ -94,7 +94,7 @@ pub fn db_error(mut fields: ErrorFields<'_>) -> Result<DbError, WireError> {
 }
 
 /// Column names of a RowDescription.
-pub fn row_description(body: &RowDescriptionBody) -> Result<Vec<String>, WireError> {
+fn row_description(body: &RowDescriptionBody) -> Result<Vec<String>, WireError> {
     body.fields()
         .map(|f| Ok(f.name().to_string()))
         .collect()
@@ -102,7 +102,7 @@ pub fn row_description(body: &RowDescriptionBody) -> Result<Vec<String>, WireErr
 }
 
 /// The text values of a DataRow.
-pub fn data_row(body: &DataRowBody) -> Result<Vec<Option<String>>, WireError> {
+fn data_row(body: &DataRowBody) -> Result<Vec<Option<String>>, WireError> {
     let buf = body.buffer();
     body.ranges()
         .map(|range| {
@@ -118,13 +118,13 @@ pub fn data_row(body: &DataRowBody) -> Result<Vec<Option<String>>, WireError> {
 
 /// Collects the result of one simple-query statement.
 #[derive(Default)]
-pub struct RowCollector {
-    pub rows: Rows,
+pub(crate) struct RowCollector {
+    pub(crate) rows: Rows,
 }
 
 impl RowCollector {
     /// Feeds a message; returns true when it was part of a result set.
-    pub fn on_message(&mut self, message: &Message) -> Result<bool, WireError> {
+    pub(crate) fn on_message(&mut self, message: &Message) -> Result<bool, WireError> {
         match message {
             Message::RowDescription(body) => {
                 self.rows = Rows {
@@ -141,7 +141,7 @@ impl RowCollector {
 }
 
 /// The client side of startup authentication.
-pub struct Authenticator<'a> {
+pub(crate) struct Authenticator<'a> {
     user: &'a str,
     password: Option<&'a SecretString>,
     target: &'a str,
@@ -149,7 +149,7 @@ pub struct Authenticator<'a> {
 }
 
 impl<'a> Authenticator<'a> {
-    pub fn new(user: &'a str, password: Option<&'a SecretString>, target: &'a str) -> Self {
+    pub(crate) fn new(user: &'a str, password: Option<&'a SecretString>, target: &'a str) -> Self {
         Authenticator {
             user,
             password,
@@ -191,7 +191,7 @@ impl<'a> Authenticator<'a> {
 
     /// Handles an Authentication* message, writing any reply to `out`.
     /// Returns true on AuthenticationOk.
-    pub fn on_message(
+    pub(crate) fn on_message(
         &mut self,
         message: &Message,
         out: &mut BytesMut,

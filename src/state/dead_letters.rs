@@ -42,7 +42,7 @@ pub struct DeadLetterInfo {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
     #[serde(flatten)]
-    pub info: DeadLetterInfo,
+    pub(crate) info: DeadLetterInfo,
     /// The JSON body (as jsonb normalised it: key order and spacing may differ
     /// from the bytes first sent; the values and ids do not).
     pub payload: String,

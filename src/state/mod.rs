@@ -27,7 +27,7 @@ pub use dead_letters::{DeadLetter, DeadLetterInfo, NewDeadLetter};
 
 /// The state schema, applied by [`StateStore::ensure_schema`] and printed
 /// by `walhook setup --print-sql`.
-pub const SCHEMA_SQL: &str = include_str!("../../sql/state.sql");
+pub(crate) const SCHEMA_SQL: &str = include_str!("../../sql/state.sql");
 
 /// Why the state schema could not be read or written. Messages never hold
 /// the password.
@@ -54,19 +54,8 @@ pub enum StateError {
 }
 
 impl StateError {
-    /// Reconnecting or retrying may help: the server was unreachable or a
-    /// statement failed; a bad URL, bad TLS settings or a malformed row
-    /// will not pass.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            StateError::Connect(err) => matches!(err, ConnectError::Connect { .. }),
-            StateError::Query { .. } => true,
-            StateError::Malformed { .. } => false,
-        }
-    }
-
     /// True when the database lacks the state schema (run `walhook setup`).
-    pub fn is_missing_schema(&self) -> bool {
+    pub(crate) fn is_missing_schema(&self) -> bool {
         match self {
             StateError::Query { source, .. } => source.code().is_some_and(|c| {
                 *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
@@ -116,7 +105,7 @@ impl StateStore {
 
     /// Like [`StateStore::connect`], but connects on first use (the URL is
     /// checked now).
-    pub fn lazy(url: &str, application_name: &'static str) -> Result<StateStore, StateError> {
+    fn lazy(url: &str, application_name: &'static str) -> Result<StateStore, StateError> {
         pg::conninfo::parse(url).map_err(ConnectError::from)?;
         Ok(StateStore {
             inner: Arc::new(Inner {

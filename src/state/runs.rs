@@ -7,7 +7,7 @@ use super::{StateError, StateStore};
 
 impl StateStore {
     /// Records a run as `running` with `counts`; returns its id.
-    pub async fn insert_run(
+    pub(crate) async fn insert_run(
         &self,
         strategy: &str,
         trigger: &str,
@@ -29,7 +29,11 @@ impl StateStore {
     }
 
     /// Writes a running run's counts.
-    pub async fn update_run_counts(&self, id: i64, counts: &Value) -> Result<(), StateError> {
+    pub(crate) async fn update_run_counts(
+        &self,
+        id: i64,
+        counts: &Value,
+    ) -> Result<(), StateError> {
         self.client()
             .await?
             .execute(
@@ -42,7 +46,7 @@ impl StateStore {
     }
 
     /// Records how a run ended: its state, final counts and error.
-    pub async fn finish_run(
+    pub(crate) async fn finish_run(
         &self,
         id: i64,
         state: &str,
@@ -65,7 +69,7 @@ impl StateStore {
 
     /// A run's record as JSON (id, strategy, trigger, filter, state, counts,
     /// started_at, finished_at, error); `None` when there is no such id.
-    pub async fn get_run(&self, id: i64) -> Result<Option<Value>, StateError> {
+    pub(crate) async fn get_run(&self, id: i64) -> Result<Option<Value>, StateError> {
         const WHAT: &str = "reading walhook.runs";
         let row = self
             .client()

@@ -200,24 +200,19 @@ impl CompiledStrategy {
 
     /// Compiles every strategy of `config`, in file order (the order is the
     /// strategy index used by [`crate::checkpoint::Checkpoint`]).
-    pub fn compile_all(config: &Config) -> Result<Vec<CompiledStrategy>, StrategyError> {
+    pub(crate) fn compile_all(config: &Config) -> Result<Vec<CompiledStrategy>, StrategyError> {
         (0..config.strategies.len())
             .map(|i| CompiledStrategy::compile(config, i))
             .collect()
     }
 
     /// The strategy's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
-    /// The table it follows.
-    pub fn table(&self) -> &TableName {
-        &self.table
-    }
-
     /// Whether the strategy follows the table `event` belongs to.
-    pub fn follows(&self, event: &RecordEvent) -> bool {
+    pub(crate) fn follows(&self, event: &RecordEvent) -> bool {
         self.table.schema == event.relation.schema && self.table.name == event.relation.name
     }
 
@@ -258,7 +253,7 @@ impl CompiledStrategy {
 
     /// Appends `event`'s record object (DESIGN.md payload record): the whole
     /// row, or with `record` the mapped fields (see [`RecordEvent::write_mapped_json`]).
-    pub fn write_record(&self, event: &RecordEvent, out: &mut Vec<u8>) {
+    fn write_record(&self, event: &RecordEvent, out: &mut Vec<u8>) {
         match &self.record {
             None => event.write_json(out),
             Some(fields) => {

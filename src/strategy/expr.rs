@@ -81,7 +81,7 @@ const NEQ: &str = "__walhook_neq";
 
 /// Which row image a column reference reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Image {
+pub(crate) enum Image {
     /// `new.<col>`.
     New,
     /// `old.<col>` (and the old half of `changed("col")`).
@@ -92,9 +92,9 @@ pub enum Image {
 
 /// A column an expression reads.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ColumnRef {
-    pub image: Image,
-    pub column: String,
+pub(crate) struct ColumnRef {
+    pub(crate) image: Image,
+    pub(crate) column: String,
 }
 
 impl std::fmt::Display for ColumnRef {
@@ -110,7 +110,7 @@ impl std::fmt::Display for ColumnRef {
 
 /// What a variable name in an expression stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Name {
+enum Name {
     Column(Image, String),
     Op,
     Table,
@@ -125,7 +125,6 @@ pub(crate) enum Name {
 /// A compiled expression.
 #[derive(Debug, Clone)]
 pub struct Expr {
-    text: String,
     tree: Node,
     /// Every distinct variable name read, with its meaning; the position is
     /// the cache slot in [`EventContext`].
@@ -184,16 +183,7 @@ impl Expr {
         if let Some(tuple) = tuple_template() {
             rewrite_equality(&mut tree, &tuple);
         }
-        Ok(Expr {
-            text: text.to_string(),
-            tree,
-            names,
-        })
-    }
-
-    /// The expression as written.
-    pub fn text(&self) -> &str {
-        &self.text
+        Ok(Expr { tree, names })
     }
 
     /// When the expression is exactly one column (`row.id`), that column:
@@ -214,7 +204,7 @@ impl Expr {
     }
 
     /// Evaluates against one record event.
-    pub fn eval_event(&self, event: &RecordEvent) -> EvalexprResult<Value> {
+    pub(crate) fn eval_event(&self, event: &RecordEvent) -> EvalexprResult<Value> {
         let cache: Vec<OnceCell<Option<Value>>> =
             self.names.iter().map(|_| OnceCell::new()).collect();
         let context = EventContext {
@@ -235,7 +225,7 @@ impl Expr {
     }
 
     /// Evaluates against a batch's names.
-    pub fn eval_batch(&self, batch: &BatchValues) -> EvalexprResult<Value> {
+    pub(crate) fn eval_batch(&self, batch: &BatchValues) -> EvalexprResult<Value> {
         eval3(
             &self.tree,
             &BatchContext {
@@ -253,7 +243,7 @@ pub fn check_expression(site: &crate::config::ExprSite<'_>) -> Result<(), String
 
 /// The `new.`/`old.`/`row.` columns an expression reads, in order, without
 /// duplicates; `changed("col")` reads both `old.col` and `new.col`.
-pub fn referenced_columns(expr: &str) -> Result<Vec<ColumnRef>, String> {
+pub(crate) fn referenced_columns(expr: &str) -> Result<Vec<ColumnRef>, String> {
     let tree =
         evalexpr::build_operator_tree(expr).map_err(|err| format!("does not compile: {err}"))?;
     let mut seen = BTreeSet::new();
@@ -575,7 +565,7 @@ pub(crate) fn resolve<'a>(event: &'a RecordEvent, image: Image, column: &str) ->
 }
 
 /// A cell as an evalexpr value: NULL = `Empty`; `None` when it cannot be read.
-pub(crate) fn cell_value(kind: &TypeKind, cell: &Cell) -> Option<Value> {
+fn cell_value(kind: &TypeKind, cell: &Cell) -> Option<Value> {
     let text = match cell {
         Cell::Null => return Some(Value::Empty),
         Cell::Text(bytes) => std::str::from_utf8(bytes).ok()?,
@@ -655,7 +645,7 @@ fn changed(event: &RecordEvent, column: &str) -> EvalexprResult<bool> {
 }
 
 /// The evalexpr context over one record event (see the module doc).
-pub struct EventContext<'a> {
+struct EventContext<'a> {
     event: &'a RecordEvent,
     names: &'a [(String, Name)],
     cache: &'a [OnceCell<Option<Value>>],
@@ -703,16 +693,16 @@ impl Context for EventContext<'_> {
 
 /// The values per-batch expressions see.
 #[derive(Debug, Clone)]
-pub struct BatchValues {
-    pub size: Value,
-    pub first_lsn: Value,
-    pub last_lsn: Value,
-    pub id: Value,
-    pub strategy: Value,
+pub(crate) struct BatchValues {
+    size: Value,
+    first_lsn: Value,
+    last_lsn: Value,
+    id: Value,
+    strategy: Value,
 }
 
 impl BatchValues {
-    pub fn new(meta: &crate::batch::BatchMeta<'_>) -> BatchValues {
+    pub(crate) fn new(meta: &crate::batch::BatchMeta<'_>) -> BatchValues {
         BatchValues {
             size: Value::Int(i64::try_from(meta.size).unwrap_or(i64::MAX)),
             first_lsn: Value::String(meta.first_lsn.to_string()),

@@ -7,12 +7,12 @@
 //!  Commit{end_lsn} ─▶ TxEnd to A and/or B (only if they got records) ─▶ checkpoint.seen
 //! ```
 //!
-//! - [`expr`]: evalexpr expressions compiled once at load, evaluated through a
+//! - `expr`: evalexpr expressions compiled once at load, evaluated through a
 //!   context over the event itself (values converted only when read).
 //! - [`CompiledStrategy`]: filters, `record` mapping and the [`crate::batch::Decorate`]
 //!   implementation for `headers`, `query` and `body`.
 //! - [`Router`]: events → filters → bounded queues; transaction ends → checkpoint.
-//! - [`schema`]: startup checks against the live catalog, and creating the
+//! - `schema`: startup checks against the live catalog, and creating the
 //!   publication when there is none.
 //!
 //! # Filter semantics (README copies this section)
@@ -74,12 +74,13 @@
 //! replace them key by key (header names case-insensitively).
 
 mod compiled;
-pub mod expr;
+pub(crate) mod expr;
 mod router;
-pub mod schema;
+mod schema;
 
 pub use compiled::CompiledStrategy;
-pub use expr::{check_expression, referenced_columns, ColumnRef, Image};
+pub(crate) use expr::referenced_columns;
+pub use expr::{check_expression, Expr};
 pub use router::{Route, RouteError, Router};
 pub use schema::{
     ensure_publication, validate_schema, PublicationOutcome, SchemaError, SchemaProblem,
@@ -94,13 +95,6 @@ pub enum StrategyError {
     /// No strategy at that index.
     #[error("no strategy at index {0}")]
     NoSuchStrategy(usize),
-}
-
-impl StrategyError {
-    /// A config problem: fatal (exit 2), never transient.
-    pub fn is_transient(&self) -> bool {
-        false
-    }
 }
 
 #[cfg(test)]

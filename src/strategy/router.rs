@@ -35,13 +35,6 @@ pub enum RouteError {
     QueueClosed { strategy: String },
 }
 
-impl RouteError {
-    /// Routing errors are never worth retrying in place.
-    pub fn is_transient(&self) -> bool {
-        false
-    }
-}
-
 /// What the router knows about a table (by relation oid).
 struct TableRoutes {
     schema: String,
@@ -83,7 +76,7 @@ impl Router {
 
     /// Routes one event; returns when every matched record is queued
     /// (waiting while a queue is full).
-    pub async fn route(&mut self, event: SourceEvent) -> Result<(), RouteError> {
+    pub(crate) async fn route(&mut self, event: SourceEvent) -> Result<(), RouteError> {
         match event {
             SourceEvent::Record(record) => self.record(&record).await,
             SourceEvent::Commit { end_lsn, .. } => {

@@ -56,16 +56,6 @@ pub enum SchemaError {
     },
 }
 
-impl SchemaError {
-    /// Connection-level failures may succeed on a retry; SQL errors will not.
-    pub fn is_transient(&self) -> bool {
-        let err = match self {
-            SchemaError::Query(err) | SchemaError::Create { source: err, .. } => err,
-        };
-        err.code().is_none()
-    }
-}
-
 /// What [`ensure_publication`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicationOutcome {

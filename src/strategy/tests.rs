@@ -242,8 +242,8 @@ fn null_compared_with_a_number_is_not_matched_and_counted() {
     );
 }
 
-fn filter(text: &str) -> expr::Expr {
-    expr::Expr::compile(text, ExprRole::Filter(FilterOp::Insert)).unwrap_or_else(|e| panic!("{e}"))
+fn filter(text: &str) -> Expr {
+    Expr::compile(text, ExprRole::Filter(FilterOp::Insert)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -299,7 +299,7 @@ fn values_have_their_types() {
 #[test]
 fn compile_errors_name_the_reason() {
     let role = |op| ExprRole::Filter(op);
-    let err = |text: &str, r: ExprRole| expr::Expr::compile(text, r).unwrap_err();
+    let err = |text: &str, r: ExprRole| Expr::compile(text, r).unwrap_err();
     assert!(err("old.amount > 1", role(FilterOp::Insert)).contains("inserts have no old row"));
     assert!(err("new.amount > 1", role(FilterOp::Delete)).contains("deletes have no new row"));
     assert!(err("row.id == 1", role(FilterOp::Truncate)).contains("truncates have no row"));
@@ -313,7 +313,7 @@ fn compile_errors_name_the_reason() {
     assert!(err("frobnicate(1)", role(FilterOp::Update)).contains("unknown function"));
     assert!(err("row.id", ExprRole::Batch).contains("per batch"));
     assert!(err("now()", role(FilterOp::Insert)).contains("now()"));
-    assert!(expr::Expr::compile("batch.size * 2", ExprRole::Batch).is_ok());
+    assert!(Expr::compile("batch.size * 2", ExprRole::Batch).is_ok());
 }
 
 #[test]
@@ -352,7 +352,10 @@ fn whole_row_record_is_the_decoder_payload() {
     e.write_json(&mut expected);
     let queued = s.queued_record(&e);
     assert_eq!(queued.json, expected);
-    assert_eq!(queued.id(), "0/16B3748:0");
+    assert_eq!(
+        (queued.commit_lsn.to_string(), queued.index),
+        ("0/16B3748".to_string(), 0)
+    );
 }
 
 #[test]

@@ -4,36 +4,36 @@
 /// Counter `{table, op}`: committed changes decoded.
 pub const EVENTS_TOTAL: &str = "walhook_events_total";
 /// Counter `{strategy, op}`: changes that passed a strategy's filter.
-pub const EVENTS_MATCHED_TOTAL: &str = "walhook_events_matched_total";
+pub(crate) const EVENTS_MATCHED_TOTAL: &str = "walhook_events_matched_total";
 /// Counter `{strategy, op}`: changes a strategy's filter rejected (or failed on).
-pub const EVENTS_FILTERED_TOTAL: &str = "walhook_events_filtered_total";
+pub(crate) const EVENTS_FILTERED_TOTAL: &str = "walhook_events_filtered_total";
 /// Counter `{strategy}`: filter evaluations that failed (counted as not matched).
-pub const FILTER_ERRORS_TOTAL: &str = "walhook_filter_errors_total";
+pub(crate) const FILTER_ERRORS_TOTAL: &str = "walhook_filter_errors_total";
 /// Counter `{strategy, outcome}`: batches by outcome (delivered, dead_lettered).
-pub const BATCHES_TOTAL: &str = "walhook_batches_total";
+pub(crate) const BATCHES_TOTAL: &str = "walhook_batches_total";
 /// Counter `{strategy, status_class}`: HTTP attempts (2xx, 4xx, 5xx, error).
-pub const DELIVERY_ATTEMPTS_TOTAL: &str = "walhook_delivery_attempts_total";
+pub(crate) const DELIVERY_ATTEMPTS_TOTAL: &str = "walhook_delivery_attempts_total";
 /// Histogram `{strategy}`: seconds per attempt.
-pub const DELIVERY_DURATION_SECONDS: &str = "walhook_delivery_duration_seconds";
+pub(crate) const DELIVERY_DURATION_SECONDS: &str = "walhook_delivery_duration_seconds";
 /// Histogram `{strategy}`: records per delivered batch.
-pub const BATCH_RECORDS: &str = "walhook_batch_records";
+pub(crate) const BATCH_RECORDS: &str = "walhook_batch_records";
 /// Histogram `{strategy}`: seconds from a transaction's commit to the 2xx.
-pub const COMMIT_TO_DELIVERY_SECONDS: &str = "walhook_commit_to_delivery_seconds";
+pub(crate) const COMMIT_TO_DELIVERY_SECONDS: &str = "walhook_commit_to_delivery_seconds";
 /// Gauge `{strategy}`: records queued or in flight.
-pub const QUEUE_RECORDS: &str = "walhook_queue_records";
+pub(crate) const QUEUE_RECORDS: &str = "walhook_queue_records";
 /// Counter `{strategy}`: batches stored as dead letters.
-pub const DEAD_LETTERS_TOTAL: &str = "walhook_dead_letters_total";
+pub(crate) const DEAD_LETTERS_TOTAL: &str = "walhook_dead_letters_total";
 /// Gauge: server WAL end minus the acked LSN, in bytes.
-pub const REPLICATION_LAG_BYTES: &str = "walhook_replication_lag_bytes";
+pub(crate) const REPLICATION_LAG_BYTES: &str = "walhook_replication_lag_bytes";
 /// Gauge: the acked LSN (as a number).
-pub const ACKED_LSN: &str = "walhook_acked_lsn";
+pub(crate) const ACKED_LSN: &str = "walhook_acked_lsn";
 /// Gauge: the highest LSN received.
-pub const RECEIVED_LSN: &str = "walhook_received_lsn";
+pub(crate) const RECEIVED_LSN: &str = "walhook_received_lsn";
 /// Gauge: 1 while another instance holds the slot.
-pub const STANDBY: &str = "walhook_standby";
+pub(crate) const STANDBY: &str = "walhook_standby";
 /// Gauge `{version}`: always 1.
-pub const BUILD_INFO: &str = "walhook_build_info";
+pub(crate) const BUILD_INFO: &str = "walhook_build_info";
 /// Counter `{strategy, trigger, outcome}`: on-demand and scheduled runs.
-pub const RUNS_TOTAL: &str = "walhook_runs_total";
+pub(crate) const RUNS_TOTAL: &str = "walhook_runs_total";
 /// Counter `{strategy}`: records sent by runs.
-pub const RUN_RECORDS_TOTAL: &str = "walhook_run_records_total";
+pub(crate) const RUN_RECORDS_TOTAL: &str = "walhook_run_records_total";

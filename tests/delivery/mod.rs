@@ -20,7 +20,7 @@ use walhook::batch::{Decorate, NoDecoration, QueuedRecord, WorkItem};
 use walhook::checkpoint::Checkpoint;
 use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
 use walhook::decode::SourceEvent;
-use walhook::delivery::prepare::NoPrepare;
+use walhook::delivery::NoPrepare;
 use walhook::delivery::{
     DeliveryError, Endpoint, PauseHandle, StatusHandle, StrategyWorker, WorkerOptions,
 };

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use walhook::config::OnExhausted;
-use walhook::delivery::prepare::{Attempt, BoxFuture, Prepare, PrepareError};
+use walhook::delivery::{Attempt, BoxFuture, Prepare, PrepareError};
 use walhook::delivery::{DeliveryState, Endpoint, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
 use walhook::state::StateStore;

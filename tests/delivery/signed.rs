@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use base64::Engine as _;
 use walhook::batch::{NoDecoration, WorkItem};
 use walhook::checkpoint::Checkpoint;
+use walhook::config::SigningKey;
 use walhook::config::{OnExhausted, Secret, Signing};
-use walhook::delivery::security::EndpointSecurity;
-use walhook::delivery::signing::{SigningKey, Verifier};
+use walhook::delivery::EndpointSecurity;
+use walhook::delivery::Verifier;
 use walhook::delivery::{Endpoint, StrategyWorker, WorkerOptions};
 use walhook::lsn::Lsn;
 

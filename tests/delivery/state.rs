@@ -168,7 +168,7 @@ async fn dead_letter_without_a_state_store_is_refused() {
     let endpoint = walhook::delivery::Endpoint::new(
         "test",
         &endpoint_config(&rx.url("/"), fast_retry(1, OnExhausted::DeadLetter)),
-        std::sync::Arc::new(walhook::delivery::prepare::NoPrepare),
+        std::sync::Arc::new(walhook::delivery::NoPrepare),
     )
     .unwrap();
     let err = walhook::delivery::StrategyWorker::new(walhook::delivery::WorkerOptions {
@@ -202,15 +202,15 @@ async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
     let endpoint = walhook::delivery::Endpoint::new(
         "test",
         &endpoint_config(&rx.url("/hook"), fast_retry(0, OnExhausted::Block)),
-        std::sync::Arc::new(walhook::delivery::prepare::NoPrepare),
+        std::sync::Arc::new(walhook::delivery::NoPrepare),
     )
     .unwrap();
-    let targets: Vec<walhook::delivery::replay::ReplayTarget> = vec![(
+    let targets: Vec<walhook::delivery::ReplayTarget> = vec![(
         "orders".into(),
         std::sync::Arc::new(endpoint),
         std::sync::Arc::new(walhook::batch::NoDecoration),
     )];
-    let replay = |id| walhook::delivery::replay::replay_dead_letter(&state, id, &targets);
+    let replay = |id| walhook::delivery::replay_dead_letter(&state, id, &targets);
     let failed = replay(id).await.unwrap();
     assert!(!failed.delivered);
     assert_eq!(failed.status, Some(503));
@@ -227,7 +227,7 @@ async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
     assert_eq!(r[1].record_ids(), ["0/100:0"]);
     assert!(matches!(
         replay(id).await,
-        Err(walhook::delivery::replay::ReplayError::NotFound(_))
+        Err(walhook::delivery::ReplayError::NotFound(_))
     ));
     let orphan = state
         .insert_dead_letter(&letter("gone", "msg_y", payload))
@@ -235,7 +235,7 @@ async fn a_replayed_dead_letter_is_deleted_only_after_a_2xx() {
         .unwrap();
     assert!(matches!(
         replay(orphan).await,
-        Err(walhook::delivery::replay::ReplayError::UnknownStrategy { .. })
+        Err(walhook::delivery::ReplayError::UnknownStrategy { .. })
     ));
     assert_eq!(
         rx.requests().len(),

@@ -118,13 +118,11 @@ impl Server {
             prom,
         };
         let shutdown = CancellationToken::new();
-        let (addr, _task) = admin::start(
-            "127.0.0.1:0".parse().expect("addr"),
-            state,
-            shutdown.clone(),
-        )
-        .await
-        .expect("start the admin server");
+        let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind the admin address");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(admin::serve(listener, state, shutdown.clone()));
         let base = format!("http://{addr}");
         Server {
             base,
@@ -230,7 +228,7 @@ async fn health_readiness_status_and_metrics() {
     assert_eq!(orders["last_success"], Value::Null);
 
     // The recorder is the process's: a table name no other test's router counts.
-    metrics::counter!(walhook::telemetry::names::EVENTS_TOTAL, "table" => "public.admin_orders", "op" => "insert")
+    metrics::counter!(walhook::telemetry::EVENTS_TOTAL, "table" => "public.admin_orders", "op" => "insert")
         .increment(3);
     let (code, body) = server.get("/metrics").await;
     assert_eq!(code, 200);
@@ -499,13 +497,11 @@ async fn readiness_and_metrics_follow_a_real_source() {
         token: None,
         prom,
     };
-    let (addr, _server) = admin::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        state,
-        shutdown.clone(),
-    )
-    .await
-    .expect("start");
+    let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(admin::serve(listener, state, shutdown.clone()));
     let http = reqwest::Client::new();
     let get = |path: &'static str| {
         let http = http.clone();

@@ -1,8 +1,8 @@
 //! Basic, bearer and API-key credentials arrive at a real receiver exactly
 //! as configured, and never show in `Debug` output.
 
-use walhook::delivery::prepare::Prepare;
-use walhook::delivery::security::EndpointSecurity;
+use walhook::delivery::EndpointSecurity;
+use walhook::delivery::Prepare;
 
 use super::{attempt, endpoint, send};
 use crate::support::Receiver;

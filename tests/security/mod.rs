@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use walhook::config::EndpointConfig;
-use walhook::delivery::prepare::Attempt;
+use walhook::delivery::Attempt;
 
 /// A 32-byte Standard Webhooks secret.
 pub(crate) const WHSEC: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

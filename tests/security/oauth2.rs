@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
-use walhook::delivery::prepare::Prepare;
-use walhook::delivery::security::EndpointSecurity;
+use walhook::delivery::EndpointSecurity;
+use walhook::delivery::Prepare;
 
 use super::{attempt, endpoint, LogCapture};
 use crate::support::wait_until;

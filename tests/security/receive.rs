@@ -1,8 +1,8 @@
 //! `walhook receive` (the binary): verifies signatures, prints batches or
 //! records, counts in `--null` mode, and prints totals when stopped.
 
-use walhook::delivery::prepare::{Attempt, Prepare};
-use walhook::delivery::security::EndpointSecurity;
+use walhook::delivery::EndpointSecurity;
+use walhook::delivery::{Attempt, Prepare};
 
 use super::{attempt, endpoint, send, WHSEC, WHSEC_2};
 use crate::support::{Walhook, WAIT};
@@ -187,7 +187,7 @@ async fn a_bad_secret_is_a_usage_error_that_does_not_show_it() {
 #[tokio::test]
 async fn accepts_a_batch_from_the_sender_and_rejects_it_changed() {
     use std::sync::Arc;
-    use walhook::batch::{payload::build, NoDecoration, QueuedRecord};
+    use walhook::batch::{build, NoDecoration, QueuedRecord};
     use walhook::lsn::Lsn;
 
     let mut receiver = ReceiveProcess::start(&["--secret", WHSEC]).await;

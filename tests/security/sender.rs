@@ -11,12 +11,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use standardwebhooks::Webhook;
-use walhook::batch::payload::build;
+use walhook::batch::build;
 use walhook::batch::{Batch, NoDecoration, QueuedRecord};
 use walhook::config::EndpointConfig;
-use walhook::delivery::security::EndpointSecurity;
-use walhook::delivery::tls::configure;
+use walhook::delivery::configure_tls;
 use walhook::delivery::Endpoint;
+use walhook::delivery::EndpointSecurity;
 use walhook::lsn::Lsn;
 
 use super::{endpoint, WHSEC};
@@ -38,7 +38,7 @@ fn batch(n: u32) -> Batch {
 fn sender(name: &str, config: &EndpointConfig) -> (Endpoint, Arc<EndpointSecurity>) {
     let security = Arc::new(EndpointSecurity::new(name, config, reqwest::Client::new()).unwrap());
     let endpoint = Endpoint::with_tls(name, config, security.clone(), |b| {
-        configure(b, &config.tls, name)
+        configure_tls(b, &config.tls, name)
     })
     .unwrap();
     (endpoint, security)

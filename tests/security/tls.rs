@@ -4,12 +4,12 @@
 
 use tokio::net::TcpListener;
 use walhook::config::Tls;
-use walhook::delivery::tls::{configure, explain, TlsError};
+use walhook::delivery::{configure_tls, explain_request_error, TlsError};
 
 use super::pki::{start_server, Pki};
 
 fn client(tls: &Tls) -> reqwest::Client {
-    configure(reqwest::Client::builder(), tls, "orders_api")
+    configure_tls(reqwest::Client::builder(), tls, "orders_api")
         .unwrap()
         .build()
         .unwrap()
@@ -26,7 +26,7 @@ async fn an_untrusted_certificate_is_refused_with_an_explanation() {
     let err = post(&client(&Tls::default()), &server.url("/hook"))
         .await
         .expect_err("a certificate from an unknown CA is refused by default");
-    let why = explain(&err);
+    let why = explain_request_error(&err);
     assert!(
         why.contains("not trusted (UnknownIssuer)") && why.contains("tls.ca_file"),
         "{why}"
@@ -73,7 +73,7 @@ async fn mutual_tls_sends_the_client_certificate() {
     let err = post(&client(&without), &server.url("/hook"))
         .await
         .expect_err("the server requires a client certificate");
-    let why = explain(&err);
+    let why = explain_request_error(&err);
     eprintln!("without a client certificate: {why}");
     assert!(
         why.contains("client certificate") || why.contains("client_cert"),
@@ -137,7 +137,7 @@ fn unusable_files_are_named_by_field() {
         ),
     ];
     for (tls, field) in cases {
-        let err: TlsError = configure(reqwest::Client::builder(), &tls, "orders_api")
+        let err: TlsError = configure_tls(reqwest::Client::builder(), &tls, "orders_api")
             .err()
             .unwrap_or_else(|| panic!("{tls:?} was accepted"));
         let text = err.to_string();
@@ -155,7 +155,7 @@ async fn a_certificate_for_another_name_is_refused_with_an_explanation() {
         ..Tls::default()
     };
     let err = post(&client(&tls), &server.url("/hook")).await.unwrap_err();
-    let why = explain(&err);
+    let why = explain_request_error(&err);
     assert!(why.contains("not valid for this host name"), "{why}");
 }
 
@@ -166,7 +166,7 @@ async fn errors_without_tls_are_described_without_the_url() {
     drop(closed);
     let url = format!("http://127.0.0.1:{}/hook?key=in-query", addr.port());
     let err = post(&client(&Tls::default()), &url).await.unwrap_err();
-    let why = explain(&err);
+    let why = explain_request_error(&err);
     assert!(why.starts_with("cannot connect"), "{why}");
     assert!(!why.contains("in-query"), "{why}");
 }

@@ -1,7 +1,7 @@
 //! Authentication against a real throwaway PostgreSQL: trust, cleartext,
 //! md5 and SCRAM-SHA-256 roles connect; a wrong password fails clearly.
 
-use walhook::source::SourceState;
+use walhook::source::{Disposition, SourceState};
 
 use crate::support::cluster::add_hba_lines;
 use crate::support::source::{assert_insert, items_db, options, spawn};
@@ -73,8 +73,8 @@ async fn wrong_password_names_role_and_host_and_is_fatal() {
             .unwrap()
             .unwrap_err();
         let text = err.to_string();
-        assert!(!err.is_transient(), "{text}");
-        assert_eq!(err.sqlstate(), Some("28P01"));
+        assert_eq!(err.disposition(), Disposition::Fatal, "{text}");
+        assert!(text.contains("(SQLSTATE 28P01)"), "{text}");
         assert!(text.contains(&format!("role \"{user}\"")), "{text}");
         assert!(
             text.contains(&format!("127.0.0.1:{}", cluster().port())),

@@ -2,6 +2,8 @@
 //! says so, and walhook does not recreate it. On the exclusive cluster: it
 //! sets max_slot_wal_keep_size for the whole server.
 
+use walhook::source::Disposition;
+
 use crate::support::cluster::exclusive_cluster;
 use crate::support::source::{options, publish_items, spawn};
 use crate::support::{wait_until, Db, WAIT};
@@ -38,7 +40,7 @@ async fn invalidated_slot_is_fatal_and_not_recreated() {
         .unwrap()
         .unwrap_err();
     let text = err.to_string();
-    assert!(!err.is_transient());
+    assert_eq!(err.disposition(), Disposition::Fatal);
     assert!(
         text.contains("\"s_lost\"") && text.contains("wal_status = lost"),
         "{text}"

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use walhook::decode::SourceEvent;
-use walhook::source::SourceState;
+use walhook::source::{Disposition, SourceState};
 
 use crate::support::source::{assert_insert, items_db, new_value, options, spawn};
 use crate::support::{wait_until, WAIT};
@@ -230,7 +230,7 @@ async fn slot_dropped_after_streaming_is_fatal_and_never_recreated() {
         .unwrap()
         .unwrap_err();
     let text = err.to_string();
-    assert!(!err.is_transient());
+    assert_eq!(err.disposition(), Disposition::Fatal);
     assert!(
         text.contains("s_dropped") && text.contains("never recreates"),
         "{text}"
@@ -253,7 +253,7 @@ async fn missing_slot_or_publication_is_a_clear_fatal_error() {
         err.to_string().contains("\"s_absent\" does not exist"),
         "{err}"
     );
-    assert!(!err.is_transient());
+    assert_eq!(err.disposition(), Disposition::Fatal);
 
     let mut opts = options(&url, "s_nopub");
     opts.publications = vec!["no_such_pub".into()];

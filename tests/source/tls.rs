@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use walhook::source::SourceState;
+use walhook::source::{Disposition, SourceState};
 
 use crate::support::cluster::{exclusive_cluster, Exclusive};
 use crate::support::source::{options, publish_items, spawn};
@@ -182,7 +182,7 @@ async fn fails_fatally(url: &str, slot: &str) -> String {
         .expect("a TLS verification failure must not be retried forever")
         .unwrap()
         .unwrap_err();
-    assert!(!err.is_transient(), "{err}");
+    assert_eq!(err.disposition(), Disposition::Fatal, "{err}");
     err.to_string()
 }
 
