@@ -12,15 +12,10 @@
 //!    ▼  per-strategy bounded queue                               │
 //!  batch/      size / bytes / linger                             │
 //!    ▼  Batch                                                    │
-//!  delivery/   HTTP, auth, signing, retry, dead letters          │
+//!  delivery/   HTTP, auth, signing, retry, dead letters (state/) │
 //!    ▼  delivered through commit LSN X                           │
 //!  checkpoint/ min over strategies → acked LSN ──────────────────┘
 //! ```
-//!
-//! Beside the stages: `pg/` holds what every part needs to talk to Postgres
-//! (connection strings, TLS, SQL connections, quoting, shared catalog
-//! queries), and `state/` is the one store for walhook's own schema (dead
-//! letters, batch boundaries, runs).
 //!
 //! Invariants:
 //! - A WAL position is acknowledged to Postgres only after every strategy has
@@ -34,6 +29,40 @@
 //!   socket, while the feedback timer keeps the walsender from timing out.
 //! - When nothing is pending, the acknowledged position follows the server's
 //!   WAL end, so quiet or filtered tables never pin WAL.
+//!
+//! The tree:
+//!
+//! - The stages, in the order above: `source/` (replication connection,
+//!   slot, standby feedback, resuming after a reconnect), `decode/`
+//!   (pgoutput parser, relation cache, server text → JSON values),
+//!   `strategy/` (expressions, compiled strategies, the router loop, checks
+//!   against the live schema), `batch/` (the queue contract, the batcher,
+//!   the one payload writer), `delivery/` (endpoints built from the
+//!   configuration in `endpoints.rs`, the sender, auth and OAuth2, signing,
+//!   TLS, retry, the per-strategy worker, replay), `checkpoint/`.
+//! - Homes the stages share: `pg/` (connection strings, TLS, SQL
+//!   connections, quoting, error descriptions, catalog queries), `state/`
+//!   (the one store for walhook's own schema: dead letters, batch
+//!   boundaries, runs), `config/` (the file as data: parsing, `${VAR}`
+//!   interpolation, validation; it imports no other module), `telemetry/`
+//!   (metric names, the recorder), `lsn.rs`, `timestamp.rs` (Postgres
+//!   times, the one RFC 3339 formatter).
+//! - Beside the pipeline: `admin/` (the HTTP API: metrics, health, status,
+//!   commands, dead letters), `runs/` (on-demand and scheduled runs over a
+//!   table snapshot, `walhook run-strategy`), `ops/` (`check`, `setup`,
+//!   `teardown`).
+//! - The commands' entry points: `app.rs` (`walhook run`: builds the stages,
+//!   connects them, stops them in order), `stdout_sink.rs` (`run
+//!   --stdout`), `receive.rs` (`walhook receive`; its receiver is also the
+//!   demo's), `demo.rs`, and `error.rs` (the error `main` prints, with the
+//!   one mapping to exit codes 0/1/2).
+//! - `cluster.rs`: throwaway PostgreSQL clusters, for the demo and the tests
+//!   only.
+//!
+//! No module imports a module that imports it back. Public items are only
+//! what `main.rs`, the integration tests, the benchmarks and the examples
+//! use; everything else is `pub(crate)` or private (the `unreachable_pub`
+//! lint in Cargo.toml reports a `pub` nothing outside can reach).
 
 pub mod admin;
 pub mod app;
