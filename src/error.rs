@@ -110,7 +110,10 @@ impl Error {
                     | CliError::Filter(_)
             ),
             Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
-            Error::Receive(err) => matches!(**err, ReceiveError::Secret { .. }),
+            Error::Receive(err) => matches!(
+                **err,
+                ReceiveError::Secret { .. } | ReceiveError::Flag { .. } | ReceiveError::Signing(_)
+            ),
         };
         if must_change_first {
             EXIT_CONFIG

@@ -32,7 +32,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-pub use endpoint::{Auth, EndpointConfig, OAuth2AuthMethod, OnExhausted, Retry, Signing, Tls};
+pub use endpoint::{
+    Auth, EndpointConfig, HmacAlgorithm, OAuth2AuthMethod, OnExhausted, Retry, SignatureEncoding,
+    Signing, SigningFormat, Tls,
+};
 pub(crate) use error::ConfigError;
 pub use error::ConfigErrors;
 use secret::DatabaseUrl;
