@@ -38,6 +38,7 @@ pub use error::ConfigErrors;
 use secret::DatabaseUrl;
 pub use secret::Secret;
 pub use signing_key::{SigningError, SigningKey};
+pub use strategy::RecordShape;
 #[cfg(test)]
 pub(crate) use strategy::Schedule;
 pub(crate) use strategy::StrategyConfig;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::endpoint::{Auth, EndpointConfig};
 use super::error::ConfigErrors;
 use super::secret::Secret;
-use super::strategy::StrategyConfig;
+use super::strategy::{RecordShape, StrategyConfig};
 use super::template::Template;
 use super::Config;
 
@@ -18,6 +18,10 @@ const RESERVED_HEADERS: [&str; 4] = [
     "webhook-signature",
     "content-type",
 ];
+
+/// Top-level payload keys walhook writes itself: a `body` field of the same
+/// name would collide with them.
+const RESERVED_BODY_KEYS: [&str; 3] = ["strategy", "batch", "records"];
 
 /// Validates `config`. Strategies are reported at `strategies[index[i]]`;
 /// endpoints in `broken` failed to parse, so references to them are not
@@ -275,6 +279,25 @@ fn strategy(
                  `token` itself; rename this field",
                 strategy.endpoint
             ),
+        );
+    }
+    for key in strategy.body.keys() {
+        if RESERVED_BODY_KEYS.contains(&key.as_str()) {
+            errors.push(
+                format!("{path}.body.{key}"),
+                format!(
+                    "`{key}` is part of every payload (strategy, batch, records), so a body \
+                     field cannot have that name; rename it"
+                ),
+            );
+        }
+    }
+    if strategy.record_shape == RecordShape::Flat && strategy.record.is_none() {
+        errors.push(
+            format!("{path}.record_shape"),
+            "\"flat\" records are exactly the `record` mapping: add record = { … } \
+             (map op, the record id or the LSN in with { expr = \"op\" }, { expr = \"id\" }, \
+             { expr = \"lsn\" }), or remove record_shape for the envelope",
         );
     }
     if strategy.batch_size == 0 {
