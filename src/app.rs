@@ -116,13 +116,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         move |lsn| ack.ack(lsn),
     ));
     let workers = Workers::start(&config, &pipeline, &checkpoint)?;
-    let services =
-        Services::start(&config, &pipeline, &workers, listener, source_status, prom).await;
-    let mut stages = Stages::start(source, capacity, workers, checkpoint.clone());
+    let services = Services::start(
+        &config,
+        &pipeline,
+        &workers,
+        listener,
+        source_status.clone(),
+        prom,
+    )
+    .await;
+    let mut stages = Stages::start(source, capacity, workers, checkpoint);
     let first = stages.until_one_stops(&shutdown).await;
     let failure = stages.stop(first).await;
     services.stop().await;
-    tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
+    // What Postgres was last told (also when this process routed nothing).
+    let acked = source_status.borrow().acked_lsn;
+    tracing::info!(acked_lsn = %acked, "walhook stopped");
     failure.map_or(Ok(()), Err)
 }
 

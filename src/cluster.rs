@@ -135,6 +135,28 @@ impl ClusterOptions {
     }
 }
 
+/// `pg_ctl stop -m`: how the server shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Waits until every client session has ended (walsenders do not count).
+    Smart,
+    /// Ends sessions, checkpoints, then lets walsenders send the rest of the
+    /// WAL: what a restart for a setting or a minor upgrade does.
+    Fast,
+    /// Kills everything without a checkpoint, like a crash.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
 /// The OS user that server programs run as (`None` = ourselves).
 #[derive(Debug, Clone, Copy)]
 struct RunAs {
@@ -367,10 +389,29 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Stops the server with `pg_ctl stop -m MODE` and waits until it is
+    /// down; files stay, [`Cluster::start_again`] starts it on the same port.
+    pub fn shut_down(&self, mode: StopMode) -> Result<(), ClusterError> {
+        self.pg_ctl(&["stop", "-m", mode.as_str(), "-w", "-t", "60"], false)
+            .map(|_| ())
+    }
+
+    /// Starts a server stopped with [`Cluster::shut_down`] and waits until it
+    /// accepts connections.
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], true)
+            .map(|_| ())
+    }
+
+    /// Whether the server runs (its `postmaster.pid` exists).
+    pub fn is_running(&self) -> bool {
+        self.data_dir().join("postmaster.pid").exists()
+    }
+
     /// Stops the server at once (`pg_ctl stop -m immediate`); files stay.
     /// Does nothing if it is not running.
     fn stop(&self) {
-        if self.data_dir().join("postmaster.pid").exists() {
+        if self.is_running() {
             if let Err(err) = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"], false) {
                 tracing::warn!(error = %err, "stopping the throwaway cluster failed");
             }

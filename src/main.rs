@@ -5,6 +5,7 @@
 //! [`Error::exit_code`].
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -344,12 +345,23 @@ fn init_logging(format: LogFormat) -> Result<(), Error> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>): systemd, Kubernetes and
+/// pipes get plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {

@@ -6,16 +6,20 @@
 //! A store holds one ordinary SQL connection ([`crate::pg::connect`], same
 //! sslmode semantics as the replication connection), opened on first use and
 //! reopened on the next call after it drops, so a database restart needs no
-//! walhook restart. Each store is its own connection: the application name
-//! tells them apart in `pg_stat_activity`.
+//! walhook restart. It is closed after [`IDLE_CLOSE`] unused: a smart
+//! shutdown (`pg_ctl stop -m smart`) waits for every session but walsenders
+//! to end, and an idle walhook must not hold it up. Each store is its own
+//! connection: the application name tells them apart in `pg_stat_activity`.
 
 mod batches;
 mod dead_letters;
 mod runs;
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
@@ -24,6 +28,9 @@ use crate::pg::{self, ConnectError};
 
 pub use batches::StoredBatch;
 pub use dead_letters::{DeadLetter, DeadLetterInfo, NewDeadLetter};
+
+/// A connection unused this long is closed (and reopened on the next use).
+const IDLE_CLOSE: Duration = Duration::from_secs(5);
 
 /// The state schema, applied by [`StateStore::ensure_schema`] and printed
 /// by `walhook setup --print-sql`.
@@ -80,7 +87,13 @@ pub struct StateStore {
 struct Inner {
     url: Secret,
     application_name: &'static str,
-    client: Mutex<Option<Arc<Client>>>,
+    client: Mutex<Option<Open>>,
+}
+
+/// The open connection and when it was last handed out.
+struct Open {
+    client: Arc<Client>,
+    used: Instant,
 }
 
 impl std::fmt::Debug for StateStore {
@@ -120,14 +133,19 @@ impl StateStore {
     async fn client(&self) -> Result<Arc<Client>, StateError> {
         // A tokio mutex: callers wait here while one of them reconnects.
         let mut slot = self.inner.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            if !client.is_closed() {
-                return Ok(client.clone());
+        if let Some(open) = slot.as_mut() {
+            if !open.client.is_closed() {
+                open.used = Instant::now();
+                return Ok(open.client.clone());
             }
         }
         let client =
             Arc::new(pg::connect(self.inner.url.expose(), self.inner.application_name).await?);
-        *slot = Some(client.clone());
+        *slot = Some(Open {
+            client: client.clone(),
+            used: Instant::now(),
+        });
+        tokio::spawn(close_when_idle(Arc::downgrade(&self.inner)));
         Ok(client)
     }
 
@@ -138,5 +156,32 @@ impl StateStore {
             .batch_execute(SCHEMA_SQL)
             .await
             .map_err(StateError::query("creating the state schema walhook"))
+    }
+}
+
+/// Drops the store's connection once it has been unused for [`IDLE_CLOSE`]
+/// (queries still running keep their own handle to it); ends when the
+/// connection is dropped or replaced, or the store is gone.
+async fn close_when_idle(inner: Weak<Inner>) {
+    let mut check = IDLE_CLOSE;
+    loop {
+        tokio::time::sleep(check).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let mut slot = inner.client.lock().await;
+        let Some(open) = slot.as_ref() else {
+            return;
+        };
+        let idle = open.used.elapsed();
+        if idle >= IDLE_CLOSE || open.client.is_closed() {
+            *slot = None;
+            tracing::debug!(
+                application_name = inner.application_name,
+                "closed the idle state connection"
+            );
+            return;
+        }
+        check = IDLE_CLOSE - idle;
     }
 }
