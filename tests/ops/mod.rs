@@ -4,5 +4,6 @@
 
 mod admin;
 mod commands;
+mod deploy;
 mod e2e;
 mod replay;
