@@ -178,7 +178,7 @@ impl Pipeline {
             let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        let state = StateStore::connect(url, "walhook-state")
+        let state = StateStore::for_config(config, "walhook-state")
             .await
             .map_err(AppError::State)?;
         state.ensure_schema().await.map_err(AppError::State)?;
@@ -346,7 +346,7 @@ impl Services {
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
             .with_control(Arc::new(control));
-        match StateStore::connect(config.source.url.expose(), "walhook-admin").await {
+        match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }

@@ -308,34 +308,10 @@ impl Cluster {
     /// returns its standard output without the trailing newline. A failing
     /// statement is an error carrying psql's message.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, ClusterError> {
-        let mut child = Command::new(self.bin_dir.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                dbname,
-                "-f",
-                "-",
-            ])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS")
+        let mut child = self
+            .psql_command(dbname)
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .map_err(io_err("running psql"))?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -347,6 +323,52 @@ impl Cluster {
             .wait_with_output()
             .map_err(io_err("waiting for psql"))?;
         check("psql", out).map(|stdout| stdout.trim_end_matches('\n').to_string())
+    }
+
+    /// Runs the SQL file `file` with psql in `dbname`, as [`Cluster::psql`]
+    /// does, with psql variables (`-v name=value`), as a DBA runs the
+    /// scripts in `sql/`.
+    pub fn psql_file(
+        &self,
+        dbname: &str,
+        file: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<String, ClusterError> {
+        let mut cmd = self.psql_command(dbname);
+        for (name, value) in vars {
+            cmd.arg("-v").arg(format!("{name}={value}"));
+        }
+        let out = cmd
+            .arg("-f")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running psql"))?;
+        check("psql", out).map(|stdout| stdout.trim_end_matches('\n').to_string())
+    }
+
+    /// `psql -X -A -t -q -v ON_ERROR_STOP=1` to `dbname` as `postgres`
+    /// over TCP, output captured.
+    fn psql_command(&self, dbname: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("psql"));
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", dbname])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .env_remove("PGOPTIONS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
     }
 
     /// Adds a line at the top of `pg_hba.conf`, so it wins over the trailing

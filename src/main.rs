@@ -84,6 +84,9 @@ enum Command {
         /// Also drop the publication and the state schema (dead letters, runs).
         #[arg(long)]
         yes: bool,
+        /// Print the SQL that drops the slot, the publication and the state schema (for an administrator) instead of running anything.
+        #[arg(long, conflicts_with_all = ["force", "yes"])]
+        print_sql: bool,
     },
     /// Run a strategy once over its table's current rows (no admin server), then exit.
     RunStrategy {
@@ -163,13 +166,22 @@ fn execute(command: Command) -> Result<(), Error> {
         Command::Setup { config, print_sql } => {
             let config = load_config(&config)?;
             if print_sql {
-                print!("{}", ops::setup_script(&config));
+                print!("{}", ops::setup_script(&config)?);
                 return Ok(());
             }
             block_on(async { ops::setup(&config).await })
         }
-        Command::Teardown { config, force, yes } => {
+        Command::Teardown {
+            config,
+            force,
+            yes,
+            print_sql,
+        } => {
             let config = load_config(&config)?;
+            if print_sql {
+                print!("{}", ops::teardown_script(&config)?);
+                return Ok(());
+            }
             let opts = ops::TeardownOptions { force, yes };
             block_on(async { ops::teardown(&config, opts).await })
         }

@@ -34,6 +34,7 @@ pub(super) fn validate(
     let mut errors = ConfigErrors::default();
     source(config, &mut errors);
     admin(config, &mut errors);
+    state(config, &mut errors);
     for (name, endpoint) in &config.endpoints {
         self::endpoint(name, endpoint, &mut errors);
     }
@@ -56,25 +57,8 @@ pub(super) fn validate(
 
 fn source(config: &Config, errors: &mut ConfigErrors) {
     let source = &config.source;
-    if source.url.expose().trim().is_empty() {
-        errors.push(
-            "source.url",
-            "empty: set it to a PostgreSQL connection string, e.g. \"${WALHOOK_DATABASE_URL}\"",
-        );
-    } else if let Err(err) = source.url.expose().parse::<tokio_postgres::Config>() {
-        // tokio-postgres's messages name the option, never its value.
-        errors.push(
-            "source.url",
-            format!("not a valid PostgreSQL connection string: {err}"),
-        );
-    }
-    let slot_ok = !source.slot.is_empty()
-        && source.slot.len() <= 63
-        && source
-            .slot
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !slot_ok {
+    database_url("source.url", source.url.expose(), errors);
+    if !is_lower_name(&source.slot) {
         errors.push(
             "source.slot",
             format!(
@@ -85,6 +69,47 @@ fn source(config: &Config, errors: &mut ConfigErrors) {
     }
     if source.publication.is_empty() || source.publication.len() > 63 {
         errors.push("source.publication", "must be 1 to 63 bytes long");
+    }
+}
+
+/// A connection string that tokio-postgres can parse.
+fn database_url(path: &str, url: &str, errors: &mut ConfigErrors) {
+    if url.trim().is_empty() {
+        errors.push(
+            path,
+            "empty: set it to a PostgreSQL connection string, e.g. \"${WALHOOK_DATABASE_URL}\"",
+        );
+    } else if let Err(err) = url.parse::<tokio_postgres::Config>() {
+        // tokio-postgres's messages name the option, never its value.
+        errors.push(
+            path,
+            format!("not a valid PostgreSQL connection string: {err}"),
+        );
+    }
+}
+
+/// 1 to 63 lower-case letters, digits or underscores (slot and schema names).
+fn is_lower_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn state(config: &Config, errors: &mut ConfigErrors) {
+    if let Some(url) = &config.state.url {
+        database_url("state.url", url.expose(), errors);
+    }
+    let schema = &config.state.schema;
+    if !is_lower_name(schema) || schema.starts_with("pg_") {
+        errors.push(
+            "state.schema",
+            format!(
+                "invalid schema name {schema:?}: use 1 to 63 lower-case letters, digits or \
+                 underscores, not starting with pg_"
+            ),
+        );
     }
 }
 

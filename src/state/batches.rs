@@ -24,9 +24,11 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO walhook.batches \
+                &*self.sql(
+                    "INSERT INTO walhook.batches \
                  (strategy, batch_id, first_record_id, last_record_id, last_lsn) \
                  VALUES ($1, $2, $3, $4, $5::text::pg_lsn) ON CONFLICT DO NOTHING",
+                ),
                 &[
                     &strategy,
                     &batch.batch_id,
@@ -47,8 +49,10 @@ impl StateStore {
             .client()
             .await?
             .query(
-                "SELECT batch_id, first_record_id, last_record_id, last_lsn::text \
+                &*self.sql(
+                    "SELECT batch_id, first_record_id, last_record_id, last_lsn::text \
                  FROM walhook.batches WHERE strategy = $1 ORDER BY last_lsn, created_at",
+                ),
                 &[&strategy],
             )
             .await
@@ -78,7 +82,7 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn",
+                &*self.sql("DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn"),
                 &[&strategy, &acked.to_string()],
             )
             .await

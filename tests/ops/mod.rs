@@ -6,4 +6,5 @@ mod admin;
 mod commands;
 mod deploy;
 mod e2e;
+mod least_privilege;
 mod replay;

@@ -223,6 +223,28 @@ impl Db {
             .expect("psql task")
     }
 
+    /// Runs an SQL file of the repository (`sql/setup.sql`) with psql
+    /// variables, as a DBA does.
+    pub(crate) async fn try_psql_file(
+        &self,
+        file: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<String, ClusterError> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let (cluster, db) = (self.cluster, self.name.clone());
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            cluster.psql_file(&db, &path, &vars)
+        })
+        .await
+        .expect("psql task")
+    }
+
     /// [`Db::try_psql`] that panics with psql's message when a statement fails.
     pub(crate) async fn psql(&self, sql: &str) -> String {
         self.try_psql(sql)
