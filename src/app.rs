@@ -162,7 +162,6 @@ struct Pipeline {
 
 impl Pipeline {
     async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
-        let url = config.source.url.expose();
         let strategies = CompiledStrategy::compile_all(config)?
             .into_iter()
             .map(Arc::new)
