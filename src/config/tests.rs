@@ -568,6 +568,23 @@ fn strategy_checks() {
         "strategies[0].schedules[2].timezone",
         "unknown time zone",
     );
+    let errors = errs(&with(
+        "schedules = [ { name = \"nightly\", cron = \"0 2 * * *\" }, \
+         { name = \"nightly\", cron = \"0 3 * * *\" }, { cron = \"0 4 * * *\" }, \
+         { cron = \"0 4 * * *\", filter = \"row.id > 1\" }, { name = \" \", cron = \"0 5 * * *\" } ]",
+    ));
+    assert_has(
+        &errors,
+        "strategies[0].schedules[1].name",
+        "\"nightly\" is already the name",
+    );
+    assert_has(
+        &errors,
+        "strategies[0].schedules[3].name",
+        "\"0 4 * * *\" is already the name",
+    );
+    assert_has(&errors, "strategies[0].schedules[4].name", "is empty");
+    assert_eq!(errors.len(), 3, "{errors:?}");
     let errors = errs(&with("record = {}"));
     assert_has(&errors, "strategies[0].record", "empty");
     let errors = errs(&with("linger = 5"));

@@ -457,7 +457,27 @@ fn strategy(
     if strategy.on_demand.sync && strategy.on_demand.sync_limit == 0 {
         errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
     }
+    let mut schedule_names = BTreeSet::new();
     for (i, schedule) in strategy.schedules.iter().enumerate() {
+        if schedule
+            .name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            errors.push(
+                format!("{path}.schedules[{i}].name"),
+                "is empty: give a name, or leave it out to use the cron text",
+            );
+        } else if !schedule_names.insert(schedule.name()) {
+            errors.push(
+                format!("{path}.schedules[{i}].name"),
+                format!(
+                    "{:?} is already the name of another schedule of this strategy; names \
+                     (the cron text when unnamed) must be unique per strategy",
+                    schedule.name()
+                ),
+            );
+        }
         if let Err(message) = schedule.parse_cron() {
             errors.push(format!("{path}.schedules[{i}].cron"), message);
         }

@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use super::manager::{RunManager, Trigger};
+use super::schedule::ScheduleBoard;
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
@@ -20,6 +21,8 @@ pub(crate) struct AppControl {
     pauses: Vec<(String, PauseHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
+    /// The schedules `/status` shows.
+    schedules: ScheduleBoard,
 }
 
 struct Replay {
@@ -39,7 +42,14 @@ impl AppControl {
                 .collect(),
             pauses: Vec::new(),
             replay: None,
+            schedules: ScheduleBoard::default(),
         }
+    }
+
+    /// Lets `/status` show the schedules' names, next times and last runs.
+    pub(crate) fn with_schedules(mut self, schedules: ScheduleBoard) -> Self {
+        self.schedules = schedules;
+        self
     }
 
     /// Lets `pause`/`resume` reach the live workers.
@@ -72,6 +82,10 @@ fn unsupported(what: &str) -> ControlError {
 }
 
 impl Control for AppControl {
+    fn schedules(&self, strategy: &str) -> Vec<Value> {
+        self.schedules.json_for(strategy)
+    }
+
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
             self.pause_handle(strategy)?.pause();

@@ -42,26 +42,44 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(200);
 
 /// What started a run (the `trigger` column and metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trigger {
     /// `POST /strategies/{name}/runs?mode=sync`.
     Sync,
     /// `POST /strategies/{name}/runs?mode=async`.
     Async,
-    /// A `schedules` entry.
-    Schedule,
+    /// A `schedules` entry, by name.
+    Schedule(Arc<str>),
     /// `walhook run-strategy`.
     Cli,
 }
 
 impl Trigger {
     /// The lower-case name.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Trigger::Sync => "sync",
             Trigger::Async => "async",
-            Trigger::Schedule => "schedule",
+            Trigger::Schedule(_) => "schedule",
             Trigger::Cli => "cli",
+        }
+    }
+
+    /// The `walhook.runs.trigger` text: `schedule:<name>` for a schedule,
+    /// else [`Trigger::as_str`].
+    pub(crate) fn record(&self) -> String {
+        match self {
+            Trigger::Schedule(name) => format!("schedule:{name}"),
+            other => other.as_str().to_string(),
+        }
+    }
+
+    /// The schedule's name (the `schedule` metric label), empty for other
+    /// triggers.
+    pub(crate) fn schedule(&self) -> &str {
+        match self {
+            Trigger::Schedule(name) => name,
+            _ => "",
         }
     }
 }
@@ -424,7 +442,7 @@ impl RunManager {
             .state
             .insert_run(
                 strategy,
-                trigger.as_str(),
+                &trigger.record(),
                 filter.as_ref().map(|(t, _)| t.as_str()),
                 &json!(Counts::default()),
             )
@@ -442,6 +460,7 @@ impl RunManager {
             run = id,
             strategy,
             trigger = trigger.as_str(),
+            schedule = trigger.schedule(),
             "run started"
         );
         Ok(Plan {
@@ -481,7 +500,7 @@ impl RunManager {
         // Only now: a schedule's next run starts after this one is recorded as done.
         self.lock_active().remove(&plan.id);
         let strategy = plan.compiled.name().to_string();
-        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "outcome" => state)
+        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "schedule" => plan.trigger.schedule().to_string(), "outcome" => state)
             .increment(1);
         metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
             .increment(counts.delivered);
