@@ -46,11 +46,11 @@ CREATE TABLE IF NOT EXISTS walhook.runs (
 CREATE INDEX IF NOT EXISTS runs_strategy_idx
     ON walhook.runs (strategy, id);
 
--- Batches sent (or being sent) but not yet acknowledged to Postgres. After a
+-- Batches sent (or being sent) but not yet confirmed by Postgres. After a
 -- restart Postgres streams those changes again; walhook re-forms batches with
--- exactly these boundaries, so a redelivered batch carries the same batch id
+-- exactly these records, so a redelivered batch carries the same batch id
 -- and webhook-id, and receivers can de-duplicate. Rows are deleted once the
--- acknowledged position passes last_lsn.
+-- slot's confirmed_flush_lsn passes last_lsn.
 CREATE TABLE IF NOT EXISTS walhook.batches (
     strategy        text        NOT NULL,  -- the [[strategies]] name
     batch_id        text        NOT NULL,  -- batch.id / webhook-id
@@ -58,5 +58,9 @@ CREATE TABLE IF NOT EXISTS walhook.batches (
     last_record_id  text        NOT NULL,  -- the last records[].id
     last_lsn        pg_lsn      NOT NULL,  -- commit LSN of the last record
     created_at      timestamptz NOT NULL DEFAULT now(),
+    records         text,                  -- every record id when not a range (ordering = "key")
     PRIMARY KEY (strategy, batch_id)
 );
+
+-- Added with ordering = "key"; a no-op where the table has it.
+ALTER TABLE walhook.batches ADD COLUMN IF NOT EXISTS records text;
