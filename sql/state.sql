@@ -1,20 +1,34 @@
 -- walhook state schema.
 --
--- walhook keeps a little state in the source database, in its own schema:
--- dead letters, on-demand/scheduled runs, and the boundaries of batches it
--- has sent but Postgres has not yet been told are delivered. Everything here
--- is idempotent (CREATE ... IF NOT EXISTS): running it again is harmless.
+-- walhook keeps a little state in its own schema: dead letters,
+-- on-demand/scheduled runs, and the boundaries of batches it has sent but
+-- Postgres has not yet been told are delivered. By default the schema is
+-- `walhook` in the source database; `[state] url` and `[state] schema` put it
+-- elsewhere. Everything here is idempotent (CREATE ... IF NOT EXISTS):
+-- running it again is harmless.
+--
+-- psql variables (sql/setup.sql sets them; `walhook setup` fills them in):
+--   state_schema  the schema (default walhook)
+--   state_role    optional: the role walhook connects as; it is granted
+--                 exactly what it needs here (USAGE on the schema, SELECT,
+--                 INSERT, UPDATE, DELETE on its tables, USAGE on their
+--                 sequences), so it needs no CREATE anywhere.
 --
 -- Keep the schema out of the publication. walhook's own writes here must not
 -- be streamed back to it (a FOR ALL TABLES publication would do that).
 
-CREATE SCHEMA IF NOT EXISTS walhook;
+\if :{?state_schema}
+\else
+\set state_schema walhook
+\endif
 
-COMMENT ON SCHEMA walhook IS 'State of the walhook change-data-capture sidecar';
+CREATE SCHEMA IF NOT EXISTS :"state_schema";
+
+COMMENT ON SCHEMA :"state_schema" IS 'State of the walhook change-data-capture sidecar';
 
 -- Batches that ran out of delivery attempts with on_exhausted = "dead_letter".
 -- walhook moved on past them; replay one with POST /dead-letters/{id}/replay.
-CREATE TABLE IF NOT EXISTS walhook.dead_letters (
+CREATE TABLE IF NOT EXISTS :"state_schema".dead_letters (
     id          bigserial   PRIMARY KEY,
     strategy    text        NOT NULL,   -- the [[strategies]] name
     batch_id    text        NOT NULL,   -- the webhook-id header / batch.id it was sent with
@@ -28,10 +42,10 @@ CREATE TABLE IF NOT EXISTS walhook.dead_letters (
 );
 
 CREATE INDEX IF NOT EXISTS dead_letters_strategy_idx
-    ON walhook.dead_letters (strategy, id);
+    ON :"state_schema".dead_letters (strategy, id);
 
 -- On-demand (admin API) and scheduled runs over a table's current rows.
-CREATE TABLE IF NOT EXISTS walhook.runs (
+CREATE TABLE IF NOT EXISTS :"state_schema".runs (
     id          bigserial   PRIMARY KEY,
     strategy    text        NOT NULL,   -- the [[strategies]] name
     trigger     text        NOT NULL,   -- what started it: on-demand (sync/async) or a schedule
@@ -44,14 +58,14 @@ CREATE TABLE IF NOT EXISTS walhook.runs (
 );
 
 CREATE INDEX IF NOT EXISTS runs_strategy_idx
-    ON walhook.runs (strategy, id);
+    ON :"state_schema".runs (strategy, id);
 
 -- Batches sent (or being sent) but not yet confirmed by Postgres. After a
 -- restart Postgres streams those changes again; walhook re-forms batches with
 -- exactly these records, so a redelivered batch carries the same batch id
 -- and webhook-id, and receivers can de-duplicate. Rows are deleted once the
 -- slot's confirmed_flush_lsn passes last_lsn.
-CREATE TABLE IF NOT EXISTS walhook.batches (
+CREATE TABLE IF NOT EXISTS :"state_schema".batches (
     strategy        text        NOT NULL,  -- the [[strategies]] name
     batch_id        text        NOT NULL,  -- batch.id / webhook-id
     first_record_id text        NOT NULL,  -- records[0].id  ("<commit LSN>:<index>")
@@ -63,4 +77,12 @@ CREATE TABLE IF NOT EXISTS walhook.batches (
 );
 
 -- Added with ordering = "key"; a no-op where the table has it.
-ALTER TABLE walhook.batches ADD COLUMN IF NOT EXISTS records text;
+ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
+
+-- What the role walhook runs as needs here, and nothing more. (ALL TABLES
+-- and ALL SEQUENCES: the ones above, whatever this version adds.)
+\if :{?state_role}
+GRANT USAGE ON SCHEMA :"state_schema" TO :"state_role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA :"state_schema" TO :"state_role";
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA :"state_schema" TO :"state_role";
+\endif

@@ -9,8 +9,11 @@
 -- lets the server recycle the WAL it was holding; changes not yet delivered
 -- are then lost to walhook.
 --
--- The state schema (dead letters, run history) is kept unless
--- -v drop_state=1 is given.
+-- The state schema (dead letters, run history; -v state_schema=… when it is
+-- not walhook) is kept unless -v drop_state=1 is given. Run it as an
+-- administrator: the role walhook runs as owns neither the publication nor
+-- the state schema (`walhook teardown --print-sql` prints the same for a
+-- given config.toml).
 
 \set ON_ERROR_STOP on
 \if :{?slot}
@@ -29,6 +32,10 @@ WHERE slot_name = :'slot' AND database = current_database();
 SELECT format('DROP PUBLICATION IF EXISTS %I', :'publication')
 \gexec
 
+\if :{?state_schema}
+\else
+\set state_schema walhook
+\endif
 \if :{?drop_state}
-DROP SCHEMA IF EXISTS walhook CASCADE;
+DROP SCHEMA IF EXISTS :"state_schema" CASCADE;
 \endif

@@ -129,15 +129,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         resumed_from: source.resumed_from(),
     };
     let workers = Workers::start(&config, &pipeline, &checkpoint, &boundaries)?;
-    let services =
-        Services::start(&config, &pipeline, &workers, listener, source_status, prom).await;
-    let mut stages = Stages::start(source, capacity, workers, checkpoint.clone(), budget);
+    let services = Services::start(
+        &config,
+        &pipeline,
+        &workers,
+        listener,
+        source_status.clone(),
+        prom,
+    )
+    .await;
+    let mut stages = Stages::start(source, capacity, workers, checkpoint, budget);
     let first = stages.until_one_stops(&shutdown).await;
     let failure = stages.stop(first).await;
     confirmed_stop.cancel();
     let _ = confirmed_task.await;
     services.stop().await;
-    tracing::info!(acked_lsn = %checkpoint.acked(), "walhook stopped");
+    // What Postgres was last told (also when this process routed nothing).
+    let acked = source_status.borrow().acked_lsn;
+    tracing::info!(acked_lsn = %acked, "walhook stopped");
     failure.map_or(Ok(()), Err)
 }
 
@@ -171,7 +180,7 @@ impl Pipeline {
             let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        let state = StateStore::connect(url, "walhook-state")
+        let state = StateStore::for_config(config, "walhook-state")
             .await
             .map_err(AppError::State)?;
         state.ensure_schema().await.map_err(AppError::State)?;
@@ -308,7 +317,7 @@ impl Services {
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
             .with_control(Arc::new(control));
-        match StateStore::connect(config.source.url.expose(), "walhook-admin").await {
+        match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }

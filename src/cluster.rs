@@ -135,6 +135,28 @@ impl ClusterOptions {
     }
 }
 
+/// `pg_ctl stop -m`: how the server shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Waits until every client session has ended (walsenders do not count).
+    Smart,
+    /// Ends sessions, checkpoints, then lets walsenders send the rest of the
+    /// WAL: what a restart for a setting or a minor upgrade does.
+    Fast,
+    /// Kills everything without a checkpoint, like a crash.
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
 /// The OS user that server programs run as (`None` = ourselves).
 #[derive(Debug, Clone, Copy)]
 struct RunAs {
@@ -286,34 +308,10 @@ impl Cluster {
     /// returns its standard output without the trailing newline. A failing
     /// statement is an error carrying psql's message.
     pub fn psql(&self, dbname: &str, sql: &str) -> Result<String, ClusterError> {
-        let mut child = Command::new(self.bin_dir.join("psql"))
-            .args([
-                "-X",
-                "-A",
-                "-t",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                dbname,
-                "-f",
-                "-",
-            ])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .env_remove("PGPASSWORD")
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS")
+        let mut child = self
+            .psql_command(dbname)
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .map_err(io_err("running psql"))?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -325,6 +323,52 @@ impl Cluster {
             .wait_with_output()
             .map_err(io_err("waiting for psql"))?;
         check("psql", out).map(|stdout| stdout.trim_end_matches('\n').to_string())
+    }
+
+    /// Runs the SQL file `file` with psql in `dbname`, as [`Cluster::psql`]
+    /// does, with psql variables (`-v name=value`), as a DBA runs the
+    /// scripts in `sql/`.
+    pub fn psql_file(
+        &self,
+        dbname: &str,
+        file: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<String, ClusterError> {
+        let mut cmd = self.psql_command(dbname);
+        for (name, value) in vars {
+            cmd.arg("-v").arg(format!("{name}={value}"));
+        }
+        let out = cmd
+            .arg("-f")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running psql"))?;
+        check("psql", out).map(|stdout| stdout.trim_end_matches('\n').to_string())
+    }
+
+    /// `psql -X -A -t -q -v ON_ERROR_STOP=1` to `dbname` as `postgres`
+    /// over TCP, output captured.
+    fn psql_command(&self, dbname: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join("psql"));
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
+        .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", dbname])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .env_remove("PGOPTIONS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
     }
 
     /// Adds a line at the top of `pg_hba.conf`, so it wins over the trailing
@@ -367,10 +411,29 @@ impl Cluster {
         .map(|_| ())
     }
 
+    /// Stops the server with `pg_ctl stop -m MODE` and waits until it is
+    /// down; files stay, [`Cluster::start_again`] starts it on the same port.
+    pub fn shut_down(&self, mode: StopMode) -> Result<(), ClusterError> {
+        self.pg_ctl(&["stop", "-m", mode.as_str(), "-w", "-t", "60"], false)
+            .map(|_| ())
+    }
+
+    /// Starts a server stopped with [`Cluster::shut_down`] and waits until it
+    /// accepts connections.
+    pub fn start_again(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&["start", "-w", "-t", "60", "-l"], true)
+            .map(|_| ())
+    }
+
+    /// Whether the server runs (its `postmaster.pid` exists).
+    pub fn is_running(&self) -> bool {
+        self.data_dir().join("postmaster.pid").exists()
+    }
+
     /// Stops the server at once (`pg_ctl stop -m immediate`); files stay.
     /// Does nothing if it is not running.
     fn stop(&self) {
-        if self.data_dir().join("postmaster.pid").exists() {
+        if self.is_running() {
             if let Err(err) = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"], false) {
                 tracing::warn!(error = %err, "stopping the throwaway cluster failed");
             }

@@ -94,21 +94,26 @@ impl Error {
         let must_change_first = match self {
             Error::Logging { .. } | Error::Config { .. } => true,
             Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) | Error::Ops(_) => false,
-            Error::Run(err) => matches!(
-                **err,
-                AppError::Strategy(_)
-                    | AppError::Schema(_)
-                    | AppError::Endpoint(_)
-                    | AppError::NoEndpoint { .. }
-                    | AppError::Worker(_)
-            ),
-            Error::RunStrategy(err) => matches!(
-                **err,
-                CliError::NoStrategy { .. }
-                    | CliError::Strategy(_)
-                    | CliError::Endpoint(_)
-                    | CliError::Filter(_)
-            ),
+            Error::Run(err) => {
+                matches!(
+                    **err,
+                    AppError::Strategy(_)
+                        | AppError::Schema(_)
+                        | AppError::Endpoint(_)
+                        | AppError::NoEndpoint { .. }
+                        | AppError::Worker(_)
+                ) || matches!(&**err, AppError::State(state) if state.needs_setup())
+                    || matches!(&**err, AppError::Catalog(schema) if schema.needs_change())
+            }
+            Error::RunStrategy(err) => {
+                matches!(
+                    **err,
+                    CliError::NoStrategy { .. }
+                        | CliError::Strategy(_)
+                        | CliError::Endpoint(_)
+                        | CliError::Filter(_)
+                ) || matches!(&**err, CliError::State(state) if state.needs_setup())
+            }
             Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
             Error::Receive(err) => matches!(**err, ReceiveError::Secret { .. }),
         };

@@ -5,6 +5,7 @@
 //! [`Error::exit_code`].
 
 use std::future::Future;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -83,6 +84,9 @@ enum Command {
         /// Also drop the publication and the state schema (dead letters, runs).
         #[arg(long)]
         yes: bool,
+        /// Print the SQL that drops the slot, the publication and the state schema (for an administrator) instead of running anything.
+        #[arg(long, conflicts_with_all = ["force", "yes"])]
+        print_sql: bool,
     },
     /// Run a strategy once over its table's current rows (no admin server), then exit.
     RunStrategy {
@@ -162,13 +166,22 @@ fn execute(command: Command) -> Result<(), Error> {
         Command::Setup { config, print_sql } => {
             let config = load_config(&config)?;
             if print_sql {
-                print!("{}", ops::setup_script(&config));
+                print!("{}", ops::setup_script(&config)?);
                 return Ok(());
             }
             block_on(async { ops::setup(&config).await })
         }
-        Command::Teardown { config, force, yes } => {
+        Command::Teardown {
+            config,
+            force,
+            yes,
+            print_sql,
+        } => {
             let config = load_config(&config)?;
+            if print_sql {
+                print!("{}", ops::teardown_script(&config)?);
+                return Ok(());
+            }
             let opts = ops::TeardownOptions { force, yes };
             block_on(async { ops::teardown(&config, opts).await })
         }
@@ -254,12 +267,23 @@ fn init_logging(format: LogFormat) -> Result<(), Error> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR"),
+        ))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Colour only on a terminal, and never when `NO_COLOR` is set to
+/// anything non-empty (<https://no-color.org>): systemd, Kubernetes and
+/// pipes get plain text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {

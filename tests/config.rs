@@ -69,6 +69,60 @@ on_delete = "${ITEMS_FILTER}"
 }
 
 #[tokio::test]
+async fn reserved_body_keys_exit_2_naming_each_path_and_create_nothing() {
+    let db = fresh_db("reserved_body").await;
+    let url = db.url();
+    db.psql("CREATE TABLE orders (id int PRIMARY KEY)").await;
+    let config = r#"
+[source]
+url = "${WALHOOK_DATABASE_URL}"
+slot = "reserved_body_slot"
+
+[endpoints.hook]
+url = "http://127.0.0.1:9/hook"
+
+[[strategies]]
+name = "orders"
+table = "orders"
+endpoint = "hook"
+on_insert = "true"
+body = { records = "x", strategy = { expr = "strategy" }, batch = 1, source = "erp" }
+"#;
+    for command in ["run", "setup"] {
+        let out = walhook(
+            &[command],
+            Some(config),
+            &[("WALHOOK_DATABASE_URL", url.as_str())],
+        )
+        .await;
+        let err = &out.stderr;
+        assert_eq!(out.code(), Some(2), "{command}: {err}");
+        for key in ["records", "strategy", "batch"] {
+            let expected = format!("strategies[0].body.{key}: `{key}` is part of every payload");
+            assert!(
+                err.contains(&expected),
+                "{command}: missing {expected:?} in:\n{err}"
+            );
+        }
+        assert!(err.contains("config.toml has 3 problems"), "{err}");
+    }
+    let slots = Db::existing(db.cluster(), "postgres")
+        .psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'reserved_body_slot'")
+        .await;
+    assert_eq!(slots, "0");
+    let created = db
+        .psql(
+            "SELECT (SELECT count(*) FROM pg_publication) + \
+             (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')",
+        )
+        .await;
+    assert_eq!(
+        created, "0",
+        "a publication or the state schema was created"
+    );
+}
+
+#[tokio::test]
 async fn toml_syntax_error_exits_2_with_line_and_column() {
     let out = walhook(&["run"], Some("[source]\nurl = postgres://x\n"), &[]).await;
     let err = &out.stderr;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
 
+use crate::runs::{call, config_with_token};
 use crate::support::schema::{validate_payload, SCHEMA_PATH};
 use crate::support::walhook::base_config;
 use crate::support::{fresh_db, Receiver, Walhook, WAIT};
@@ -45,6 +46,15 @@ fn the_schema_rejects_what_it_should() {
         }]
     });
     validate_payload(&good).expect("a well-formed payload");
+    let mut flat = good.clone();
+    flat["batch"]["record_shape"] = json!("flat");
+    flat["records"] = json!([{"key": 1, "kind": "insert"}, {"anything": [null]}]);
+    validate_payload(&flat).expect("a well-formed flat payload");
+    flat["records"] = json!([1]);
+    assert!(
+        validate_payload(&flat).is_err(),
+        "a flat record is an object"
+    );
     let mutate = |f: &dyn Fn(&mut Value)| {
         let mut bad = good.clone();
         f(&mut bad);
@@ -74,6 +84,14 @@ fn the_schema_rejects_what_it_should() {
             mutate(&|v| v["records"][0]["new"] = json!([1])),
         ),
         ("no records", mutate(&|v| v["records"] = json!([]))),
+        (
+            "flat records in an envelope batch",
+            mutate(&|v| v["records"][0] = json!({"key": 1})),
+        ),
+        (
+            "an unknown record shape",
+            mutate(&|v| v["batch"]["record_shape"] = json!("nested")),
+        ),
         (
             "an unknown record field",
             mutate(&|v| v["records"][0]["extra"] = json!(1)),
@@ -152,5 +170,90 @@ async fn delivered_payloads_of_every_kind_validate_against_the_schema() {
     .collect();
     assert_eq!(kinds, expected, "every kind of payload was checked");
 
+    walhook.stop().await;
+}
+
+/// `record_shape = "flat"`: each record is exactly the mapped keys and
+/// values (the envelope's own fields only where mapped in), for inserts,
+/// updates, deletes and a run's batches; every payload validates.
+#[tokio::test]
+async fn flat_records_are_exactly_the_mapping_for_changes_and_runs() {
+    let db = fresh_db("flat_records").await;
+    let url = db.url();
+    db.psql(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric, status text, note text); \
+         ALTER TABLE orders REPLICA IDENTITY FULL; \
+         INSERT INTO orders VALUES (1, 10.50, 'open', 'seed');",
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    let (base, admin) = config_with_token(&url, "flat_records");
+    let config = format!(
+        "{base}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"flat\"\ntable = \"orders\"\n\
+         endpoint = \"hook\"\non_insert = \"true\"\non_update = \"true\"\non_delete = \"true\"\n\
+         record_shape = \"flat\"\n\
+         record = {{ key = {{ expr = \"row.id\" }}, total = {{ expr = \"row.amount\" }}, \
+         status = {{ expr = \"row.status\" }}, kind = {{ expr = \"op\" }}, id = {{ expr = \"id\" }}, \
+         lsn = {{ expr = \"lsn\" }}, source = \"erp\" }}\n\
+         on_demand = {{ sync = true }}\nbody = {{ origin = \"shop\" }}\n",
+        receiver.url("/hook")
+    );
+    let walhook = crate::runs::start_streaming(&config, &db, "flat_records").await;
+    db.psql("INSERT INTO orders VALUES (2, 99.95, 'new', 'n')")
+        .await;
+    db.psql("UPDATE orders SET status = 'paid' WHERE id = 2")
+        .await;
+    db.psql("DELETE FROM orders WHERE id = 1").await;
+    receiver.wait_accepted_records(3, WAIT).await;
+    let (status, body) = call("POST", &admin, "/strategies/flat/runs?mode=sync").await;
+    assert_eq!(status, 200, "{body}\n{}", walhook.stderr());
+    receiver.wait_accepted_records(4, WAIT).await;
+
+    let keys: BTreeSet<&str> = ["key", "total", "status", "kind", "id", "lsn", "source"]
+        .into_iter()
+        .collect();
+    let mut records = Vec::new();
+    for request in receiver.accepted() {
+        let body = request.json();
+        validate_payload(&body).unwrap_or_else(|e| panic!("{e}\n{body:#}"));
+        assert_eq!(body["batch"]["record_shape"], "flat", "{body}");
+        assert_eq!(body["origin"], "shop");
+        for record in body["records"].as_array().expect("records") {
+            let got: BTreeSet<&str> = record
+                .as_object()
+                .expect("a record object")
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(got, keys, "exactly the mapped keys: {record}");
+            records.push(record.clone());
+        }
+    }
+    let lsn = |r: &Value| r["lsn"].as_str().expect("lsn").to_string();
+    for r in &records {
+        let id = r["id"].as_str().expect("id");
+        assert!(id.starts_with(&format!("{}:", lsn(r))), "{r}");
+        assert_eq!(r["source"], "erp");
+    }
+    let summary: Vec<Value> = records
+        .iter()
+        .map(|r| json!([r["kind"], r["key"], r["total"], r["status"]]))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            json!(["insert", 2, 99.95, "new"]),
+            json!(["update", 2, 99.95, "paid"]),
+            json!(["delete", 1, 10.5, "open"]),
+            json!(["read", 2, 99.95, "paid"]),
+        ]
+    );
+    // Exact numerics: the single-column mapping copies the payload text.
+    let raw: String = receiver
+        .accepted()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(raw.contains(r#""total":10.50"#), "{raw}");
     walhook.stop().await;
 }

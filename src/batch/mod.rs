@@ -20,6 +20,7 @@ pub(crate) use dispatch::{BatcherOptions, Dispatcher, Next, Pushed, Stored};
 pub use payload::{build, Batch};
 
 use crate::budget::Charge;
+use crate::config::RecordShape;
 use crate::lsn::Lsn;
 
 /// What the router puts on a strategy's queue, in commit order.
@@ -123,6 +124,12 @@ pub struct Decoration {
 pub trait Decorate: Send + Sync + 'static {
     /// An `Err` (an expression failing at send time) names the field, never values.
     fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String>;
+
+    /// How the strategy shapes its records (a flat batch says so in
+    /// `batch.record_shape`, so receivers and the JSON Schema can tell).
+    fn record_shape(&self) -> RecordShape {
+        RecordShape::Envelope
+    }
 }
 
 /// A strategy without per-batch templates.

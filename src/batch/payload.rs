@@ -6,6 +6,9 @@
 //!  "records":[<record>,<record>], <the strategy's body fields>, "token":"…"}
 //! ```
 //!
+//! `batch` also holds `"record_shape":"flat"` when the strategy's records
+//! are flat (exactly its `record` mapping); an envelope batch leaves it out.
+//!
 //! A record (also one line of `walhook run --stdout`):
 //!
 //! ```json
@@ -20,7 +23,9 @@
 //!   unchanged TOASTed value is left out of `new` and named in
 //!   `unchanged_toast` (present only when not empty). A strategy with
 //!   `record` puts its mapped fields in `new` (inserts, updates, reads) or
-//!   `old` (deletes) instead ([`RecordEvent::write_mapped_json`]).
+//!   `old` (deletes) instead, or with `record_shape = "flat"` the record is
+//!   the mapped object alone ([`RecordEvent::write_mapped_json`]); the
+//!   envelope's own values can be mapped in ([`RecordEvent::write_meta`]).
 //! - Each value is written by [`crate::decode::convert`], `commit_time` by
 //!   [`crate::timestamp`].
 //! - The batch id is `msg_` + base64url(sha256(strategy name, NUL, each
@@ -41,10 +46,30 @@ use sha2::{Digest, Sha256};
 
 use super::{BatchMeta, Decorate, Group, QueuedRecord};
 use crate::budget::Charge;
+use crate::config::RecordShape;
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
 use crate::lsn::Lsn;
 use crate::timestamp::write_rfc3339;
+
+/// One of a record envelope's own fields, as a mapping can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Meta {
+    /// `id`: `<commit LSN>:<index>`.
+    Id,
+    /// `op`.
+    Op,
+    /// `schema`.
+    Schema,
+    /// `table`.
+    Table,
+    /// `lsn`: the commit LSN.
+    Lsn,
+    /// `xid`.
+    Xid,
+    /// `commit_time`, RFC 3339.
+    CommitTime,
+}
 
 /// A record's position: (commit LSN, index in its transaction).
 pub(crate) type RecordKey = (Lsn, u32);
@@ -59,9 +84,6 @@ pub(crate) fn parse_record_id(id: &str) -> Option<RecordKey> {
     let (lsn, index) = id.rsplit_once(':')?;
     Some((lsn.parse().ok()?, index.parse().ok()?))
 }
-
-/// Top-level payload keys walhook writes itself; body fields cannot replace them.
-const RESERVED_KEYS: [&str; 3] = ["strategy", "batch", "records"];
 
 /// A batch ready to send.
 #[derive(Debug)]
@@ -161,9 +183,13 @@ pub fn build(
     // Writing to a Vec cannot fail.
     let _ = write!(
         out,
-        ",\"size\":{},\"first_lsn\":\"{first_lsn}\",\"last_lsn\":\"{last_lsn}\"}},\"records\":[",
+        ",\"size\":{},\"first_lsn\":\"{first_lsn}\",\"last_lsn\":\"{last_lsn}\"",
         records.len()
     );
+    if decorate.record_shape() == RecordShape::Flat {
+        out.extend_from_slice(b",\"record_shape\":\"flat\"");
+    }
+    out.extend_from_slice(b"},\"records\":[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             out.push(b',');
@@ -171,10 +197,8 @@ pub fn build(
         out.extend_from_slice(&record.json);
     }
     out.push(b']');
+    // Configuration refuses body keys that collide with the ones above.
     for (key, value) in &decoration.body {
-        if RESERVED_KEYS.contains(&key.as_str()) {
-            continue;
-        }
         out.push(b',');
         write_str(&mut out, key);
         out.push(b':');
@@ -239,11 +263,50 @@ impl RecordEvent {
         self.write_record(None::<fn(&mut Vec<u8>)>, out);
     }
 
-    /// Appends this record's payload object for a strategy with `record`:
-    /// the same envelope, with the JSON object `mapped` writes as `new`
-    /// (inserts, updates, reads) or `old` (deletes); a truncate has neither.
-    pub(crate) fn write_mapped_json(&self, mapped: impl FnOnce(&mut Vec<u8>), out: &mut Vec<u8>) {
-        self.write_record(Some(mapped), out);
+    /// Appends this record's payload object for a strategy with `record`,
+    /// where `mapped` writes the mapped fields' JSON object. Envelope: the
+    /// same envelope as [`RecordEvent::write_json`], with that object as
+    /// `new` (inserts, updates, reads) or `old` (deletes); a truncate has
+    /// neither. Flat: the object alone.
+    pub(crate) fn write_mapped_json(
+        &self,
+        shape: RecordShape,
+        mapped: impl FnOnce(&mut Vec<u8>),
+        out: &mut Vec<u8>,
+    ) {
+        match shape {
+            RecordShape::Envelope => self.write_record(Some(mapped), out),
+            RecordShape::Flat => mapped(out),
+        }
+    }
+
+    /// Appends the JSON value of one of the envelope's own fields, as the
+    /// envelope writes it, for a mapping that names it (`{ expr = "id" }`).
+    pub(crate) fn write_meta(&self, meta: Meta, out: &mut Vec<u8>) {
+        match meta {
+            Meta::Id => {
+                // Writing to a Vec cannot fail.
+                let _ = write!(out, "\"{}:{}\"", self.commit_lsn, self.index);
+            }
+            Meta::Op => {
+                out.push(b'"');
+                out.extend_from_slice(self.op.as_str().as_bytes());
+                out.push(b'"');
+            }
+            Meta::Schema => write_json_string(self.relation.schema.as_bytes(), out),
+            Meta::Table => write_json_string(self.relation.name.as_bytes(), out),
+            Meta::Lsn => {
+                let _ = write!(out, "\"{}\"", self.commit_lsn);
+            }
+            Meta::Xid => {
+                let _ = write!(out, "{}", self.xid);
+            }
+            Meta::CommitTime => {
+                out.push(b'"');
+                write_rfc3339(self.commit_time, out);
+                out.push(b'"');
+            }
+        }
     }
 
     fn write_record(&self, mapped: Option<impl FnOnce(&mut Vec<u8>)>, out: &mut Vec<u8>) {
@@ -359,10 +422,7 @@ mod tests {
             Ok(Decoration {
                 headers: vec![("x-size".into(), meta.size.to_string())],
                 query: vec![],
-                body: vec![
-                    ("source".into(), serde_json::json!("erp")),
-                    ("records".into(), serde_json::json!("ignored")),
-                ],
+                body: vec![("source".into(), serde_json::json!("erp"))],
             })
         }
     }
@@ -379,10 +439,7 @@ mod tests {
         assert_eq!(v["batch"]["last_lsn"], "0/16B3A10");
         assert_eq!(v["records"][1]["id"], "0/16B3A10:1");
         assert_eq!(v["source"], "erp");
-        assert!(
-            v["records"].is_array(),
-            "body fields cannot replace records"
-        );
+        assert!(v["batch"].get("record_shape").is_none());
         assert_eq!(b.headers, vec![("x-size".to_string(), "2".to_string())]);
         assert_eq!(b.first_record_id(), "0/16B3748:0");
         assert_eq!(b.last_record_id(), "0/16B3A10:1");
@@ -416,6 +473,31 @@ mod tests {
         );
         // msg_ + base64url(sha256("s" NUL "0/16B3748:0\n0/16B3A10:1\n")).
         assert_eq!(b.id, "msg_lrPW5ISOPCNip1vbuEYOaeUSyMUJJuX5Yp2IA78hqt0");
+    }
+
+    struct Flat;
+    impl Decorate for Flat {
+        fn decorate(&self, _meta: &BatchMeta<'_>) -> Result<Decoration, String> {
+            Ok(Decoration::default())
+        }
+        fn record_shape(&self) -> RecordShape {
+            RecordShape::Flat
+        }
+    }
+
+    #[test]
+    fn a_flat_batch_says_so_in_its_batch_object() {
+        let s: Arc<str> = "s".into();
+        let mut r = rec(1, 0);
+        r.json = br#"{"k":1}"#.to_vec();
+        let b = build(&s, vec![r], &Flat);
+        assert_eq!(
+            std::str::from_utf8(&b.body).unwrap(),
+            format!(
+                r#"{{"strategy":"s","batch":{{"id":"{}","size":1,"first_lsn":"0/1","last_lsn":"0/1","record_shape":"flat"}},"records":[{{"k":1}}]}}"#,
+                b.id
+            )
+        );
     }
 
     #[test]
@@ -577,8 +659,48 @@ mod tests {
             old: None,
         };
         let mut out = Vec::new();
-        r.write_mapped_json(|out| out.extend_from_slice(br#"{"k":1}"#), &mut out);
+        r.write_mapped_json(
+            RecordShape::Envelope,
+            |out| out.extend_from_slice(br#"{"k":1}"#),
+            &mut out,
+        );
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_flat_record_is_the_mapped_object_alone_and_meta_fields_match_the_envelope() {
+        let r = RecordEvent {
+            relation: relation(ReplicaIdentity::Default),
+            op: Op::Update,
+            commit_lsn: Lsn(0x16B3748),
+            index: 2,
+            xid: 750,
+            commit_time: 1_795_331_040_123_456,
+            new: Some(Tuple(vec![t("1"), Cell::Null, Cell::Unchanged, Cell::Null])),
+            old: None,
+        };
+        let mut out = Vec::new();
+        r.write_mapped_json(
+            RecordShape::Flat,
+            |out| out.extend_from_slice(br#"{"k":1}"#),
+            &mut out,
+        );
+        assert_eq!(out, br#"{"k":1}"#);
+        let envelope = r.to_json_value();
+        for (meta, key) in [
+            (Meta::Id, "id"),
+            (Meta::Op, "op"),
+            (Meta::Schema, "schema"),
+            (Meta::Table, "table"),
+            (Meta::Lsn, "lsn"),
+            (Meta::Xid, "xid"),
+            (Meta::CommitTime, "commit_time"),
+        ] {
+            let mut out = Vec::new();
+            r.write_meta(meta, &mut out);
+            let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(value, envelope[key], "{key}");
+        }
     }
 
     #[test]

@@ -41,11 +41,11 @@ pub use error::ConfigErrors;
 use secret::DatabaseUrl;
 pub use secret::Secret;
 pub use signing_key::{SigningError, SigningKey};
-pub use strategy::Ordering;
 #[cfg(test)]
 pub(crate) use strategy::Schedule;
 pub(crate) use strategy::StrategyConfig;
 pub use strategy::TableName;
+pub use strategy::{Ordering, RecordShape};
 pub use template::Template;
 
 /// The whole configuration file.
@@ -55,6 +55,8 @@ pub struct Config {
     pub(crate) source: SourceConfig,
     /// `[admin]`: the HTTP port for metrics, health, status and the API.
     pub(crate) admin: AdminConfig,
+    /// `[state]`: where walhook keeps its state (dead letters, runs, batches).
+    pub(crate) state: StateConfig,
     /// `[endpoints.NAME]`: webhook targets, by name.
     pub(crate) endpoints: BTreeMap<String, EndpointConfig>,
     /// `[[strategies]]`: what is sent where, in file order.
@@ -92,6 +94,31 @@ fn default_max_buffer_bytes() -> usize {
 
 fn default_walhook() -> String {
     "walhook".to_string()
+}
+
+/// `[state]`: where walhook keeps its own state (dead letters, batch
+/// boundaries, runs): a schema in the source database unless `url` names
+/// another database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StateConfig {
+    /// Connection string of the database holding the state schema; unset =
+    /// the source database (`source.url`). For DBAs who allow walhook no
+    /// writes on the source database.
+    #[serde(default)]
+    pub(crate) url: Option<DatabaseUrl>,
+    /// The schema (lower-case letters, digits, `_`). Default "walhook".
+    #[serde(default = "default_walhook")]
+    pub(crate) schema: String,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            url: None,
+            schema: default_walhook(),
+        }
+    }
 }
 
 /// `[admin]`: the admin HTTP server.
@@ -194,10 +221,10 @@ impl Config {
         let interpolation_errors = errors.0.len();
 
         for key in table.keys() {
-            if !["source", "admin", "endpoints", "strategies"].contains(&key.as_str()) {
+            if !["source", "admin", "state", "endpoints", "strategies"].contains(&key.as_str()) {
                 errors.push(
                     key.as_str(),
-                    "unknown section; expected [source], [admin], [endpoints.NAME] or [[strategies]]",
+                    "unknown section; expected [source], [admin], [state], [endpoints.NAME] or [[strategies]]",
                 );
             }
         }
@@ -214,6 +241,10 @@ impl Config {
         let admin = match table.remove("admin") {
             Some(value) => item::<AdminConfig>(value, "admin", &mut errors),
             None => Some(AdminConfig::default()),
+        };
+        let state = match table.remove("state") {
+            Some(value) => item::<StateConfig>(value, "state", &mut errors),
+            None => Some(StateConfig::default()),
         };
         let mut endpoints = BTreeMap::new();
         let mut broken_endpoints = BTreeSet::new();
@@ -252,12 +283,13 @@ impl Config {
             None => {}
         }
 
-        let (Some(source), Some(admin)) = (source, admin) else {
+        let (Some(source), Some(admin), Some(state)) = (source, admin, state) else {
             return Err(dedup(errors, interpolation_errors, &interpolation_failed));
         };
         let config = Config {
             source,
             admin,
+            state,
             endpoints,
             strategies,
         };
@@ -349,6 +381,12 @@ impl Config {
             }
         }
         errors
+    }
+
+    /// The connection string of the database holding the state schema:
+    /// `[state] url`, else `source.url`.
+    pub(crate) fn state_url(&self) -> &DatabaseUrl {
+        self.state.url.as_ref().unwrap_or(&self.source.url)
     }
 
     /// The endpoint a strategy sends to. `None` only for a config that did

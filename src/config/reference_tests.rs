@@ -11,6 +11,8 @@ url = "postgres://walhook@127.0.0.1:5432/shop"
 __SOURCE__
 [admin]
 __ADMIN__
+[state]
+__STATE__
 [endpoints.hook]
 url = "http://127.0.0.1:9/hook"
 __ENDPOINT__
@@ -35,6 +37,7 @@ fn accepted_keys(placeholder: &str, auth: &str) -> Vec<String> {
     for p in [
         "__SOURCE__",
         "__ADMIN__",
+        "__STATE__",
         "__ENDPOINT__",
         "__STRATEGY__",
         "__RETRY__",
@@ -92,6 +95,7 @@ fn every_config_key_is_in_the_readme_reference() {
     for p in [
         "__SOURCE__",
         "__ADMIN__",
+        "__STATE__",
         "__ENDPOINT__",
         "__STRATEGY__",
         "__RETRY__",

@@ -77,12 +77,29 @@ pub(crate) struct StrategyConfig {
     /// whole row.
     #[serde(default)]
     pub(crate) record: Option<BTreeMap<String, Template>>,
+    /// How each record is shaped: "envelope" (the default: `id`, `op`,
+    /// `table`, … with the row or the `record` fields in `new`/`old`) or
+    /// "flat" (each record is exactly the `record` mapping's keys and values).
+    #[serde(default)]
+    pub(crate) record_shape: RecordShape,
     /// Which on-demand runs the admin API allows.
     #[serde(default)]
     pub(crate) on_demand: OnDemand,
     /// Scheduled runs over the table's current rows.
     #[serde(default)]
     pub(crate) schedules: Vec<Schedule>,
+}
+
+/// How the records of a batch are shaped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordShape {
+    /// `{"id", "op", "schema", "table", "lsn", "xid", "commit_time", "new",
+    /// "old"}`, the row (or the `record` fields) in `new`/`old`.
+    #[default]
+    Envelope,
+    /// Exactly the `record` mapping's keys and values, nothing around them.
+    Flat,
 }
 
 fn default_batch_size() -> usize {

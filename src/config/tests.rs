@@ -610,3 +610,40 @@ fn a_body_token_field_clashes_with_include_token() {
         .replace("on_insert = \"true\"", "on_insert = \"true\"\nbody = { token = \"x\" }");
     assert_has(&errs(&text), "strategies[0].body.token", "include_token");
 }
+
+#[test]
+fn body_keys_the_payload_uses_are_refused_at_their_path() {
+    let text = MINIMAL.replace(
+        "on_insert = \"true\"",
+        "on_insert = \"true\"\nbody = { records = \"x\", strategy = { expr = \"strategy\" }, batch = 1, source = \"erp\" }",
+    );
+    let errors = errs(&text);
+    for key in ["records", "strategy", "batch"] {
+        assert_has(&errors, &format!("strategies[0].body.{key}"), "rename it");
+    }
+    assert_eq!(errors.len(), 3, "{errors:?}");
+}
+
+#[test]
+fn flat_records_need_a_record_mapping() {
+    let text = MINIMAL.replace(
+        "on_insert = \"true\"",
+        "on_insert = \"true\"\nrecord_shape = \"flat\"",
+    );
+    assert_has(&errs(&text), "strategies[0].record_shape", "record = {");
+    let text = MINIMAL.replace(
+        "on_insert = \"true\"",
+        "on_insert = \"true\"\nrecord_shape = \"flat\"\nrecord = { op = { expr = \"op\" } }",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.strategies[0].record_shape, RecordShape::Flat);
+    let text = MINIMAL.replace(
+        "on_insert = \"true\"",
+        "on_insert = \"true\"\nrecord_shape = \"nested\"",
+    );
+    assert_has(
+        &errs(&text),
+        "strategies[0].record_shape",
+        "unknown variant",
+    );
+}

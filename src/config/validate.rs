@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::endpoint::{Auth, EndpointConfig};
 use super::error::ConfigErrors;
 use super::secret::Secret;
-use super::strategy::{Ordering, StrategyConfig};
+use super::strategy::{Ordering, RecordShape, StrategyConfig};
 use super::template::Template;
 use super::Config;
 
@@ -22,6 +22,10 @@ const RESERVED_HEADERS: [&str; 4] = [
 /// The smallest memory budget accepted (`source.max_buffer_bytes`).
 const MIN_BUFFER_BYTES: usize = 1 << 20;
 
+/// Top-level payload keys walhook writes itself: a `body` field of the same
+/// name would collide with them.
+const RESERVED_BODY_KEYS: [&str; 3] = ["strategy", "batch", "records"];
+
 /// Validates `config`. Strategies are reported at `strategies[index[i]]`;
 /// endpoints in `broken` failed to parse, so references to them are not
 /// reported again.
@@ -33,6 +37,7 @@ pub(super) fn validate(
     let mut errors = ConfigErrors::default();
     source(config, &mut errors);
     admin(config, &mut errors);
+    state(config, &mut errors);
     for (name, endpoint) in &config.endpoints {
         self::endpoint(name, endpoint, &mut errors);
     }
@@ -55,25 +60,8 @@ pub(super) fn validate(
 
 fn source(config: &Config, errors: &mut ConfigErrors) {
     let source = &config.source;
-    if source.url.expose().trim().is_empty() {
-        errors.push(
-            "source.url",
-            "empty: set it to a PostgreSQL connection string, e.g. \"${WALHOOK_DATABASE_URL}\"",
-        );
-    } else if let Err(err) = source.url.expose().parse::<tokio_postgres::Config>() {
-        // tokio-postgres's messages name the option, never its value.
-        errors.push(
-            "source.url",
-            format!("not a valid PostgreSQL connection string: {err}"),
-        );
-    }
-    let slot_ok = !source.slot.is_empty()
-        && source.slot.len() <= 63
-        && source
-            .slot
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !slot_ok {
+    database_url("source.url", source.url.expose(), errors);
+    if !is_lower_name(&source.slot) {
         errors.push(
             "source.slot",
             format!(
@@ -91,6 +79,47 @@ fn source(config: &Config, errors: &mut ConfigErrors) {
             format!(
                 "{} bytes is too small: give at least \"1MiB\" (the default is \"64MiB\")",
                 source.max_buffer_bytes
+            ),
+        );
+    }
+}
+
+/// A connection string that tokio-postgres can parse.
+fn database_url(path: &str, url: &str, errors: &mut ConfigErrors) {
+    if url.trim().is_empty() {
+        errors.push(
+            path,
+            "empty: set it to a PostgreSQL connection string, e.g. \"${WALHOOK_DATABASE_URL}\"",
+        );
+    } else if let Err(err) = url.parse::<tokio_postgres::Config>() {
+        // tokio-postgres's messages name the option, never its value.
+        errors.push(
+            path,
+            format!("not a valid PostgreSQL connection string: {err}"),
+        );
+    }
+}
+
+/// 1 to 63 lower-case letters, digits or underscores (slot and schema names).
+fn is_lower_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn state(config: &Config, errors: &mut ConfigErrors) {
+    if let Some(url) = &config.state.url {
+        database_url("state.url", url.expose(), errors);
+    }
+    let schema = &config.state.schema;
+    if !is_lower_name(schema) || schema.starts_with("pg_") {
+        errors.push(
+            "state.schema",
+            format!(
+                "invalid schema name {schema:?}: use 1 to 63 lower-case letters, digits or \
+                 underscores, not starting with pg_"
             ),
         );
     }
@@ -295,6 +324,25 @@ fn strategy(
                  `token` itself; rename this field",
                 strategy.endpoint
             ),
+        );
+    }
+    for key in strategy.body.keys() {
+        if RESERVED_BODY_KEYS.contains(&key.as_str()) {
+            errors.push(
+                format!("{path}.body.{key}"),
+                format!(
+                    "`{key}` is part of every payload (strategy, batch, records), so a body \
+                     field cannot have that name; rename it"
+                ),
+            );
+        }
+    }
+    if strategy.record_shape == RecordShape::Flat && strategy.record.is_none() {
+        errors.push(
+            format!("{path}.record_shape"),
+            "\"flat\" records are exactly the `record` mapping: add record = { … } \
+             (map op, the record id or the LSN in with { expr = \"op\" }, { expr = \"id\" }, \
+             { expr = \"lsn\" }), or remove record_shape for the envelope",
         );
     }
     if strategy.batch_size == 0 {

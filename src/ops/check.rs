@@ -24,7 +24,11 @@ use tokio_postgres::Client;
 use super::tables;
 use crate::config::{Config, TableName};
 use crate::decode::ReplicaIdentity;
-use crate::pg::{self, create_publication_sql, quote_ident, quote_literal, quote_table};
+use crate::pg::{
+    self, create_publication_sql, quote_ident, quote_literal, quote_table, readable_ident,
+    readable_table,
+};
+use crate::state::StateStore;
 
 /// Lag above which the slot finding becomes a warning.
 const LAG_WARN_BYTES: i64 = 1 << 30;
@@ -291,9 +295,10 @@ async fn database(
         });
     }
     for table in &existing {
-        table_identity(client, table, publishes, out).await?;
+        table_identity(client, config, table, publishes, out).await?;
     }
     strategy_findings(client, config, out).await;
+    state_findings(config, out).await;
     Ok(())
 }
 
@@ -392,13 +397,14 @@ async fn table_privileges(
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT') \
+            "SELECT c.oid, has_table_privilege(c.oid, 'SELECT'), current_user::text \
              FROM (SELECT to_regclass($1) AS oid) r LEFT JOIN pg_class c ON c.oid = r.oid",
             &[&quote_table(table)],
         )
         .await?;
     let oid: Option<u32> = row.try_get(0)?;
     let select: Option<bool> = row.try_get(1)?;
+    let role: String = row.try_get(2)?;
     if oid.is_none() {
         // Reported by the strategy checks, at the strategy's `table`.
         return Ok(false);
@@ -409,11 +415,12 @@ async fn table_privileges(
         Finding::new(
             Severity::Error,
             "table",
-            format!("{table}: this role has no SELECT on it"),
+            format!("{table}: role {role} has no SELECT on it (runs read the table)"),
         )
         .fix(format!(
-            "GRANT SELECT ON {} TO CURRENT_USER;",
-            quote_table(table)
+            "GRANT SELECT ON {} TO {};",
+            readable_table(table),
+            readable_ident(&role)
         ))
     });
     Ok(true)
@@ -470,9 +477,8 @@ async fn publication(
     for table in tables {
         let present: bool = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
-                 WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-                &[name, &table.schema, &table.name],
+                &format!("SELECT {}", pg::publishes_table_sql("$1", "$2")),
+                &[name, &quote_table(table)],
             )
             .await?
             .try_get(0)?;
@@ -632,10 +638,12 @@ fn bytes(n: i64) -> String {
     }
 }
 
-/// Primary key and replica identity of one table. (What the strategies
-/// read from old rows is judged by the strategy checks.)
+/// Primary key and replica identity of one table (and of each of its
+/// partitions). (What the strategies read from old rows is judged by the
+/// strategy checks.)
 async fn table_identity(
     client: &Client,
+    config: &Config,
     table: &TableName,
     publishes: Publishes,
     out: &mut Vec<Finding>,
@@ -660,25 +668,13 @@ async fn table_identity(
     let label = catalog.identity_label();
     // Without any identity, Postgres rejects UPDATE/DELETE on a table whose
     // publication carries them: the application's writes fail.
-    let no_identity = identity == ReplicaIdentity::Nothing
-        || (identity == ReplicaIdentity::Default && primary.is_none());
-    let mut problems = 0;
-    if no_identity && (publishes.update || publishes.delete) {
-        problems += 1;
-        out.push(
-            Finding::new(
-                Severity::Error,
-                "replica_identity",
-                format!(
-                    "{table} has no primary key and REPLICA IDENTITY {label}: once published, \
-                     its UPDATEs and DELETEs fail with \"cannot update table … because it does not have a replica identity\""
-                ),
-            )
-            .fix(format!(
-                "ALTER TABLE {name} ADD PRIMARY KEY (…); -- or ALTER TABLE {name} REPLICA IDENTITY FULL;"
-            )),
-        );
-    } else if primary.is_none() {
+    let leaves = pg::leaves_without_identity(client, table).await?;
+    if !leaves.is_empty() && (publishes.update || publishes.delete) {
+        let (problem, fix) = pg::no_identity_problem(&leaves, &config.source.publication);
+        out.push(Finding::new(Severity::Error, "replica_identity", problem).fix(fix));
+        return Ok(());
+    }
+    if primary.is_none() {
         out.push(
             Finding::new(
                 Severity::Warn,
@@ -688,21 +684,84 @@ async fn table_identity(
             .fix(format!("ALTER TABLE {name} ADD PRIMARY KEY (…);")),
         );
     }
+    let key = match (&primary, identity) {
+        (_, ReplicaIdentity::Full) => "every column".to_string(),
+        (_, ReplicaIdentity::Index) => format!("index ({})", index.join(", ")),
+        (Some(primary), _) => format!("primary key ({})", primary.join(", ")),
+        (None, _) => "no column".to_string(),
+    };
+    out.push(Finding::new(
+        Severity::Ok,
+        "replica_identity",
+        format!("{table}: REPLICA IDENTITY {label}: old rows carry {key}"),
+    ));
+    Ok(())
+}
 
-    if problems == 0 {
-        let key = match (&primary, identity) {
-            (_, ReplicaIdentity::Full) => "every column".to_string(),
-            (_, ReplicaIdentity::Index) => format!("index ({})", index.join(", ")),
-            (Some(primary), _) => format!("primary key ({})", primary.join(", ")),
-            (None, _) => "no column".to_string(),
-        };
+/// Whether the role walhook runs as can use the state schema (where
+/// `[state]` puts it), judged as `walhook run` judges it at start.
+async fn state_findings(config: &Config, out: &mut Vec<Finding>) {
+    let store = match StateStore::for_config(config, "walhook-check").await {
+        Ok(store) => store,
+        Err(err) => {
+            out.push(
+                Finding::new(Severity::Error, "state", format!("{err}"))
+                    .fix("check [state] url, that the server runs and that pg_hba.conf admits this host and role"),
+            );
+            return;
+        }
+    };
+    let found = match store.inspect().await {
+        Ok(found) => found,
+        Err(err) => {
+            out.push(Finding::new(Severity::Error, "state", err.to_string()));
+            return;
+        }
+    };
+    let problems = found.problems();
+    let schema = readable_ident(&found.schema);
+    let database = readable_ident(&found.database);
+    let role = readable_ident(&found.role);
+    if !problems.is_empty() {
+        for problem in problems {
+            out.push(
+                Finding::new(
+                    Severity::Error,
+                    "state",
+                    format!("{}: {}", problem.object, problem.problem),
+                )
+                .fix(problem.fix),
+            );
+        }
+    } else if !found.schema_exists {
         out.push(Finding::new(
             Severity::Ok,
-            "replica_identity",
-            format!("{table}: REPLICA IDENTITY {label}: old rows carry {key}"),
+            "state",
+            format!(
+                "state schema {schema} does not exist yet in database {database}; walhook run \
+                 creates it (role {role} may CREATE on the database)"
+            ),
+        ));
+    } else if found.incomplete() {
+        out.push(Finding::new(
+            Severity::Ok,
+            "state",
+            format!(
+                "state schema {schema} in database {database} lacks tables; walhook run \
+                 creates them (role {role} may CREATE in the schema)"
+            ),
+        ));
+    } else {
+        out.push(Finding::new(
+            Severity::Ok,
+            "state",
+            format!(
+                "state schema {schema} in database {database}: role {role} may read and write \
+                 its {} tables",
+                found.table_count()
+            ),
         ));
     }
-    Ok(())
 }
 
 async fn endpoints(config: &Config, out: &mut Vec<Finding>) {

@@ -11,7 +11,7 @@ mod teardown;
 
 pub use check::CheckOptions;
 pub use setup::script as setup_script;
-pub use teardown::TeardownOptions;
+pub use teardown::{script as teardown_script, TeardownOptions};
 
 use std::collections::BTreeSet;
 
@@ -29,6 +29,19 @@ pub enum OpsError {
     /// A statement failed (the server's message, detail and hint).
     #[error("{what} failed: {}", pg::describe(.source))]
     Sql {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A statement needs privileges the connecting role lacks: an
+    /// administrator has to run it.
+    #[error(
+        "{what} failed: {}; the role in the configuration may not do this. \
+         Run `walhook setup --print-sql -c <config>` (or `walhook teardown --print-sql`) and have \
+         an administrator run the SQL with psql -v ON_ERROR_STOP=1 -f",
+        pg::describe(.source)
+    )]
+    NeedsAdmin {
         what: String,
         #[source]
         source: tokio_postgres::Error,
@@ -54,6 +67,15 @@ async fn connect(config: &Config) -> Result<Client, OpsError> {
     Ok(pg::connect(config.source.url.expose(), "walhook-ops").await?)
 }
 
+/// A connection to the database holding the state schema, when that is not
+/// the source database (`[state] url`).
+async fn connect_state(config: &Config) -> Result<Option<Client>, OpsError> {
+    match &config.state.url {
+        Some(url) => Ok(Some(pg::connect(url.expose(), "walhook-ops").await?)),
+        None => Ok(None),
+    }
+}
+
 /// `walhook check`: prints every finding (one per line, or one JSON
 /// document); an error when any finding is.
 pub async fn check(config: &Config, opts: CheckOptions, json: bool) -> Result<(), OpsError> {
@@ -74,7 +96,8 @@ pub async fn check(config: &Config, opts: CheckOptions, json: bool) -> Result<()
 /// `walhook setup`: creates what is missing, printing each step.
 pub async fn setup(config: &Config) -> Result<(), OpsError> {
     let client = connect(config).await?;
-    for step in setup::run(&client, config).await? {
+    let state = connect_state(config).await?;
+    for step in setup::run(&client, state.as_ref().unwrap_or(&client), config).await? {
         println!("ok    {step}");
     }
     Ok(())
@@ -83,7 +106,8 @@ pub async fn setup(config: &Config) -> Result<(), OpsError> {
 /// `walhook teardown`: drops what `opts` asks for, printing each step.
 pub async fn teardown(config: &Config, opts: TeardownOptions) -> Result<(), OpsError> {
     let client = connect(config).await?;
-    for line in teardown::run(&client, config, opts).await? {
+    let state = connect_state(config).await?;
+    for line in teardown::run(&client, state.as_ref().unwrap_or(&client), config, opts).await? {
         println!("{line}");
     }
     Ok(())

@@ -1,6 +1,9 @@
 //! `walhook teardown`: drops the replication slot, so the server may recycle
 //! the WAL it holds, and with `--yes` also the publication and the state
-//! schema that `walhook setup` created.
+//! schema that `walhook setup` created. `--print-sql` prints all three
+//! drops for an administrator instead: the role walhook runs as owns
+//! neither the publication nor (after the setup SQL) the state schema, and
+//! each refusal names the owner.
 //!
 //! An active slot means a walhook (or another client) is streaming from it:
 //! dropping it under a running instance loses whatever that instance has
@@ -13,7 +16,7 @@ use tokio_postgres::Client;
 
 use super::OpsError;
 use crate::config::Config;
-use crate::pg::quote_ident;
+use crate::pg::{quote_ident, quote_literal, readable_ident};
 
 /// How long `--force` waits for the terminated walsender to let go.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,9 +30,82 @@ pub struct TeardownOptions {
     pub yes: bool,
 }
 
+/// What `--print-sql` prints: the slot, the publication and the state
+/// schema, for an administrator to run with psql.
+pub fn script(config: &Config) -> Result<String, OpsError> {
+    let slot = &config.source.slot;
+    let publication = &config.source.publication;
+    let schema = &config.state.schema;
+    let mut out = format!(
+        "-- walhook teardown: review, then run as an administrator with\n\
+         --   psql -v ON_ERROR_STOP=1 -f <this file>\n\
+         -- Stop walhook first: an active slot cannot be dropped. Changes not yet\n\
+         -- delivered are then lost to walhook.\n\n\
+         -- the logical replication slot {slot}: the server may recycle the WAL it holds\n\
+         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots\n\
+         WHERE slot_name = {} AND database = current_database();\n\n\
+         -- the publication {publication}\n\
+         DROP PUBLICATION IF EXISTS {};\n",
+        quote_literal(slot),
+        quote_ident(publication)
+    );
+    if let Some(url) = &config.state.url {
+        out.push_str(&format!(
+            "\n-- The state schema lives in another database ([state] url): connect there,\n\
+             -- keeping this session's user and password.\n{}\n",
+            super::setup::connect_line(url.expose())?
+        ));
+    }
+    out.push_str(&format!(
+        "\n-- the state schema {schema}: dead letters and run history go with it\n\
+         DROP SCHEMA IF EXISTS {} CASCADE;\n",
+        quote_ident(schema)
+    ));
+    Ok(out)
+}
+
+/// Refuses, naming the owner, when the current role may not drop an
+/// object (`owner_sql` selects the owner's name and whether the current
+/// role is, or acts as, that owner).
+async fn may_drop(
+    client: &Client,
+    object: &str,
+    owner_sql: &str,
+    name: &str,
+) -> Result<bool, OpsError> {
+    let Some(row) = client
+        .query_opt(owner_sql, &[&name])
+        .await
+        .map_err(OpsError::sql(format!("reading the owner of {object}")))?
+    else {
+        return Ok(false);
+    };
+    let owner: String = row
+        .try_get(0)
+        .map_err(OpsError::sql(format!("reading the owner of {object}")))?;
+    let acts_as_owner: bool = row
+        .try_get(1)
+        .map_err(OpsError::sql(format!("reading the owner of {object}")))?;
+    let me: String = row
+        .try_get(2)
+        .map_err(OpsError::sql(format!("reading the owner of {object}")))?;
+    if !acts_as_owner {
+        return Err(OpsError::Refused(format!(
+            "{object} is owned by role {}, and role {} may not drop it: run \
+             `walhook teardown --print-sql -c <config>` and have {} (or a superuser) run the SQL \
+             with psql -v ON_ERROR_STOP=1 -f",
+            readable_ident(&owner),
+            readable_ident(&me),
+            readable_ident(&owner),
+        )));
+    }
+    Ok(true)
+}
+
 /// Runs teardown; returns one line per thing done or kept, for the user.
 pub(crate) async fn run(
     client: &Client,
+    state: &Client,
     config: &Config,
     opts: TeardownOptions,
 ) -> Result<Vec<String>, OpsError> {
@@ -73,23 +149,49 @@ pub(crate) async fn run(
     }
 
     let publication = &config.source.publication;
+    let schema = &config.state.schema;
     if opts.yes {
-        client
-            .batch_execute(&format!(
-                "DROP PUBLICATION IF EXISTS {}",
-                quote_ident(publication)
-            ))
-            .await
-            .map_err(OpsError::sql(format!("dropping publication {publication}")))?;
-        report.push(format!("publication {publication}: dropped"));
-        client
-            .batch_execute("DROP SCHEMA IF EXISTS walhook CASCADE")
-            .await
-            .map_err(OpsError::sql("dropping the state schema walhook"))?;
-        report.push("state schema walhook: dropped (dead letters and run history with it)".into());
+        let object = format!("publication {publication}");
+        if may_drop(
+            client,
+            &object,
+            "SELECT pubowner::regrole::text, pg_has_role(pubowner, 'USAGE'), current_user::text \
+             FROM pg_publication WHERE pubname = $1",
+            publication,
+        )
+        .await?
+        {
+            client
+                .batch_execute(&format!("DROP PUBLICATION {}", quote_ident(publication)))
+                .await
+                .map_err(OpsError::sql(format!("dropping {object}")))?;
+            report.push(format!("{object}: dropped"));
+        } else {
+            report.push(format!("{object}: not found (nothing to drop)"));
+        }
+        let object = format!("state schema {schema}");
+        if may_drop(
+            state,
+            &object,
+            "SELECT nspowner::regrole::text, pg_has_role(nspowner, 'USAGE'), current_user::text \
+             FROM pg_namespace WHERE nspname = $1",
+            schema,
+        )
+        .await?
+        {
+            state
+                .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(schema)))
+                .await
+                .map_err(OpsError::sql(format!("dropping {object}")))?;
+            report.push(format!(
+                "{object}: dropped (dead letters and run history with it)"
+            ));
+        } else {
+            report.push(format!("{object}: not found (nothing to drop)"));
+        }
     } else {
         report.push(format!(
-            "publication {publication} and state schema walhook: kept; pass --yes to drop them too"
+            "publication {publication} and state schema {schema}: kept; pass --yes to drop them too"
         ));
     }
     Ok(report)
@@ -143,6 +245,16 @@ async fn drop_slot(client: &Client, slot: &str, force: bool) -> Result<Vec<i32>,
                     && tokio::time::Instant::now() < deadline =>
             {
                 continue
+            }
+            Err(err)
+                if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                return Err(OpsError::NeedsAdmin {
+                    what: format!(
+                        "dropping slot {slot} (needs the REPLICATION attribute or superuser)"
+                    ),
+                    source: err,
+                });
             }
             Err(err) => {
                 return Err(OpsError::sql(format!("dropping slot {slot}"))(err));

@@ -1,7 +1,9 @@
 //! Catalog queries more than one part of walhook needs: a table's columns
 //! with its primary key and replica identity (`walhook check`, the strategy
-//! checks at startup, runs), and the `CREATE PUBLICATION` statement (`walhook
-//! setup`, its `check` fix, and the publication created at startup).
+//! checks at startup, runs), which of a table's partitions lack a replica
+//! identity, whether a publication carries a table, and the `CREATE
+//! PUBLICATION` statement (`walhook setup`, its `check` fix, and the
+//! publication created at startup).
 
 use tokio_postgres::Client;
 
@@ -13,6 +15,8 @@ use crate::decode::ReplicaIdentity;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct TableCatalog {
     pub(crate) oid: u32,
+    /// A partitioned table (its rows live in its partitions).
+    pub(crate) partitioned: bool,
     pub(crate) replica_identity: ReplicaIdentity,
     /// In `attnum` order (dropped columns left out).
     pub(crate) columns: Vec<CatalogColumn>,
@@ -33,6 +37,9 @@ pub(crate) struct CatalogColumn {
     pub(crate) primary_key: Option<i32>,
     /// Part of the index chosen by `REPLICA IDENTITY USING INDEX`.
     pub(crate) identity_index: bool,
+    /// A generated column (`GENERATED ALWAYS AS … STORED`): logical
+    /// replication sends it only from PostgreSQL 18, and only when asked.
+    pub(crate) generated: bool,
 }
 
 impl TableCatalog {
@@ -82,7 +89,8 @@ pub(crate) async fn table_catalog(
             "SELECT c.oid, c.relreplident::text, a.attname::text, a.atttypid, a.atttypmod, \
                     tn.nspname::text, t.typname::text, format_type(a.atttypid, NULL), \
                     array_position(pk.indkey::int2[], a.attnum), \
-                    COALESCE(a.attnum = ANY (ri.indkey), false) \
+                    COALESCE(a.attnum = ANY (ri.indkey), false), c.relkind = 'p', \
+                    COALESCE(a.attgenerated <> '', false) \
              FROM pg_class c \
              JOIN pg_namespace cn ON cn.oid = c.relnamespace \
              LEFT JOIN (pg_attribute a \
@@ -114,10 +122,12 @@ pub(crate) async fn table_catalog(
             type_sql: row.try_get(7)?,
             primary_key: row.try_get(8)?,
             identity_index: row.try_get(9)?,
+            generated: row.try_get(11)?,
         });
     }
     Ok(Some(TableCatalog {
         oid: first.try_get(0)?,
+        partitioned: first.try_get(10)?,
         replica_identity: match identity {
             "f" => ReplicaIdentity::Full,
             "n" => ReplicaIdentity::Nothing,
@@ -128,8 +138,100 @@ pub(crate) async fn table_catalog(
     }))
 }
 
-/// `CREATE PUBLICATION "name" FOR TABLE "s"."t", …` (no `FOR` clause
-/// without tables), without a trailing semicolon.
+/// The leaf tables of `table` (itself when it is not partitioned) whose
+/// UPDATE and DELETE a publication that carries them would make fail: no
+/// primary key under REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING.
+/// Empty when the table does not exist.
+pub(crate) async fn leaves_without_identity(
+    client: &Client,
+    table: &TableName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!("{NO_IDENTITY_SQL} ORDER BY 1"),
+            &[&quote_table(table)],
+        )
+        .await?;
+    rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// The leaves without a replica identity of the table named by `$1`
+/// (text), one name per row.
+const NO_IDENTITY_SQL: &str = "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name \
+     FROM (SELECT to_regclass($1) AS relid UNION SELECT relid FROM pg_partition_tree(to_regclass($1))) t \
+     JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS \
+       (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))";
+
+/// The same as an SQL expression for a DO block: the leaves of `table` (a
+/// text literal naming it) without a replica identity, comma-separated, or
+/// NULL when there are none.
+pub(crate) fn no_identity_list_sql(table_literal: &str) -> String {
+    format!(
+        "(SELECT string_agg(name, ', ' ORDER BY name) FROM ({}) AS leaves)",
+        NO_IDENTITY_SQL.replace("$1", table_literal)
+    )
+}
+
+/// The problem and the three ways out for tables without a replica
+/// identity (`leaves`, as SQL names) that publication `publication` would
+/// carry with its updates and deletes: shared by `walhook setup` (which
+/// refuses), `walhook check` and `walhook run` (which does not create such
+/// a publication).
+pub(crate) fn no_identity_problem(leaves: &[String], publication: &str) -> (String, String) {
+    let list = leaves.join(", ");
+    let (noun, verb) = if leaves.len() == 1 {
+        ("table", "has")
+    } else {
+        ("tables", "have")
+    };
+    let problem = format!(
+        "{noun} {list} {verb} no replica identity (no primary key, or REPLICA IDENTITY NOTHING): \
+         in publication {publication}, which publishes updates and deletes, the application's \
+         UPDATE and DELETE on it fail (\"cannot update table … because it does not have a \
+         replica identity and publishes updates\")"
+    );
+    let each = |what: &str| {
+        leaves
+            .iter()
+            .map(|t| format!("ALTER TABLE {t} {what};"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let fix = format!(
+        "choose one: (1) a primary key: {} (2) every column as the identity: {} \
+         (3) if walhook needs only inserts, a publication that publishes only inserts: \
+         CREATE PUBLICATION {} FOR TABLE … WITH (publish = 'insert'); (before setup; \
+         walhook then receives no updates or deletes)",
+        each("ADD PRIMARY KEY (…)"),
+        each("REPLICA IDENTITY FULL"),
+        super::quote::readable_ident(publication),
+    );
+    (problem, fix)
+}
+
+/// SQL that is true when publication `publication` (a literal) carries
+/// the changes of table `table` (a text literal naming it): the table
+/// itself, one of its partitions or a partitioned ancestor is in it
+/// (`pg_partition_tree` and `pg_partition_ancestors` list nothing for a
+/// table that is not partitioned, hence the table itself).
+/// `pg_publication_tables` alone is not enough: it lists a partitioned
+/// table's leaves or its root, depending on publish_via_partition_root,
+/// and `ALTER PUBLICATION … ADD TABLE` of an already covered table fails.
+/// The publication must exist.
+pub(crate) fn publishes_table_sql(publication: &str, table: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_get_publication_tables({publication}) AS p \
+         WHERE p.relid IN (SELECT to_regclass({table}) \
+                           UNION SELECT relid FROM pg_partition_tree(to_regclass({table})) \
+                           UNION SELECT relid FROM pg_partition_ancestors(to_regclass({table}))))"
+    )
+}
+
+/// `CREATE PUBLICATION "name" FOR TABLE "s"."t", … WITH
+/// (publish_via_partition_root = true)` (no `FOR` clause without tables),
+/// without a trailing semicolon. Partitioned tables' changes then arrive
+/// under the partitioned table's name, the one strategies use.
 pub(crate) fn create_publication_sql(name: &str, tables: &[TableName]) -> String {
     let mut sql = format!("CREATE PUBLICATION {}", quote_ident(name));
     if !tables.is_empty() {
@@ -137,6 +239,7 @@ pub(crate) fn create_publication_sql(name: &str, tables: &[TableName]) -> String
         sql.push_str(" FOR TABLE ");
         sql.push_str(&list.join(", "));
     }
+    sql.push_str(" WITH (publish_via_partition_root = true)");
     sql
 }
 
@@ -154,6 +257,7 @@ mod tests {
             type_sql: "integer".into(),
             primary_key,
             identity_index,
+            generated: false,
         }
     }
 
@@ -165,11 +269,11 @@ mod tests {
         ];
         assert_eq!(
             create_publication_sql("pub", &tables),
-            r#"CREATE PUBLICATION "pub" FOR TABLE "public"."orders", "Shop"."it""ems""#
+            r#"CREATE PUBLICATION "pub" FOR TABLE "public"."orders", "Shop"."it""ems" WITH (publish_via_partition_root = true)"#
         );
         assert_eq!(
             create_publication_sql("P b", &[]),
-            r#"CREATE PUBLICATION "P b""#
+            r#"CREATE PUBLICATION "P b" WITH (publish_via_partition_root = true)"#
         );
     }
 
@@ -177,6 +281,7 @@ mod tests {
     fn key_columns_follow_the_replica_identity() {
         let mut table = TableCatalog {
             oid: 1,
+            partitioned: false,
             replica_identity: ReplicaIdentity::Default,
             columns: vec![
                 column("b", Some(2), false),

@@ -63,7 +63,7 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
         .collect();
     let endpoints = build_endpoints(&config)?;
     let url = config.source.url.expose().to_string();
-    let state = StateStore::connect(&url, "walhook-state")
+    let state = StateStore::for_config(&config, "walhook-state")
         .await
         .map_err(CliError::State)?;
     state.ensure_schema().await.map_err(CliError::State)?;

@@ -79,6 +79,9 @@ pub enum SourceError {
     #[error("connection to {target} closed by the server")]
     Closed { target: String },
 
+    #[error("{target} ended the replication stream (the server is shutting down or restarting)")]
+    Ended { target: String },
+
     #[error("no message from {target} for {secs}s (not even a reply to a keepalive request); reconnecting")]
     Silent { target: String, secs: u64 },
 
@@ -162,9 +165,12 @@ impl SourceError {
     pub fn disposition(&self) -> Disposition {
         use SourceError::*;
         match self {
-            Connect { .. } | ConnectTimeout { .. } | Io { .. } | Closed { .. } | Silent { .. } => {
-                Disposition::Transient
-            }
+            Connect { .. }
+            | ConnectTimeout { .. }
+            | Io { .. }
+            | Closed { .. }
+            | Ended { .. }
+            | Silent { .. } => Disposition::Transient,
             SlotActive { .. } => Disposition::Standby,
             // The decoder lost track of a relation: a new session starts with an
             // empty cache and the server resends Relation messages.

@@ -214,10 +214,14 @@ impl Session<'_> {
                     error: Box::new(error),
                 })
             }
-            // The server ended the stream (shutdown, timeline change): reconnect.
-            Message::CopyDone => Err(SourceError::Closed {
-                target: self.conn.target().to_string(),
-            }),
+            // The server ended the stream: a walsender stopping for a smart
+            // or fast shutdown sends CommandComplete (after CopyDone on some
+            // versions), a timeline change CopyDone. Either way: reconnect.
+            Message::CopyDone | Message::CommandComplete(_) | Message::ReadyForQuery(_) => {
+                Err(SourceError::Ended {
+                    target: self.conn.target().to_string(),
+                })
+            }
             Message::NoticeResponse(body) => {
                 if let Ok(notice) = wire::db_error(body.fields()) {
                     tracing::info!(sqlstate = %notice.code, message = %notice.message, "server notice");

@@ -27,9 +27,11 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO walhook.batches \
+                &*self.sql(
+                    "INSERT INTO walhook.batches \
                  (strategy, batch_id, first_record_id, last_record_id, last_lsn, records) \
                  VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6) ON CONFLICT DO NOTHING",
+                ),
                 &[
                     &strategy,
                     &batch.batch_id,
@@ -51,8 +53,10 @@ impl StateStore {
             .client()
             .await?
             .query(
-                "SELECT batch_id, first_record_id, last_record_id, last_lsn::text, records \
+                &*self.sql(
+                    "SELECT batch_id, first_record_id, last_record_id, last_lsn::text, records \
                  FROM walhook.batches WHERE strategy = $1 ORDER BY last_lsn, created_at",
+                ),
                 &[&strategy],
             )
             .await
@@ -83,7 +87,7 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn",
+                &*self.sql("DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn"),
                 &[&strategy, &confirmed.to_string()],
             )
             .await

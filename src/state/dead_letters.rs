@@ -62,10 +62,10 @@ impl StateStore {
             .client()
             .await?
             .query_one(
-                "INSERT INTO walhook.dead_letters \
+                &*self.sql("INSERT INTO walhook.dead_letters \
                  (strategy, batch_id, first_lsn, last_lsn, payload, last_status, last_error, attempts) \
                  VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5::text::jsonb, $6, $7, $8) \
-                 RETURNING id",
+                 RETURNING id"),
                 &[
                     &dl.strategy,
                     &dl.batch_id,
@@ -98,7 +98,7 @@ impl StateStore {
         let rows = self
             .client()
             .await?
-            .query(&sql, &[&strategy, &after_id, &limit.max(0)])
+            .query(&*self.sql(&sql), &[&strategy, &after_id, &limit.max(0)])
             .await
             .map_err(StateError::query(WHAT))?;
         rows.iter()
@@ -114,7 +114,7 @@ impl StateStore {
         let row = self
             .client()
             .await?
-            .query_opt(&sql, &[&id])
+            .query_opt(&*self.sql(&sql), &[&id])
             .await
             .map_err(StateError::query(WHAT))?;
         row.map(|row| {
@@ -132,7 +132,10 @@ impl StateStore {
         let n = self
             .client()
             .await?
-            .execute("DELETE FROM walhook.dead_letters WHERE id = $1", &[&id])
+            .execute(
+                &*self.sql("DELETE FROM walhook.dead_letters WHERE id = $1"),
+                &[&id],
+            )
             .await
             .map_err(StateError::query(
                 "deleting a dead letter from walhook.dead_letters",

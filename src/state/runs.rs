@@ -19,8 +19,10 @@ impl StateStore {
             .client()
             .await?
             .query_one(
-                "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
+                &*self.sql(
+                    "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
                  VALUES ($1, $2, $3, 'running', $4::text::jsonb) RETURNING id",
+                ),
                 &[&strategy, &trigger, &filter, &counts.to_string()],
             )
             .await
@@ -37,7 +39,7 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "UPDATE walhook.runs SET counts = $2::text::jsonb WHERE id = $1",
+                &*self.sql("UPDATE walhook.runs SET counts = $2::text::jsonb WHERE id = $1"),
                 &[&id, &counts.to_string()],
             )
             .await
@@ -56,8 +58,10 @@ impl StateStore {
         self.client()
             .await?
             .execute(
-                "UPDATE walhook.runs SET state = $2, counts = $3::text::jsonb, \
+                &*self.sql(
+                    "UPDATE walhook.runs SET state = $2, counts = $3::text::jsonb, \
                  finished_at = clock_timestamp(), error = $4 WHERE id = $1",
+                ),
                 &[&id, &state, &counts.to_string(), &error],
             )
             .await
@@ -75,10 +79,10 @@ impl StateStore {
             .client()
             .await?
             .query_opt(
-                "SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
+                &*self.sql("SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
                  'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
                  'finished_at', finished_at, 'error', error)::text \
-                 FROM walhook.runs WHERE id = $1",
+                 FROM walhook.runs WHERE id = $1"),
                 &[&id],
             )
             .await

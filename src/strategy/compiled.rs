@@ -9,8 +9,9 @@ use metrics::Counter;
 
 use super::expr::{describe, resolve, BatchValues, Expr, Image, Resolved};
 use super::StrategyError;
+use crate::batch::payload::Meta;
 use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord};
-use crate::config::{Config, ExprRole, FilterOp, Ordering, TableName, Template};
+use crate::config::{Config, ExprRole, FilterOp, Ordering, RecordShape, TableName, Template};
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
 use crate::telemetry::names;
@@ -43,6 +44,9 @@ enum FieldValue {
     /// Exactly one column: its cell's exact JSON (numerics keep every digit,
     /// json stays embedded).
     Column(Image, String),
+    /// Exactly one of the envelope's own fields (`op`, `id`, `lsn`, …),
+    /// written as the envelope writes it.
+    Meta(Meta),
     Expr(Expr),
 }
 
@@ -87,6 +91,7 @@ pub struct CompiledStrategy {
     filters: [Option<Expr>; 4],
     grouping: Grouping,
     record: Option<Vec<Field>>,
+    record_shape: RecordShape,
     headers: Vec<Part>,
     query: Vec<Part>,
     body: Vec<Part>,
@@ -134,11 +139,12 @@ impl CompiledStrategy {
                         ),
                         Template::Expr(text) => {
                             let expr = compile(path.clone(), text, ExprRole::Record)?;
-                            match expr.single_column() {
-                                Some((image, column)) => {
+                            match (expr.single_column(), expr.single_meta()) {
+                                (Some((image, column)), _) => {
                                     FieldValue::Column(image, column.to_string())
                                 }
-                                None => FieldValue::Expr(expr),
+                                (None, Some(meta)) => FieldValue::Meta(meta),
+                                (None, None) => FieldValue::Expr(expr),
                             }
                         }
                     };
@@ -212,6 +218,7 @@ impl CompiledStrategy {
             filters,
             grouping,
             record,
+            record_shape: strategy.record_shape,
             headers,
             query,
             body,
@@ -324,12 +331,17 @@ impl CompiledStrategy {
     }
 
     /// Appends `event`'s record object (DESIGN.md payload record): the whole
-    /// row, or with `record` the mapped fields (see [`RecordEvent::write_mapped_json`]).
+    /// row, or with `record` the mapped fields in the envelope or alone
+    /// (see [`RecordEvent::write_mapped_json`]).
     fn write_record(&self, event: &RecordEvent, out: &mut Vec<u8>) {
         match &self.record {
             None => event.write_json(out),
             Some(fields) => {
-                event.write_mapped_json(|out| self.write_fields(fields, event, out), out);
+                event.write_mapped_json(
+                    self.record_shape,
+                    |out| self.write_fields(fields, event, out),
+                    out,
+                );
             }
         }
     }
@@ -358,6 +370,10 @@ impl CompiledStrategy {
             let written = match &field.value {
                 FieldValue::Literal(json) => {
                     out.extend_from_slice(json);
+                    true
+                }
+                FieldValue::Meta(meta) => {
+                    event.write_meta(*meta, out);
                     true
                 }
                 FieldValue::Column(image, column) => match resolve(event, *image, column) {
@@ -400,6 +416,10 @@ impl CompiledStrategy {
 }
 
 impl Decorate for CompiledStrategy {
+    fn record_shape(&self) -> RecordShape {
+        self.record_shape
+    }
+
     fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String> {
         if self.headers.is_empty() && self.query.is_empty() && self.body.is_empty() {
             return Ok(Decoration::default());

@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 
 use evalexpr::{Context, EvalexprError, EvalexprResult, Node, Operator, Value};
 
+use crate::batch::payload::Meta;
 use crate::config::{ExprRole, FilterOp};
 use crate::decode::{Cell, Column, Op, RecordEvent, ReplicaIdentity, TypeKind};
 use crate::timestamp;
@@ -115,6 +116,10 @@ enum Name {
     Op,
     Table,
     Schema,
+    RecordId,
+    Lsn,
+    Xid,
+    CommitTime,
     BatchSize,
     BatchFirstLsn,
     BatchLastLsn,
@@ -199,6 +204,33 @@ impl Expr {
         }
         match self.names.as_slice() {
             [(_, Name::Column(image, column))] => Some((*image, column)),
+            _ => None,
+        }
+    }
+
+    /// When the expression is exactly one of the envelope's own names
+    /// (`op`, `id`, `lsn`, …), that field: mappings then write it as the
+    /// envelope does instead of evaluating.
+    pub(crate) fn single_meta(&self) -> Option<Meta> {
+        let mut node = &self.tree;
+        loop {
+            match (node.operator(), node.children()) {
+                (Operator::RootNode, [only]) => node = only,
+                (Operator::VariableIdentifierRead { .. }, []) => break,
+                _ => return None,
+            }
+        }
+        match self.names.as_slice() {
+            [(_, name)] => match name {
+                Name::Op => Some(Meta::Op),
+                Name::Table => Some(Meta::Table),
+                Name::Schema => Some(Meta::Schema),
+                Name::RecordId => Some(Meta::Id),
+                Name::Lsn => Some(Meta::Lsn),
+                Name::Xid => Some(Meta::Xid),
+                Name::CommitTime => Some(Meta::CommitTime),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -327,6 +359,10 @@ fn parse_name(ident: &str, role: ExprRole) -> Result<Name, String> {
         "op" if row_role => Name::Op,
         "table" if row_role => Name::Table,
         "schema" if row_role => Name::Schema,
+        "id" if row_role => Name::RecordId,
+        "lsn" if row_role => Name::Lsn,
+        "xid" if row_role => Name::Xid,
+        "commit_time" if row_role => Name::CommitTime,
         "batch.size" if !row_role => Name::BatchSize,
         "batch.first_lsn" if !row_role => Name::BatchFirstLsn,
         "batch.last_lsn" if !row_role => Name::BatchLastLsn,
@@ -335,7 +371,8 @@ fn parse_name(ident: &str, role: ExprRole) -> Result<Name, String> {
         _ if row_role => {
             return Err(format!(
                 "unknown name `{ident}`: expressions on rows see new.<column>, old.<column>, \
-                 row.<column>, op, table and schema (text needs double quotes: \"{ident}\")"
+                 row.<column>, op, table, schema, id, lsn, xid and commit_time (text needs \
+                 double quotes: \"{ident}\")"
             ))
         }
         _ => {
@@ -602,6 +639,10 @@ fn name_value(event: &RecordEvent, name: &Name) -> Option<Value> {
         Name::Op => Some(Value::String(event.op.as_str().to_string())),
         Name::Table => Some(Value::String(event.relation.name.clone())),
         Name::Schema => Some(Value::String(event.relation.schema.clone())),
+        Name::RecordId => Some(Value::String(event.id())),
+        Name::Lsn => Some(Value::String(event.commit_lsn.to_string())),
+        Name::Xid => Some(Value::Int(i64::from(event.xid))),
+        Name::CommitTime => Some(Value::String(timestamp::format_rfc3339(event.commit_time))),
         Name::Column(image, column) => match resolve(event, *image, column) {
             Resolved::Cell(col, cell) => cell_value(&col.kind, cell),
             Resolved::Absent => Some(Value::Empty),

@@ -24,7 +24,8 @@
 //!
 //! Names: `new.<col>` (inserts, updates), `old.<col>` (updates, deletes),
 //! `row.<col>` (new for inserts and updates, old for deletes), `op`
-//! (`"insert"`, `"update"`, `"delete"`, `"truncate"`), `table`, `schema`.
+//! (`"insert"`, `"update"`, `"delete"`, `"truncate"`), `table`, `schema`,
+//! and the record's `id`, `lsn` (commit LSN), `xid` and `commit_time`.
 //! Functions: `changed("col")` (updates: the column's value differs between
 //! the old and new row), `is_null(x)`, and evalexpr's built-ins (`min`,
 //! `max`, `len`, `contains`, `str::to_lowercase`, `math::abs`, …). Values:
@@ -72,6 +73,11 @@
 //! `batch.id`, `strategy` and `now()` (RFC 3339); an endpoint's `headers`
 //! and `query` apply to every strategy using it, and a strategy's own
 //! replace them key by key (header names case-insensitively).
+//!
+//! With `record_shape = "flat"` each record is exactly the mapped object;
+//! the envelope's own values are names in row expressions (`id`, `op`,
+//! `lsn`, `xid`, `commit_time`, `schema`, `table`), and a field that is
+//! exactly one of them is written as the envelope writes it.
 
 mod compiled;
 pub(crate) mod expr;

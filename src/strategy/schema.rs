@@ -48,12 +48,44 @@ impl fmt::Display for SchemaProblem {
 pub enum SchemaError {
     #[error("reading the catalog failed: {}", pg::describe(.0))]
     Query(#[source] tokio_postgres::Error),
-    #[error("creating publication {publication} failed: {}", pg::describe(.source))]
+    #[error("creating publication {publication} failed: {}{}", pg::describe(.source), create_hint(.source))]
     Create {
         publication: String,
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Creating the publication would make the application's UPDATE and
+    /// DELETE on these tables fail; walhook does not.
+    #[error("walhook did not create publication {publication}: {problem}; fix: {fix}")]
+    WouldBreakWrites {
+        publication: String,
+        problem: String,
+        fix: String,
+    },
+}
+
+impl SchemaError {
+    /// True when the database must change first (restarting will not help).
+    pub(crate) fn needs_change(&self) -> bool {
+        match self {
+            SchemaError::WouldBreakWrites { .. } => true,
+            SchemaError::Create { source, .. } => {
+                source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+            }
+            SchemaError::Query(_) => false,
+        }
+    }
+}
+
+/// What to do when the role may not create the publication.
+fn create_hint(err: &tokio_postgres::Error) -> &'static str {
+    if err.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+        ". Creating a publication needs CREATE on the database and ownership of the tables, \
+         which the role walhook runs as should not have: have an administrator run the SQL of \
+         `walhook setup --print-sql -c <config>` (psql -v ON_ERROR_STOP=1 -f)"
+    } else {
+        ""
+    }
 }
 
 /// What [`ensure_publication`] did.
@@ -77,12 +109,13 @@ pub async fn validate_schema(
     let publication_name = &config.source.publication;
     let publication = client
         .query_opt(
-            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1",
+            "SELECT pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot \
+             FROM pg_publication WHERE pubname = $1",
             &[publication_name],
         )
         .await
         .map_err(SchemaError::Query)?
-        .map(|row| -> [bool; 4] { [row.get(0), row.get(1), row.get(2), row.get(3)] });
+        .map(|row| -> [bool; 5] { [row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)] });
     let mut problems = Vec::new();
     for (i, strategy) in config.strategies.iter().enumerate() {
         let base = format!("strategies[{i}]");
@@ -108,13 +141,26 @@ pub async fn validate_schema(
         if let Some(actions) = publication {
             let published: bool = client
                 .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
-                     WHERE pubname = $1 AND schemaname = $2 AND tablename = $3)",
-                    &[publication_name, &table.schema, &table.name],
+                    &format!("SELECT {}", pg::publishes_table_sql("$1", "$2")),
+                    &[publication_name, &pg::quote_table(table)],
                 )
                 .await
                 .map_err(SchemaError::Query)?
                 .get(0);
+            if published && info.partitioned && !actions[4] {
+                problems.push(problem(
+                    format!("{base}.table"),
+                    format!(
+                        "{table} is partitioned, and publication {publication_name} publishes its \
+                         partitions' changes under the partitions' own names \
+                         (publish_via_partition_root is off), so this strategy would receive none"
+                    ),
+                    format!(
+                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true);",
+                        readable_ident(publication_name)
+                    ),
+                ));
+            }
             if !published {
                 problems.push(problem(
                     format!("{base}.table"),
@@ -325,6 +371,24 @@ pub async fn ensure_publication(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    // A table without a replica identity in a publication that carries
+    // updates and deletes makes the application's UPDATE and DELETE fail.
+    let mut leaves = Vec::new();
+    for table in &tables {
+        leaves.extend(
+            pg::leaves_without_identity(client, table)
+                .await
+                .map_err(SchemaError::Query)?,
+        );
+    }
+    if !leaves.is_empty() {
+        let (problem, fix) = pg::no_identity_problem(&leaves, name);
+        return Err(SchemaError::WouldBreakWrites {
+            publication: name.clone(),
+            problem,
+            fix,
+        });
+    }
     let sql = pg::create_publication_sql(name, &tables);
     match client.batch_execute(&sql).await {
         Ok(()) => Ok(PublicationOutcome::Created { tables }),

@@ -402,6 +402,69 @@ record = { id = { expr = "row.id" }, total = { expr = "row.amount * 2" }, exact 
 }
 
 #[test]
+fn a_flat_record_is_exactly_the_mapping_with_the_envelope_fields_it_names() {
+    let cfg = config(
+        r#"
+[[strategies]]
+name = "flat"
+table = "public.orders"
+endpoint = "a"
+on_insert = "true"
+on_update = "true"
+on_delete = "true"
+record_shape = "flat"
+record = { key = { expr = "row.id" }, kind = { expr = "op" }, record_id = { expr = "id" }, at = { expr = "lsn" }, tx = { expr = "xid" }, time = { expr = "commit_time" }, total = { expr = "row.amount * 2" }, where = { expr = "schema + \".\" + table" }, label = { expr = "op + \":\" + id" }, source = "erp" }
+"#,
+    );
+    let s = compile(&cfg, 0);
+    assert_eq!(s.record_shape(), crate::config::RecordShape::Flat);
+    let ins = insert(Some("150.5"), Some("open"));
+    let raw = String::from_utf8(s.queued_record(&ins).json).unwrap();
+    // BTreeMap order; each meta field as the envelope writes it.
+    assert_eq!(
+        raw,
+        r#"{"at":"0/16B3748","key":1,"kind":"insert","label":"insert:0/16B3748:0","record_id":"0/16B3748:0","source":"erp","time":"2026-11-28T07:04:00.123456Z","total":301,"tx":750,"where":"public.orders"}"#
+    );
+    let rel = orders(ReplicaIdentity::Default);
+    let upd = event(
+        &rel,
+        Op::Update,
+        Some(&[Some("2"), Some("1"), Some("paid"), Some(TOAST)]),
+        None,
+    );
+    let v: serde_json::Value = serde_json::from_slice(&s.queued_record(&upd).json).unwrap();
+    assert_eq!(v["kind"], "update");
+    assert_eq!(v["key"], 2);
+    assert!(
+        v.get("unchanged_toast").is_none() && v.get("new").is_none(),
+        "{v}"
+    );
+    let del = event(&rel, Op::Delete, None, Some(&[Some("7"), None, None, None]));
+    let v: serde_json::Value = serde_json::from_slice(&s.queued_record(&del).json).unwrap();
+    assert_eq!(v["kind"], "delete");
+    assert_eq!(v["key"], 7);
+    assert_eq!(
+        v["total"],
+        serde_json::Value::Null,
+        "old.amount is not sent: {v}"
+    );
+}
+
+#[test]
+fn envelope_names_compile_in_row_expressions_only() {
+    for name in ["id", "lsn", "xid", "commit_time"] {
+        Expr::compile(name, ExprRole::Record).unwrap();
+        Expr::compile(
+            &format!("is_null({name})"),
+            ExprRole::Filter(FilterOp::Insert),
+        )
+        .unwrap();
+        let err = Expr::compile(name, ExprRole::Batch).unwrap_err();
+        assert!(err.contains("unknown name"), "{err}");
+    }
+}
+
+#[test]
 fn decoration_merges_endpoint_and_strategy() {
     let cfg = config(
         r#"

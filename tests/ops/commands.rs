@@ -245,8 +245,12 @@ async fn check_reports_problems_with_their_fixes() {
         "error role: role ops_plain lacks the REPLICATION attribute needed to stream from a slot — fix: ALTER ROLE \"ops_plain\" WITH REPLICATION;",
         "error strategies[0].on_update: table public.orders has no column \"nope\" — fix: use one of its columns: id, status",
         "error strategies[1].table: table shop.items does not exist",
-        "error publication: publication pub_s_problems does not exist — fix: CREATE PUBLICATION \"pub_s_problems\" FOR TABLE \"public\".\"orders\", \"shop\".\"items\";",
-        "error replica_identity: public.orders has no primary key and REPLICA IDENTITY DEFAULT",
+        "error publication: publication pub_s_problems does not exist — fix: CREATE PUBLICATION \"pub_s_problems\" FOR TABLE \"public\".\"orders\", \"shop\".\"items\" WITH (publish_via_partition_root = true);",
+        "error replica_identity: table public.orders has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): in publication pub_s_problems, which publishes updates and deletes, the application's UPDATE and DELETE on it fail",
+        "— fix: choose one: (1) a primary key: ALTER TABLE public.orders ADD PRIMARY KEY (…); (2) every column as the identity: ALTER TABLE public.orders REPLICA IDENTITY FULL; (3) if walhook needs only inserts, a publication that publishes only inserts: CREATE PUBLICATION pub_s_problems FOR TABLE … WITH (publish = 'insert');",
+        "error state: schema walhook: the state schema does not exist in database ops_problems_",
+        "and role ops_plain may not create it (no CREATE on the database; walhook never needs that) — fix: run the setup SQL as an administrator (walhook setup --print-sql -c config.toml, then psql -v ON_ERROR_STOP=1 -f); or, as an administrator in database ops_problems_",
+        ": CREATE SCHEMA walhook AUTHORIZATION ops_plain;",
         "warn  slot: slot s_problems does not exist yet",
         "error endpoint hook: cannot connect to 127.0.0.1:1",
     ] {
@@ -375,6 +379,101 @@ async fn logs_follow_log_format_and_walhook_log() {
 
     let stderr = run(&["setup"], Some("warn")).await;
     assert_eq!(stderr, "", "WALHOOK_LOG=warn hides info lines");
+}
+
+/// Runs `walhook ARGS` in `dir` with stderr on a new pseudo-terminal and
+/// returns what it wrote there (the terminal's bytes, colour codes kept).
+fn stderr_on_a_terminal(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two fds into the pointers; the name, termios
+    // and window size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just opened by openpty and are owned here only.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"));
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_remove("NO_COLOR")
+        .env_remove("WALHOOK_LOG")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(slave));
+    let mut child = command.spawn().expect("spawning walhook");
+    // Our copy of the terminal's slave end went into `command`; drop it so
+    // that reading ends (EIO) once walhook has exited.
+    drop(command);
+    let mut terminal = std::fs::File::from(master);
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match terminal.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            // Linux answers EIO once no process holds the slave end.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+            Err(e) => panic!("reading the terminal: {e}"),
+        }
+    }
+    let status = child.wait().expect("waiting for walhook");
+    assert!(status.success(), "{status:?}");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
+    let db = fresh_db("ops_colour").await;
+    schema(&db).await;
+    let config = config(&db.url(), "s_colour", "http://127.0.0.1:1/", "true");
+
+    // A pipe (systemd, Kubernetes, `2>file`): plain text.
+    let out = Walhook::command(&["setup", "-c", "config.toml"])
+        .config(&config.0)
+        .output()
+        .await;
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("setup step done"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "escape codes in logs to a pipe: {:?}",
+        out.stderr
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("config.toml"), &config.0).expect("config");
+    let path = dir.path().to_path_buf();
+    let (coloured, plain) = tokio::task::spawn_blocking(move || {
+        let args = ["setup", "-c", "config.toml"];
+        (
+            stderr_on_a_terminal(&path, &args, &[]),
+            stderr_on_a_terminal(&path, &args, &[("NO_COLOR", "1")]),
+        )
+    })
+    .await
+    .expect("terminal task");
+    assert!(coloured.contains("setup step done"), "{coloured:?}");
+    assert!(
+        coloured.contains("\x1b["),
+        "a terminal gets colour: {coloured:?}"
+    );
+    assert!(plain.contains("setup step done"), "{plain:?}");
+    assert!(
+        !plain.contains('\x1b'),
+        "NO_COLOR=1 on a terminal: {plain:?}"
+    );
 }
 
 #[tokio::test]

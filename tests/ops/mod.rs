@@ -5,4 +5,5 @@
 mod admin;
 mod commands;
 mod e2e;
+mod least_privilege;
 mod replay;

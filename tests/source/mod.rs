@@ -5,5 +5,6 @@
 mod connect;
 mod lost;
 mod restart;
+mod shutdown;
 mod stream;
 mod tls;

@@ -73,8 +73,9 @@ pub(crate) struct Exclusive {
 }
 
 /// Takes a turn on the cluster for tests that would disturb others on the
-/// shared one: a crash restart, `ALTER SYSTEM`. Waits while another test
-/// has it; settings made with `ALTER SYSTEM` are reset when the turn ends.
+/// shared one: a restart or a shutdown, `ALTER SYSTEM`. Waits while another
+/// test has it; when the turn ends the server is started again if it is
+/// down, and settings made with `ALTER SYSTEM` are reset.
 pub(crate) async fn exclusive_cluster() -> Exclusive {
     static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let turn = TURN.lock().await;
@@ -96,14 +97,31 @@ impl Exclusive {
 
 impl Drop for Exclusive {
     fn drop(&mut self) {
-        // The next test gets the cluster as configured. Never panic here:
-        // this may run while a failed test unwinds.
-        let reset = self
-            .cluster
-            .psql("postgres", "ALTER SYSTEM RESET ALL")
-            .and_then(|_| self.cluster.reload());
-        if let Err(err) = reset {
-            eprintln!("resetting the exclusive cluster's settings failed: {err}");
+        // The next test gets the cluster running and as configured. Never
+        // panic here: this may run while a failed test unwinds.
+        if !self.cluster.is_running() {
+            if let Err(err) = self.cluster.start_again() {
+                eprintln!("starting the exclusive cluster again failed: {err}");
+            }
+        }
+        let reset = || {
+            self.cluster
+                .psql("postgres", "ALTER SYSTEM RESET ALL")
+                .and_then(|_| self.cluster.reload())
+        };
+        if let Err(err) = reset() {
+            // A shutdown that did not finish (a smart one still waiting)
+            // leaves the server refusing connections: stop it for good and
+            // start it again.
+            eprintln!("resetting the exclusive cluster's settings failed: {err}; restarting it");
+            let again = self
+                .cluster
+                .shut_down(walhook::cluster::StopMode::Fast)
+                .and_then(|_| self.cluster.start_again())
+                .and_then(|_| reset());
+            if let Err(err) = again {
+                eprintln!("restarting the exclusive cluster failed: {err}");
+            }
         }
     }
 }
@@ -203,6 +221,28 @@ impl Db {
         tokio::task::spawn_blocking(move || cluster.psql(&db, &sql))
             .await
             .expect("psql task")
+    }
+
+    /// Runs an SQL file of the repository (`sql/setup.sql`) with psql
+    /// variables, as a DBA does.
+    pub(crate) async fn try_psql_file(
+        &self,
+        file: &str,
+        vars: &[(&str, &str)],
+    ) -> Result<String, ClusterError> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let (cluster, db) = (self.cluster, self.name.clone());
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            cluster.psql_file(&db, &path, &vars)
+        })
+        .await
+        .expect("psql task")
     }
 
     /// [`Db::try_psql`] that panics with psql's message when a statement fails.

@@ -17,7 +17,8 @@ use super::{free_port, poll_until, Db, WAIT};
 
 /// Variables that would change how walhook behaves if the developer's
 /// shell set them; a test sets what it wants.
-const CLEARED_ENV: [&str; 4] = [
+const CLEARED_ENV: [&str; 5] = [
+    "NO_COLOR",
     "WALHOOK_LOG",
     "WALHOOK_DATABASE_URL",
     "WALHOOK_ADMIN_TOKEN",
