@@ -7,6 +7,9 @@
 //! what the server has. Stored batch boundaries must outlive every position
 //! a restart could stream from again, so they are forgotten only behind
 //! what the server reports.
+//!
+//! Each read opens its own short connection: a session held open between
+//! reads would keep a smart shutdown of the server waiting for ever.
 
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ use crate::lsn::Lsn;
 use crate::pg;
 
 /// How often the slot is read.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Reads the confirmed position of `slot` through `url` until `stop`; the
 /// receiver starts at `Lsn::ZERO` (nothing known) and only moves forward.
@@ -32,7 +35,6 @@ pub(crate) fn watch_confirmed(
 ) -> (watch::Receiver<Lsn>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(Lsn::ZERO);
     let task = tokio::spawn(async move {
-        let mut client: Option<Client> = None;
         let mut tick = tokio::time::interval(POLL_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -41,17 +43,25 @@ pub(crate) fn watch_confirmed(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if client.as_ref().is_none_or(Client::is_closed) {
-                client = match pg::connect(&url, "walhook-checkpoint").await {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot read the slot's confirmed position");
-                        continue;
-                    }
-                };
-            }
-            let Some(c) = &client else { continue };
-            match confirmed_flush(c, &slot).await {
+            let connected = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                c = pg::connect(&url, "walhook-checkpoint") => c,
+            };
+            let client = match connected {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot read the slot's confirmed position");
+                    continue;
+                }
+            };
+            let read = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                read = confirmed_flush(&client, &slot) => read,
+            };
+            drop(client);
+            match read {
                 Ok(Some(lsn)) => {
                     tx.send_if_modified(|current| {
                         let moved = lsn > *current;
