@@ -26,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinError, JoinHandle, JoinSet};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
@@ -42,7 +43,7 @@ use crate::delivery::{
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
 use crate::runs::{schedule, AppControl, RunManager};
-use crate::source::{Source, SourceError, SourceOptions, SourceStatus};
+use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
     self, CompiledStrategy, PublicationOutcome, Route, RouteError, Router, SchemaError,
@@ -106,13 +107,30 @@ fn list(problems: &[SchemaProblem]) -> String {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
     let prom = telemetry::install_recorder()?;
     telemetry::describe();
-    let pipeline = Pipeline::build(&config).await?;
     let listener = admin::bind(config.admin.listen).await?;
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);
     opts.budget = Some(budget.clone());
     let capacity = opts.channel_capacity;
     let (source, ack, source_status) = Source::new(opts);
+    // Probes and /status answer while the database is not up yet.
+    let early = CancellationToken::new();
+    let early_admin = tokio::spawn(admin::serve(
+        admin::share(&listener)?,
+        AdminState::new(&config, source_status.clone(), prom.clone()),
+        early.clone(),
+    ));
+    let built = match wait_for_database(&config, &source, &shutdown).await {
+        Ok(Some(client)) => Pipeline::build(&config, client).await.map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    early.cancel();
+    early_admin.await??;
+    let Some(pipeline) = built? else {
+        tracing::info!("walhook stopped before the database was up");
+        return Ok(());
+    };
     let checkpoint = Arc::new(Checkpoint::new(
         pipeline.strategies.len(),
         Lsn::ZERO,
@@ -158,11 +176,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    async fn build(config: &Config) -> Result<Pipeline, AppError> {
-        let url = config.source.url.expose();
-        let client = pg::connect(url, "walhook")
-            .await
-            .map_err(AppError::Connect)?;
+    async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
         let mut strategies = CompiledStrategy::compile_all(config)?;
         let problems = strategy::validate_schema(&client, config).await?;
         if !problems.is_empty() {
@@ -189,6 +203,47 @@ impl Pipeline {
             endpoints,
             state,
         })
+    }
+}
+
+/// Connects to the source database, waiting with backoff while it is not
+/// up yet (a pod started before its database, a host reboot): the wait is
+/// logged and shown in `/readyz` and `/status`. What waiting cannot fix (a
+/// refused login, a missing database, TLS settings) fails at once. `None`
+/// when `shutdown` came first.
+async fn wait_for_database(
+    config: &Config,
+    source: &Source,
+    shutdown: &CancellationToken,
+) -> Result<Option<Client>, AppError> {
+    let url = config.source.url.expose();
+    let mut backoff = Backoff::default();
+    let mut waited = false;
+    loop {
+        let connected = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            connected = pg::connect(url, "walhook") => connected,
+        };
+        let err = match connected {
+            Ok(client) => {
+                if waited {
+                    tracing::info!("the database is up");
+                }
+                return Ok(Some(client));
+            }
+            Err(err) if err.is_transient() => err,
+            Err(err) => return Err(AppError::Connect(err)),
+        };
+        waited = true;
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "waiting for the database");
+        source.report_waiting(format!("waiting for the database: {err}"));
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
     }
 }
 

@@ -351,6 +351,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
         .map_err(|source| AdminError::Bind { addr, source })
 }
 
+/// A second handle on the same listening socket: a server stopped on one
+/// leaves the socket open for the next, so connections made in between wait
+/// in the backlog instead of being refused.
+pub(crate) fn share(listener: &TcpListener) -> Result<TcpListener, AdminError> {
+    use std::os::fd::AsFd;
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(AdminError::Serve)?;
+    TcpListener::from_std(std::net::TcpListener::from(fd)).map_err(AdminError::Serve)
+}
+
 /// Serves the admin API on `listener` until `shutdown`. Refuses a
 /// non-loopback address without a token.
 pub async fn serve(
@@ -423,7 +435,12 @@ fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Opt
     match source.state {
         SourceState::Streaming => {}
         SourceState::Standby => return Some("standby".to_string()),
-        SourceState::Connecting => return Some("connecting".to_string()),
+        SourceState::Connecting => {
+            return Some(match &source.last_error {
+                Some(why) => format!("connecting: {why}"),
+                None => "connecting".to_string(),
+            })
+        }
         SourceState::Failed => {
             let why = source.last_error.as_deref().unwrap_or("source stopped");
             return Some(format!("failed: {why}"));

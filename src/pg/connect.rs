@@ -33,6 +33,30 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// Whether waiting can fix it: the server is not reachable yet (refused,
+    /// timed out, unknown host while DNS catches up) or is starting up or
+    /// shutting down (SQLSTATE classes 08, 53 and 57). A refused login, a
+    /// missing database, TLS settings or the URL itself need a human.
+    pub(crate) fn is_transient(&self) -> bool {
+        let ConnectError::Connect { source, .. } = self else {
+            return false;
+        };
+        if let Some(db) = source.as_db_error() {
+            return matches!(db.code().code().get(..2), Some("08" | "53" | "57"));
+        }
+        let mut cause = std::error::Error::source(source);
+        while let Some(err) = cause {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                return !matches!(io.kind(), InvalidData | InvalidInput | PermissionDenied);
+            }
+            cause = err.source();
+        }
+        false
+    }
+}
+
 /// Opens a SQL connection for `url` (a libpq URL or key=value string) and
 /// drives it on a background task. `application_name` defaults to the URL's
 /// or `walhook`.

@@ -197,7 +197,7 @@ impl Default for SourceStatus {
 
 /// Exponential backoff with jitter, 100 ms → 5 s.
 #[derive(Debug, Clone)]
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     min: Duration,
     max: Duration,
@@ -219,7 +219,7 @@ impl Backoff {
     }
 
     /// The next delay: uniformly in [d/2, d], with d doubling up to max.
-    fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
         let low = d / 2;
@@ -354,6 +354,15 @@ impl Source {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Shows `error` in the status while the application waits for the
+    /// database before the source runs (state `connecting`).
+    pub(crate) fn report_waiting(&self, error: String) {
+        self.status.send_modify(|s| {
+            s.state = SourceState::Connecting;
+            s.last_error = Some(error);
+        });
     }
 
     fn validate(&self) -> Result<ConnInfo, SourceError> {

@@ -4,6 +4,7 @@
 
 mod admin;
 mod commands;
+mod deploy;
 mod e2e;
 mod least_privilege;
 mod replay;

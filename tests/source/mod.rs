@@ -3,6 +3,7 @@
 //! happens when the server restarts or invalidates the slot.
 
 mod connect;
+mod late_database;
 mod lost;
 mod restart;
 mod shutdown;
