@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
 use crate::admin::{ControlError, RunMode, RunReply};
-use crate::batch::{Decorate, QueuedRecord, WorkItem};
+use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord, Reply, ReplyLog, WorkItem};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Config, ExprRole, FilterOp, OnExhausted};
+use crate::config::{Config, ExprRole, FilterOp, OnExhausted, RecordShape};
 use crate::delivery::{
     DeliveryError, DeliveryState, Endpoint, StatusHandle, StrategyWorker, WorkerOptions,
 };
@@ -165,6 +165,8 @@ pub(crate) struct Summary {
     pub(crate) id: i64,
     pub(crate) counts: Counts,
     duration: Duration,
+    /// Sync runs: the endpoint's last answer to each batch.
+    replies: Vec<Reply>,
 }
 
 impl Summary {
@@ -178,7 +180,28 @@ impl Summary {
             "batches": self.counts.batches,
             "failures": self.counts.failed,
             "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            "responses": self.replies,
         })
+    }
+}
+
+/// A sync run's strategy: its templates, and a log of the endpoint's answers.
+struct Answered {
+    strategy: Arc<CompiledStrategy>,
+    replies: Arc<ReplyLog>,
+}
+
+impl Decorate for Answered {
+    fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String> {
+        self.strategy.decorate(meta)
+    }
+
+    fn record_shape(&self) -> RecordShape {
+        self.strategy.record_shape()
+    }
+
+    fn replies(&self) -> Option<Arc<ReplyLog>> {
+        Some(self.replies.clone())
     }
 }
 
@@ -215,6 +238,8 @@ struct Plan {
     cancel: CancellationToken,
     live: Arc<Live>,
     started: Instant,
+    /// Sync runs keep the endpoint's answers.
+    replies: Option<Arc<ReplyLog>>,
 }
 
 /// Called with the counts after every page (the CLI prints them).
@@ -474,6 +499,7 @@ impl RunManager {
             cancel,
             live,
             started: Instant::now(),
+            replies: matches!(mode, RunMode::Sync).then(Arc::default),
         })
     }
 
@@ -521,6 +547,11 @@ impl RunManager {
             id: plan.id,
             counts,
             duration,
+            replies: plan
+                .replies
+                .as_ref()
+                .map(|log| log.replies())
+                .unwrap_or_default(),
         })
     }
 
@@ -620,7 +651,13 @@ impl RunManager {
         let dead_letters = retry.on_exhausted == OnExhausted::DeadLetter
             || endpoint.on_client_error() == crate::config::OnClientError::DeadLetter;
         let state = dead_letters.then(|| inner.state.clone());
-        let decorate: Arc<dyn Decorate> = plan.compiled.clone();
+        let decorate: Arc<dyn Decorate> = match &plan.replies {
+            Some(replies) => Arc::new(Answered {
+                strategy: plan.compiled.clone(),
+                replies: replies.clone(),
+            }),
+            None => plan.compiled.clone(),
+        };
         let (worker, tx) = StrategyWorker::new(WorkerOptions {
             index: 0,
             name: cfg.name.clone(),
