@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  GET  /metrics   /healthz   /readyz   /status              open
-//!  POST /strategies/{name}/pause | resume | runs             Bearer token
+//!  POST /strategies/{name}/pause | resume | retry | runs     Bearer token
 //!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
@@ -101,6 +101,10 @@ pub struct StrategyStatus {
     pub last_error: Option<String>,
     /// Attempts made for the batch in flight (0 when idle).
     pub attempts: u64,
+    /// Batches in flight.
+    pub in_flight: u64,
+    /// Why it is paused (`admin`, `endpoint_gone`), when it is.
+    pub pause_reason: Option<&'static str>,
 }
 
 /// Supplies strategy status on demand. Implemented for closures
@@ -155,6 +159,8 @@ impl StrategyStatus {
             last_success: worker.last_success,
             last_error: worker.last_error.clone(),
             attempts: u64::from(worker.attempts),
+            in_flight: u64::from(worker.in_flight),
+            pause_reason: worker.pause_reason.map(|r| r.as_str()),
         }
     }
 }
@@ -236,8 +242,17 @@ pub enum RunReply {
 pub trait Control: Send + Sync + 'static {
     /// Stops delivering for `strategy`; changes keep queueing and hold the slot.
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
-    /// Resumes a paused strategy.
+    /// Resumes a paused strategy (paused by the API or by a 410).
     fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
+    /// Ends the strategy's backoff waits at once; returns how many batches
+    /// were waiting.
+    fn retry<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<usize, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "retrying {strategy} is not supported in this process"
+            )))
+        })
+    }
     /// Starts an on-demand run over the table's current rows.
     fn start_run<'a>(
         &'a self,
@@ -375,6 +390,7 @@ fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/strategies/{name}/pause", post(pause))
         .route("/strategies/{name}/resume", post(resume))
+        .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
         .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/dead-letters", get(list_dead_letters))
@@ -467,6 +483,8 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "last_success": s.last_success.map(rfc3339),
                 "last_error": s.last_error,
                 "attempts": s.attempts,
+                "in_flight": s.in_flight,
+                "pause_reason": s.pause_reason,
             })
         })
         .collect();
@@ -565,6 +583,20 @@ async fn resume(
         .map_err(IntoResponse::into_response)?;
     tracing::info!(strategy = %name, "strategy resumed by the admin API");
     Ok(Json(json!({ "strategy": name, "state": "running" })).into_response())
+}
+
+async fn retry(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let woken = control
+        .retry(&name)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(strategy = %name, woken, "backoff ended by the admin API");
+    Ok(Json(json!({ "strategy": name, "retrying": woken })).into_response())
 }
 
 /// `?mode=sync|async&limit=N&filter=EXPR`.
@@ -723,6 +755,8 @@ mod tests {
             last_success: Some(SystemTime::UNIX_EPOCH),
             last_error: Some("HTTP 503".into()),
             attempts: 2,
+            in_flight: 1,
+            pause_reason: None,
         }
     }
 
@@ -759,9 +793,10 @@ mod tests {
     #[test]
     fn a_workers_status_is_shown_typed_paused_first_then_failing() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
-        let worker = |state, paused| WorkerStatus {
+        let worker = |state, paused: bool| WorkerStatus {
             state,
             queue_records: 4,
+            in_flight: 1,
             last_success: Some(at),
             last_error: Some("HTTP 502".into()),
             attempts: 2,
@@ -770,6 +805,7 @@ mod tests {
             delivered_records: 0,
             dead_lettered_records: 0,
             paused,
+            pause_reason: paused.then_some(crate::delivery::PauseReason::EndpointGone),
         };
         let cases = [
             (DeliveryState::Idle, false, StrategyState::Running),
@@ -787,6 +823,8 @@ mod tests {
             assert_eq!(status.queue_records, 4);
             assert_eq!(status.attempts, 2);
             assert_eq!(status.last_error.as_deref(), Some("HTTP 502"));
+            assert_eq!(status.in_flight, 1);
+            assert_eq!(status.pause_reason, paused.then_some("endpoint_gone"));
         }
         let status = StrategyStatus::of_worker("orders", &worker(DeliveryState::Idle, false));
         let doc = status_json("walhook", &SourceStatus::default(), &[status]);

@@ -1,5 +1,6 @@
 //! The admin API's commands ([`Control`]) for `walhook run`: runs go to the
 //! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
+//! retry-now to their [`RetryHandle`]s,
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
 use serde_json::Value;
@@ -8,7 +9,7 @@ use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
-use crate::delivery::PauseHandle;
+use crate::delivery::{PauseHandle, RetryHandle};
 use crate::state::StateStore;
 
 /// [`Control`] over a [`RunManager`].
@@ -18,6 +19,8 @@ pub(crate) struct AppControl {
     modes: Vec<(String, bool, bool)>,
     /// The live workers' pause switches, by strategy name.
     pauses: Vec<(String, PauseHandle)>,
+    /// The live workers' retry-now buttons, by strategy name.
+    retries: Vec<(String, RetryHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
 }
@@ -38,8 +41,15 @@ impl AppControl {
                 .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
                 .collect(),
             pauses: Vec::new(),
+            retries: Vec::new(),
             replay: None,
         }
+    }
+
+    /// Lets `retry` reach the live workers.
+    pub(crate) fn with_retries(mut self, retries: Vec<(String, RetryHandle)>) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// Lets `pause`/`resume` reach the live workers.
@@ -83,6 +93,19 @@ impl Control for AppControl {
         Box::pin(async move {
             self.pause_handle(strategy)?.resume();
             Ok(())
+        })
+    }
+
+    fn retry<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<usize, ControlError>> {
+        Box::pin(async move {
+            if self.retries.is_empty() {
+                return Err(unsupported("retry"));
+            }
+            self.retries
+                .iter()
+                .find(|(n, _)| n == strategy)
+                .map(|(_, h)| h.retry_now())
+                .ok_or_else(|| ControlError::NotFound(format!("no strategy named {strategy:?}")))
         })
     }
 
