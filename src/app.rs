@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);
     opts.budget = Some(budget.clone());
+    opts.messages = config.strategies.iter().any(|s| s.messages.is_some());
     let capacity = opts.channel_capacity;
     let (source, ack, source_status) = Source::new(opts);
     // Probes and /status answer while the database is not up yet.

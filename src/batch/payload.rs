@@ -85,6 +85,67 @@ pub(crate) fn parse_record_id(id: &str) -> Option<RecordKey> {
     Some((lsn.parse().ok()?, index.parse().ok()?))
 }
 
+/// A logical message as a record (`"op": "message"`, see README's
+/// "Transactional outbox"). Non-transactional messages have no transaction:
+/// their `lsn` is the message's own, `xid` and `commit_time` are null.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageRecord<'a> {
+    pub(crate) commit_lsn: Lsn,
+    pub(crate) index: u32,
+    /// `None` for a non-transactional message.
+    pub(crate) txn: Option<(u32, i64)>,
+    pub(crate) message_lsn: Lsn,
+    pub(crate) prefix: &'a str,
+    pub(crate) content: &'a [u8],
+}
+
+impl MessageRecord<'_> {
+    /// Appends the record object. `content` is embedded as JSON when it
+    /// parses as JSON (`"content_format": "json"`), else as a string when it
+    /// is UTF-8 (`"text"`), else base64 (`"base64"`): never dropped.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            "{{\"id\":\"{}:{}\",\"op\":\"message\",\"prefix\":",
+            self.commit_lsn, self.index
+        );
+        write_json_string(self.prefix.as_bytes(), out);
+        let _ = write!(
+            out,
+            ",\"transactional\":{},\"lsn\":\"{}\",\"message_lsn\":\"{}\",",
+            self.txn.is_some(),
+            self.commit_lsn,
+            self.message_lsn
+        );
+        match self.txn {
+            Some((xid, commit_time)) => {
+                let _ = write!(out, "\"xid\":{xid},\"commit_time\":\"");
+                write_rfc3339(commit_time, out);
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"\"xid\":null,\"commit_time\":null"),
+        }
+        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(self.content).is_ok();
+        if is_json {
+            out.extend_from_slice(b",\"content_format\":\"json\",\"content\":");
+            out.extend_from_slice(self.content);
+        } else if std::str::from_utf8(self.content).is_ok() {
+            out.extend_from_slice(b",\"content_format\":\"text\",\"content\":");
+            write_json_string(self.content, out);
+        } else {
+            out.extend_from_slice(b",\"content_format\":\"base64\",\"content\":\"");
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(self.content)
+                    .as_bytes(),
+            );
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+}
+
 /// A batch ready to send.
 #[derive(Debug)]
 pub struct Batch {
@@ -501,6 +562,39 @@ mod tests {
                 b.id
             )
         );
+    }
+
+    #[test]
+    fn message_records_keep_their_content() {
+        let message = |content: &'static [u8]| {
+            let mut out = Vec::new();
+            MessageRecord {
+                commit_lsn: Lsn(0x100),
+                index: 1,
+                txn: Some((7, 0)),
+                message_lsn: Lsn(0xF0),
+                prefix: "orders.created",
+                content,
+            }
+            .write_json(&mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        let json = message(br#" {"order": 1} "#);
+        assert_eq!(json["id"], "0/100:1");
+        assert_eq!(json["op"], "message");
+        assert_eq!(json["prefix"], "orders.created");
+        assert_eq!(json["transactional"], true);
+        assert_eq!(json["lsn"], "0/100");
+        assert_eq!(json["message_lsn"], "0/F0");
+        assert_eq!(json["xid"], 7);
+        assert_eq!(json["content_format"], "json");
+        assert_eq!(json["content"], serde_json::json!({"order": 1}));
+        let text = message(b"not \"json\"");
+        assert_eq!(text["content_format"], "text");
+        assert_eq!(text["content"], "not \"json\"");
+        let bytes = message(b"\xff\x00");
+        assert_eq!(bytes["content_format"], "base64");
+        assert_eq!(bytes["content"], "/wA=");
     }
 
     #[test]

@@ -166,6 +166,8 @@ pub enum ExprRole {
     Batch,
     /// A schedule's `filter`, evaluated per row.
     ScheduleFilter,
+    /// An `on_message` filter, evaluated per logical message.
+    Message,
 }
 
 /// The operation a filter applies to.
@@ -347,6 +349,13 @@ impl Config {
                         });
                     }
                 }
+            }
+            if let Some(expr) = &strategy.on_message {
+                sites.push(ExprSite {
+                    path: format!("{base}.on_message"),
+                    role: ExprRole::Message,
+                    expr,
+                });
             }
             if let Some(expr) = &strategy.group_by {
                 sites.push(ExprSite {

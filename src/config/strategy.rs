@@ -18,8 +18,18 @@ pub(crate) struct StrategyConfig {
     /// logs and the admin API.
     pub(crate) name: String,
     /// The table, "schema.table" or "table" (schema `public`), spelled as
-    /// in the catalog (case-sensitive, no quotes).
-    pub(crate) table: TableName,
+    /// in the catalog (case-sensitive, no quotes). Exactly one of `table`
+    /// and `messages` is required.
+    #[serde(default)]
+    pub(crate) table: Option<TableName>,
+    /// Instead of a table: the logical messages (`pg_logical_emit_message`)
+    /// whose prefix starts with this text (the transactional outbox).
+    #[serde(default)]
+    pub(crate) messages: Option<String>,
+    /// Filter for messages (`message.prefix`, `message.content`, `message.transactional`);
+    /// absent = every message with the prefix is sent.
+    #[serde(default)]
+    pub(crate) on_message: Option<String>,
     /// The name of the `[endpoints.NAME]` to send to.
     pub(crate) endpoint: String,
     /// Filter for inserts; present = inserts are sent when it is true

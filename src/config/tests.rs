@@ -137,7 +137,10 @@ fn design_example_parses_with_its_values() {
     assert_eq!(endpoint.retry.on_exhausted, OnExhausted::Block);
 
     let strategy = &config.strategies[0];
-    assert_eq!(strategy.table.to_string(), "public.orders");
+    assert_eq!(
+        strategy.table.as_ref().unwrap().to_string(),
+        "public.orders"
+    );
     assert_eq!(strategy.on_insert.as_deref(), Some("new.amount > 100"));
     assert_eq!(strategy.on_update.as_deref(), Some("changed(\"status\")"));
     assert_eq!(strategy.on_delete, None);
@@ -169,8 +172,8 @@ fn defaults_fill_what_is_not_written() {
     assert_eq!(endpoint.retry.max_attempts, 0);
     assert_eq!(endpoint.retry.initial, Duration::from_secs(1));
     let strategy = &config.strategies[0];
-    assert_eq!(strategy.table.schema, "public");
-    assert_eq!(strategy.table.name, "orders");
+    assert_eq!(strategy.table.as_ref().unwrap().schema, "public");
+    assert_eq!(strategy.table.as_ref().unwrap().name, "orders");
     assert_eq!(strategy.batch_size, 100);
     assert_eq!(strategy.linger, Duration::from_millis(20));
     assert!(strategy.record.is_none());
@@ -719,5 +722,63 @@ fn flat_records_need_a_record_mapping() {
         &errs(&text),
         "strategies[0].record_shape",
         "unknown variant",
+    );
+}
+
+#[test]
+fn a_strategy_needs_exactly_one_of_table_and_messages() {
+    let neither = MINIMAL.replace("table = \"orders\"\n", "");
+    let errors = errs(&neither);
+    assert_has(&errors, "strategies[0].table", "or `messages`");
+    let both = MINIMAL.replace(
+        "table = \"orders\"\n",
+        "table = \"orders\"\nmessages = \"outbox\"\n",
+    );
+    assert_has(
+        &errs(&both),
+        "strategies[0].messages",
+        "remove `table` or `messages`",
+    );
+    let messages = MINIMAL.replace(
+        "table = \"orders\"\n",
+        "messages = \"outbox.\"\non_message = \"starts_with(message.prefix, \\\"outbox.order\\\")\"\n",
+    );
+    // on_insert is for table strategies.
+    assert_has(
+        &errs(&messages),
+        "strategies[0].on_insert",
+        "a `messages` strategy takes on_message",
+    );
+    let messages = messages.replace("on_insert = \"true\"\n", "");
+    let config = parse(&messages).unwrap();
+    assert_eq!(config.strategies[0].messages.as_deref(), Some("outbox."));
+    assert!(config.strategies[0].table.is_none());
+    let sites = std::cell::RefCell::new(Vec::new());
+    let errors = config.check_expressions(|site| {
+        sites.borrow_mut().push(site.path.clone());
+        crate::strategy::check_expression(site)
+    });
+    assert!(errors.iter().next().is_none(), "{errors}");
+    assert!(sites
+        .borrow()
+        .iter()
+        .any(|s| s == "strategies[0].on_message"));
+}
+
+#[test]
+fn on_message_sees_only_message_names() {
+    let text = MINIMAL
+        .replace("table = \"orders\"\n", "messages = \"outbox\"\n")
+        .replace("on_insert = \"true\"", "on_message = \"new.id > 1\"");
+    let config = parse(&text).unwrap();
+    let errors: Vec<String> = config
+        .check_expressions(crate::strategy::check_expression)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_has(
+        &errors,
+        "strategies[0].on_message",
+        "on_message sees message.prefix",
     );
 }

@@ -59,6 +59,60 @@ pub(super) fn validate(
     errors
 }
 
+/// A `messages` strategy: no row filters, mapping or runs.
+fn message_strategy(
+    path: &str,
+    strategy: &StrategyConfig,
+    filters: &[(&str, &Option<String>)],
+    errors: &mut ConfigErrors,
+) {
+    let mut refuse = |field: &str| {
+        errors.push(
+            format!("{path}.{field}"),
+            format!("`{field}` is for table strategies; a `messages` strategy takes on_message"),
+        );
+    };
+    for (field, filter) in filters {
+        if filter.is_some() {
+            refuse(field);
+        }
+    }
+    if strategy.record.is_some() {
+        refuse("record");
+    }
+    if strategy.record_shape != RecordShape::Envelope {
+        refuse("record_shape");
+    }
+    if strategy.group_by.is_some() {
+        refuse("group_by");
+    }
+    if strategy.run_as.is_some() {
+        refuse("run_as");
+    }
+    if strategy.on_demand.sync || strategy.on_demand.r#async {
+        refuse("on_demand");
+    }
+    if !strategy.schedules.is_empty() {
+        refuse("schedules");
+    }
+    if strategy.messages.as_deref().is_some_and(str::is_empty) {
+        errors.push(
+            format!("{path}.messages"),
+            "empty prefix: write the prefix the application passes to pg_logical_emit_message",
+        );
+    }
+    if strategy
+        .on_message
+        .as_deref()
+        .is_some_and(|f| f.trim().is_empty())
+    {
+        errors.push(
+            format!("{path}.on_message"),
+            "empty filter: write \"true\" or remove the key to send every message",
+        );
+    }
+}
+
 fn source(config: &Config, errors: &mut ConfigErrors) {
     let source = &config.source;
     database_url("source.url", source.url.expose(), errors);
@@ -383,7 +437,30 @@ fn strategy(
     // A strategy only for on-demand or scheduled runs needs no live filter.
     let runs_only =
         strategy.on_demand.sync || strategy.on_demand.r#async || !strategy.schedules.is_empty();
-    if filters.iter().all(|(_, f)| f.is_none()) && !runs_only {
+    match (&strategy.table, &strategy.messages) {
+        (None, None) => errors.push(
+            format!("{path}.table"),
+            "missing: set `table` (\"schema.table\") to send row changes, or `messages` \
+             (a prefix) to send logical messages",
+        ),
+        (Some(_), Some(_)) => errors.push(
+            format!("{path}.messages"),
+            "a strategy follows either a table or messages: remove `table` or `messages` \
+             (use two strategies for both)",
+        ),
+        (None, Some(_)) => message_strategy(path, strategy, &filters, errors),
+        (Some(_), None) => {
+            if strategy.on_message.is_some() {
+                errors.push(
+                    format!("{path}.on_message"),
+                    "on_message needs `messages` (a prefix) instead of `table`",
+                );
+            }
+        }
+    }
+    if strategy.messages.is_some() {
+        // Checked by message_strategy.
+    } else if filters.iter().all(|(_, f)| f.is_none()) && !runs_only {
         errors.push(
             path,
             "no on_insert, on_update, on_delete or on_truncate: the strategy would never send anything; \

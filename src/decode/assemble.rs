@@ -190,9 +190,18 @@ impl Decoder {
                 }
             }
             LogicalMessage::Message(m) => {
+                let index = match (&mut self.txn, m.transactional) {
+                    (Some(txn), true) => {
+                        let index = txn.next_index;
+                        txn.next_index = index.wrapping_add(1);
+                        index
+                    }
+                    _ => 0,
+                };
                 let event = SourceEvent::Message {
                     transactional: m.transactional,
                     lsn: m.lsn,
+                    index,
                     prefix: m.prefix,
                     content: m.content,
                 };
@@ -240,11 +249,21 @@ impl Decoder {
                 });
                 let mut index: u32 = 0;
                 for (_, mut event) in stream.events {
-                    if let SourceEvent::Record(r) = &mut event {
-                        r.commit_lsn = c.commit_lsn;
-                        r.commit_time = commit_time;
-                        r.index = index;
-                        index = index.wrapping_add(1);
+                    match &mut event {
+                        SourceEvent::Record(r) => {
+                            r.commit_lsn = c.commit_lsn;
+                            r.commit_time = commit_time;
+                            r.index = index;
+                            index = index.wrapping_add(1);
+                        }
+                        SourceEvent::Message {
+                            index: message_index,
+                            ..
+                        } => {
+                            *message_index = index;
+                            index = index.wrapping_add(1);
+                        }
+                        _ => {}
                     }
                     out.push(event);
                 }

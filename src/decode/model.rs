@@ -179,6 +179,10 @@ pub enum SourceEvent {
     Message {
         transactional: bool,
         lsn: Lsn,
+        /// Position in its transaction among records and messages (so the
+        /// delivered id `<commit LSN>:<index>` is unique); 0 when not
+        /// transactional.
+        index: u32,
         prefix: String,
         content: Bytes,
     },

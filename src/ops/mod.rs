@@ -115,6 +115,10 @@ pub async fn teardown(config: &Config, opts: TeardownOptions) -> Result<(), OpsE
 
 /// The strategies' tables, each once, sorted.
 fn tables(config: &Config) -> Vec<TableName> {
-    let set: BTreeSet<TableName> = config.strategies.iter().map(|s| s.table.clone()).collect();
+    let set: BTreeSet<TableName> = config
+        .strategies
+        .iter()
+        .filter_map(|s| s.table.clone())
+        .collect();
     set.into_iter().collect()
 }

@@ -557,17 +557,24 @@ impl RunManager {
 
     async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {
         let cfg = &self.inner.config.strategies[plan.index];
+        // Config validation refuses runs on a `messages` strategy.
+        let Some(table) = &cfg.table else {
+            return Err(RunError::NotAllowed {
+                strategy: cfg.name.clone(),
+                mode: "table",
+            });
+        };
         let client = pg::connect(&self.inner.url, "walhook-run")
             .await
             .map_err(SnapshotError::Connect)?;
         let mut snapshot =
-            Snapshot::open(client, &cfg.table, cfg.run_as.as_deref(), DEFAULT_PAGE).await?;
+            Snapshot::open(client, table, cfg.run_as.as_deref(), DEFAULT_PAGE).await?;
         if let Some((text, _)) = &plan.filter {
             for column in referenced_columns(text).map_err(RunError::Filter)? {
                 if snapshot.relation().column_index(&column.column).is_none() {
                     return Err(RunError::Filter(format!(
                         "`{column}`: {} has no column {:?}",
-                        cfg.table, column.column
+                        table, column.column
                     )));
                 }
             }

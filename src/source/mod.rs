@@ -73,6 +73,9 @@ pub struct SourceOptions {
     pub create_slot: bool,
     /// Capacity for the event channel the caller creates (a hint for the caller).
     pub channel_capacity: usize,
+    /// Ask for logical messages (`messages 'true'`, PostgreSQL 14+): on
+    /// when a strategy selects messages.
+    pub messages: bool,
     /// The memory budget: a change is read from the stream only when it
     /// has room for it (the router gives the bytes back once routed).
     pub(crate) budget: Option<Budget>,
@@ -89,6 +92,7 @@ impl SourceOptions {
             application_name: "walhook".into(),
             create_slot: true,
             channel_capacity: 1024,
+            messages: false,
             budget: None,
         }
     }
@@ -112,6 +116,7 @@ impl fmt::Debug for SourceOptions {
             .field("application_name", &self.application_name)
             .field("create_slot", &self.create_slot)
             .field("channel_capacity", &self.channel_capacity)
+            .field("messages", &self.messages)
             .field("budget", &self.budget)
             .finish()
     }
@@ -543,7 +548,12 @@ impl Source {
             }
         }
 
-        let start = protocol::start_replication(slot, memory.floor, &self.opts.publications);
+        let start = protocol::start_replication(
+            slot,
+            memory.floor,
+            &self.opts.publications,
+            self.opts.messages,
+        );
         match conn.start_copy_both(&start).await {
             Ok(()) => Ok((conn, wal_sender_timeout)),
             Err(SourceError::Server { error, .. }) if error.code == sqlstate::OBJECT_IN_USE => {

@@ -157,13 +157,20 @@ pub(crate) fn validate_publications(names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"a","b"')`.
-pub(crate) fn start_replication(slot: &str, start: Lsn, publications: &[String]) -> String {
+/// `START_REPLICATION SLOT "s" LOGICAL X/Y (proto_version '1', publication_names '"a","b"')`,
+/// with `, messages 'true'` (PostgreSQL 14+) when logical messages are wanted.
+pub(crate) fn start_replication(
+    slot: &str,
+    start: Lsn,
+    publications: &[String],
+    messages: bool,
+) -> String {
     let names: Vec<String> = publications.iter().map(|p| quote_ident(p)).collect();
     format!(
-        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+        "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {}{})",
         quote_ident(slot),
-        quote_literal(&names.join(","))
+        quote_literal(&names.join(",")),
+        if messages { ", messages 'true'" } else { "" }
     )
 }
 
@@ -437,9 +444,14 @@ mod tests {
             start_replication(
                 "s_1",
                 Lsn(0x16B3748),
-                &["a".into(), "b\"c".into(), "d'e".into()]
+                &["a".into(), "b\"c".into(), "d'e".into()],
+                false
             ),
             r#"START_REPLICATION SLOT "s_1" LOGICAL 0/16B3748 (proto_version '1', publication_names '"a","b""c","d''e"')"#
+        );
+        assert_eq!(
+            start_replication("s", Lsn(1), &["a".into()], true),
+            r#"START_REPLICATION SLOT "s" LOGICAL 0/1 (proto_version '1', publication_names '"a"', messages 'true')"#
         );
         assert_eq!(
             create_slot("walhook"),

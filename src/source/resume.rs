@@ -164,6 +164,7 @@ mod tests {
         SourceEvent::Message {
             transactional: true,
             lsn: Lsn(lsn),
+            index: 0,
             prefix: "p".into(),
             content: Bytes::new(),
         }
@@ -258,6 +259,7 @@ mod tests {
         let msg = |lsn| SourceEvent::Message {
             transactional: false,
             lsn: Lsn(lsn),
+            index: 0,
             prefix: "hb".into(),
             content: Bytes::new(),
         };

@@ -7,9 +7,9 @@ use std::io::Write as _;
 use evalexpr::Value;
 use metrics::Counter;
 
-use super::expr::{describe, resolve, BatchValues, Expr, Image, Resolved};
+use super::expr::{describe, resolve, BatchValues, Expr, Image, MessageValues, Resolved};
 use super::StrategyError;
-use crate::batch::payload::Meta;
+use crate::batch::payload::{MessageRecord, Meta};
 use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord};
 use crate::config::{Config, ExprRole, FilterOp, Ordering, RecordShape, TableName, Template};
 use crate::decode::convert::{write_cell_json, write_json_string};
@@ -87,7 +87,11 @@ enum Grouping {
 #[derive(Debug)]
 pub struct CompiledStrategy {
     name: String,
-    table: TableName,
+    /// `None` for a `messages` strategy.
+    table: Option<TableName>,
+    /// The prefix of the logical messages it follows (`messages`).
+    messages: Option<String>,
+    on_message: Option<Expr>,
     filters: [Option<Expr>; 4],
     grouping: Grouping,
     record: Option<Vec<Field>>,
@@ -124,6 +128,14 @@ impl CompiledStrategy {
                 *slot = Some(compile(path, text, ExprRole::Filter(op))?);
             }
         }
+        let on_message = match &strategy.on_message {
+            Some(text) => Some(compile(
+                format!("{base}.on_message"),
+                text,
+                ExprRole::Message,
+            )?),
+            None => None,
+        };
         let record = match &strategy.record {
             None => None,
             Some(map) => {
@@ -215,6 +227,8 @@ impl CompiledStrategy {
         Ok(CompiledStrategy {
             name,
             table: strategy.table.clone(),
+            messages: strategy.messages.clone(),
+            on_message,
             filters,
             grouping,
             record,
@@ -292,7 +306,48 @@ impl CompiledStrategy {
 
     /// Whether the strategy follows the table `event` belongs to.
     pub(crate) fn follows(&self, event: &RecordEvent) -> bool {
-        self.table.schema == event.relation.schema && self.table.name == event.relation.name
+        self.table
+            .as_ref()
+            .is_some_and(|t| t.schema == event.relation.schema && t.name == event.relation.name)
+    }
+
+    /// Whether the strategy follows logical messages with this prefix.
+    pub(crate) fn follows_message(&self, prefix: &str) -> bool {
+        self.messages
+            .as_deref()
+            .is_some_and(|p| prefix.starts_with(p))
+    }
+
+    /// Evaluates `on_message` (absent = every message is sent). An
+    /// evaluation error = not matched, counted and logged without values.
+    pub(crate) fn accepts_message(&self, message: &MessageRecord<'_>) -> bool {
+        let Some(filter) = &self.on_message else {
+            return true;
+        };
+        let values = MessageValues::new(message.prefix, message.content, message.txn.is_some());
+        match filter.matches_message(&values) {
+            Ok(b) => b,
+            Err(reason) => {
+                self.counters.errors.increment(1);
+                tracing::warn!(
+                    strategy = %self.name,
+                    lsn = %message.message_lsn,
+                    error = %reason,
+                    "on_message failed; the message counts as not matched"
+                );
+                false
+            }
+        }
+    }
+
+    /// The queue item for a matched logical message.
+    pub(crate) fn queued_message(&self, message: &MessageRecord<'_>) -> QueuedRecord {
+        let mut json = Vec::with_capacity(128 + message.prefix.len() + message.content.len());
+        message.write_json(&mut json);
+        let commit_time = message
+            .txn
+            .map_or_else(crate::timestamp::unix_now_micros, |(_, t)| t);
+        QueuedRecord::new(message.commit_lsn, message.index, commit_time, json)
     }
 
     /// Evaluates the filter for `event`'s operation and counts the outcome.

@@ -128,6 +128,9 @@ enum Name {
     BatchLastLsn,
     BatchId,
     Strategy,
+    MessagePrefix,
+    MessageContent,
+    MessageTransactional,
 }
 
 /// A compiled expression.
@@ -268,6 +271,20 @@ impl Expr {
         }
     }
 
+    /// Evaluates an `on_message` filter: `Ok(true)` only for a boolean true.
+    pub(crate) fn matches_message(&self, message: &MessageValues) -> Result<bool, String> {
+        let context = MessageContext {
+            message,
+            names: &self.names,
+            functions: &self.functions,
+        };
+        match eval3(&self.tree, &context) {
+            Ok(Value::Boolean(b)) => Ok(b),
+            Ok(_) => Err("the filter did not produce true or false".into()),
+            Err(err) => Err(describe(&err)),
+        }
+    }
+
     /// Evaluates against a batch's names.
     pub(crate) fn eval_batch(&self, batch: &BatchValues) -> EvalexprResult<Value> {
         eval3(
@@ -331,6 +348,18 @@ fn split_column(ident: &str) -> Option<(Image, &str)> {
 }
 
 fn parse_name(ident: &str, role: ExprRole) -> Result<Name, String> {
+    if role == ExprRole::Message {
+        return match ident {
+            "message.prefix" => Ok(Name::MessagePrefix),
+            "message.content" => Ok(Name::MessageContent),
+            "message.transactional" => Ok(Name::MessageTransactional),
+            _ => Err(format!(
+                "unknown name `{ident}`: on_message sees message.prefix, message.content (the \
+                 content as text; json(message.content, \"path\") reads into JSON) and \
+                 message.transactional (text needs double quotes: \"{ident}\")"
+            )),
+        };
+    }
     let row_role = !matches!(role, ExprRole::Batch);
     if let Some((image, column)) = split_column(ident) {
         if column.is_empty() {
@@ -796,6 +825,64 @@ impl Context for BatchContext<'_> {
             "now" => Ok(Value::String(timestamp::format_rfc3339(
                 timestamp::unix_now_micros(),
             ))),
+            _ => self.functions.call(identifier, argument),
+        }
+    }
+
+    fn are_builtin_functions_disabled(&self) -> bool {
+        false
+    }
+
+    fn set_builtin_functions_disabled(&mut self, disabled: bool) -> EvalexprResult<()> {
+        if disabled {
+            Err(EvalexprError::BuiltinFunctionsCannotBeDisabled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The values an `on_message` filter sees.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageValues {
+    prefix: Value,
+    content: Value,
+    transactional: Value,
+}
+
+impl MessageValues {
+    /// The content as text (invalid UTF-8 replaced, for filtering only).
+    pub(crate) fn new(prefix: &str, content: &[u8], transactional: bool) -> MessageValues {
+        MessageValues {
+            prefix: Value::String(prefix.to_string()),
+            content: Value::String(String::from_utf8_lossy(content).into_owned()),
+            transactional: Value::Boolean(transactional),
+        }
+    }
+}
+
+struct MessageContext<'a> {
+    message: &'a MessageValues,
+    names: &'a [(String, Name)],
+    functions: &'a TextFunctions,
+}
+
+impl Context for MessageContext<'_> {
+    fn get_value(&self, identifier: &str) -> Option<&Value> {
+        let (_, name) = self.names.iter().find(|(n, _)| n == identifier)?;
+        match name {
+            Name::MessagePrefix => Some(&self.message.prefix),
+            Name::MessageContent => Some(&self.message.content),
+            Name::MessageTransactional => Some(&self.message.transactional),
+            _ => None,
+        }
+    }
+
+    fn call_function(&self, identifier: &str, argument: &Value) -> EvalexprResult<Value> {
+        match identifier {
+            EQ => sql_eq(argument).map(Value::Boolean),
+            NEQ => sql_eq(argument).map(|b| Value::Boolean(!b)),
+            "is_null" => Ok(Value::Boolean(argument.is_empty())),
             _ => self.functions.call(identifier, argument),
         }
     }

@@ -8,6 +8,11 @@
 //! once it is routed (see [`crate::budget`]). A transaction's end is queued only to the
 //! strategies that got records of it; the checkpoint learns about every
 //! transaction end, so filtered-out transactions are acknowledged at once.
+//!
+//! Logical messages go to the strategies whose `messages` prefix they start
+//! with: a transactional one is a record of its transaction (acknowledged
+//! with its commit), a non-transactional one is a transaction of its own
+//! ending just after its LSN (acknowledged once delivered).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +22,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::compiled::CompiledStrategy;
-use crate::batch::WorkItem;
+use crate::batch::payload::MessageRecord;
+use crate::batch::{QueuedRecord, WorkItem};
 use crate::budget::{record_footprint, Budget};
 use crate::checkpoint::Checkpoint;
 use crate::decode::{Op, RecordEvent, SourceEvent};
+use crate::lsn::Lsn;
 use crate::telemetry::names;
 
 /// Bytes counted per queued record besides its JSON (the record, its queue
@@ -63,6 +70,8 @@ pub struct Router {
     tables: HashMap<u32, TableRoutes>,
     /// Strategies that got records of the current transaction.
     touched: Vec<usize>,
+    /// The open transaction's xid, commit LSN and commit time (for messages).
+    txn: Option<(u32, Lsn, i64)>,
     budget: Option<Budget>,
 }
 
@@ -83,6 +92,7 @@ impl Router {
             checkpoint,
             tables: HashMap::new(),
             touched: Vec::new(),
+            txn: None,
             budget: None,
         }
     }
@@ -106,6 +116,7 @@ impl Router {
                 routed
             }
             SourceEvent::Commit { end_lsn, .. } => {
+                self.txn = None;
                 for i in self.touched.drain(..) {
                     let Some(route) = self.routes.get(i) else {
                         continue;
@@ -122,8 +133,106 @@ impl Router {
                 self.checkpoint.seen(end_lsn);
                 Ok(())
             }
-            SourceEvent::Begin { .. } | SourceEvent::Message { .. } => Ok(()),
+            SourceEvent::Begin {
+                xid,
+                commit_lsn,
+                commit_time,
+            } => {
+                self.txn = Some((xid, commit_lsn, commit_time));
+                Ok(())
+            }
+            SourceEvent::Message {
+                transactional,
+                lsn,
+                index,
+                prefix,
+                content,
+            } => {
+                let txn = self.txn.filter(|_| transactional);
+                let message = MessageRecord {
+                    commit_lsn: txn.map_or(lsn, |(_, commit_lsn, _)| commit_lsn),
+                    index,
+                    txn: txn.map(|(xid, _, commit_time)| (xid, commit_time)),
+                    message_lsn: lsn,
+                    prefix: &prefix,
+                    content: &content,
+                };
+                self.message(&message).await
+            }
         }
+    }
+
+    /// Queues a message to the strategies following its prefix. Outside a
+    /// transaction it is acknowledged on its own, at the byte after it.
+    async fn message(&mut self, message: &MessageRecord<'_>) -> Result<(), RouteError> {
+        let standalone = message.txn.is_none();
+        let end_lsn = Lsn(message.message_lsn.0.saturating_add(1));
+        let mut matched = false;
+        for i in 0..self.routes.len() {
+            let Some(route) = self.routes.get(i) else {
+                continue;
+            };
+            if !route.strategy.follows_message(message.prefix)
+                || !route.strategy.accepts_message(message)
+            {
+                continue;
+            }
+            let queued = route.strategy.queued_message(message);
+            Self::send(route, self.budget.as_ref(), &mut self.touched, i, queued).await?;
+            matched = true;
+            if standalone {
+                self.touched.retain(|&t| t != i);
+                self.checkpoint.queued(i, end_lsn);
+                self.send_end(i, end_lsn).await?;
+            }
+        }
+        if standalone && matched {
+            self.checkpoint.seen(end_lsn);
+        }
+        Ok(())
+    }
+
+    /// Queues one record to route `i`, charging the budget, and notes that
+    /// `i` got a record of the current transaction.
+    async fn send(
+        route: &Route,
+        budget: Option<&Budget>,
+        touched: &mut Vec<usize>,
+        i: usize,
+        mut queued: QueuedRecord,
+    ) -> Result<(), RouteError> {
+        if let Some(budget) = budget {
+            // A large record's buffer may be twice its length: held for
+            // a while, it would count twice what the source waited for.
+            if queued.json.capacity() - queued.json.len() > SLACK {
+                queued.json.shrink_to_fit();
+            }
+            queued.charge = budget.charge(queued.json.capacity() + RECORD_OVERHEAD);
+        }
+        route
+            .tx
+            .send(WorkItem::Record(queued))
+            .await
+            .map_err(|_| RouteError::QueueClosed {
+                strategy: route.strategy.name().to_string(),
+            })?;
+        if !touched.contains(&i) {
+            touched.push(i);
+        }
+        Ok(())
+    }
+
+    async fn send_end(&self, i: usize, end_lsn: Lsn) -> Result<(), RouteError> {
+        let Some(route) = self.routes.get(i) else {
+            return Ok(());
+        };
+        route
+            .tx
+            .send(WorkItem::TxEnd { end_lsn })
+            .await
+            .map_err(|_| RouteError::QueueClosed {
+                strategy: route.strategy.name().to_string(),
+            })
     }
 
     async fn record(&mut self, record: &RecordEvent) -> Result<(), RouteError> {
@@ -174,26 +283,8 @@ impl Router {
             if !route.strategy.accepts(record) {
                 continue;
             }
-            let mut queued = route.strategy.queued_record(record);
-            if let Some(budget) = &self.budget {
-                // A large record's buffer may be twice its length: held for
-                // a while, it would count twice what the source waited for.
-                if queued.json.capacity() - queued.json.len() > SLACK {
-                    queued.json.shrink_to_fit();
-                }
-                queued.charge = budget.charge(queued.json.capacity() + RECORD_OVERHEAD);
-            }
-            let item = WorkItem::Record(queued);
-            route
-                .tx
-                .send(item)
-                .await
-                .map_err(|_| RouteError::QueueClosed {
-                    strategy: route.strategy.name().to_string(),
-                })?;
-            if !self.touched.contains(&i) {
-                self.touched.push(i);
-            }
+            let queued = route.strategy.queued_record(record);
+            Self::send(route, self.budget.as_ref(), &mut self.touched, i, queued).await?;
         }
         Ok(())
     }

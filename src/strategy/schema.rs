@@ -126,7 +126,9 @@ pub async fn validate_schema(
             problem,
             fix,
         };
-        let table = &strategy.table;
+        let Some(table) = &strategy.table else {
+            continue;
+        };
         let Some(info) = pg::table_catalog(client, table)
             .await
             .map_err(SchemaError::Query)?
@@ -260,6 +262,15 @@ async fn generated_columns(
     })
 }
 
+/// The strategy's table for messages (checks run on table strategies only).
+fn display_table(strategy: &StrategyConfig) -> String {
+    strategy
+        .table
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
 /// A stream expression reads a generated column that is not sent.
 fn generated_problem(
     strategy: &StrategyConfig,
@@ -267,7 +278,7 @@ fn generated_problem(
     column: &str,
     generated: &GeneratedColumns,
 ) -> SchemaProblem {
-    let table = &strategy.table;
+    let table = display_table(strategy);
     let (problem, fix) = if generated.version_num < 180_000 {
         (
             format!(
@@ -329,11 +340,15 @@ pub(crate) async fn group_columns(
 ) -> Result<Vec<Vec<String>>, SchemaError> {
     let mut out = Vec::with_capacity(config.strategies.len());
     for strategy in &config.strategies {
+        let Some(table) = &strategy.table else {
+            out.push(Vec::new());
+            continue;
+        };
         if strategy.ordering != Ordering::Key || strategy.group_by.is_some() {
             out.push(Vec::new());
             continue;
         }
-        let info = pg::table_catalog(client, &strategy.table)
+        let info = pg::table_catalog(client, table)
             .await
             .map_err(SchemaError::Query)?;
         out.push(info.map_or_else(Vec::new, |info| {
@@ -388,7 +403,9 @@ fn check_columns(
     generated: &GeneratedColumns,
     problems: &mut Vec<SchemaProblem>,
 ) {
-    let table = &strategy.table;
+    let Some(table) = &strategy.table else {
+        return;
+    };
     let full = info.replica_identity == ReplicaIdentity::Full;
     let identity = info.identity_label();
     for (path, expr, row_is_old) in row_expressions(strategy, base) {
@@ -464,7 +481,7 @@ pub async fn ensure_publication(
     let tables: Vec<TableName> = config
         .strategies
         .iter()
-        .map(|s| s.table.clone())
+        .filter_map(|s| s.table.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();

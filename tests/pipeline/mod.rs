@@ -6,4 +6,5 @@ mod batching;
 mod concurrency;
 mod e2e;
 mod filters;
+mod outbox;
 mod retry;
