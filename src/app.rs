@@ -33,7 +33,7 @@ use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::decode::SourceEvent;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
@@ -42,7 +42,7 @@ use crate::delivery::{
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, AppControl, RunManager};
+use crate::runs::{schedule, AppControl, RunManager, ScheduleBoard};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -306,7 +306,8 @@ impl Workers {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
             .map_err(AppError::Worker)?;
-            telemetry::register_strategy(&cfg.name);
+            let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
+            telemetry::register_strategy(&cfg.name, &schedules);
             workers.statuses.push((cfg.name.clone(), worker.status()));
             workers
                 .pauses
@@ -336,6 +337,7 @@ struct Services {
     schedules: JoinSet<()>,
     runs: RunManager,
     upkeep: JoinHandle<()>,
+    slot_watch: JoinHandle<()>,
 }
 
 impl Services {
@@ -365,10 +367,12 @@ impl Services {
                 Some((cfg.name.clone(), endpoint, decorate))
             })
             .collect();
+        let board = ScheduleBoard::new(config);
         let control = AppControl::new(runs.clone(), config)
             .with_pauses(workers.pauses.clone())
             .with_retries(workers.retries.clone())
-            .with_replay(pipeline.state.clone(), replay_targets);
+            .with_replay(pipeline.state.clone(), replay_targets)
+            .with_schedules(board.clone());
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
             .with_control(Arc::new(control));
@@ -377,9 +381,20 @@ impl Services {
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {
-            schedules: schedule::spawn(runs.clone(), config, source_status.clone(), stop.clone()),
+            schedules: schedule::spawn(
+                runs.clone(),
+                board,
+                config,
+                source_status.clone(),
+                stop.clone(),
+            ),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
+            slot_watch: telemetry::spawn_slot_watch(
+                Secret::new(config.source.url.expose()),
+                config.source.slot.clone(),
+                stop.clone(),
+            ),
             runs,
             stop,
         }
@@ -391,6 +406,7 @@ impl Services {
         while self.schedules.join_next().await.is_some() {}
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.upkeep.await;
+        let _ = self.slot_watch.await;
     }
 }
 

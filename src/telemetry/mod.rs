@@ -10,8 +10,10 @@
 //! channel, so the source itself stays free of metrics code.
 
 pub(crate) mod names;
+mod slot;
 
 pub use names::EVENTS_TOTAL;
+pub(crate) use slot::spawn_slot_watch;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -82,6 +84,20 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
 /// recorder. [`install_recorder`] calls it; calling it again is harmless.
 pub(crate) fn describe() {
     use names::*;
+    describe_gauge!(
+        SLOT_WAL_STATUS,
+        "1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others."
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_BYTES,
+        Unit::Bytes,
+        "The slot's safe_wal_size: WAL the server may still write before the slot risks invalidation (absent while max_slot_wal_keep_size = -1)."
+    );
+    describe_gauge!(
+        SLOT_WAL_KEEP_LIMIT_BYTES,
+        Unit::Bytes,
+        "max_slot_wal_keep_size in bytes (-1 = unlimited)."
+    );
     describe_counter!(
         EVENTS_TOTAL,
         "Committed changes decoded from the replication stream, by table and operation."
@@ -188,9 +204,10 @@ pub(crate) fn describe() {
     );
 }
 
-/// Triggers of runs that this process serves (`run-strategy` from the
-/// command line is a process of its own and exposes no metrics).
-const RUN_TRIGGERS: [&str; 3] = ["sync", "async", "schedule"];
+/// On-demand triggers of runs that this process serves (`run-strategy`
+/// from the command line is a process of its own and exposes no metrics);
+/// schedules are registered by name.
+const RUN_TRIGGERS: [&str; 2] = ["sync", "async"];
 /// How runs end.
 const RUN_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
 
@@ -198,10 +215,12 @@ const RUN_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
 /// the start: `rate()` and `increase()` over them then see the first run
 /// (a counter that appears at 1 counts as no increase), and dashboards and
 /// alerts have a series to show before any run.
-pub(crate) fn register_strategy(strategy: &str) {
-    for trigger in RUN_TRIGGERS {
+pub(crate) fn register_strategy(strategy: &str, schedules: &[&str]) {
+    let on_demand = RUN_TRIGGERS.iter().map(|t| (*t, ""));
+    let scheduled = schedules.iter().map(|name| ("schedule", *name));
+    for (trigger, schedule) in on_demand.chain(scheduled) {
         for outcome in RUN_OUTCOMES {
-            metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.to_string(), "trigger" => trigger, "outcome" => outcome)
+            metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.to_string(), "trigger" => trigger, "schedule" => schedule.to_string(), "outcome" => outcome)
                 .increment(0);
         }
     }
