@@ -224,6 +224,14 @@ async fn database(
         .fix("ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL")
     });
 
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .try_get(0)?;
+    if in_recovery {
+        standby_findings(client, config, version, &version_text, out).await?;
+    }
+
     let slot = &config.source.slot;
     let slot_exists: bool = client
         .query_one(
@@ -304,6 +312,65 @@ async fn database(
 
 /// The strategy stage's own checks: expressions compile, and the tables,
 /// columns, publication and replica identity fit them.
+/// `source.url` names a hot standby: decoding there needs PostgreSQL 16,
+/// `hot_standby_feedback`, and state kept elsewhere (a standby is
+/// read-only). Says what happens to the slot at a promotion.
+async fn standby_findings(
+    client: &Client,
+    config: &Config,
+    version: i32,
+    version_text: &str,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
+    if version < 160_000 {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                format!(
+                    "source.url names a standby (in recovery), and logical decoding on a standby \
+                     needs PostgreSQL 16 or later; this one runs {version_text}"
+                ),
+            )
+            .fix("point source.url at the primary, or upgrade to PostgreSQL 16"),
+        );
+        return Ok(());
+    }
+    let feedback = setting(client, "hot_standby_feedback").await?;
+    if feedback != "on" {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                "hot_standby_feedback is off on this standby: the primary may remove rows the \
+                 slot still needs to decode, and the slot is then invalidated",
+            )
+            .fix("ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); -- on the standby (and wal_level = logical on the primary)"),
+        );
+    }
+    if config.state.url.is_none() {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                "source.url names a read-only standby, so the state schema cannot be written \
+                 there",
+            )
+            .fix("[state] url = the primary's (or another database's) connection string"),
+        );
+    }
+    out.push(Finding::new(
+        Severity::Ok,
+        "standby",
+        "walhook decodes on this hot standby: the slot lives here (the primary needs \
+         wal_level = logical; creating the slot waits for the primary's next running-transactions \
+         record). If this standby is promoted, the slot stays and walhook goes on streaming from \
+         it as a primary; if it is rebuilt or another standby is promoted, the slot is not there \
+         and must be created again (walhook setup)",
+    ));
+    Ok(())
+}
+
 async fn strategy_findings(client: &Client, config: &Config, out: &mut Vec<Finding>) {
     let compile = config.check_expressions(crate::strategy::check_expression);
     for error in compile.iter() {
