@@ -84,6 +84,9 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, Connec
     if let Some(password) = &info.password {
         config.password(password.expose_secret());
     }
+    if info.read_write {
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
     let where_ = info
         .targets
         .first()

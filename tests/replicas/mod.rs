@@ -1,7 +1,8 @@
 //! walhook with physical replicas: decoding on a hot standby (PostgreSQL
-//! 16+). Each test starts its own primary and standby of the version it
+//! 16+), failover slots (PostgreSQL 17+). Each test starts its own primary and standby of the version it
 //! needs (`Cluster::find_version`; `.ci/install-postgres` fetches it).
 
+mod failover;
 mod standby;
 
 use walhook::cluster::{Cluster, ClusterOptions};
@@ -9,7 +10,7 @@ use walhook::cluster::{Cluster, ClusterOptions};
 use crate::support::Db;
 
 /// A primary of `version` and its hot standby (`hot_standby_feedback`,
-/// with `standby` settings), leaked so [`Db`] can borrow them for the
+/// physical slot `standby_phys` on the primary, `standby` settings), leaked so [`Db`] can borrow them for the
 /// test; [`Pair::destroy`] stops both, the watchdogs do when a test fails.
 pub(crate) struct Pair {
     pub(crate) primary: &'static Cluster,
@@ -28,8 +29,18 @@ impl Pair {
             primary
                 .spawn_watchdog(std::process::id())
                 .expect("watchdog");
+            primary
+                .psql(
+                    "postgres",
+                    "SELECT pg_create_physical_replication_slot('standby_phys')",
+                )
+                .expect("the standby's physical slot");
             let standby = primary
-                .start_standby(standby.setting("hot_standby_feedback", "on"))
+                .start_standby(
+                    standby
+                        .setting("hot_standby_feedback", "on")
+                        .setting("primary_slot_name", "standby_phys"),
+                )
                 .unwrap_or_else(|e| panic!("starting the standby: {e}"));
             standby
                 .spawn_watchdog(std::process::id())
