@@ -246,17 +246,15 @@ impl ReplConn {
                         }
                     });
                 }
-                Message::ParameterStatus(body) => {
-                    match body.name().ok() {
-                        Some("server_version") => {
-                            self.server_version = body.value().ok().map(str::to_string);
-                        }
-                        Some("in_hot_standby") => {
-                            self.in_hot_standby = body.value().ok() == Some("on");
-                        }
-                        _ => {}
+                Message::ParameterStatus(body) => match body.name().ok() {
+                    Some("server_version") => {
+                        self.server_version = body.value().ok().map(str::to_string);
                     }
-                }
+                    Some("in_hot_standby") => {
+                        self.in_hot_standby = body.value().ok() == Some("on");
+                    }
+                    _ => {}
+                },
                 Message::BackendKeyData(body) => self.backend_pid = Some(body.process_id()),
                 Message::NoticeResponse(body) => log_notice(body.fields()),
                 Message::ReadyForQuery(_) if authenticated => return Ok(()),

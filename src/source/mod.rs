@@ -552,8 +552,11 @@ impl Source {
                 }
                 if self.opts.failover {
                     // Idempotent: a synced or failover slot stays so.
-                    conn.simple_query("ALTER_REPLICATION_SLOT", &protocol::alter_slot_failover(slot))
-                        .await?;
+                    conn.simple_query(
+                        "ALTER_REPLICATION_SLOT",
+                        &protocol::alter_slot_failover(slot),
+                    )
+                    .await?;
                 }
             }
         }

@@ -21,9 +21,7 @@ async fn after_a_promotion_walhook_resumes_on_the_new_primary_and_nothing_is_mis
     let (primary, standby) = (pair.primary_db(), pair.standby_db());
     primary
         .psql(
-            "ALTER SYSTEM SET synchronized_standby_slots = 'standby_phys';
-             SELECT pg_reload_conf();
-             CREATE TABLE orders (id int PRIMARY KEY, amount numeric);
+            "CREATE TABLE orders (id int PRIMARY KEY, amount numeric);
              CREATE PUBLICATION failover FOR TABLE orders;",
         )
         .await;
@@ -42,6 +40,60 @@ async fn after_a_promotion_walhook_resumes_on_the_new_primary_and_nothing_is_mis
         free_port(),
         hook.url("/hook"),
     );
+
+    // check: one finding per missing setting, each with its fix.
+    let check = || async {
+        Walhook::command(&["check", "--no-network", "-c", "config.toml"])
+            .config(&config)
+            .output()
+            .await
+            .stdout
+    };
+    let standby_host = format!("127.0.0.1:{}", pair.standby.port());
+    let ok_line = format!(
+        "ok    failover: standby {standby_host} keeps slot failover: sync_replication_slots and \
+         hot_standby_feedback on, primary_slot_name standby_phys, dbname in primary_conninfo"
+    );
+    let stdout = check().await;
+    assert!(stdout.contains(&ok_line), "{stdout}");
+    let failover: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warn  failover"))
+        .collect();
+    assert_eq!(failover.len(), 1, "{stdout}");
+    assert!(
+        failover[0].ends_with(
+            "— fix: ALTER SYSTEM SET synchronized_standby_slots = 'standby_phys'; SELECT pg_reload_conf(); -- on the primary"
+        ),
+        "{stdout}"
+    );
+    standby
+        .psql("ALTER SYSTEM SET hot_standby_feedback = off; SELECT pg_reload_conf();")
+        .await;
+    let stdout = check().await;
+    let errors: Vec<&str> = stdout.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(
+        errors,
+        [format!(
+            "error failover: standby {standby_host}: hot_standby_feedback is off, which slot synchronisation needs — fix: ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); -- on the standby"
+        )],
+        "{stdout}"
+    );
+    standby
+        .psql("ALTER SYSTEM RESET hot_standby_feedback; SELECT pg_reload_conf();")
+        .await;
+    primary
+        .psql("ALTER SYSTEM SET synchronized_standby_slots = 'standby_phys'; SELECT pg_reload_conf();")
+        .await;
+    let stdout = check().await;
+    assert!(
+        stdout.contains(&ok_line)
+            && !stdout
+                .lines()
+                .any(|l| l.contains(" failover: ") && !l.starts_with("ok")),
+        "{stdout}"
+    );
+
     let mut walhook = Walhook::run(&config).spawn();
     walhook.wait_streaming(&primary, "failover").await;
     assert_eq!(
@@ -68,11 +120,17 @@ async fn after_a_promotion_walhook_resumes_on_the_new_primary_and_nothing_is_mis
             == "t"
     })
     .await;
-    assert!(synced, "the standby synchronised the slot:\n{}", walhook.stderr());
+    assert!(
+        synced,
+        "the standby synchronised the slot:\n{}",
+        walhook.stderr()
+    );
 
     let promoted = pair.standby;
     tokio::task::spawn_blocking(move || {
-        pair.primary.shut_down(StopMode::Immediate).expect("stop the primary");
+        pair.primary
+            .shut_down(StopMode::Immediate)
+            .expect("stop the primary");
         promoted.promote().expect("promote the standby");
     })
     .await
@@ -80,7 +138,11 @@ async fn after_a_promotion_walhook_resumes_on_the_new_primary_and_nothing_is_mis
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()").await, "f");
 
     let resumed = poll_until(WAIT, || async { standby.is_streaming("failover").await }).await;
-    assert!(resumed, "walhook streams from the new primary:\n{}", walhook.stderr());
+    assert!(
+        resumed,
+        "walhook streams from the new primary:\n{}",
+        walhook.stderr()
+    );
     standby
         .psql("INSERT INTO orders SELECT g, g FROM generate_series(51, 100) g")
         .await;
@@ -95,7 +157,11 @@ async fn after_a_promotion_walhook_resumes_on_the_new_primary_and_nothing_is_mis
         ids == (1..=100).collect::<Vec<i64>>()
     })
     .await;
-    assert!(all, "every row 1..=100 delivered at least once:\n{}", walhook.stderr());
+    assert!(
+        all,
+        "every row 1..=100 delivered at least once:\n{}",
+        walhook.stderr()
+    );
     walhook.stop().await;
     pair.destroy();
 }

@@ -71,7 +71,7 @@ async fn walhook_on_a_standby_delivers_every_row_written_on_the_primary() {
         check.stdout
     );
 
-    let mut walhook = Walhook::run(&config).spawn();
+    let walhook = Walhook::run(&config).spawn();
     // Creating a logical slot on a standby waits for the primary to log
     // the running transactions; ask it to, until the slot streams.
     assert!(
