@@ -42,7 +42,7 @@ use crate::delivery::{
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, AppControl, RunManager};
+use crate::runs::{schedule, AppControl, RunManager, ScheduleBoard};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -306,7 +306,8 @@ impl Workers {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
             .map_err(AppError::Worker)?;
-            telemetry::register_strategy(&cfg.name);
+            let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
+            telemetry::register_strategy(&cfg.name, &schedules);
             workers.statuses.push((cfg.name.clone(), worker.status()));
             workers
                 .pauses
@@ -366,10 +367,12 @@ impl Services {
                 Some((cfg.name.clone(), endpoint, decorate))
             })
             .collect();
+        let board = ScheduleBoard::new(config);
         let control = AppControl::new(runs.clone(), config)
             .with_pauses(workers.pauses.clone())
             .with_retries(workers.retries.clone())
-            .with_replay(pipeline.state.clone(), replay_targets);
+            .with_replay(pipeline.state.clone(), replay_targets)
+            .with_schedules(board.clone());
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
             .with_control(Arc::new(control));
@@ -378,7 +381,13 @@ impl Services {
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {
-            schedules: schedule::spawn(runs.clone(), config, source_status.clone(), stop.clone()),
+            schedules: schedule::spawn(
+                runs.clone(),
+                board,
+                config,
+                source_status.clone(),
+                stop.clone(),
+            ),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_watch: telemetry::spawn_slot_watch(
