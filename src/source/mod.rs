@@ -71,6 +71,9 @@ pub struct SourceOptions {
     /// Create the slot when it does not exist yet (never after this process
     /// has streamed from it).
     pub create_slot: bool,
+    /// Create the slot with FAILOVER, and turn it on for an existing one
+    /// (PostgreSQL 17+).
+    pub failover: bool,
     /// Capacity for the event channel the caller creates (a hint for the caller).
     pub channel_capacity: usize,
     /// Ask for logical messages (`messages 'true'`, PostgreSQL 14+): on
@@ -91,6 +94,7 @@ impl SourceOptions {
             publications,
             application_name: "walhook".into(),
             create_slot: true,
+            failover: false,
             channel_capacity: 1024,
             messages: false,
             budget: None,
@@ -99,11 +103,13 @@ impl SourceOptions {
 
     /// The options of `walhook run`: `[source]`'s URL, slot and publication.
     pub(crate) fn from_config(source: &SourceConfig) -> Self {
-        SourceOptions::new(
+        let mut opts = SourceOptions::new(
             source.url.expose(),
             source.slot.clone(),
             vec![source.publication.clone()],
-        )
+        );
+        opts.failover = source.failover;
+        opts
     }
 }
 
@@ -115,6 +121,7 @@ impl fmt::Debug for SourceOptions {
             .field("publications", &self.publications)
             .field("application_name", &self.application_name)
             .field("create_slot", &self.create_slot)
+            .field("failover", &self.failover)
             .field("channel_capacity", &self.channel_capacity)
             .field("messages", &self.messages)
             .field("budget", &self.budget)
@@ -523,7 +530,10 @@ impl Source {
             }
             None => {
                 let rows = conn
-                    .simple_query("CREATE_REPLICATION_SLOT", &protocol::create_slot(slot))
+                    .simple_query(
+                        "CREATE_REPLICATION_SLOT",
+                        &protocol::create_slot(slot, self.opts.failover),
+                    )
                     .await?;
                 let consistent = rows
                     .get(0, "consistent_point")
@@ -544,6 +554,14 @@ impl Source {
                 }
                 if let Some(confirmed) = found.confirmed_flush {
                     memory.floor = memory.floor.max(confirmed);
+                }
+                if self.opts.failover {
+                    // Idempotent: a synced or failover slot stays so.
+                    conn.simple_query(
+                        "ALTER_REPLICATION_SLOT",
+                        &protocol::alter_slot_failover(slot),
+                    )
+                    .await?;
                 }
             }
         }
