@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::state::{DeadLetterInfo, StateError, StateStore};
 
 /// Most rows one list request returns.
-const MAX_PAGE: i64 = 1000;
+pub(super) const MAX_PAGE: i64 = 1000;
 /// Rows one list request returns when no limit is given.
 const DEFAULT_PAGE: i64 = 100;
 

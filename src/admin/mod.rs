@@ -527,6 +527,29 @@ fn parse_id(id: &str) -> Result<i64, Response> {
     })
 }
 
+/// Longest strategy name the API takes.
+const MAX_NAME_BYTES: usize = 1024;
+/// Longest run filter the API takes.
+const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// Refuses, with 400 naming `param`, a text value Postgres cannot take
+/// (a NUL byte) or longer than `max` bytes.
+// A ready response as the error keeps handlers short; it is cold-path.
+#[allow(clippy::result_large_err)]
+fn text_param(param: &str, value: &str, max: usize) -> Result<(), Response> {
+    let why = if value.contains('\0') {
+        "contains a NUL byte"
+    } else if value.len() > max {
+        "is too long"
+    } else {
+        return Ok(());
+    };
+    Err(text(
+        StatusCode::BAD_REQUEST,
+        format!("bad {param}: {why} (at most {max} bytes, no NUL)"),
+    ))
+}
+
 fn state_error(err: StateError) -> Response {
     if err.is_missing_schema() {
         text(
@@ -545,6 +568,7 @@ async fn pause(
     headers: HeaderMap,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     control
         .pause(&name)
         .await
@@ -559,6 +583,7 @@ async fn resume(
     headers: HeaderMap,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     control
         .resume(&name)
         .await
@@ -582,12 +607,22 @@ async fn start_run(
     params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     let Query(params) = params.map_err(|err| {
         text(
             StatusCode::BAD_REQUEST,
             format!("{err}; use ?mode=sync|async&limit=N&filter=EXPR"),
         )
     })?;
+    if let Some(filter) = &params.filter {
+        text_param("filter", filter, MAX_FILTER_BYTES)?;
+    }
+    if params.limit.is_some_and(|l| i64::try_from(l).is_err()) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad limit: use 0 to {}", i64::MAX),
+        ));
+    }
     let request = RunRequest {
         mode: params.mode,
         limit: params.limit,
@@ -653,6 +688,24 @@ async fn list_dead_letters(
             format!("{err}; use ?strategy=NAME&after=ID&limit=N"),
         )
     })?;
+    if let Some(strategy) = &params.strategy {
+        text_param("strategy", strategy, MAX_NAME_BYTES)?;
+    }
+    if params.after.is_some_and(|a| a < 0) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "bad after: use a dead-letter id (0 or more), e.g. the previous page's next_after",
+        ));
+    }
+    if params
+        .limit
+        .is_some_and(|l| !(1..=dead_letters::MAX_PAGE).contains(&l))
+    {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad limit: use 1 to {}", dead_letters::MAX_PAGE),
+        ));
+    }
     let query = DeadLetterQuery {
         strategy: params.strategy,
         after: params.after,

@@ -3,6 +3,7 @@
 //! SIGTERM, dead-letter replay and pause through the built binary.
 
 mod admin;
+mod admin_fuzz;
 mod commands;
 mod deploy;
 mod e2e;
