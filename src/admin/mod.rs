@@ -2,7 +2,7 @@
 //! and the operator API.
 //!
 //! ```text
-//!  GET  /metrics   /healthz   /readyz   /status              open
+//!  GET  /metrics   /healthz   /readyz   /activez   /status   open
 //!  POST /strategies/{name}/pause | resume | runs             Bearer token
 //!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
@@ -372,6 +372,7 @@ fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/activez", get(activez))
         .route("/status", get(status))
         .route("/strategies/{name}/pause", post(pause))
         .route("/strategies/{name}/resume", post(resume))
@@ -414,8 +415,8 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "ok")
 }
 
-/// Why the instance is not ready, or `None` when it is.
-fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+/// Why the instance does not stream, or `None` when it does (`/activez`).
+fn not_active_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
     match source.state {
         SourceState::Streaming => {}
         SourceState::Standby => return Some("standby".to_string()),
@@ -439,11 +440,48 @@ fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Opt
         })
 }
 
+/// Why the instance is not ready for the orchestrator (`/readyz`), or
+/// `None` when it is: streaming, or a healthy standby waiting for the slot.
+/// A standby counts as ready so that a Deployment with two replicas
+/// becomes Available and a rolling update can proceed.
+fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+    match source.state {
+        SourceState::Standby => None,
+        _ => not_active_reason(source, strategies),
+    }
+}
+
+/// `standby` for a healthy standby, `ready` when streaming.
+fn ready_text(source: &SourceStatus) -> &'static str {
+    if source.state == SourceState::Standby {
+        "ready: standby"
+    } else {
+        "ready"
+    }
+}
+
 async fn readyz(State(state): State<AdminState>) -> Response {
     let source = state.source.borrow().clone();
     match not_ready_reason(&source, &state.strategies.strategies()) {
-        None => text(StatusCode::OK, "ready"),
+        None => text(StatusCode::OK, ready_text(&source)),
         Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+async fn activez(State(state): State<AdminState>) -> Response {
+    let source = state.source.borrow().clone();
+    match not_active_reason(&source, &state.strategies.strategies()) {
+        None => text(StatusCode::OK, "active"),
+        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// The instance's part in a pair on one slot.
+fn role(state: SourceState) -> Option<&'static str> {
+    match state {
+        SourceState::Streaming => Some("active"),
+        SourceState::Standby => Some("standby"),
+        SourceState::Connecting | SourceState::Failed => None,
     }
 }
 
@@ -473,6 +511,7 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
     json!({
         "slot": slot,
         "state": source.state.as_str(),
+        "role": role(source.state),
         "received_lsn": source.received_lsn.to_string(),
         "acked_lsn": source.acked_lsn.to_string(),
         "server_wal_end": source.server_wal_end.to_string(),
@@ -787,7 +826,9 @@ mod tests {
             Some("connecting")
         );
         source.state = SourceState::Standby;
-        assert_eq!(not_ready_reason(&source, &[]).as_deref(), Some("standby"));
+        assert_eq!(not_ready_reason(&source, &[]), None, "a standby is ready");
+        assert_eq!(not_active_reason(&source, &[]).as_deref(), Some("standby"));
+        assert_eq!(ready_text(&source), "ready: standby");
         source.state = SourceState::Failed;
         source.last_error = Some("slot dropped".into());
         assert_eq!(

@@ -176,14 +176,22 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     let port_b = free_port();
     let second = Walhook::run(&config(&url, "ops_standby", port_b, &receiver, strategy)).spawn();
 
-    wait_until(WAIT, "the first instance ready", || async {
+    // Both are ready for the orchestrator's probe; exactly one is active.
+    wait_until(WAIT, "the first instance ready and active", || async {
         admin_get(port_a, "/readyz").await == Some((200, "ready\n".to_string()))
+            && admin_get(port_a, "/activez").await == Some((200, "active\n".to_string()))
     })
     .await;
-    wait_until(WAIT, "the second instance standby", || async {
-        matches!(admin_get(port_b, "/readyz").await, Some((503, body)) if body.contains("standby"))
+    wait_until(WAIT, "the second instance a ready standby", || async {
+        admin_get(port_b, "/readyz").await == Some((200, "ready: standby\n".to_string()))
+            && admin_get(port_b, "/activez").await == Some((503, "standby\n".to_string()))
     })
     .await;
+    for (port, role) in [(port_a, "active"), (port_b, "standby")] {
+        let (_, status) = admin_get(port, "/status").await.expect("/status");
+        let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+        assert_eq!(status["role"], role, "{status}");
+    }
     wait_until(WAIT, "walhook_standby 1 on the second", || async {
         metric_sum(&scrape(port_b).await, "walhook_standby", &[]) == Some(1.0)
     })
@@ -230,8 +238,9 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all, (1..=100).collect::<Vec<_>>(), "nothing lost");
-    wait_until(WAIT, "the second instance ready", || async {
+    wait_until(WAIT, "the second instance ready and active", || async {
         admin_get(port_b, "/readyz").await == Some((200, "ready\n".to_string()))
+            && admin_get(port_b, "/activez").await == Some((200, "active\n".to_string()))
     })
     .await;
     assert_eq!(
