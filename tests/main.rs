@@ -13,6 +13,7 @@
 mod support;
 
 mod cluster;
+mod compat;
 mod config;
 mod delivery;
 mod demo;

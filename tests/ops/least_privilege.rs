@@ -106,12 +106,28 @@ async fn check_is_clean(config: &str) -> String {
 /// (stored in walhook.dead_letters, listed by the API), an on-demand run
 /// is recorded in walhook.runs and delivered. Returns after stopping it.
 async fn run_streams_and_writes_state(db: &Db, config: &str, name: &str, admin: u16) {
+    run_streams_and_writes_state_in(db, (db, "walhook"), config, name, admin).await;
+}
+
+/// [`run_streams_and_writes_state`] with the state in schema `state.1` of
+/// database `state.0`.
+async fn run_streams_and_writes_state_in(
+    db: &Db,
+    state: (&Db, &str),
+    config: &str,
+    name: &str,
+    admin: u16,
+) {
+    let (state, schema) = state;
     let mut running = Walhook::run(config).spawn();
     running.wait_streaming(db, name).await;
     db.psql("INSERT INTO public.orders VALUES (1, 'open', 50), (2, 'open', 500)")
         .await;
-    wait_until(WAIT, "a dead letter in walhook.dead_letters", || async {
-        db.psql("SELECT count(*) FROM walhook.dead_letters").await == "1"
+    wait_until(WAIT, "a dead letter in the state schema", || async {
+        state
+            .psql(&format!("SELECT count(*) FROM {schema}.dead_letters"))
+            .await
+            == "1"
     })
     .await;
     let base = format!("http://127.0.0.1:{admin}");
@@ -133,7 +149,8 @@ async fn run_streams_and_writes_state(db: &Db, config: &str, name: &str, admin: 
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["counts"]["delivered"], 2, "{run}");
     assert_eq!(
-        db.psql(&format!("SELECT state FROM walhook.runs WHERE id = {id}"))
+        state
+            .psql(&format!("SELECT state FROM {schema}.runs WHERE id = {id}"))
             .await,
         "succeeded"
     );
@@ -335,4 +352,96 @@ async fn without_the_setup_sql_run_names_what_the_role_may_not_create() {
     ] {
         assert!(out.stderr.contains(expected), "missing {expected:?}:\n{}", out.stderr);
     }
+}
+
+/// `[state] url` names another database, where the run role owns the state
+/// schema; on the source database the role may write nothing at all (not
+/// even TEMP or CREATE on schema public). The printed setup SQL (which
+/// `\connect`s to the state database for its last part) is run by the
+/// administrator; check, run, dead letters and runs work; the state lands
+/// in the state database only; the administrator's teardown SQL removes
+/// everything from both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_state_in_another_database_the_role_writes_nothing_on_the_source() {
+    let db = fresh_db("lp_src").await;
+    let state = fresh_db("lp_state").await;
+    orders_table(&db).await;
+    least_privileged_role(&db, "lp_src_app").await;
+    db.psql(&format!(
+        "REVOKE ALL ON DATABASE {0} FROM PUBLIC;
+         GRANT CONNECT ON DATABASE {0} TO lp_src_app;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;",
+        db.name()
+    ))
+    .await;
+    state
+        .psql("CREATE SCHEMA wh_state AUTHORIZATION lp_src_app")
+        .await;
+    let (hook, broken) = (Receiver::start().await, Receiver::start().await);
+    broken.fail_next(1000, 500);
+    let admin = free_port();
+    let config = format!(
+        "{}\n[state]\nurl = \"{}\"\nschema = \"wh_state\"\n",
+        config(
+            &db.url_as("lp_src_app", "pw-lp_src_app"),
+            "lp_src",
+            admin,
+            &hook,
+            &broken
+        ),
+        state.url_as("lp_src_app", "pw-lp_src_app"),
+    );
+
+    let (code, sql, stderr) = walhook(&["setup", "--print-sql"], &config).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(sql.contains("\\connect -reuse-previous=on"), "{sql}");
+    db.try_psql(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("the admin runs the printed SQL: {e}\n{sql}"));
+    assert_eq!(
+        db.psql(
+            "SELECT has_database_privilege('lp_src_app', current_database(), 'CREATE')::text
+                    || ' ' || has_database_privilege('lp_src_app', current_database(), 'TEMP')
+                    || ' ' || has_schema_privilege('lp_src_app', 'public', 'CREATE')
+                    || ' ' || (SELECT count(*) FROM pg_class c
+                               JOIN pg_namespace n ON n.oid = c.relnamespace
+                               WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+                                 AND (has_table_privilege('lp_src_app', c.oid, 'INSERT')
+                                   OR has_table_privilege('lp_src_app', c.oid, 'UPDATE')
+                                   OR has_table_privilege('lp_src_app', c.oid, 'DELETE')))
+                    || ' ' || (SELECT count(*) FROM pg_namespace WHERE nspname IN ('walhook', 'wh_state'))"
+        )
+        .await,
+        "false false false 0 0",
+        "no write privilege and no state on the source database"
+    );
+
+    let stdout = check_is_clean(&config).await;
+    assert!(
+        stdout.contains(&format!(
+            "ok    state: state schema wh_state in database {}: role lp_src_app may read and write its 3 tables",
+            state.name()
+        )),
+        "{stdout}"
+    );
+    run_streams_and_writes_state_in(&db, (&state, "wh_state"), &config, "lp_src", admin).await;
+    assert_eq!(
+        db.psql("SELECT count(*) FROM pg_namespace WHERE nspname IN ('walhook', 'wh_state')")
+            .await,
+        "0",
+        "nothing of the state on the source database"
+    );
+
+    let (code, sql, stderr) = walhook(&["teardown", "--print-sql"], &config).await;
+    assert_eq!(code, 0, "{stderr}");
+    db.try_psql(&sql)
+        .await
+        .unwrap_or_else(|e| panic!("the admin runs the teardown SQL: {e}\n{sql}"));
+    assert_eq!(leftovers(&db, "lp_src").await, "0");
+    assert_eq!(
+        state
+            .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'wh_state'")
+            .await,
+        "0"
+    );
 }
