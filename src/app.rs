@@ -41,7 +41,7 @@ use crate::delivery::{
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, AppControl, RunManager};
+use crate::runs::{schedule, spawn_pause_sync, AppControl, RunManager};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -309,6 +309,7 @@ struct Services {
     admin: JoinHandle<Result<(), AdminError>>,
     schedules: JoinSet<()>,
     runs: RunManager,
+    pause_sync: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
 
@@ -339,12 +340,18 @@ impl Services {
                 Some((cfg.name.clone(), endpoint, decorate))
             })
             .collect();
-        let control = AppControl::new(runs.clone(), config)
-            .with_pauses(workers.pauses.clone())
-            .with_replay(pipeline.state.clone(), replay_targets);
+        let control = Arc::new(
+            AppControl::new(runs.clone(), config)
+                .with_pauses(workers.pauses.clone(), pipeline.state.clone())
+                .with_replay(pipeline.state.clone(), replay_targets),
+        );
+        // Pauses kept from before a restart hold before anything streams.
+        if let Err(err) = control.apply_stored_pauses().await {
+            tracing::warn!(error = %err, "cannot read the paused strategies");
+        }
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
-            .with_control(Arc::new(control));
+            .with_control(control.clone());
         match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
@@ -352,6 +359,7 @@ impl Services {
         Services {
             schedules: schedule::spawn(runs.clone(), config, source_status.clone(), stop.clone()),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
+            pause_sync: spawn_pause_sync(control, source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             runs,
             stop,
@@ -363,6 +371,7 @@ impl Services {
         let _ = self.admin.await;
         while self.schedules.join_next().await.is_some() {}
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
+        let _ = self.pause_sync.await;
         let _ = self.upkeep.await;
     }
 }

@@ -2,14 +2,21 @@
 //! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
 use crate::delivery::PauseHandle;
-use crate::state::StateStore;
+use crate::source::{SourceState, SourceStatus};
+use crate::state::{StateError, StateStore};
 
 /// [`Control`] over a [`RunManager`].
 pub(crate) struct AppControl {
@@ -18,6 +25,8 @@ pub(crate) struct AppControl {
     modes: Vec<(String, bool, bool)>,
     /// The live workers' pause switches, by strategy name.
     pauses: Vec<(String, PauseHandle)>,
+    /// Where pauses are kept (`walhook.pauses`); `None` = in memory only.
+    pause_store: Option<StateStore>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
 }
@@ -38,14 +47,38 @@ impl AppControl {
                 .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
                 .collect(),
             pauses: Vec::new(),
+            pause_store: None,
             replay: None,
         }
     }
 
-    /// Lets `pause`/`resume` reach the live workers.
-    pub(crate) fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
+    /// Lets `pause`/`resume` reach the live workers, and keeps pauses in
+    /// `store` so that they outlive restarts and failover.
+    pub(crate) fn with_pauses(
+        mut self,
+        pauses: Vec<(String, PauseHandle)>,
+        store: StateStore,
+    ) -> Self {
         self.pauses = pauses;
+        self.pause_store = Some(store);
         self
+    }
+
+    /// Pauses exactly the strategies `walhook.pauses` names and resumes the
+    /// others (a pause or resume made through another instance).
+    pub(crate) async fn apply_stored_pauses(&self) -> Result<(), StateError> {
+        let Some(store) = &self.pause_store else {
+            return Ok(());
+        };
+        let paused = store.paused_strategies().await?;
+        for (name, handle) in &self.pauses {
+            if paused.contains(name) {
+                handle.pause();
+            } else {
+                handle.resume();
+            }
+        }
+        Ok(())
     }
 
     /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
@@ -67,6 +100,53 @@ impl AppControl {
     }
 }
 
+/// How often a standby re-reads the pauses while it waits.
+const STANDBY_PAUSE_SYNC: Duration = Duration::from_secs(5);
+
+/// Keeps this instance's pauses in step with `walhook.pauses` when another
+/// instance may have changed them: every [`STANDBY_PAUSE_SYNC`] while a
+/// standby, and when the source starts streaming (a takeover or a
+/// reconnect). Ends at `stop`.
+pub(crate) fn spawn_pause_sync(
+    control: Arc<AppControl>,
+    mut source: watch::Receiver<SourceStatus>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streaming = false;
+        let mut tick = tokio::time::interval(STANDBY_PAUSE_SYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sync = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = source.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: nothing streams any more.
+                        stop.cancelled().await;
+                        return;
+                    }
+                    let now = source.borrow_and_update().state == SourceState::Streaming;
+                    let started = now && !streaming;
+                    streaming = now;
+                    started
+                }
+                _ = tick.tick() => source.borrow().state == SourceState::Standby,
+            };
+            if sync {
+                if let Err(err) = control.apply_stored_pauses().await {
+                    tracing::warn!(error = %err, "cannot read the paused strategies");
+                }
+            }
+        }
+    })
+}
+
+fn pause_error(err: StateError) -> ControlError {
+    tracing::warn!(error = %err, "cannot keep a pause in the state schema");
+    ControlError::Unavailable(err.to_string())
+}
+
 fn unsupported(what: &str) -> ControlError {
     ControlError::Unavailable(format!("{what}: not supported yet"))
 }
@@ -74,14 +154,23 @@ fn unsupported(what: &str) -> ControlError {
 impl Control for AppControl {
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            self.pause_handle(strategy)?.pause();
+            let handle = self.pause_handle(strategy)?;
+            // Kept first: a pause that would not survive a restart is refused.
+            if let Some(store) = &self.pause_store {
+                store.record_pause(strategy).await.map_err(pause_error)?;
+            }
+            handle.pause();
             Ok(())
         })
     }
 
     fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            self.pause_handle(strategy)?.resume();
+            let handle = self.pause_handle(strategy)?;
+            if let Some(store) = &self.pause_store {
+                store.clear_pause(strategy).await.map_err(pause_error)?;
+            }
+            handle.resume();
             Ok(())
         })
     }

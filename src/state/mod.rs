@@ -19,6 +19,7 @@
 
 mod batches;
 mod dead_letters;
+mod pauses;
 mod runs;
 mod schema;
 

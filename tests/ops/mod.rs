@@ -8,4 +8,5 @@ mod commands;
 mod deploy;
 mod e2e;
 mod least_privilege;
+mod pauses;
 mod replay;
