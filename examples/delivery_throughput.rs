@@ -65,11 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch_size,
         max_batch_bytes: 1 << 20,
         linger: Duration::from_millis(20),
+        max_in_flight: 1,
+        ordering: walhook::config::Ordering::Commit,
         retry: Retry::default(),
         endpoint: Arc::new(endpoint),
         decorate: Arc::new(NoDecoration),
         checkpoint: checkpoint.clone(),
         state: None,
+        boundaries: None,
         shutdown_timeout: Duration::from_secs(5),
         queue_capacity: 10_000,
     })?;
@@ -87,12 +90,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                  \"lsn\":\"{commit_lsn}\",\"xid\":{i},\"commit_time\":\"2026-11-22T07:04:00.123456Z\",\
                  \"new\":{{\"id\":{i},\"amount\":150.50,\"status\":\"open\"}},\"old\":null}}"
             );
-            let record = QueuedRecord {
-                commit_lsn,
-                index: 0,
-                commit_time: 0,
-                json: json.into_bytes(),
-            };
+            let record = QueuedRecord::new(commit_lsn, 0, 0, json.into_bytes());
             feeder_cp.queued(0, end_lsn);
             if queue.send(WorkItem::Record(record)).await.is_err()
                 || queue.send(WorkItem::TxEnd { end_lsn }).await.is_err()

@@ -66,11 +66,11 @@ CREATE TABLE IF NOT EXISTS :"state_schema".runs (
 CREATE INDEX IF NOT EXISTS runs_strategy_idx
     ON :"state_schema".runs (strategy, id);
 
--- Batches sent (or being sent) but not yet acknowledged to Postgres. After a
+-- Batches sent (or being sent) but not yet confirmed by Postgres. After a
 -- restart Postgres streams those changes again; walhook re-forms batches with
--- exactly these boundaries, so a redelivered batch carries the same batch id
+-- exactly these records, so a redelivered batch carries the same batch id
 -- and webhook-id, and receivers can de-duplicate. Rows are deleted once the
--- acknowledged position passes last_lsn.
+-- slot's confirmed_flush_lsn passes last_lsn.
 CREATE TABLE IF NOT EXISTS :"state_schema".batches (
     strategy        text        NOT NULL,  -- the [[strategies]] name
     batch_id        text        NOT NULL,  -- batch.id / webhook-id
@@ -78,8 +78,12 @@ CREATE TABLE IF NOT EXISTS :"state_schema".batches (
     last_record_id  text        NOT NULL,  -- the last records[].id
     last_lsn        pg_lsn      NOT NULL,  -- commit LSN of the last record
     created_at      timestamptz NOT NULL DEFAULT now(),
+    records         text,                  -- every record id when not a range (ordering = "key")
     PRIMARY KEY (strategy, batch_id)
 );
+
+-- Added with ordering = "key"; a no-op where the table has it.
+ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
 
 -- Strategies paused through the admin API (POST /strategies/{name}/pause).
 -- A pause outlives restarts and failover: every instance reads this table at

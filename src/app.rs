@@ -31,13 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
 use crate::batch::Decorate;
-use crate::checkpoint::Checkpoint;
+use crate::budget::Budget;
+use crate::checkpoint::{self, Checkpoint};
 use crate::config::Config;
 use crate::decode::SourceEvent;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
-    build_endpoints, DeliveryError, Endpoint, EndpointError, PauseHandle, StatusHandle,
-    StrategyWorker, WorkerOptions,
+    build_endpoints, Boundaries, DeliveryError, Endpoint, EndpointError, PauseHandle, RetryHandle,
+    StatusHandle, StrategyWorker, WorkerOptions,
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
@@ -107,7 +108,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     let prom = telemetry::install_recorder()?;
     telemetry::describe();
     let listener = admin::bind(config.admin.listen).await?;
-    let opts = SourceOptions::from_config(&config.source);
+    let budget = Budget::new(config.source.max_buffer_bytes);
+    let mut opts = SourceOptions::from_config(&config.source);
+    opts.budget = Some(budget.clone());
     let capacity = opts.channel_capacity;
     let (source, ack, source_status) = Source::new(opts);
     // Probes and /status answer while the database is not up yet.
@@ -133,7 +136,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         Lsn::ZERO,
         move |lsn| ack.ack(lsn),
     ));
-    let workers = Workers::start(&config, &pipeline, &checkpoint)?;
+    let confirmed_stop = CancellationToken::new();
+    let (confirmed, confirmed_task) = checkpoint::watch_confirmed(
+        config.source.url.expose().to_string(),
+        config.source.slot.clone(),
+        confirmed_stop.clone(),
+    );
+    let boundaries = Boundaries {
+        confirmed,
+        resumed_from: source.resumed_from(),
+    };
+    let workers = Workers::start(&config, &pipeline, &checkpoint, &boundaries)?;
     let services = Services::start(
         &config,
         &pipeline,
@@ -143,9 +156,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         prom,
     )
     .await;
-    let mut stages = Stages::start(source, capacity, workers, checkpoint);
+    let mut stages = Stages::start(source, capacity, workers, checkpoint, budget);
     let first = stages.until_one_stops(&shutdown).await;
     let failure = stages.stop(first).await;
+    confirmed_stop.cancel();
+    let _ = confirmed_task.await;
     services.stop().await;
     // What Postgres was last told (also when this process routed nothing).
     let acked = source_status.borrow().acked_lsn;
@@ -162,14 +177,16 @@ struct Pipeline {
 
 impl Pipeline {
     async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
-        let strategies = CompiledStrategy::compile_all(config)?
-            .into_iter()
-            .map(Arc::new)
-            .collect::<Vec<_>>();
+        let mut strategies = CompiledStrategy::compile_all(config)?;
         let problems = strategy::validate_schema(&client, config).await?;
         if !problems.is_empty() {
             return Err(AppError::Schema(problems));
         }
+        let columns = strategy::group_columns(&client, config).await?;
+        for (compiled, columns) in strategies.iter_mut().zip(columns) {
+            compiled.set_group_columns(columns);
+        }
+        let strategies: Vec<Arc<CompiledStrategy>> = strategies.into_iter().map(Arc::new).collect();
         let endpoints = build_endpoints(config)?;
         if let PublicationOutcome::Created { tables } =
             strategy::ensure_publication(&client, config).await?
@@ -238,6 +255,7 @@ struct Workers {
     routes: Vec<Route>,
     statuses: Vec<(String, StatusHandle)>,
     pauses: Vec<(String, PauseHandle)>,
+    retries: Vec<(String, RetryHandle)>,
 }
 
 impl Workers {
@@ -245,6 +263,7 @@ impl Workers {
         config: &Config,
         pipeline: &Pipeline,
         checkpoint: &Arc<Checkpoint>,
+        boundaries: &Boundaries,
     ) -> Result<Workers, AppError> {
         let mut workers = Workers {
             tasks: JoinSet::new(),
@@ -252,6 +271,7 @@ impl Workers {
             routes: Vec::new(),
             statuses: Vec::new(),
             pauses: Vec::new(),
+            retries: Vec::new(),
         };
         for (index, compiled) in pipeline.strategies.iter().enumerate() {
             let cfg = &config.strategies[index];
@@ -274,11 +294,14 @@ impl Workers {
                 batch_size: cfg.batch_size,
                 max_batch_bytes: cfg.max_batch_bytes,
                 linger: cfg.linger,
+                max_in_flight: cfg.max_in_flight,
+                ordering: cfg.ordering,
                 retry,
                 endpoint,
                 decorate,
                 checkpoint: checkpoint.clone(),
                 state: Some(pipeline.state.clone()),
+                boundaries: Some(boundaries.clone()),
                 shutdown_timeout: SHUTDOWN_TIMEOUT,
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
@@ -288,6 +311,9 @@ impl Workers {
             workers
                 .pauses
                 .push((cfg.name.clone(), worker.pause_handle()));
+            workers
+                .retries
+                .push((cfg.name.clone(), worker.retry_handle()));
             workers.routes.push(Route {
                 strategy: compiled.clone(),
                 tx,
@@ -343,6 +369,7 @@ impl Services {
         let control = Arc::new(
             AppControl::new(runs.clone(), config)
                 .with_pauses(workers.pauses.clone(), pipeline.state.clone())
+                .with_retries(workers.retries.clone())
                 .with_replay(pipeline.state.clone(), replay_targets),
         );
         // Pauses kept from before a restart hold before anything streams.
@@ -350,7 +377,10 @@ impl Services {
             tracing::warn!(error = %err, "cannot read the paused strategies");
         }
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
-            .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
+            .with_strategies(Arc::new(WorkerStatuses::new(
+                workers.statuses.clone(),
+                &workers.pauses,
+            )))
             .with_control(control.clone());
         match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
@@ -407,9 +437,10 @@ impl Stages {
         capacity: usize,
         workers: Workers,
         checkpoint: Arc<Checkpoint>,
+        budget: Budget,
     ) -> Stages {
         let (events_tx, mut events_rx) = mpsc::channel::<SourceEvent>(capacity);
-        let router = Router::new(workers.routes, checkpoint);
+        let router = Router::new(workers.routes, checkpoint).with_budget(budget);
         let source_stop = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let stop = router_stop.clone();

@@ -67,6 +67,7 @@
 pub mod admin;
 pub mod app;
 pub mod batch;
+pub(crate) mod budget;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

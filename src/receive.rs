@@ -369,13 +369,7 @@ mod tests {
         let record = br#"{"id":"0/16B3748:0","op":"insert","new":{"amount":150.50}}"#;
         let batch = build(
             &Arc::from("s"),
-            vec![QueuedRecord {
-                commit_lsn: Lsn(0x16B_3748),
-                index: 0,
-                commit_time: 0,
-                json: record.to_vec(),
-            }],
-            None,
+            vec![QueuedRecord::new(Lsn(0x16B_3748), 0, 0, record.to_vec())],
             &NoDecoration,
         );
         let http = reqwest::Client::new();

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  GET  /metrics   /healthz   /readyz   /activez   /status   open
-//!  POST /strategies/{name}/pause | resume | runs             Bearer token
+//!  POST /strategies/{name}/pause | resume | retry | runs     Bearer token
 //!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
@@ -42,7 +42,7 @@ pub use crate::delivery::BoxFuture;
 use dead_letters::DeadLetterQuery;
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, StatusHandle, StrategyStatus as WorkerStatus};
+use crate::delivery::{DeliveryState, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -101,6 +101,10 @@ pub struct StrategyStatus {
     pub last_error: Option<String>,
     /// Attempts made for the batch in flight (0 when idle).
     pub attempts: u64,
+    /// Batches in flight.
+    pub in_flight: u64,
+    /// Why it is paused (`admin`, `endpoint_gone`), when it is.
+    pub pause_reason: Option<&'static str>,
 }
 
 /// Supplies strategy status on demand. Implemented for closures
@@ -121,12 +125,24 @@ where
 
 /// The live delivery workers' status, by strategy name, as `/status` and
 /// `/readyz` show it.
-pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle)>);
+pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle, Option<PauseHandle>)>);
 
 impl WorkerStatuses {
-    /// `workers` in config order.
-    pub(crate) fn new(workers: Vec<(String, StatusHandle)>) -> Self {
-        WorkerStatuses(workers)
+    /// `workers` in config order; `pauses` by name.
+    pub(crate) fn new(
+        workers: Vec<(String, StatusHandle)>,
+        pauses: &[(String, PauseHandle)],
+    ) -> Self {
+        WorkerStatuses(
+            workers
+                .into_iter()
+                .map(|(name, status)| {
+                    let pause = pauses.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+                    let pause = pause.cloned();
+                    (name, status, pause)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -134,7 +150,16 @@ impl StatusSource for WorkerStatuses {
     fn strategies(&self) -> Vec<StrategyStatus> {
         self.0
             .iter()
-            .map(|(name, handle)| StrategyStatus::of_worker(name, &handle.snapshot()))
+            .map(|(name, handle, pause)| {
+                let mut worker = handle.snapshot();
+                // The switch itself: a worker waiting for the source (a
+                // standby) has not looked at it yet.
+                if let Some(pause) = pause {
+                    worker.pause_reason = pause.reason();
+                    worker.paused = worker.pause_reason.is_some();
+                }
+                StrategyStatus::of_worker(name, &worker)
+            })
             .collect()
     }
 }
@@ -155,6 +180,8 @@ impl StrategyStatus {
             last_success: worker.last_success,
             last_error: worker.last_error.clone(),
             attempts: u64::from(worker.attempts),
+            in_flight: u64::from(worker.in_flight),
+            pause_reason: worker.pause_reason.map(|r| r.as_str()),
         }
     }
 }
@@ -236,8 +263,17 @@ pub enum RunReply {
 pub trait Control: Send + Sync + 'static {
     /// Stops delivering for `strategy`; changes keep queueing and hold the slot.
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
-    /// Resumes a paused strategy.
+    /// Resumes a paused strategy (paused by the API or by a 410).
     fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>>;
+    /// Ends the strategy's backoff waits at once; returns how many batches
+    /// were waiting.
+    fn retry<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<usize, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "retrying {strategy} is not supported in this process"
+            )))
+        })
+    }
     /// Starts an on-demand run over the table's current rows.
     fn start_run<'a>(
         &'a self,
@@ -376,6 +412,7 @@ fn router(state: AdminState) -> Router {
         .route("/status", get(status))
         .route("/strategies/{name}/pause", post(pause))
         .route("/strategies/{name}/resume", post(resume))
+        .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
         .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/dead-letters", get(list_dead_letters))
@@ -505,6 +542,8 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "last_success": s.last_success.map(rfc3339),
                 "last_error": s.last_error,
                 "attempts": s.attempts,
+                "in_flight": s.in_flight,
+                "pause_reason": s.pause_reason,
             })
         })
         .collect();
@@ -629,6 +668,21 @@ async fn resume(
         .map_err(IntoResponse::into_response)?;
     tracing::info!(strategy = %name, "strategy resumed by the admin API");
     Ok(Json(json!({ "strategy": name, "state": "running" })).into_response())
+}
+
+async fn retry(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
+    let woken = control
+        .retry(&name)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    tracing::info!(strategy = %name, woken, "backoff ended by the admin API");
+    Ok(Json(json!({ "strategy": name, "retrying": woken })).into_response())
 }
 
 /// `?mode=sync|async&limit=N&filter=EXPR`.
@@ -815,6 +869,8 @@ mod tests {
             last_success: Some(SystemTime::UNIX_EPOCH),
             last_error: Some("HTTP 503".into()),
             attempts: 2,
+            in_flight: 1,
+            pause_reason: None,
         }
     }
 
@@ -853,9 +909,10 @@ mod tests {
     #[test]
     fn a_workers_status_is_shown_typed_paused_first_then_failing() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
-        let worker = |state, paused| WorkerStatus {
+        let worker = |state, paused: bool| WorkerStatus {
             state,
             queue_records: 4,
+            in_flight: 1,
             last_success: Some(at),
             last_error: Some("HTTP 502".into()),
             attempts: 2,
@@ -864,6 +921,7 @@ mod tests {
             delivered_records: 0,
             dead_lettered_records: 0,
             paused,
+            pause_reason: paused.then_some(crate::delivery::PauseReason::EndpointGone),
         };
         let cases = [
             (DeliveryState::Idle, false, StrategyState::Running),
@@ -881,6 +939,8 @@ mod tests {
             assert_eq!(status.queue_records, 4);
             assert_eq!(status.attempts, 2);
             assert_eq!(status.last_error.as_deref(), Some("HTTP 502"));
+            assert_eq!(status.in_flight, 1);
+            assert_eq!(status.pause_reason, paused.then_some("endpoint_gone"));
         }
         let status = StrategyStatus::of_worker("orders", &worker(DeliveryState::Idle, false));
         let doc = status_json("walhook", &SourceStatus::default(), &[status]);

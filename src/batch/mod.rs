@@ -6,19 +6,20 @@
 //! strategy's bounded queue, and how a strategy fills in per-batch headers,
 //! query parameters and body fields.
 //!
-//! Below the contract: `batcher` (pure grouping rules: size, bytes,
-//! linger, boundaries restored after a restart) and `payload` (the one
-//! writer of the payload's JSON: each record's object, and the sealed
-//! [`Batch`] with its id and body, written once into one buffer). The
-//! batcher uses the payload to seal batches; the payload knows nothing of
-//! the batcher.
+//! Below the contract: `dispatch` (pure rules for which pending records
+//! form the next batch: size, bytes, linger, order per group, batches
+//! re-formed after a restart) and `payload` (the one writer of the
+//! payload's JSON: each record's object, and the sealed [`Batch`] with its
+//! id and body, written once into one buffer). The dispatcher uses the
+//! payload to seal batches; the payload knows nothing of the dispatcher.
 
-mod batcher;
+mod dispatch;
 pub(crate) mod payload;
 
-pub(crate) use batcher::{Batcher, BatcherOptions, Boundary};
+pub(crate) use dispatch::{BatcherOptions, Dispatcher, Next, Pushed, Stored};
 pub use payload::{build, Batch};
 
+use crate::budget::Charge;
 use crate::config::RecordShape;
 use crate::lsn::Lsn;
 
@@ -34,7 +35,7 @@ pub enum WorkItem {
 }
 
 /// A mapped record, ready to be placed in a batch's `records` array.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct QueuedRecord {
     /// Commit LSN of its transaction.
     pub commit_lsn: Lsn,
@@ -44,6 +45,58 @@ pub struct QueuedRecord {
     pub commit_time: i64,
     /// The complete JSON object of this record as it appears in `records[]`.
     pub json: Vec<u8>,
+    /// Which records it must stay in order with (`ordering`).
+    pub group: Group,
+    /// Its bytes held against the memory budget until its batch is done.
+    pub(crate) charge: Charge,
+}
+
+impl QueuedRecord {
+    /// A record in the strategy's one group (commit order), holding no budget.
+    pub fn new(commit_lsn: Lsn, index: u32, commit_time: i64, json: Vec<u8>) -> QueuedRecord {
+        QueuedRecord {
+            commit_lsn,
+            index,
+            commit_time,
+            json,
+            group: Group::default(),
+            charge: Charge::default(),
+        }
+    }
+}
+
+/// The records a record must stay in commit order with. Under `ordering =
+/// "commit"` every record is in one group; under `"key"` a group is a hash of
+/// the record's key (or `group_by` value): records of one group are sent in
+/// commit order and never in two batches in flight at once. A hash collision
+/// only orders two keys that need not be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// One group.
+    Key(u64),
+    /// An update that changed the key: ordered with both the old and the new key.
+    Keys(u64, u64),
+    /// Ordered with every record (a truncate under `ordering = "key"`).
+    All,
+}
+
+impl Default for Group {
+    /// The strategy's one group (`ordering = "commit"`).
+    fn default() -> Self {
+        Group::Key(0)
+    }
+}
+
+impl Group {
+    /// The keys, one or two (none for [`Group::All`]).
+    pub(crate) fn keys(self) -> impl Iterator<Item = u64> {
+        let (a, b) = match self {
+            Group::Key(a) => (Some(a), None),
+            Group::Keys(a, b) => (Some(a), Some(b)),
+            Group::All => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
 }
 
 /// What per-batch expressions can see (`batch.size`, `batch.first_lsn`,

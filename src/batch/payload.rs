@@ -44,7 +44,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{BatchMeta, Decorate, QueuedRecord};
+use super::{BatchMeta, Decorate, Group, QueuedRecord};
+use crate::budget::Charge;
 use crate::config::RecordShape;
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
@@ -85,7 +86,7 @@ pub(crate) fn parse_record_id(id: &str) -> Option<RecordKey> {
 }
 
 /// A batch ready to send.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Batch {
     /// The strategy's name.
     pub(crate) strategy: std::sync::Arc<str>,
@@ -99,9 +100,10 @@ pub struct Batch {
     pub(crate) last_lsn: Lsn,
     /// The records' positions, in order.
     pub(crate) keys: Vec<RecordKey>,
-    /// The last transaction end received before the batch was sealed: once
-    /// it is delivered, every record of that transaction (and all before) is.
-    pub(crate) complete_through: Option<Lsn>,
+    /// The records' groups, in order (freed when the batch is done).
+    pub(crate) groups: Vec<Group>,
+    /// The records' bytes held against the memory budget, released with the batch.
+    pub(crate) charge: Charge,
     /// Commit time of the first record, µs since the Unix epoch.
     pub(crate) first_commit_time: i64,
     /// The JSON payload.
@@ -153,7 +155,6 @@ fn batch_id<'a>(strategy: &str, keys: impl IntoIterator<Item = &'a RecordKey>) -
 pub fn build(
     strategy: &std::sync::Arc<str>,
     records: Vec<QueuedRecord>,
-    complete_through: Option<Lsn>,
     decorate: &dyn Decorate,
 ) -> Batch {
     let keys: Vec<RecordKey> = records.iter().map(|r| (r.commit_lsn, r.index)).collect();
@@ -213,7 +214,8 @@ pub fn build(
         first_lsn,
         last_lsn,
         keys,
-        complete_through,
+        groups: Vec::new(),
+        charge: Charge::default(),
         first_commit_time,
         body: Bytes::from(out),
         headers: decoration.headers,
@@ -406,12 +408,12 @@ mod tests {
     use crate::decode::{Column, Relation, ReplicaIdentity, TypeKind};
 
     fn rec(lsn: u64, index: u32) -> QueuedRecord {
-        QueuedRecord {
-            commit_lsn: Lsn(lsn),
+        QueuedRecord::new(
+            Lsn(lsn),
             index,
-            commit_time: 1_700_000_000_000_000,
-            json: format!("{{\"id\":\"{}:{index}\"}}", Lsn(lsn)).into_bytes(),
-        }
+            1_700_000_000_000_000,
+            format!("{{\"id\":\"{}:{index}\"}}", Lsn(lsn)).into_bytes(),
+        )
     }
 
     struct Body;
@@ -428,7 +430,7 @@ mod tests {
     #[test]
     fn payload_has_the_documented_shape() {
         let s: Arc<str> = "big \"orders\"".into();
-        let b = build(&s, vec![rec(0x16B3748, 0), rec(0x16B3A10, 1)], None, &Body);
+        let b = build(&s, vec![rec(0x16B3748, 0), rec(0x16B3A10, 1)], &Body);
         let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
         assert_eq!(v["strategy"], "big \"orders\"");
         assert_eq!(v["batch"]["id"], b.id.as_str());
@@ -446,11 +448,11 @@ mod tests {
     #[test]
     fn batch_id_depends_on_strategy_and_records_only() {
         let s: Arc<str> = "s".into();
-        let a = build(&s, vec![rec(1, 0), rec(1, 1)], Some(Lsn(2)), &NoDecoration);
-        let b = build(&s, vec![rec(1, 0), rec(1, 1)], None, &NoDecoration);
-        let c = build(&s, vec![rec(1, 0)], None, &NoDecoration);
+        let a = build(&s, vec![rec(1, 0), rec(1, 1)], &NoDecoration);
+        let b = build(&s, vec![rec(1, 0), rec(1, 1)], &NoDecoration);
+        let c = build(&s, vec![rec(1, 0)], &NoDecoration);
         let other: Arc<str> = "t".into();
-        let d = build(&other, vec![rec(1, 0), rec(1, 1)], None, &NoDecoration);
+        let d = build(&other, vec![rec(1, 0), rec(1, 1)], &NoDecoration);
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_ne!(a.id, d.id);
@@ -461,7 +463,7 @@ mod tests {
     #[test]
     fn a_batch_is_its_records_bytes_in_the_envelope() {
         let s: Arc<str> = "s".into();
-        let b = build(&s, vec![rec(0x16B3748, 0), rec(0x16B3A10, 1)], None, &Body);
+        let b = build(&s, vec![rec(0x16B3748, 0), rec(0x16B3A10, 1)], &Body);
         assert_eq!(
             std::str::from_utf8(&b.body).unwrap(),
             format!(
@@ -488,7 +490,7 @@ mod tests {
         let s: Arc<str> = "s".into();
         let mut r = rec(1, 0);
         r.json = br#"{"k":1}"#.to_vec();
-        let b = build(&s, vec![r], None, &Flat);
+        let b = build(&s, vec![r], &Flat);
         assert_eq!(
             std::str::from_utf8(&b.body).unwrap(),
             format!(

@@ -9,8 +9,19 @@
 //!
 //! `acked = min over strategies of (caught up ? seen_end : delivered_through)`
 //! where a strategy is caught up when `delivered_through >= queued_through`.
+//!
+//! Within a strategy, batches may complete out of order (`max_in_flight`);
+//! its `delivered_through` comes from its ordered [`Finaliser`], which only
+//! moves over a contiguous prefix of finished records. What Postgres itself
+//! has confirmed is read back by [`watch_confirmed`].
+
+mod confirmed;
+mod finaliser;
 
 use std::sync::Mutex;
+
+pub(crate) use confirmed::watch_confirmed;
+pub(crate) use finaliser::Finaliser;
 
 use crate::lsn::Lsn;
 

@@ -42,6 +42,21 @@ pub struct EndpointConfig {
     /// What to do when a delivery fails.
     #[serde(default)]
     pub retry: Retry,
+    /// What a 4xx answer other than 408, 410, 425 and 429 means: "retry"
+    /// (the default: the batch is retried like after a 5xx, and holds its
+    /// strategy or its keys) or "dead_letter" (the batch is stored in
+    /// walhook.dead_letters at once and later batches flow).
+    #[serde(default)]
+    pub on_client_error: OnClientError,
+    /// Most requests per second to this endpoint, shared by every strategy
+    /// using it; requests over it wait their turn. Unset = no limit.
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
+    /// Protects an endpoint that is down: after `failures` failed attempts in
+    /// a row, only one request at a time (a probe) reaches it until one
+    /// succeeds; the other batches back off without sending.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
 }
 
 fn default_timeout() -> Duration {
@@ -164,8 +179,9 @@ pub struct Tls {
     pub danger_accept_invalid_certs: bool,
 }
 
-/// Retry policy: exponential backoff with full jitter between `initial` and
-/// `max`, honouring `Retry-After`.
+/// Retry policy: exponential backoff from `initial` up to `max`, with
+/// jitter, honouring `Retry-After`. The wait after failed attempt n is
+/// random between `initial * 2^(n-1)` and twice that, both capped at `max`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
@@ -173,7 +189,8 @@ pub struct Retry {
     /// retries forever.
     #[serde(default)]
     pub max_attempts: u32,
-    /// The first backoff. Default "1s".
+    /// The shortest wait before the first retry (it waits between `initial`
+    /// and twice `initial`). Default "1s".
     #[serde(default = "default_initial", deserialize_with = "de::duration")]
     pub initial: Duration,
     /// The longest backoff. Default "5m".
@@ -213,4 +230,37 @@ pub enum OnExhausted {
     Block,
     /// Store it in `walhook.dead_letters` and go on with the next batch.
     DeadLetter,
+}
+
+/// What a 4xx answer (other than 408, 410, 425, 429) does to a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnClientError {
+    /// Retry it with backoff, like a 5xx.
+    #[default]
+    Retry,
+    /// Store it in `walhook.dead_letters` at once and go on.
+    DeadLetter,
+}
+
+/// `circuit_breaker`: when an endpoint counts as down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Failed attempts in a row (timeouts, refused connections, 408, 425,
+    /// 429, 5xx) that open the circuit; 0 = never. Default 5.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        CircuitBreaker {
+            failures: default_breaker_failures(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
 }

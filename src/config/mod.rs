@@ -32,17 +32,20 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-pub use endpoint::{Auth, EndpointConfig, OAuth2AuthMethod, OnExhausted, Retry, Signing, Tls};
+pub use endpoint::{
+    Auth, CircuitBreaker, EndpointConfig, OAuth2AuthMethod, OnClientError, OnExhausted, Retry,
+    Signing, Tls,
+};
 pub(crate) use error::ConfigError;
 pub use error::ConfigErrors;
 use secret::DatabaseUrl;
 pub use secret::Secret;
 pub use signing_key::{SigningError, SigningKey};
-pub use strategy::RecordShape;
 #[cfg(test)]
 pub(crate) use strategy::Schedule;
 pub(crate) use strategy::StrategyConfig;
 pub use strategy::TableName;
+pub use strategy::{Ordering, RecordShape};
 pub use template::Template;
 
 /// The whole configuration file.
@@ -75,6 +78,18 @@ pub(crate) struct SourceConfig {
     /// The publication the slot streams. Default "walhook".
     #[serde(default = "default_walhook")]
     pub(crate) publication: String,
+    /// The process-wide memory budget for changes in flight: decoded
+    /// changes waiting to be routed, queued records, batches being formed
+    /// and request bodies being sent, together. When it is used up walhook
+    /// stops reading the replication stream (standby status keeps flowing)
+    /// until deliveries free memory; one change larger than the budget still
+    /// goes through, alone. Bytes, or text with a unit. Default "64MiB".
+    #[serde(default = "default_max_buffer_bytes", deserialize_with = "de::bytes")]
+    pub(crate) max_buffer_bytes: usize,
+}
+
+fn default_max_buffer_bytes() -> usize {
+    64 << 20
 }
 
 fn default_walhook() -> String {
@@ -332,6 +347,13 @@ impl Config {
                         });
                     }
                 }
+            }
+            if let Some(expr) = &strategy.group_by {
+                sites.push(ExprSite {
+                    path: format!("{base}.group_by"),
+                    role: ExprRole::Record,
+                    expr,
+                });
             }
             for (j, schedule) in strategy.schedules.iter().enumerate() {
                 if let Some(expr) = &schedule.filter {

@@ -45,6 +45,21 @@ pub(crate) struct StrategyConfig {
     /// How long a batch that is not full waits for more records. Default "20ms".
     #[serde(default = "default_linger", deserialize_with = "de::duration")]
     pub(crate) linger: Duration,
+    /// Batches in flight at once. Default 1: one at a time, in commit order.
+    /// More than 1 needs `ordering = "key"`.
+    #[serde(default = "default_max_in_flight")]
+    pub(crate) max_in_flight: usize,
+    /// What order is kept: "commit" (the default: every record in commit
+    /// order, one batch in flight) or "key" (records with the same group key
+    /// in commit order and never in two batches in flight at once; other
+    /// keys flow past a slow or failing one).
+    #[serde(default)]
+    pub(crate) ordering: Ordering,
+    /// The group key under `ordering = "key"`: an expression over the row
+    /// (`row.*`), e.g. "row.customer_id". Default: the table's replica
+    /// identity key (its primary key, or the REPLICA IDENTITY index).
+    #[serde(default)]
+    pub(crate) group_by: Option<String>,
     /// The database role on-demand and scheduled runs read the table as
     /// (`SET ROLE`); absent = the source connection's role.
     #[serde(default)]
@@ -93,6 +108,21 @@ fn default_batch_size() -> usize {
 
 fn default_max_batch_bytes() -> usize {
     1024 * 1024
+}
+
+fn default_max_in_flight() -> usize {
+    1
+}
+
+/// What order a strategy keeps (`ordering`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Every record in commit order.
+    #[default]
+    Commit,
+    /// Records with the same group key in commit order.
+    Key,
 }
 
 fn default_linger() -> Duration {

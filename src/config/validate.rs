@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::endpoint::{Auth, EndpointConfig};
 use super::error::ConfigErrors;
 use super::secret::Secret;
-use super::strategy::{RecordShape, StrategyConfig};
+use super::strategy::{Ordering, RecordShape, StrategyConfig};
 use super::template::Template;
 use super::Config;
 
@@ -18,6 +18,9 @@ const RESERVED_HEADERS: [&str; 4] = [
     "webhook-signature",
     "content-type",
 ];
+
+/// The smallest memory budget accepted (`source.max_buffer_bytes`).
+const MIN_BUFFER_BYTES: usize = 1 << 20;
 
 /// Top-level payload keys walhook writes itself: a `body` field of the same
 /// name would collide with them.
@@ -69,6 +72,15 @@ fn source(config: &Config, errors: &mut ConfigErrors) {
     }
     if source.publication.is_empty() || source.publication.len() > 63 {
         errors.push("source.publication", "must be 1 to 63 bytes long");
+    }
+    if source.max_buffer_bytes < MIN_BUFFER_BYTES {
+        errors.push(
+            "source.max_buffer_bytes",
+            format!(
+                "{} bytes is too small: give at least \"1MiB\" (the default is \"64MiB\")",
+                source.max_buffer_bytes
+            ),
+        );
     }
 }
 
@@ -223,6 +235,14 @@ fn endpoint(name: &str, endpoint: &EndpointConfig, errors: &mut ConfigErrors) {
         }
     }
 
+    if let Some(rate) = endpoint.rate_limit {
+        if !(rate.is_finite() && rate > 0.0) {
+            errors.push(
+                format!("{path}.rate_limit"),
+                "must be more than 0 (requests per second); remove it for no limit",
+            );
+        }
+    }
     let retry = &endpoint.retry;
     if retry.initial.is_zero() {
         errors.push(format!("{path}.retry.initial"), "must be more than 0s");
@@ -330,6 +350,32 @@ fn strategy(
     }
     if strategy.max_batch_bytes == 0 {
         errors.push(format!("{path}.max_batch_bytes"), "must be at least 1");
+    }
+    if strategy.max_in_flight == 0 {
+        errors.push(format!("{path}.max_in_flight"), "must be at least 1");
+    }
+    if strategy.max_in_flight > 1 && strategy.ordering == Ordering::Commit {
+        errors.push(
+            format!("{path}.max_in_flight"),
+            "more than 1 batch in flight needs ordering = \"key\" (order per group key); \
+             under ordering = \"commit\" one batch is in flight at a time",
+        );
+    }
+    if strategy.group_by.is_some() && strategy.ordering != Ordering::Key {
+        errors.push(
+            format!("{path}.group_by"),
+            "only used with ordering = \"key\"; set that or remove group_by",
+        );
+    }
+    if strategy
+        .group_by
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        errors.push(
+            format!("{path}.group_by"),
+            "empty: write an expression such as \"row.customer_id\", or remove it to group by the key",
+        );
     }
     if strategy.run_as.as_deref().is_some_and(str::is_empty) {
         errors.push(

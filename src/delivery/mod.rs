@@ -1,9 +1,13 @@
 //! Delivery: one HTTP client per endpoint, auth, Standard Webhooks signing,
-//! retries with backoff, dead letters. One batch in flight per strategy.
+//! retries with backoff, dead letters, endpoint protection. Up to
+//! `max_in_flight` batches in flight per strategy.
 //!
 //! - `sender`: the endpoint's client and one attempt (POST, 401 refresh).
-//! - `retry`: backoff with full jitter, `Retry-After`, exhaustion policy.
-//! - `worker`: the per-strategy loop (batcher → sender task → checkpoint).
+//! - `protect`: the endpoint's circuit breaker and rate limit.
+//! - `retry`: what an answer decides (status classes, 410, `on_client_error`),
+//!   backoff with jitter, `Retry-After`, exhaustion policy.
+//! - `worker`: the per-strategy loop (dispatcher → delivery tasks → finaliser → checkpoint).
+//! - `handles`: status, pause and retry-now handles for the admin API.
 //! - `replay`: one attempt to deliver a dead letter again (admin API).
 //! - dead letters and batch boundaries are stored through [`crate::state`].
 //! - `prepare`: the seam to endpoint security (auth, signing).
@@ -11,8 +15,10 @@
 
 mod auth;
 mod endpoints;
+mod handles;
 mod oauth2;
 mod prepare;
+mod protect;
 pub(crate) mod replay;
 mod retry;
 mod security;
@@ -25,6 +31,9 @@ pub(crate) mod worker;
 pub use auth::AuthError;
 pub(crate) use endpoints::build_endpoints;
 pub use endpoints::EndpointError;
+pub use handles::{
+    DeliveryState, PauseHandle, PauseReason, RetryHandle, StatusHandle, StrategyStatus,
+};
 pub use oauth2::OAuth2Error;
 pub use prepare::{Attempt, BoxFuture, NoPrepare, Prepare, PrepareError};
 pub use replay::{replay_dead_letter, ReplayError, ReplayOutcome, ReplayTarget};
@@ -32,9 +41,7 @@ pub use security::{EndpointSecurity, SecurityError};
 pub use sender::{AttemptResult, Endpoint};
 pub use signing::{Verifier, VerifyError};
 pub use tls::{configure as configure_tls, explain as explain_request_error, TlsError};
-pub use worker::{
-    DeliveryState, PauseHandle, StatusHandle, StrategyStatus, StrategyWorker, WorkerOptions,
-};
+pub use worker::{Boundaries, StrategyWorker, WorkerOptions};
 
 /// Errors building or running delivery. Messages name the endpoint or
 /// strategy and never hold a secret.
@@ -44,7 +51,7 @@ pub enum DeliveryError {
     InvalidUrl { endpoint: String, reason: String },
     #[error("endpoints.{endpoint}: cannot build the HTTP client: {reason}")]
     Client { endpoint: String, reason: String },
-    #[error("strategy {strategy}: on_exhausted = \"dead_letter\" needs the state store (walhook.dead_letters)")]
+    #[error("strategy {strategy}: dead letters (on_exhausted or on_client_error = \"dead_letter\") need the state store (walhook.dead_letters)")]
     NeedsStateStore { strategy: String },
     #[error("strategy {strategy}: the sender task failed")]
     SenderFailed { strategy: String },

@@ -8,17 +8,19 @@
 //! only up to 64 KiB: enough to reuse the connection for small answers, never
 //! a way for an endpoint to make walhook buffer without bound.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Client, ClientBuilder, StatusCode, Url};
 
+use super::handles::{PauseHandle, PauseInner, PauseReason};
 use super::prepare::{Attempt, Prepare};
-use super::retry::parse_retry_after;
+use super::protect::{Admission, Guard};
+use super::retry::{decide, parse_retry_after, Decision};
 use super::DeliveryError;
 use crate::batch::Batch;
-use crate::config::EndpointConfig;
+use crate::config::{EndpointConfig, OnClientError};
 
 /// Most bytes of a response body walhook reads.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -34,6 +36,10 @@ pub struct Endpoint {
     client: Client,
     timeout: Duration,
     prepare: Arc<dyn Prepare>,
+    on_client_error: OnClientError,
+    guard: Guard,
+    /// The pause switches of the strategies sending here (a 410 pauses them all).
+    pauses: Mutex<Vec<Weak<PauseInner>>>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -55,6 +61,11 @@ pub struct AttemptResult {
     pub error: Option<String>,
     /// Time spent, preparation included.
     pub(crate) elapsed: Duration,
+    /// A request went out (false: refused by the circuit breaker, or the
+    /// request could not be built).
+    pub(crate) sent: bool,
+    /// Refused without a request: the circuit is open and a probe is out.
+    pub(crate) refused: bool,
 }
 
 impl AttemptResult {
@@ -63,8 +74,12 @@ impl AttemptResult {
         self.status.is_some_and(|s| (200..300).contains(&s))
     }
 
-    /// `2xx`, `3xx`, `4xx`, `5xx` or `error` (no response), for metrics.
+    /// `2xx`, `3xx`, `4xx`, `5xx`, `error` (no response) or `circuit_open`
+    /// (no request), for metrics.
     pub(crate) fn status_class(&self) -> &'static str {
+        if self.refused {
+            return "circuit_open";
+        }
         match self.status {
             Some(200..=299) => "2xx",
             Some(300..=399) => "3xx",
@@ -144,12 +159,82 @@ impl Endpoint {
             client,
             timeout: cfg.timeout,
             prepare,
+            on_client_error: cfg.on_client_error,
+            guard: Guard::new(name, cfg),
+            pauses: Mutex::new(Vec::new()),
         })
     }
 
+    /// What a 4xx (other than 408, 410, 425, 429) does to a batch.
+    pub(crate) fn on_client_error(&self) -> OnClientError {
+        self.on_client_error
+    }
+
+    /// A strategy sending here: a 410 pauses it too.
+    pub(crate) fn register(&self, pause: &PauseHandle) {
+        let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());
+        pauses.retain(|p| p.strong_count() > 0);
+        pauses.push(pause.downgrade());
+    }
+
+    /// The endpoint answered 410 Gone: pauses every strategy sending here.
+    pub(crate) fn gone(&self, strategy: &str) {
+        tracing::warn!(
+            endpoint = %self.name,
+            strategy = %strategy,
+            "endpoint answered 410 Gone: pausing every strategy that sends to it; \
+             resume each with POST /strategies/NAME/resume once the endpoint is back"
+        );
+        let pauses: Vec<PauseHandle> = self
+            .pauses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(PauseHandle::upgrade)
+            .collect();
+        for pause in pauses {
+            pause.pause_for(PauseReason::EndpointGone);
+        }
+    }
+
     /// One attempt to POST `batch` (a 401 answered with a fresh credential
-    /// is retried once at once, within this attempt).
+    /// is retried once at once, within this attempt), through the circuit
+    /// breaker and the rate limit.
     pub async fn attempt(&self, batch: &Batch) -> AttemptResult {
+        let admission = self.guard.admit().await;
+        if let Admission::Refused = admission {
+            return AttemptResult {
+                status: None,
+                retry_after: None,
+                error: Some(format!(
+                    "circuit open: endpoint {} failed too often in a row; one probe request at a time",
+                    self.name
+                )),
+                elapsed: Duration::ZERO,
+                sent: false,
+                refused: true,
+            };
+        }
+        let result = self.attempt_now(batch).await;
+        let outcome = if !result.sent {
+            None
+        } else {
+            match (decide(result.status, OnClientError::Retry), result.status) {
+                (Decision::Delivered, _) => Some(true),
+                // A 4xx other than 408/425/429 is an answer: the endpoint is up.
+                (_, Some(status))
+                    if (400..500).contains(&status) && !matches!(status, 408 | 425 | 429) =>
+                {
+                    None
+                }
+                _ => Some(false),
+            }
+        };
+        self.guard.record(admission, outcome);
+        result
+    }
+
+    async fn attempt_now(&self, batch: &Batch) -> AttemptResult {
         let started = Instant::now();
         let mut result = self.try_once(batch).await;
         if result.status == Some(401) && self.prepare.unauthorized() {
@@ -170,6 +255,8 @@ impl Endpoint {
             retry_after: None,
             error: Some(error),
             elapsed: Duration::ZERO,
+            sent: false,
+            refused: false,
         };
         if let Some(err) = &batch.decorate_error {
             return fail(format!("evaluating the strategy's templates: {err}"));
@@ -208,7 +295,12 @@ impl Endpoint {
             .await;
         let mut response = match sent {
             Ok(r) => r,
-            Err(e) => return fail(self.describe_send_error(e)),
+            Err(e) => {
+                return AttemptResult {
+                    sent: true,
+                    ..fail(self.describe_send_error(e))
+                }
+            }
         };
         let status = response.status();
         let retry_after = response
@@ -244,6 +336,8 @@ impl Endpoint {
             retry_after,
             error,
             elapsed: Duration::ZERO,
+            sent: true,
+            refused: false,
         }
     }
 

@@ -1,5 +1,6 @@
 //! The admin API's commands ([`Control`]) for `walhook run`: runs go to the
 //! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
+//! retry-now to their [`RetryHandle`]s,
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::manager::{RunManager, Trigger};
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
-use crate::delivery::PauseHandle;
+use crate::delivery::{PauseHandle, PauseReason, RetryHandle};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -27,6 +28,8 @@ pub(crate) struct AppControl {
     pauses: Vec<(String, PauseHandle)>,
     /// Where pauses are kept (`walhook.pauses`); `None` = in memory only.
     pause_store: Option<StateStore>,
+    /// The live workers' retry-now buttons, by strategy name.
+    retries: Vec<(String, RetryHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
 }
@@ -48,8 +51,15 @@ impl AppControl {
                 .collect(),
             pauses: Vec::new(),
             pause_store: None,
+            retries: Vec::new(),
             replay: None,
         }
+    }
+
+    /// Lets `retry` reach the live workers.
+    pub(crate) fn with_retries(mut self, retries: Vec<(String, RetryHandle)>) -> Self {
+        self.retries = retries;
+        self
     }
 
     /// Lets `pause`/`resume` reach the live workers, and keeps pauses in
@@ -64,18 +74,19 @@ impl AppControl {
         self
     }
 
-    /// Pauses exactly the strategies `walhook.pauses` names and resumes the
-    /// others (a pause or resume made through another instance).
+    /// Pauses the strategies `walhook.pauses` names and lifts admin pauses
+    /// it no longer names (a pause or resume made through another
+    /// instance); a pause for a 410 from the endpoint stays as it is.
     pub(crate) async fn apply_stored_pauses(&self) -> Result<(), StateError> {
         let Some(store) = &self.pause_store else {
             return Ok(());
         };
         let paused = store.paused_strategies().await?;
         for (name, handle) in &self.pauses {
-            if paused.contains(name) {
-                handle.pause();
-            } else {
-                handle.resume();
+            match (paused.contains(name), handle.reason()) {
+                (true, None) => handle.pause(),
+                (false, Some(PauseReason::Admin)) => handle.resume(),
+                _ => {}
             }
         }
         Ok(())
@@ -172,6 +183,19 @@ impl Control for AppControl {
             }
             handle.resume();
             Ok(())
+        })
+    }
+
+    fn retry<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<usize, ControlError>> {
+        Box::pin(async move {
+            if self.retries.is_empty() {
+                return Err(unsupported("retry"));
+            }
+            self.retries
+                .iter()
+                .find(|(n, _)| n == strategy)
+                .map(|(_, h)| h.retry_now())
+                .ok_or_else(|| ControlError::NotFound(format!("no strategy named {strategy:?}")))
         })
     }
 

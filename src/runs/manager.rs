@@ -628,9 +628,10 @@ impl RunManager {
             .endpoint_of(cfg)
             .map(|e| e.retry.clone())
             .unwrap_or_default();
-        // Stored batch boundaries belong to live delivery; a run only needs
-        // the state store for dead letters.
-        let state = (retry.on_exhausted == OnExhausted::DeadLetter).then(|| inner.state.clone());
+        // A run only needs the state store for dead letters.
+        let dead_letters = retry.on_exhausted == OnExhausted::DeadLetter
+            || endpoint.on_client_error() == crate::config::OnClientError::DeadLetter;
+        let state = dead_letters.then(|| inner.state.clone());
         let decorate: Arc<dyn Decorate> = plan.compiled.clone();
         let (worker, tx) = StrategyWorker::new(WorkerOptions {
             index: 0,
@@ -641,9 +642,13 @@ impl RunManager {
             retry,
             endpoint,
             decorate,
+            max_in_flight: 1,
+            ordering: crate::config::Ordering::Commit,
             // Runs never acknowledge WAL.
             checkpoint: Arc::new(Checkpoint::new(1, Lsn::ZERO, |_| {})),
             state,
+            // Stored batches belong to live delivery.
+            boundaries: None,
             shutdown_timeout: STOP_TIMEOUT,
             queue_capacity: DEFAULT_PAGE * 2,
         })

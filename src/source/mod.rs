@@ -46,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::{DbError, Disposition, SourceError};
 
+use crate::budget::Budget;
 use crate::config::SourceConfig;
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
@@ -72,6 +73,9 @@ pub struct SourceOptions {
     pub create_slot: bool,
     /// Capacity for the event channel the caller creates (a hint for the caller).
     pub channel_capacity: usize,
+    /// The memory budget: a change is read from the stream only when it
+    /// has room for it (the router gives the bytes back once routed).
+    pub(crate) budget: Option<Budget>,
 }
 
 impl SourceOptions {
@@ -85,6 +89,7 @@ impl SourceOptions {
             application_name: "walhook".into(),
             create_slot: true,
             channel_capacity: 1024,
+            budget: None,
         }
     }
 
@@ -107,6 +112,7 @@ impl fmt::Debug for SourceOptions {
             .field("application_name", &self.application_name)
             .field("create_slot", &self.create_slot)
             .field("channel_capacity", &self.channel_capacity)
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -235,6 +241,8 @@ pub struct Source {
     opts: SourceOptions,
     acks: watch::Receiver<Lsn>,
     status: watch::Sender<SourceStatus>,
+    /// Where the first streaming session of this process started.
+    resumed: watch::Sender<Option<Lsn>>,
 }
 
 impl fmt::Debug for Source {
@@ -251,12 +259,24 @@ impl Source {
         let (ack_tx, acks) = watch::channel(Lsn::ZERO);
         let (status, status_rx) = watch::channel(SourceStatus::default());
         (
-            Source { opts, acks, status },
+            Source {
+                opts,
+                acks,
+                status,
+                resumed: watch::channel(None).0,
+            },
             AckHandle {
                 acked: Arc::new(ack_tx),
             },
             status_rx,
         )
+    }
+
+    /// Where this process's stream started: the slot's confirmed position
+    /// when it first streamed (`None` until then). Every transaction
+    /// committed before it had been acknowledged, and is not streamed again.
+    pub fn resumed_from(&self) -> watch::Receiver<Option<Lsn>> {
+        self.resumed.subscribe()
     }
 
     /// Streams until `shutdown` (Ok) or a fatal error. Transient failures
@@ -400,13 +420,24 @@ impl Source {
             s.state = SourceState::Streaming;
             s.acked_lsn = s.acked_lsn.max(memory.floor);
         });
+        let floor = memory.floor;
+        self.resumed.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(floor);
+            }
+            first
+        });
         stream::run(
             conn,
             memory,
             &mut self.acks,
             &self.status,
             wal_sender_timeout,
-            tx,
+            stream::Downstream {
+                tx,
+                budget: self.opts.budget.as_ref(),
+            },
             shutdown,
         )
         .await

@@ -1,9 +1,10 @@
 //! One streaming session: CopyBoth frames in, decoded events out, standby
 //! status back, in a single biased `select!` loop.
 //!
-//! Backpressure: while a decoded event waits for a channel slot the loop
-//! stops reading the socket, but acknowledgements and the status timer keep
-//! running, so the walsender never times out behind a slow consumer.
+//! Backpressure: while a decoded event waits for a channel slot, or for
+//! room in the memory budget, the loop stops reading the socket, but
+//! acknowledgements and the status timer keep running, so the walsender
+//! never times out behind a slow consumer.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use super::protocol::{self, CopyMessage};
 use super::resume::{Handed, ReplayFilter};
 use super::wire::{self, Frame};
 use super::SourceStatus;
+use crate::budget::{footprint, Budget};
 use crate::decode::{Decoder, SourceEvent};
 use crate::lsn::Lsn;
 use crate::timestamp::pg_now_micros;
@@ -53,6 +55,13 @@ struct Session<'a> {
     position: Lsn,
 }
 
+/// Where decoded events go: the channel, after the memory budget has room.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Downstream<'a> {
+    pub(super) tx: &'a mpsc::Sender<SourceEvent>,
+    pub(super) budget: Option<&'a Budget>,
+}
+
 /// Streams until shutdown (Ok) or an error.
 pub(super) async fn run(
     conn: ReplConn,
@@ -60,9 +69,10 @@ pub(super) async fn run(
     acks: &mut watch::Receiver<Lsn>,
     status: &watch::Sender<SourceStatus>,
     wal_sender_timeout: Duration,
-    tx: &mpsc::Sender<SourceEvent>,
+    downstream: Downstream<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
+    let Downstream { tx, budget } = downstream;
     let now = Instant::now();
     let interval = protocol::feedback_interval(wal_sender_timeout);
     let silence = protocol::silence_limit(wal_sender_timeout);
@@ -123,10 +133,14 @@ pub(super) async fn run(
                     secs: silence.as_secs(),
                 });
             }
-            // 4. Hand the next decoded event downstream.
-            permit = tx.reserve(), if !reading => {
+            // 4. Hand the next decoded event downstream, once the memory
+            //    budget has room for it and the channel a slot.
+            permit = reserve(tx, budget, s.pending.front().map_or(0, footprint)), if !reading => {
                 let permit = permit.map_err(|_| SourceError::DownstreamClosed)?;
                 if let Some(event) = s.pending.pop_front() {
+                    if let Some(budget) = budget {
+                        budget.add(footprint(&event));
+                    }
                     s.memory.handed.record(&event);
                     if let SourceEvent::Commit { end_lsn, .. } = &event {
                         s.feedback.on_commit_handed(*end_lsn);
@@ -145,6 +159,18 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// A channel slot for an event of `bytes`, after the budget has room for it.
+async fn reserve<'a>(
+    tx: &'a mpsc::Sender<SourceEvent>,
+    budget: Option<&Budget>,
+    bytes: usize,
+) -> Result<mpsc::Permit<'a, SourceEvent>, mpsc::error::SendError<()>> {
+    if let Some(budget) = budget {
+        budget.wait_room(bytes).await;
+    }
+    tx.reserve().await
 }
 
 impl Session<'_> {

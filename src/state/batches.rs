@@ -1,6 +1,6 @@
-//! `walhook.batches`: the boundaries of batches sent but not yet
-//! acknowledged, so that after a restart the delivery worker re-forms them
-//! with the same records and ids.
+//! `walhook.batches`: the records of batches sent but not yet confirmed by
+//! Postgres, so that after a restart the delivery worker re-forms them with
+//! the same records and ids.
 
 use super::{StateError, StateStore};
 use crate::lsn::{Lsn, ParseLsnError};
@@ -12,6 +12,9 @@ pub struct StoredBatch {
     pub first_record_id: String,
     pub last_record_id: String,
     pub last_lsn: Lsn,
+    /// Every record id, when the batch is not a range of consecutive
+    /// records (`ordering = "key"`); see `delivery::worker::record_list`.
+    pub records: Option<String>,
 }
 
 impl StateStore {
@@ -26,8 +29,8 @@ impl StateStore {
             .execute(
                 &*self.sql(
                     "INSERT INTO walhook.batches \
-                 (strategy, batch_id, first_record_id, last_record_id, last_lsn) \
-                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn) ON CONFLICT DO NOTHING",
+                 (strategy, batch_id, first_record_id, last_record_id, last_lsn, records) \
+                 VALUES ($1, $2, $3, $4, $5::text::pg_lsn, $6) ON CONFLICT DO NOTHING",
                 ),
                 &[
                     &strategy,
@@ -35,6 +38,7 @@ impl StateStore {
                     &batch.first_record_id,
                     &batch.last_record_id,
                     &batch.last_lsn.to_string(),
+                    &batch.records,
                 ],
             )
             .await
@@ -50,7 +54,7 @@ impl StateStore {
             .await?
             .query(
                 &*self.sql(
-                    "SELECT batch_id, first_record_id, last_record_id, last_lsn::text \
+                    "SELECT batch_id, first_record_id, last_record_id, last_lsn::text, records \
                  FROM walhook.batches WHERE strategy = $1 ORDER BY last_lsn, created_at",
                 ),
                 &[&strategy],
@@ -71,19 +75,20 @@ impl StateStore {
                             what: WHAT,
                             source: e.into(),
                         })?,
+                    records: row.try_get(4).map_err(&column)?,
                 })
             })
             .collect()
     }
 
-    /// Forgets a strategy's batches wholly before `acked` (Postgres will not
-    /// stream them again).
-    pub async fn forget_batches(&self, strategy: &str, acked: Lsn) -> Result<u64, StateError> {
+    /// Forgets a strategy's batches wholly before `confirmed` (the slot's
+    /// confirmed position: Postgres will not stream them again).
+    pub async fn forget_batches(&self, strategy: &str, confirmed: Lsn) -> Result<u64, StateError> {
         self.client()
             .await?
             .execute(
                 &*self.sql("DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn"),
-                &[&strategy, &acked.to_string()],
+                &[&strategy, &confirmed.to_string()],
             )
             .await
             .map_err(StateError::query("forgetting acknowledged walhook.batches"))

@@ -126,7 +126,11 @@ fn expected_tables() -> Vec<(String, Vec<String>)> {
                 .skip(1)
                 .filter_map(|c| c.split_whitespace().next());
             if let Some((_, columns)) = tables.iter_mut().find(|(t, _)| t == name) {
-                columns.extend(added.map(str::to_string));
+                for column in added {
+                    if !columns.iter().any(|c| c == column) {
+                        columns.push(column.to_string());
+                    }
+                }
             }
         }
     }
@@ -399,7 +403,8 @@ mod tests {
                 "first_record_id",
                 "last_record_id",
                 "last_lsn",
-                "created_at"
+                "created_at",
+                "records"
             ]
         );
         assert!(tables[0].1.contains(&"payload".to_string()));

@@ -1,6 +1,7 @@
 //! One strategy compiled from its config: op filters, the record mapping and
 //! the per-batch templates (the [`Decorate`] implementation).
 
+use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 
 use evalexpr::Value;
@@ -9,10 +10,10 @@ use metrics::Counter;
 use super::expr::{describe, resolve, BatchValues, Expr, Image, Resolved};
 use super::StrategyError;
 use crate::batch::payload::Meta;
-use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord};
-use crate::config::{Config, ExprRole, FilterOp, RecordShape, TableName, Template};
+use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord};
+use crate::config::{Config, ExprRole, FilterOp, Ordering, RecordShape, TableName, Template};
 use crate::decode::convert::{write_cell_json, write_json_string};
-use crate::decode::{Op, RecordEvent};
+use crate::decode::{Cell, Op, RecordEvent, Tuple};
 use crate::telemetry::names;
 
 /// The four change operations a strategy can filter, in slot order.
@@ -70,6 +71,17 @@ struct Counters {
     errors: Counter,
 }
 
+/// How a record's [`Group`] is found (`ordering`, `group_by`).
+#[derive(Debug)]
+enum Grouping {
+    /// `ordering = "commit"`: one group.
+    Commit,
+    /// `ordering = "key"` with `group_by`: the expression's value.
+    Expr(Expr),
+    /// `ordering = "key"`: these key columns (set at startup from the catalog).
+    Columns(Vec<String>),
+}
+
 /// A strategy ready to filter, map and decorate. Shared (`Arc`) between the
 /// router and the strategy's batch worker.
 #[derive(Debug)]
@@ -77,6 +89,7 @@ pub struct CompiledStrategy {
     name: String,
     table: TableName,
     filters: [Option<Expr>; 4],
+    grouping: Grouping,
     record: Option<Vec<Field>>,
     record_shape: RecordShape,
     headers: Vec<Part>,
@@ -183,6 +196,13 @@ impl CompiledStrategy {
         for (key, t) in &strategy.body {
             body.push(part(format!("{base}.body.{key}"), key, t)?);
         }
+        let grouping = match (strategy.ordering, &strategy.group_by) {
+            (Ordering::Commit, _) => Grouping::Commit,
+            (Ordering::Key, Some(text)) => {
+                Grouping::Expr(compile(format!("{base}.group_by"), text, ExprRole::Record)?)
+            }
+            (Ordering::Key, None) => Grouping::Columns(Vec::new()),
+        };
         let name = strategy.name.clone();
         let per_op = |metric: &'static str| -> [Counter; 4] {
             OPS.map(|(_, _, op)| metrics::counter!(metric, "strategy" => name.clone(), "op" => op))
@@ -196,6 +216,7 @@ impl CompiledStrategy {
             name,
             table: strategy.table.clone(),
             filters,
+            grouping,
             record,
             record_shape: strategy.record_shape,
             headers,
@@ -216,6 +237,57 @@ impl CompiledStrategy {
     /// The strategy's name.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Under `ordering = "key"` without `group_by`: the key columns to group
+    /// by (see [`super::group_columns`]).
+    pub(crate) fn set_group_columns(&mut self, columns: Vec<String>) {
+        if let Grouping::Columns(current) = &mut self.grouping {
+            *current = columns;
+        }
+    }
+
+    /// The record's group (see [`Group`]): one group under `ordering =
+    /// "commit"`; under `"key"` a hash of the key columns' values (the new
+    /// row's, the old row's for deletes; both when an update changed the
+    /// key) or of `group_by`'s value. A truncate is ordered with everything.
+    /// A `group_by` that fails puts the record in one group of failures,
+    /// counted and logged like a filter error.
+    fn group(&self, event: &RecordEvent) -> Group {
+        if event.op == Op::Truncate && !matches!(self.grouping, Grouping::Commit) {
+            return Group::All;
+        }
+        match &self.grouping {
+            Grouping::Commit => Group::default(),
+            Grouping::Expr(expr) => {
+                let mut hasher = std::hash::DefaultHasher::new();
+                match expr.eval_event(event) {
+                    Ok(value) => hash_value(&value, &mut hasher),
+                    Err(err) => {
+                        self.counters.errors.increment(1);
+                        tracing::warn!(
+                            strategy = %self.name,
+                            record = %event.id(),
+                            error = %describe(&err),
+                            "group_by failed; the record is ordered with the other failures"
+                        );
+                        "\0group_by failed".hash(&mut hasher);
+                    }
+                }
+                Group::Key(hasher.finish())
+            }
+            Grouping::Columns(columns) => {
+                let new = key_hash(event, event.new.as_ref(), event.old.as_ref(), columns);
+                let old = key_hash(event, event.old.as_ref(), None, columns);
+                match (event.op, new, old) {
+                    (Op::Delete, _, Some(old)) => Group::Key(old),
+                    (_, Some(new), Some(old)) if new != old => Group::Keys(new, old),
+                    (_, Some(new), _) => Group::Key(new),
+                    (_, None, Some(old)) => Group::Key(old),
+                    (_, None, None) => Group::default(),
+                }
+            }
+        }
     }
 
     /// Whether the strategy follows the table `event` belongs to.
@@ -278,12 +350,9 @@ impl CompiledStrategy {
     pub fn queued_record(&self, event: &RecordEvent) -> QueuedRecord {
         let mut json = Vec::with_capacity(256);
         self.write_record(event, &mut json);
-        QueuedRecord {
-            commit_lsn: event.commit_lsn,
-            index: event.index,
-            commit_time: event.commit_time,
-            json,
-        }
+        let mut record = QueuedRecord::new(event.commit_lsn, event.index, event.commit_time, json);
+        record.group = self.group(event);
+        record
     }
 
     /// A mapped field that cannot be read (an unchanged TOASTed value, a
@@ -382,6 +451,52 @@ impl Decorate for CompiledStrategy {
                 .map(|p| Ok((p.key.clone(), eval(p)?)))
                 .collect::<Result<_, String>>()?,
         })
+    }
+}
+
+/// A hash of the key `columns` in `tuple` (an unchanged TOASTed value taken
+/// from `fallback`); `None` without a tuple.
+fn key_hash(
+    event: &RecordEvent,
+    tuple: Option<&Tuple>,
+    fallback: Option<&Tuple>,
+    columns: &[String],
+) -> Option<u64> {
+    let tuple = tuple?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    for column in columns {
+        let index = event.relation.column_index(column);
+        let mut cell = index.and_then(|i| tuple.get(i));
+        if cell == Some(&Cell::Unchanged) {
+            cell = index.and_then(|i| fallback?.get(i));
+        }
+        match cell {
+            Some(Cell::Text(b) | Cell::Binary(b)) => {
+                1u8.hash(&mut hasher);
+                b.hash(&mut hasher);
+            }
+            Some(Cell::Null) | None => 0u8.hash(&mut hasher),
+            Some(Cell::Unchanged) => 2u8.hash(&mut hasher),
+        }
+    }
+    Some(hasher.finish())
+}
+
+/// Hashes an evalexpr value with its type, so `1` and `"1"` differ.
+fn hash_value(value: &Value, hasher: &mut impl Hasher) {
+    match value {
+        Value::String(s) => (0u8, s).hash(hasher),
+        Value::Int(i) => (1u8, i).hash(hasher),
+        Value::Float(f) => (2u8, f.to_bits()).hash(hasher),
+        Value::Boolean(b) => (3u8, b).hash(hasher),
+        Value::Empty => 4u8.hash(hasher),
+        Value::Tuple(items) => {
+            5u8.hash(hasher);
+            items.len().hash(hasher);
+            for item in items {
+                hash_value(item, hasher);
+            }
+        }
     }
 }
 

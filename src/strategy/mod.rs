@@ -88,6 +88,7 @@ pub use compiled::CompiledStrategy;
 pub(crate) use expr::referenced_columns;
 pub use expr::{check_expression, Expr};
 pub use router::{Route, RouteError, Router};
+pub(crate) use schema::group_columns;
 pub use schema::{
     ensure_publication, validate_schema, PublicationOutcome, SchemaError, SchemaProblem,
 };

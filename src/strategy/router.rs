@@ -2,7 +2,10 @@
 //! through their filters, onto their bounded queues.
 //!
 //! Awaiting a full queue is the backpressure: the router stops, the source
-//! stops reading the socket. A transaction's end is queued only to the
+//! stops reading the socket. Memory is the other bound: each queued record
+//! holds its bytes against the process's budget until its batch is done,
+//! and the decoded change's bytes, counted by the source, are given back
+//! once it is routed (see [`crate::budget`]). A transaction's end is queued only to the
 //! strategies that got records of it; the checkpoint learns about every
 //! transaction end, so filtered-out transactions are acknowledged at once.
 
@@ -15,9 +18,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::compiled::CompiledStrategy;
 use crate::batch::WorkItem;
+use crate::budget::{record_footprint, Budget};
 use crate::checkpoint::Checkpoint;
 use crate::decode::{Op, RecordEvent, SourceEvent};
 use crate::telemetry::names;
+
+/// Bytes counted per queued record besides its JSON (the record, its queue
+/// slot, its place in a batch).
+const RECORD_OVERHEAD: usize = 128;
 
 /// One strategy and the sending half of its queue. Its position in the
 /// `Vec` given to [`Router::new`] is its index in the [`Checkpoint`].
@@ -52,6 +60,7 @@ pub struct Router {
     tables: HashMap<u32, TableRoutes>,
     /// Strategies that got records of the current transaction.
     touched: Vec<usize>,
+    budget: Option<Budget>,
 }
 
 impl std::fmt::Debug for Router {
@@ -71,14 +80,28 @@ impl Router {
             checkpoint,
             tables: HashMap::new(),
             touched: Vec::new(),
+            budget: None,
         }
+    }
+
+    /// Counts queued records against `budget`, and gives back what the
+    /// source counted for each change once it is routed.
+    pub(crate) fn with_budget(mut self, budget: Budget) -> Router {
+        self.budget = Some(budget);
+        self
     }
 
     /// Routes one event; returns when every matched record is queued
     /// (waiting while a queue is full).
     pub(crate) async fn route(&mut self, event: SourceEvent) -> Result<(), RouteError> {
         match event {
-            SourceEvent::Record(record) => self.record(&record).await,
+            SourceEvent::Record(record) => {
+                let routed = self.record(&record).await;
+                if let Some(budget) = &self.budget {
+                    budget.release(record_footprint(&record));
+                }
+                routed
+            }
             SourceEvent::Commit { end_lsn, .. } => {
                 for i in self.touched.drain(..) {
                     let Some(route) = self.routes.get(i) else {
@@ -148,7 +171,11 @@ impl Router {
             if !route.strategy.accepts(record) {
                 continue;
             }
-            let item = WorkItem::Record(route.strategy.queued_record(record));
+            let mut queued = route.strategy.queued_record(record);
+            if let Some(budget) = &self.budget {
+                queued.charge = budget.charge(queued.json.capacity() + RECORD_OVERHEAD);
+            }
+            let item = WorkItem::Record(queued);
             route
                 .tx
                 .send(item)

@@ -16,7 +16,7 @@ use std::fmt;
 use tokio_postgres::Client;
 
 use super::expr::{referenced_columns, ColumnRef, Image};
-use crate::config::{Config, StrategyConfig, TableName, Template};
+use crate::config::{Config, Ordering, StrategyConfig, TableName, Template};
 use crate::decode::ReplicaIdentity;
 use crate::pg::{self, readable_ident, readable_table, TableCatalog};
 
@@ -196,8 +196,69 @@ pub async fn validate_schema(
             }
         }
         check_columns(strategy, &base, &info, &mut problems);
+        if strategy.ordering == Ordering::Key
+            && strategy.group_by.is_none()
+            && group_key(&info).is_empty()
+        {
+            problems.push(problem(
+                format!("{base}.ordering"),
+                format!(
+                    "table {table} has no primary key and no REPLICA IDENTITY index, so there is \
+                     no key to keep the order of"
+                ),
+                format!(
+                    "set group_by (e.g. group_by = \"row.customer_id\"), add a primary key to \
+                     {}, or use ordering = \"commit\"",
+                    readable_table(table)
+                ),
+            ));
+        }
     }
     Ok(problems)
+}
+
+/// The key `ordering = "key"` groups by when there is no `group_by`: the
+/// REPLICA IDENTITY index's columns, else the primary key's (deletes and
+/// key-changing updates send exactly these in their old row).
+fn group_key(info: &TableCatalog) -> Vec<usize> {
+    if info.replica_identity == ReplicaIdentity::Index {
+        let index: Vec<usize> = info
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.identity_index)
+            .map(|(i, _)| i)
+            .collect();
+        if !index.is_empty() {
+            return index;
+        }
+    }
+    info.primary_key()
+}
+
+/// For each strategy (in config order), the columns it groups by under
+/// `ordering = "key"` without `group_by` (empty for the others).
+pub(crate) async fn group_columns(
+    client: &Client,
+    config: &Config,
+) -> Result<Vec<Vec<String>>, SchemaError> {
+    let mut out = Vec::with_capacity(config.strategies.len());
+    for strategy in &config.strategies {
+        if strategy.ordering != Ordering::Key || strategy.group_by.is_some() {
+            out.push(Vec::new());
+            continue;
+        }
+        let info = pg::table_catalog(client, &strategy.table)
+            .await
+            .map_err(SchemaError::Query)?;
+        out.push(info.map_or_else(Vec::new, |info| {
+            group_key(&info)
+                .into_iter()
+                .filter_map(|i| info.columns.get(i).map(|c| c.name.clone()))
+                .collect()
+        }));
+    }
+    Ok(out)
 }
 
 /// The expressions of a strategy that read rows, with their paths and
@@ -219,6 +280,9 @@ fn row_expressions<'a>(strategy: &'a StrategyConfig, base: &str) -> Vec<(String,
         if let Template::Expr(expr) = template {
             out.push((format!("{base}.record.{key}"), expr.as_str(), deletes));
         }
+    }
+    if let Some(expr) = &strategy.group_by {
+        out.push((format!("{base}.group_by"), expr.as_str(), deletes));
     }
     for (j, schedule) in strategy.schedules.iter().enumerate() {
         if let Some(expr) = &schedule.filter {

@@ -157,6 +157,35 @@ pub(crate) fn describe() {
         Unit::Count,
         "Records sent by on-demand and scheduled runs, by strategy."
     );
+    describe_counter!(
+        DELIVERY_DECISIONS_TOTAL,
+        "What each delivery attempt's answer decided, by strategy, status class and decision \
+         (delivered, retry, pause, dead_letter)."
+    );
+    describe_gauge!(
+        IN_FLIGHT_BATCHES,
+        Unit::Count,
+        "Batches being sent (attempted or waiting to retry), by strategy."
+    );
+    describe_gauge!(
+        STRATEGY_PAUSED,
+        "1 while a strategy is paused, by strategy and reason (admin: the API; \
+         endpoint_gone: its endpoint answered 410)."
+    );
+    describe_gauge!(
+        ENDPOINT_UP,
+        "0 while an endpoint's circuit breaker is open (it failed too often in a row), else 1."
+    );
+    describe_gauge!(
+        BUFFER_BYTES,
+        Unit::Bytes,
+        "Bytes of changes held in memory between the replication stream and delivery."
+    );
+    describe_gauge!(
+        BUFFER_LIMIT_BYTES,
+        Unit::Bytes,
+        "The memory budget for changes in flight ([source] max_buffer_bytes)."
+    );
 }
 
 /// Triggers of runs that this process serves (`run-strategy` from the

@@ -37,3 +37,16 @@ pub(crate) const BUILD_INFO: &str = "walhook_build_info";
 pub(crate) const RUNS_TOTAL: &str = "walhook_runs_total";
 /// Counter `{strategy}`: records sent by runs.
 pub(crate) const RUN_RECORDS_TOTAL: &str = "walhook_run_records_total";
+/// Counter `{strategy, status_class, decision}`: what each attempt's answer
+/// decided (delivered, retry, pause, dead_letter).
+pub(crate) const DELIVERY_DECISIONS_TOTAL: &str = "walhook_delivery_decisions_total";
+/// Gauge `{strategy}`: batches in flight.
+pub(crate) const IN_FLIGHT_BATCHES: &str = "walhook_in_flight_batches";
+/// Gauge `{strategy, reason}`: 1 while paused (reason admin or endpoint_gone).
+pub(crate) const STRATEGY_PAUSED: &str = "walhook_strategy_paused";
+/// Gauge `{endpoint}`: 0 while the endpoint's circuit breaker is open.
+pub(crate) const ENDPOINT_UP: &str = "walhook_endpoint_up";
+/// Gauge: bytes held against the memory budget.
+pub(crate) const BUFFER_BYTES: &str = "walhook_buffer_bytes";
+/// Gauge: the memory budget (`[source] max_buffer_bytes`).
+pub(crate) const BUFFER_LIMIT_BYTES: &str = "walhook_buffer_limit_bytes";

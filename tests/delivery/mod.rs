@@ -13,16 +13,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use walhook::batch::{Decorate, NoDecoration, QueuedRecord, WorkItem};
 use walhook::checkpoint::Checkpoint;
-use walhook::config::{Auth, EndpointConfig, OnExhausted, Retry, Tls};
+use walhook::config::{
+    Auth, CircuitBreaker, EndpointConfig, OnClientError, OnExhausted, Ordering, Retry, Tls,
+};
 use walhook::decode::SourceEvent;
 use walhook::delivery::NoPrepare;
 use walhook::delivery::{
-    DeliveryError, Endpoint, PauseHandle, StatusHandle, StrategyWorker, WorkerOptions,
+    Boundaries, DeliveryError, Endpoint, PauseHandle, StatusHandle, StrategyWorker, WorkerOptions,
 };
 use walhook::lsn::Lsn;
 use walhook::state::StateStore;
@@ -42,6 +44,9 @@ pub(crate) fn endpoint_config(url: &str, retry: Retry) -> EndpointConfig {
         signing: None,
         tls: Tls::default(),
         retry,
+        on_client_error: OnClientError::Retry,
+        rate_limit: None,
+        circuit_breaker: CircuitBreaker { failures: 0 },
     }
 }
 
@@ -58,12 +63,12 @@ pub(crate) fn fast_retry(max_attempts: u32, on_exhausted: OnExhausted) -> Retry 
 /// A hand-made record: `{"id":"<lsn>:<index>","n":<n>}`.
 pub(crate) fn rec(lsn: u64, index: u32) -> QueuedRecord {
     let commit_lsn = Lsn(lsn);
-    QueuedRecord {
+    QueuedRecord::new(
         commit_lsn,
         index,
-        commit_time: 1_700_000_000_000_000,
-        json: format!("{{\"id\":\"{commit_lsn}:{index}\",\"n\":{index}}}").into_bytes(),
-    }
+        1_700_000_000_000_000,
+        format!("{{\"id\":\"{commit_lsn}:{index}\",\"n\":{index}}}").into_bytes(),
+    )
 }
 
 /// What a test worker looks like.
@@ -78,6 +83,10 @@ pub(crate) struct Setup {
     pub(crate) start: Lsn,
     /// The endpoint's request timeout.
     pub(crate) timeout: Duration,
+    pub(crate) max_in_flight: usize,
+    pub(crate) ordering: Ordering,
+    /// The endpoint's `on_client_error`, `rate_limit` and `circuit_breaker`.
+    pub(crate) endpoint: fn(&mut EndpointConfig),
 }
 
 impl Default for Setup {
@@ -92,6 +101,9 @@ impl Default for Setup {
             state: None,
             start: Lsn(0),
             timeout: Duration::from_secs(10),
+            max_in_flight: 1,
+            ordering: Ordering::Commit,
+            endpoint: |_| {},
         }
     }
 }
@@ -139,19 +151,34 @@ impl Setup {
     ) -> Worker {
         let mut config = endpoint_config(url, self.retry.clone());
         config.timeout = self.timeout;
+        (self.endpoint)(&mut config);
         let endpoint = Endpoint::new("test", &config, Arc::new(NoPrepare)).expect("endpoint");
-        let checkpoint = Arc::new(Checkpoint::new(1, self.start, on_ack));
+        // With a state store, batch ids are kept across restarts: the stream
+        // "resumes" at `start`, and what the checkpoint acks stands in for
+        // what Postgres confirmed (the real process reads the slot).
+        let (confirmed_tx, confirmed) = watch::channel(self.start);
+        let boundaries = self.state.is_some().then(|| Boundaries {
+            confirmed,
+            resumed_from: watch::channel(Some(self.start)).1,
+        });
+        let checkpoint = Arc::new(Checkpoint::new(1, self.start, move |lsn| {
+            confirmed_tx.send_replace(lsn);
+            on_ack(lsn);
+        }));
         let (worker, queue) = StrategyWorker::new(WorkerOptions {
             index: 0,
             name: self.name,
             batch_size: self.batch_size,
             max_batch_bytes: self.max_batch_bytes,
             linger: self.linger,
+            max_in_flight: self.max_in_flight,
+            ordering: self.ordering,
             retry: self.retry,
             endpoint: Arc::new(endpoint),
             decorate: self.decorate,
             checkpoint: checkpoint.clone(),
             state: self.state,
+            boundaries,
             shutdown_timeout: Duration::from_secs(5),
             queue_capacity: 1000,
         })
@@ -243,12 +270,12 @@ async fn route(
             SourceEvent::Record(r) => {
                 let mut json = Vec::new();
                 r.write_json(&mut json);
-                let item = WorkItem::Record(QueuedRecord {
-                    commit_lsn: r.commit_lsn,
-                    index: r.index,
-                    commit_time: r.commit_time,
+                let item = WorkItem::Record(QueuedRecord::new(
+                    r.commit_lsn,
+                    r.index,
+                    r.commit_time,
                     json,
-                });
+                ));
                 if queue.send(item).await.is_err() {
                     return;
                 }

@@ -68,11 +68,13 @@ async fn five_failures_back_off_then_deliver_without_loss_or_early_ack() {
     assert!(requests
         .iter()
         .all(|r| r.record_ids() == requests[0].record_ids()));
-    // Full jitter: each wait is at most initial * 2^n (100 ms, 200, 400,
-    // 800, 1600), so the ceiling grows with every failure.
+    // Wait n is between initial * 2^n (100 ms, 200, 400, 800, 1600) and
+    // twice that (capped at max = 2 s): never sooner than `initial`.
     for (n, pair) in requests.windows(2).enumerate() {
         let gap = pair[1].at - pair[0].at;
-        let ceiling = Duration::from_millis(100 << n);
+        let floor = Duration::from_millis(100 << n);
+        let ceiling = (floor * 2).min(Duration::from_secs(2));
+        assert!(gap >= floor, "wait {n} was {gap:?}, below {floor:?}");
         assert!(
             gap <= ceiling + Duration::from_millis(500),
             "wait {n} was {gap:?}, above its ceiling {ceiling:?}"
@@ -245,11 +247,14 @@ async fn a_401_is_retried_at_once_with_fresh_credentials() {
         batch_size: 10,
         max_batch_bytes: 1 << 20,
         linger: Duration::from_millis(10),
+        max_in_flight: 1,
+        ordering: walhook::config::Ordering::Commit,
         retry: fast_retry(0, OnExhausted::Block),
         endpoint: Arc::new(endpoint),
         decorate: Arc::new(walhook::batch::NoDecoration),
         checkpoint: checkpoint.clone(),
         state: None,
+        boundaries: None,
         shutdown_timeout: Duration::from_secs(5),
         queue_capacity: 10,
     })

@@ -90,6 +90,7 @@ async fn batch_boundaries_are_stored_and_forgotten_once_acked() {
         first_record_id: "0/100:0".into(),
         last_record_id: format!("{}:0", Lsn(last)),
         last_lsn: Lsn(last),
+        records: None,
     };
     state
         .record_batch("s", &batch("msg_a", 0x100))
@@ -177,11 +178,14 @@ async fn dead_letter_without_a_state_store_is_refused() {
         batch_size: 1,
         max_batch_bytes: 1,
         linger: Duration::ZERO,
+        max_in_flight: 1,
+        ordering: walhook::config::Ordering::Commit,
         retry: fast_retry(1, OnExhausted::DeadLetter),
         endpoint: std::sync::Arc::new(endpoint),
         decorate: std::sync::Arc::new(walhook::batch::NoDecoration),
         checkpoint: std::sync::Arc::new(walhook::checkpoint::Checkpoint::new(1, Lsn(0), |_| {})),
         state: None,
+        boundaries: None,
         shutdown_timeout: Duration::ZERO,
         queue_capacity: 1,
     })

@@ -209,6 +209,8 @@ async fn health_readiness_status_and_metrics() {
             last_success: None,
             last_error: Some("HTTP 503 from endpoint orders_api".into()),
             attempts: 4,
+            in_flight: 1,
+            pause_reason: None,
         });
     assert_eq!(
         server.get("/readyz").await,

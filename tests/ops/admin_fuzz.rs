@@ -63,7 +63,7 @@ fn cases() -> Vec<Case> {
         .chain([over_long.clone()])
         .collect();
     for name in &names {
-        for action in ["pause", "resume", "runs?mode=async"] {
+        for action in ["pause", "resume", "retry", "runs?mode=async"] {
             add(Method::POST, format!("/strategies/{name}/{action}"));
         }
     }

@@ -28,11 +28,10 @@ async fn orders(prefix: &str) -> (String, Db) {
     (db.url(), db)
 }
 
-/// Full jitter makes each delay uniform in [0, min(max, initial * 2^n)], so
-/// a single run cannot show every delay growing; what holds every time is
-/// that each delay stays under its (growing) ceiling, and that the ceiling
-/// is reached at all only by later attempts. The distribution is unit-tested
-/// in delivery::retry.
+/// Each delay is random in [initial * 2^(n-1), twice that] (capped at
+/// `max`), so every run shows the delays growing from `initial`. The
+/// distribution and the sequence on paused time are unit-tested in
+/// delivery::retry.
 #[tokio::test]
 async fn five_500s_are_retried_with_backoff_then_delivered_and_the_slot_waits_for_it() {
     let (url, db) = orders("pipe_500").await;
@@ -96,12 +95,20 @@ async fn five_500s_are_retried_with_backoff_then_delivered_and_the_slot_waits_fo
     // Once delivered, it moves past it.
     db.wait_confirmed("pipe_500", Lsn(commit.0 + 1)).await;
 
-    // Backoff: each delay under its ceiling min(2s, 100ms * 2^(n-1)), with
-    // 500 ms of slack for a loaded machine.
-    let ceilings = [100u64, 200, 400, 800, 1600];
+    // Backoff: delay n is at least initial * 2^(n-1) (never sooner than
+    // `initial`) and at most twice that, capped at max = 2 s; 500 ms of
+    // slack above for a loaded machine.
+    let floors = [100u64, 200, 400, 800, 1600];
+    let ceilings = floors.map(|f| (2 * f).min(2000));
     for (n, pair) in requests[..6].windows(2).enumerate() {
         let gap = pair[1].at.duration_since(pair[0].at);
         eprintln!("delay after failure {}: {gap:?}", n + 1);
+        assert!(
+            gap >= Duration::from_millis(floors[n]),
+            "delay after failure {} was {gap:?}, under its floor {} ms",
+            n + 1,
+            floors[n]
+        );
         assert!(
             gap <= Duration::from_millis(ceilings[n] + 500),
             "delay after failure {} was {gap:?}, over its ceiling {} ms",

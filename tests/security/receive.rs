@@ -198,13 +198,13 @@ async fn accepts_a_batch_from_the_sender_and_rejects_it_changed() {
     let security =
         Arc::new(EndpointSecurity::new("hook", &config, reqwest::Client::new()).unwrap());
     let sender = walhook::delivery::Endpoint::new("hook", &config, security).unwrap();
-    let record = QueuedRecord {
-        commit_lsn: Lsn(0x16B_3748),
-        index: 0,
-        commit_time: 0,
-        json: br#"{"id":"0/16B3748:0","op":"insert","new":{"amount":150.5}}"#.to_vec(),
-    };
-    let batch = build(&Arc::from("big_orders"), vec![record], None, &NoDecoration);
+    let record = QueuedRecord::new(
+        Lsn(0x16B_3748),
+        0,
+        0,
+        br#"{"id":"0/16B3748:0","op":"insert","new":{"amount":150.5}}"#.to_vec(),
+    );
+    let batch = build(&Arc::from("big_orders"), vec![record], &NoDecoration);
     let result = sender.attempt(&batch).await;
     assert!(result.delivered(), "{result:?}");
     assert_eq!(

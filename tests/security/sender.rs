@@ -24,15 +24,16 @@ use crate::support::Receiver;
 
 fn batch(n: u32) -> Batch {
     let records = (0..n)
-        .map(|i| QueuedRecord {
-            commit_lsn: Lsn(0x16B_3748),
-            index: i,
-            commit_time: 1_700_000_000_000_000,
-            json: format!(r#"{{"id":"0/16B3748:{i}","op":"insert","new":{{"n":{i}}}}}"#)
-                .into_bytes(),
+        .map(|i| {
+            QueuedRecord::new(
+                Lsn(0x16B_3748),
+                i,
+                1_700_000_000_000_000,
+                format!(r#"{{"id":"0/16B3748:{i}","op":"insert","new":{{"n":{i}}}}}"#).into_bytes(),
+            )
         })
         .collect();
-    build(&Arc::from("big_orders"), records, None, &NoDecoration)
+    build(&Arc::from("big_orders"), records, &NoDecoration)
 }
 
 fn sender(name: &str, config: &EndpointConfig) -> (Endpoint, Arc<EndpointSecurity>) {

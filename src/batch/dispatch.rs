@@ -1,0 +1,776 @@
+//! The dispatcher: a strategy's pending records, and which of them may form
+//! the next batch to send.
+//!
+//! Plain data, no timers and no I/O: the caller passes `now` in and gets a
+//! batch or the time to ask again, so every rule is unit-tested with values.
+//! The worker (`delivery::worker`) drives it.
+//!
+//! Rules:
+//! - Records of one [`Group`] are sent in commit order and never in two
+//!   batches in flight at once. Under `ordering = "commit"` every record is
+//!   in one group, so batches go one at a time in commit order; under
+//!   `"key"` a record waits only while a record of its group is in flight or
+//!   waiting ahead of it, and other groups flow past it.
+//! - A batch is the longest prefix of the records free to go, up to
+//!   `batch_size` records and `max_batch_bytes` (a larger single record goes
+//!   alone); it goes once full, or once its oldest record has waited
+//!   `linger`.
+//! - A [`Group::All`] record (a truncate) waits until nothing is in flight
+//!   and goes alone; everything after it waits for it.
+//!
+//! Batches sent before a restart ([`Stored`]): Postgres streams their
+//! records again (everything after the slot's confirmed position), and they
+//! are re-formed with exactly the records they had, so they carry the same
+//! batch id and `webhook-id`. Order per group still holds: a stored batch
+//! goes once, for each of its groups, its record is the earliest pending
+//! one (so when stored batches share a group they go in the order they were
+//! first sent), and a record after it that was in no stored batch waits
+//! until it has gone.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::payload::{self, Batch, RecordKey};
+use super::{Decorate, Group, QueuedRecord};
+use crate::budget::Charge;
+use crate::lsn::Lsn;
+
+/// Batching limits of one strategy.
+#[derive(Debug, Clone)]
+pub(crate) struct BatcherOptions {
+    /// The strategy's name (in the payload and the batch id).
+    pub(crate) strategy: Arc<str>,
+    /// Most records per batch (at least 1).
+    pub(crate) batch_size: usize,
+    /// Most bytes of record JSON per batch; a larger single record goes alone.
+    pub(crate) max_batch_bytes: usize,
+    /// How long a batch that is not full waits after its first record.
+    pub(crate) linger: Duration,
+}
+
+/// The records of a batch sent before a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// Every record from `first` to `last` (a batch of consecutive records,
+    /// as `ordering = "commit"` forms them).
+    Range { first: RecordKey, last: RecordKey },
+    /// Exactly these records, in order (`ordering = "key"`).
+    List(Vec<RecordKey>),
+}
+
+impl Stored {
+    fn contains(&self, key: RecordKey) -> bool {
+        match self {
+            Stored::Range { first, last } => *first <= key && key <= *last,
+            Stored::List(keys) => keys.binary_search(&key).is_ok(),
+        }
+    }
+
+    /// The first record.
+    pub(crate) fn first(&self) -> Option<RecordKey> {
+        match self {
+            Stored::Range { first, .. } => Some(*first),
+            Stored::List(keys) => keys.first().copied(),
+        }
+    }
+
+    /// The last record.
+    pub(crate) fn last(&self) -> Option<RecordKey> {
+        match self {
+            Stored::Range { last, .. } => Some(*last),
+            Stored::List(keys) => keys.last().copied(),
+        }
+    }
+}
+
+/// What happened to a pushed record.
+#[derive(Debug)]
+pub(crate) enum Pushed {
+    /// It waits for its batch.
+    Queued,
+    /// It was in a batch delivered before the restart (a stored batch whose
+    /// first records Postgres no longer streams): it is not sent again (and
+    /// its bytes are released).
+    Skipped,
+}
+
+/// What [`Dispatcher::next`] decided.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Send this batch now.
+    Batch(Box<Batch>),
+    /// Nothing to send; ask again at this time (or when something changes).
+    Wait(Option<Instant>),
+}
+
+struct Entry {
+    record: QueuedRecord,
+    arrived: Instant,
+    /// The stored batch it re-forms.
+    restored: Option<usize>,
+}
+
+/// A stored batch being re-formed.
+struct Restored {
+    members: Stored,
+    /// Members arrived so far (sequence numbers), in order.
+    arrived: Vec<u64>,
+    /// All members that will come have come.
+    complete: bool,
+    /// Sent (or dropped empty).
+    gone: bool,
+}
+
+/// A strategy's pending records and the groups in flight (see the module doc).
+pub(crate) struct Dispatcher {
+    opts: BatcherOptions,
+    decorate: Arc<dyn Decorate>,
+    entries: BTreeMap<u64, Entry>,
+    next_seq: u64,
+    /// Records free to go, in order (a prefix forms the next batch).
+    eligible: VecDeque<u64>,
+    eligible_bytes: usize,
+    /// Groups a new record must wait for: in flight, or held by a record
+    /// waiting ahead of it or by a stored batch.
+    blocked: HashSet<u64>,
+    /// Everything waits (a [`Group::All`] record is waiting or in flight).
+    blocked_all: bool,
+    /// Records in flight per group.
+    in_flight: HashMap<u64, u32>,
+    in_flight_all: u32,
+    in_flight_batches: usize,
+    /// `eligible` and `blocked` must be recomputed from the entries.
+    dirty: bool,
+    restored: Vec<Restored>,
+    /// Stored batches delivered before the restart (their records are skipped).
+    skip: Vec<Stored>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("opts", &self.opts)
+            .field("pending", &self.entries.len())
+            .field("in_flight_batches", &self.in_flight_batches)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    pub(crate) fn new(opts: BatcherOptions, decorate: Arc<dyn Decorate>) -> Self {
+        let opts = BatcherOptions {
+            batch_size: opts.batch_size.max(1),
+            max_batch_bytes: opts.max_batch_bytes.max(1),
+            ..opts
+        };
+        Dispatcher {
+            opts,
+            decorate,
+            entries: BTreeMap::new(),
+            next_seq: 0,
+            eligible: VecDeque::new(),
+            eligible_bytes: 0,
+            blocked: HashSet::new(),
+            blocked_all: false,
+            in_flight: HashMap::new(),
+            in_flight_all: 0,
+            in_flight_batches: 0,
+            dirty: false,
+            restored: Vec::new(),
+            skip: Vec::new(),
+        }
+    }
+
+    /// Batches sent before a restart whose records will be streamed again
+    /// (re-formed exactly), and batches known to be delivered whose later
+    /// records will be streamed again (skipped).
+    pub(crate) fn restore(&mut self, reform: Vec<Stored>, skip: Vec<Stored>) {
+        self.restored = reform
+            .into_iter()
+            .map(|members| Restored {
+                members,
+                arrived: Vec::new(),
+                complete: false,
+                gone: false,
+            })
+            .collect();
+        self.skip = skip;
+    }
+
+    /// Adds a record (records come in commit order).
+    pub(crate) fn push(&mut self, record: QueuedRecord, now: Instant) -> Pushed {
+        let key = (record.commit_lsn, record.index);
+        if !self.skip.is_empty() {
+            self.skip
+                .retain(|s| s.last().is_some_and(|last| last >= key));
+            if self.skip.iter().any(|s| s.contains(key)) {
+                return Pushed::Skipped;
+            }
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let group = record.group;
+        let restored = self.restored_of(key);
+        let len = record.json.len();
+        self.entries.insert(
+            seq,
+            Entry {
+                record,
+                arrived: now,
+                restored,
+            },
+        );
+        if let Some(r) = restored {
+            self.block(group);
+            if let Some(stored) = self.restored.get_mut(r) {
+                stored.arrived.push(seq);
+                let all_came = match &stored.members {
+                    Stored::Range { last, .. } => key == *last,
+                    Stored::List(keys) => stored.arrived.len() == keys.len(),
+                };
+                if all_came {
+                    stored.complete = true;
+                }
+            }
+            return Pushed::Queued;
+        }
+        if self.is_free(group) {
+            if group == Group::All {
+                self.blocked_all = true;
+            }
+            self.eligible.push_back(seq);
+            self.eligible_bytes += len;
+        } else {
+            self.block(group);
+        }
+        Pushed::Queued
+    }
+
+    /// Every record of the transaction ending at `end_lsn` has been pushed:
+    /// stored batches whose last transaction this is (or an earlier one) are
+    /// complete with what came (a record filtered out since does not come).
+    pub(crate) fn tx_end(&mut self, end_lsn: Lsn) {
+        for stored in &mut self.restored {
+            if !stored.complete && stored.members.last().is_some_and(|(lsn, _)| lsn < end_lsn) {
+                stored.complete = true;
+            }
+        }
+        self.skip
+            .retain(|s| s.last().is_some_and(|(lsn, _)| lsn >= end_lsn));
+    }
+
+    /// The next batch to send, if one may go now; call it while a slot is
+    /// free. `flush` sends what is pending without waiting for `linger` (the
+    /// queue has ended).
+    pub(crate) fn next(&mut self, now: Instant, flush: bool) -> Next {
+        if flush {
+            for stored in &mut self.restored {
+                stored.complete = true;
+            }
+        }
+        if let Some(batch) = self.next_restored() {
+            return Next::Batch(Box::new(batch));
+        }
+        if self.dirty {
+            self.rescan();
+        }
+        let Some(front) = self.eligible.front().and_then(|s| self.entries.get(s)) else {
+            return Next::Wait(None);
+        };
+        let due = front.arrived + self.opts.linger;
+        let full = self.eligible.len() >= self.opts.batch_size
+            || self.eligible_bytes >= self.opts.max_batch_bytes;
+        if !(full || flush || now >= due) {
+            return Next::Wait(Some(due));
+        }
+        let mut seqs = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(&seq) = self.eligible.front() {
+            let len = self.entries.get(&seq).map_or(0, |e| e.record.json.len());
+            if seqs.len() >= self.opts.batch_size
+                || (!seqs.is_empty() && bytes + len > self.opts.max_batch_bytes)
+            {
+                break;
+            }
+            self.eligible.pop_front();
+            self.eligible_bytes = self.eligible_bytes.saturating_sub(len);
+            bytes += len;
+            seqs.push(seq);
+        }
+        Next::Batch(Box::new(self.seal(seqs)))
+    }
+
+    /// A batch is done (delivered or dead-lettered): its groups are free.
+    pub(crate) fn release(&mut self, batch: &Batch) {
+        for group in &batch.groups {
+            match group {
+                Group::All => self.in_flight_all = self.in_flight_all.saturating_sub(1),
+                _ => {
+                    for key in group.keys() {
+                        if let Some(n) = self.in_flight.get_mut(&key) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.in_flight.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
+        self.dirty = true;
+    }
+
+    /// Records pending (not in a batch yet).
+    pub(crate) fn pending_len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is pending.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The stored batch `key` re-forms, if any.
+    fn restored_of(&self, key: RecordKey) -> Option<usize> {
+        self.restored
+            .iter()
+            .position(|s| !s.gone && !s.complete && s.members.contains(key))
+    }
+
+    /// True when a new record of `group` may join the eligible records.
+    fn is_free(&self, group: Group) -> bool {
+        if self.blocked_all || self.in_flight_all > 0 {
+            return false;
+        }
+        match group {
+            Group::All => {
+                self.eligible.is_empty() && self.blocked.is_empty() && self.in_flight_batches == 0
+            }
+            _ => group
+                .keys()
+                .all(|k| !self.blocked.contains(&k) && !self.in_flight.contains_key(&k)),
+        }
+    }
+
+    fn block(&mut self, group: Group) {
+        match group {
+            Group::All => self.blocked_all = true,
+            _ => self.blocked.extend(group.keys()),
+        }
+    }
+
+    /// Recomputes the eligible records from scratch, in commit order (after
+    /// groups in flight changed): a stored batch's record holds its group
+    /// for the records after it.
+    fn rescan(&mut self) {
+        self.dirty = false;
+        self.eligible.clear();
+        self.eligible_bytes = 0;
+        self.blocked.clear();
+        self.blocked_all = false;
+        let order: Vec<(u64, Group, usize, bool)> = self
+            .entries
+            .iter()
+            .map(|(s, e)| {
+                (
+                    *s,
+                    e.record.group,
+                    e.record.json.len(),
+                    e.restored.is_some(),
+                )
+            })
+            .collect();
+        for (seq, group, len, restored) in order {
+            if !restored && self.is_free(group) {
+                if group == Group::All {
+                    self.blocked_all = true;
+                }
+                self.eligible.push_back(seq);
+                self.eligible_bytes += len;
+            } else {
+                self.block(group);
+            }
+        }
+    }
+
+    /// A complete stored batch that may go now: none of its groups in
+    /// flight, and for each of its groups the earliest pending record is
+    /// its own (so records of the group before it, stored or not, go first).
+    fn next_restored(&mut self) -> Option<Batch> {
+        if self.restored.is_empty() {
+            return None;
+        }
+        let mut earliest: HashMap<u64, Option<usize>> = HashMap::new();
+        let mut first_all: Option<(u64, Option<usize>)> = None;
+        for (seq, e) in &self.entries {
+            match e.record.group {
+                Group::All => {
+                    first_all.get_or_insert((*seq, e.restored));
+                }
+                g => {
+                    for k in g.keys() {
+                        earliest.entry(k).or_insert(e.restored);
+                    }
+                }
+            }
+        }
+        let chosen = self.restored.iter().enumerate().position(|(i, stored)| {
+            if stored.gone || !stored.complete {
+                return false;
+            }
+            if self.in_flight_all > 0 {
+                return stored.arrived.is_empty();
+            }
+            let last_seq = stored.arrived.last().copied().unwrap_or(0);
+            if let Some((seq, owner)) = first_all {
+                if seq < last_seq && owner != Some(i) {
+                    return false;
+                }
+            }
+            stored.arrived.iter().all(|s| {
+                let Some(e) = self.entries.get(s) else {
+                    return true;
+                };
+                match e.record.group {
+                    Group::All => self.in_flight_batches == 0,
+                    g => g.keys().all(|k| {
+                        !self.in_flight.contains_key(&k)
+                            && earliest.get(&k).copied().flatten() == Some(i)
+                    }),
+                }
+            })
+        })?;
+        let stored = self.restored.get_mut(chosen)?;
+        stored.gone = true;
+        let seqs = std::mem::take(&mut stored.arrived);
+        if self.restored.iter().all(|s| s.gone) {
+            self.restored.clear();
+        }
+        self.dirty = true;
+        if seqs.is_empty() {
+            return self.next_restored();
+        }
+        Some(self.seal(seqs))
+    }
+
+    /// Takes these entries out and seals them into a batch in flight.
+    fn seal(&mut self, seqs: Vec<u64>) -> Batch {
+        let mut records = Vec::with_capacity(seqs.len());
+        let mut groups = Vec::with_capacity(seqs.len());
+        let mut charge = Charge::default();
+        for seq in seqs {
+            if let Some(mut entry) = self.entries.remove(&seq) {
+                groups.push(entry.record.group);
+                charge.merge(std::mem::take(&mut entry.record.charge));
+                records.push(entry.record);
+            }
+        }
+        for group in &groups {
+            match group {
+                Group::All => self.in_flight_all += 1,
+                g => {
+                    for key in g.keys() {
+                        *self.in_flight.entry(key).or_default() += 1;
+                    }
+                }
+            }
+        }
+        self.in_flight_batches += 1;
+        self.dirty = true;
+        let mut batch = payload::build(&self.opts.strategy, records, self.decorate.as_ref());
+        batch.groups = groups;
+        batch.charge = charge;
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::NoDecoration;
+
+    fn rec(lsn: u64, index: u32, group: Group) -> QueuedRecord {
+        let mut r = QueuedRecord::new(
+            Lsn(lsn),
+            index,
+            0,
+            format!("{{\"n\":{index}}}").into_bytes(),
+        );
+        r.group = group;
+        r
+    }
+
+    fn sized(lsn: u64, index: u32, len: usize) -> QueuedRecord {
+        let mut json = b"{\"x\":\"".to_vec();
+        json.resize(len.saturating_sub(2).max(6), b'a');
+        json.extend_from_slice(b"\"}");
+        QueuedRecord::new(Lsn(lsn), index, 0, json)
+    }
+
+    fn dispatcher(size: usize, bytes: usize) -> Dispatcher {
+        Dispatcher::new(
+            BatcherOptions {
+                strategy: "s".into(),
+                batch_size: size,
+                max_batch_bytes: bytes,
+                linger: Duration::from_millis(20),
+            },
+            Arc::new(NoDecoration),
+        )
+    }
+
+    fn batch(d: &mut Dispatcher, now: Instant) -> Option<Batch> {
+        match d.next(now, false) {
+            Next::Batch(b) => Some(*b),
+            Next::Wait(_) => None,
+        }
+    }
+
+    fn keys(b: &Batch) -> Vec<(u64, u32)> {
+        b.keys.iter().map(|(l, i)| (l.0, *i)).collect()
+    }
+
+    const K: fn(u64) -> Group = Group::Key;
+
+    #[test]
+    fn full_batches_go_at_once_and_the_rest_after_linger() {
+        let mut d = dispatcher(3, 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..4 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let first = batch(&mut d, t0).expect("a full batch");
+        assert_eq!(keys(&first), [(100, 0), (100, 1), (100, 2)]);
+        d.release(&first);
+        match d.next(t0, false) {
+            Next::Wait(Some(due)) => assert_eq!(due, t0 + Duration::from_millis(20)),
+            other => panic!("{other:?}"),
+        }
+        let second = batch(&mut d, t0 + Duration::from_millis(20)).expect("after linger");
+        assert_eq!(keys(&second), [(100, 3)]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn commit_order_keeps_one_batch_in_flight() {
+        let mut d = dispatcher(2, 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..4 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let a = batch(&mut d, t0).unwrap();
+        assert!(
+            batch(&mut d, t0 + Duration::from_secs(1)).is_none(),
+            "one in flight"
+        );
+        d.release(&a);
+        let b = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&b), [(100, 2), (100, 3)]);
+    }
+
+    #[test]
+    fn other_keys_flow_past_a_key_in_flight_which_keeps_its_order() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, K(1)), t0);
+        let a = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&a), [(10, 0)]);
+        // Key 1 is in flight: its next records wait; keys 2 and 3 go.
+        d.push(rec(20, 0, K(1)), t0);
+        d.push(rec(20, 1, K(2)), t0);
+        d.push(rec(20, 2, K(1)), t0);
+        d.push(rec(20, 3, K(3)), t0);
+        let b = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&b), [(20, 1), (20, 3)]);
+        assert!(batch(&mut d, late).is_none(), "key 1 still in flight");
+        d.release(&a);
+        let c = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&c), [(20, 0), (20, 2)], "key 1 in commit order");
+    }
+
+    #[test]
+    fn a_record_of_a_waiting_key_waits_behind_it() {
+        let mut d = dispatcher(2, 1 << 20);
+        let t0 = Instant::now();
+        d.push(rec(10, 0, K(1)), t0);
+        let a = batch(&mut d, t0 + Duration::from_secs(1)).unwrap();
+        d.push(rec(20, 0, K(1)), t0); // waits (key 1 in flight)
+        d.release(&a);
+        d.push(rec(30, 0, K(1)), t0);
+        d.push(rec(30, 1, K(2)), t0);
+        // After the release, 20:0 and 30:0 of key 1 go together, in order;
+        // the batch is full at 2, so 30:1 goes next.
+        let b = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&b), [(20, 0), (30, 0)]);
+        let c = batch(&mut d, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(keys(&c), [(30, 1)]);
+    }
+
+    #[test]
+    fn a_key_change_holds_both_keys() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, K(1)), t0);
+        let a = batch(&mut d, late).unwrap();
+        d.push(rec(20, 0, Group::Keys(2, 1)), t0); // key 1 became key 2
+        d.push(rec(20, 1, K(2)), t0);
+        d.push(rec(20, 2, K(3)), t0);
+        let b = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&b), [(20, 2)]);
+        d.release(&a);
+        let c = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&c), [(20, 0), (20, 1)]);
+    }
+
+    #[test]
+    fn a_truncate_waits_for_everything_and_everything_waits_for_it() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, K(1)), t0);
+        let a = batch(&mut d, late).unwrap();
+        d.push(rec(20, 0, Group::All), t0);
+        d.push(rec(30, 0, K(2)), t0);
+        assert!(batch(&mut d, late).is_none());
+        d.release(&a);
+        let t = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&t), [(20, 0)]);
+        assert!(batch(&mut d, late).is_none());
+        d.release(&t);
+        assert_eq!(keys(&batch(&mut d, late).unwrap()), [(30, 0)]);
+    }
+
+    #[test]
+    fn max_bytes_splits_and_a_big_record_goes_alone() {
+        let mut d = dispatcher(100, 100);
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        for (i, len) in [40, 40, 40, 500, 10].into_iter().enumerate() {
+            d.push(sized(1, i as u32, len), t0);
+        }
+        let mut got = Vec::new();
+        while let Some(b) = batch(&mut d, late) {
+            got.push(keys(&b));
+            d.release(&b);
+        }
+        assert_eq!(
+            got,
+            vec![
+                vec![(1, 0), (1, 1)],
+                vec![(1, 2)],
+                vec![(1, 3)],
+                vec![(1, 4)]
+            ]
+        );
+    }
+
+    #[test]
+    fn stored_batches_are_reformed_exactly_and_keep_their_order() {
+        let mut d = dispatcher(2, 1 << 20);
+        d.restore(
+            vec![
+                Stored::Range {
+                    first: (Lsn(10), 1),
+                    last: (Lsn(20), 0),
+                },
+                Stored::Range {
+                    first: (Lsn(30), 0),
+                    last: (Lsn(30), 0),
+                },
+            ],
+            vec![],
+        );
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, Group::default()), t0); // before any stored batch
+        d.push(rec(10, 1, Group::default()), t0);
+        d.push(rec(10, 2, Group::default()), t0);
+        d.tx_end(Lsn(11));
+        d.push(rec(20, 0, Group::default()), t0); // ends stored batch 1
+        d.push(rec(30, 0, Group::default()), t0); // stored batch 2, alone
+        d.push(rec(40, 0, Group::default()), t0);
+        d.push(rec(40, 1, Group::default()), t0);
+        let mut got = Vec::new();
+        while let Some(b) = batch(&mut d, late) {
+            got.push(keys(&b));
+            d.release(&b);
+        }
+        assert_eq!(
+            got,
+            vec![
+                vec![(10, 0)],
+                vec![(10, 1), (10, 2), (20, 0)],
+                vec![(30, 0)],
+                vec![(40, 0), (40, 1)],
+            ],
+            "in commit order; the stored batches as they were"
+        );
+    }
+
+    #[test]
+    fn stored_lists_under_key_order_go_in_the_order_they_were_sent() {
+        // Before the restart: key 1 was busy, so [20:0 (k2)] went before
+        // [10:0 (k1), 30:0 (k2)]. Both go again, k2's earlier record first.
+        let mut d = dispatcher(10, 1 << 20);
+        d.restore(
+            vec![
+                Stored::List(vec![(Lsn(10), 0), (Lsn(30), 0)]),
+                Stored::List(vec![(Lsn(20), 0)]),
+            ],
+            vec![],
+        );
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, K(1)), t0);
+        d.push(rec(20, 0, K(2)), t0);
+        d.push(rec(30, 0, K(2)), t0);
+        d.push(rec(35, 0, K(2)), t0); // not stored: waits for k2's stored batches
+        let first = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&first), [(20, 0)]);
+        assert!(batch(&mut d, late).is_none(), "k2 in flight");
+        d.release(&first);
+        let second = batch(&mut d, late).unwrap();
+        assert_eq!(keys(&second), [(10, 0), (30, 0)]);
+        assert!(batch(&mut d, late).is_none(), "35:0 waits for k2");
+        d.release(&second);
+        assert_eq!(keys(&batch(&mut d, late).unwrap()), [(35, 0)]);
+    }
+
+    #[test]
+    fn a_stored_batch_whose_last_record_never_comes_goes_at_its_tx_end() {
+        let mut d = dispatcher(10, 1 << 20);
+        d.restore(
+            vec![Stored::Range {
+                first: (Lsn(10), 0),
+                last: (Lsn(10), 5),
+            }],
+            vec![],
+        );
+        let t0 = Instant::now();
+        d.push(rec(10, 0, Group::default()), t0);
+        d.push(rec(10, 1, Group::default()), t0);
+        assert!(batch(&mut d, t0 + Duration::from_secs(1)).is_none());
+        d.tx_end(Lsn(12));
+        assert_eq!(keys(&batch(&mut d, t0).unwrap()), [(10, 0), (10, 1)]);
+    }
+
+    #[test]
+    fn records_of_batches_delivered_before_the_restart_are_skipped() {
+        let mut d = dispatcher(10, 1 << 20);
+        d.restore(
+            vec![],
+            vec![Stored::List(vec![(Lsn(5), 0), (Lsn(10), 0), (Lsn(10), 2)])],
+        );
+        let t0 = Instant::now();
+        assert!(matches!(d.push(rec(10, 0, K(1)), t0), Pushed::Skipped));
+        assert!(matches!(d.push(rec(10, 1, K(2)), t0), Pushed::Queued));
+        assert!(matches!(d.push(rec(10, 2, K(3)), t0), Pushed::Skipped));
+        d.tx_end(Lsn(11));
+        assert!(matches!(d.push(rec(20, 0, K(3)), t0), Pushed::Queued));
+        assert_eq!(d.pending_len(), 2);
+    }
+}

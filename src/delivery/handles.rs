@@ -1,0 +1,245 @@
+//! What the rest of the process holds of a strategy's delivery: its status
+//! (for `/status`, `/readyz` and runs), its pause switch and its "retry
+//! now" button (for the admin API).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use metrics::Gauge;
+use tokio::sync::watch;
+
+use crate::telemetry::names;
+
+/// What a strategy's delivery is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Nothing in flight.
+    Idle,
+    /// A batch is being sent.
+    Delivering,
+    /// An attempt failed; waiting to retry.
+    Retrying,
+    /// Attempts are exhausted and `on_exhausted = "block"` (retrying while
+    /// holding the slot), or the endpoint answered 410 and the batch waits
+    /// for the strategy to be resumed.
+    Blocked,
+    /// The worker has stopped.
+    Stopped,
+}
+
+/// Why a strategy is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseReason {
+    /// `POST /strategies/{name}/pause`.
+    Admin,
+    /// Its endpoint answered 410 Gone (Standard Webhooks: stop sending).
+    EndpointGone,
+}
+
+impl PauseReason {
+    /// The `reason` label and the `/status` text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::Admin => "admin",
+            PauseReason::EndpointGone => "endpoint_gone",
+        }
+    }
+}
+
+/// A strategy's delivery status, for `/status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StrategyStatus {
+    pub state: DeliveryState,
+    /// Records waiting, being batched or in flight, plus the items waiting
+    /// on the queue (records and transaction ends).
+    pub queue_records: u64,
+    /// Batches in flight (sent, or waiting to be retried).
+    pub in_flight: u32,
+    /// When a batch was last delivered.
+    pub last_success: Option<SystemTime>,
+    /// Why the last attempt failed (no secrets, no values); cleared on success.
+    pub last_error: Option<String>,
+    /// Failed attempts of the batch that failed last.
+    pub attempts: u32,
+    pub(crate) delivered_batches: u64,
+    pub dead_lettered_batches: u64,
+    /// Records in delivered batches (runs report progress with it).
+    pub(crate) delivered_records: u64,
+    /// Records in dead-lettered batches.
+    pub(crate) dead_lettered_records: u64,
+    /// Paused: no new batch is sent.
+    pub paused: bool,
+    /// Why it is paused.
+    pub pause_reason: Option<PauseReason>,
+}
+
+/// Shared view of a worker's [`StrategyStatus`].
+#[derive(Debug, Clone)]
+pub struct StatusHandle(Arc<Mutex<StrategyStatus>>);
+
+impl StatusHandle {
+    pub(crate) fn new() -> Self {
+        StatusHandle(Arc::new(Mutex::new(StrategyStatus {
+            state: DeliveryState::Idle,
+            queue_records: 0,
+            in_flight: 0,
+            last_success: None,
+            last_error: None,
+            attempts: 0,
+            delivered_batches: 0,
+            dead_lettered_batches: 0,
+            delivered_records: 0,
+            dead_lettered_records: 0,
+            paused: false,
+            pause_reason: None,
+        })))
+    }
+
+    /// The current status.
+    pub fn snapshot(&self) -> StrategyStatus {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StrategyStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut StrategyStatus)) {
+        f(&mut self.lock());
+    }
+}
+
+/// Pauses a strategy's sending: batches in flight finish, no further batch
+/// starts until resumed; its queue fills and then blocks the router (so the
+/// slot holds WAL, nothing is dropped). The admin API pauses with
+/// [`PauseReason::Admin`]; a 410 from the endpoint pauses every strategy
+/// using it with [`PauseReason::EndpointGone`]; `resume` lifts either.
+#[derive(Debug, Clone)]
+pub struct PauseHandle(Arc<PauseInner>);
+
+#[derive(Debug)]
+pub(crate) struct PauseInner {
+    state: watch::Sender<Option<PauseReason>>,
+    strategy: String,
+    /// `walhook_strategy_paused{strategy, reason}` for admin, endpoint_gone.
+    gauges: [Gauge; 2],
+}
+
+impl PauseHandle {
+    pub(crate) fn new(strategy: &str) -> PauseHandle {
+        let gauges = [PauseReason::Admin, PauseReason::EndpointGone].map(|r| {
+            let g = metrics::gauge!(names::STRATEGY_PAUSED, "strategy" => strategy.to_string(), "reason" => r.as_str());
+            g.set(0.0);
+            g
+        });
+        PauseHandle(Arc::new(PauseInner {
+            state: watch::channel(None).0,
+            strategy: strategy.to_string(),
+            gauges,
+        }))
+    }
+
+    /// Pauses through the admin API.
+    pub fn pause(&self) {
+        self.pause_for(PauseReason::Admin);
+    }
+
+    /// Pauses for `reason` (a later reason replaces an earlier one).
+    pub fn pause_for(&self, reason: PauseReason) {
+        let before = self.0.state.send_replace(Some(reason));
+        if before != Some(reason) {
+            tracing::warn!(strategy = %self.0.strategy, reason = reason.as_str(), "strategy paused");
+        }
+        self.set_gauges(Some(reason));
+    }
+
+    /// Resumes, whatever paused it.
+    pub fn resume(&self) {
+        let before = self.0.state.send_replace(None);
+        if before.is_some() {
+            tracing::info!(strategy = %self.0.strategy, "strategy resumed");
+        }
+        self.set_gauges(None);
+    }
+
+    /// Why it is paused, if it is.
+    pub fn reason(&self) -> Option<PauseReason> {
+        *self.0.state.borrow()
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<PauseReason>> {
+        self.0.state.subscribe()
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<PauseInner> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn upgrade(weak: &std::sync::Weak<PauseInner>) -> Option<PauseHandle> {
+        weak.upgrade().map(PauseHandle)
+    }
+
+    fn set_gauges(&self, reason: Option<PauseReason>) {
+        let [admin, gone] = &self.0.gauges;
+        admin.set(if reason == Some(PauseReason::Admin) {
+            1.0
+        } else {
+            0.0
+        });
+        gone.set(if reason == Some(PauseReason::EndpointGone) {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// Ends a strategy's backoff waits at once (`POST /strategies/{name}/retry`):
+/// every batch waiting to be retried is attempted now.
+#[derive(Debug, Clone)]
+pub struct RetryHandle(Arc<RetryInner>);
+
+#[derive(Debug)]
+struct RetryInner {
+    wake: watch::Sender<u64>,
+    /// Batches in a backoff wait now.
+    waiting: AtomicUsize,
+}
+
+impl RetryHandle {
+    pub(crate) fn new() -> RetryHandle {
+        RetryHandle(Arc::new(RetryInner {
+            wake: watch::channel(0).0,
+            waiting: AtomicUsize::new(0),
+        }))
+    }
+
+    /// Wakes every batch in a backoff wait; returns how many there were.
+    pub fn retry_now(&self) -> usize {
+        let waiting = self.0.waiting.load(Ordering::Acquire);
+        self.0.wake.send_modify(|n| *n = n.wrapping_add(1));
+        waiting
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.wake.subscribe()
+    }
+
+    /// Counts a batch in a backoff wait while the guard lives.
+    pub(crate) fn waiting(&self) -> WaitingGuard<'_> {
+        self.0.waiting.fetch_add(1, Ordering::AcqRel);
+        WaitingGuard(self)
+    }
+}
+
+/// See [`RetryHandle::waiting`].
+pub(crate) struct WaitingGuard<'a>(&'a RetryHandle);
+
+impl Drop for WaitingGuard<'_> {
+    fn drop(&mut self) {
+        self.0 .0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
