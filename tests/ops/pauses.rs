@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use walhook::lsn::Lsn;
 
 use crate::support::receiver::new_ids;
 use crate::support::walhook::admin_get;
@@ -90,6 +91,17 @@ async fn a_pause_survives_failover_and_restart_until_resumed() {
     db.psql("INSERT INTO items VALUES (2, 'while paused')")
         .await;
     wait_paused_holding(port_a, 1, "the active instance to hold the row").await;
+    // The held change is received but not acknowledged: /status says so.
+    wait_until(WAIT, "/status to show the held change as lag", || async {
+        let Some((200, body)) = admin_get(port_a, "/status").await else {
+            return false;
+        };
+        let doc: Value = serde_json::from_str(&body).unwrap_or_default();
+        let lsn = |key: &str| doc[key].as_str().and_then(|v| v.parse::<Lsn>().ok());
+        doc["lag_bytes"].as_u64().is_some_and(|l| l > 0)
+            && matches!((lsn("received_lsn"), lsn("acked_lsn")), (Some(r), Some(a)) if r > a)
+    })
+    .await;
 
     // Failover: the standby takes over and still holds the row.
     first.kill9().await;
