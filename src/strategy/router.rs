@@ -27,6 +27,9 @@ use crate::telemetry::names;
 /// slot, its place in a batch).
 const RECORD_OVERHEAD: usize = 128;
 
+/// Unused bytes a queued record's buffer may keep.
+const SLACK: usize = 4096;
+
 /// One strategy and the sending half of its queue. Its position in the
 /// `Vec` given to [`Router::new`] is its index in the [`Checkpoint`].
 #[derive(Debug, Clone)]
@@ -173,6 +176,11 @@ impl Router {
             }
             let mut queued = route.strategy.queued_record(record);
             if let Some(budget) = &self.budget {
+                // A large record's buffer may be twice its length: held for
+                // a while, it would count twice what the source waited for.
+                if queued.json.capacity() - queued.json.len() > SLACK {
+                    queued.json.shrink_to_fit();
+                }
                 queued.charge = budget.charge(queued.json.capacity() + RECORD_OVERHEAD);
             }
             let item = WorkItem::Record(queued);

@@ -1,7 +1,8 @@
 //! A real webhook receiver on 127.0.0.1:0, over HTTP or HTTPS: it records
 //! every request (arrival time, path, headers, body) and answers 200 unless
 //! told otherwise (N failures, a 429 with Retry-After, a redirect, a slow
-//! answer).
+//! answer, a random latency and failure rate like a real endpoint's, or a
+//! rule over the payload). It counts the requests it is answering at once.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -74,9 +75,19 @@ pub(crate) enum Reply {
     Redirect(String),
 }
 
+/// Decides the status for a payload (`None`: the usual answer).
+type Rule = Arc<dyn Fn(&Value) -> Option<u16> + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     arrivals: AtomicUsize,
+    /// Requests being answered now, and the most at once since the last reset.
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    /// Random latency (low, high) and failure rate (probability, status).
+    latency: Mutex<Option<(Duration, Duration)>>,
+    failures: Mutex<Option<(f64, u16)>>,
+    rule: Mutex<Option<Rule>>,
     requests: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Reply>>,
     delay: Mutex<Duration>,
@@ -158,6 +169,41 @@ impl Receiver {
         *self.shared.delay.lock().unwrap() = delay;
     }
 
+    /// Wait a random time in `[low, high]` before answering each request
+    /// (a real endpoint's latency).
+    pub(crate) fn set_latency(&self, low: Duration, high: Duration) {
+        *self.shared.latency.lock().unwrap() = Some((low, high));
+    }
+
+    /// Answer `status` to a random `rate` (0 to 1) of requests; `None` stops.
+    pub(crate) fn set_failure_rate(&self, failures: Option<(f64, u16)>) {
+        *self.shared.failures.lock().unwrap() = failures;
+    }
+
+    /// Answer what `rule` says for a payload (before scripts and random
+    /// failures); `None` removes it.
+    pub(crate) fn set_rule(&self, rule: Option<Rule>) {
+        *self.shared.rule.lock().unwrap() = rule;
+    }
+
+    /// Requests being answered now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests answered at once since the last
+    /// [`Receiver::reset_peak`] (or the start).
+    pub(crate) fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting the peak again from the requests in flight now.
+    pub(crate) fn reset_peak(&self) {
+        self.shared
+            .peak_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
+    }
+
     /// Requests that have arrived, answered or not yet.
     pub(crate) fn arrivals(&self) -> usize {
         self.shared.arrivals.load(Ordering::SeqCst)
@@ -219,16 +265,32 @@ async fn handle(
 ) -> Response {
     let at = Instant::now();
     shared.arrivals.fetch_add(1, Ordering::SeqCst);
-    let delay = *shared.delay.lock().unwrap();
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    let mut delay = *shared.delay.lock().unwrap();
+    if let Some((low, high)) = *shared.latency.lock().unwrap() {
+        delay += rand::random_range(low..=high);
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let reply = shared
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(Reply::Status(200));
+    let ruled = match shared.rule.lock().unwrap().clone() {
+        Some(rule) => serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| rule(&v)),
+        None => None,
+    };
+    let scripted = || shared.script.lock().unwrap().pop_front();
+    let random = || match *shared.failures.lock().unwrap() {
+        Some((rate, status)) if rand::random_bool(rate.clamp(0.0, 1.0)) => Some(status),
+        _ => None,
+    };
+    let reply = match ruled {
+        Some(status) => Reply::Status(status),
+        None => scripted()
+            .or_else(|| random().map(Reply::Status))
+            .unwrap_or(Reply::Status(200)),
+    };
     let (status, response) = match reply {
         Reply::Status(s) => (s, StatusCode::from_u16(s).unwrap().into_response()),
         Reply::RetryAfter(s, value) => {
@@ -254,6 +316,7 @@ async fn handle(
         body,
         answered: status,
     });
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
 }
 
