@@ -10,23 +10,33 @@
 //!    ▼  SourceEvent (committed, in commit order)                 │
 //!  strategy/   per strategy: op filter (evalexpr) → mapping      │
 //!    ▼  per-strategy bounded queue                               │
-//!  batch/      size / bytes / linger                             │
-//!    ▼  Batch                                                    │
-//!  delivery/   HTTP, auth, signing, retry, dead letters (state/) │
-//!    ▼  delivered through commit LSN X                           │
-//!  checkpoint/ min over strategies → acked LSN ──────────────────┘
+//!  batch/      order per group (commit / key), size / bytes / linger
+//!    ▼  Batch ×max_in_flight                                     │
+//!  delivery/   HTTP, auth, signing, retry, 410 pause, breaker,    │
+//!    │         rate limit, dead letters (state/)                 │
+//!    ▼  completions, in any order                                │
+//!  checkpoint/ ordered finaliser per strategy, min over          │
+//!              strategies → acked LSN ───────────────────────────┘
+//!  budget.rs   one byte budget from the socket to the 2xx: the source
+//!              stops reading while it is used up
 //! ```
 //!
 //! Invariants:
 //! - A WAL position is acknowledged to Postgres only after every strategy has
 //!   delivered (or dead-lettered) every change committed before it. A crash
 //!   therefore loses nothing; it can only repeat.
-//! - What may repeat: changes delivered but not yet acknowledged when the
-//!   process died. Every record keeps its id (`<commit LSN>:<index>`), and
-//!   batch ids derive from record ids, so receivers de-duplicate.
-//! - Within a strategy, records arrive in commit order.
-//! - Backpressure blocks, it never drops: a full queue stops reading the
-//!   socket, while the feedback timer keeps the walsender from timing out.
+//! - What may repeat: changes delivered but not yet confirmed by Postgres
+//!   when the process died. Every record keeps its id (`<commit LSN>:<index>`);
+//!   each batch's records are stored before its first attempt and re-formed
+//!   exactly after a restart (forgotten only behind the slot's
+//!   `confirmed_flush_lsn`), so a repeat has the same batch id.
+//! - Within a strategy, records arrive in commit order (`ordering =
+//!   "commit"`), or in commit order per group key with up to `max_in_flight`
+//!   batches at once (`"key"`); batches completing out of order release the
+//!   acknowledged position only over a contiguous prefix.
+//! - Backpressure blocks, it never drops: a full queue or a used-up memory
+//!   budget stops reading the socket, while the feedback timer keeps the
+//!   walsender from timing out.
 //! - When nothing is pending, the acknowledged position follows the server's
 //!   WAL end, so quiet or filtered tables never pin WAL.
 //!
@@ -36,10 +46,13 @@
 //!   slot, standby feedback, resuming after a reconnect), `decode/`
 //!   (pgoutput parser, relation cache, server text → JSON values),
 //!   `strategy/` (expressions, compiled strategies, the router loop, checks
-//!   against the live schema), `batch/` (the queue contract, the batcher,
-//!   the one payload writer), `delivery/` (endpoints built from the
-//!   configuration in `endpoints.rs`, the sender, auth and OAuth2, signing,
-//!   TLS, retry, the per-strategy worker, replay), `checkpoint/`.
+//!   against the live schema), `batch/` (the queue contract, the dispatcher:
+//!   order per group and batch boundaries, the one payload writer),
+//!   `delivery/` (endpoints built from the configuration in `endpoints.rs`,
+//!   the sender, auth and OAuth2, signing, TLS, retry decisions, endpoint
+//!   protection, the per-strategy worker and its handles, replay),
+//!   `checkpoint/` (the acked position, the ordered finaliser, the slot's
+//!   confirmed position), `budget.rs` (the process-wide byte budget).
 //! - Homes the stages share: `pg/` (connection strings, TLS, SQL
 //!   connections, quoting, error descriptions, catalog queries), `state/`
 //!   (the one store for walhook's own schema: dead letters, batch

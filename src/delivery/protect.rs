@@ -6,7 +6,8 @@
 //!   425, 429, 5xx), the circuit opens and `walhook_endpoint_up` drops to 0.
 //!   While open, one request at a time may reach the endpoint (a probe);
 //!   every other attempt fails at once without a request and backs off as
-//!   after a failure. The first probe that succeeds closes the circuit.
+//!   after a failure. The first probe that succeeds closes the circuit and
+//!   wakes the batches waiting out a backoff, so they go at once.
 //!   Why fail fast instead of queueing behind the probe: sixteen batches in
 //!   flight would otherwise probe back to back, which is the load the
 //!   breaker exists to take off a struggling endpoint.
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use metrics::Gauge;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::EndpointConfig;
@@ -42,6 +43,8 @@ pub(crate) struct Guard {
     failures: AtomicU32,
     probe: std::sync::Arc<Semaphore>,
     up: Gauge,
+    /// Counts the times the circuit closed (backoff waits end on a change).
+    closed: watch::Sender<u64>,
     /// When the next request may start (rate limit), and the spacing.
     limit: Option<(Mutex<Instant>, Duration)>,
 }
@@ -66,6 +69,7 @@ impl Guard {
             failures: AtomicU32::new(0),
             probe: std::sync::Arc::new(Semaphore::new(1)),
             up,
+            closed: watch::channel(0).0,
             limit: cfg
                 .rate_limit
                 .filter(|r| r.is_finite() && *r > 0.0)
@@ -81,6 +85,11 @@ impl Guard {
     /// True while the circuit is open.
     pub(crate) fn is_open(&self) -> bool {
         self.threshold > 0 && self.failures.load(Ordering::Acquire) >= self.threshold
+    }
+
+    /// Changes each time the circuit closes.
+    pub(crate) fn closed(&self) -> watch::Receiver<u64> {
+        self.closed.subscribe()
     }
 
     /// May an attempt send now? Then waits for its rate-limit turn.
@@ -116,6 +125,7 @@ impl Guard {
                 if was_open {
                     tracing::info!(endpoint = %self.endpoint, "endpoint answered again; circuit closed");
                     self.up.set(1.0);
+                    self.closed.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
             Some(false) => {
@@ -172,8 +182,10 @@ mod tests {
             matches!(probe, Admission::Probe { .. }),
             "the next probe after a failed one"
         );
+        let closed = g.closed();
         g.record(probe, Some(true));
         assert!(!g.is_open());
+        assert!(closed.has_changed().unwrap(), "waiting batches are woken");
         assert!(matches!(g.admit().await, Admission::Send));
     }
 

@@ -170,6 +170,12 @@ impl Endpoint {
         self.on_client_error
     }
 
+    /// Changes each time the endpoint's circuit closes: batches waiting out
+    /// a backoff go at once.
+    pub(crate) fn recovered(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.guard.closed()
+    }
+
     /// A strategy sending here: a 410 pauses it too.
     pub(crate) fn register(&self, pause: &PauseHandle) {
         let mut pauses = self.pauses.lock().unwrap_or_else(|e| e.into_inner());

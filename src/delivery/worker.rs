@@ -675,7 +675,11 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
     }
     let flying = Flying::start(ctx);
     let mut wake = ctx.retry_now.subscribe();
+    let mut recovered = ctx.endpoint.recovered();
     let mut failures = 0u32;
+    // Attempts that reached the endpoint: refusals by the open circuit
+    // back off like failures but do not use up `max_attempts`.
+    let mut sent_failures = 0u32;
     loop {
         let result = tokio::select! {
             biased;
@@ -725,9 +729,16 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
             }
             Decision::Retry => {
                 failures = failures.saturating_add(1);
-                let next = retry::next(&ctx.retry, failures);
+                if !result.refused {
+                    sent_failures = sent_failures.saturating_add(1);
+                }
+                let next = if sent_failures == 0 {
+                    RetryNext::Retry
+                } else {
+                    retry::next(&ctx.retry, sent_failures)
+                };
                 if next == RetryNext::DeadLetter {
-                    return dead_letter(ctx, &flying, batch, &result, failures).await;
+                    return dead_letter(ctx, &flying, batch, &result, sent_failures).await;
                 }
                 let delay =
                     retry::delay(&ctx.retry, failures, result.retry_after, &mut rand::rng());
@@ -739,12 +750,15 @@ async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
                 });
                 let _waiting = ctx.retry_now.waiting();
                 wake.borrow_and_update();
+                recovered.borrow_and_update();
                 tokio::select! {
                     biased;
                     _ = ctx.stop.cancelled() => return Outcome::Cancelled,
                     _ = wake.changed() => {
                         tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "retrying now (admin API)");
                     }
+                    // The endpoint's circuit closed: it answers again.
+                    Ok(()) = recovered.changed() => {}
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
