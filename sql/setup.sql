@@ -70,10 +70,12 @@ FROM unnest(string_to_array(:'tables', ',')) AS name;
 
 -- Refuse tables whose UPDATE and DELETE a publication that carries them
 -- with its updates and deletes would make fail (every partition counts).
-SELECT string_agg(c.oid::regclass::text, ', ' ORDER BY c.oid::regclass::text) AS no_identity
+SELECT string_agg(quote_ident(n.nspname) || '.' || quote_ident(c.relname), ', '
+                  ORDER BY n.nspname, c.relname) AS no_identity
 FROM walhook_setup_tables t
 CROSS JOIN LATERAL (SELECT t.rel AS relid UNION SELECT relid FROM pg_partition_tree(t.rel)) AS tree
 JOIN pg_class c ON c.oid = tree.relid
+JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relkind = 'r'
   AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS
         (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))

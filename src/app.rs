@@ -33,7 +33,7 @@ use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::{self, Checkpoint};
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::decode::SourceEvent;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
@@ -337,6 +337,7 @@ struct Services {
     runs: RunManager,
     pause_sync: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    slot_watch: JoinHandle<()>,
 }
 
 impl Services {
@@ -391,6 +392,11 @@ impl Services {
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
             pause_sync: spawn_pause_sync(control, source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
+            slot_watch: telemetry::spawn_slot_watch(
+                Secret::new(config.source.url.expose()),
+                config.source.slot.clone(),
+                stop.clone(),
+            ),
             runs,
             stop,
         }
@@ -403,6 +409,7 @@ impl Services {
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.pause_sync.await;
         let _ = self.upkeep.await;
+        let _ = self.slot_watch.await;
     }
 }
 

@@ -116,6 +116,7 @@ pub async fn validate_schema(
         .await
         .map_err(SchemaError::Query)?
         .map(|row| -> [bool; 5] { [row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)] });
+    let generated = generated_columns(client, publication_name).await?;
     let mut problems = Vec::new();
     for (i, strategy) in config.strategies.iter().enumerate() {
         let base = format!("strategies[{i}]");
@@ -195,7 +196,7 @@ pub async fn validate_schema(
                 }
             }
         }
-        check_columns(strategy, &base, &info, &mut problems);
+        check_columns(strategy, &base, &info, &generated, &mut problems);
         if strategy.ordering == Ordering::Key
             && strategy.group_by.is_none()
             && group_key(&info).is_empty()
@@ -215,6 +216,90 @@ pub async fn validate_schema(
         }
     }
     Ok(problems)
+}
+
+/// Whether the stream carries generated columns: only from PostgreSQL 18,
+/// and only when the publication says `publish_generated_columns = stored`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GeneratedColumns {
+    /// `server_version` (text), for the message.
+    version: String,
+    version_num: i32,
+    published: bool,
+    /// The publication's name, for the fix.
+    publication: String,
+}
+
+async fn generated_columns(
+    client: &Client,
+    publication: &str,
+) -> Result<GeneratedColumns, SchemaError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .map_err(SchemaError::Query)?;
+    let version: String = row.get(0);
+    let version_num: i32 = row.get(1);
+    let published = version_num >= 180_000
+        && client
+            .query_opt(
+                "SELECT 1 FROM pg_publication WHERE pubname = $1 AND pubgencols::text = 's'",
+                &[&publication],
+            )
+            .await
+            .map_err(SchemaError::Query)?
+            .is_some();
+    Ok(GeneratedColumns {
+        version,
+        version_num,
+        published,
+        publication: publication.to_string(),
+    })
+}
+
+/// A stream expression reads a generated column that is not sent.
+fn generated_problem(
+    strategy: &StrategyConfig,
+    path: &str,
+    column: &str,
+    generated: &GeneratedColumns,
+) -> SchemaProblem {
+    let table = &strategy.table;
+    let (problem, fix) = if generated.version_num < 180_000 {
+        (
+            format!(
+                "column {column} of table {table} is a generated column, and logical replication \
+                 does not send generated columns before PostgreSQL 18 (this server runs {}), so \
+                 the expression cannot read it",
+                generated.version
+            ),
+            "compute the value in the expression from the columns it is generated from, or \
+             upgrade to PostgreSQL 18 and publish generated columns"
+                .to_string(),
+        )
+    } else {
+        (
+            format!(
+                "column {column} of table {table} is a generated column, and publication {} \
+                 does not publish generated columns, so the expression cannot read it",
+                readable_ident(&generated.publication)
+            ),
+            format!(
+                "ALTER PUBLICATION {} SET (publish_generated_columns = stored); or compute the \
+                 value in the expression from the columns it is generated from",
+                readable_ident(&generated.publication)
+            ),
+        )
+    };
+    SchemaProblem {
+        strategy: strategy.name.clone(),
+        path: path.to_string(),
+        problem,
+        fix,
+    }
 }
 
 /// The key `ordering = "key"` groups by when there is no `group_by`: the
@@ -300,6 +385,7 @@ fn check_columns(
     strategy: &StrategyConfig,
     base: &str,
     info: &TableCatalog,
+    generated: &GeneratedColumns,
     problems: &mut Vec<SchemaProblem>,
 ) {
     let table = &strategy.table;
@@ -323,6 +409,17 @@ fn check_columns(
                 }
                 continue;
             };
+            // Scheduled runs read the table with SQL, where generated
+            // columns are there; the stream has them only when published.
+            let streamed = !path.contains(".schedules[");
+            if found.generated
+                && streamed
+                && !generated.published
+                && reported.insert(column.clone())
+            {
+                problems.push(generated_problem(strategy, &path, &column, generated));
+                continue;
+            }
             let reads_old = image == Image::Old || (image == Image::Row && row_is_old);
             let key = info.in_identity_key(found);
             if reads_old && !key && !full && reported.insert(column.clone()) {

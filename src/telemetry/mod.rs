@@ -10,8 +10,10 @@
 //! channel, so the source itself stays free of metrics code.
 
 pub(crate) mod names;
+mod slot;
 
 pub use names::EVENTS_TOTAL;
+pub(crate) use slot::spawn_slot_watch;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -82,6 +84,20 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
 /// recorder. [`install_recorder`] calls it; calling it again is harmless.
 pub(crate) fn describe() {
     use names::*;
+    describe_gauge!(
+        SLOT_WAL_STATUS,
+        "1 for the slot's wal_status (reserved, extended, unreserved, lost), 0 for the others."
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_BYTES,
+        Unit::Bytes,
+        "The slot's safe_wal_size: WAL the server may still write before the slot risks invalidation (absent while max_slot_wal_keep_size = -1)."
+    );
+    describe_gauge!(
+        SLOT_WAL_KEEP_LIMIT_BYTES,
+        Unit::Bytes,
+        "max_slot_wal_keep_size in bytes (-1 = unlimited)."
+    );
     describe_counter!(
         EVENTS_TOTAL,
         "Committed changes decoded from the replication stream, by table and operation."

@@ -31,6 +31,14 @@ pub(crate) const REPLICATION_LAG_BYTES: &str = "walhook_replication_lag_bytes";
 pub(crate) const ACKED_LSN: &str = "walhook_acked_lsn";
 /// Gauge: the highest LSN received.
 pub(crate) const RECEIVED_LSN: &str = "walhook_received_lsn";
+/// Gauge `{status}`: 1 for the slot's `wal_status` (reserved, extended,
+/// unreserved, lost), 0 for the others.
+pub(crate) const SLOT_WAL_STATUS: &str = "walhook_slot_wal_status";
+/// Gauge: the slot's `safe_wal_size`: bytes of WAL the server may still
+/// write before the slot risks invalidation (absent while unlimited).
+pub(crate) const SLOT_SAFE_WAL_BYTES: &str = "walhook_slot_safe_wal_bytes";
+/// Gauge: `max_slot_wal_keep_size` in bytes (-1 = unlimited).
+pub(crate) const SLOT_WAL_KEEP_LIMIT_BYTES: &str = "walhook_slot_wal_keep_limit_bytes";
 /// Gauge: 1 while another instance holds the slot.
 pub(crate) const STANDBY: &str = "walhook_standby";
 /// Gauge `{version}`: always 1.

@@ -2,6 +2,7 @@
 //! runs these, with the version-sensitive tests README's "Tested versions"
 //! names, once per version (`WALHOOK_PG_VERSION`, see `.ci/run`).
 
+mod generated;
 mod partitions;
 
 use crate::support::cluster;

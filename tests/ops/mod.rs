@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_fuzz;
+mod attach;
 mod commands;
 mod deploy;
 mod e2e;
