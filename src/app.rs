@@ -42,7 +42,7 @@ use crate::delivery::{
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, spawn_pause_sync, AppControl, RunManager};
+use crate::runs::{schedule, spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -306,7 +306,8 @@ impl Workers {
                 queue_capacity: DEFAULT_QUEUE_CAPACITY,
             })
             .map_err(AppError::Worker)?;
-            telemetry::register_strategy(&cfg.name);
+            let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
+            telemetry::register_strategy(&cfg.name, &schedules);
             workers.statuses.push((cfg.name.clone(), worker.status()));
             workers
                 .pauses
@@ -367,11 +368,13 @@ impl Services {
                 Some((cfg.name.clone(), endpoint, decorate))
             })
             .collect();
+        let board = ScheduleBoard::new(config);
         let control = Arc::new(
             AppControl::new(runs.clone(), config)
                 .with_pauses(workers.pauses.clone(), pipeline.state.clone())
                 .with_retries(workers.retries.clone())
-                .with_replay(pipeline.state.clone(), replay_targets),
+                .with_replay(pipeline.state.clone(), replay_targets)
+                .with_schedules(board.clone()),
         );
         // Pauses kept from before a restart hold before anything streams.
         if let Err(err) = control.apply_stored_pauses().await {
@@ -388,7 +391,13 @@ impl Services {
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {
-            schedules: schedule::spawn(runs.clone(), config, source_status.clone(), stop.clone()),
+            schedules: schedule::spawn(
+                runs.clone(),
+                board,
+                config,
+                source_status.clone(),
+                stop.clone(),
+            ),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
             pause_sync: spawn_pause_sync(control, source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{self, AppError};
 use crate::cluster::{Cluster, ClusterError, ClusterOptions};
 use crate::config::{Config, ConfigErrors};
-use crate::delivery::signing::{SigningError, SigningKey, VerifyError};
-use crate::receive::{ReceiveError, ReceivedBatch, Receiver, Sink};
+use crate::delivery::signing::{SigningError, SigningKey, Verifier};
+use crate::receive::{Checks, ReceiveError, ReceivedBatch, Receiver, Refused, Sink};
 
 /// How long the demo waits for the batches its script should produce.
 const WAIT: Duration = Duration::from_secs(30);
@@ -149,13 +149,17 @@ async fn run_with(
         base64::engine::general_purpose::STANDARD.encode(secret_bytes)
     );
     let key = SigningKey::parse(&secret).map_err(DemoError::Secret)?;
+    let checks = Checks {
+        verifier: Some(Verifier::new(vec![key]).map_err(DemoError::Secret)?),
+        credentials: Vec::new(),
+    };
     let printer = Arc::new(Printer {
         seen: Mutex::new(Seen::default()),
         started: Instant::now(),
     });
     let receiver = Receiver::bind(
         SocketAddr::from(([127, 0, 0, 1], 0)),
-        vec![key],
+        checks,
         printer.clone(),
     )
     .await
@@ -337,7 +341,7 @@ impl Sink for Printer {
         Ok(count)
     }
 
-    fn refused(&self, _error: &VerifyError) {
+    fn refused(&self, _why: &Refused) {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).rejected += 1;
         say("  ← a request with a bad signature (rejected with 401)");
     }

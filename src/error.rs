@@ -115,7 +115,10 @@ impl Error {
                 ) || matches!(&**err, CliError::State(state) if state.needs_setup())
             }
             Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
-            Error::Receive(err) => matches!(**err, ReceiveError::Secret { .. }),
+            Error::Receive(err) => matches!(
+                **err,
+                ReceiveError::Secret { .. } | ReceiveError::Flag { .. } | ReceiveError::Signing(_)
+            ),
         };
         if must_change_first {
             EXIT_CONFIG

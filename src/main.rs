@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use walhook::config::Config;
+use walhook::config::{Config, HmacAlgorithm, SignatureEncoding, SigningFormat};
 use walhook::error::{Error, EXIT_RUNTIME};
 use walhook::{app, demo, ops, receive, runs, stdout_sink};
 
@@ -104,19 +104,46 @@ enum Command {
     },
     /// The whole pipeline in one command: throwaway PostgreSQL, a receiver, sample writes.
     Demo,
-    /// Receive webhooks: verify signatures, print batches (for receivers' developers and benchmarks).
+    /// Receive webhooks: check credentials and signatures, print batches (for receivers' developers and benchmarks).
     Receive {
         /// The address to listen on; port 0 picks a free one (printed at start).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// A Standard Webhooks secret (whsec_…) to verify signatures with; repeat while rotating.
-        /// Without one, signatures are not checked.
+        /// The signature format to verify, as the endpoint's `signing.format`.
+        #[arg(long, value_enum, default_value_t = FormatArg::StandardWebhooks)]
+        format: FormatArg,
+        /// A signing secret to verify with (whsec_… for standard-webhooks, any text for hmac);
+        /// repeat while rotating. Without one, signatures are not checked.
         #[arg(
             long = "secret",
             env = "WALHOOK_RECEIVE_SECRET",
             hide_env_values = true
         )]
         secrets: Vec<String>,
+        /// hmac: the header holding the signature, e.g. X-Hub-Signature-256.
+        #[arg(long, required_if_eq("format", "hmac"))]
+        header: Option<String>,
+        /// hmac: the hash [default: sha256].
+        #[arg(long, value_enum)]
+        algorithm: Option<AlgorithmArg>,
+        /// hmac: how the signature is written [default: hex].
+        #[arg(long, value_enum)]
+        encoding: Option<EncodingArg>,
+        /// hmac: text before the signature, e.g. "sha256=".
+        #[arg(long)]
+        prefix: Option<String>,
+        /// hmac: the header holding the Unix time that the HMAC covers as `<timestamp>.<body>`.
+        #[arg(long)]
+        timestamp_header: Option<String>,
+        /// Require HTTP Basic credentials USER:PASSWORD.
+        #[arg(long, env = "WALHOOK_RECEIVE_BASIC", hide_env_values = true)]
+        basic: Option<String>,
+        /// Require `Authorization: Bearer TOKEN`.
+        #[arg(long, env = "WALHOOK_RECEIVE_BEARER", hide_env_values = true)]
+        bearer: Option<String>,
+        /// Require the header HEADER:VALUE (an API key).
+        #[arg(long, env = "WALHOOK_RECEIVE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
         /// Print every record (its JSON, one per line) instead of one line per batch.
         #[arg(long)]
         records: bool,
@@ -124,6 +151,29 @@ enum Command {
         #[arg(long, conflicts_with = "records")]
         null: bool,
     },
+}
+
+/// `walhook receive --format`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    /// Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature.
+    StandardWebhooks,
+    /// An HMAC of the body (or of `timestamp.body`) in --header.
+    Hmac,
+}
+
+/// `walhook receive --algorithm`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AlgorithmArg {
+    Sha256,
+    Sha512,
+}
+
+/// `walhook receive --encoding`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum EncodingArg {
+    Hex,
+    Base64,
 }
 
 fn main() -> ExitCode {
@@ -220,13 +270,53 @@ fn execute(command: Command) -> Result<(), Error> {
         Command::Demo => until_signal(|shutdown| async move { Ok(demo::run(shutdown).await?) }),
         Command::Receive {
             listen,
+            format,
             secrets,
+            header,
+            algorithm,
+            encoding,
+            prefix,
+            timestamp_header,
+            basic,
+            bearer,
+            api_key,
             records,
             null,
         } => {
+            let flags = receive::SignatureFlags {
+                format: match format {
+                    FormatArg::StandardWebhooks => SigningFormat::StandardWebhooks,
+                    FormatArg::Hmac => SigningFormat::Hmac,
+                },
+                secrets,
+                header,
+                algorithm: algorithm.map(|a| match a {
+                    AlgorithmArg::Sha256 => HmacAlgorithm::Sha256,
+                    AlgorithmArg::Sha512 => HmacAlgorithm::Sha512,
+                }),
+                encoding: encoding.map(|e| match e {
+                    EncodingArg::Hex => SignatureEncoding::Hex,
+                    EncodingArg::Base64 => SignatureEncoding::Base64,
+                }),
+                prefix,
+                timestamp_header,
+            };
+            let mut credentials = Vec::new();
+            if let Some(text) = basic {
+                credentials.push(receive::Credential::basic(&text)?);
+            }
+            if let Some(text) = bearer {
+                credentials.push(receive::Credential::bearer(&text)?);
+            }
+            if let Some(text) = api_key {
+                credentials.push(receive::Credential::api_key(&text)?);
+            }
             let options = receive::ReceiveOptions {
                 listen,
-                secrets: receive::parse_secrets(&secrets)?,
+                checks: receive::Checks {
+                    verifier: receive::Checks::signatures(flags)?,
+                    credentials,
+                },
                 records,
                 null,
             };

@@ -1,9 +1,13 @@
 //! `walhook receive`: a real webhook receiver for people writing one, and a
 //! sink for benchmarks.
 //!
-//! It verifies Standard Webhooks signatures when given secrets (a bad
-//! signature, or a timestamp more than five minutes off, gets 401), and
-//! prints one line per batch (`--records`: each record's JSON, one per line).
+//! It checks what a receiver would: credentials (HTTP Basic, a bearer
+//! token, an API key header) and signatures in either format walhook
+//! writes (Standard Webhooks, or "hmac" with the same header, hash,
+//! encoding, prefix and timestamp header settings as the endpoint's
+//! `signing`). A request failing a check gets 401 (a signature also fails
+//! with a timestamp more than five minutes off). It prints one line per
+//! batch (`--records`: each record's JSON, one per line).
 //! `--null` prints nothing per batch and only counts, so the receiver costs
 //! as little as possible; the totals are printed when it stops.
 //!
@@ -15,6 +19,8 @@
 //! what happens to a request that passed is a `Sink`'s business.
 
 use std::io::Write;
+
+use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,7 +34,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::signing::{SigningError, SigningKey, Verifier, VerifyError};
+use crate::config::{HmacAlgorithm, Secret, SignatureEncoding, Signing, SigningFormat};
+use crate::delivery::signing::{Format, SignerError, SigningError, Verifier, VerifyError};
 
 /// The largest body accepted.
 const BODY_LIMIT: usize = 256 * 1024 * 1024;
@@ -38,18 +45,244 @@ const BODY_LIMIT: usize = 256 * 1024 * 1024;
 pub struct ReceiveOptions {
     /// The address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// Signing secrets (`whsec_…`); empty = signatures are not checked.
-    pub secrets: Vec<SigningKey>,
+    /// What a request must carry to be accepted.
+    pub checks: Checks,
     /// One line per record instead of per batch.
     pub records: bool,
     /// Count only; print totals at the end.
     pub null: bool,
 }
 
+/// A credential a request must carry. `Debug` never shows the secret.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// `Authorization: Basic base64(user:password)`.
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `<header>: <value>`.
+    ApiKey {
+        /// The header name.
+        header: String,
+        /// The expected value.
+        value: Secret,
+    },
+}
+
+impl Credential {
+    /// `--basic USER:PASSWORD`.
+    pub fn basic(text: &str) -> Result<Credential, ReceiveError> {
+        let (username, password) = text
+            .split_once(':')
+            .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+            .ok_or(ReceiveError::Flag {
+                flag: "--basic",
+                expected: "USER:PASSWORD",
+            })?;
+        Ok(Credential::Basic {
+            username: username.to_string(),
+            password: Secret::new(password),
+        })
+    }
+
+    /// `--bearer TOKEN`.
+    pub fn bearer(text: &str) -> Result<Credential, ReceiveError> {
+        if text.is_empty() {
+            return Err(ReceiveError::Flag {
+                flag: "--bearer",
+                expected: "a token",
+            });
+        }
+        Ok(Credential::Bearer(Secret::new(text)))
+    }
+
+    /// `--api-key HEADER:VALUE`.
+    pub fn api_key(text: &str) -> Result<Credential, ReceiveError> {
+        let bad = || ReceiveError::Flag {
+            flag: "--api-key",
+            expected: "HEADER:VALUE with a valid header name",
+        };
+        let (header, value) = text.split_once(':').ok_or_else(bad)?;
+        let header = header.trim();
+        if value.is_empty() || axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(bad());
+        }
+        Ok(Credential::ApiKey {
+            header: header.to_string(),
+            value: Secret::new(value),
+        })
+    }
+
+    /// Whether `headers` carry this credential (compared in constant time).
+    fn accepts(&self, headers: &HeaderMap) -> bool {
+        let got = |name: &str| {
+            headers
+                .get(name)
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default()
+        };
+        match self {
+            Credential::Basic { username, password } => {
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", password.expose()))
+                );
+                same(expected.as_bytes(), &got("authorization"))
+            }
+            Credential::Bearer(token) => {
+                let expected = format!("Bearer {}", token.expose());
+                same(expected.as_bytes(), &got("authorization"))
+            }
+            Credential::ApiKey { header, value } => same(value.expose().as_bytes(), &got(header)),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Credential::Basic { .. } => "basic",
+            Credential::Bearer(_) => "bearer",
+            Credential::ApiKey { .. } => "api key",
+        }
+    }
+}
+
+/// Equal, in time independent of where the bytes differ.
+fn same(expected: &[u8], got: &[u8]) -> bool {
+    expected.len() == got.len()
+        && expected
+            .iter()
+            .zip(got)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+/// What a request must carry to be accepted: every credential, and a
+/// signature by one of the verifier's keys.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    /// Signatures to verify; `None` = not checked.
+    pub verifier: Option<Verifier>,
+    /// Credentials to require.
+    pub credentials: Vec<Credential>,
+}
+
+/// `walhook receive`'s signature flags: the same settings as an endpoint's
+/// `signing` section.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureFlags {
+    /// `--format`.
+    pub format: SigningFormat,
+    /// `--secret`, repeated while rotating; none = signatures are not checked.
+    pub secrets: Vec<String>,
+    /// `--header` ("hmac").
+    pub header: Option<String>,
+    /// `--algorithm` ("hmac").
+    pub algorithm: Option<HmacAlgorithm>,
+    /// `--encoding` ("hmac").
+    pub encoding: Option<SignatureEncoding>,
+    /// `--prefix` ("hmac").
+    pub prefix: Option<String>,
+    /// `--timestamp-header` ("hmac").
+    pub timestamp_header: Option<String>,
+}
+
+impl Checks {
+    /// The verifier `flags` describe (no secret = signatures are not
+    /// checked); a bad secret is named by its `--secret` position.
+    pub fn signatures(flags: SignatureFlags) -> Result<Option<Verifier>, ReceiveError> {
+        let hmac_only = [
+            ("--header", flags.header.is_some()),
+            ("--algorithm", flags.algorithm.is_some()),
+            ("--encoding", flags.encoding.is_some()),
+            ("--prefix", flags.prefix.is_some()),
+            ("--timestamp-header", flags.timestamp_header.is_some()),
+        ];
+        if flags.format == SigningFormat::StandardWebhooks {
+            if let Some((flag, _)) = hmac_only.iter().find(|(_, set)| *set) {
+                return Err(ReceiveError::Flag {
+                    flag,
+                    expected: "--format hmac (Standard Webhooks has fixed headers)",
+                });
+            }
+        }
+        if flags.secrets.is_empty() {
+            if let Some((flag, _)) = hmac_only.iter().find(|(_, set)| *set) {
+                return Err(ReceiveError::Flag {
+                    flag,
+                    expected: "at least one --secret to verify with",
+                });
+            }
+            return Ok(None);
+        }
+        let signing = Signing {
+            format: flags.format,
+            secret: Vec::new(),
+            include_token: false,
+            header: flags.header,
+            algorithm: flags.algorithm,
+            encoding: flags.encoding,
+            prefix: flags.prefix,
+            timestamp_header: flags.timestamp_header,
+        };
+        let format = Format::from_config(&signing).map_err(ReceiveError::Signing)?;
+        let keys = Verifier::parse_secrets(&format, &flags.secrets).map_err(|(i, source)| {
+            ReceiveError::Secret {
+                index: i + 1,
+                source,
+            }
+        })?;
+        Verifier::with_format(format, keys)
+            .map(Some)
+            .map_err(|source| ReceiveError::Secret { index: 1, source })
+    }
+
+    /// Why `headers` and `body` are refused, if they are.
+    fn refusal(&self, headers: &HeaderMap, body: &[u8]) -> Option<Refused> {
+        if let Some(missing) = self.credentials.iter().find(|c| !c.accepts(headers)) {
+            return Some(Refused::Credentials(missing.kind()));
+        }
+        let verifier = self.verifier.as_ref()?;
+        verifier
+            .verify_headers(headers, body, chrono::Utc::now().timestamp())
+            .err()
+            .map(Refused::Signature)
+    }
+}
+
+/// Why a request was answered 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Refused {
+    /// A required credential is missing or wrong.
+    #[error("missing or wrong {0} credentials")]
+    Credentials(&'static str),
+    /// The signature does not verify.
+    #[error(transparent)]
+    Signature(VerifyError),
+}
+
 /// Why the receiver cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
-    /// A `--secret` is not a Standard Webhooks secret (the value is not shown).
+    /// A flag that does not parse or does not fit the others (its value
+    /// is not shown).
+    #[error("{flag}: expected {expected}")]
+    Flag {
+        /// The flag.
+        flag: &'static str,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// The signature flags do not describe a format (a bad header name,
+    /// `--format hmac` without `--header`).
+    #[error("--{0}")]
+    Signing(#[source] SignerError),
+    /// A `--secret` does not parse for the format (the value is not shown).
     #[error("--secret #{index}: {source}")]
     Secret {
         /// 1-based position among the `--secret` flags.
@@ -68,20 +301,6 @@ pub enum ReceiveError {
     /// Serving failed.
     #[error("receiver failed: {0}")]
     Serve(std::io::Error),
-}
-
-/// Parses `--secret` values, naming a bad one by position only.
-pub fn parse_secrets(secrets: &[String]) -> Result<Vec<SigningKey>, ReceiveError> {
-    secrets
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            SigningKey::parse(s).map_err(|source| ReceiveError::Secret {
-                index: i + 1,
-                source,
-            })
-        })
-        .collect()
 }
 
 /// Counters of what arrived.
@@ -104,8 +323,8 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// request is then answered 400).
     fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error>;
 
-    /// A request answered 401: its signature or timestamp did not verify.
-    fn refused(&self, _error: &VerifyError) {}
+    /// A request answered 401: a credential or its signature did not verify.
+    fn refused(&self, _why: &Refused) {}
 }
 
 /// A batch as a receiver reads it: the envelope, and each record's JSON
@@ -139,9 +358,9 @@ struct BatchInfo {
     last_lsn: String,
 }
 
-/// A bound receiver: verifies Standard Webhooks signatures when it has
-/// secrets (401 otherwise), hands the rest to its [`Sink`] (400 when that
-/// finds no batch, else 200) and keeps [`Totals`].
+/// A bound receiver: applies its [`Checks`] (401 when one fails), hands
+/// the rest to its [`Sink`] (400 when that finds no batch, else 200) and
+/// keeps [`Totals`].
 pub(crate) struct Receiver {
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
@@ -149,20 +368,18 @@ pub(crate) struct Receiver {
 }
 
 struct Shared {
-    verifier: Option<Verifier>,
+    checks: Checks,
     sink: Arc<dyn Sink>,
     totals: Arc<Totals>,
 }
 
 impl Receiver {
-    /// Binds `listen` (port 0 picks a free port); `secrets` empty = no checks.
+    /// Binds `listen` (port 0 picks a free port).
     pub(crate) async fn bind(
         listen: SocketAddr,
-        secrets: Vec<SigningKey>,
+        checks: Checks,
         sink: Arc<dyn Sink>,
     ) -> Result<Receiver, ReceiveError> {
-        // Only an empty list is refused, and that means "do not verify".
-        let verifier = Verifier::new(secrets).ok();
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|source| ReceiveError::Bind {
@@ -174,7 +391,7 @@ impl Receiver {
             listener,
             addr,
             shared: Arc::new(Shared {
-                verifier,
+                checks,
                 sink,
                 totals: Arc::default(),
             }),
@@ -188,7 +405,7 @@ impl Receiver {
 
     /// Whether it checks signatures.
     fn verifies(&self) -> bool {
-        self.shared.verifier.is_some()
+        self.shared.checks.verifier.is_some()
     }
 
     /// What it has received so far (live).
@@ -219,10 +436,11 @@ pub async fn run(options: ReceiveOptions, shutdown: CancellationToken) -> Result
             records: options.records,
         })
     };
-    let receiver = Receiver::bind(options.listen, options.secrets, sink).await?;
+    let credentials = options.checks.credentials.len();
+    let receiver = Receiver::bind(options.listen, options.checks, sink).await?;
     let addr = receiver.local_addr();
     print_line(&format!("listening on {addr}"));
-    tracing::info!(%addr, verify = receiver.verifies(), "receiver listening");
+    tracing::info!(%addr, verify = receiver.verifies(), credentials, "receiver listening");
     let totals = receiver.totals();
     let result = receiver.serve(shutdown).await;
     print_line(&format!(
@@ -296,13 +514,11 @@ async fn receive(
     body: Bytes,
 ) -> (StatusCode, String) {
     let totals = &shared.totals;
-    if let Some(verifier) = &shared.verifier {
-        if let Err(err) = verifier.verify_headers(&headers, &body, chrono::Utc::now().timestamp()) {
-            totals.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %err, "rejected a request");
-            shared.sink.refused(&err);
-            return (StatusCode::UNAUTHORIZED, format!("{err}\n"));
-        }
+    if let Some(why) = shared.checks.refusal(&headers, &body) {
+        totals.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(error = %why, "rejected a request");
+        shared.sink.refused(&why);
+        return (StatusCode::UNAUTHORIZED, format!("{why}\n"));
     }
     match shared.sink.batch(&body) {
         Ok(records) => {
@@ -331,13 +547,14 @@ mod tests {
     use super::*;
     use crate::batch::payload::build;
     use crate::batch::{NoDecoration, QueuedRecord};
+    use crate::delivery::signing::SigningKey;
     use crate::lsn::Lsn;
 
     /// Keeps what it is handed, as the demo's printer does.
     #[derive(Default)]
     struct Keep {
         batches: Mutex<Vec<(String, Vec<String>)>>,
-        refused: Mutex<Vec<VerifyError>>,
+        refused: Mutex<Vec<Refused>>,
     }
 
     impl Sink for Keep {
@@ -348,8 +565,8 @@ mod tests {
             Ok(batch.batch.size)
         }
 
-        fn refused(&self, error: &VerifyError) {
-            self.refused.lock().unwrap().push(error.clone());
+        fn refused(&self, why: &Refused) {
+            self.refused.lock().unwrap().push(why.clone());
         }
     }
 
@@ -357,7 +574,11 @@ mod tests {
     async fn verifies_then_hands_batches_to_its_sink_and_counts() {
         let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let sink = Arc::new(Keep::default());
-        let receiver = Receiver::bind(([127, 0, 0, 1], 0).into(), vec![key.clone()], sink.clone())
+        let checks = Checks {
+            verifier: Some(Verifier::new(vec![key.clone()]).unwrap()),
+            credentials: vec![],
+        };
+        let receiver = Receiver::bind(([127, 0, 0, 1], 0).into(), checks, sink.clone())
             .await
             .unwrap();
         assert!(receiver.verifies());

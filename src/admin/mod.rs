@@ -294,6 +294,11 @@ pub trait Control: Send + Sync + 'static {
     /// Delivers dead letter `id` again with its strategy's endpoint and
     /// deletes it on success; the JSON describes the outcome.
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
+    /// `strategy`'s schedules as `/status` shows them (name, cron, next
+    /// time, last run).
+    fn schedules(&self, _strategy: &str) -> Vec<Value> {
+        Vec::new()
+    }
 }
 
 /// Everything the admin server reads and calls. Build it with
@@ -562,11 +567,14 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
 
 async fn status(State(state): State<AdminState>) -> Json<Value> {
     let source = state.source.borrow().clone();
-    Json(status_json(
-        &state.slot,
-        &source,
-        &state.strategies.strategies(),
-    ))
+    let mut doc = status_json(&state.slot, &source, &state.strategies.strategies());
+    if let (Some(strategies), Some(control)) = (doc["strategies"].as_array_mut(), &state.control) {
+        for strategy in strategies {
+            let name = strategy["name"].as_str().unwrap_or_default().to_string();
+            strategy["schedules"] = Value::Array(control.schedules(&name));
+        }
+    }
+    Json(doc)
 }
 
 /// The token check, then the control handle.

@@ -19,6 +19,8 @@ pub(crate) mod payload;
 pub(crate) use dispatch::{BatcherOptions, Dispatcher, Next, Pushed, Stored};
 pub use payload::{build, Batch};
 
+use std::sync::Arc;
+
 use crate::budget::Charge;
 use crate::config::RecordShape;
 use crate::lsn::Lsn;
@@ -129,6 +131,48 @@ pub trait Decorate: Send + Sync + 'static {
     /// `batch.record_shape`, so receivers and the JSON Schema can tell).
     fn record_shape(&self) -> RecordShape {
         RecordShape::Envelope
+    }
+
+    /// Where the endpoint's answers to this strategy's batches are kept
+    /// (synchronous runs answer with them); `None` = not kept.
+    fn replies(&self) -> Option<Arc<ReplyLog>> {
+        None
+    }
+}
+
+/// The last answer an endpoint gave to each batch, in the order the batches
+/// were first attempted: what a synchronous run answers with.
+#[derive(Debug, Default)]
+pub struct ReplyLog(std::sync::Mutex<Vec<Reply>>);
+
+/// An endpoint's answer to one batch (its last attempt).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reply {
+    /// The batch (`webhook-id`).
+    pub batch_id: String,
+    /// The HTTP status; `None` when no response came.
+    pub status: Option<u16>,
+    /// The response body as text (invalid UTF-8 replaced), at most 64 KiB.
+    pub body: String,
+    /// The body was longer than 64 KiB and is cut.
+    pub truncated: bool,
+    /// Why no response came (timeout, connection refused), never a secret.
+    pub error: Option<String>,
+}
+
+impl ReplyLog {
+    /// Keeps `reply` as its batch's last answer.
+    pub(crate) fn record(&self, reply: Reply) {
+        let mut replies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match replies.iter_mut().find(|r| r.batch_id == reply.batch_id) {
+            Some(slot) => *slot = reply,
+            None => replies.push(reply),
+        }
+    }
+
+    /// Every batch's last answer.
+    pub fn replies(&self) -> Vec<Reply> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 

@@ -44,7 +44,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::{BatchMeta, Decorate, Group, QueuedRecord};
+use super::{BatchMeta, Decorate, Group, QueuedRecord, ReplyLog};
 use crate::budget::Charge;
 use crate::config::RecordShape;
 use crate::decode::convert::{write_cell_json, write_json_string};
@@ -115,6 +115,8 @@ pub struct Batch {
     /// Why the strategy's templates could not be evaluated (each attempt
     /// then fails without a request; the text names the field, never values).
     pub(crate) decorate_error: Option<String>,
+    /// Where the endpoint's answers are kept (synchronous runs).
+    pub(crate) replies: Option<std::sync::Arc<ReplyLog>>,
 }
 
 impl Batch {
@@ -221,6 +223,7 @@ pub fn build(
         headers: decoration.headers,
         query: decoration.query,
         decorate_error,
+        replies: decorate.replies(),
     }
 }
 

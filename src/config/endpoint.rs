@@ -33,7 +33,8 @@ pub struct EndpointConfig {
     /// How to authenticate; default `{ type = "none" }`.
     #[serde(default)]
     pub auth: Auth,
-    /// Standard Webhooks signing (`webhook-signature` header); absent = unsigned.
+    /// Request signing (Standard Webhooks, or an HMAC in a header of your
+    /// choice); absent = unsigned.
     #[serde(default)]
     pub signing: Option<Signing>,
     /// TLS settings for `https://` URLs.
@@ -129,19 +130,78 @@ pub enum OAuth2AuthMethod {
     Post,
 }
 
-/// Standard Webhooks signing.
-#[derive(Debug, Clone, Deserialize)]
+/// Request signing: Standard Webhooks, or an HMAC of the body in a header
+/// of the receiver's choosing.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signing {
+    /// "standard-webhooks" (the default: `webhook-signature`, HMAC-SHA256 of
+    /// `id.timestamp.body`, `whsec_` secrets) or "hmac" (an HMAC of the body,
+    /// or of `timestamp.body`, in `header`; the secret's bytes as written).
+    #[serde(default)]
+    pub format: SigningFormat,
     /// The signing secret, or a list of them while rotating (each one signs,
-    /// so receivers holding either verify). `whsec_…` secrets are base64 after
-    /// the prefix and must decode to at least 24 bytes.
+    /// so receivers holding either verify). Standard Webhooks secrets are
+    /// `whsec_` + base64 of at least 24 bytes; "hmac" secrets are any text,
+    /// used as its bytes.
     #[serde(deserialize_with = "one_or_many")]
     pub secret: Vec<Secret>,
     /// Also put a signed token in the payload (`"token"`), for receivers that
     /// cannot read headers. Default false.
     #[serde(default)]
     pub include_token: bool,
+    /// "hmac": the header carrying the signature, e.g. `X-Hub-Signature-256`.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// "hmac": the hash, "sha256" (the default) or "sha512".
+    #[serde(default)]
+    pub algorithm: Option<HmacAlgorithm>,
+    /// "hmac": how the signature is written, "hex" (the default, lower case)
+    /// or "base64".
+    #[serde(default)]
+    pub encoding: Option<SignatureEncoding>,
+    /// "hmac": text before the signature, e.g. `sha256=`. Default none.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// "hmac": a header for the attempt's Unix time in seconds; when set,
+    /// the HMAC covers `<timestamp>.<body>` instead of the body alone.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+}
+
+/// How requests are signed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SigningFormat {
+    /// Standard Webhooks v1: `webhook-id`, `webhook-timestamp`,
+    /// `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`.
+    #[default]
+    StandardWebhooks,
+    /// An HMAC of the raw body (or of `timestamp.body`) in a header of your
+    /// choice, as GitHub, Shopify, Stripe-style and elastic.io receivers check.
+    Hmac,
+}
+
+/// The hash of an "hmac" signature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    /// HMAC-SHA256.
+    #[default]
+    Sha256,
+    /// HMAC-SHA512.
+    Sha512,
+}
+
+/// How an "hmac" signature is written in its header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    /// Lower-case hexadecimal.
+    #[default]
+    Hex,
+    /// Standard base64 with padding.
+    Base64,
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Secret>, D::Error> {

@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use endpoint::{
-    Auth, CircuitBreaker, EndpointConfig, OAuth2AuthMethod, OnClientError, OnExhausted, Retry,
-    Signing, Tls,
+    Auth, CircuitBreaker, EndpointConfig, HmacAlgorithm, OAuth2AuthMethod, OnClientError,
+    OnExhausted, Retry, SignatureEncoding, Signing, SigningFormat, Tls,
 };
 pub(crate) use error::ConfigError;
 pub use error::ConfigErrors;

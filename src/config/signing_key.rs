@@ -1,6 +1,9 @@
-//! Standard Webhooks secrets (`whsec_` + base64 of at least 24 bytes) as
-//! configuration values: parsed here, so validation at load and the signer
-//! read a secret the same way. Signing and verifying live in
+//! Signing secrets as configuration values: parsed here, so validation at
+//! load, the signer and `walhook receive` read a secret the same way.
+//! Standard Webhooks secrets are `whsec_` + base64 of at least 24 bytes (the
+//! key is the decoded bytes); "hmac" secrets are any text, and the key is
+//! its bytes as written (what GitHub, Shopify, Stripe and elastic.io
+//! receivers key their HMAC with). Signing and verifying live in
 //! `delivery::signing`.
 //!
 //! Key bytes live in a `secrecy` box and never reach `Debug` or an error.
@@ -8,6 +11,8 @@
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretSlice};
+
+use super::endpoint::SigningFormat;
 
 /// The prefix of a Standard Webhooks secret.
 const SECRET_PREFIX: &str = "whsec_";
@@ -70,6 +75,23 @@ impl SigningKey {
         Ok(SigningKey(SecretSlice::from(bytes)))
     }
 
+    /// An "hmac" secret: its bytes as written (not trimmed); only empty
+    /// text is refused.
+    pub fn raw(text: &str) -> Result<SigningKey, SigningError> {
+        if text.is_empty() {
+            return Err(SigningError::Empty);
+        }
+        Ok(SigningKey(SecretSlice::from(text.as_bytes().to_vec())))
+    }
+
+    /// Parses a secret the way `format` reads it.
+    pub fn parse_for(format: SigningFormat, text: &str) -> Result<SigningKey, SigningError> {
+        match format {
+            SigningFormat::StandardWebhooks => SigningKey::parse(text),
+            SigningFormat::Hmac => SigningKey::raw(text),
+        }
+    }
+
     /// The raw key bytes (the HMAC key, also the HS256 key of the body token).
     pub(crate) fn bytes(&self) -> &[u8] {
         self.0.expose_secret()
@@ -99,5 +121,26 @@ mod tests {
         }
         let key = SigningKey::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert!(!format!("{key:?}").contains("MfKQ"));
+    }
+
+    #[test]
+    fn hmac_secrets_are_their_bytes_as_written() {
+        let key = SigningKey::parse_for(SigningFormat::Hmac, "It's a Secret to Everybody").unwrap();
+        assert_eq!(key.bytes(), b"It's a Secret to Everybody");
+        let whsec = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let key = SigningKey::parse_for(SigningFormat::Hmac, whsec).unwrap();
+        assert_eq!(
+            key.bytes(),
+            whsec.as_bytes(),
+            "Stripe-style: the whole text"
+        );
+        assert_eq!(
+            SigningKey::parse_for(SigningFormat::Hmac, "").unwrap_err(),
+            SigningError::Empty
+        );
+        assert_eq!(
+            SigningKey::parse_for(SigningFormat::StandardWebhooks, "plain").unwrap_err(),
+            SigningError::MissingPrefix
+        );
     }
 }

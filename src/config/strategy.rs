@@ -162,6 +162,11 @@ fn default_sync_limit() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Schedule {
+    /// The name shown in `/status`, run records (`trigger =
+    /// "schedule:<name>"`), logs and metrics; unique per strategy; default
+    /// the cron text.
+    #[serde(default)]
+    pub(crate) name: Option<String>,
     /// When: a 5-field cron expression ("minute hour day month weekday").
     pub(crate) cron: String,
     /// Which rows (`row.*`); absent = all.
@@ -173,6 +178,11 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
+    /// `name`, or the cron text when it has none.
+    pub(crate) fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.cron)
+    }
+
     /// Parses `cron`: 5 fields ("minute hour day-of-month month
     /// day-of-week"), or 6 with seconds first.
     pub(crate) fn parse_cron(&self) -> Result<croner::Cron, String> {

@@ -399,6 +399,63 @@ fn signing_secrets_are_checked_without_showing_them() {
 }
 
 #[test]
+fn hmac_signing_settings_are_checked_at_load() {
+    let with_signing = |signing: &str| {
+        MINIMAL.replace(
+            "url = \"http://127.0.0.1:9000/hook\"",
+            &format!(
+                "url = \"http://127.0.0.1:9000/hook\"\nauth = {{ type = \"api_key\", header = \"X-Key\", value = \"k\" }}\nsigning = {signing}"
+            ),
+        )
+    };
+    let ok = parse(&with_signing(
+        r#"{ format = "hmac", secret = ["a", "b"], header = "X-Sig", algorithm = "sha512", encoding = "base64", prefix = "sha512=", timestamp_header = "X-Ts" }"#,
+    ))
+    .unwrap();
+    let signing = ok.endpoints["hook"].signing.as_ref().unwrap();
+    assert_eq!(signing.format, SigningFormat::Hmac);
+    assert_eq!(signing.algorithm, Some(HmacAlgorithm::Sha512));
+    assert_eq!(signing.encoding, Some(SignatureEncoding::Base64));
+
+    let no_header = errs(&with_signing(r#"{ format = "hmac", secret = "a" }"#));
+    assert_has(&no_header, "endpoints.hook.signing.header", "missing");
+    let standard_with_prefix = errs(&with_signing(&format!(
+        "{{ secret = \"{WHSEC}\", prefix = \"sha256=\" }}"
+    )));
+    assert_has(
+        &standard_with_prefix,
+        "endpoints.hook.signing.prefix",
+        "applies to format = \"hmac\" only",
+    );
+    let clash = errs(&with_signing(
+        r#"{ format = "hmac", secret = "a", header = "x-key", timestamp_header = "Webhook-Id" }"#,
+    ));
+    assert_has(
+        &clash,
+        "endpoints.hook.signing.header",
+        "auth sets this header",
+    );
+    assert_has(
+        &clash,
+        "endpoints.hook.signing.timestamp_header",
+        "walhook sets this header itself",
+    );
+    let empty = errs(&with_signing(
+        r#"{ format = "hmac", secret = ["a", ""], header = "X-Sig" }"#,
+    ));
+    assert_has(&empty, "endpoints.hook.signing.secret[1]", "empty");
+    let bad_algorithm = errs(&with_signing(
+        r#"{ format = "hmac", secret = "a", header = "X-Sig", algorithm = "md5" }"#,
+    ));
+    assert!(
+        bad_algorithm
+            .iter()
+            .any(|e| e.contains("md5") && e.contains("sha512")),
+        "{bad_algorithm:?}"
+    );
+}
+
+#[test]
 fn auth_variants_are_tagged_by_type() {
     let with_auth = |auth: &str| {
         MINIMAL.replace(
@@ -511,6 +568,23 @@ fn strategy_checks() {
         "strategies[0].schedules[2].timezone",
         "unknown time zone",
     );
+    let errors = errs(&with(
+        "schedules = [ { name = \"nightly\", cron = \"0 2 * * *\" }, \
+         { name = \"nightly\", cron = \"0 3 * * *\" }, { cron = \"0 4 * * *\" }, \
+         { cron = \"0 4 * * *\", filter = \"row.id > 1\" }, { name = \" \", cron = \"0 5 * * *\" } ]",
+    ));
+    assert_has(
+        &errors,
+        "strategies[0].schedules[1].name",
+        "\"nightly\" is already the name",
+    );
+    assert_has(
+        &errors,
+        "strategies[0].schedules[3].name",
+        "\"0 4 * * *\" is already the name",
+    );
+    assert_has(&errors, "strategies[0].schedules[4].name", "is empty");
+    assert_eq!(errors.len(), 3, "{errors:?}");
     let errors = errs(&with("record = {}"));
     assert_has(&errors, "strategies[0].record", "empty");
     let errors = errs(&with("linger = 5"));

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::endpoint::{Auth, EndpointConfig};
+use super::endpoint::{Auth, EndpointConfig, Signing, SigningFormat};
 use super::error::ConfigErrors;
 use super::secret::Secret;
+use super::signing_key::SigningKey;
 use super::strategy::{Ordering, RecordShape, StrategyConfig};
 use super::template::Template;
 use super::Config;
@@ -196,20 +197,7 @@ fn endpoint(name: &str, endpoint: &EndpointConfig, errors: &mut ConfigErrors) {
     }
 
     if let Some(signing) = &endpoint.signing {
-        if signing.secret.is_empty() {
-            errors.push(format!("{path}.signing.secret"), "give at least one secret");
-        }
-        let many = signing.secret.len() > 1;
-        for (i, secret) in signing.secret.iter().enumerate() {
-            let field = if many {
-                format!("{path}.signing.secret[{i}]")
-            } else {
-                format!("{path}.signing.secret")
-            };
-            if let Err(message) = signing_secret(secret) {
-                errors.push(field, message);
-            }
-        }
+        self::signing(&path, endpoint, signing, errors);
     }
 
     let tls = &endpoint.tls;
@@ -256,6 +244,105 @@ fn endpoint(name: &str, endpoint: &EndpointConfig, errors: &mut ConfigErrors) {
                 humantime::format_duration(retry.initial)
             ),
         );
+    }
+}
+
+fn signing(path: &str, endpoint: &EndpointConfig, signing: &Signing, errors: &mut ConfigErrors) {
+    let base = format!("{path}.signing");
+    if signing.secret.is_empty() {
+        errors.push(format!("{base}.secret"), "give at least one secret");
+    }
+    let many = signing.secret.len() > 1;
+    for (i, secret) in signing.secret.iter().enumerate() {
+        let field = if many {
+            format!("{base}.secret[{i}]")
+        } else {
+            format!("{base}.secret")
+        };
+        if let Err(err) = SigningKey::parse_for(signing.format, secret.expose()) {
+            errors.push(field, err.to_string());
+        }
+    }
+    let hmac_only = [
+        ("header", signing.header.is_some()),
+        ("algorithm", signing.algorithm.is_some()),
+        ("encoding", signing.encoding.is_some()),
+        ("prefix", signing.prefix.is_some()),
+        ("timestamp_header", signing.timestamp_header.is_some()),
+    ];
+    if signing.format == SigningFormat::StandardWebhooks {
+        for (key, set) in hmac_only {
+            if set {
+                errors.push(
+                    format!("{base}.{key}"),
+                    "applies to format = \"hmac\" only; Standard Webhooks signs with \
+                     webhook-signature (HMAC-SHA256 of id.timestamp.body, base64): add \
+                     format = \"hmac\" or remove this key",
+                );
+            }
+        }
+        return;
+    }
+    // The header auth sets, which a signature header must not replace.
+    let auth_header = match &endpoint.auth {
+        Auth::None => None,
+        Auth::Basic { .. } | Auth::Bearer { .. } | Auth::Oauth2 { .. } => {
+            Some("authorization".to_string())
+        }
+        Auth::ApiKey { header, .. } => Some(header.to_ascii_lowercase()),
+    };
+    let mut signature_headers = Vec::new();
+    for (key, name) in [
+        ("header", &signing.header),
+        ("timestamp_header", &signing.timestamp_header),
+    ] {
+        let Some(name) = name else { continue };
+        let field = format!("{base}.{key}");
+        let lower = name.to_ascii_lowercase();
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            errors.push(field, format!("{name:?} is not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            errors.push(
+                field,
+                "walhook sets this header itself; choose another name",
+            );
+        } else if auth_header.as_deref() == Some(lower.as_str()) {
+            errors.push(
+                field,
+                "the endpoint's auth sets this header; choose another name",
+            );
+        } else if signature_headers.contains(&lower) {
+            errors.push(
+                field,
+                "the same header as signing.header; choose another name",
+            );
+        } else {
+            signature_headers.push(lower);
+        }
+    }
+    if signing.header.is_none() {
+        errors.push(
+            format!("{base}.header"),
+            "missing: name the header the receiver reads the signature from, e.g. \
+             header = \"X-Signature\"",
+        );
+    }
+    if let Some(prefix) = &signing.prefix {
+        if prefix.contains(',') || reqwest::header::HeaderValue::from_str(prefix).is_err() {
+            errors.push(
+                format!("{base}.prefix"),
+                "must be header text without `,` (several signatures are separated by commas \
+                 while secrets rotate)",
+            );
+        }
+    }
+    for name in endpoint.headers.keys() {
+        if signature_headers.contains(&name.to_ascii_lowercase()) {
+            errors.push(
+                format!("{path}.headers.{name}"),
+                "the endpoint's signing sets this header; remove it",
+            );
+        }
     }
 }
 
@@ -384,6 +471,28 @@ fn strategy(
         );
     }
     headers(&format!("{path}.headers"), &strategy.headers, errors);
+    let signing = config
+        .endpoints
+        .get(&strategy.endpoint)
+        .and_then(|e| e.signing.as_ref())
+        .filter(|s| s.format == SigningFormat::Hmac);
+    if let Some(signing) = signing {
+        for name in strategy.headers.keys() {
+            let signs = [&signing.header, &signing.timestamp_header]
+                .into_iter()
+                .flatten()
+                .any(|h| h.eq_ignore_ascii_case(name));
+            if signs {
+                errors.push(
+                    format!("{path}.headers.{name}"),
+                    format!(
+                        "endpoint {:?}'s signing sets this header; remove it",
+                        strategy.endpoint
+                    ),
+                );
+            }
+        }
+    }
     query(&format!("{path}.query"), &strategy.query, errors);
     if strategy.record.as_ref().is_some_and(BTreeMap::is_empty) {
         errors.push(
@@ -394,7 +503,27 @@ fn strategy(
     if strategy.on_demand.sync && strategy.on_demand.sync_limit == 0 {
         errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
     }
+    let mut schedule_names = BTreeSet::new();
     for (i, schedule) in strategy.schedules.iter().enumerate() {
+        if schedule
+            .name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            errors.push(
+                format!("{path}.schedules[{i}].name"),
+                "is empty: give a name, or leave it out to use the cron text",
+            );
+        } else if !schedule_names.insert(schedule.name()) {
+            errors.push(
+                format!("{path}.schedules[{i}].name"),
+                format!(
+                    "{:?} is already the name of another schedule of this strategy; names \
+                     (the cron text when unnamed) must be unique per strategy",
+                    schedule.name()
+                ),
+            );
+        }
         if let Err(message) = schedule.parse_cron() {
             errors.push(format!("{path}.schedules[{i}].cron"), message);
         }
@@ -445,14 +574,6 @@ fn not_empty(path: &str, secret: &Secret, errors: &mut ConfigErrors) {
     if secret.is_empty() {
         errors.push(path, "empty (is the environment variable set?)");
     }
-}
-
-/// A Standard Webhooks secret: `whsec_` + base64 of at least 24 bytes,
-/// checked by the same parser the signer uses.
-fn signing_secret(secret: &Secret) -> Result<(), String> {
-    super::SigningKey::parse(secret.expose())
-        .map(|_| ())
-        .map_err(|err| err.to_string())
 }
 
 /// Names in metrics, URLs and logs: letters, digits, `_`, `-`; 1 to 63.

@@ -100,6 +100,7 @@ pub async fn replay_dead_letter(
         headers,
         query,
         decorate_error,
+        replies: None,
     };
     let AttemptResult { status, error, .. } = endpoint.attempt(&batch).await;
     let delivered = status.is_some_and(|s| (200..300).contains(&s));

@@ -2,24 +2,15 @@
 //! request before it leaves, behind the sender's [`Prepare`] seam.
 //!
 //! Order matters: the auth header first, then the body token (it changes the
-//! body), then the Standard Webhooks signature over the final body.
+//! body), then the signature (Standard Webhooks or "hmac") over the final body.
 
 use std::time::Duration;
 
-use reqwest::header::HeaderValue;
-
 use super::auth::{AuthError, Authenticator};
 use super::prepare::{Attempt, BoxFuture, Prepare, PrepareError};
-use super::signing::{Signer, SigningError};
+use super::signing::{Signer, SignerError};
 use super::token::{insert_token, make_token};
 use crate::config::EndpointConfig;
-
-/// The signature header.
-const WEBHOOK_SIGNATURE: &str = "webhook-signature";
-/// The batch id header.
-const WEBHOOK_ID: &str = "webhook-id";
-/// The attempt timestamp header.
-const WEBHOOK_TIMESTAMP: &str = "webhook-timestamp";
 
 /// Why an endpoint's security settings cannot be used (config validation
 /// reports these first, at load). Never holds a secret.
@@ -33,13 +24,13 @@ pub enum SecurityError {
         /// What is wrong.
         source: AuthError,
     },
-    /// A bad signing secret.
-    #[error("endpoints.{endpoint}.signing.secret: {source}")]
+    /// A bad `signing` section.
+    #[error("endpoints.{endpoint}.signing.{source}")]
     Signing {
         /// The endpoint's name.
         endpoint: String,
         /// What is wrong.
-        source: SigningError,
+        source: SignerError,
     },
 }
 
@@ -107,18 +98,12 @@ impl EndpointSecurity {
             attempt.body =
                 insert_token(&attempt.body, &token).map_err(|err| PrepareError(err.to_string()))?;
         }
-        let id = HeaderValue::from_str(&attempt.batch_id)
-            .map_err(|_| PrepareError("the batch id cannot be a header value".into()))?;
-        let signature = signer.signature(&attempt.batch_id, attempt.timestamp, &attempt.body);
-        let signature = HeaderValue::from_str(&signature)
-            .map_err(|_| PrepareError("the signature cannot be a header value".into()))?;
-        // The signature covers these two exact values, so they are set here
-        // too (the sender sets the same ones).
-        attempt.headers.insert(WEBHOOK_ID, id);
-        attempt
-            .headers
-            .insert(WEBHOOK_TIMESTAMP, HeaderValue::from(attempt.timestamp));
-        attempt.headers.insert(WEBHOOK_SIGNATURE, signature);
+        let headers = signer
+            .headers(&attempt.batch_id, attempt.timestamp, &attempt.body)
+            .map_err(|err| PrepareError(err.to_string()))?;
+        for (name, value) in headers {
+            attempt.headers.insert(name, value);
+        }
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use standardwebhooks::Webhook;
 
 use super::prepare::{Attempt, Prepare};
 use super::security::EndpointSecurity;
-use super::signing::{Signer, SigningKey};
+use super::signing::{Format, Signer, SigningKey};
 use crate::config::EndpointConfig;
 
 /// A 32-byte Standard Webhooks secret.
@@ -118,7 +118,11 @@ async fn while_rotating_receivers_with_either_secret_verify() {
 
 #[test]
 fn signer_output_matches_the_reference_library_signer() {
-    let signer = Signer::new(vec![SigningKey::parse(WHSEC).unwrap()]).unwrap();
+    let signer = Signer::new(
+        Format::StandardWebhooks,
+        vec![SigningKey::parse(WHSEC).unwrap()],
+    )
+    .unwrap();
     let body = br#"{"strategy":"s","records":[]}"#;
     let ours = signer.signature("msg_1", 1_700_000_000, body);
     let theirs = Webhook::new(WHSEC)

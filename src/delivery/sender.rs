@@ -19,7 +19,7 @@ use super::prepare::{Attempt, Prepare};
 use super::protect::{Admission, Guard};
 use super::retry::{decide, parse_retry_after, Decision};
 use super::DeliveryError;
-use crate::batch::Batch;
+use crate::batch::{Batch, Reply};
 use crate::config::{EndpointConfig, OnClientError};
 
 /// Most bytes of a response body walhook reads.
@@ -302,10 +302,20 @@ impl Endpoint {
         let mut response = match sent {
             Ok(r) => r,
             Err(e) => {
+                let error = self.describe_send_error(e);
+                if let Some(log) = &batch.replies {
+                    log.record(Reply {
+                        batch_id: batch.id.clone(),
+                        status: None,
+                        body: String::new(),
+                        truncated: false,
+                        error: Some(error.clone()),
+                    });
+                }
                 return AttemptResult {
                     sent: true,
-                    ..fail(self.describe_send_error(e))
-                }
+                    ..fail(error)
+                };
             }
         };
         let status = response.status();
@@ -314,18 +324,41 @@ impl Endpoint {
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-        // Read (and discard) at most 64 KiB, so the connection can be reused.
+        // Read at most 64 KiB, so the connection can be reused; kept only
+        // when the batch's answers are wanted (synchronous runs).
         let mut read = 0usize;
+        let mut kept: Option<Vec<u8>> = batch.replies.as_ref().map(|_| Vec::new());
         let mut body_error = None;
+        let mut truncated = false;
         while read < MAX_RESPONSE_BODY {
             match response.chunk().await {
-                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(Some(chunk)) => {
+                    if let Some(kept) = &mut kept {
+                        let room = MAX_RESPONSE_BODY - kept.len();
+                        truncated |= chunk.len() > room;
+                        kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    }
+                    read += chunk.len();
+                }
                 Ok(None) => break,
                 Err(e) => {
                     body_error = Some(self.describe_send_error(e));
                     break;
                 }
             }
+        }
+        if kept.is_some() && read >= MAX_RESPONSE_BODY && !truncated {
+            // Exactly 64 KiB so far: cut only if more follows.
+            truncated = matches!(response.chunk().await, Ok(Some(c)) if !c.is_empty());
+        }
+        if let (Some(log), Some(body)) = (&batch.replies, kept) {
+            log.record(Reply {
+                batch_id: batch.id.clone(),
+                status: Some(status.as_u16()),
+                body: String::from_utf8_lossy(&body).into_owned(),
+                truncated,
+                error: body_error.clone(),
+            });
         }
         let error = if status.is_success() {
             None

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::manager::{RunManager, Trigger};
+use super::schedule::ScheduleBoard;
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
@@ -32,6 +33,8 @@ pub(crate) struct AppControl {
     retries: Vec<(String, RetryHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
+    /// The schedules `/status` shows.
+    schedules: ScheduleBoard,
 }
 
 struct Replay {
@@ -53,7 +56,14 @@ impl AppControl {
             pause_store: None,
             retries: Vec::new(),
             replay: None,
+            schedules: ScheduleBoard::default(),
         }
+    }
+
+    /// Lets `/status` show the schedules' names, next times and last runs.
+    pub(crate) fn with_schedules(mut self, schedules: ScheduleBoard) -> Self {
+        self.schedules = schedules;
+        self
     }
 
     /// Lets `retry` reach the live workers.
@@ -163,6 +173,10 @@ fn unsupported(what: &str) -> ControlError {
 }
 
 impl Control for AppControl {
+    fn schedules(&self, strategy: &str) -> Vec<Value> {
+        self.schedules.json_for(strategy)
+    }
+
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
             let handle = self.pause_handle(strategy)?;

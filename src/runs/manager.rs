@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
 use crate::admin::{ControlError, RunMode, RunReply};
-use crate::batch::{Decorate, QueuedRecord, WorkItem};
+use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord, Reply, ReplyLog, WorkItem};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Config, ExprRole, FilterOp, OnExhausted, TableName};
+use crate::config::{Config, ExprRole, FilterOp, OnExhausted, RecordShape, TableName};
 use crate::delivery::{
     DeliveryError, DeliveryState, Endpoint, StatusHandle, StrategyWorker, WorkerOptions,
 };
@@ -42,26 +42,44 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const TICK: Duration = Duration::from_millis(200);
 
 /// What started a run (the `trigger` column and metric label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Trigger {
     /// `POST /strategies/{name}/runs?mode=sync`.
     Sync,
     /// `POST /strategies/{name}/runs?mode=async`.
     Async,
-    /// A `schedules` entry.
-    Schedule,
+    /// A `schedules` entry, by name.
+    Schedule(Arc<str>),
     /// `walhook run-strategy`.
     Cli,
 }
 
 impl Trigger {
     /// The lower-case name.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Trigger::Sync => "sync",
             Trigger::Async => "async",
-            Trigger::Schedule => "schedule",
+            Trigger::Schedule(_) => "schedule",
             Trigger::Cli => "cli",
+        }
+    }
+
+    /// The `walhook.runs.trigger` text: `schedule:<name>` for a schedule,
+    /// else [`Trigger::as_str`].
+    pub(crate) fn record(&self) -> String {
+        match self {
+            Trigger::Schedule(name) => format!("schedule:{name}"),
+            other => other.as_str().to_string(),
+        }
+    }
+
+    /// The schedule's name (the `schedule` metric label), empty for other
+    /// triggers.
+    pub(crate) fn schedule(&self) -> &str {
+        match self {
+            Trigger::Schedule(name) => name,
+            _ => "",
         }
     }
 }
@@ -147,6 +165,8 @@ pub(crate) struct Summary {
     pub(crate) id: i64,
     pub(crate) counts: Counts,
     duration: Duration,
+    /// Sync runs: the endpoint's last answer to each batch.
+    replies: Vec<Reply>,
 }
 
 impl Summary {
@@ -160,7 +180,28 @@ impl Summary {
             "batches": self.counts.batches,
             "failures": self.counts.failed,
             "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            "responses": self.replies,
         })
+    }
+}
+
+/// A sync run's strategy: its templates, and a log of the endpoint's answers.
+struct Answered {
+    strategy: Arc<CompiledStrategy>,
+    replies: Arc<ReplyLog>,
+}
+
+impl Decorate for Answered {
+    fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String> {
+        self.strategy.decorate(meta)
+    }
+
+    fn record_shape(&self) -> RecordShape {
+        self.strategy.record_shape()
+    }
+
+    fn replies(&self) -> Option<Arc<ReplyLog>> {
+        Some(self.replies.clone())
     }
 }
 
@@ -197,6 +238,8 @@ struct Plan {
     cancel: CancellationToken,
     live: Arc<Live>,
     started: Instant,
+    /// Sync runs keep the endpoint's answers.
+    replies: Option<Arc<ReplyLog>>,
 }
 
 /// Called with the counts after every page (the CLI prints them).
@@ -428,7 +471,7 @@ impl RunManager {
             .state
             .insert_run(
                 strategy,
-                trigger.as_str(),
+                &trigger.record(),
                 filter.as_ref().map(|(t, _)| t.as_str()),
                 &json!(Counts::default()),
             )
@@ -446,6 +489,7 @@ impl RunManager {
             run = id,
             strategy,
             trigger = trigger.as_str(),
+            schedule = trigger.schedule(),
             "run started"
         );
         Ok(Plan {
@@ -459,6 +503,7 @@ impl RunManager {
             cancel,
             live,
             started: Instant::now(),
+            replies: matches!(mode, RunMode::Sync).then(Arc::default),
         })
     }
 
@@ -485,7 +530,7 @@ impl RunManager {
         // Only now: a schedule's next run starts after this one is recorded as done.
         self.lock_active().remove(&plan.id);
         let strategy = plan.compiled.name().to_string();
-        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "outcome" => state)
+        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "schedule" => plan.trigger.schedule().to_string(), "outcome" => state)
             .increment(1);
         metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
             .increment(counts.delivered);
@@ -506,6 +551,11 @@ impl RunManager {
             id: plan.id,
             counts,
             duration,
+            replies: plan
+                .replies
+                .as_ref()
+                .map(|log| log.replies())
+                .unwrap_or_default(),
         })
     }
 
@@ -632,7 +682,13 @@ impl RunManager {
         let dead_letters = retry.on_exhausted == OnExhausted::DeadLetter
             || endpoint.on_client_error() == crate::config::OnClientError::DeadLetter;
         let state = dead_letters.then(|| inner.state.clone());
-        let decorate: Arc<dyn Decorate> = plan.compiled.clone();
+        let decorate: Arc<dyn Decorate> = match &plan.replies {
+            Some(replies) => Arc::new(Answered {
+                strategy: plan.compiled.clone(),
+                replies: replies.clone(),
+            }),
+            None => plan.compiled.clone(),
+        };
         let (worker, tx) = StrategyWorker::new(WorkerOptions {
             index: 0,
             name: cfg.name.clone(),

@@ -18,4 +18,5 @@ pub use cli::{run_strategy, CliError, RunStrategyOptions};
 pub(crate) use control::{spawn_pause_sync, AppControl};
 pub use manager::RunError;
 pub(crate) use manager::RunManager;
+pub(crate) use schedule::ScheduleBoard;
 pub use snapshot::{Snapshot, SnapshotError};

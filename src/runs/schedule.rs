@@ -9,6 +9,7 @@
 //! - No catch-up: the next time is always computed from now, so times missed
 //!   while walhook was down (or while a run went on) do not fire in a burst.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,72 @@ use crate::config::Config;
 use crate::source::{SourceState, SourceStatus};
 use crate::telemetry::names;
 
+/// Each schedule's name, cron text, next time and last run, for `/status`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ScheduleBoard(Arc<Mutex<Vec<Entry>>>);
+
+#[derive(Debug, Clone)]
+struct Entry {
+    strategy: String,
+    name: Arc<str>,
+    cron: String,
+    timezone: String,
+    next: Option<DateTime<Utc>>,
+    last_run: Option<i64>,
+    skipped: u64,
+}
+
+impl ScheduleBoard {
+    /// Every schedule of `config`, none fired yet.
+    pub(crate) fn new(config: &Config) -> ScheduleBoard {
+        let entries = config
+            .strategies
+            .iter()
+            .flat_map(|strategy| {
+                strategy.schedules.iter().map(|schedule| Entry {
+                    strategy: strategy.name.clone(),
+                    name: Arc::from(schedule.name()),
+                    cron: schedule.cron.clone(),
+                    timezone: schedule.timezone.clone().unwrap_or_else(|| "UTC".into()),
+                    next: None,
+                    last_run: None,
+                    skipped: 0,
+                })
+            })
+            .collect();
+        ScheduleBoard(Arc::new(Mutex::new(entries)))
+    }
+
+    fn update(&self, strategy: &str, name: &str, change: impl FnOnce(&mut Entry)) {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = entries
+            .iter_mut()
+            .find(|e| e.strategy == strategy && &*e.name == name)
+        {
+            change(entry);
+        }
+    }
+
+    /// `strategy`'s schedules as `/status` shows them.
+    pub(crate) fn json_for(&self, strategy: &str) -> Vec<serde_json::Value> {
+        let entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .filter(|e| e.strategy == strategy)
+            .map(|e| {
+                serde_json::json!({
+                    "name": &*e.name,
+                    "cron": e.cron,
+                    "timezone": e.timezone,
+                    "next": e.next.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+                    "last_run": e.last_run,
+                    "skipped": e.skipped,
+                })
+            })
+            .collect()
+    }
+}
+
 /// The next time `cron` fires strictly after `after`, read in `tz`.
 fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&after.with_timezone(&tz), false)
@@ -35,6 +102,7 @@ fn next_after(cron: &croner::Cron, tz: Tz, after: DateTime<Utc>) -> Option<DateT
 /// skipped here with a warning.
 pub(crate) fn spawn(
     manager: RunManager,
+    board: ScheduleBoard,
     config: &Config,
     source: watch::Receiver<SourceStatus>,
     stop: CancellationToken,
@@ -53,6 +121,8 @@ pub(crate) fn spawn(
             let job = Job {
                 manager: manager.clone(),
                 strategy: strategy.name.clone(),
+                name: Arc::from(schedule.name()),
+                board: board.clone(),
                 filter: schedule.filter.clone(),
                 path,
                 cron,
@@ -67,6 +137,8 @@ pub(crate) fn spawn(
 struct Job {
     manager: RunManager,
     strategy: String,
+    name: Arc<str>,
+    board: ScheduleBoard,
     filter: Option<String>,
     path: String,
     cron: croner::Cron,
@@ -81,9 +153,11 @@ impl Job {
             // From now, never from a time missed while down: no catch-up.
             let from = last_fire.max(Utc::now());
             let Some(next) = next_after(&self.cron, self.tz, from) else {
-                tracing::warn!(schedule = %self.path, strategy = %self.strategy, "the cron expression never fires again");
+                tracing::warn!(schedule = %self.name, path = %self.path, strategy = %self.strategy, "the cron expression never fires again");
                 return;
             };
+            self.board
+                .update(&self.strategy, &self.name, |e| e.next = Some(next));
             let wait = (next - Utc::now()).to_std().unwrap_or(Duration::ZERO);
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -91,13 +165,15 @@ impl Job {
             }
             last_fire = next;
             if source.borrow().state != SourceState::Streaming {
-                tracing::debug!(schedule = %self.path, strategy = %self.strategy, "not the active instance; scheduled run not started");
+                tracing::debug!(schedule = %self.name, path = %self.path, strategy = %self.strategy, "not the active instance; scheduled run not started");
                 continue;
             }
             if let Some(id) = last_run.filter(|id| self.manager.is_active(*id)) {
-                metrics::counter!(names::RUNS_TOTAL, "strategy" => self.strategy.clone(), "trigger" => Trigger::Schedule.as_str(), "outcome" => "skipped")
+                metrics::counter!(names::RUNS_TOTAL, "strategy" => self.strategy.clone(), "trigger" => "schedule", "schedule" => self.name.to_string(), "outcome" => "skipped")
                     .increment(1);
-                tracing::warn!(schedule = %self.path, strategy = %self.strategy, running = id, "the previous scheduled run is still going; this time is skipped");
+                self.board
+                    .update(&self.strategy, &self.name, |e| e.skipped += 1);
+                tracing::warn!(schedule = %self.name, path = %self.path, strategy = %self.strategy, running = id, "the previous scheduled run is still going; this time is skipped");
                 continue;
             }
             match self
@@ -107,14 +183,18 @@ impl Job {
                     RunMode::Async,
                     self.filter.clone(),
                     None,
-                    Trigger::Schedule,
+                    Trigger::Schedule(self.name.clone()),
                 )
                 .await
             {
-                Ok(RunReply::Started { id }) => last_run = Some(id),
+                Ok(RunReply::Started { id }) => {
+                    self.board
+                        .update(&self.strategy, &self.name, |e| e.last_run = Some(id));
+                    last_run = Some(id);
+                }
                 Ok(RunReply::Completed(_)) => {}
                 Err(e) => {
-                    tracing::warn!(schedule = %self.path, strategy = %self.strategy, error = %e, "scheduled run could not start")
+                    tracing::warn!(schedule = %self.name, path = %self.path, strategy = %self.strategy, error = %e, "scheduled run could not start")
                 }
             }
         }
@@ -128,6 +208,7 @@ mod tests {
 
     fn schedule(cron: &str, tz: Option<&str>) -> Schedule {
         Schedule {
+            name: None,
             cron: cron.into(),
             filter: None,
             timezone: tz.map(str::to_string),

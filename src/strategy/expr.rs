@@ -77,6 +77,9 @@ const BUILTINS: &[&str] = &[
     "shr",
 ];
 
+/// walhook's text and JSON functions (see [`TextFunctions`]).
+const TEXT_FUNCTIONS: &[&str] = &["starts_with", "ends_with", "contains", "matches", "json"];
+
 const EQ: &str = "__walhook_eq";
 const NEQ: &str = "__walhook_neq";
 
@@ -134,6 +137,9 @@ pub struct Expr {
     /// Every distinct variable name read, with its meaning; the position is
     /// the cache slot in [`EventContext`].
     names: Vec<(String, Name)>,
+    /// The text, regular expressions and JSON paths the functions use,
+    /// compiled once at load.
+    functions: TextFunctions,
 }
 
 impl Expr {
@@ -185,10 +191,15 @@ impl Expr {
             check_function(function, role)?;
         }
         changed_columns(&tree)?;
+        let functions = TextFunctions::compile(&tree)?;
         if let Some(tuple) = tuple_template() {
             rewrite_equality(&mut tree, &tuple);
         }
-        Ok(Expr { tree, names })
+        Ok(Expr {
+            tree,
+            names,
+            functions,
+        })
     }
 
     /// When the expression is exactly one column (`row.id`), that column:
@@ -243,6 +254,7 @@ impl Expr {
             event,
             names: &self.names,
             cache: &cache,
+            functions: &self.functions,
         };
         eval3(&self.tree, &context)
     }
@@ -263,6 +275,7 @@ impl Expr {
             &BatchContext {
                 batch,
                 names: &self.names,
+                functions: &self.functions,
             },
         )
     }
@@ -386,7 +399,7 @@ fn parse_name(ident: &str, role: ExprRole) -> Result<Name, String> {
 }
 
 fn check_function(name: &str, role: ExprRole) -> Result<(), String> {
-    if BUILTINS.contains(&name) {
+    if BUILTINS.contains(&name) || TEXT_FUNCTIONS.contains(&name) {
         return Ok(());
     }
     match (name, role) {
@@ -398,9 +411,13 @@ fn check_function(name: &str, role: ExprRole) -> Result<(), String> {
         ("changed", _) => Err("changed(\"col\") applies to updates: use it in on_update".into()),
         ("now", ExprRole::Batch) => Ok(()),
         ("now", _) => Err("now() is available in header, query and body values only".into()),
+        ("str::regex_matches" | "str::regex_replace", _) => Err(format!(
+            "unknown function `{name}`: use matches(x, \"regex\")"
+        )),
         _ => Err(format!(
-            "unknown function `{name}`: use changed(\"col\"), is_null(x), now() or an evalexpr \
-             built-in (min, max, len, floor, str::to_lowercase, …)"
+            "unknown function `{name}`: use changed(\"col\"), is_null(x), now(), starts_with, \
+             ends_with, contains, matches, json or an evalexpr built-in (min, max, len, floor, \
+             str::to_lowercase, …)"
         )),
     }
 }
@@ -690,6 +707,7 @@ struct EventContext<'a> {
     event: &'a RecordEvent,
     names: &'a [(String, Name)],
     cache: &'a [OnceCell<Option<Value>>],
+    functions: &'a TextFunctions,
 }
 
 impl Context for EventContext<'_> {
@@ -713,9 +731,7 @@ impl Context for EventContext<'_> {
                     "changed() takes a column name".into(),
                 )),
             },
-            _ => Err(EvalexprError::FunctionIdentifierNotFound(
-                identifier.to_string(),
-            )),
+            _ => self.functions.call(identifier, argument),
         }
     }
 
@@ -757,6 +773,7 @@ impl BatchValues {
 struct BatchContext<'a> {
     batch: &'a BatchValues,
     names: &'a [(String, Name)],
+    functions: &'a TextFunctions,
 }
 
 impl Context for BatchContext<'_> {
@@ -779,9 +796,7 @@ impl Context for BatchContext<'_> {
             "now" => Ok(Value::String(timestamp::format_rfc3339(
                 timestamp::unix_now_micros(),
             ))),
-            _ => Err(EvalexprError::FunctionIdentifierNotFound(
-                identifier.to_string(),
-            )),
+            _ => self.functions.call(identifier, argument),
         }
     }
 
@@ -795,5 +810,208 @@ impl Context for BatchContext<'_> {
         } else {
             Ok(())
         }
+    }
+}
+
+/// `starts_with(x, "p")`, `ends_with(x, "s")`, `contains(x, "t")` on text
+/// (`contains` on a tuple stays evalexpr's), `matches(x, "regex")` and
+/// `json(x, "a.b.0")`: the regular expressions and paths are constants,
+/// compiled here once at load, so a bad one is a config error. NULL in,
+/// NULL out (as SQL's `LIKE`, `~` and `#>>`: a filter that ends in NULL is
+/// not matched); `json` also gives NULL for a JSON null or a missing path.
+#[derive(Debug, Clone, Default)]
+struct TextFunctions {
+    regexes: Vec<(String, regex::Regex)>,
+    paths: Vec<(String, Vec<String>)>,
+}
+
+impl TextFunctions {
+    fn compile(tree: &Node) -> Result<TextFunctions, String> {
+        let mut out = TextFunctions::default();
+        for node in tree.iter() {
+            let Operator::FunctionIdentifier { identifier } = node.operator() else {
+                continue;
+            };
+            let name = identifier.as_str();
+            if !TEXT_FUNCTIONS.contains(&name) {
+                continue;
+            }
+            let args = arguments(node);
+            if name == "contains" && args.len() != 2 {
+                // evalexpr's contains((1, 2), 1) reads as one tuple argument.
+                continue;
+            }
+            let [_, second] = args.as_slice() else {
+                return Err(format!(
+                    "{name}() takes two arguments: {name}(new.col, \"text\")"
+                ));
+            };
+            let constant = match second.operator() {
+                Operator::Const {
+                    value: Value::String(text),
+                } => Some(text.as_str()),
+                _ => None,
+            };
+            match (name, constant) {
+                ("matches", Some(pattern)) => {
+                    let regex = regex::Regex::new(pattern).map_err(|err| {
+                        format!("matches(): the regular expression does not compile: {err}")
+                    })?;
+                    out.regexes.push((pattern.to_string(), regex));
+                }
+                ("matches", None) => {
+                    return Err(
+                        "matches() takes the regular expression as text in double quotes: \
+                         matches(new.col, \"^A[0-9]+$\")"
+                            .into(),
+                    )
+                }
+                ("json", Some(path)) => out.paths.push((path.to_string(), json_path(path)?)),
+                ("json", None) => {
+                    return Err("json() takes the path as text in double quotes: \
+                         json(new.col, \"customer.tier\")"
+                        .into())
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn call(&self, identifier: &str, argument: &Value) -> EvalexprResult<Value> {
+        let pair = match argument {
+            Value::Tuple(pair) if pair.len() == 2 => pair.as_slice(),
+            _ if TEXT_FUNCTIONS.contains(&identifier) && identifier != "contains" => {
+                return Err(EvalexprError::CustomMessage(format!(
+                    "{identifier}() takes two arguments"
+                )))
+            }
+            _ => {
+                return Err(EvalexprError::FunctionIdentifierNotFound(
+                    identifier.to_string(),
+                ))
+            }
+        };
+        let (subject, operand) = (&pair[0], &pair[1]);
+        if identifier == "contains" && matches!(subject, Value::Tuple(_)) {
+            // evalexpr's own contains((…), x).
+            return Err(EvalexprError::FunctionIdentifierNotFound(
+                identifier.to_string(),
+            ));
+        }
+        if !TEXT_FUNCTIONS.contains(&identifier) {
+            return Err(EvalexprError::FunctionIdentifierNotFound(
+                identifier.to_string(),
+            ));
+        }
+        let text = match subject {
+            Value::String(text) => text.as_str(),
+            // SQL: `NULL LIKE …`, `NULL ~ …` and `NULL #>> …` are NULL.
+            Value::Empty => return Ok(Value::Empty),
+            _ => {
+                return Err(EvalexprError::CustomMessage(format!(
+                    "{identifier}() reads text; this value is not text"
+                )))
+            }
+        };
+        let Value::String(operand) = operand else {
+            return Err(EvalexprError::CustomMessage(format!(
+                "{identifier}()'s second argument must be text"
+            )));
+        };
+        match identifier {
+            "starts_with" => Ok(Value::Boolean(text.starts_with(operand.as_str()))),
+            "ends_with" => Ok(Value::Boolean(text.ends_with(operand.as_str()))),
+            "contains" => Ok(Value::Boolean(text.contains(operand.as_str()))),
+            "matches" => {
+                let regex = self
+                    .regexes
+                    .iter()
+                    .find(|(p, _)| p == operand)
+                    .map(|(_, r)| r)
+                    .ok_or_else(|| {
+                        EvalexprError::CustomMessage("matches(): an uncompiled pattern".into())
+                    })?;
+                Ok(Value::Boolean(regex.is_match(text)))
+            }
+            _ => {
+                let path = self
+                    .paths
+                    .iter()
+                    .find(|(p, _)| p == operand)
+                    .map(|(_, p)| p)
+                    .ok_or_else(|| {
+                        EvalexprError::CustomMessage("json(): an uncompiled path".into())
+                    })?;
+                let document: serde_json::Value = serde_json::from_str(text).map_err(|_| {
+                    EvalexprError::CustomMessage("json() of text that is not JSON".into())
+                })?;
+                Ok(json_value(lookup(&document, path)))
+            }
+        }
+    }
+}
+
+/// `n` without the root nodes parentheses wrap it in.
+fn unwrap_root(mut n: &Node) -> &Node {
+    while let (Operator::RootNode, [only]) = (n.operator(), n.children()) {
+        n = only;
+    }
+    n
+}
+
+/// A function call's argument nodes (`f(a, b)` → `[a, b]`).
+fn arguments(call: &Node) -> Vec<&Node> {
+    let mut node = call.children().first();
+    while let Some(n) = node {
+        match (n.operator(), n.children()) {
+            (Operator::RootNode, [only]) => node = Some(only),
+            _ => break,
+        }
+    }
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    match node.operator() {
+        Operator::Tuple => node.children().iter().map(unwrap_root).collect(),
+        _ => vec![node],
+    }
+}
+
+/// `"customer.tier"` → `["customer", "tier"]`; `"items.0.sku"` indexes an
+/// array with `0`. Keys with dots or empty keys cannot be written.
+fn json_path(path: &str) -> Result<Vec<String>, String> {
+    if path.is_empty() {
+        return Err("json(): the path is empty; write json(new.col, \"key.subkey\")".into());
+    }
+    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err(format!(
+            "json(): the path {path:?} has an empty key; separate keys with single dots"
+        ));
+    }
+    Ok(segments)
+}
+
+fn lookup<'a>(document: &'a serde_json::Value, path: &[String]) -> Option<&'a serde_json::Value> {
+    path.iter().try_fold(document, |value, key| match value {
+        serde_json::Value::Object(map) => map.get(key),
+        serde_json::Value::Array(items) => key.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// A JSON value as an evalexpr value: null and missing are NULL, objects
+/// and arrays their JSON text.
+fn json_value(value: Option<&serde_json::Value>) -> Value {
+    match value {
+        None | Some(serde_json::Value::Null) => Value::Empty,
+        Some(serde_json::Value::Bool(b)) => Value::Boolean(*b),
+        Some(serde_json::Value::Number(n)) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => n.as_f64().map_or(Value::Empty, Value::Float),
+        },
+        Some(serde_json::Value::String(s)) => Value::String(s.clone()),
+        Some(other) => Value::String(other.to_string()),
     }
 }

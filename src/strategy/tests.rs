@@ -297,6 +297,62 @@ fn values_have_their_types() {
 }
 
 #[test]
+fn text_and_json_functions() {
+    let e = insert(
+        Some("5"),
+        Some(r#"{"customer":{"tier":"gold","score":7.5},"tags":["a"]}"#),
+    );
+    let m = |text: &str| filter(text).matches(&e);
+    assert_eq!(m(r#"starts_with(new.status, "{\"cust")"#), Ok(true));
+    assert_eq!(m(r#"ends_with(new.status, "]}")"#), Ok(true));
+    assert_eq!(m(r#"contains(new.status, "gold")"#), Ok(true));
+    assert_eq!(m(r#"contains(new.status, "silver")"#), Ok(false));
+    assert_eq!(
+        m(r#"contains((1, 2), 2)"#),
+        Ok(true),
+        "evalexpr's contains on tuples"
+    );
+    assert_eq!(m(r#"matches(new.status, "tier\":\"g[a-z]+")"#), Ok(true));
+    assert_eq!(
+        m(r#"json(new.status, "customer.tier") == "gold""#),
+        Ok(true)
+    );
+    assert_eq!(m(r#"json(new.status, "customer.score") > 7"#), Ok(true));
+    assert_eq!(m(r#"json(new.status, "tags.0") == "a""#), Ok(true));
+    assert_eq!(m(r#"is_null(json(new.status, "tags.1"))"#), Ok(true));
+    assert_eq!(
+        m(r#"is_null(json(new.status, "customer.tier.x"))"#),
+        Ok(true)
+    );
+    assert_eq!(
+        m(r#"json(new.status, "customer") == "{\"score\":7.5,\"tier\":\"gold\"}""#),
+        Ok(true)
+    );
+    assert!(m(r#"contains(new.amount, "5")"#).is_err(), "not text");
+
+    let null = insert(Some("5"), None);
+    let m = |text: &str| filter(text).matches(&null);
+    for text in [
+        r#"starts_with(new.status, "a")"#,
+        r#"!contains(new.status, "a")"#,
+        r#"matches(new.status, "a")"#,
+        r#"json(new.status, "a") == 1"#,
+    ] {
+        assert!(m(text).is_err(), "{text} is unknown on NULL");
+    }
+    assert_eq!(m(r#"is_null(json(new.status, "a"))"#), Ok(true));
+    assert_eq!(m(r#"is_null(starts_with(new.status, "a"))"#), Ok(true));
+
+    let bad = |text: &str| Expr::compile(text, ExprRole::Filter(FilterOp::Insert)).unwrap_err();
+    assert!(bad(r#"matches(new.status, "(")"#).contains("does not compile"));
+    assert!(bad(r#"matches(new.status, new.note)"#).contains("as text in double quotes"));
+    assert!(bad(r#"json(new.status, "")"#).contains("empty"));
+    assert!(bad(r#"json(new.status, "a..b")"#).contains("empty key"));
+    assert!(bad(r#"starts_with(new.status)"#).contains("two arguments"));
+    assert!(bad(r#"str::regex_matches(new.status, "a")"#).contains("matches(x"));
+}
+
+#[test]
 fn compile_errors_name_the_reason() {
     let role = |op| ExprRole::Filter(op);
     let err = |text: &str, r: ExprRole| Expr::compile(text, r).unwrap_err();

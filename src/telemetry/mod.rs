@@ -204,9 +204,10 @@ pub(crate) fn describe() {
     );
 }
 
-/// Triggers of runs that this process serves (`run-strategy` from the
-/// command line is a process of its own and exposes no metrics).
-const RUN_TRIGGERS: [&str; 3] = ["sync", "async", "schedule"];
+/// On-demand triggers of runs that this process serves (`run-strategy`
+/// from the command line is a process of its own and exposes no metrics);
+/// schedules are registered by name.
+const RUN_TRIGGERS: [&str; 2] = ["sync", "async"];
 /// How runs end.
 const RUN_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
 
@@ -214,10 +215,12 @@ const RUN_OUTCOMES: [&str; 2] = ["succeeded", "failed"];
 /// the start: `rate()` and `increase()` over them then see the first run
 /// (a counter that appears at 1 counts as no increase), and dashboards and
 /// alerts have a series to show before any run.
-pub(crate) fn register_strategy(strategy: &str) {
-    for trigger in RUN_TRIGGERS {
+pub(crate) fn register_strategy(strategy: &str, schedules: &[&str]) {
+    let on_demand = RUN_TRIGGERS.iter().map(|t| (*t, ""));
+    let scheduled = schedules.iter().map(|name| ("schedule", *name));
+    for (trigger, schedule) in on_demand.chain(scheduled) {
         for outcome in RUN_OUTCOMES {
-            metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.to_string(), "trigger" => trigger, "outcome" => outcome)
+            metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.to_string(), "trigger" => trigger, "schedule" => schedule.to_string(), "outcome" => outcome)
                 .increment(0);
         }
     }

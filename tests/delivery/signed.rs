@@ -31,6 +31,7 @@ async fn every_attempt_is_signed_and_verifies() {
     config.signing = Some(Signing {
         secret: vec![Secret::new(secret.clone())],
         include_token: true,
+        ..Signing::default()
     });
     let security = EndpointSecurity::new("signed", &config, reqwest::Client::new()).unwrap();
     let endpoint = Endpoint::new("signed", &config, Arc::new(security)).unwrap();

@@ -699,7 +699,7 @@ async fn rate_limit_5_holds_a_burst_to_5_requests_per_second() {
 }
 
 /// A 300 ms endpoint and 600 rows of 200 KB (120 MB decoded) with a 16 MiB
-/// budget: walhook's peak RSS stays under the budget + 32 MiB, the walsender
+/// budget: walhook's peak RSS grows less than the budget + 6 MiB over idle, the walsender
 /// (whose timeout is 5 s here) never times out while walhook waits for
 /// room, and every row arrives.
 #[tokio::test]
@@ -763,7 +763,10 @@ async fn a_backlog_of_200_kb_rows_to_a_slow_endpoint_stays_within_the_memory_bud
     ids.dedup();
     assert_eq!(ids.len(), ROWS as usize, "every row arrived");
     let peak_kib = walhook.peak_rss_kib();
-    let limit_kib = (16 + 32) * 1024;
+    // Growth over the idle process, whose RSS (28-30 MiB in a debug build)
+    // is mostly the binary's own pages and grows with every feature: the
+    // budget + 6 MiB (requests in flight, decoding, the allocator).
+    let limit_kib = idle_kib + (16 + 6) * 1024;
     eprintln!(
         "peak RSS {} MiB (limit {} MiB, {} MiB when idle), peak walhook_buffer_bytes seen {:.1} MiB",
         peak_kib / 1024,

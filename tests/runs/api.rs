@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{call, config_with_token, encode, runs_rows, start_streaming, wait_finished};
 use crate::support::schema::validate_payload;
-use crate::support::{fresh_db, Receiver, WAIT};
+use crate::support::{fresh_db, Receiver, Reply, WAIT};
 
 #[tokio::test]
 async fn async_run_with_a_filter_delivers_exactly_the_matching_rows_in_key_order_beside_live_inserts(
@@ -289,5 +289,56 @@ async fn an_async_run_can_be_cancelled_and_unknown_runs_are_404() {
             .trim(),
         "0"
     );
+    walhook.stop().await;
+}
+
+#[tokio::test]
+async fn a_sync_run_answers_with_the_endpoints_status_and_body_per_batch() {
+    let db = fresh_db("runs_replies").await;
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5);")
+        .await;
+    let receiver = Receiver::start().await;
+    let big = "x".repeat(70 * 1024);
+    receiver.script([
+        Reply::Body(500, "boom".into()),
+        Reply::Body(200, r#"{"accepted":2,"ref":"A-1"}"#.into()),
+        Reply::Body(202, "queued as B-2".into()),
+        Reply::Body(200, big.clone()),
+    ]);
+    let (base, admin) = config_with_token(&db.url(), "runs_replies");
+    let config = format!(
+        "{base}[endpoints.hook]\nurl = \"{}\"\nretry = {{ initial = \"10ms\", max = \"10ms\" }}\n\n\
+         [[strategies]]\nname = \"t\"\ntable = \"t\"\nendpoint = \"hook\"\nbatch_size = 2\n\
+         on_demand = {{ sync = true }}\n",
+        receiver.url("/hook")
+    );
+    let walhook = start_streaming(&config, &db, "runs_replies").await;
+    let (status, body) = call("POST", &admin, "/strategies/t/runs?mode=sync").await;
+    assert_eq!(status, 200, "{body}\n{}", walhook.stderr());
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["records"], 5, "{summary}");
+    assert_eq!(summary["batches"], 3, "{summary}");
+
+    // One entry per batch, in order, with the last answer to it.
+    let batch_ids: Vec<String> = receiver
+        .accepted()
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap().to_string())
+        .collect();
+    let responses = summary["responses"].as_array().unwrap();
+    assert_eq!(responses.len(), 3, "{summary}");
+    let ids: Vec<&str> = responses
+        .iter()
+        .map(|r| r["batch_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, batch_ids);
+    assert_eq!(responses[0]["status"], 200);
+    assert_eq!(responses[0]["body"], r#"{"accepted":2,"ref":"A-1"}"#);
+    assert_eq!(responses[0]["truncated"], false);
+    assert_eq!(responses[1]["status"], 202);
+    assert_eq!(responses[1]["body"], "queued as B-2");
+    assert_eq!(responses[2]["status"], 200);
+    assert_eq!(responses[2]["body"], &big[..64 * 1024]);
+    assert_eq!(responses[2]["truncated"], true);
     walhook.stop().await;
 }

@@ -1,7 +1,8 @@
 //! Scheduled runs of a real `walhook run`: a 6-field cron every 2 s fires
 //! repeatedly, never overlaps itself (a time that comes while the previous
 //! run still delivers is skipped and counted), and a standby instance on the
-//! same slot never fires.
+//! same slot never fires; named schedules show their names in `/status`,
+//! `walhook.runs` and the metrics.
 
 use std::time::Duration;
 
@@ -74,7 +75,10 @@ async fn a_cron_schedule_runs_repeatedly_without_overlap_and_a_standby_never_fir
     .await;
     let rows = runs_rows(&db, "tick").await;
     for row in &rows {
-        assert!(row.starts_with("schedule|"), "{rows:?}");
+        assert!(
+            row.starts_with("schedule:*/2 * * * * *|"),
+            "an unnamed schedule is named by its cron text: {rows:?}"
+        );
         assert!(
             row.ends_with("|true") || row.ends_with("|first"),
             "a run started before the previous one finished: {rows:?}"
@@ -100,4 +104,61 @@ async fn a_cron_schedule_runs_repeatedly_without_overlap_and_a_standby_never_fir
 
     standby.stop().await;
     active.stop().await;
+}
+
+#[tokio::test]
+async fn two_named_schedules_show_their_names_in_status_runs_and_metrics() {
+    let db = fresh_db("runs_named").await;
+    db.psql(
+        "CREATE TABLE ticks (id int PRIMARY KEY, open bool NOT NULL); \
+         INSERT INTO ticks SELECT i, i % 2 = 0 FROM generate_series(1, 4) i;",
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    let base = base_config(&db.url(), "runs_named", "runs_named");
+    let admin = listen_of(&base);
+    let config = format!(
+        "{base}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"tick\"\ntable = \"ticks\"\n\
+         endpoint = \"hook\"\nschedules = [\n  {{ name = \"open_rows\", cron = \"* * * * * *\", filter = \"row.open\" }},\n  \
+         {{ name = \"all rows\", cron = \"*/2 * * * * *\" }},\n]\n",
+        receiver.url("/hook")
+    );
+    let walhook = start_streaming(&config, &db, "runs_named").await;
+    wait_until(WAIT, "a finished run of each schedule", || async {
+        let rows = runs_rows(&db, "tick").await;
+        [
+            "schedule:open_rows|succeeded|",
+            "schedule:all rows|succeeded|",
+        ]
+        .iter()
+        .all(|want| rows.iter().any(|r| r.starts_with(want)))
+    })
+    .await;
+
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&format!("{admin}/status")).await).unwrap();
+    let schedules = status["strategies"][0]["schedules"].as_array().unwrap();
+    let names: Vec<&str> = schedules
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["open_rows", "all rows"], "{status}");
+    for schedule in schedules {
+        assert!(schedule["last_run"].is_i64(), "{status}");
+        assert!(schedule["next"].is_string(), "{status}");
+    }
+    assert_eq!(schedules[1]["cron"], "*/2 * * * * *");
+
+    let metrics = get(&format!("{admin}/metrics")).await;
+    for name in ["open_rows", "all rows"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("walhook_runs_total")
+                && l.contains("trigger=\"schedule\"")
+                && l.contains(&format!("schedule=\"{name}\""))
+                && l.contains("outcome=\"succeeded\"")
+                && !l.ends_with(" 0")),
+            "{name}:\n{metrics}"
+        );
+    }
+    walhook.stop().await;
 }

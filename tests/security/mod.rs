@@ -5,6 +5,7 @@
 
 mod auth;
 mod e2e;
+mod hmac_format;
 mod oauth2;
 mod pki;
 mod receive;

@@ -4,3 +4,4 @@
 
 mod schema;
 mod stream;
+mod text_json;

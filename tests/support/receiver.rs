@@ -73,6 +73,8 @@ pub(crate) enum Reply {
     RetryAfter(u16, String),
     /// 307 to the given path on this receiver.
     Redirect(String),
+    /// A status with this body.
+    Body(u16, String),
 }
 
 /// Decides the status for a payload (`None`: the usual answer).
@@ -305,6 +307,7 @@ async fn handle(
                 .insert("location", HeaderValue::from_str(&path).unwrap());
             (307, r)
         }
+        Reply::Body(s, text) => (s, (StatusCode::from_u16(s).unwrap(), text).into_response()),
     };
     shared.requests.lock().unwrap().push(Received {
         at,
