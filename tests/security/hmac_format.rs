@@ -322,3 +322,37 @@ async fn receive_flags_that_do_not_fit_are_usage_errors() {
         assert!(!output.stderr.contains("Secret"), "{}", output.stderr);
     }
 }
+
+#[tokio::test]
+async fn receive_reads_credentials_from_the_environment() {
+    let receive = Walhook::command(&["receive", "--listen", "127.0.0.1:0"])
+        .env("WALHOOK_LOG", "warn")
+        .env("WALHOOK_RECEIVE_API_KEY", "X-Api-Key:key-FromEnv")
+        .spawn();
+    receive
+        .wait_lines(WAIT, "the listening line", |lines| !lines.is_empty())
+        .await;
+    let addr = receive.lines()[0]
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    let url = format!("http://{addr}/hook");
+    let body = super::batch_body("batch-1");
+    let http = reqwest::Client::new();
+    let with_key = http
+        .post(&url)
+        .header("X-Api-Key", "key-FromEnv")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 200);
+    let without = http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+    assert!(
+        !receive.stderr().contains("key-FromEnv"),
+        "{}",
+        receive.stderr()
+    );
+}

@@ -17,12 +17,15 @@ use super::{free_port, poll_until, Db, WAIT};
 
 /// Variables that would change how walhook behaves if the developer's
 /// shell set them; a test sets what it wants.
-const CLEARED_ENV: [&str; 5] = [
+const CLEARED_ENV: [&str; 8] = [
     "NO_COLOR",
     "WALHOOK_LOG",
     "WALHOOK_DATABASE_URL",
     "WALHOOK_ADMIN_TOKEN",
     "WALHOOK_RECEIVE_SECRET",
+    "WALHOOK_RECEIVE_BASIC",
+    "WALHOOK_RECEIVE_BEARER",
+    "WALHOOK_RECEIVE_API_KEY",
 ];
 
 /// How to start walhook: arguments, a config file, environment.
