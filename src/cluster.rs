@@ -324,6 +324,15 @@ impl Cluster {
             dir.display().to_string(),
         )];
         settings.extend(opts.settings);
+        // Our own primary_conninfo over the one `-R` writes: that one may
+        // carry options (sslcertmode) the libpq the server loads lacks.
+        settings.push((
+            "primary_conninfo".to_string(),
+            format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres application_name=standby",
+                self.port
+            ),
+        ));
         let mut standby = Cluster {
             bin_dir: self.bin_dir.clone(),
             dir,
@@ -469,6 +478,7 @@ impl Cluster {
     /// over TCP, output captured.
     fn psql_command(&self, dbname: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join("psql"));
+        self.own_libpq(&mut cmd);
         cmd.args([
             "-X",
             "-A",
@@ -678,12 +688,25 @@ host  replication all  127.0.0.1/32  trust
     /// A command for a server-side program, as the `postgres` user when root.
     fn server_command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bin_dir.join(program));
+        self.own_libpq(&mut cmd);
         cmd.current_dir(&self.dir);
         if let Some(user) = self.run_as {
             cmd.uid(user.uid).gid(user.gid);
             cmd.env("HOME", &self.dir).env("USER", "postgres");
         }
         cmd
+    }
+
+    /// Builds that ship their own libpq (the official ones of
+    /// `.ci/install-postgres`, whose run path points elsewhere) must load it,
+    /// not the system's older one: the walreceiver of a standby passes
+    /// options only its own libpq knows.
+    fn own_libpq(&self, cmd: &mut Command) {
+        if let Some(lib) = self.bin_dir.parent().map(|d| d.join("lib")) {
+            if lib.join("libpq.so.5").is_file() {
+                cmd.env("LD_LIBRARY_PATH", lib);
+            }
+        }
     }
 
     fn chown(&self, path: &Path) -> Result<(), ClusterError> {

@@ -22,6 +22,7 @@ mod ops;
 mod payload_schema;
 mod pg;
 mod pipeline;
+mod replicas;
 mod runs;
 mod security;
 mod source;

@@ -78,6 +78,12 @@ pub(crate) struct SourceConfig {
     /// The publication the slot streams. Default "walhook".
     #[serde(default = "default_walhook")]
     pub(crate) publication: String,
+    /// PostgreSQL 17+: create the slot with FAILOVER (and turn it on for an
+    /// existing slot), so a physical standby with `sync_replication_slots`
+    /// keeps it and walhook resumes there after a promotion. Give `url`
+    /// both hosts and `target_session_attrs=read-write`. Default false.
+    #[serde(default)]
+    pub(crate) failover: bool,
     /// The process-wide memory budget for changes in flight: decoded
     /// changes waiting to be routed, queued records, batches being formed
     /// and request bodies being sent, together. When it is used up walhook

@@ -224,6 +224,17 @@ async fn database(
         .fix("ALTER SYSTEM SET wal_level = logical; -- then restart PostgreSQL")
     });
 
+    let in_recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .try_get(0)?;
+    if in_recovery {
+        standby_findings(client, config, version, &version_text, out).await?;
+    }
+    if config.source.failover {
+        failover_findings(client, config, version, &version_text, out).await?;
+    }
+
     let slot = &config.source.slot;
     let slot_exists: bool = client
         .query_one(
@@ -304,6 +315,258 @@ async fn database(
 
 /// The strategy stage's own checks: expressions compile, and the tables,
 /// columns, publication and replica identity fit them.
+/// `source.url` names a hot standby: decoding there needs PostgreSQL 16,
+/// `hot_standby_feedback`, and state kept elsewhere (a standby is
+/// read-only). Says what happens to the slot at a promotion.
+async fn standby_findings(
+    client: &Client,
+    config: &Config,
+    version: i32,
+    version_text: &str,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
+    if version < 160_000 {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                format!(
+                    "source.url names a standby (in recovery), and logical decoding on a standby \
+                     needs PostgreSQL 16 or later; this one runs {version_text}"
+                ),
+            )
+            .fix("point source.url at the primary, or upgrade to PostgreSQL 16"),
+        );
+        return Ok(());
+    }
+    let feedback = setting(client, "hot_standby_feedback").await?;
+    if feedback != "on" {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                "hot_standby_feedback is off on this standby: the primary may remove rows the \
+                 slot still needs to decode, and the slot is then invalidated",
+            )
+            .fix("ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); -- on the standby (and wal_level = logical on the primary)"),
+        );
+    }
+    if config.state.url.is_none() {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "standby",
+                "source.url names a read-only standby, so the state schema cannot be written \
+                 there",
+            )
+            .fix("[state] url = the primary's (or another database's) connection string"),
+        );
+    }
+    out.push(Finding::new(
+        Severity::Ok,
+        "standby",
+        "walhook decodes on this hot standby: the slot lives here (the primary needs \
+         wal_level = logical; creating the slot waits for the primary's next running-transactions \
+         record). If this standby is promoted, the slot stays and walhook goes on streaming from \
+         it as a primary; if it is rebuilt or another standby is promoted, the slot is not there \
+         and must be created again (walhook setup)",
+    ));
+    Ok(())
+}
+
+/// `source.failover = true`: the server can make failover slots, and each
+/// standby among `source.url`'s hosts is set up to keep the slot.
+async fn failover_findings(
+    client: &Client,
+    config: &Config,
+    version: i32,
+    version_text: &str,
+    out: &mut Vec<Finding>,
+) -> Result<(), tokio_postgres::Error> {
+    let slot = &config.source.slot;
+    if version < 170_000 {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                "failover",
+                format!(
+                    "source.failover needs PostgreSQL 17 or later (failover slots); this server \
+                     runs {version_text}"
+                ),
+            )
+            .fix("set source.failover = false, or upgrade to PostgreSQL 17"),
+        );
+        return Ok(());
+    }
+    let row = client
+        .query_opt(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
+    if let Some(row) = row {
+        if !row.try_get::<_, bool>(0)? {
+            out.push(
+                Finding::new(
+                    Severity::Warn,
+                    "failover",
+                    format!("slot {slot} is not a failover slot yet"),
+                )
+                .fix(format!(
+                    "walhook run turns it on (ALTER_REPLICATION_SLOT {} (FAILOVER))",
+                    readable_ident(slot)
+                )),
+            );
+        }
+    }
+    let physical: Vec<String> = client
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let standby_slot = physical
+        .first()
+        .map_or("<the standby's physical slot>", String::as_str);
+    if setting(client, "synchronized_standby_slots")
+        .await?
+        .is_empty()
+    {
+        out.push(
+            Finding::new(
+                Severity::Warn,
+                "failover",
+                "synchronized_standby_slots is empty on the primary: walhook may be sent changes \
+                 the standby has not received, and after a failover they are gone from the new \
+                 primary",
+            )
+            .fix(format!(
+                "ALTER SYSTEM SET synchronized_standby_slots = '{standby_slot}'; SELECT pg_reload_conf(); -- on the primary"
+            )),
+        );
+    }
+
+    let hosts = match pg::connect_each(config.source.url.expose(), "walhook-check").await {
+        Ok(hosts) => hosts,
+        Err(err) => {
+            out.push(Finding::new(Severity::Error, "failover", err.to_string()));
+            return Ok(());
+        }
+    };
+    let mut standbys = 0;
+    for (host, conn) in hosts {
+        let standby = match conn {
+            Ok(standby) => standby,
+            Err(err) => {
+                out.push(Finding::new(
+                    Severity::Warn,
+                    "failover",
+                    format!("cannot check host {host}: {err}"),
+                ));
+                continue;
+            }
+        };
+        let row = standby
+            .query_one(
+                "SELECT pg_is_in_recovery(), current_setting('sync_replication_slots'), \
+                        current_setting('hot_standby_feedback'), current_setting('primary_slot_name'), \
+                        CASE WHEN has_parameter_privilege('primary_conninfo', 'SET') \
+                               OR pg_has_role('pg_read_all_settings', 'MEMBER') \
+                             THEN current_setting('primary_conninfo') END",
+                &[],
+            )
+            .await?;
+        if !row.try_get::<_, bool>(0)? {
+            continue;
+        }
+        standbys += 1;
+        let on = |i: usize| -> Result<bool, tokio_postgres::Error> {
+            Ok(row.try_get::<_, String>(i)? == "on")
+        };
+        let primary_slot: String = row.try_get(3)?;
+        let conninfo: Option<String> = row.try_get(4)?;
+        let mut missing = 0;
+        let mut need = |problem: String, fix: String| {
+            missing += 1;
+            out.push(
+                Finding::new(
+                    Severity::Error,
+                    "failover",
+                    format!("standby {host}: {problem}"),
+                )
+                .fix(fix),
+            );
+        };
+        if !on(1)? {
+            need(
+                "sync_replication_slots is off, so it does not keep a copy of the slot".into(),
+                "ALTER SYSTEM SET sync_replication_slots = on; SELECT pg_reload_conf(); -- on the standby".into(),
+            );
+        }
+        if !on(2)? {
+            need(
+                "hot_standby_feedback is off, which slot synchronisation needs".into(),
+                "ALTER SYSTEM SET hot_standby_feedback = on; SELECT pg_reload_conf(); -- on the standby".into(),
+            );
+        }
+        if primary_slot.is_empty() {
+            need(
+                "primary_slot_name is empty: slot synchronisation needs a physical slot on the primary".into(),
+                format!(
+                    "ALTER SYSTEM SET primary_slot_name = '{standby_slot}'; SELECT pg_reload_conf(); -- on the standby (SELECT pg_create_physical_replication_slot('…') on the primary first)"
+                ),
+            );
+        }
+        match &conninfo {
+            Some(text) if !text.split_whitespace().any(|kv| kv.starts_with("dbname=")) => need(
+                "primary_conninfo names no dbname, which slot synchronisation needs".into(),
+                format!(
+                    "ALTER SYSTEM SET primary_conninfo = '… dbname={}'; SELECT pg_reload_conf(); -- on the standby",
+                    config_dbname(config)
+                ),
+            ),
+            _ => {}
+        }
+        if missing == 0 {
+            let dbname = if conninfo.is_some() {
+                "dbname in primary_conninfo"
+            } else {
+                "primary_conninfo not readable by this role: make sure it names dbname"
+            };
+            out.push(Finding::new(
+                Severity::Ok,
+                "failover",
+                format!(
+                    "standby {host} keeps slot {slot}: sync_replication_slots and \
+                     hot_standby_feedback on, primary_slot_name {primary_slot}, {dbname}"
+                ),
+            ));
+        }
+    }
+    if standbys == 0 {
+        out.push(
+            Finding::new(
+                Severity::Warn,
+                "failover",
+                "source.url names no standby, so walhook cannot follow the primary after a \
+                 promotion",
+            )
+            .fix("list the primary and its standby in source.url (postgres://…@primary,standby/db?target_session_attrs=read-write)"),
+        );
+    }
+    Ok(())
+}
+
+/// The database of `source.url`, for a fix's text.
+fn config_dbname(config: &Config) -> String {
+    pg::conninfo::parse(config.source.url.expose())
+        .map(|info| info.dbname)
+        .unwrap_or_else(|_| "<database>".to_string())
+}
+
 async fn strategy_findings(client: &Client, config: &Config, out: &mut Vec<Finding>) {
     let compile = config.check_expressions(crate::strategy::check_expression);
     for error in compile.iter() {

@@ -62,6 +62,34 @@ impl ConnectError {
 /// or `walhook`.
 pub async fn connect(url: &str, application_name: &str) -> Result<Client, ConnectError> {
     let info = conninfo::parse(url)?;
+    connect_info(&info, application_name).await
+}
+
+/// Each host of a multi-host `url` (`host=a,b`) with its connection, in
+/// order, whatever its role (primary or standby): for `walhook check`,
+/// which looks at the standbys too. A host that fails gives its error.
+pub(crate) async fn connect_each(
+    url: &str,
+    application_name: &str,
+) -> Result<Vec<(String, Result<Client, ConnectError>)>, ConnectError> {
+    let info = conninfo::parse(url)?;
+    let mut out = Vec::new();
+    for target in &info.targets {
+        let mut one = info.clone();
+        one.targets = vec![target.clone()];
+        one.read_write = false;
+        out.push((
+            target.to_string(),
+            connect_info(&one, application_name).await,
+        ));
+    }
+    Ok(out)
+}
+
+async fn connect_info(
+    info: &conninfo::ConnInfo,
+    application_name: &str,
+) -> Result<Client, ConnectError> {
     let mut config = tokio_postgres::Config::new();
     for target in &info.targets {
         match target {
@@ -83,6 +111,9 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, Connec
         .application_name(info.application_name.as_deref().unwrap_or(application_name));
     if let Some(password) = &info.password {
         config.password(password.expose_secret());
+    }
+    if info.read_write {
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
     }
     let where_ = info
         .targets

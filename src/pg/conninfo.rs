@@ -131,6 +131,8 @@ pub(crate) struct ConnInfo {
     pub(crate) ssl_mode: SslMode,
     pub(crate) root_certs: RootCerts,
     pub(crate) connect_timeout: Duration,
+    /// `target_session_attrs=read-write`: skip hosts that are standbys.
+    pub(crate) read_write: bool,
 }
 
 impl fmt::Debug for ConnInfo {
@@ -296,6 +298,8 @@ fn build(config: &tokio_postgres::Config, ex: Extracted) -> Result<ConnInfo, Url
             .get_connect_timeout()
             .copied()
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        read_write: config.get_target_session_attrs()
+            == tokio_postgres::config::TargetSessionAttrs::ReadWrite,
     })
 }
 

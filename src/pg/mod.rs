@@ -22,6 +22,7 @@ pub(crate) use catalog::{
     create_publication_sql, leaves_without_identity, no_identity_list_sql, no_identity_problem,
     publishes_table_sql, table_catalog, TableCatalog,
 };
+pub(crate) use connect::connect_each;
 pub use connect::{connect, ConnectError};
 pub use conninfo::UrlError;
 pub(crate) use quote::{quote_ident, quote_literal, quote_table, readable_ident, readable_table};

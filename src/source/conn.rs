@@ -98,6 +98,8 @@ pub(crate) struct ReplConn {
     pub(crate) tls: bool,
     /// `server_version` as reported at startup.
     server_version: Option<String>,
+    /// `in_hot_standby` as reported at startup (PostgreSQL 14+).
+    in_hot_standby: bool,
     /// The walsender's PID (BackendKeyData).
     backend_pid: Option<i32>,
 }
@@ -124,12 +126,20 @@ impl ReplConn {
                 })
             });
             match attempt {
+                // libpq's target_session_attrs=read-write: a standby is
+                // passed over for the next host.
+                Ok(conn) if info.read_write && conn.in_hot_standby => {
+                    last = Some(SourceError::NotPrimary {
+                        target: conn.target().to_string(),
+                    });
+                }
                 Ok(conn) => return Ok(conn),
                 Err(
                     e @ (SourceError::Connect { .. }
                     | SourceError::ConnectTimeout { .. }
                     | SourceError::Io { .. }
-                    | SourceError::Closed { .. }),
+                    | SourceError::Closed { .. }
+                    | SourceError::NotPrimary { .. }),
                 ) => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -185,6 +195,7 @@ impl ReplConn {
             target: name,
             tls,
             server_version: None,
+            in_hot_standby: false,
             backend_pid: None,
         };
         conn.startup(info, application_name).await?;
@@ -235,11 +246,15 @@ impl ReplConn {
                         }
                     });
                 }
-                Message::ParameterStatus(body) => {
-                    if body.name().ok() == Some("server_version") {
+                Message::ParameterStatus(body) => match body.name().ok() {
+                    Some("server_version") => {
                         self.server_version = body.value().ok().map(str::to_string);
                     }
-                }
+                    Some("in_hot_standby") => {
+                        self.in_hot_standby = body.value().ok() == Some("on");
+                    }
+                    _ => {}
+                },
                 Message::BackendKeyData(body) => self.backend_pid = Some(body.process_id()),
                 Message::NoticeResponse(body) => log_notice(body.fields()),
                 Message::ReadyForQuery(_) if authenticated => return Ok(()),

@@ -69,6 +69,9 @@ pub enum SourceError {
     #[error("timed out after {secs}s connecting to {target}; check that the server is reachable, or raise connect_timeout in source.url")]
     ConnectTimeout { target: String, secs: u64 },
 
+    #[error("{target} is a standby (in_hot_standby = on), and source.url asks for the primary (target_session_attrs=read-write)")]
+    NotPrimary { target: String },
+
     #[error("connection to {target} lost: {source}")]
     Io {
         target: String,
@@ -167,6 +170,7 @@ impl SourceError {
         match self {
             Connect { .. }
             | ConnectTimeout { .. }
+            | NotPrimary { .. }
             | Io { .. }
             | Closed { .. }
             | Ended { .. }

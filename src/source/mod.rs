@@ -71,6 +71,9 @@ pub struct SourceOptions {
     /// Create the slot when it does not exist yet (never after this process
     /// has streamed from it).
     pub create_slot: bool,
+    /// Create the slot with FAILOVER, and turn it on for an existing one
+    /// (PostgreSQL 17+).
+    pub failover: bool,
     /// Capacity for the event channel the caller creates (a hint for the caller).
     pub channel_capacity: usize,
     /// The memory budget: a change is read from the stream only when it
@@ -88,6 +91,7 @@ impl SourceOptions {
             publications,
             application_name: "walhook".into(),
             create_slot: true,
+            failover: false,
             channel_capacity: 1024,
             budget: None,
         }
@@ -95,11 +99,13 @@ impl SourceOptions {
 
     /// The options of `walhook run`: `[source]`'s URL, slot and publication.
     pub(crate) fn from_config(source: &SourceConfig) -> Self {
-        SourceOptions::new(
+        let mut opts = SourceOptions::new(
             source.url.expose(),
             source.slot.clone(),
             vec![source.publication.clone()],
-        )
+        );
+        opts.failover = source.failover;
+        opts
     }
 }
 
@@ -111,6 +117,7 @@ impl fmt::Debug for SourceOptions {
             .field("publications", &self.publications)
             .field("application_name", &self.application_name)
             .field("create_slot", &self.create_slot)
+            .field("failover", &self.failover)
             .field("channel_capacity", &self.channel_capacity)
             .field("budget", &self.budget)
             .finish()
@@ -518,7 +525,10 @@ impl Source {
             }
             None => {
                 let rows = conn
-                    .simple_query("CREATE_REPLICATION_SLOT", &protocol::create_slot(slot))
+                    .simple_query(
+                        "CREATE_REPLICATION_SLOT",
+                        &protocol::create_slot(slot, self.opts.failover),
+                    )
                     .await?;
                 let consistent = rows
                     .get(0, "consistent_point")
@@ -539,6 +549,14 @@ impl Source {
                 }
                 if let Some(confirmed) = found.confirmed_flush {
                     memory.floor = memory.floor.max(confirmed);
+                }
+                if self.opts.failover {
+                    // Idempotent: a synced or failover slot stays so.
+                    conn.simple_query(
+                        "ALTER_REPLICATION_SLOT",
+                        &protocol::alter_slot_failover(slot),
+                    )
+                    .await?;
                 }
             }
         }

@@ -169,7 +169,14 @@ pub(crate) fn start_replication(slot: &str, start: Lsn, publications: &[String])
 
 /// Creates a pgoutput slot without exporting a snapshot: streaming starts at
 /// the slot's consistent point (the legacy spelling works on PG 10 to 17).
-pub(crate) fn create_slot(slot: &str) -> String {
+pub(crate) fn create_slot(slot: &str, failover: bool) -> String {
+    if failover {
+        // PostgreSQL 17's option list; FAILOVER has no older spelling.
+        return format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)",
+            quote_ident(slot)
+        );
+    }
     format!(
         "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
         quote_ident(slot)
@@ -183,6 +190,11 @@ pub(crate) fn slot_query(slot: &str) -> String {
          FROM pg_replication_slots WHERE slot_name = {}",
         quote_literal(slot)
     )
+}
+
+/// `ALTER_REPLICATION_SLOT "s" (FAILOVER)` (PostgreSQL 17+).
+pub(crate) fn alter_slot_failover(slot: &str) -> String {
+    format!("ALTER_REPLICATION_SLOT {} (FAILOVER)", quote_ident(slot))
 }
 
 /// Which of these publications exist in the current database.
@@ -442,7 +454,7 @@ mod tests {
             r#"START_REPLICATION SLOT "s_1" LOGICAL 0/16B3748 (proto_version '1', publication_names '"a","b""c","d''e"')"#
         );
         assert_eq!(
-            create_slot("walhook"),
+            create_slot("walhook", false),
             r#"CREATE_REPLICATION_SLOT "walhook" LOGICAL pgoutput NOEXPORT_SNAPSHOT"#
         );
         assert!(slot_query("walhook").ends_with("WHERE slot_name = 'walhook'"));
