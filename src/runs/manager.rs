@@ -464,8 +464,8 @@ impl RunManager {
             RunMode::Async => None,
         };
         // Refused before it is recorded: a filter on a column the table lacks.
-        if let Some((text, _)) = &filter {
-            self.check_filter_columns(&cfg.table, text).await?;
+        if let (Some((text, _)), Some(table)) = (&filter, &cfg.table) {
+            self.check_filter_columns(table, text).await?;
         }
         let id = inner
             .state
