@@ -1,7 +1,7 @@
 -- walhook state schema.
 --
 -- walhook keeps a little state in its own schema: dead letters,
--- on-demand/scheduled runs, and the boundaries of batches it has sent but
+-- on-demand/scheduled runs, paused strategies, and the boundaries of batches it has sent but
 -- Postgres has not yet been told are delivered. By default the schema is
 -- `walhook` in the source database; `[state] url` and `[state] schema` put it
 -- elsewhere. Everything here is idempotent (CREATE ... IF NOT EXISTS):
@@ -34,12 +34,18 @@ CREATE TABLE IF NOT EXISTS :"state_schema".dead_letters (
     batch_id    text        NOT NULL,   -- the webhook-id header / batch.id it was sent with
     first_lsn   pg_lsn      NOT NULL,   -- commit LSN of its first record
     last_lsn    pg_lsn      NOT NULL,   -- commit LSN of its last record
-    payload     jsonb       NOT NULL,   -- the request body, as it was sent
+    payload     jsonb       NOT NULL,   -- the request body as JSON (exact bytes: body below)
     last_status integer,                -- HTTP status of the last attempt; NULL = no response
     last_error  text,                   -- why the last attempt failed (never a secret)
     attempts    integer     NOT NULL,   -- how many attempts were made
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The exact bytes of the request body as sent and signed (payload above is
+-- its jsonb form, for queries: jsonb reorders keys and reparses numbers).
+-- The API shows and a replay sends these bytes. NULL for dead letters stored
+-- by versions before this column (payload is used then).
+ALTER TABLE :"state_schema".dead_letters ADD COLUMN IF NOT EXISTS body bytea;
 
 CREATE INDEX IF NOT EXISTS dead_letters_strategy_idx
     ON :"state_schema".dead_letters (strategy, id);
@@ -78,6 +84,15 @@ CREATE TABLE IF NOT EXISTS :"state_schema".batches (
 
 -- Added with ordering = "key"; a no-op where the table has it.
 ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
+
+-- Strategies paused through the admin API (POST /strategies/{name}/pause).
+-- A pause outlives restarts and failover: every instance reads this table at
+-- start, a standby again while it waits and when it takes over. Resume
+-- deletes the row.
+CREATE TABLE IF NOT EXISTS :"state_schema".pauses (
+    strategy    text        PRIMARY KEY,  -- the [[strategies]] name
+    paused_at   timestamptz NOT NULL DEFAULT now()
+);
 
 -- What the role walhook runs as needs here, and nothing more. (ALL TABLES
 -- and ALL SEQUENCES: the ones above, whatever this version adds.)

@@ -42,7 +42,7 @@ use crate::delivery::{
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, AppControl, RunManager, ScheduleBoard};
+use crate::runs::{schedule, spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -336,6 +336,7 @@ struct Services {
     admin: JoinHandle<Result<(), AdminError>>,
     schedules: JoinSet<()>,
     runs: RunManager,
+    pause_sync: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     slot_watch: JoinHandle<()>,
 }
@@ -368,14 +369,23 @@ impl Services {
             })
             .collect();
         let board = ScheduleBoard::new(config);
-        let control = AppControl::new(runs.clone(), config)
-            .with_pauses(workers.pauses.clone())
-            .with_retries(workers.retries.clone())
-            .with_replay(pipeline.state.clone(), replay_targets)
-            .with_schedules(board.clone());
+        let control = Arc::new(
+            AppControl::new(runs.clone(), config)
+                .with_pauses(workers.pauses.clone(), pipeline.state.clone())
+                .with_retries(workers.retries.clone())
+                .with_replay(pipeline.state.clone(), replay_targets)
+                .with_schedules(board.clone()),
+        );
+        // Pauses kept from before a restart hold before anything streams.
+        if let Err(err) = control.apply_stored_pauses().await {
+            tracing::warn!(error = %err, "cannot read the paused strategies");
+        }
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
-            .with_strategies(Arc::new(WorkerStatuses::new(workers.statuses.clone())))
-            .with_control(Arc::new(control));
+            .with_strategies(Arc::new(WorkerStatuses::new(
+                workers.statuses.clone(),
+                &workers.pauses,
+            )))
+            .with_control(control.clone());
         match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
@@ -389,6 +399,7 @@ impl Services {
                 stop.clone(),
             ),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
+            pause_sync: spawn_pause_sync(control, source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_watch: telemetry::spawn_slot_watch(
                 Secret::new(config.source.url.expose()),
@@ -405,6 +416,7 @@ impl Services {
         let _ = self.admin.await;
         while self.schedules.join_next().await.is_some() {}
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
+        let _ = self.pause_sync.await;
         let _ = self.upkeep.await;
         let _ = self.slot_watch.await;
     }

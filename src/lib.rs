@@ -56,7 +56,7 @@
 //! - Homes the stages share: `pg/` (connection strings, TLS, SQL
 //!   connections, quoting, error descriptions, catalog queries), `state/`
 //!   (the one store for walhook's own schema: dead letters, batch
-//!   boundaries, runs), `config/` (the file as data: parsing, `${VAR}`
+//!   boundaries, runs, pauses), `config/` (the file as data: parsing, `${VAR}`
 //!   interpolation, validation; it imports no other module), `telemetry/`
 //!   (metric names, the recorder), `lsn.rs`, `timestamp.rs` (Postgres
 //!   times, the one RFC 3339 formatter).

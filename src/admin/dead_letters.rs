@@ -4,12 +4,13 @@
 //! through [`super::Control`], because it must deliver with the strategy's
 //! endpoint.
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::state::{DeadLetterInfo, StateError, StateStore};
 
 /// Most rows one list request returns.
-const MAX_PAGE: i64 = 1000;
+pub(super) const MAX_PAGE: i64 = 1000;
 /// Rows one list request returns when no limit is given.
 const DEFAULT_PAGE: i64 = 100;
 
@@ -54,14 +55,26 @@ pub(crate) async fn page(
     })
 }
 
-/// One dead letter with its payload (as JSON); `None` when there is no such id.
-pub(crate) async fn letter(store: &StateStore, id: i64) -> Result<Option<Value>, StateError> {
+/// One dead letter with its payload.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Letter {
+    #[serde(flatten)]
+    info: DeadLetterInfo,
+    /// The body exactly as it was sent (key order, number forms, escapes),
+    /// embedded as JSON without being parsed and written again.
+    payload: Box<RawValue>,
+}
+
+/// One dead letter with its payload; `None` when there is no such id.
+pub(crate) async fn letter(store: &StateStore, id: i64) -> Result<Option<Letter>, StateError> {
     let Some(letter) = store.get_dead_letter(id).await? else {
         return Ok(None);
     };
-    let mut json = info_json(&letter.info)?;
-    json["payload"] = serde_json::from_str(&letter.payload).map_err(malformed)?;
-    Ok(Some(json))
+    let payload = RawValue::from_string(letter.payload).map_err(malformed)?;
+    Ok(Some(Letter {
+        info: letter.info,
+        payload,
+    }))
 }
 
 fn info_json(info: &DeadLetterInfo) -> Result<Value, StateError> {

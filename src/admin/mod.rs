@@ -2,7 +2,7 @@
 //! and the operator API.
 //!
 //! ```text
-//!  GET  /metrics   /healthz   /readyz   /status              open
+//!  GET  /metrics   /healthz   /readyz   /activez   /status   open
 //!  POST /strategies/{name}/pause | resume | retry | runs     Bearer token
 //!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
@@ -42,7 +42,7 @@ pub use crate::delivery::BoxFuture;
 use dead_letters::DeadLetterQuery;
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, StatusHandle, StrategyStatus as WorkerStatus};
+use crate::delivery::{DeliveryState, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -125,12 +125,24 @@ where
 
 /// The live delivery workers' status, by strategy name, as `/status` and
 /// `/readyz` show it.
-pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle)>);
+pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle, Option<PauseHandle>)>);
 
 impl WorkerStatuses {
-    /// `workers` in config order.
-    pub(crate) fn new(workers: Vec<(String, StatusHandle)>) -> Self {
-        WorkerStatuses(workers)
+    /// `workers` in config order; `pauses` by name.
+    pub(crate) fn new(
+        workers: Vec<(String, StatusHandle)>,
+        pauses: &[(String, PauseHandle)],
+    ) -> Self {
+        WorkerStatuses(
+            workers
+                .into_iter()
+                .map(|(name, status)| {
+                    let pause = pauses.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
+                    let pause = pause.cloned();
+                    (name, status, pause)
+                })
+                .collect(),
+        )
     }
 }
 
@@ -138,7 +150,16 @@ impl StatusSource for WorkerStatuses {
     fn strategies(&self) -> Vec<StrategyStatus> {
         self.0
             .iter()
-            .map(|(name, handle)| StrategyStatus::of_worker(name, &handle.snapshot()))
+            .map(|(name, handle, pause)| {
+                let mut worker = handle.snapshot();
+                // The switch itself: a worker waiting for the source (a
+                // standby) has not looked at it yet.
+                if let Some(pause) = pause {
+                    worker.pause_reason = pause.reason();
+                    worker.paused = worker.pause_reason.is_some();
+                }
+                StrategyStatus::of_worker(name, &worker)
+            })
             .collect()
     }
 }
@@ -392,6 +413,7 @@ fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/activez", get(activez))
         .route("/status", get(status))
         .route("/strategies/{name}/pause", post(pause))
         .route("/strategies/{name}/resume", post(resume))
@@ -435,8 +457,8 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "ok")
 }
 
-/// Why the instance is not ready, or `None` when it is.
-fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+/// Why the instance does not stream, or `None` when it does (`/activez`).
+fn not_active_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
     match source.state {
         SourceState::Streaming => {}
         SourceState::Standby => return Some("standby".to_string()),
@@ -460,11 +482,48 @@ fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Opt
         })
 }
 
+/// Why the instance is not ready for the orchestrator (`/readyz`), or
+/// `None` when it is: streaming, or a healthy standby waiting for the slot.
+/// A standby counts as ready so that a Deployment with two replicas
+/// becomes Available and a rolling update can proceed.
+fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
+    match source.state {
+        SourceState::Standby => None,
+        _ => not_active_reason(source, strategies),
+    }
+}
+
+/// `standby` for a healthy standby, `ready` when streaming.
+fn ready_text(source: &SourceStatus) -> &'static str {
+    if source.state == SourceState::Standby {
+        "ready: standby"
+    } else {
+        "ready"
+    }
+}
+
 async fn readyz(State(state): State<AdminState>) -> Response {
     let source = state.source.borrow().clone();
     match not_ready_reason(&source, &state.strategies.strategies()) {
-        None => text(StatusCode::OK, "ready"),
+        None => text(StatusCode::OK, ready_text(&source)),
         Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+async fn activez(State(state): State<AdminState>) -> Response {
+    let source = state.source.borrow().clone();
+    match not_active_reason(&source, &state.strategies.strategies()) {
+        None => text(StatusCode::OK, "active"),
+        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    }
+}
+
+/// The instance's part in a pair on one slot.
+fn role(state: SourceState) -> Option<&'static str> {
+    match state {
+        SourceState::Streaming => Some("active"),
+        SourceState::Standby => Some("standby"),
+        SourceState::Connecting | SourceState::Failed => None,
     }
 }
 
@@ -496,6 +555,7 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
     json!({
         "slot": slot,
         "state": source.state.as_str(),
+        "role": role(source.state),
         "received_lsn": source.received_lsn.to_string(),
         "acked_lsn": source.acked_lsn.to_string(),
         "server_wal_end": source.server_wal_end.to_string(),
@@ -553,6 +613,29 @@ fn parse_id(id: &str) -> Result<i64, Response> {
     })
 }
 
+/// Longest strategy name the API takes.
+const MAX_NAME_BYTES: usize = 1024;
+/// Longest run filter the API takes.
+const MAX_FILTER_BYTES: usize = 16 * 1024;
+
+/// Refuses, with 400 naming `param`, a text value Postgres cannot take
+/// (a NUL byte) or longer than `max` bytes.
+// A ready response as the error keeps handlers short; it is cold-path.
+#[allow(clippy::result_large_err)]
+fn text_param(param: &str, value: &str, max: usize) -> Result<(), Response> {
+    let why = if value.contains('\0') {
+        "contains a NUL byte"
+    } else if value.len() > max {
+        "is too long"
+    } else {
+        return Ok(());
+    };
+    Err(text(
+        StatusCode::BAD_REQUEST,
+        format!("bad {param}: {why} (at most {max} bytes, no NUL)"),
+    ))
+}
+
 fn state_error(err: StateError) -> Response {
     if err.is_missing_schema() {
         text(
@@ -571,6 +654,7 @@ async fn pause(
     headers: HeaderMap,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     control
         .pause(&name)
         .await
@@ -585,6 +669,7 @@ async fn resume(
     headers: HeaderMap,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     control
         .resume(&name)
         .await
@@ -599,6 +684,7 @@ async fn retry(
     headers: HeaderMap,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     let woken = control
         .retry(&name)
         .await
@@ -622,12 +708,22 @@ async fn start_run(
     params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let control = control(&state, &headers)?;
+    text_param("strategy name", &name, MAX_NAME_BYTES)?;
     let Query(params) = params.map_err(|err| {
         text(
             StatusCode::BAD_REQUEST,
             format!("{err}; use ?mode=sync|async&limit=N&filter=EXPR"),
         )
     })?;
+    if let Some(filter) = &params.filter {
+        text_param("filter", filter, MAX_FILTER_BYTES)?;
+    }
+    if params.limit.is_some_and(|l| i64::try_from(l).is_err()) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad limit: use 0 to {}", i64::MAX),
+        ));
+    }
     let request = RunRequest {
         mode: params.mode,
         limit: params.limit,
@@ -693,6 +789,24 @@ async fn list_dead_letters(
             format!("{err}; use ?strategy=NAME&after=ID&limit=N"),
         )
     })?;
+    if let Some(strategy) = &params.strategy {
+        text_param("strategy", strategy, MAX_NAME_BYTES)?;
+    }
+    if params.after.is_some_and(|a| a < 0) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "bad after: use a dead-letter id (0 or more), e.g. the previous page's next_after",
+        ));
+    }
+    if params
+        .limit
+        .is_some_and(|l| !(1..=dead_letters::MAX_PAGE).contains(&l))
+    {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad limit: use 1 to {}", dead_letters::MAX_PAGE),
+        ));
+    }
     let query = DeadLetterQuery {
         strategy: params.strategy,
         after: params.after,
@@ -776,7 +890,9 @@ mod tests {
             Some("connecting")
         );
         source.state = SourceState::Standby;
-        assert_eq!(not_ready_reason(&source, &[]).as_deref(), Some("standby"));
+        assert_eq!(not_ready_reason(&source, &[]), None, "a standby is ready");
+        assert_eq!(not_active_reason(&source, &[]).as_deref(), Some("standby"));
+        assert_eq!(ready_text(&source), "ready: standby");
         source.state = SourceState::Failed;
         source.last_error = Some("slot dropped".into());
         assert_eq!(

@@ -3,15 +3,22 @@
 //! retry-now to their [`RetryHandle`]s,
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::manager::{RunManager, Trigger};
 use super::schedule::ScheduleBoard;
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
-use crate::delivery::{PauseHandle, RetryHandle};
-use crate::state::StateStore;
+use crate::delivery::{PauseHandle, PauseReason, RetryHandle};
+use crate::source::{SourceState, SourceStatus};
+use crate::state::{StateError, StateStore};
 
 /// [`Control`] over a [`RunManager`].
 pub(crate) struct AppControl {
@@ -20,6 +27,8 @@ pub(crate) struct AppControl {
     modes: Vec<(String, bool, bool)>,
     /// The live workers' pause switches, by strategy name.
     pauses: Vec<(String, PauseHandle)>,
+    /// Where pauses are kept (`walhook.pauses`); `None` = in memory only.
+    pause_store: Option<StateStore>,
     /// The live workers' retry-now buttons, by strategy name.
     retries: Vec<(String, RetryHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
@@ -44,6 +53,7 @@ impl AppControl {
                 .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
                 .collect(),
             pauses: Vec::new(),
+            pause_store: None,
             retries: Vec::new(),
             replay: None,
             schedules: ScheduleBoard::default(),
@@ -62,10 +72,34 @@ impl AppControl {
         self
     }
 
-    /// Lets `pause`/`resume` reach the live workers.
-    pub(crate) fn with_pauses(mut self, pauses: Vec<(String, PauseHandle)>) -> Self {
+    /// Lets `pause`/`resume` reach the live workers, and keeps pauses in
+    /// `store` so that they outlive restarts and failover.
+    pub(crate) fn with_pauses(
+        mut self,
+        pauses: Vec<(String, PauseHandle)>,
+        store: StateStore,
+    ) -> Self {
         self.pauses = pauses;
+        self.pause_store = Some(store);
         self
+    }
+
+    /// Pauses the strategies `walhook.pauses` names and lifts admin pauses
+    /// it no longer names (a pause or resume made through another
+    /// instance); a pause for a 410 from the endpoint stays as it is.
+    pub(crate) async fn apply_stored_pauses(&self) -> Result<(), StateError> {
+        let Some(store) = &self.pause_store else {
+            return Ok(());
+        };
+        let paused = store.paused_strategies().await?;
+        for (name, handle) in &self.pauses {
+            match (paused.contains(name), handle.reason()) {
+                (true, None) => handle.pause(),
+                (false, Some(PauseReason::Admin)) => handle.resume(),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
@@ -87,6 +121,53 @@ impl AppControl {
     }
 }
 
+/// How often a standby re-reads the pauses while it waits.
+const STANDBY_PAUSE_SYNC: Duration = Duration::from_secs(5);
+
+/// Keeps this instance's pauses in step with `walhook.pauses` when another
+/// instance may have changed them: every [`STANDBY_PAUSE_SYNC`] while a
+/// standby, and when the source starts streaming (a takeover or a
+/// reconnect). Ends at `stop`.
+pub(crate) fn spawn_pause_sync(
+    control: Arc<AppControl>,
+    mut source: watch::Receiver<SourceStatus>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streaming = false;
+        let mut tick = tokio::time::interval(STANDBY_PAUSE_SYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let sync = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = source.changed() => {
+                    if changed.is_err() {
+                        // The source is gone: nothing streams any more.
+                        stop.cancelled().await;
+                        return;
+                    }
+                    let now = source.borrow_and_update().state == SourceState::Streaming;
+                    let started = now && !streaming;
+                    streaming = now;
+                    started
+                }
+                _ = tick.tick() => source.borrow().state == SourceState::Standby,
+            };
+            if sync {
+                if let Err(err) = control.apply_stored_pauses().await {
+                    tracing::warn!(error = %err, "cannot read the paused strategies");
+                }
+            }
+        }
+    })
+}
+
+fn pause_error(err: StateError) -> ControlError {
+    tracing::warn!(error = %err, "cannot keep a pause in the state schema");
+    ControlError::Unavailable(err.to_string())
+}
+
 fn unsupported(what: &str) -> ControlError {
     ControlError::Unavailable(format!("{what}: not supported yet"))
 }
@@ -98,14 +179,23 @@ impl Control for AppControl {
 
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            self.pause_handle(strategy)?.pause();
+            let handle = self.pause_handle(strategy)?;
+            // Kept first: a pause that would not survive a restart is refused.
+            if let Some(store) = &self.pause_store {
+                store.record_pause(strategy).await.map_err(pause_error)?;
+            }
+            handle.pause();
             Ok(())
         })
     }
 
     fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            self.pause_handle(strategy)?.resume();
+            let handle = self.pause_handle(strategy)?;
+            if let Some(store) = &self.pause_store {
+                store.clear_pause(strategy).await.map_err(pause_error)?;
+            }
+            handle.resume();
             Ok(())
         })
     }

@@ -25,7 +25,7 @@ use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
 use crate::admin::{ControlError, RunMode, RunReply};
 use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord, Reply, ReplyLog, WorkItem};
 use crate::checkpoint::Checkpoint;
-use crate::config::{Config, ExprRole, FilterOp, OnExhausted, RecordShape};
+use crate::config::{Config, ExprRole, FilterOp, OnExhausted, RecordShape, TableName};
 use crate::delivery::{
     DeliveryError, DeliveryState, Endpoint, StatusHandle, StrategyWorker, WorkerOptions,
 };
@@ -463,6 +463,10 @@ impl RunManager {
             }
             RunMode::Async => None,
         };
+        // Refused before it is recorded: a filter on a column the table lacks.
+        if let Some((text, _)) = &filter {
+            self.check_filter_columns(&cfg.table, text).await?;
+        }
         let id = inner
             .state
             .insert_run(
@@ -553,6 +557,33 @@ impl RunManager {
                 .map(|log| log.replies())
                 .unwrap_or_default(),
         })
+    }
+
+    /// Every column `filter` reads exists in `table` (a table walhook
+    /// cannot see is left to the snapshot, which names the problem).
+    async fn check_filter_columns(&self, table: &TableName, filter: &str) -> Result<(), RunError> {
+        let client = pg::connect(&self.inner.url, "walhook-run")
+            .await
+            .map_err(SnapshotError::Connect)?;
+        let catalog =
+            pg::table_catalog(&client, table)
+                .await
+                .map_err(|source| SnapshotError::Query {
+                    table: table.clone(),
+                    source,
+                })?;
+        let Some(catalog) = catalog else {
+            return Ok(());
+        };
+        for column in referenced_columns(filter).map_err(RunError::Filter)? {
+            if !catalog.columns.iter().any(|c| c.name == column.column) {
+                return Err(RunError::Filter(format!(
+                    "`{column}`: {table} has no column {:?}",
+                    column.column
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {

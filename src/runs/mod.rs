@@ -15,7 +15,7 @@ pub(crate) mod schedule;
 mod snapshot;
 
 pub use cli::{run_strategy, CliError, RunStrategyOptions};
-pub(crate) use control::AppControl;
+pub(crate) use control::{spawn_pause_sync, AppControl};
 pub use manager::RunError;
 pub(crate) use manager::RunManager;
 pub(crate) use schedule::ScheduleBoard;

@@ -28,6 +28,10 @@ use crate::timestamp::pg_now_micros;
 
 /// How long to wait for the server to confirm the end of the stream.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
+/// Received positions reach `/status` and the metrics at most this late,
+/// also while no acknowledgement moves (a paused strategy), without a
+/// status update per message.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 
 /// What outlives a connection.
 #[derive(Debug, Default)]
@@ -53,6 +57,9 @@ struct Session<'a> {
     filter: ReplayFilter,
     /// Latest non-zero XLogData start, for error messages.
     position: Lsn,
+    /// The received and server positions last put in the status, and when.
+    published: (Lsn, Lsn),
+    published_at: Instant,
 }
 
 /// Where decoded events go: the channel, after the memory budget has room.
@@ -88,6 +95,8 @@ pub(super) async fn run(
         pending: VecDeque::new(),
         filter: ReplayFilter::new(),
         position: Lsn::ZERO,
+        published: (Lsn::ZERO, Lsn::ZERO),
+        published_at: now,
     };
     let mut last_heard = now;
     let mut acks_open = true;
@@ -105,6 +114,7 @@ pub(super) async fn run(
         s.feedback
             .set_between_transactions(reading && !s.filter.in_transaction());
         let status_due = s.feedback.next_due();
+        let publish_due = s.unpublished().then_some(s.published_at + PUBLISH_EVERY);
 
         tokio::select! {
             biased;
@@ -126,6 +136,9 @@ pub(super) async fn run(
                 // Ask for an answer when the server has been quiet, to notice a dead peer.
                 let ask = Instant::now().saturating_duration_since(last_heard) >= interval;
                 s.send_status(ask).await?;
+            }
+            _ = sleep_until(publish_due.unwrap_or(status_due)), if publish_due.is_some() => {
+                s.publish_positions();
             }
             _ = sleep_until(last_heard + silence), if reading => {
                 return Err(SourceError::Silent {
@@ -240,8 +253,7 @@ impl Session<'_> {
         self.conn.send_status(&status).await?;
         self.memory.floor = self.memory.floor.max(status.flush);
         tracing::trace!(write = %status.write, flush = %status.flush, "standby status sent");
-        let received = self.feedback.received();
-        let wal_end = self.feedback.server_wal_end().max(received);
+        let (received, wal_end) = self.positions();
         self.status.send_if_modified(|s| {
             let before = (s.received_lsn, s.acked_lsn, s.server_wal_end);
             s.received_lsn = received;
@@ -249,7 +261,34 @@ impl Session<'_> {
             s.server_wal_end = wal_end;
             before != (s.received_lsn, s.acked_lsn, s.server_wal_end)
         });
+        self.published = (received, wal_end);
+        self.published_at = Instant::now();
         Ok(())
+    }
+
+    /// The highest position received and the server's WAL end (never below it).
+    fn positions(&self) -> (Lsn, Lsn) {
+        let received = self.feedback.received();
+        (received, self.feedback.server_wal_end().max(received))
+    }
+
+    /// Received positions moved since the status last showed them.
+    fn unpublished(&self) -> bool {
+        self.positions() != self.published
+    }
+
+    /// Shows the received positions in the status (the acknowledged one
+    /// moves with the standby status).
+    fn publish_positions(&mut self) {
+        let (received, wal_end) = self.positions();
+        self.status.send_if_modified(|s| {
+            let before = (s.received_lsn, s.server_wal_end);
+            s.received_lsn = received;
+            s.server_wal_end = wal_end;
+            before != (s.received_lsn, s.server_wal_end)
+        });
+        self.published = (received, wal_end);
+        self.published_at = Instant::now();
     }
 
     fn protocol(&self, reason: &str) -> SourceError {

@@ -34,7 +34,7 @@ pub struct DeadLetterInfo {
     pub attempts: i32,
     /// RFC 3339, as PostgreSQL writes a timestamptz in JSON.
     pub created_at: String,
-    /// Size of the stored payload (JSON text).
+    /// Size of the body as sent, in bytes.
     pub payload_bytes: i32,
 }
 
@@ -43,15 +43,14 @@ pub struct DeadLetterInfo {
 pub struct DeadLetter {
     #[serde(flatten)]
     pub(crate) info: DeadLetterInfo,
-    /// The JSON body (as jsonb normalised it: key order and spacing may differ
-    /// from the bytes first sent; the values and ids do not).
+    /// The request body exactly as it was sent and signed (JSON text).
     pub payload: String,
 }
 
 /// The columns of [`DeadLetterInfo`], in field order.
 const INFO_COLUMNS: &str = "id, strategy, batch_id, first_lsn::text, last_lsn::text, \
      last_status, last_error, attempts, to_json(created_at) #>> '{}', \
-     octet_length(payload::text)";
+     COALESCE(octet_length(body), octet_length(payload::text))";
 
 impl StateStore {
     /// Stores a dead letter; returns its id.
@@ -63,8 +62,8 @@ impl StateStore {
             .await?
             .query_one(
                 &*self.sql("INSERT INTO walhook.dead_letters \
-                 (strategy, batch_id, first_lsn, last_lsn, payload, last_status, last_error, attempts) \
-                 VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5::text::jsonb, $6, $7, $8) \
+                 (strategy, batch_id, first_lsn, last_lsn, payload, last_status, last_error, attempts, body) \
+                 VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5::text::jsonb, $6, $7, $8, $9) \
                  RETURNING id"),
                 &[
                     &dl.strategy,
@@ -75,6 +74,7 @@ impl StateStore {
                     &dl.last_status.map(i32::from),
                     &dl.last_error,
                     &i32::try_from(dl.attempts).unwrap_or(i32::MAX),
+                    &dl.payload,
                 ],
             )
             .await
@@ -109,22 +109,26 @@ impl StateStore {
     /// One dead letter with its payload; `None` when there is no such id.
     pub async fn get_dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StateError> {
         const WHAT: &str = "reading walhook.dead_letters";
-        let sql =
-            format!("SELECT {INFO_COLUMNS}, payload::text FROM walhook.dead_letters WHERE id = $1");
+        let sql = format!(
+            "SELECT {INFO_COLUMNS}, COALESCE(body, convert_to(payload::text, 'UTF8')) \
+             FROM walhook.dead_letters WHERE id = $1"
+        );
         let row = self
             .client()
             .await?
             .query_opt(&*self.sql(&sql), &[&id])
             .await
             .map_err(StateError::query(WHAT))?;
-        row.map(|row| {
-            Ok(DeadLetter {
-                info: info_of(&row)?,
-                payload: row.try_get(10)?,
-            })
-        })
-        .transpose()
-        .map_err(StateError::query(WHAT))
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let info = info_of(&row).map_err(StateError::query(WHAT))?;
+        let body: Vec<u8> = row.try_get(10).map_err(StateError::query(WHAT))?;
+        let payload = String::from_utf8(body).map_err(|e| StateError::Malformed {
+            what: WHAT,
+            source: e.into(),
+        })?;
+        Ok(Some(DeadLetter { info, payload }))
     }
 
     /// Deletes a dead letter; false when there was none with that id.

@@ -1,5 +1,5 @@
 //! walhook's state (`sql/state.sql`): dead letters, the boundaries of
-//! batches sent but not yet acknowledged, and runs, in schema `walhook` of
+//! batches sent but not yet acknowledged, runs and paused strategies, in schema `walhook` of
 //! the source database unless `[state]` names another schema or database.
 //! Delivery, replay, runs and the admin API all go through [`StateStore`],
 //! so each table has one set of queries. The queries name the tables
@@ -19,6 +19,7 @@
 
 mod batches;
 mod dead_letters;
+mod pauses;
 mod runs;
 mod schema;
 

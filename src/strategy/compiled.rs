@@ -296,14 +296,16 @@ impl CompiledStrategy {
     }
 
     /// Evaluates the filter for `event`'s operation and counts the outcome.
-    /// No filter for the op = not sent. An evaluation error = not matched,
-    /// counted in `walhook_filter_errors_total` and logged without values.
+    /// No filter for the op = not sent and not counted (a delete-only
+    /// strategy does not count inserts as filtered). An evaluation error =
+    /// not matched, counted in `walhook_filter_errors_total` and logged
+    /// without values.
     pub fn accepts(&self, event: &RecordEvent) -> bool {
         let Some(slot) = op_slot(event.op) else {
             return false;
         };
         let matched = match self.filters.get(slot).and_then(Option::as_ref) {
-            None => false,
+            None => return false,
             Some(filter) => match filter.matches(event) {
                 Ok(b) => b,
                 Err(reason) => {

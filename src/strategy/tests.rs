@@ -765,3 +765,23 @@ async fn router_run(
 ) -> Result<(), RouteError> {
     router.run(&mut rx, shutdown).await
 }
+
+#[test]
+fn operations_without_a_filter_are_neither_matched_nor_filtered() {
+    let rec = recorder();
+    let delete_only = r#"
+[[strategies]]
+name = "gone"
+table = "public.orders"
+endpoint = "a"
+on_delete = "true"
+"#;
+    let s = metrics::with_local_recorder(&rec, || compile(&config(delete_only), 0));
+    assert!(!s.accepts(&insert(Some("5"), Some("open"))));
+    for metric in [
+        "walhook_events_filtered_total{strategy=\"gone\",op=\"insert\"}",
+        "walhook_events_matched_total{strategy=\"gone\",op=\"insert\"}",
+    ] {
+        assert_eq!(counter(&rec, metric), 0, "{metric}");
+    }
+}

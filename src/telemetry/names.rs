@@ -3,9 +3,11 @@
 
 /// Counter `{table, op}`: committed changes decoded.
 pub const EVENTS_TOTAL: &str = "walhook_events_total";
-/// Counter `{strategy, op}`: changes that passed a strategy's filter.
+/// Counter `{strategy, op}`: changes that passed a strategy's filter for
+/// their operation.
 pub(crate) const EVENTS_MATCHED_TOTAL: &str = "walhook_events_matched_total";
-/// Counter `{strategy, op}`: changes a strategy's filter rejected (or failed on).
+/// Counter `{strategy, op}`: changes a strategy's filter for their operation
+/// rejected (or failed on); operations without a filter are not counted.
 pub(crate) const EVENTS_FILTERED_TOTAL: &str = "walhook_events_filtered_total";
 /// Counter `{strategy}`: filter evaluations that failed (counted as not matched).
 pub(crate) const FILTER_ERRORS_TOTAL: &str = "walhook_filter_errors_total";

@@ -181,7 +181,13 @@ async fn health_readiness_status_and_metrics() {
     server
         .source
         .send_modify(|s| s.state = SourceState::Standby);
-    assert_eq!(server.get("/readyz").await, (503, "standby\n".to_string()));
+    // A healthy standby is ready for the orchestrator; /activez says it
+    // does not stream.
+    assert_eq!(
+        server.get("/readyz").await,
+        (200, "ready: standby\n".to_string())
+    );
+    assert_eq!(server.get("/activez").await, (503, "standby\n".to_string()));
     server.source.send_replace(SourceStatus {
         state: SourceState::Streaming,
         received_lsn: Lsn(0x1_0000_0200),
@@ -190,6 +196,7 @@ async fn health_readiness_status_and_metrics() {
         last_error: None,
     });
     assert_eq!(server.get("/readyz").await, (200, "ready\n".to_string()));
+    assert_eq!(server.get("/activez").await, (200, "active\n".to_string()));
 
     server
         .strategies

@@ -162,6 +162,65 @@ async fn a_known_workload_shows_in_the_metrics_scrape() {
     walhook.stop().await;
 }
 
+/// The README's delete-only example: a strategy with only `on_delete`
+/// counts its deletes as matched or filtered and does not count inserts
+/// and updates at all (it has no filter for them), while `events_total`
+/// counts every change decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_only_strategy_counts_only_deletes() {
+    let (url, db) = orders("ops_delete_only").await;
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let mut walhook = Walhook::run(&config(
+        &url,
+        "ops_delete_only",
+        port,
+        &receiver,
+        "on_delete = \"old.id % 2 == 0\"\nlinger = \"10ms\"",
+    ))
+    .spawn();
+    walhook.wait_streaming(&db, "ops_delete_only").await;
+    db.psql(
+        "INSERT INTO orders SELECT g, 'n' FROM generate_series(1, 10) g;
+         UPDATE orders SET note = 'changed' WHERE id <= 5;
+         DELETE FROM orders WHERE id <= 6;",
+    )
+    .await;
+    receiver.wait_accepted_records(3, WAIT).await;
+    let end = db.current_wal_lsn().await;
+    db.wait_confirmed("ops_delete_only", end).await;
+    let text = scrape(port).await;
+    let value = |name: &str, labels: &[&str]| metric_sum(&text, name, labels).unwrap_or(0.0);
+    let strategy = "strategy=\"orders\"";
+    for (op, decoded) in [("insert", 10.0), ("update", 5.0), ("delete", 6.0)] {
+        let op = format!("op=\"{op}\"");
+        assert_eq!(
+            value("walhook_events_total", &[&op]),
+            decoded,
+            "{op}\n{text}"
+        );
+    }
+    let del = "op=\"delete\"";
+    assert_eq!(value("walhook_events_matched_total", &[strategy, del]), 3.0);
+    assert_eq!(
+        value("walhook_events_filtered_total", &[strategy, del]),
+        3.0
+    );
+    for op in ["op=\"insert\"", "op=\"update\""] {
+        assert_eq!(
+            value("walhook_events_matched_total", &[strategy, op]),
+            0.0,
+            "{op}\n{text}"
+        );
+        assert_eq!(
+            value("walhook_events_filtered_total", &[strategy, op]),
+            0.0,
+            "no filter for {op}: not counted as filtered\n{text}"
+        );
+    }
+    walhook.stop().await;
+}
+
 /// Two instances on one slot: one streams, the other waits as a standby
 /// and says so; kill -9 the first and the second delivers what follows,
 /// resuming from the acknowledged position, nothing lost.
@@ -176,14 +235,22 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     let port_b = free_port();
     let second = Walhook::run(&config(&url, "ops_standby", port_b, &receiver, strategy)).spawn();
 
-    wait_until(WAIT, "the first instance ready", || async {
+    // Both are ready for the orchestrator's probe; exactly one is active.
+    wait_until(WAIT, "the first instance ready and active", || async {
         admin_get(port_a, "/readyz").await == Some((200, "ready\n".to_string()))
+            && admin_get(port_a, "/activez").await == Some((200, "active\n".to_string()))
     })
     .await;
-    wait_until(WAIT, "the second instance standby", || async {
-        matches!(admin_get(port_b, "/readyz").await, Some((503, body)) if body.contains("standby"))
+    wait_until(WAIT, "the second instance a ready standby", || async {
+        admin_get(port_b, "/readyz").await == Some((200, "ready: standby\n".to_string()))
+            && admin_get(port_b, "/activez").await == Some((503, "standby\n".to_string()))
     })
     .await;
+    for (port, role) in [(port_a, "active"), (port_b, "standby")] {
+        let (_, status) = admin_get(port, "/status").await.expect("/status");
+        let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+        assert_eq!(status["role"], role, "{status}");
+    }
     wait_until(WAIT, "walhook_standby 1 on the second", || async {
         metric_sum(&scrape(port_b).await, "walhook_standby", &[]) == Some(1.0)
     })
@@ -230,8 +297,9 @@ async fn a_standby_takes_over_after_kill_9_and_nothing_is_lost() {
     all.sort_unstable();
     all.dedup();
     assert_eq!(all, (1..=100).collect::<Vec<_>>(), "nothing lost");
-    wait_until(WAIT, "the second instance ready", || async {
+    wait_until(WAIT, "the second instance ready and active", || async {
         admin_get(port_b, "/readyz").await == Some((200, "ready\n".to_string()))
+            && admin_get(port_b, "/activez").await == Some((200, "active\n".to_string()))
     })
     .await;
     assert_eq!(

@@ -3,9 +3,11 @@
 //! SIGTERM, dead-letter replay and pause through the built binary.
 
 mod admin;
+mod admin_fuzz;
 mod attach;
 mod commands;
 mod deploy;
 mod e2e;
 mod least_privilege;
+mod pauses;
 mod replay;
