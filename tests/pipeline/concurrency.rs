@@ -623,9 +623,13 @@ async fn an_open_circuit_lets_one_probe_at_a_time_through_and_closes_when_the_en
         ) == Some(0.0)
     })
     .await;
-    // Requests sent before the circuit opened finish; from then on only probes.
+    // Requests sent before the circuit opened finish; from then on only
+    // probes. Waiting for every request that had arrived by now to be
+    // answered (not for "at most one in flight", which a pre-open request
+    // still being answered also satisfies) leaves only probes in flight.
+    let arrived_when_open = rx.arrivals();
     wait_until(WAIT, "the requests sent before it opened", || async {
-        rx.in_flight() <= 1
+        rx.answered_first(arrived_when_open)
     })
     .await;
     rx.reset_peak();

