@@ -201,6 +201,16 @@ impl Dispatcher {
     /// Adds a record (records come in commit order).
     pub(crate) fn push(&mut self, record: QueuedRecord, now: Instant) -> Pushed {
         let key = (record.commit_lsn, record.index);
+        // Records come in commit order: a stored batch whose last member is
+        // before this record gets no more (its missing members were
+        // filtered out since). Waiting for the transaction's end instead
+        // would hold the batch, and everything queued behind it, until a big
+        // transaction ends, while the memory budget fills: a deadlock.
+        for stored in &mut self.restored {
+            if !stored.complete && stored.members.last().is_some_and(|last| last < key) {
+                stored.complete = true;
+            }
+        }
         if !self.skip.is_empty() {
             self.skip
                 .retain(|s| s.last().is_some_and(|last| last >= key));
@@ -756,6 +766,30 @@ mod tests {
         assert!(batch(&mut d, t0 + Duration::from_secs(1)).is_none());
         d.tx_end(Lsn(12));
         assert_eq!(keys(&batch(&mut d, t0).unwrap()), [(10, 0), (10, 1)]);
+    }
+
+    #[test]
+    fn a_stored_batch_whose_last_record_was_filtered_goes_when_a_later_record_comes() {
+        // Inside one big transaction: the stored batch must not wait for the
+        // transaction's end (the budget would fill behind it first).
+        let mut d = dispatcher(10, 1 << 20);
+        d.restore(
+            vec![Stored::Range {
+                first: (Lsn(10), 0),
+                last: (Lsn(10), 5),
+            }],
+            vec![],
+        );
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, Group::default()), t0);
+        d.push(rec(10, 1, Group::default()), t0);
+        assert!(batch(&mut d, late).is_none(), "(10, 2..=5) may still come");
+        d.push(rec(10, 7, Group::default()), t0);
+        let restored = batch(&mut d, late).expect("the stored batch goes");
+        assert_eq!(keys(&restored), [(10, 0), (10, 1)]);
+        d.release(&restored);
+        assert_eq!(keys(&batch(&mut d, late).unwrap()), [(10, 7)]);
     }
 
     #[test]
