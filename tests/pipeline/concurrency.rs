@@ -788,3 +788,66 @@ async fn a_backlog_of_200_kb_rows_to_a_slow_endpoint_stays_within_the_memory_bud
         "the stream was interrupted:\n{stderr}"
     );
 }
+
+/// A restart with a narrower filter in the middle of a big transaction whose
+/// first batch was sent but not delivered: that stored batch's last record
+/// no longer passes, and the records behind it must not wait for the
+/// transaction's end (the memory budget fills long before it).
+#[tokio::test]
+async fn a_restart_with_a_narrower_filter_inside_a_big_transaction_delivers_what_passes() {
+    let db = orders("conc_refilter").await;
+    let rx = Receiver::start().await;
+    rx.set_latency(Duration::from_millis(50), Duration::from_millis(100));
+    rx.set_failure_rate(Some((1.0, 503)));
+    let port = free_port();
+    let base = base_config_with_admin(&db.url(), "conc_refilter", "conc_refilter", port).replacen(
+        "\n\n[admin]",
+        "\nmax_buffer_bytes = \"1MiB\"\n\n[admin]",
+        1,
+    );
+    let config = |on_insert: &str| {
+        format!(
+            "{base}[endpoints.hook]\nurl = \"{}\"\nretry = {{ initial = \"50ms\", max = \"200ms\" }}\n\n\
+             [[strategies]]\nname = \"orders\"\ntable = \"orders\"\nendpoint = \"hook\"\n\
+             on_insert = \"{on_insert}\"\nbatch_size = 10\nlinger = \"5ms\"\n",
+            rx.url("/hook"),
+        )
+    };
+    let mut first = Walhook::run(&config("true")).spawn();
+    first.wait_streaming(&db, "conc_refilter").await;
+    // 20,000 rows of ~1 KB in one transaction: 2,000 pass the second filter,
+    // about 2.5 MB of records against a 1 MiB budget.
+    db.psql("INSERT INTO orders SELECT i, i, repeat('x', 1000) FROM generate_series(1, 20000) i")
+        .await;
+    // The first batch (ids 1..=10) is stored and failing.
+    wait_until(WAIT, "the first batch to be tried", || async {
+        rx.arrivals() >= 2
+    })
+    .await;
+    first.kill9().await;
+
+    rx.set_failure_rate(None);
+    // Of the stored batch only id 1 passes now; its last record (10) is gone.
+    let mut second = Walhook::run(&config("row.id % 10 == 1")).spawn();
+    second.wait_streaming(&db, "conc_refilter").await;
+    let want: BTreeSet<i64> = (0..2000).map(|i| i * 10 + 1).collect();
+    wait_until(WAIT, "every row that passes the new filter", || async {
+        rx.accepted()
+            .iter()
+            .flat_map(Received::new_ids)
+            .collect::<BTreeSet<_>>()
+            == want
+    })
+    .await;
+    // The stored batch was re-formed: what still passes of it (id 1) went
+    // first and alone, not merged into the next batch. (Its batch id is new:
+    // a batch id names its records, and these are fewer.)
+    let delivered: Vec<Vec<i64>> = rx
+        .requests()
+        .iter()
+        .filter(|r| r.answered / 100 == 2)
+        .map(Received::new_ids)
+        .collect();
+    assert_eq!(delivered.first(), Some(&vec![1]), "{delivered:?}");
+    second.stop().await;
+}
