@@ -2,13 +2,11 @@
 //! stays paused on the standby that takes over after a kill -9 and on the
 //! instance started after that one stops, until it is resumed.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use walhook::lsn::Lsn;
 
 use crate::support::receiver::new_ids;
-use crate::support::walhook::admin_get;
+use crate::support::walhook::{admin_call, admin_get};
 use crate::support::{free_port, fresh_db, wait_until, Receiver, Walhook, WAIT};
 
 const TOKEN: &str = "pause-admin-token-4321";
@@ -25,15 +23,7 @@ fn config(url: &str, port: u16, receiver: &Receiver) -> String {
 }
 
 async fn post(port: u16, path: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}{path}"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("admin API answers");
-    let code = response.status().as_u16();
-    (code, response.text().await.unwrap_or_default())
+    admin_call(reqwest::Method::POST, port, path, TOKEN).await
 }
 
 /// The strategy's entry in `/status`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use walhook::lsn::Lsn;
 
-use crate::support::walhook::{admin_get, base_config_with_admin, metric_sum};
+use crate::support::walhook::{admin_call, admin_get, base_config_with_admin, metric_sum};
 use crate::support::{
     free_port, fresh_db, wait_until, Db, Received, Receiver, Reply, Walhook, WAIT,
 };
@@ -40,30 +40,12 @@ async fn orders(prefix: &str) -> Db {
     db
 }
 
-/// `POST` to the admin API with the token.
 async fn post(port: u16, path: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}{path}"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("admin API answers");
-    let code = response.status().as_u16();
-    (code, response.text().await.unwrap_or_default())
+    admin_call(reqwest::Method::POST, port, path, TOKEN).await
 }
 
-/// `GET` from the admin API with the token.
 async fn get(port: u16, path: &str) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .get(format!("http://127.0.0.1:{port}{path}"))
-        .bearer_auth(TOKEN)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .expect("admin API answers");
-    let code = response.status().as_u16();
-    (code, response.text().await.unwrap_or_default())
+    admin_call(reqwest::Method::GET, port, path, TOKEN).await
 }
 
 async fn scrape(port: u16) -> String {

@@ -366,6 +366,25 @@ pub(crate) async fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, response.text().await.ok()?))
 }
 
+/// `method` on the admin API with `token` as the bearer: the status and body
+/// (panics when the admin API does not answer).
+pub(crate) async fn admin_call(
+    method: reqwest::Method,
+    port: u16,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .request(method, format!("http://127.0.0.1:{port}{path}"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("admin API answers");
+    let code = response.status().as_u16();
+    (code, response.text().await.unwrap_or_default())
+}
+
 /// The sum of every sample of `name` in a Prometheus text scrape whose
 /// labels contain each of `labels` (`key="value"`); `None` when no sample
 /// matches.
