@@ -427,6 +427,33 @@ impl RecordEvent {
         out.push(b'}');
     }
 
+    /// About how long [`RecordEvent::write_json`]'s output is (longer when
+    /// values need escaping), so its buffer is allocated once, not grown
+    /// and copied for every doubling of a wide row.
+    pub(crate) fn json_len_hint(&self) -> usize {
+        let rel = &*self.relation;
+        let image = |tuple: &Option<Tuple>| {
+            tuple.as_ref().map_or(4, |t| {
+                let cells: usize = rel
+                    .columns
+                    .iter()
+                    .zip(&t.0)
+                    .map(|(col, cell)| {
+                        col.name.len()
+                            + 4
+                            + match cell {
+                                Cell::Text(b) => b.len() + 2,
+                                Cell::Binary(b) => b.len().div_ceil(3) * 4 + 2,
+                                Cell::Null | Cell::Unchanged => 4,
+                            }
+                    })
+                    .sum();
+                cells + 2
+            })
+        };
+        192 + rel.schema.len() + rel.name.len() + image(&self.new) + image(&self.old)
+    }
+
     /// A row image as a JSON object: unchanged TOASTed values left out, and
     /// only key columns when `key_only`.
     fn write_image(&self, tuple: Option<&Tuple>, key_only: bool, out: &mut Vec<u8>) {
@@ -669,7 +696,34 @@ mod tests {
         };
         let mut out = Vec::new();
         r.write_json(&mut out);
+        // Nothing here needs escaping: the buffer is allocated once.
+        assert!(r.json_len_hint() >= out.len(), "hint below {}", out.len());
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_wide_row_is_written_into_one_allocation_of_about_its_length() {
+        let wide = "x".repeat(8192);
+        let r = RecordEvent {
+            relation: relation(ReplicaIdentity::Full),
+            op: Op::Update,
+            commit_lsn: Lsn(0x16B3748),
+            index: 0,
+            xid: 750,
+            commit_time: 0,
+            new: Some(Tuple(vec![
+                t("1"),
+                Cell::Binary(Bytes::from_static(b"\x00\x01")),
+                Cell::Unchanged,
+                Cell::Text(Bytes::from(wide.clone())),
+            ])),
+            old: Some(Tuple(vec![t("1"), Cell::Null, t("open"), Cell::Text(Bytes::from(wide))])),
+        };
+        let hint = r.json_len_hint();
+        let mut out = Vec::with_capacity(hint);
+        r.write_json(&mut out);
+        assert_eq!(out.capacity(), hint, "never grown");
+        assert!(hint - out.len() < 512, "hint {hint} for {} bytes", out.len());
     }
 
     #[test]
