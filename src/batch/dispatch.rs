@@ -31,10 +31,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::payload::{self, Batch, RecordKey};
 use super::{Decorate, Group, QueuedRecord};
 use crate::budget::Charge;
 use crate::lsn::Lsn;
+
+/// Bodies of finished batches kept for reuse (one in flight and the next
+/// being sealed under `ordering = "commit"`).
+const BODIES_KEPT: usize = 2;
+/// Bytes a kept body may have beyond `max_batch_bytes` (the envelope).
+const BODY_SLACK: usize = 64 * 1024;
 
 /// Batching limits of one strategy.
 #[derive(Debug, Clone)]
@@ -149,6 +157,8 @@ pub(crate) struct Dispatcher {
     /// Pending entries per group key, and pending [`Group::All`] entries.
     pending_keys: HashMap<u64, usize>,
     pending_all: usize,
+    /// Bodies of batches that are done, reused for the next ones.
+    bodies: Vec<Vec<u8>>,
     /// Tests: scan every entry every time (the reference behaviour).
     #[cfg(test)]
     full_scan: bool,
@@ -190,6 +200,7 @@ impl Dispatcher {
             unscanned: None,
             pending_keys: HashMap::new(),
             pending_all: 0,
+            bodies: Vec::new(),
             #[cfg(test)]
             full_scan: false,
             restored: Vec::new(),
@@ -344,6 +355,21 @@ impl Dispatcher {
         }
         self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
         self.dirty = true;
+    }
+
+    /// Keeps the body of a batch that is done for a later batch, when
+    /// nothing else holds it and it is of an ordinary batch's size.
+    pub(crate) fn recycle(&mut self, body: Bytes) {
+        if self.bodies.len() >= BODIES_KEPT
+            || body.len() > self.opts.max_batch_bytes.saturating_add(BODY_SLACK)
+        {
+            return;
+        }
+        if let Ok(mut buf) = body.try_into_mut() {
+            // Emptied first: turning it into a Vec then copies nothing.
+            buf.clear();
+            self.bodies.push(buf.into());
+        }
     }
 
     /// Records pending (not in a batch yet).
@@ -574,7 +600,13 @@ impl Dispatcher {
         }
         self.in_flight_batches += 1;
         self.dirty = true;
-        let mut batch = payload::build(&self.opts.strategy, records, self.decorate.as_ref());
+        let buf = self.bodies.pop().unwrap_or_default();
+        let mut batch = payload::build_into(
+            &self.opts.strategy,
+            records,
+            self.decorate.as_ref(),
+            buf,
+        );
         batch.groups = groups;
         batch.charge = charge;
         batch
@@ -715,6 +747,35 @@ mod tests {
                 prop_assert_eq!(short.pending_len(), full.pending_len());
             }
         }
+    }
+
+    #[test]
+    fn a_finished_batch_body_is_reused_only_when_nothing_else_holds_it() {
+        let mut d = dispatcher(2, 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..6 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let mut first = batch(&mut d, t0).unwrap();
+        let body = first.body.clone();
+        d.release(&first);
+        d.recycle(std::mem::take(&mut first.body));
+        assert!(d.bodies.is_empty(), "still held elsewhere: not reused");
+        drop(body);
+        let mut second = batch(&mut d, t0).unwrap();
+        d.release(&second);
+        let at = second.body.as_ptr();
+        let expected = second.body.clone();
+        let copy = expected.to_vec();
+        drop(expected);
+        d.recycle(std::mem::take(&mut second.body));
+        assert_eq!(d.bodies.len(), 1);
+        let third = batch(&mut d, t0).unwrap();
+        assert_eq!(third.body.as_ptr(), at, "the same buffer");
+        assert_ne!(&third.body[..], &copy[..]);
+        let v: serde_json::Value = serde_json::from_slice(&third.body).unwrap();
+        assert_eq!(v["batch"]["size"], 2);
+        assert_eq!(v["records"][0]["n"], 4);
     }
 
     #[test]

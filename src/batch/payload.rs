@@ -220,6 +220,18 @@ pub fn build(
     records: Vec<QueuedRecord>,
     decorate: &dyn Decorate,
 ) -> Batch {
+    build_into(strategy, records, decorate, Vec::new())
+}
+
+/// [`build`], writing the body into `buf` (cleared first): the buffer of
+/// a batch that is done, so a megabyte body does not cost fresh pages
+/// every time.
+pub(crate) fn build_into(
+    strategy: &std::sync::Arc<str>,
+    records: Vec<QueuedRecord>,
+    decorate: &dyn Decorate,
+    mut out: Vec<u8>,
+) -> Batch {
     let keys: Vec<RecordKey> = records.iter().map(|r| (r.commit_lsn, r.index)).collect();
     let id = batch_id(strategy, &keys);
     let first_lsn = records.first().map(|r| r.commit_lsn).unwrap_or_default();
@@ -238,7 +250,8 @@ pub fn build(
     };
 
     let records_len: usize = records.iter().map(|r| r.json.len() + 1).sum();
-    let mut out = Vec::with_capacity(records_len + strategy.len() + 160);
+    out.clear();
+    out.reserve(records_len + strategy.len() + 160);
     out.extend_from_slice(b"{\"strategy\":");
     write_str(&mut out, strategy);
     out.extend_from_slice(b",\"batch\":{\"id\":");
