@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 mod common;
 
-use common::{cpu_seconds, free_port, load_average, stop, wait_for, WALHOOK};
+use common::{cpu_seconds, free_port, load_average, stop, wait_for, walhook_bin};
 use walhook::cluster::{Cluster, ClusterOptions};
 
 /// The fixed insert rates, one 30 s load each.
@@ -119,7 +119,7 @@ linger = "5ms"
     );
     let path = dir.path().join("config.toml");
     fs::write(&path, config).expect("write config");
-    let mut walhook = Command::new(WALHOOK)
+    let mut walhook = Command::new(walhook_bin())
         .args(["run", "-c"])
         .arg(&path)
         .env("WALHOOK_LOG", "warn")
@@ -187,6 +187,11 @@ linger = "5ms"
         "walhook {} latency benchmark ({} cores)",
         env!("CARGO_PKG_VERSION"),
         std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "walhook binary: {}; load average {} at the end",
+        walhook_bin(),
+        load_average()
     );
     println!(
         "idle: {idle_share:.2}% of one core over 10 s (target < 1%): {}",

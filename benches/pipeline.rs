@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    cpu_seconds, free_port, load_average, psql, run_walhook, start_cluster, stop, wait_for, Run,
-    BUDGET_MIB, WALHOOK,
+    cpu_seconds, free_port, load_average, psql, run_walhook, start_cluster, stop, wait_for,
+    walhook_bin, Run, BUDGET_MIB,
 };
 use walhook::cluster::Cluster;
 
@@ -162,6 +162,7 @@ fn main() {
             ""
         }
     );
+    println!("walhook binary: {}", walhook_bin());
     println!(
         "{:<3} {:>9} {:>12} {:>12} {:>5} {:>13} {:>5} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7}",
         "",
@@ -456,7 +457,7 @@ fn drain(
     end_lsn: &str,
 ) -> Drain {
     let port = free_port();
-    let mut receiver = Command::new(WALHOOK)
+    let mut receiver = Command::new(walhook_bin())
         .args([
             "receive",
             "--null",

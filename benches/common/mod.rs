@@ -12,7 +12,12 @@ use std::time::{Duration, Instant};
 
 use walhook::cluster::{Cluster, ClusterOptions};
 
-pub(crate) const WALHOOK: &str = env!("CARGO_BIN_EXE_walhook");
+/// The walhook binary under test: `$WALHOOK_BENCH_BIN` (e.g. a copy built
+/// from an earlier commit, for before/after figures with the same harness),
+/// else the one cargo built with this bench.
+pub(crate) fn walhook_bin() -> String {
+    std::env::var("WALHOOK_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_walhook").into())
+}
 
 /// The memory budget walhook runs with in the benchmarks
 /// (`source.max_buffer_bytes`, written into every config): the default.
@@ -181,7 +186,7 @@ pub(crate) fn run_walhook(
     fs::write(&path, config).expect("write config");
     let sql = Sql::connect(cluster, db);
     let start = Instant::now();
-    let mut walhook = Command::new(WALHOOK)
+    let mut walhook = Command::new(walhook_bin())
         .args(["run", "-c"])
         .arg(&path)
         .env("WALHOOK_LOG", "warn")
