@@ -601,12 +601,8 @@ impl Dispatcher {
         self.in_flight_batches += 1;
         self.dirty = true;
         let buf = self.bodies.pop().unwrap_or_default();
-        let mut batch = payload::build_into(
-            &self.opts.strategy,
-            records,
-            self.decorate.as_ref(),
-            buf,
-        );
+        let mut batch =
+            payload::build_into(&self.opts.strategy, records, self.decorate.as_ref(), buf);
         batch.groups = groups;
         batch.charge = charge;
         batch

@@ -730,13 +730,22 @@ mod tests {
                 Cell::Unchanged,
                 Cell::Text(Bytes::from(wide.clone())),
             ])),
-            old: Some(Tuple(vec![t("1"), Cell::Null, t("open"), Cell::Text(Bytes::from(wide))])),
+            old: Some(Tuple(vec![
+                t("1"),
+                Cell::Null,
+                t("open"),
+                Cell::Text(Bytes::from(wide)),
+            ])),
         };
         let hint = r.json_len_hint();
         let mut out = Vec::with_capacity(hint);
         r.write_json(&mut out);
         assert_eq!(out.capacity(), hint, "never grown");
-        assert!(hint - out.len() < 512, "hint {hint} for {} bytes", out.len());
+        assert!(
+            hint - out.len() < 512,
+            "hint {hint} for {} bytes",
+            out.len()
+        );
     }
 
     #[test]

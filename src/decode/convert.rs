@@ -524,7 +524,9 @@ mod tests {
     fn escapes_at_every_position_of_a_word() {
         // Each special byte at each offset of strings longer than a word,
         // around the 8-byte boundaries and in the tail.
-        for special in ["\"", "\\", "\n", "\u{0}", "\u{1f}", "\u{7f}", "é", "\u{2028}"] {
+        for special in [
+            "\"", "\\", "\n", "\u{0}", "\u{1f}", "\u{7f}", "é", "\u{2028}",
+        ] {
             for len in [1, 7, 8, 9, 15, 16, 17, 31] {
                 for at in 0..len {
                     let mut s = "a".repeat(len);
