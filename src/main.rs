@@ -179,7 +179,7 @@ enum EncodingArg {
 fn main() -> ExitCode {
     keep_large_buffers_mapped();
     let cli = Cli::parse();
-    match init_logging(cli.log_format).and_then(|()| execute(cli.command)) {
+    match init_logging(cli.log_format).and_then(|()| execute(cli.command, cli.log_format)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("walhook: {err}");
@@ -207,7 +207,7 @@ fn keep_large_buffers_mapped() {}
 
 /// Runs `command`: its configuration is loaded (and rejected) before the
 /// runtime starts and anything touches the database.
-fn execute(command: Command) -> Result<(), Error> {
+fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
     match command {
         Command::Run { config, stdout } => {
             let config = load_config(&config)?;
@@ -260,10 +260,17 @@ fn execute(command: Command) -> Result<(), Error> {
             limit,
         } => {
             let config = load_config(&config)?;
+            let display = match log_format {
+                LogFormat::Text if std::io::stderr().is_terminal() => runs::ProgressDisplay::Bar {
+                    colour: colour(true, std::env::var_os("NO_COLOR")),
+                },
+                _ => runs::ProgressDisplay::Lines,
+            };
             let opts = runs::RunStrategyOptions {
                 strategy: name,
                 filter,
                 limit,
+                display,
             };
             block_on(runs::run_strategy(config, opts))
         }
@@ -379,7 +386,8 @@ fn init_logging(format: LogFormat) -> Result<(), Error> {
             std::io::stderr().is_terminal(),
             std::env::var_os("NO_COLOR"),
         ))
-        .with_writer(std::io::stderr);
+        // Keeps run-strategy's progress bar intact.
+        .with_writer(runs::LogWriter::default);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

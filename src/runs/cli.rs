@@ -1,15 +1,37 @@
 //! `walhook run-strategy NAME`: one run without the admin server (seeding a
-//! receiver from a shell or a job). Progress goes to stdout, one line per
-//! page, rewritten in place on a terminal.
+//! receiver from a shell or a job).
+//!
+//! Progress goes to stderr, beside the logs: a bar on a terminal (indicatif),
+//! else a `run progress` log line every few seconds, so it follows
+//! `--log-format`, `NO_COLOR` and `WALHOOK_LOG` like every other line and a
+//! file or journal gets no control sequences. The one-line summary of the
+//! outcome goes to stdout, for scripts.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use super::manager::{Counts, RunError, RunManager};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::manager::{RunError, RunManager};
+use super::progress::Progress;
 use crate::config::Config;
 use crate::delivery::{build_endpoints, EndpointError};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{CompiledStrategy, StrategyError};
+
+/// How often a progress line is logged when there is no bar.
+const LINE_EVERY: Duration = Duration::from_secs(5);
+
+/// How `run-strategy` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressDisplay {
+    /// A bar redrawn in place on stderr (a terminal, text logs); `colour`
+    /// unless `NO_COLOR`.
+    Bar { colour: bool },
+    /// `run progress` log lines (a pipe, a file, JSON logs).
+    Lines,
+}
 
 /// What `run-strategy` was asked to do.
 #[derive(Debug, Clone)]
@@ -20,6 +42,8 @@ pub struct RunStrategyOptions {
     pub filter: Option<String>,
     /// At most this many records.
     pub limit: Option<u64>,
+    /// A bar (falls back to lines when the terminal cannot draw one) or lines.
+    pub display: ProgressDisplay,
 }
 
 /// Why `run-strategy` stopped (see `crate::error` for the exit codes).
@@ -68,26 +92,17 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
         .map_err(CliError::State)?;
     state.ensure_schema().await.map_err(CliError::State)?;
     let manager = RunManager::new(Arc::new(config), strategies, endpoints, state, url);
-    let terminal = std::io::stdout().is_terminal();
-    let progress = Arc::new(move |id: i64, c: &Counts| {
-        let line = format!(
-            "run {id}: {} rows read, {} records sent, {} delivered, {} failed, {} batches",
-            c.read, c.sent, c.delivered, c.failed, c.batches
-        );
-        let mut out = std::io::stdout().lock();
-        let _ = if terminal {
-            write!(out, "\r{line}\x1b[K")
-        } else {
-            writeln!(out, "{line}")
-        };
-        let _ = out.flush();
-    });
+    let shown = Arc::new(Shown::new(opts.display));
+    let watcher = shown.clone();
     let result = manager
-        .run_to_end(&opts.strategy, opts.filter, opts.limit, progress)
+        .run_to_end(
+            &opts.strategy,
+            opts.filter,
+            opts.limit,
+            Arc::new(move |p: &Progress| watcher.update(p)),
+        )
         .await;
-    if terminal {
-        println!();
-    }
+    shown.finish();
     match result {
         Ok(summary) if summary.counts.failed == 0 => Ok(()),
         Ok(summary) => Err(CliError::Failed {
@@ -96,5 +111,262 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
         }),
         Err(RunError::Filter(e)) => Err(CliError::Filter(e)),
         Err(e) => Err(CliError::Run(e)),
+    }
+}
+
+/// The bar being drawn, if any: log lines move it out of the way
+/// ([`LogWriter`]). Process-wide, as stderr is.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn active_bar() -> Option<ProgressBar> {
+    BAR.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Where the CLI shows a run's progress.
+#[derive(Debug)]
+struct Shown {
+    bar: Option<ProgressBar>,
+    colour: bool,
+    /// Lines: when the last one was logged.
+    last_line: Mutex<Option<Instant>>,
+    /// The run's last progress, once it ended.
+    ended: Mutex<Option<Progress>>,
+}
+
+impl Shown {
+    fn new(display: ProgressDisplay) -> Self {
+        let ProgressDisplay::Bar { colour } = display else {
+            return Shown {
+                bar: None,
+                colour: false,
+                last_line: Mutex::new(None),
+                ended: Mutex::new(None),
+            };
+        };
+        // Hidden on a terminal that cannot draw it (TERM unset or dumb).
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+            .with_style(bar_style(false, colour));
+        let bar = (!bar.is_hidden()).then_some(bar);
+        if let Some(bar) = &bar {
+            *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
+        }
+        Shown {
+            bar,
+            colour,
+            last_line: Mutex::new(None),
+            ended: Mutex::new(None),
+        }
+    }
+
+    fn update(&self, p: &Progress) {
+        match &self.bar {
+            Some(bar) => self.draw(bar, p),
+            None => log_line(p, &self.last_line),
+        }
+        if p.ended.is_some() {
+            // The bar stays as it ended; later log lines go below it.
+            *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = Some(*p);
+        }
+    }
+
+    fn draw(&self, bar: &ProgressBar, p: &Progress) {
+        if bar.prefix().is_empty() {
+            // The first report: from now on the spinner turns.
+            bar.set_prefix(p.id.to_string());
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        if bar.length().is_none() && p.counts.estimate.is_some() {
+            bar.set_style(bar_style(true, self.colour));
+        }
+        bar.set_message(status(p));
+        bar.update(|state| {
+            // An estimate exceeded grows the bar; a run that succeeded fills it.
+            let len = match (p.counts.estimate, p.ended) {
+                (Some(_), Some("succeeded")) => Some(p.done),
+                (Some(estimate), _) => Some(estimate.max(p.done)),
+                (None, _) => None,
+            };
+            if let Some(len) = len {
+                state.set_len(len);
+            }
+            state.set_pos(p.done);
+        });
+        match p.ended {
+            Some("succeeded") => bar.finish(),
+            Some(_) => bar.abandon(),
+            None => {}
+        }
+    }
+
+    /// Stops drawing (also when the run failed before it began) and prints
+    /// the summary of a run that ended.
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            if !bar.is_finished() {
+                bar.abandon();
+            }
+            *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        let Some(p) = *self.ended.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        let c = &p.counts;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "run {} {}: {} rows read, {} records sent, {} delivered, {} failed, {} batches in {:.1}s",
+            p.id,
+            p.ended.unwrap_or("ended"),
+            c.read,
+            c.sent,
+            c.delivered,
+            c.failed,
+            c.batches,
+            p.elapsed.as_secs_f64()
+        );
+        let _ = out.flush();
+    }
+}
+
+/// The bar's line: with a bar once the estimate is known, a count before.
+fn bar_style(estimate: bool, colour: bool) -> ProgressStyle {
+    let template = match (estimate, colour) {
+        (true, true) => "{spinner:.green} run {prefix} [{bar:25.cyan/blue}] {pos}/{len} rows ({percent}%) · {msg}",
+        (true, false) => "{spinner} run {prefix} [{bar:25}] {pos}/{len} rows ({percent}%) · {msg}",
+        (false, true) => "{spinner:.green} run {prefix}: {pos} rows · {msg}",
+        (false, false) => "{spinner} run {prefix}: {pos} rows · {msg}",
+    };
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// Delivered, failed, rate and time left (the same numbers as `GET /runs/{id}`).
+fn status(p: &Progress) -> String {
+    let mut text = format!(
+        "{} delivered, {} failed",
+        p.counts.delivered, p.counts.failed
+    );
+    if let Some(rate) = p.rate() {
+        text.push_str(&format!(" · {rate:.0} rows/s"));
+    }
+    if let Some(eta) = p.eta() {
+        let eta = Duration::from_secs(eta.as_secs());
+        text.push_str(&format!(" · ETA {}", humantime::format_duration(eta)));
+    }
+    text
+}
+
+/// Logs `run progress` when the run begins reading and every
+/// [`LINE_EVERY`] after (the end is logged by the run itself).
+fn log_line(p: &Progress, last: &Mutex<Option<Instant>>) {
+    if p.ended.is_some() {
+        return;
+    }
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|t| t.elapsed() < LINE_EVERY) {
+        return;
+    }
+    *last = Some(Instant::now());
+    tracing::info!(
+        run = p.id,
+        rows = p.done,
+        estimate = p.counts.estimate,
+        percent = p.percent().map(|x| x.round() as u64),
+        delivered = p.counts.delivered,
+        failed = p.counts.failed,
+        rows_per_second = p.rate().map(|r| r.round() as u64),
+        eta_seconds = p.eta().map(|d| d.as_secs()),
+        "run progress"
+    );
+}
+
+/// Stderr for log lines: while a bar is drawn, it is cleared for the line
+/// and drawn again below it. One per event; the line is written when dropped.
+#[derive(Debug, Default)]
+pub struct LogWriter {
+    line: Vec<u8>,
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.line.is_empty() {
+            return Ok(());
+        }
+        let line = std::mem::take(&mut self.line);
+        let write = || {
+            let mut err = std::io::stderr().lock();
+            err.write_all(&line).and_then(|()| err.flush())
+        };
+        match active_bar() {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runs::manager::Counts;
+
+    fn hidden() -> (Shown, ProgressBar) {
+        let bar = ProgressBar::hidden();
+        let shown = Shown {
+            bar: Some(bar.clone()),
+            colour: false,
+            last_line: Mutex::new(None),
+            ended: Mutex::new(None),
+        };
+        (shown, bar)
+    }
+
+    fn progress(done: u64, estimate: Option<u64>, ended: Option<&'static str>) -> Progress {
+        let counts = Counts {
+            read: done,
+            sent: done,
+            delivered: done,
+            estimate,
+            ..Counts::default()
+        };
+        Progress::new(7, counts, Duration::from_secs(1), ended)
+    }
+
+    #[test]
+    fn the_bar_grows_past_an_estimate_and_a_success_fills_it() {
+        let (shown, bar) = hidden();
+        shown.update(&progress(0, None, None));
+        assert_eq!(bar.length(), None, "a count until the estimate is known");
+        shown.update(&progress(40, Some(100), None));
+        assert_eq!((bar.position(), bar.length()), (40, Some(100)));
+        assert_eq!(bar.message(), "40 delivered, 0 failed · 40 rows/s · ETA 1s");
+        shown.update(&progress(130, Some(100), None));
+        assert_eq!((bar.position(), bar.length()), (130, Some(130)));
+        shown.update(&progress(150, Some(100), Some("succeeded")));
+        assert_eq!((bar.position(), bar.length()), (150, Some(150)));
+        assert!(bar.is_finished());
+    }
+
+    #[test]
+    fn a_success_short_of_the_estimate_is_a_full_bar_and_a_failure_stays_where_it_stopped() {
+        let (shown, bar) = hidden();
+        shown.update(&progress(60, Some(100), Some("succeeded")));
+        assert_eq!((bar.position(), bar.length()), (60, Some(60)));
+        let (shown, bar) = hidden();
+        shown.update(&progress(60, Some(100), Some("cancelled")));
+        assert_eq!((bar.position(), bar.length()), (60, Some(100)));
+        assert!(bar.is_finished(), "abandoned");
     }
 }

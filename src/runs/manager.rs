@@ -6,7 +6,8 @@
 //! never moves the slot, and live changes never wait behind it.
 //!
 //! A run is recorded in `walhook.runs` before its snapshot is taken; its
-//! counts (`read`, `sent`, `delivered`, `failed`, `batches`) are written
+//! counts (`read`, `sent`, `delivered`, `failed`, `batches`, and the
+//! `estimate` of rows once the snapshot began) are written
 //! after every page and when it ends, with the state `running`,
 //! `succeeded`, `failed`, `cancelled` or `refused` (a sync run over
 //! `sync_limit`). Delivery that exhausts `max_attempts` with
@@ -21,7 +22,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::snapshot::{Snapshot, SnapshotError, DEFAULT_PAGE};
+use super::progress::Progress;
+use super::snapshot::{Snapshot, SnapshotError, COUNT_UP_TO_BYTES, DEFAULT_PAGE};
 use crate::admin::{ControlError, RunMode, RunReply};
 use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord, Reply, ReplyLog, WorkItem};
 use crate::checkpoint::Checkpoint;
@@ -144,8 +146,10 @@ impl RunError {
     }
 }
 
-/// A run's counts so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// A run's counts so far (stored in `walhook.runs.counts`; rows of older
+/// versions lack `estimate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub(crate) struct Counts {
     /// Rows read from the table.
     pub(crate) read: u64,
@@ -157,6 +161,9 @@ pub(crate) struct Counts {
     pub(crate) failed: u64,
     /// Batches delivered or dead-lettered.
     pub(crate) batches: u64,
+    /// About how many rows the run will read (capped by its limit), once
+    /// its snapshot began; `None` when unknown.
+    pub(crate) estimate: Option<u64>,
 }
 
 /// How a run that finished went.
@@ -223,6 +230,7 @@ impl Live {
 struct Active {
     cancel: CancellationToken,
     live: Arc<Live>,
+    started: Instant,
 }
 
 /// One run, ready to execute.
@@ -240,10 +248,26 @@ struct Plan {
     started: Instant,
     /// Sync runs keep the endpoint's answers.
     replies: Option<Arc<ReplyLog>>,
+    /// Told where the run is, after every page and while delivery goes on.
+    progress: Option<OnProgress>,
 }
 
-/// Called with the counts after every page (the CLI prints them).
-type OnProgress = Arc<dyn Fn(i64, &Counts) + Send + Sync>;
+impl Plan {
+    /// Tells the watcher (the CLI) where the run is.
+    fn report(&self, ended: Option<&'static str>) {
+        if let Some(progress) = &self.progress {
+            progress(&Progress::new(
+                self.id,
+                self.live.get(),
+                self.started.elapsed(),
+                ended,
+            ));
+        }
+    }
+}
+
+/// Called with the run's progress while it runs and once when it ends.
+pub(crate) type OnProgress = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Starts and tracks runs. Cheap to clone.
 #[derive(Clone)]
@@ -304,7 +328,7 @@ impl RunManager {
             RunMode::Sync => {
                 let summary = self
                     .clone()
-                    .execute(plan, None)
+                    .execute(plan)
                     .await
                     .map_err(|e| e.to_control())?;
                 Ok(RunReply::Completed(summary.to_json()))
@@ -313,7 +337,7 @@ impl RunManager {
                 let id = plan.id;
                 let me = self.clone();
                 tokio::spawn(async move {
-                    let _ = me.execute(plan, None).await;
+                    let _ = me.execute(plan).await;
                 });
                 Ok(RunReply::Started { id })
             }
@@ -328,10 +352,11 @@ impl RunManager {
         limit: Option<u64>,
         progress: OnProgress,
     ) -> Result<Summary, RunError> {
-        let plan = self
+        let mut plan = self
             .prepare(strategy, RunMode::Async, filter, limit, Trigger::Cli)
             .await?;
-        self.clone().execute(plan, Some(progress)).await
+        plan.progress = Some(progress);
+        self.clone().execute(plan).await
     }
 
     /// True while run `id` is going on in this process.
@@ -362,7 +387,8 @@ impl RunManager {
         }
     }
 
-    /// A run's record, with live counts while it runs here.
+    /// A run's record, with live counts while it runs here, and its
+    /// `progress` (see [`Progress::to_json`]).
     pub(crate) async fn get(&self, id: i64) -> Result<Value, ControlError> {
         let row = self
             .inner
@@ -373,10 +399,26 @@ impl RunManager {
         let Some(mut row) = row else {
             return Err(ControlError::NotFound(format!("no run {id}")));
         };
-        let live = self.lock_active().get(&id).map(|a| a.live.get());
-        if let Some(counts) = live {
-            row["counts"] = json!(counts);
-        }
+        let live = self
+            .lock_active()
+            .get(&id)
+            .map(|a| (a.live.get(), a.started.elapsed()));
+        let (counts, elapsed) = match live {
+            Some((counts, elapsed)) => {
+                row["counts"] = json!(counts);
+                (counts, elapsed)
+            }
+            None => (
+                serde_json::from_value(row["counts"].clone()).unwrap_or_default(),
+                stored_elapsed(&row),
+            ),
+        };
+        let ended = match row["state"].as_str() {
+            Some("running") | None => None,
+            Some("succeeded") => Some("succeeded"),
+            Some(_) => Some("ended"),
+        };
+        row["progress"] = Progress::new(id, counts, elapsed, ended).to_json();
         Ok(row)
     }
 
@@ -478,11 +520,13 @@ impl RunManager {
             .await?;
         let cancel = CancellationToken::new();
         let live = Arc::new(Live::default());
+        let started = Instant::now();
         self.lock_active().insert(
             id,
             Active {
                 cancel: cancel.clone(),
                 live: live.clone(),
+                started,
             },
         );
         tracing::info!(
@@ -502,14 +546,15 @@ impl RunManager {
             buffer_limit,
             cancel,
             live,
-            started: Instant::now(),
+            started,
             replies: matches!(mode, RunMode::Sync).then(Arc::default),
+            progress: None,
         })
     }
 
     /// Runs `plan` to its end and records the outcome.
-    async fn execute(self, plan: Plan, progress: Option<OnProgress>) -> Result<Summary, RunError> {
-        let result = self.deliver(&plan, progress.as_ref()).await;
+    async fn execute(self, plan: Plan) -> Result<Summary, RunError> {
+        let result = self.deliver(&plan).await;
         let counts = plan.live.get();
         let (state, error) = match &result {
             Ok(()) if counts.failed == 0 => ("succeeded", None),
@@ -534,9 +579,7 @@ impl RunManager {
             .increment(1);
         metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
             .increment(counts.delivered);
-        if let Some(progress) = &progress {
-            progress(plan.id, &counts);
-        }
+        plan.report(Some(state));
         let duration = plan.started.elapsed();
         match &error {
             None => {
@@ -586,7 +629,7 @@ impl RunManager {
         Ok(())
     }
 
-    async fn deliver(&self, plan: &Plan, progress: Option<&OnProgress>) -> Result<(), RunError> {
+    async fn deliver(&self, plan: &Plan) -> Result<(), RunError> {
         let cfg = &self.inner.config.strategies[plan.index];
         // Config validation refuses runs on a `messages` strategy.
         let Some(table) = &cfg.table else {
@@ -610,6 +653,15 @@ impl RunManager {
                 }
             }
         }
+        let estimate = snapshot.estimate(COUNT_UP_TO_BYTES).await;
+        plan.live.update(|c| {
+            c.estimate = match (estimate, plan.limit) {
+                (Some(rows), Some(limit)) => Some(rows.min(limit)),
+                (rows, _) => rows,
+            };
+        });
+        self.write_counts(plan).await;
+        plan.report(None);
         let mut reader = Reader {
             plan,
             warned: false,
@@ -645,9 +697,7 @@ impl RunManager {
                 run.send(record, plan).await?;
             }
             run.refresh(plan)?;
-            if let Some(progress) = progress {
-                progress(plan.id, &plan.live.get());
-            }
+            plan.report(None);
             if last_write.elapsed() >= Duration::from_secs(1) {
                 last_write = Instant::now();
                 self.write_counts(plan).await;
@@ -827,6 +877,7 @@ impl RunWorker {
                         if let Err(e) = self.refresh(plan) {
                             return Err(self.abort(e).await);
                         }
+                        plan.report(None);
                     }
                     Err(mpsc::error::SendTimeoutError::Closed(_)) => {
                         return Err(RunError::WorkerStopped)
@@ -879,6 +930,7 @@ impl RunWorker {
                     if let Err(e) = self.refresh(plan) {
                         return Err(self.abort(e).await);
                     }
+                    plan.report(None);
                     if last_write.elapsed() >= Duration::from_secs(1) {
                         last_write = Instant::now();
                         manager.write_counts(plan).await;
@@ -887,4 +939,20 @@ impl RunWorker {
             }
         }
     }
+}
+
+/// How long a run not going on in this process ran: until it ended, or
+/// until now (by this host's clock) while another process runs it.
+fn stored_elapsed(row: &Value) -> Duration {
+    let time = |key: &str| {
+        row[key]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let Some(started) = time("started_at") else {
+        return Duration::ZERO;
+    };
+    let end = time("finished_at").unwrap_or_else(chrono::Utc::now);
+    (end - started).to_std().unwrap_or_default()
 }

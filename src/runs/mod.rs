@@ -11,12 +11,13 @@
 pub(crate) mod cli;
 mod control;
 mod manager;
+mod progress;
 pub(crate) mod schedule;
 mod snapshot;
 
-pub use cli::{run_strategy, CliError, RunStrategyOptions};
+pub use cli::{run_strategy, CliError, LogWriter, ProgressDisplay, RunStrategyOptions};
 pub(crate) use control::{spawn_pause_sync, AppControl};
 pub use manager::RunError;
 pub(crate) use manager::RunManager;
 pub(crate) use schedule::ScheduleBoard;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::{Snapshot, SnapshotError, COUNT_UP_TO_BYTES};

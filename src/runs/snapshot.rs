@@ -25,6 +25,10 @@ use crate::pg::{self, quote_ident, quote_table};
 /// Rows per page.
 pub(crate) const DEFAULT_PAGE: usize = 1000;
 
+/// Tables up to this size on disk are counted exactly for a run's
+/// estimate (a few milliseconds); larger ones use the planner's statistics.
+pub const COUNT_UP_TO_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Why a table cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -174,6 +178,72 @@ impl Snapshot {
     /// The table's columns as the run sees them.
     pub(crate) fn relation(&self) -> &Arc<Relation> {
         &self.relation
+    }
+
+    /// About how many rows the snapshot holds, for a run's progress: an
+    /// exact `count(*)` in the snapshot (as `run_as`, so row-level security
+    /// applies) when the table is at most `count_up_to` bytes on disk, else
+    /// `pg_class.reltuples` scaled to the table's current size, as the
+    /// planner does (no scan; it ignores row-level security). `None` when a
+    /// large table was never analyzed, or the estimate cannot be had: it is
+    /// only shown, so it never fails the run.
+    pub async fn estimate(&self, count_up_to: u64) -> Option<u64> {
+        // A failed query would abort the snapshot's transaction.
+        self.client
+            .batch_execute("SAVEPOINT walhook_estimate")
+            .await
+            .ok()?;
+        let estimate = self.try_estimate(count_up_to).await;
+        let end = match estimate {
+            Ok(_) => "RELEASE SAVEPOINT walhook_estimate",
+            Err(_) => "ROLLBACK TO SAVEPOINT walhook_estimate",
+        };
+        if let Err(e) = &estimate {
+            tracing::debug!(table = %self.table, error = %pg::describe(e), "cannot estimate the table's rows");
+        }
+        self.client.batch_execute(end).await.ok()?;
+        estimate.ok().flatten()
+    }
+
+    async fn try_estimate(&self, count_up_to: u64) -> Result<Option<u64>, tokio_postgres::Error> {
+        // Each leaf partition (the table itself when not partitioned):
+        // bytes on disk, and the statistics as of the last ANALYZE/VACUUM.
+        let leaves = self
+            .client
+            .query(
+                "SELECT pg_relation_size(c.oid)::int8, c.reltuples::float8, c.relpages::int8, \
+                        current_setting('block_size')::int8 \
+                 FROM pg_class c \
+                 WHERE c.relkind = 'r' AND (c.oid = $1 \
+                    OR c.oid IN (SELECT relid FROM pg_partition_tree($1::oid::regclass)))",
+                &[&self.relation.oid],
+            )
+            .await?;
+        let bytes: i64 = leaves.iter().map(|r| r.get::<_, i64>(0)).sum();
+        if u64::try_from(bytes).unwrap_or(u64::MAX) <= count_up_to {
+            let row = self
+                .client
+                .query_one(
+                    &format!("SELECT count(*) FROM {}", quote_table(&self.table)),
+                    &[],
+                )
+                .await?;
+            return Ok(u64::try_from(row.get::<_, i64>(0)).ok());
+        }
+        let mut rows = 0.0;
+        for leaf in &leaves {
+            let (bytes, tuples, pages, block): (i64, f64, i64, i64) =
+                (leaf.get(0), leaf.get(1), leaf.get(2), leaf.get(3));
+            let now_pages = (bytes / block.max(1)) as f64;
+            rows += match (tuples, pages) {
+                // Never analyzed (-1 from PostgreSQL 14; 0 pages before).
+                (t, _) if t < 0.0 => return Ok(None),
+                (_, 0) if now_pages > 0.0 => return Ok(None),
+                (_, 0) => 0.0,
+                (t, p) => t / p as f64 * now_pages,
+            };
+        }
+        Ok(Some(rows.round() as u64))
     }
 
     /// The next page of rows, in primary-key order; `None` when done.

@@ -381,58 +381,6 @@ async fn logs_follow_log_format_and_walhook_log() {
     assert_eq!(stderr, "", "WALHOOK_LOG=warn hides info lines");
 }
 
-/// Runs `walhook ARGS` in `dir` with stderr on a new pseudo-terminal and
-/// returns what it wrote there (the terminal's bytes, colour codes kept).
-fn stderr_on_a_terminal(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    use std::io::Read;
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    let (mut master, mut slave) = (-1, -1);
-    // SAFETY: openpty writes two fds into the pointers; the name, termios
-    // and window size arguments may be null.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just opened by openpty and are owned here only.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .env_remove("NO_COLOR")
-        .env_remove("WALHOOK_LOG")
-        .envs(env.iter().copied())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::from(slave));
-    let mut child = command.spawn().expect("spawning walhook");
-    // Our copy of the terminal's slave end went into `command`; drop it so
-    // that reading ends (EIO) once walhook has exited.
-    drop(command);
-    let mut terminal = std::fs::File::from(master);
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match terminal.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => bytes.extend_from_slice(&chunk[..n]),
-            // Linux answers EIO once no process holds the slave end.
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
-            Err(e) => panic!("reading the terminal: {e}"),
-        }
-    }
-    let status = child.wait().expect("waiting for walhook");
-    assert!(status.success(), "{status:?}");
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 #[tokio::test]
 async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     let db = fresh_db("ops_colour").await;
@@ -452,18 +400,18 @@ async fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
         out.stderr
     );
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("config.toml"), &config.0).expect("config");
-    let path = dir.path().to_path_buf();
-    let (coloured, plain) = tokio::task::spawn_blocking(move || {
-        let args = ["setup", "-c", "config.toml"];
-        (
-            stderr_on_a_terminal(&path, &args, &[]),
-            stderr_on_a_terminal(&path, &args, &[("NO_COLOR", "1")]),
-        )
-    })
-    .await
-    .expect("terminal task");
+    let on_a_terminal = |env: &[(&str, &str)]| {
+        let command = Walhook::command(&["setup", "-c", "config.toml"])
+            .config(&config.0)
+            .envs(env);
+        async move {
+            let (status, text) = command.on_a_terminal().await;
+            assert!(status.success(), "{status:?}: {text}");
+            text
+        }
+    };
+    let coloured = on_a_terminal(&[]).await;
+    let plain = on_a_terminal(&[("NO_COLOR", "1")]).await;
     assert!(coloured.contains("setup step done"), "{coloured:?}");
     assert!(
         coloured.contains("\x1b["),

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{call, config_with_token, encode, runs_rows, start_streaming, wait_finished};
 use crate::support::schema::validate_payload;
-use crate::support::{fresh_db, Receiver, Reply, WAIT};
+use crate::support::{fresh_db, wait_until, Receiver, Reply, WAIT};
 
 #[tokio::test]
 async fn async_run_with_a_filter_delivers_exactly_the_matching_rows_in_key_order_beside_live_inserts(
@@ -71,6 +71,8 @@ async fn async_run_with_a_filter_delivers_exactly_the_matching_rows_in_key_order
     // Live rows inserted before the snapshot began are read too (and filtered out).
     let read = run["counts"]["read"].as_u64().unwrap();
     assert!((10000..=10005).contains(&read), "{run}");
+    assert_eq!(run["counts"]["estimate"], read, "counted in the snapshot");
+    assert_eq!(run["progress"]["percent"], 100.0, "{run}");
     assert_eq!(run["counts"]["delivered"], expected.len(), "{run}");
     assert_eq!(run["counts"]["failed"], 0);
 
@@ -241,6 +243,79 @@ async fn a_run_as_a_restricted_role_sends_only_the_rows_row_level_security_shows
         .collect();
     assert_eq!(owners.len(), 50);
     assert!(owners.iter().all(|o| o == "alice"), "{owners:?}");
+    let id = summary["run_id"].as_i64().unwrap();
+    let (_, body) = call("GET", &admin, &format!("/runs/{id}")).await;
+    let run: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(run["counts"]["estimate"], 50, "counted as run_as: {run}");
+    walhook.stop().await;
+}
+
+#[tokio::test]
+async fn an_async_run_shows_its_estimate_and_progress_while_it_runs() {
+    let db = fresh_db("runs_progress").await;
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 3000);")
+        .await;
+    let receiver = Receiver::start().await;
+    receiver.set_latency(Duration::from_millis(50), Duration::from_millis(300));
+    let (base, admin) = config_with_token(&db.url(), "runs_progress");
+    let config = format!(
+        "{base}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"t\"\ntable = \"t\"\n\
+         endpoint = \"hook\"\nbatch_size = 100\non_demand = {{ async = true }}\n",
+        receiver.url("/hook")
+    );
+    let walhook = start_streaming(&config, &db, "runs_progress").await;
+    let (status, body) = call("POST", &admin, "/strategies/t/runs?mode=async").await;
+    assert_eq!(status, 202, "{body}\n{}", walhook.stderr());
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // What a console draws while the run goes on: done rows of the estimate.
+    let seen = std::cell::RefCell::new(Value::Null);
+    wait_until(WAIT, "the run part-way, with its progress", || async {
+        let (_, body) = call("GET", &admin, &format!("/runs/{id}")).await;
+        let run: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        let done = run["progress"]["done"].as_u64().unwrap_or(0);
+        let partway = run["state"] == "running" && (1..3000).contains(&done);
+        *seen.borrow_mut() = run;
+        partway
+    })
+    .await;
+    let run = seen.into_inner();
+    assert_eq!(run["counts"]["estimate"], 3000, "{run}");
+    let done = run["progress"]["done"].as_u64().unwrap();
+    assert_eq!(
+        done,
+        run["counts"]["delivered"].as_u64().unwrap(),
+        "no filter: a row is done once delivered: {run}"
+    );
+    let percent = run["progress"]["percent"].as_f64().unwrap();
+    assert!(percent > 0.0 && percent < 100.0, "{run}");
+    assert!(
+        run["progress"]["rows_per_second"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+    assert!(run["progress"]["eta_seconds"].is_u64(), "{run}");
+
+    let run = wait_finished(&admin, id).await;
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(
+        run["counts"]["estimate"], 3000,
+        "kept with the counts: {run}"
+    );
+    assert_eq!(run["progress"]["done"], 3000, "{run}");
+    assert_eq!(run["progress"]["percent"], 100.0, "{run}");
+    assert!(run["progress"]["eta_seconds"].is_null(), "{run}");
+
+    // A limit caps the estimate.
+    let (status, body) = call("POST", &admin, "/strategies/t/runs?mode=async&limit=500").await;
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let run = wait_finished(&admin, id).await;
+    assert_eq!(run["counts"]["estimate"], 500, "{run}");
+    assert_eq!(run["counts"]["delivered"], 500, "{run}");
     walhook.stop().await;
 }
 

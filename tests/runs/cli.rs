@@ -1,6 +1,11 @@
 //! `walhook run-strategy`: one run without the admin server; exit 0 when
 //! delivered, non-zero when delivery fails past the retry policy.
 
+use std::time::Duration;
+
+use regex::Regex;
+use serde_json::Value;
+
 use crate::support::walhook::{base_config, Exited};
 use crate::support::{fresh_db, Db, Receiver, Walhook};
 
@@ -12,6 +17,29 @@ async fn run_strategy(config: &str, args: &[&str]) -> Exited {
         .chain(["-c", "config.toml"])
         .collect();
     Walhook::command(&args).config(config).output().await
+}
+
+/// A strategy `seed` over `t` (2500 rows) to a receiver that answers in
+/// 50–300 ms, in batches of 250.
+async fn seeded(prefix: &str) -> (Db, Receiver, String) {
+    let (url, db) = setup(prefix).await;
+    let receiver = Receiver::start().await;
+    receiver.set_latency(Duration::from_millis(50), Duration::from_millis(300));
+    let config = format!(
+        "{}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"seed\"\ntable = \"t\"\n\
+         endpoint = \"hook\"\non_insert = \"true\"\nbatch_size = 250\n",
+        base_config(&url, prefix, prefix),
+        receiver.url("/hook")
+    );
+    (db, receiver, config)
+}
+
+/// The text without colour and style codes (`ESC [ … m`).
+fn strip_style(text: &str) -> String {
+    Regex::new("\x1b\\[[0-9;]*m")
+        .unwrap()
+        .replace_all(text, "")
+        .into_owned()
 }
 
 async fn setup(prefix: &str) -> (String, Db) {
@@ -60,12 +88,29 @@ async fn run_strategy_delivers_the_filtered_rows_and_exits_zero() {
         (101..=2100).collect::<Vec<_>>(),
         "filter, limit, key order"
     );
-    let lines: Vec<&str> = out.stdout.lines().collect();
-    assert!(lines.len() >= 3, "a progress line per page: {}", out.stdout);
+    // stderr: progress as log lines, no terminal control sequences; the
+    // estimate is the table's 2500 rows capped by --limit.
+    let progress: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("run progress"))
+        .collect();
     assert!(
-        lines.last().unwrap().contains("2000 delivered, 0 failed"),
+        progress
+            .first()
+            .is_some_and(|l| l.contains("estimate=2000")),
         "{}",
-        out.stdout
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\x1b'), "{:?}", out.stderr);
+    // stdout: the one-line summary, for scripts.
+    let summary = out.stdout.trim();
+    assert!(
+        summary.starts_with("run ")
+            && summary.contains(
+                " succeeded: 2100 rows read, 2000 records sent, 2000 delivered, 0 failed, "
+            ),
+        "{summary}"
     );
 
     let out = run_strategy(&config, &["nope"]).await;
@@ -126,11 +171,9 @@ async fn dead_lettered_batches_count_as_failed_records_and_exit_non_zero() {
         out.stderr
     );
     assert!(
-        out.stdout
-            .lines()
-            .last()
-            .unwrap()
-            .contains("1500 delivered, 1000 failed"),
+        out.stdout.contains(
+            " failed: 2500 rows read, 2500 records sent, 1500 delivered, 1000 failed, 3 batches in "
+        ),
         "{}",
         out.stdout
     );
@@ -144,4 +187,101 @@ async fn dead_lettered_batches_count_as_failed_records_and_exit_non_zero() {
         .psql("SELECT trigger || '|' || state FROM walhook.runs")
         .await;
     assert_eq!(run.trim(), "cli|failed");
+}
+
+#[tokio::test]
+async fn on_a_terminal_run_strategy_draws_a_progress_bar_up_to_every_row() {
+    let (_db, receiver, config) = seeded("runs_cli_tty").await;
+    let on_a_terminal = |env: &[(&str, &str)]| {
+        let command = Walhook::command(&["run-strategy", "seed", "-c", "config.toml"])
+            .config(&config)
+            .envs(env);
+        async move {
+            let (status, screen) = command.on_a_terminal().await;
+            assert!(status.success(), "{status:?}: {screen}");
+            screen
+        }
+    };
+    let coloured = on_a_terminal(&[]).await;
+    assert_eq!(receiver.accepted_record_ids().len(), 2500);
+    assert!(coloured.contains("\x1b[3"), "a coloured bar: {coloured:?}");
+    let plain = on_a_terminal(&[("NO_COLOR", "1")]).await;
+    assert_eq!(receiver.accepted_record_ids().len(), 5000);
+    assert_eq!(
+        strip_style(&plain),
+        plain,
+        "NO_COLOR: no colour, still a bar"
+    );
+
+    let frame = Regex::new(r"run (\d+) \[([=> ]{25})\] (\d+)/2500 rows \((\d+)%\)").unwrap();
+    for screen in [strip_style(&coloured), plain] {
+        let frames: Vec<(String, u64)> = frame
+            .captures_iter(&screen)
+            .map(|c| (c[2].to_string(), c[3].parse().unwrap()))
+            .collect();
+        // Redrawn as batches are delivered: a part of the bar, then all of it.
+        assert!(
+            frames
+                .iter()
+                .any(|(bar, done)| (1..2500).contains(done) && bar.contains('>')),
+            "no partial bar in {screen:?}"
+        );
+        assert_eq!(
+            frames.last(),
+            Some(&("=".repeat(25), 2500)),
+            "the bar ends full: {screen:?}"
+        );
+        let done: Vec<u64> = frames.iter().map(|f| f.1).collect();
+        assert!(done.is_sorted(), "the count only grows: {done:?}");
+        assert!(
+            screen.contains("2500/2500 rows (100%) · 2500 delivered, 0 failed"),
+            "{screen:?}"
+        );
+        // The logs stay readable beside the bar; the summary follows it.
+        assert!(screen.contains("run succeeded"), "{screen:?}");
+        assert!(
+            screen.contains(
+                " succeeded: 2500 rows read, 2500 records sent, 2500 delivered, 0 failed, "
+            ),
+            "{screen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_terminal_run_strategy_logs_plain_progress_lines_in_the_log_format() {
+    let (_db, receiver, config) = seeded("runs_cli_lines").await;
+    let out = run_strategy(&config, &["seed", "--log-format", "json"]).await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(receiver.accepted_record_ids().len(), 2500);
+    assert!(!out.stderr.contains('\x1b'), "{:?}", out.stderr);
+    let lines: Vec<Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let progress: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "run progress")
+        .collect();
+    assert!(!progress.is_empty(), "{}", out.stderr);
+    for line in &progress {
+        assert_eq!(line["fields"]["estimate"], 2500, "{line}");
+        assert!(line["fields"]["rows"].as_u64().unwrap() <= 2500, "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "run succeeded" && l["fields"]["delivered"] == 2500),
+        "{}",
+        out.stderr
+    );
+    let summary: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(summary.len(), 1, "{}", out.stdout);
+    assert!(
+        summary[0]
+            .contains(" succeeded: 2500 rows read, 2500 records sent, 2500 delivered, 0 failed, "),
+        "{}",
+        out.stdout
+    );
 }

@@ -5,7 +5,7 @@ use serde_json::Value;
 use walhook::config::TableName;
 use walhook::decode::RecordEvent;
 use walhook::pg;
-use walhook::runs::{Snapshot, SnapshotError};
+use walhook::runs::{Snapshot, SnapshotError, COUNT_UP_TO_BYTES};
 
 use crate::support::fresh_db;
 
@@ -104,6 +104,53 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
         }
     }
     assert_eq!(count, 25, "the role sees only its tenant's rows");
+    let client = snap.finish().await;
+    let snap = Snapshot::open(client, &table("accounts"), Some("runs_acme"), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        snap.estimate(COUNT_UP_TO_BYTES).await,
+        Some(25),
+        "counted as the role"
+    );
+}
+
+#[tokio::test]
+async fn the_estimate_counts_a_small_table_and_uses_statistics_for_a_large_one() {
+    let fresh = fresh_db("runs_estimate").await;
+    let url = fresh.url();
+    // No autovacuum: the statistics are those of the ANALYZE below only.
+    fresh
+        .psql(
+            "CREATE TABLE e (id int PRIMARY KEY, pad text) WITH (autovacuum_enabled = false); \
+             INSERT INTO e SELECT i, repeat('x', 100) FROM generate_series(1, 3000) i;",
+        )
+        .await;
+    let client = pg::connect(&url, "test").await.unwrap();
+    let snap = Snapshot::open(client, &table("e"), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(snap.estimate(COUNT_UP_TO_BYTES).await, Some(3000));
+    // Counting off: a table never analyzed has no estimate.
+    assert_eq!(snap.estimate(0).await, None);
+    snap.finish().await;
+
+    fresh
+        .psql("ANALYZE e; DELETE FROM e WHERE id > 2000;")
+        .await;
+    let client = pg::connect(&url, "test").await.unwrap();
+    let mut snap = Snapshot::open(client, &table("e"), None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(snap.estimate(COUNT_UP_TO_BYTES).await, Some(2000));
+    // The statistics are older than the delete: the run reads fewer rows.
+    assert_eq!(snap.estimate(0).await, Some(3000));
+    // The estimate leaves the snapshot usable.
+    let mut rows = 0;
+    while let Some(page) = snap.next_page().await.unwrap() {
+        rows += page.len();
+    }
+    assert_eq!(rows, 2000);
 }
 
 #[tokio::test]

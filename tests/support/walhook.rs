@@ -119,6 +119,85 @@ impl WalhookCommand {
     }
 }
 
+impl WalhookCommand {
+    /// Runs the process with stdout and stderr on a new pseudo-terminal (a
+    /// user's shell: 120 columns, `TERM=xterm-256color` unless set) until it
+    /// exits by itself (within [`WAIT`]); its exit status and what the
+    /// terminal got, escape codes kept.
+    pub(crate) async fn on_a_terminal(self) -> (ExitStatus, String) {
+        use std::io::Read;
+        use std::os::fd::{FromRawFd, OwnedFd};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(text) = &self.config {
+            std::fs::write(dir.path().join("config.toml"), text).expect("writing config.toml");
+        }
+        let (mut master, mut slave) = (-1, -1);
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 120,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: openpty writes two fds into the pointers; the name and
+        // termios arguments may be null, the window size is read only.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                &size,
+            )
+        };
+        assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+        // SAFETY: both fds were just opened by openpty and are owned here only.
+        let (master, slave) =
+            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_walhook"));
+        command
+            .args(&self.args)
+            .current_dir(dir.path())
+            .env("TERM", "xterm-256color")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(slave.try_clone().expect("dup pty")))
+            .stderr(Stdio::from(slave));
+        for name in CLEARED_ENV {
+            command.env_remove(name);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let mut child = command.spawn().expect("spawning walhook");
+        let pid = child.id();
+        // Our copies of the slave end went into `command`; drop them so
+        // that reading ends (EIO) once walhook has exited.
+        drop(command);
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut terminal = std::fs::File::from(master);
+            let mut bytes = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                match terminal.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+                    // Linux answers EIO once no process holds the slave end.
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                    Err(e) => panic!("reading the terminal: {e}"),
+                }
+            }
+            let status = child.wait().expect("waiting for walhook");
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        });
+        match tokio::time::timeout(WAIT, reading).await {
+            Ok(done) => done.expect("terminal task"),
+            Err(_) => {
+                // SAFETY: kill has no memory effects; pid is our child's.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("walhook on a terminal did not exit within {WAIT:?}");
+            }
+        }
+    }
+}
+
 /// A finished walhook: how it exited and what it printed.
 #[derive(Debug)]
 pub(crate) struct Exited {

@@ -367,9 +367,10 @@ function renderRuns(runs) {
     setCell(c[2], r.filter || "all rows");
     setBadge(c[3], r.state);
     const counts = r.counts || {};
-    const total = counts.estimate || counts.sent || counts.read || 0;
-    const done = counts.delivered || 0;
-    tr.dataset.delivered = done;
+    const progress = r.progress || {};
+    const delivered = counts.delivered || 0;
+    const done = progress.done !== undefined && progress.done !== null ? progress.done : delivered;
+    tr.dataset.delivered = delivered;
     let bar = c[4].querySelector("progress");
     let label = c[4].querySelector("span");
     if (!bar) {
@@ -377,12 +378,22 @@ function renderRuns(runs) {
       label = el("span");
       c[4].replaceChildren(bar, document.createTextNode(" "), label);
     }
-    bar.max = Math.max(total, done, 1);
-    bar.value = r.state === "succeeded" ? bar.max : done;
+    if (progress.percent !== undefined && progress.percent !== null) {
+      bar.max = 100;
+      bar.value = progress.percent;
+    } else {
+      bar.max = Math.max(counts.estimate || 0, counts.read || 0, done, 1);
+      bar.value = r.state === "succeeded" ? bar.max : done;
+    }
     bar.setAttribute("aria-label", "run " + r.id + " progress");
-    const of = counts.estimate ? " of ~" + counts.estimate : "";
-    label.textContent = done + of + " delivered, " + (counts.read || 0) + " read" +
-      (counts.failed ? ", " + counts.failed + " failed" : "");
+    const parts = [done + (counts.estimate ? " of ~" + counts.estimate : "") + " rows done",
+      delivered + " delivered"];
+    if (counts.failed) parts.push(counts.failed + " failed");
+    if (r.state === "running" && progress.rows_per_second) parts.push(Math.round(progress.rows_per_second) + " rows/s");
+    if (r.state === "running" && progress.eta_seconds !== undefined && progress.eta_seconds !== null) {
+      parts.push(seconds(progress.eta_seconds) + " left");
+    }
+    label.textContent = parts.join(" · ");
     setCell(c[5], ago(r.started_at));
     const running = r.state === "running" && canCommand();
     setActions(c[6], running ? "cancel" : "none", () =>
