@@ -16,9 +16,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,10 +26,7 @@ use axum::Router;
 
 mod common;
 
-use common::{cpu_seconds, free_port};
-use walhook::cluster::{Cluster, ClusterOptions};
-
-const WALHOOK: &str = env!("CARGO_BIN_EXE_walhook");
+use common::{load_average, psql, run_walhook, start_cluster, Run, BUDGET_MIB};
 
 /// What the receiver saw.
 #[derive(Default)]
@@ -100,29 +94,16 @@ fn start_receiver(runtime: &tokio::runtime::Runtime, latency: Duration) -> (Stri
     (format!("http://{addr}/hook"), rx)
 }
 
-struct Run {
-    seconds: f64,
-    /// When the backlog was drained.
-    done: Instant,
-    cpu_seconds: f64,
-    peak_rss_kib: u64,
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let cluster = Cluster::start(
-        ClusterOptions::default()
-            .setting("max_replication_slots", "20")
-            .setting("max_wal_senders", "20")
-            .setting("max_wal_size", "4GB"),
-    )
-    .expect("start a throwaway PostgreSQL");
+    let cluster = start_cluster();
     let work = tempfile::tempdir().expect("temp dir");
     println!(
-        "walhook {} delivery benchmark ({} cores){}",
+        "walhook {} delivery benchmark ({} cores, load average {} at the start){}",
         env!("CARGO_PKG_VERSION"),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
         if quick {
             ", --quick: a fifth of the rows"
         } else {
@@ -179,7 +160,7 @@ fn main() {
             work.path(),
             slot,
             &url,
-            &format!("batch_size = 100\n{strategy}"),
+            &format!("on_insert = \"true\"\nbatch_size = 100\n{strategy}"),
             &end,
         );
         let got = rx.seen.records.load(Ordering::Relaxed);
@@ -233,7 +214,7 @@ fn main() {
         work.path(),
         "d2_key",
         &url,
-        "ordering = \"key\"\nmax_in_flight = 16\n",
+        "on_insert = \"true\"\nordering = \"key\"\nmax_in_flight = 16\n",
         &end,
     );
     let got = rx.seen.records.load(Ordering::Relaxed);
@@ -249,7 +230,7 @@ fn main() {
     if got < rows || bad > 0 {
         failures.push(format!("D2: {got} of {rows} records, {bad} out of order"));
     }
-    if run.peak_rss_kib > (64 + 32) * 1024 {
+    if run.peak_rss_kib > (BUDGET_MIB + 32) * 1024 {
         failures.push(format!(
             "D2: peak RSS {} MiB > budget + 32 MiB",
             run.peak_rss_kib / 1024
@@ -275,103 +256,4 @@ fn main() {
 fn steady_rate(rx: &Receiver, run: &Run, rows: u64) -> f64 {
     let first = rx.seen.first.lock().unwrap().unwrap_or(run.done);
     rows as f64 / (run.done - first).as_secs_f64().max(1e-3)
-}
-
-fn psql(cluster: &Cluster, db: &str, sql: &str) -> String {
-    cluster
-        .psql(db, sql)
-        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
-}
-
-/// Runs walhook on `slot` until its confirmed_flush_lsn reaches `end_lsn`.
-fn run_walhook(
-    cluster: &Cluster,
-    db: &str,
-    work: &Path,
-    slot: &str,
-    url: &str,
-    strategy: &str,
-    end_lsn: &str,
-) -> Run {
-    let config = format!(
-        "[source]\nurl = \"{db_url}\"\nslot = \"{slot}\"\npublication = \"bench\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
-         [endpoints.sink]\nurl = \"{url}\"\n\n\
-         [[strategies]]\nname = \"bench\"\ntable = \"public.t\"\nendpoint = \"sink\"\n\
-         on_insert = \"true\"\nlinger = \"5ms\"\n{strategy}",
-        db_url = cluster.url(db),
-        admin = free_port(),
-    );
-    let path = work.join(format!("{slot}.toml"));
-    fs::File::create(&path)
-        .and_then(|mut f| f.write_all(config.as_bytes()))
-        .expect("write config");
-    let start = Instant::now();
-    let mut walhook = Command::new(WALHOOK)
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("WALHOOK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start walhook run");
-    let sql = format!(
-        "SELECT confirmed_flush_lsn >= '{end_lsn}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
-    );
-    let mut peak = 0;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        peak = peak.max(peak_rss_kib(walhook.id()));
-        if let Ok(Some(status)) = walhook.try_wait() {
-            panic!("walhook exited early: {status}");
-        }
-        if cluster
-            .psql(db, &sql)
-            .map(|out| out.trim() == "t")
-            .unwrap_or(false)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "walhook did not drain {slot}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let done = Instant::now();
-    let seconds = (done - start).as_secs_f64();
-    let cpu_seconds = cpu_seconds(walhook.id());
-    peak = peak.max(peak_rss_kib(walhook.id()));
-    stop(&mut walhook);
-    Run {
-        seconds,
-        done,
-        cpu_seconds,
-        peak_rss_kib: peak,
-    }
-}
-
-fn stop(child: &mut Child) {
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// VmHWM of a live process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

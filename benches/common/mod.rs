@@ -1,8 +1,46 @@
-//! Helpers shared by the benchmarks.
+//! Setup shared by the benchmarks: the throwaway cluster, psql, running
+//! `walhook run` until its slot confirms an LSN, and /proc readings.
+//!
+//! Each bench binary includes this module and uses part of it.
 #![allow(dead_code)]
 
 use std::fs;
 use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use walhook::cluster::{Cluster, ClusterOptions};
+
+/// The walhook binary under test: `$WALHOOK_BENCH_BIN` (e.g. a copy built
+/// from an earlier commit, for before/after figures with the same harness),
+/// else the one cargo built with this bench.
+pub(crate) fn walhook_bin() -> String {
+    std::env::var("WALHOOK_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_walhook").into())
+}
+
+/// The memory budget walhook runs with in the benchmarks
+/// (`source.max_buffer_bytes`, written into every config): the default.
+pub(crate) const BUDGET_MIB: u64 = 64;
+
+/// A throwaway cluster with room for a set of slots per workload and no
+/// checkpoint in the middle of a measurement.
+pub(crate) fn start_cluster() -> Cluster {
+    Cluster::start(
+        ClusterOptions::default()
+            .setting("max_replication_slots", "20")
+            .setting("max_wal_senders", "20")
+            .setting("max_wal_size", "4GB")
+            .setting("checkpoint_timeout", "30min"),
+    )
+    .expect("start a throwaway PostgreSQL")
+}
+
+pub(crate) fn psql(cluster: &Cluster, db: &str, sql: &str) -> String {
+    cluster
+        .psql(db, sql)
+        .unwrap_or_else(|e| panic!("psql failed: {e}\n{sql}"))
+}
 
 /// A free port on 127.0.0.1.
 pub(crate) fn free_port() -> u16 {
@@ -10,6 +48,45 @@ pub(crate) fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Polls `f` every 20 ms until it holds; panics after `timeout`.
+pub(crate) fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM, then SIGKILL if the child is still there after 30 s.
+pub(crate) fn stop(child: &mut Child) {
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// VmHWM of a live process, in KiB.
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// utime + stime of a live process, in seconds.
@@ -26,4 +103,116 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
             Some((utime + stime) / ticks)
         })
         .unwrap_or(0.0)
+}
+
+/// The 1-minute load average, from /proc/loadavg.
+pub(crate) fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| {
+            let v: Vec<&str> = s.split_whitespace().take(3).collect();
+            (v.len() == 3).then(|| v.join(" "))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// One SQL connection kept open for polling: a psql process per poll would
+/// take CPU from the processes being measured on a 2-core machine.
+pub(crate) struct Sql {
+    runtime: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Sql {
+    pub(crate) fn connect(cluster: &Cluster, db: &str) -> Sql {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime
+            .block_on(walhook::pg::connect(&cluster.url(db), "walhook-bench"))
+            .expect("connect to the throwaway PostgreSQL");
+        Sql { runtime, client }
+    }
+
+    /// Whether `slot` has confirmed everything up to `lsn`.
+    pub(crate) fn confirmed(&self, slot: &str, lsn: &str) -> bool {
+        self.runtime
+            .block_on(self.client.query_opt(
+                "SELECT confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot, &lsn],
+            ))
+            .ok()
+            .flatten()
+            .and_then(|row| row.get::<_, Option<bool>>(0))
+            .unwrap_or(false)
+    }
+}
+
+/// One `walhook run` that drained a slot.
+pub(crate) struct Run {
+    pub(crate) seconds: f64,
+    /// When the slot confirmed the backlog's end.
+    pub(crate) done: Instant,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) peak_rss_kib: u64,
+}
+
+/// Runs `walhook run` on `slot` (one strategy `bench` on `public.t`, linger
+/// 5 ms, plus the `strategy` lines) delivering to `url`, until the slot's
+/// `confirmed_flush_lsn` reaches `end_lsn`: walhook confirms only what the
+/// endpoint answered 2xx for, so that is "everything delivered".
+pub(crate) fn run_walhook(
+    cluster: &Cluster,
+    db: &str,
+    work: &Path,
+    slot: &str,
+    url: &str,
+    strategy: &str,
+    end_lsn: &str,
+) -> Run {
+    let config = format!(
+        "[source]\nurl = \"{db_url}\"\nslot = \"{slot}\"\npublication = \"bench\"\n\
+         max_buffer_bytes = \"{BUDGET_MIB}MiB\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [endpoints.sink]\nurl = \"{url}\"\n\n\
+         [[strategies]]\nname = \"bench\"\ntable = \"public.t\"\nendpoint = \"sink\"\n\
+         linger = \"5ms\"\n{strategy}",
+        db_url = cluster.url(db),
+        admin = free_port(),
+    );
+    let path = work.join(format!("{slot}.toml"));
+    fs::write(&path, config).expect("write config");
+    let sql = Sql::connect(cluster, db);
+    let start = Instant::now();
+    let mut walhook = Command::new(walhook_bin())
+        .args(["run", "-c"])
+        .arg(&path)
+        .env("WALHOOK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start walhook run");
+    let mut peak = 0;
+    wait_for(
+        Duration::from_secs(900),
+        &format!("walhook to drain {slot}"),
+        || {
+            peak = peak.max(peak_rss_kib(walhook.id()));
+            if let Ok(Some(status)) = walhook.try_wait() {
+                panic!("walhook exited early: {status}");
+            }
+            sql.confirmed(slot, end_lsn)
+        },
+    );
+    let done = Instant::now();
+    let cpu_seconds = cpu_seconds(walhook.id());
+    peak = peak.max(peak_rss_kib(walhook.id()));
+    stop(&mut walhook);
+    Run {
+        seconds: (done - start).as_secs_f64(),
+        done,
+        cpu_seconds,
+        peak_rss_kib: peak,
+    }
 }

@@ -203,7 +203,10 @@ impl Shown {
     /// the summary of a run that ended.
     fn finish(&self) {
         if let Some(bar) = &self.bar {
-            if !bar.is_finished() {
+            if bar.prefix().is_empty() {
+                // Refused before it began: no bar at all.
+                bar.finish_and_clear();
+            } else if !bar.is_finished() {
                 bar.abandon();
             }
             *BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;

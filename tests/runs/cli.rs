@@ -213,6 +213,22 @@ async fn on_a_terminal_run_strategy_draws_a_progress_bar_up_to_every_row() {
         "NO_COLOR: no colour, still a bar"
     );
 
+    // Refused before it began: the reason, and no bar.
+    let (status, screen) = Walhook::command(&[
+        "run-strategy",
+        "seed",
+        "--filter",
+        "row.nope > 1",
+        "-c",
+        "config.toml",
+    ])
+    .config(&config)
+    .on_a_terminal()
+    .await;
+    assert_eq!(status.code(), Some(2), "{screen}");
+    assert!(screen.contains("has no column \"nope\""), "{screen:?}");
+    assert!(!screen.contains("rows"), "{screen:?}");
+
     let frame = Regex::new(r"run (\d+) \[([=> ]{25})\] (\d+)/2500 rows \((\d+)%\)").unwrap();
     for screen in [strip_style(&coloured), plain] {
         let frames: Vec<(String, u64)> = frame
