@@ -386,7 +386,15 @@ impl Services {
                 workers.statuses.clone(),
                 &workers.pauses,
             )))
-            .with_control(control.clone());
+            .with_control(control.clone())
+            .with_endpoints(
+                config,
+                pipeline
+                    .endpoints
+                    .iter()
+                    .map(|(name, endpoint)| (name.clone(), endpoint.stats()))
+                    .collect(),
+            );
         match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),

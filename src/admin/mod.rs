@@ -7,6 +7,7 @@
 //!  GET|DELETE /runs/{id}                                     Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
+//!  GET  /ui, /config, /endpoints                             open (the console, [`ui`])
 //! ```
 //!
 //! The server only reads state and forwards commands: the source's status
@@ -22,6 +23,7 @@
 
 mod auth;
 mod dead_letters;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,9 +42,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::delivery::BoxFuture;
 use dead_letters::DeadLetterQuery;
+use ui::Console;
+pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus};
+use crate::delivery::{
+    DeliveryState, EndpointStats, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus,
+};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -105,6 +111,8 @@ pub struct StrategyStatus {
     pub in_flight: u64,
     /// Why it is paused (`admin`, `endpoint_gone`), when it is.
     pub pause_reason: Option<&'static str>,
+    /// Counters and position, for rates and lag.
+    pub progress: DeliveryProgress,
 }
 
 /// Supplies strategy status on demand. Implemented for closures
@@ -182,6 +190,12 @@ impl StrategyStatus {
             attempts: u64::from(worker.attempts),
             in_flight: u64::from(worker.in_flight),
             pause_reason: worker.pause_reason.map(|r| r.as_str()),
+            progress: DeliveryProgress {
+                delivered_records: worker.delivered_records,
+                dead_lettered_records: worker.dead_lettered_records,
+                last_lag: worker.last_lag,
+                delivered_lsn: worker.delivered_lsn,
+            },
         }
     }
 }
@@ -319,6 +333,9 @@ pub struct AdminState {
     pub token: Option<Secret>,
     /// Renders `/metrics` (from [`crate::telemetry::install_recorder`]).
     pub prom: PrometheusHandle,
+    /// The console's masked configuration and endpoint stats; `None` =
+    /// `/config` and `/endpoints` show nothing.
+    pub console: Option<Arc<dyn ConsoleSource>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -333,8 +350,8 @@ impl std::fmt::Debug for AdminState {
 }
 
 impl AdminState {
-    /// State with the slot and token from `config`, no strategies, no
-    /// control and no dead-letter access yet.
+    /// State with the slot, token and masked file from `config`, no
+    /// strategies, endpoints, control or dead-letter access yet.
     pub(crate) fn new(
         config: &Config,
         source: watch::Receiver<SourceStatus>,
@@ -348,7 +365,19 @@ impl AdminState {
             dead_letters: None,
             token: config.admin.token.clone(),
             prom,
+            console: Some(Arc::new(Console::new(config, Vec::new()))),
         }
+    }
+
+    /// Sets what the console shows beyond `/status` (by default the masked
+    /// configuration and no endpoints).
+    pub(crate) fn with_endpoints(
+        mut self,
+        config: &Config,
+        endpoints: Vec<(String, EndpointStats)>,
+    ) -> Self {
+        self.console = Some(Arc::new(Console::new(config, endpoints)));
+        self
     }
 
     /// Sets the strategy status source.
@@ -426,6 +455,8 @@ fn router(state: AdminState) -> Router {
             get(get_dead_letter).delete(delete_dead_letter),
         )
         .route("/dead-letters/{id}/replay", post(replay_dead_letter))
+        .merge(ui::routes())
+        .layer(axum::middleware::from_fn(ui::no_store))
         .with_state(state)
 }
 
@@ -537,9 +568,11 @@ fn rfc3339(time: SystemTime) -> String {
 
 /// The `/status` document.
 fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
+    let now = SystemTime::now();
     let strategies: Vec<Value> = strategies
         .iter()
         .map(|s| {
+            let (lag_bytes, lag_seconds) = ui::lag(s, source, now);
             json!({
                 "name": s.name,
                 "state": s.state.as_str(),
@@ -549,6 +582,10 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "attempts": s.attempts,
                 "in_flight": s.in_flight,
                 "pause_reason": s.pause_reason,
+                "delivered_records": s.progress.delivered_records,
+                "dead_lettered_records": s.progress.dead_lettered_records,
+                "lag_bytes": lag_bytes,
+                "lag_seconds": lag_seconds,
             })
         })
         .collect();
@@ -879,6 +916,7 @@ mod tests {
             attempts: 2,
             in_flight: 1,
             pause_reason: None,
+            progress: DeliveryProgress::default(),
         }
     }
 
@@ -928,6 +966,8 @@ mod tests {
             dead_lettered_batches: 0,
             delivered_records: 0,
             dead_lettered_records: 0,
+            last_lag: None,
+            delivered_lsn: Lsn::ZERO,
             paused,
             pause_reason: paused.then_some(crate::delivery::PauseReason::EndpointGone),
         };

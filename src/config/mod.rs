@@ -19,6 +19,7 @@ mod de;
 mod endpoint;
 mod error;
 mod interpolate;
+mod masked;
 mod secret;
 mod signing_key;
 mod strategy;
@@ -61,6 +62,8 @@ pub struct Config {
     pub(crate) endpoints: BTreeMap<String, EndpointConfig>,
     /// `[[strategies]]`: what is sent where, in file order.
     pub(crate) strategies: Vec<StrategyConfig>,
+    /// The file as loaded, secrets masked, for the console (`GET /config`).
+    pub(crate) masked: masked::Masked,
 }
 
 /// `[source]`: where changes come from.
@@ -227,6 +230,7 @@ impl Config {
         let mut interpolation_failed = Vec::new();
         interpolate_table(&mut table, "", env, &mut errors, &mut interpolation_failed);
         let interpolation_errors = errors.0.len();
+        let loaded = table.clone();
 
         for key in table.keys() {
             if !["source", "admin", "state", "endpoints", "strategies"].contains(&key.as_str()) {
@@ -294,13 +298,15 @@ impl Config {
         let (Some(source), Some(admin), Some(state)) = (source, admin, state) else {
             return Err(dedup(errors, interpolation_errors, &interpolation_failed));
         };
-        let config = Config {
+        let mut config = Config {
             source,
             admin,
             state,
             endpoints,
             strategies,
+            masked: masked::Masked::default(),
         };
+        config.masked = masked::mask(&loaded, &config);
         errors.extend(validate::validate(&config, &broken_endpoints, &strategy_index).0);
         dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
     }
@@ -402,6 +408,12 @@ impl Config {
     /// `[state] url`, else `source.url`.
     pub(crate) fn state_url(&self) -> &DatabaseUrl {
         self.state.url.as_ref().unwrap_or(&self.source.url)
+    }
+
+    /// The file as loaded (after `${VAR}` interpolation) with every secret
+    /// replaced by `[redacted]`.
+    pub(crate) fn masked(&self) -> &serde_json::Value {
+        self.masked.value()
     }
 
     /// The endpoint a strategy sends to. `None` only for a config that did

@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use metrics::Gauge;
 use tokio::sync::watch;
 
+use crate::lsn::Lsn;
 use crate::telemetry::names;
 
 /// What a strategy's delivery is doing.
@@ -70,6 +71,11 @@ pub struct StrategyStatus {
     pub(crate) delivered_records: u64,
     /// Records in dead-lettered batches.
     pub(crate) dead_lettered_records: u64,
+    /// Commit to delivery of the last delivered batch's first record.
+    pub(crate) last_lag: Option<Duration>,
+    /// Every change of this strategy up to here is delivered (or dead-lettered).
+    #[serde(skip)]
+    pub(crate) delivered_lsn: Lsn,
     /// Paused: no new batch is sent.
     pub paused: bool,
     /// Why it is paused.
@@ -93,6 +99,8 @@ impl StatusHandle {
             dead_lettered_batches: 0,
             delivered_records: 0,
             dead_lettered_records: 0,
+            last_lag: None,
+            delivered_lsn: Lsn::ZERO,
             paused: false,
             pause_reason: None,
         })))

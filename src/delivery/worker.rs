@@ -494,6 +494,7 @@ impl StrategyWorker {
     fn advance(&self, through: Option<Lsn>) {
         if let Some(lsn) = through {
             self.checkpoint.delivered(self.index, lsn);
+            self.ctx.status.update(|s| s.delivered_lsn = lsn);
         }
     }
 
@@ -811,6 +812,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
     let lag = (now_us - batch.first_commit_time).max(0) as f64 / 1e6;
     ctx.metrics.commit_to_delivery.record(lag);
     ctx.status.update(|s| {
+        s.last_lag = Some(Duration::from_secs_f64(lag));
         s.attempts = 0;
         s.last_error = None;
         s.last_success = Some(now);

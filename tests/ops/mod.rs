@@ -6,6 +6,7 @@ mod admin;
 mod admin_fuzz;
 mod attach;
 mod commands;
+mod console;
 mod deploy;
 mod e2e;
 mod least_privilege;
