@@ -4,7 +4,7 @@
 //! ```text
 //!  GET  /metrics   /healthz   /readyz   /activez   /status   open
 //!  POST /strategies/{name}/pause | resume | retry | runs     Bearer token
-//!  GET|DELETE /runs/{id}                                     Bearer token
+//!  GET  /runs[?strategy=&limit=], GET|DELETE /runs/{id}      Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
 //!  GET  /ui, /config, /endpoints                             open (the console, [`ui`])
@@ -305,6 +305,20 @@ pub trait Control: Send + Sync + 'static {
             )))
         })
     }
+    /// The latest `limit` runs (of `strategy`, if given), newest first,
+    /// each as [`Control::run`] shows it.
+    fn runs<'a>(
+        &'a self,
+        _strategy: Option<&'a str>,
+        _limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<Value>, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(
+                "listing runs is not supported in this process".to_string(),
+            ))
+        })
+    }
+
     /// Delivers dead letter `id` again with its strategy's endpoint and
     /// deletes it on success; the JSON describes the outcome.
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
@@ -448,6 +462,7 @@ fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/resume", post(resume))
         .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
+        .route("/runs", get(ui::list_runs))
         .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/dead-letters", get(list_dead_letters))
         .route(

@@ -6,6 +6,7 @@
 //!  GET /ui, /ui/console.js, /ui/console.css    the page (open)
 //!  GET /config                                 the loaded file, secrets masked (open)
 //!  GET /endpoints                              each endpoint: up, latency, last status (open)
+//!  GET /runs?strategy=&limit=                  the latest runs (token)
 //! ```
 //!
 //! The token never reaches the page's source or a URL: the operator types
@@ -18,15 +19,18 @@
 
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{rfc3339, AdminState, StrategyStatus};
+use super::{
+    control, rfc3339, text, text_param, AdminState, Reply, StrategyStatus, MAX_NAME_BYTES,
+};
 use crate::config::Config;
 use crate::delivery::{EndpointSnapshot, EndpointStats};
 use crate::lsn::Lsn;
@@ -193,6 +197,50 @@ async fn endpoints(State(state): State<AdminState>) -> Json<Value> {
     Json(
         json!({ "endpoints": endpoints.iter().map(|(n, s)| endpoint_json(n, s)).collect::<Vec<_>>() }),
     )
+}
+
+/// Runs `GET /runs` returns when no limit is given, and at most.
+const DEFAULT_RUNS: i64 = 20;
+const MAX_RUNS: i64 = 100;
+
+/// `?strategy=&limit=` of `GET /runs`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct RunListParams {
+    strategy: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /runs`: `{"runs": [...]}`, the latest first, each as `GET
+/// /runs/{id}` shows it (scheduled runs and runs started elsewhere too).
+pub(super) async fn list_runs(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    params: Result<Query<RunListParams>, QueryRejection>,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let Query(params) = params.map_err(|err| {
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("{err}; use ?strategy=NAME&limit=N"),
+        )
+    })?;
+    if let Some(strategy) = &params.strategy {
+        text_param("strategy", strategy, MAX_NAME_BYTES)?;
+    }
+    if params.limit.is_some_and(|l| !(1..=MAX_RUNS).contains(&l)) {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("bad limit: use 1 to {MAX_RUNS}"),
+        ));
+    }
+    let runs = control
+        .runs(
+            params.strategy.as_deref(),
+            params.limit.unwrap_or(DEFAULT_RUNS),
+        )
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Json(json!({ "runs": runs })).into_response())
 }
 
 fn millis(d: Option<Duration>) -> Option<f64> {

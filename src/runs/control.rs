@@ -250,6 +250,14 @@ impl Control for AppControl {
         Box::pin(async move { self.runs.cancel(id).await })
     }
 
+    fn runs<'a>(
+        &'a self,
+        strategy: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<Value>, ControlError>> {
+        Box::pin(async move { self.runs.list(strategy, limit).await })
+    }
+
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             let Some(replay) = &self.replay else {

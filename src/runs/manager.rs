@@ -396,9 +396,34 @@ impl RunManager {
             .get_run(id)
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        let Some(mut row) = row else {
+        let Some(row) = row else {
             return Err(ControlError::NotFound(format!("no run {id}")));
         };
+        Ok(self.with_progress(row))
+    }
+
+    /// The latest `limit` runs (of `strategy`, if given), newest first, each
+    /// as [`RunManager::get`] shows it.
+    pub(crate) async fn list(
+        &self,
+        strategy: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Value>, ControlError> {
+        let rows = self
+            .inner
+            .state
+            .list_runs(strategy, limit)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| self.with_progress(row))
+            .collect())
+    }
+
+    /// A stored run with live counts while it runs here, and `progress`.
+    fn with_progress(&self, mut row: Value) -> Value {
+        let id = row["id"].as_i64().unwrap_or_default();
         let live = self
             .lock_active()
             .get(&id)
@@ -419,7 +444,7 @@ impl RunManager {
             Some(_) => Some("ended"),
         };
         row["progress"] = Progress::new(id, counts, elapsed, ended).to_json();
-        Ok(row)
+        row
     }
 
     /// Cancels run `id` (`DELETE /runs/{id}`).

@@ -159,10 +159,11 @@ impl Server {
     }
 }
 
-const MUTATING: [(&str, &str); 8] = [
+const MUTATING: [(&str, &str); 9] = [
     ("POST", "/strategies/orders/pause"),
     ("POST", "/strategies/orders/resume"),
     ("POST", "/strategies/orders/runs?mode=async"),
+    ("GET", "/runs"),
     ("GET", "/runs/41"),
     ("GET", "/dead-letters"),
     ("GET", "/dead-letters/1"),

@@ -190,6 +190,21 @@ async fn the_console_shows_live_counts_and_pauses_runs_and_replays_with_the_toke
         "5",
         "{run_row}"
     );
+    // The page lists it from GET /runs, which shows it as GET /runs/{id} does.
+    let (code, body) = admin_call(reqwest::Method::GET, admin, "/runs", TOKEN).await;
+    assert_eq!(code, 200, "{body}");
+    let runs: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let (code, body) = admin_call(reqwest::Method::GET, admin, "/runs?limit=0", TOKEN).await;
+    assert_eq!((code, body.as_str()), (400, "bad limit: use 1 to 100\n"));
+    let run = &runs["runs"][0];
+    assert_eq!(run["filter"], "row.id > 8", "{runs}");
+    let id = run["id"].as_i64().expect("a run id");
+    let (_, one) = admin_call(reqwest::Method::GET, admin, &format!("/runs/{id}"), TOKEN).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&one).expect("JSON"),
+        *run,
+        "GET /runs/{id}"
+    );
     let read: Vec<i64> = receiver.accepted_records()[before..]
         .iter()
         .filter(|r| r["op"] == "read")
@@ -198,8 +213,9 @@ async fn the_console_shows_live_counts_and_pauses_runs_and_replays_with_the_toke
     assert_eq!(read, [9, 10, 11, 12, 100], "the run's rows at the receiver");
 
     // A failed batch becomes a dead letter; the page shows it and its payload.
+    // Its note carries markup: the page must show it as text.
     receiver.fail_next(1, 500);
-    db.psql("INSERT INTO items VALUES (200, 'dead then replayed')")
+    db.psql("INSERT INTO items VALUES (200, '<img id=\"injected\" src=x>dead then replayed')")
         .await;
     browser
         .wait_for(
@@ -226,10 +242,22 @@ async fn the_console_shows_live_counts_and_pauses_runs_and_replays_with_the_toke
             "return document.querySelector('#payload-body').textContent.includes('dead then replayed')",
         )
         .await;
-    assert!(!notes(&receiver).contains(&"dead then replayed".to_string()));
+    assert_eq!(
+        browser
+            .eval("return document.getElementById('injected') === null")
+            .await,
+        true,
+        "a value became markup"
+    );
+    let replayed = |receiver: &Receiver| {
+        notes(receiver)
+            .iter()
+            .any(|n| n.ends_with("dead then replayed"))
+    };
+    assert!(!replayed(&receiver));
     browser.click(&format!("Replay dead letter {id}")).await;
     wait_until(WAIT, "the replayed row at the receiver", || async {
-        notes(&receiver).contains(&"dead then replayed".to_string())
+        replayed(&receiver)
     })
     .await;
     browser
@@ -341,6 +369,28 @@ async fn without_a_token_the_console_is_read_only_and_the_api_refuses_commands()
             .expect("displayed?");
         assert!(!shown, "{hidden} is shown");
     }
+    // The page's headers: scripts and styles from the server only, no
+    // inline code, nothing cached.
+    let response = reqwest::get(format!("http://127.0.0.1:{admin}/ui"))
+        .await
+        .expect("GET /ui");
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let csp = header("content-security-policy");
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header("cache-control"), "no-store");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let page = response.text().await.expect("the page");
+    assert!(!page.contains("<script>"), "no inline script");
+
     // The configuration is there, and the API refuses what the page hides.
     let config = browser.text("#config").await.unwrap_or_default();
     assert!(config.contains("\"items\""), "{config}");

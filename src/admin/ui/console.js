@@ -10,7 +10,6 @@ const POLL_MS = 1000;
 const CONFIG_EVERY = 10;
 const RATE_WINDOW_MS = 5000;
 const TOKEN_KEY = "walhook.token";
-const RUNS_KEY = "walhook.runs";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -18,7 +17,6 @@ const state = {
   strategies: [],
   config: null,
   history: new Map(), // strategy -> [[ms, delivered_records]]
-  runs: new Map(), // id -> last record
   armed: null, // "delete:ID" while a delete waits for its confirmation
   tick: 0,
 };
@@ -298,20 +296,6 @@ function renderDeadLetters(page) {
 
 // ---- runs ---------------------------------------------------------------------
 
-function trackedRuns() {
-  try {
-    return JSON.parse(sessionStorage.getItem(RUNS_KEY) || "[]");
-  } catch (_) {
-    return [];
-  }
-}
-
-function track(id) {
-  const ids = trackedRuns().filter((x) => x !== id);
-  ids.unshift(id);
-  sessionStorage.setItem(RUNS_KEY, JSON.stringify(ids.slice(0, 20)));
-}
-
 async function startRun(event) {
   event.preventDefault();
   const name = $("run-strategy").value;
@@ -324,7 +308,6 @@ async function startRun(event) {
     say("starting a run of " + name + "…");
     const reply = await api("POST", "/strategies/" + encodeURIComponent(name) + "/runs?" + params, true);
     const id = reply.id !== undefined ? reply.id : reply.run_id;
-    if (id !== undefined) track(id);
     say(reply.id !== undefined
       ? "run " + id + " started"
       : "run " + id + " " + reply.state + ": " + reply.records + " records delivered");
@@ -342,20 +325,6 @@ async function cancelRun(id) {
     say(err.message, true);
   }
   await refresh();
-}
-
-async function loadRuns() {
-  const ids = trackedRuns();
-  await Promise.all(ids.map(async (id) => {
-    const known = state.runs.get(id);
-    if (known && known.state !== "running") return;
-    try {
-      state.runs.set(id, await api("GET", "/runs/" + id, true));
-    } catch (_) {
-      // Gone or not reachable now: keep the last known record.
-    }
-  }));
-  return ids.map((id) => state.runs.get(id)).filter(Boolean);
 }
 
 function renderRuns(runs) {
@@ -398,7 +367,7 @@ function renderRuns(runs) {
     const running = r.state === "running" && canCommand();
     setActions(c[6], running ? "cancel" : "none", () =>
       running ? [button("Cancel", "run " + r.id, () => cancelRun(r.id), "danger")] : []);
-  }, "no runs started from this tab");
+  }, "no runs yet");
 }
 
 // ---- session --------------------------------------------------------------------
@@ -445,7 +414,7 @@ async function refresh() {
     if (canCommand()) {
       const [page, runs] = await Promise.all([
         api("GET", "/dead-letters?limit=100", true).catch((err) => { say(err.message, true); return null; }),
-        loadRuns(),
+        api("GET", "/runs?limit=20", true).then((doc) => doc.runs).catch(() => []),
       ]);
       renderDeadLetters(page);
       renderRuns(runs);
