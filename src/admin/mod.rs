@@ -42,13 +42,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::delivery::BoxFuture;
 use dead_letters::DeadLetterQuery;
-use ui::Console;
+pub(crate) use ui::Console;
 pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
-use crate::delivery::{
-    DeliveryState, EndpointStats, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus,
-};
+use crate::delivery::{DeliveryState, StrategyStatus as WorkerStatus, WorkerHandles};
+use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -132,41 +131,27 @@ where
 }
 
 /// The live delivery workers' status, by strategy name, as `/status` and
-/// `/readyz` show it.
-pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle, Option<PauseHandle>)>);
+/// `/readyz` show it (the list follows configuration reloads).
+pub(crate) struct WorkerStatuses(WorkerHandles);
 
 impl WorkerStatuses {
-    /// `workers` in config order; `pauses` by name.
-    pub(crate) fn new(
-        workers: Vec<(String, StatusHandle)>,
-        pauses: &[(String, PauseHandle)],
-    ) -> Self {
-        WorkerStatuses(
-            workers
-                .into_iter()
-                .map(|(name, status)| {
-                    let pause = pauses.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
-                    let pause = pause.cloned();
-                    (name, status, pause)
-                })
-                .collect(),
-        )
+    pub(crate) fn new(workers: WorkerHandles) -> Self {
+        WorkerStatuses(workers)
     }
 }
 
 impl StatusSource for WorkerStatuses {
     fn strategies(&self) -> Vec<StrategyStatus> {
         self.0
+            .list()
             .iter()
-            .map(|(name, handle, pause)| {
-                let mut worker = handle.snapshot();
+            .map(|entry| {
+                let mut worker = entry.status.snapshot();
                 // The switch itself: a worker waiting for the source (a
                 // standby) has not looked at it yet.
-                if let Some(pause) = pause {
-                    worker.pause_reason = pause.reason();
-                    worker.paused = worker.pause_reason.is_some();
-                }
-                StrategyStatus::of_worker(name, &worker)
+                worker.pause_reason = entry.pause.reason();
+                worker.paused = worker.pause_reason.is_some();
+                StrategyStatus::of_worker(&entry.name, &worker)
             })
             .collect()
     }
@@ -327,6 +312,19 @@ pub trait Control: Send + Sync + 'static {
     fn schedules(&self, _strategy: &str) -> Vec<Value> {
         Vec::new()
     }
+    /// Re-reads the configuration file and applies it (or only plans, for
+    /// `dry_run`); see [`crate::reload`].
+    fn reload(&self, _dry_run: bool) -> BoxFuture<'_, Result<ReloadOutcome, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(
+                "configuration reload is not supported in this process".into(),
+            ))
+        })
+    }
+    /// `/status`'s `config` object: the file running and the last reload.
+    fn config_status(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// Everything the admin server reads and calls. Build it with
@@ -384,13 +382,9 @@ impl AdminState {
     }
 
     /// Sets what the console shows beyond `/status` (by default the masked
-    /// configuration and no endpoints).
-    pub(crate) fn with_endpoints(
-        mut self,
-        config: &Config,
-        endpoints: Vec<(String, EndpointStats)>,
-    ) -> Self {
-        self.console = Some(Arc::new(Console::new(config, endpoints)));
+    /// configuration and no endpoints); a reload updates it.
+    pub(crate) fn with_console(mut self, console: Arc<Console>) -> Self {
+        self.console = Some(console);
         self
     }
 
@@ -470,6 +464,7 @@ fn router(state: AdminState) -> Router {
             get(get_dead_letter).delete(delete_dead_letter),
         )
         .route("/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/config/reload", post(reload_config))
         .merge(ui::routes())
         .layer(axum::middleware::from_fn(ui::no_store))
         .with_state(state)
@@ -626,7 +621,39 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             strategy["schedules"] = Value::Array(control.schedules(&name));
         }
     }
+    if let Some(config) = state.control.as_ref().and_then(|c| c.config_status()) {
+        doc["config"] = config;
+    }
     Json(doc)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReloadParams {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /config/reload`: re-reads the file and applies it (200), or says
+/// why not: 422 invalid, 409 refused (a setting only read at start).
+/// `?dry_run=true` validates and plans without applying.
+async fn reload_config(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    params: Result<Query<ReloadParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let Query(params) =
+        params.map_err(|err| text(StatusCode::BAD_REQUEST, format!("{err}; use ?dry_run=true")))?;
+    let outcome = control
+        .reload(params.dry_run)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let code = match outcome.result {
+        ReloadResult::Applied | ReloadResult::Unchanged => StatusCode::OK,
+        ReloadResult::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ReloadResult::Refused => StatusCode::CONFLICT,
+    };
+    Ok((code, Json(outcome)).into_response())
 }
 
 /// The token check, then the control handle.

@@ -56,29 +56,34 @@ pub trait ConsoleSource: Send + Sync + 'static {
     fn endpoints(&self) -> Vec<(String, EndpointSnapshot)>;
 }
 
-/// The running pipeline's [`ConsoleSource`].
-pub(crate) struct Console {
-    config: Value,
-    endpoints: Vec<(String, EndpointStats)>,
-}
+/// The running pipeline's [`ConsoleSource`]; a configuration reload
+/// replaces what it shows ([`Console::reconfigure`]).
+pub(crate) struct Console(std::sync::Mutex<(Value, Vec<(String, EndpointStats)>)>);
 
 impl Console {
     /// The masked `config` and the `endpoints`' stats handles.
     pub(crate) fn new(config: &Config, endpoints: Vec<(String, EndpointStats)>) -> Console {
-        Console {
-            config: config.masked().clone(),
-            endpoints,
-        }
+        Console(std::sync::Mutex::new((config.masked().clone(), endpoints)))
+    }
+
+    /// A reload applied `config`, with these endpoints.
+    pub(crate) fn reconfigure(&self, config: &Config, endpoints: Vec<(String, EndpointStats)>) {
+        *self.lock() = (config.masked().clone(), endpoints);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Value, Vec<(String, EndpointStats)>)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl ConsoleSource for Console {
     fn config(&self) -> Value {
-        self.config.clone()
+        self.lock().0.clone()
     }
 
     fn endpoints(&self) -> Vec<(String, EndpointSnapshot)> {
-        self.endpoints
+        self.lock()
+            .1
             .iter()
             .map(|(name, stats)| (name.clone(), stats.snapshot()))
             .collect()

@@ -62,8 +62,22 @@ pub struct Config {
     pub(crate) endpoints: BTreeMap<String, EndpointConfig>,
     /// `[[strategies]]`: what is sent where, in file order.
     pub(crate) strategies: Vec<StrategyConfig>,
+    /// The file as parsed (variables interpolated), for comparing two
+    /// configurations field by field (a reload's plan).
+    pub(crate) raw: Raw,
     /// The file as loaded, secrets masked, for the console (`GET /config`).
     pub(crate) masked: masked::Masked,
+}
+
+/// A parsed file's TOML after interpolation. It holds secrets: compared,
+/// never printed (its `Debug` shows nothing).
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct Raw(pub(crate) toml::Table);
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Raw(..)")
+    }
 }
 
 /// `[source]`: where changes come from.
@@ -230,7 +244,7 @@ impl Config {
         let mut interpolation_failed = Vec::new();
         interpolate_table(&mut table, "", env, &mut errors, &mut interpolation_failed);
         let interpolation_errors = errors.0.len();
-        let loaded = table.clone();
+        let raw = Raw(table.clone());
 
         for key in table.keys() {
             if !["source", "admin", "state", "endpoints", "strategies"].contains(&key.as_str()) {
@@ -304,9 +318,10 @@ impl Config {
             state,
             endpoints,
             strategies,
+            raw,
             masked: masked::Masked::default(),
         };
-        config.masked = masked::mask(&loaded, &config);
+        config.masked = masked::mask(&config.raw.0, &config);
         errors.extend(validate::validate(&config, &broken_endpoints, &strategy_index).0);
         dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
     }

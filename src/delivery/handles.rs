@@ -251,3 +251,54 @@ impl Drop for WaitingGuard<'_> {
         self.0 .0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// What the admin API reaches of one strategy's worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerEntry {
+    /// The `[[strategies]]` name.
+    pub(crate) name: String,
+    pub(crate) status: StatusHandle,
+    pub(crate) pause: PauseHandle,
+    pub(crate) retry: RetryHandle,
+    /// Set for a strategy a reload removed: listed (and can be resumed)
+    /// until its worker has delivered what it was given and this is
+    /// cancelled.
+    pub(crate) removed: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// The live workers' handles, in config order, then the removed ones still
+/// draining. A reload replaces the list; the admin API reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerHandles(Arc<Mutex<Vec<WorkerEntry>>>);
+
+impl WorkerHandles {
+    pub(crate) fn new(entries: Vec<WorkerEntry>) -> Self {
+        WorkerHandles(Arc::new(Mutex::new(entries)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WorkerEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the list.
+    pub(crate) fn set(&self, entries: Vec<WorkerEntry>) {
+        *self.lock() = entries;
+    }
+
+    /// Every entry, without the removed strategies that are done.
+    pub(crate) fn list(&self) -> Vec<WorkerEntry> {
+        let mut entries = self.lock();
+        entries.retain(|e| e.removed.as_ref().is_none_or(|done| !done.is_cancelled()));
+        entries.clone()
+    }
+
+    /// The entry of `name` (a live strategy first).
+    pub(crate) fn find(&self, name: &str) -> Option<WorkerEntry> {
+        self.list().into_iter().find(|e| e.name == name)
+    }
+
+    /// True when there are no workers (a process without live delivery).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}

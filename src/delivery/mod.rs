@@ -36,6 +36,7 @@ pub use endpoints::EndpointError;
 pub use handles::{
     DeliveryState, PauseHandle, PauseReason, RetryHandle, StatusHandle, StrategyStatus,
 };
+pub(crate) use handles::{WorkerEntry, WorkerHandles};
 pub use oauth2::OAuth2Error;
 pub use prepare::{Attempt, BoxFuture, NoPrepare, Prepare, PrepareError};
 pub use replay::{replay_dead_letter, ReplayError, ReplayOutcome, ReplayTarget};

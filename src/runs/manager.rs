@@ -236,6 +236,8 @@ struct Active {
 /// One run, ready to execute.
 struct Plan {
     id: i64,
+    /// The configuration the run started with (a reload does not change it).
+    catalog: Arc<Catalog>,
     index: usize,
     trigger: Trigger,
     compiled: Arc<CompiledStrategy>,
@@ -250,6 +252,13 @@ struct Plan {
     replies: Option<Arc<ReplyLog>>,
     /// Told where the run is, after every page and while delivery goes on.
     progress: Option<OnProgress>,
+}
+
+/// The strategies runs are started from.
+struct Catalog {
+    config: Arc<Config>,
+    strategies: Vec<Arc<CompiledStrategy>>,
+    endpoints: BTreeMap<String, Arc<Endpoint>>,
 }
 
 impl Plan {
@@ -276,9 +285,8 @@ pub(crate) struct RunManager {
 }
 
 struct Inner {
-    config: Arc<Config>,
-    strategies: Vec<Arc<CompiledStrategy>>,
-    endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// Replaced by a reload; each run keeps the one it started with.
+    catalog: Mutex<Arc<Catalog>>,
     state: StateStore,
     url: String,
     active: Mutex<HashMap<i64, Active>>,
@@ -297,9 +305,11 @@ impl RunManager {
     ) -> Self {
         RunManager {
             inner: Arc::new(Inner {
-                config,
-                strategies,
-                endpoints,
+                catalog: Mutex::new(Arc::new(Catalog {
+                    config,
+                    strategies,
+                    endpoints,
+                })),
                 state,
                 url,
                 active: Mutex::new(HashMap::new()),
@@ -357,6 +367,21 @@ impl RunManager {
             .await?;
         plan.progress = Some(progress);
         self.clone().execute(plan).await
+    }
+
+    /// A reload applied `config`: runs started from now on use it; runs
+    /// going on keep the configuration they started with.
+    pub(crate) fn reconfigure(
+        &self,
+        config: Arc<Config>,
+        strategies: Vec<Arc<CompiledStrategy>>,
+        endpoints: BTreeMap<String, Arc<Endpoint>>,
+    ) {
+        *self.inner.catalog.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Catalog {
+            config,
+            strategies,
+            endpoints,
+        });
     }
 
     /// True while run `id` is going on in this process.
@@ -481,15 +506,20 @@ impl RunManager {
         limit: Option<u64>,
         trigger: Trigger,
     ) -> Result<Plan, RunError> {
-        let inner = &self.inner;
-        let index = inner
+        let catalog = self
+            .inner
+            .catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let index = catalog
             .config
             .strategies
             .iter()
             .position(|s| s.name == strategy)
             .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
-        let cfg = &inner.config.strategies[index];
-        let compiled = inner
+        let cfg = &catalog.config.strategies[index];
+        let compiled = catalog
             .strategies
             .get(index)
             .cloned()
@@ -534,7 +564,8 @@ impl RunManager {
         if let (Some((text, _)), Some(table)) = (&filter, &cfg.table) {
             self.check_filter_columns(table, text).await?;
         }
-        let id = inner
+        let id = self
+            .inner
             .state
             .insert_run(
                 strategy,
@@ -563,6 +594,7 @@ impl RunManager {
         );
         Ok(Plan {
             id,
+            catalog,
             index,
             trigger,
             compiled,
@@ -655,7 +687,7 @@ impl RunManager {
     }
 
     async fn deliver(&self, plan: &Plan) -> Result<(), RunError> {
-        let cfg = &self.inner.config.strategies[plan.index];
+        let cfg = &plan.catalog.config.strategies[plan.index];
         // Config validation refuses runs on a `messages` strategy.
         let Some(table) = &cfg.table else {
             return Err(RunError::NotAllowed {
@@ -749,13 +781,14 @@ impl RunManager {
 
     fn start_worker(&self, plan: &Plan) -> Result<RunWorker, RunError> {
         let inner = &self.inner;
-        let cfg = &inner.config.strategies[plan.index];
-        let endpoint = inner
+        let catalog = &plan.catalog;
+        let cfg = &catalog.config.strategies[plan.index];
+        let endpoint = catalog
             .endpoints
             .get(&cfg.endpoint)
             .cloned()
             .ok_or_else(|| RunError::NoEndpoint(cfg.endpoint.clone()))?;
-        let retry = inner
+        let retry = catalog
             .config
             .endpoint_of(cfg)
             .map(|e| e.retry.clone())
