@@ -523,8 +523,10 @@ impl StrategyWorker {
         }
     }
 
-    fn finished(&mut self, done: Done) {
+    fn finished(&mut self, mut done: Done) {
         self.dispatcher.release(&done.batch);
+        self.dispatcher
+            .recycle(std::mem::take(&mut done.batch.body));
         if done.outcome == Outcome::Cancelled {
             return;
         }
