@@ -8,7 +8,9 @@
 //!
 //! Exit codes: `0` ok, `1` a failure at run time (restarting may help), `2`
 //! a bad configuration, usage or a database that does not match the
-//! configuration (restarting will not help until something is changed).
+//! configuration (restarting will not help until something is changed),
+//! `3` from `walhook check --diff`: the change needs a restart (a reload
+//! would refuse it).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -25,6 +27,8 @@ use crate::stdout_sink::StdoutError;
 pub const EXIT_RUNTIME: u8 = 1;
 /// Exit code for a bad configuration or usage (clap also uses 2).
 const EXIT_CONFIG: u8 = 2;
+/// Exit code of `check --diff` when a reload would refuse the change.
+const EXIT_NEEDS_RESTART: u8 = 3;
 
 /// Why a walhook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,9 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    /// `walhook check --diff`: the change needs a restart.
+    #[error("a reload would refuse this change ({count} setting(s) need a restart, see above)")]
+    NeedsRestart { count: usize },
     // Each command's own error, boxed: the enum stays small whatever a
     // command's error holds.
     /// `walhook run`.
@@ -92,6 +99,7 @@ impl Error {
     /// [`EXIT_RUNTIME`].
     pub fn exit_code(&self) -> u8 {
         let must_change_first = match self {
+            Error::NeedsRestart { .. } => return EXIT_NEEDS_RESTART,
             Error::Logging { .. } | Error::Config { .. } => true,
             Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) | Error::Ops(_) => false,
             Error::Run(err) => {

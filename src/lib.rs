@@ -63,12 +63,13 @@
 //! - Beside the pipeline: `admin/` (the HTTP API: metrics, health, status,
 //!   commands, dead letters), `runs/` (on-demand and scheduled runs over a
 //!   table snapshot, `walhook run-strategy`), `ops/` (`check`, `setup`,
-//!   `teardown`).
-//! - The commands' entry points: `app.rs` (`walhook run`: builds the stages,
-//!   connects them, stops them in order), `stdout_sink.rs` (`run
+//!   `teardown`), `reload/` (configuration reload: the plan of a change,
+//!   the requests; `app/` applies it to the running stages).
+//! - The commands' entry points: `app/` (`walhook run`: builds the stages,
+//!   connects them, stops them in order, applies reloads), `stdout_sink.rs` (`run
 //!   --stdout`), `receive.rs` (`walhook receive`; its receiver is also the
 //!   demo's), `demo.rs`, and `error.rs` (the error `main` prints, with the
-//!   one mapping to exit codes 0/1/2).
+//!   one mapping to exit codes 0/1/2/3).
 //! - `cluster.rs`: throwaway PostgreSQL clusters, for the demo and the tests
 //!   only.
 //!
@@ -92,6 +93,7 @@ pub mod lsn;
 pub mod ops;
 pub mod pg;
 pub mod receive;
+pub mod reload;
 pub mod runs;
 pub mod source;
 pub mod state;

@@ -63,6 +63,11 @@ enum Command {
         /// Do not try to connect to the endpoints.
         #[arg(long)]
         no_network: bool,
+        /// Print what reloading -c would change in a walhook running FILE (strategies added,
+        /// removed, changed; endpoints; settings that need a restart) instead of the checks.
+        /// Exit 0: a reload applies it; 2: -c is invalid; 3: it needs a restart.
+        #[arg(long, value_name = "FILE")]
+        diff: Option<PathBuf>,
     },
     /// Create the publication, the state schema and the slot (idempotent).
     Setup {
@@ -177,8 +182,12 @@ enum EncodingArg {
 }
 
 fn main() -> ExitCode {
-    keep_large_buffers_mapped();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Receive { .. }) {
+        reuse_freed_buffers();
+    } else {
+        keep_large_buffers_mapped();
+    }
     match init_logging(cli.log_format).and_then(|()| execute(cli.command, cli.log_format)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -205,17 +214,41 @@ fn keep_large_buffers_mapped() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_large_buffers_mapped() {}
 
+/// `walhook receive` has no memory budget: request bodies (a megabyte
+/// each) and hyper's read buffers come from the heap and are reused, not
+/// mapped and unmapped per request, whose fresh pages cost the receiver
+/// about half its CPU (`walhook receive --null` shares the machine with
+/// what it measures).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn reuse_freed_buffers() {
+    // SAFETY: as above; nothing has started another thread yet.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn reuse_freed_buffers() {}
+
 /// Runs `command`: its configuration is loaded (and rejected) before the
 /// runtime starts and anything touches the database.
 fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
     match command {
-        Command::Run { config, stdout } => {
-            let config = load_config(&config)?;
+        Command::Run {
+            config: path,
+            stdout,
+        } => {
+            let config = load_config(&path)?;
             until_signal(|shutdown| async move {
                 if stdout {
                     stdout_sink::run(config, shutdown).await?;
                 } else {
-                    app::run(config, shutdown).await?;
+                    let reload = app::Reload {
+                        path: Some(path),
+                        signals: Some(spawn_sighup_handler().map_err(Error::Signals)?),
+                    };
+                    app::run_with(config, reload, shutdown).await?;
                 }
                 Ok(())
             })
@@ -224,6 +257,29 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
             config,
             json,
             no_network,
+            diff: Some(running),
+        } => {
+            let _ = no_network;
+            let new = load_config(&config)?;
+            let running = load_config(&running)?;
+            let plan = walhook::reload::Plan::between(&running, &new);
+            if json {
+                let doc =
+                    serde_json::to_string_pretty(&plan).map_err(|e| Error::Runtime(e.into()))?;
+                println!("{doc}");
+            } else {
+                print!("{plan}");
+            }
+            match plan.refused.len() {
+                0 => Ok(()),
+                count => Err(Error::NeedsRestart { count }),
+            }
+        }
+        Command::Check {
+            config,
+            json,
+            no_network,
+            diff: None,
         } => {
             let config = load_config(&config)?;
             let opts = ops::CheckOptions {
@@ -357,18 +413,13 @@ where
     })
 }
 
-/// Loads and validates the configuration, expressions included.
+/// Loads and validates the configuration, expressions included (so a typo
+/// exits 2 with the rest).
 fn load_config(path: &Path) -> Result<Config, Error> {
-    Config::load(path)
-        .and_then(|config| {
-            // Expressions compile here, so a typo exits 2 with the rest.
-            let errors = config.check_expressions(walhook::strategy::check_expression);
-            errors.into_result(config)
-        })
-        .map_err(|errors| Error::Config {
-            path: path.to_path_buf(),
-            errors,
-        })
+    walhook::reload::load(path).map_err(|errors| Error::Config {
+        path: path.to_path_buf(),
+        errors,
+    })
 }
 
 fn init_logging(format: LogFormat) -> Result<(), Error> {
@@ -400,6 +451,20 @@ fn init_logging(format: LogFormat) -> Result<(), Error> {
 /// pipes get plain text.
 fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// One `()` per SIGHUP: `walhook run` reloads its configuration.
+fn spawn_sighup_handler() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            // One waiting reload covers any number of signals.
+            let _ = tx.try_send(());
+        }
+    });
+    Ok(rx)
 }
 
 fn spawn_signal_handler(shutdown: CancellationToken) -> std::io::Result<()> {

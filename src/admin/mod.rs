@@ -4,9 +4,10 @@
 //! ```text
 //!  GET  /metrics   /healthz   /readyz   /activez   /status   open
 //!  POST /strategies/{name}/pause | resume | retry | runs     Bearer token
-//!  GET|DELETE /runs/{id}                                     Bearer token
+//!  GET  /runs[?strategy=&limit=], GET|DELETE /runs/{id}      Bearer token
 //!  GET  /dead-letters[?strategy=&after=&limit=]              Bearer token
 //!  GET|DELETE /dead-letters/{id}, POST /dead-letters/{id}/replay
+//!  GET  /ui, /config, /endpoints                             open (the console, [`ui`])
 //! ```
 //!
 //! The server only reads state and forwards commands: the source's status
@@ -22,6 +23,7 @@
 
 mod auth;
 mod dead_letters;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,9 +42,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::delivery::BoxFuture;
 use dead_letters::DeadLetterQuery;
+pub(crate) use ui::Console;
+pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, PauseHandle, StatusHandle, StrategyStatus as WorkerStatus};
+use crate::delivery::{DeliveryState, StrategyStatus as WorkerStatus, WorkerHandles};
+use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
@@ -105,6 +110,8 @@ pub struct StrategyStatus {
     pub in_flight: u64,
     /// Why it is paused (`admin`, `endpoint_gone`), when it is.
     pub pause_reason: Option<&'static str>,
+    /// Counters and position, for rates and lag.
+    pub progress: DeliveryProgress,
 }
 
 /// Supplies strategy status on demand. Implemented for closures
@@ -124,41 +131,27 @@ where
 }
 
 /// The live delivery workers' status, by strategy name, as `/status` and
-/// `/readyz` show it.
-pub(crate) struct WorkerStatuses(Vec<(String, StatusHandle, Option<PauseHandle>)>);
+/// `/readyz` show it (the list follows configuration reloads).
+pub(crate) struct WorkerStatuses(WorkerHandles);
 
 impl WorkerStatuses {
-    /// `workers` in config order; `pauses` by name.
-    pub(crate) fn new(
-        workers: Vec<(String, StatusHandle)>,
-        pauses: &[(String, PauseHandle)],
-    ) -> Self {
-        WorkerStatuses(
-            workers
-                .into_iter()
-                .map(|(name, status)| {
-                    let pause = pauses.iter().find(|(n, _)| *n == name).map(|(_, p)| p);
-                    let pause = pause.cloned();
-                    (name, status, pause)
-                })
-                .collect(),
-        )
+    pub(crate) fn new(workers: WorkerHandles) -> Self {
+        WorkerStatuses(workers)
     }
 }
 
 impl StatusSource for WorkerStatuses {
     fn strategies(&self) -> Vec<StrategyStatus> {
         self.0
+            .list()
             .iter()
-            .map(|(name, handle, pause)| {
-                let mut worker = handle.snapshot();
+            .map(|entry| {
+                let mut worker = entry.status.snapshot();
                 // The switch itself: a worker waiting for the source (a
                 // standby) has not looked at it yet.
-                if let Some(pause) = pause {
-                    worker.pause_reason = pause.reason();
-                    worker.paused = worker.pause_reason.is_some();
-                }
-                StrategyStatus::of_worker(name, &worker)
+                worker.pause_reason = entry.pause.reason();
+                worker.paused = worker.pause_reason.is_some();
+                StrategyStatus::of_worker(&entry.name, &worker)
             })
             .collect()
     }
@@ -182,6 +175,12 @@ impl StrategyStatus {
             attempts: u64::from(worker.attempts),
             in_flight: u64::from(worker.in_flight),
             pause_reason: worker.pause_reason.map(|r| r.as_str()),
+            progress: DeliveryProgress {
+                delivered_records: worker.delivered_records,
+                dead_lettered_records: worker.dead_lettered_records,
+                last_lag: worker.last_lag,
+                delivered_lsn: worker.delivered_lsn,
+            },
         }
     }
 }
@@ -291,6 +290,20 @@ pub trait Control: Send + Sync + 'static {
             )))
         })
     }
+    /// The latest `limit` runs (of `strategy`, if given), newest first,
+    /// each as [`Control::run`] shows it.
+    fn runs<'a>(
+        &'a self,
+        _strategy: Option<&'a str>,
+        _limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<Value>, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(
+                "listing runs is not supported in this process".to_string(),
+            ))
+        })
+    }
+
     /// Delivers dead letter `id` again with its strategy's endpoint and
     /// deletes it on success; the JSON describes the outcome.
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>>;
@@ -298,6 +311,19 @@ pub trait Control: Send + Sync + 'static {
     /// time, last run).
     fn schedules(&self, _strategy: &str) -> Vec<Value> {
         Vec::new()
+    }
+    /// Re-reads the configuration file and applies it (or only plans, for
+    /// `dry_run`); see [`crate::reload`].
+    fn reload(&self, _dry_run: bool) -> BoxFuture<'_, Result<ReloadOutcome, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(
+                "configuration reload is not supported in this process".into(),
+            ))
+        })
+    }
+    /// `/status`'s `config` object: the file running and the last reload.
+    fn config_status(&self) -> Option<Value> {
+        None
     }
 }
 
@@ -319,6 +345,9 @@ pub struct AdminState {
     pub token: Option<Secret>,
     /// Renders `/metrics` (from [`crate::telemetry::install_recorder`]).
     pub prom: PrometheusHandle,
+    /// The console's masked configuration and endpoint stats; `None` =
+    /// `/config` and `/endpoints` show nothing.
+    pub console: Option<Arc<dyn ConsoleSource>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -333,8 +362,8 @@ impl std::fmt::Debug for AdminState {
 }
 
 impl AdminState {
-    /// State with the slot and token from `config`, no strategies, no
-    /// control and no dead-letter access yet.
+    /// State with the slot, token and masked file from `config`, no
+    /// strategies, endpoints, control or dead-letter access yet.
     pub(crate) fn new(
         config: &Config,
         source: watch::Receiver<SourceStatus>,
@@ -348,7 +377,15 @@ impl AdminState {
             dead_letters: None,
             token: config.admin.token.clone(),
             prom,
+            console: Some(Arc::new(Console::new(config, Vec::new()))),
         }
+    }
+
+    /// Sets what the console shows beyond `/status` (by default the masked
+    /// configuration and no endpoints); a reload updates it.
+    pub(crate) fn with_console(mut self, console: Arc<Console>) -> Self {
+        self.console = Some(console);
+        self
     }
 
     /// Sets the strategy status source.
@@ -419,6 +456,7 @@ fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/resume", post(resume))
         .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
+        .route("/runs", get(ui::list_runs))
         .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/dead-letters", get(list_dead_letters))
         .route(
@@ -426,6 +464,9 @@ fn router(state: AdminState) -> Router {
             get(get_dead_letter).delete(delete_dead_letter),
         )
         .route("/dead-letters/{id}/replay", post(replay_dead_letter))
+        .route("/config/reload", post(reload_config))
+        .merge(ui::routes())
+        .layer(axum::middleware::from_fn(ui::no_store))
         .with_state(state)
 }
 
@@ -537,9 +578,11 @@ fn rfc3339(time: SystemTime) -> String {
 
 /// The `/status` document.
 fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
+    let now = SystemTime::now();
     let strategies: Vec<Value> = strategies
         .iter()
         .map(|s| {
+            let (lag_bytes, lag_seconds) = ui::lag(s, source, now);
             json!({
                 "name": s.name,
                 "state": s.state.as_str(),
@@ -549,6 +592,10 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "attempts": s.attempts,
                 "in_flight": s.in_flight,
                 "pause_reason": s.pause_reason,
+                "delivered_records": s.progress.delivered_records,
+                "dead_lettered_records": s.progress.dead_lettered_records,
+                "lag_bytes": lag_bytes,
+                "lag_seconds": lag_seconds,
             })
         })
         .collect();
@@ -574,7 +621,39 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             strategy["schedules"] = Value::Array(control.schedules(&name));
         }
     }
+    if let Some(config) = state.control.as_ref().and_then(|c| c.config_status()) {
+        doc["config"] = config;
+    }
     Json(doc)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReloadParams {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /config/reload`: re-reads the file and applies it (200), or says
+/// why not: 422 invalid, 409 refused (a setting only read at start).
+/// `?dry_run=true` validates and plans without applying.
+async fn reload_config(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    params: Result<Query<ReloadParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let control = control(&state, &headers)?;
+    let Query(params) =
+        params.map_err(|err| text(StatusCode::BAD_REQUEST, format!("{err}; use ?dry_run=true")))?;
+    let outcome = control
+        .reload(params.dry_run)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let code = match outcome.result {
+        ReloadResult::Applied | ReloadResult::Unchanged => StatusCode::OK,
+        ReloadResult::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ReloadResult::Refused => StatusCode::CONFLICT,
+    };
+    Ok((code, Json(outcome)).into_response())
 }
 
 /// The token check, then the control handle.
@@ -879,6 +958,7 @@ mod tests {
             attempts: 2,
             in_flight: 1,
             pause_reason: None,
+            progress: DeliveryProgress::default(),
         }
     }
 
@@ -928,6 +1008,8 @@ mod tests {
             dead_lettered_batches: 0,
             delivered_records: 0,
             dead_lettered_records: 0,
+            last_lag: None,
+            delivered_lsn: Lsn::ZERO,
             paused,
             pause_reason: paused.then_some(crate::delivery::PauseReason::EndpointGone),
         };

@@ -31,10 +31,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::payload::{self, Batch, RecordKey};
 use super::{Decorate, Group, QueuedRecord};
 use crate::budget::Charge;
 use crate::lsn::Lsn;
+
+/// Bodies of finished batches kept for reuse (one in flight and the next
+/// being sealed under `ordering = "commit"`).
+const BODIES_KEPT: usize = 2;
+/// Bytes a kept body may have beyond `max_batch_bytes` (the envelope).
+const BODY_SLACK: usize = 64 * 1024;
 
 /// Batching limits of one strategy.
 #[derive(Debug, Clone)]
@@ -142,6 +150,18 @@ pub(crate) struct Dispatcher {
     in_flight_batches: usize,
     /// `eligible` and `blocked` must be recomputed from the entries.
     dirty: bool,
+    /// The first entry the scan has not classified yet (`None`: all are).
+    /// A scan stops once a full batch is eligible, or once nothing after
+    /// can be, so a batch costs about its own records, not every pending one.
+    unscanned: Option<u64>,
+    /// Pending entries per group key, and pending [`Group::All`] entries.
+    pending_keys: HashMap<u64, usize>,
+    pending_all: usize,
+    /// Bodies of batches that are done, reused for the next ones.
+    bodies: Vec<Vec<u8>>,
+    /// Tests: scan every entry every time (the reference behaviour).
+    #[cfg(test)]
+    full_scan: bool,
     restored: Vec<Restored>,
     /// Stored batches delivered before the restart (their records are skipped).
     skip: Vec<Stored>,
@@ -177,6 +197,12 @@ impl Dispatcher {
             in_flight_all: 0,
             in_flight_batches: 0,
             dirty: false,
+            unscanned: None,
+            pending_keys: HashMap::new(),
+            pending_all: 0,
+            bodies: Vec::new(),
+            #[cfg(test)]
+            full_scan: false,
             restored: Vec::new(),
             skip: Vec::new(),
         }
@@ -231,8 +257,13 @@ impl Dispatcher {
                 restored,
             },
         );
+        self.count_pending(group, true);
+        // Entries before it are not classified yet: the scan takes it in turn.
+        let classify = self.unscanned.is_none();
         if let Some(r) = restored {
-            self.block(group);
+            if classify {
+                self.block(group);
+            }
             if let Some(stored) = self.restored.get_mut(r) {
                 stored.arrived.push(seq);
                 let all_came = match &stored.members {
@@ -245,14 +276,8 @@ impl Dispatcher {
             }
             return Pushed::Queued;
         }
-        if self.is_free(group) {
-            if group == Group::All {
-                self.blocked_all = true;
-            }
-            self.eligible.push_back(seq);
-            self.eligible_bytes += len;
-        } else {
-            self.block(group);
+        if classify {
+            self.classify(seq, group, len, false);
         }
         Pushed::Queued
     }
@@ -284,14 +309,14 @@ impl Dispatcher {
         }
         if self.dirty {
             self.rescan();
+        } else if self.unscanned.is_some() && !self.full() {
+            self.scan();
         }
         let Some(front) = self.eligible.front().and_then(|s| self.entries.get(s)) else {
             return Next::Wait(None);
         };
         let due = front.arrived + self.opts.linger;
-        let full = self.eligible.len() >= self.opts.batch_size
-            || self.eligible_bytes >= self.opts.max_batch_bytes;
-        if !(full || flush || now >= due) {
+        if !(self.full() || flush || now >= due) {
             return Next::Wait(Some(due));
         }
         let mut seqs = Vec::new();
@@ -330,6 +355,21 @@ impl Dispatcher {
         }
         self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
         self.dirty = true;
+    }
+
+    /// Keeps the body of a batch that is done for a later batch, when
+    /// nothing else holds it and it is of an ordinary batch's size.
+    pub(crate) fn recycle(&mut self, body: Bytes) {
+        if self.bodies.len() >= BODIES_KEPT
+            || body.len() > self.opts.max_batch_bytes.saturating_add(BODY_SLACK)
+        {
+            return;
+        }
+        if let Ok(mut buf) = body.try_into_mut() {
+            // Emptied first: turning it into a Vec then copies nothing.
+            buf.clear();
+            self.bodies.push(buf.into());
+        }
     }
 
     /// Records pending (not in a batch yet).
@@ -371,6 +411,48 @@ impl Dispatcher {
         }
     }
 
+    /// True when the eligible records fill a batch.
+    fn full(&self) -> bool {
+        self.eligible.len() >= self.opts.batch_size
+            || self.eligible_bytes >= self.opts.max_batch_bytes
+    }
+
+    /// Counts an entry of `group` in (or out of) the pending ones.
+    fn count_pending(&mut self, group: Group, added: bool) {
+        if group == Group::All {
+            self.pending_all = if added {
+                self.pending_all + 1
+            } else {
+                self.pending_all.saturating_sub(1)
+            };
+            return;
+        }
+        for key in group.keys() {
+            if added {
+                *self.pending_keys.entry(key).or_default() += 1;
+            } else if let Some(n) = self.pending_keys.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pending_keys.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Places one entry, in commit order: eligible when its groups are
+    /// free, else it blocks them for the entries after it.
+    fn classify(&mut self, seq: u64, group: Group, len: usize, restored: bool) {
+        if !restored && self.is_free(group) {
+            if group == Group::All {
+                self.blocked_all = true;
+            }
+            self.eligible.push_back(seq);
+            self.eligible_bytes += len;
+        } else {
+            self.block(group);
+        }
+    }
+
     /// Recomputes the eligible records from scratch, in commit order (after
     /// groups in flight changed): a stored batch's record holds its group
     /// for the records after it.
@@ -380,29 +462,57 @@ impl Dispatcher {
         self.eligible_bytes = 0;
         self.blocked.clear();
         self.blocked_all = false;
-        let order: Vec<(u64, Group, usize, bool)> = self
-            .entries
-            .iter()
-            .map(|(s, e)| {
-                (
-                    *s,
-                    e.record.group,
-                    e.record.json.len(),
-                    e.restored.is_some(),
-                )
-            })
-            .collect();
-        for (seq, group, len, restored) in order {
-            if !restored && self.is_free(group) {
-                if group == Group::All {
-                    self.blocked_all = true;
+        self.unscanned = self.entries.keys().next().copied();
+        self.scan();
+    }
+
+    /// Classifies entries from `unscanned` on, until a batch is full or
+    /// nothing after can be eligible (every pending group is blocked, or
+    /// everything waits for a truncate): then the rest stays as it is, and
+    /// entries pushed later are classified as they come.
+    fn scan(&mut self) {
+        while let Some(from) = self.unscanned {
+            if !self.scan_everything() {
+                if self.full() {
+                    return;
                 }
-                self.eligible.push_back(seq);
-                self.eligible_bytes += len;
-            } else {
-                self.block(group);
+                let all_blocked = self.blocked_all
+                    || (!self.blocked.is_empty() && self.blocked.len() >= self.pending_keys.len());
+                if all_blocked {
+                    // What the rest would do: a truncate among it blocks everything.
+                    if self.pending_all > 0 {
+                        self.blocked_all = true;
+                    }
+                    self.unscanned = None;
+                    return;
+                }
             }
+            let Some((seq, group, len, restored)) =
+                self.entries.range(from..).next().map(|(s, e)| {
+                    (
+                        *s,
+                        e.record.group,
+                        e.record.json.len(),
+                        e.restored.is_some(),
+                    )
+                })
+            else {
+                self.unscanned = None;
+                return;
+            };
+            self.unscanned = seq.checked_add(1);
+            self.classify(seq, group, len, restored);
         }
+    }
+
+    #[cfg(test)]
+    fn scan_everything(&self) -> bool {
+        self.full_scan
+    }
+
+    #[cfg(not(test))]
+    fn scan_everything(&self) -> bool {
+        false
     }
 
     /// A complete stored batch that may go now: none of its groups in
@@ -472,6 +582,7 @@ impl Dispatcher {
         let mut charge = Charge::default();
         for seq in seqs {
             if let Some(mut entry) = self.entries.remove(&seq) {
+                self.count_pending(entry.record.group, false);
                 groups.push(entry.record.group);
                 charge.merge(std::mem::take(&mut entry.record.charge));
                 records.push(entry.record);
@@ -489,7 +600,9 @@ impl Dispatcher {
         }
         self.in_flight_batches += 1;
         self.dirty = true;
-        let mut batch = payload::build(&self.opts.strategy, records, self.decorate.as_ref());
+        let buf = self.bodies.pop().unwrap_or_default();
+        let mut batch =
+            payload::build_into(&self.opts.strategy, records, self.decorate.as_ref(), buf);
         batch.groups = groups;
         batch.charge = charge;
         batch
@@ -498,6 +611,8 @@ impl Dispatcher {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::batch::NoDecoration;
 
@@ -543,6 +658,141 @@ mod tests {
     }
 
     const K: fn(u64) -> Group = Group::Key;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(Group, usize),
+        Next { flush: bool, later_ms: u64 },
+        Release(prop::sample::Index),
+        TxEnd,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let group = prop_oneof![
+            8 => (0u64..4).prop_map(Group::Key),
+            2 => (0u64..4, 0u64..4).prop_map(|(a, b)| Group::Keys(a, b)),
+            1 => Just(Group::All),
+        ];
+        prop_oneof![
+            6 => (group, 1usize..60).prop_map(|(g, len)| Op::Push(g, len)),
+            3 => (any::<bool>(), 0u64..30).prop_map(|(flush, later_ms)| Op::Next { flush, later_ms }),
+            2 => any::<prop::sample::Index>().prop_map(Op::Release),
+            1 => Just(Op::TxEnd),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// The scan that stops early forms exactly the batches, at exactly
+        /// the times, of the scan of every pending record every time.
+        #[test]
+        fn the_short_scan_forms_the_batches_of_the_full_scan(
+            size in 1usize..6,
+            bytes in 20usize..200,
+            stored in prop::option::of((0u64..20, 0u64..6)),
+            ops in prop::collection::vec(op(), 1..120),
+        ) {
+            let mut short = dispatcher(size, bytes);
+            let mut full = dispatcher(size, bytes);
+            full.full_scan = true;
+            if let Some((first, n)) = stored {
+                let range = || vec![Stored::Range { first: (Lsn(first), 0), last: (Lsn(first + n), 0) }];
+                short.restore(range(), vec![]);
+                full.restore(range(), vec![]);
+            }
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut lsn = 0u64;
+            let mut in_flight: Vec<(Batch, Batch)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Push(group, len) => {
+                        let mut a = sized(lsn, 0, len);
+                        a.group = group;
+                        let mut b = sized(lsn, 0, len);
+                        b.group = group;
+                        lsn += 1;
+                        let (pa, pb) = (short.push(a, now), full.push(b, now));
+                        prop_assert_eq!(format!("{pa:?}"), format!("{pb:?}"));
+                    }
+                    Op::Next { flush, later_ms } => {
+                        now += Duration::from_millis(later_ms);
+                        match (short.next(now, flush), full.next(now, flush)) {
+                            (Next::Batch(a), Next::Batch(b)) => {
+                                prop_assert_eq!(keys(&a), keys(&b));
+                                prop_assert_eq!(&a.groups, &b.groups);
+                                in_flight.push((*a, *b));
+                            }
+                            (Next::Wait(a), Next::Wait(b)) => prop_assert_eq!(a, b),
+                            (a, b) => prop_assert!(false, "short scan {a:?}, full scan {b:?}"),
+                        }
+                    }
+                    Op::Release(i) => {
+                        if !in_flight.is_empty() {
+                            let (a, b) = in_flight.remove(i.index(in_flight.len()));
+                            short.release(&a);
+                            full.release(&b);
+                        }
+                    }
+                    Op::TxEnd => {
+                        short.tx_end(Lsn(lsn));
+                        full.tx_end(Lsn(lsn));
+                    }
+                }
+                prop_assert_eq!(short.pending_len(), full.pending_len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_finished_batch_body_is_reused_only_when_nothing_else_holds_it() {
+        let mut d = dispatcher(2, 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..6 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let mut first = batch(&mut d, t0).unwrap();
+        let body = first.body.clone();
+        d.release(&first);
+        d.recycle(std::mem::take(&mut first.body));
+        assert!(d.bodies.is_empty(), "still held elsewhere: not reused");
+        drop(body);
+        let mut second = batch(&mut d, t0).unwrap();
+        d.release(&second);
+        let at = second.body.as_ptr();
+        let expected = second.body.clone();
+        let copy = expected.to_vec();
+        drop(expected);
+        d.recycle(std::mem::take(&mut second.body));
+        assert_eq!(d.bodies.len(), 1);
+        let third = batch(&mut d, t0).unwrap();
+        assert_eq!(third.body.as_ptr(), at, "the same buffer");
+        assert_ne!(&third.body[..], &copy[..]);
+        let v: serde_json::Value = serde_json::from_slice(&third.body).unwrap();
+        assert_eq!(v["batch"]["size"], 2);
+        assert_eq!(v["records"][0]["n"], 4);
+    }
+
+    #[test]
+    fn a_batch_scans_about_its_own_records_not_every_pending_one() {
+        // Commit order: 10,000 pending records, batches of 100.
+        let mut d = dispatcher(100, 1 << 20);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let first = batch(&mut d, t0).unwrap();
+        assert_eq!(first.keys.len(), 100);
+        // In flight: the scan stops at the first record (its group waits).
+        assert!(batch(&mut d, t0).is_none());
+        assert!(d.unscanned.is_none() && d.eligible.is_empty());
+        d.release(&first);
+        let second = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&second)[0], (100, 100));
+        // The scan stopped once a batch was full: the rest is not classified yet.
+        assert_eq!(d.unscanned, Some(200));
+    }
 
     #[test]
     fn full_batches_go_at_once_and_the_rest_after_linger() {

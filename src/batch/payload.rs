@@ -220,6 +220,18 @@ pub fn build(
     records: Vec<QueuedRecord>,
     decorate: &dyn Decorate,
 ) -> Batch {
+    build_into(strategy, records, decorate, Vec::new())
+}
+
+/// [`build`], writing the body into `buf` (cleared first): the buffer of
+/// a batch that is done, so a megabyte body does not cost fresh pages
+/// every time.
+pub(crate) fn build_into(
+    strategy: &std::sync::Arc<str>,
+    records: Vec<QueuedRecord>,
+    decorate: &dyn Decorate,
+    mut out: Vec<u8>,
+) -> Batch {
     let keys: Vec<RecordKey> = records.iter().map(|r| (r.commit_lsn, r.index)).collect();
     let id = batch_id(strategy, &keys);
     let first_lsn = records.first().map(|r| r.commit_lsn).unwrap_or_default();
@@ -238,7 +250,8 @@ pub fn build(
     };
 
     let records_len: usize = records.iter().map(|r| r.json.len() + 1).sum();
-    let mut out = Vec::with_capacity(records_len + strategy.len() + 160);
+    out.clear();
+    out.reserve(records_len + strategy.len() + 160);
     out.extend_from_slice(b"{\"strategy\":");
     write_str(&mut out, strategy);
     out.extend_from_slice(b",\"batch\":{\"id\":");
@@ -425,6 +438,33 @@ impl RecordEvent {
             out.push(b']');
         }
         out.push(b'}');
+    }
+
+    /// About how long [`RecordEvent::write_json`]'s output is (longer when
+    /// values need escaping), so its buffer is allocated once, not grown
+    /// and copied for every doubling of a wide row.
+    pub(crate) fn json_len_hint(&self) -> usize {
+        let rel = &*self.relation;
+        let image = |tuple: &Option<Tuple>| {
+            tuple.as_ref().map_or(4, |t| {
+                let cells: usize = rel
+                    .columns
+                    .iter()
+                    .zip(&t.0)
+                    .map(|(col, cell)| {
+                        col.name.len()
+                            + 4
+                            + match cell {
+                                Cell::Text(b) => b.len() + 2,
+                                Cell::Binary(b) => b.len().div_ceil(3) * 4 + 2,
+                                Cell::Null | Cell::Unchanged => 4,
+                            }
+                    })
+                    .sum();
+                cells + 2
+            })
+        };
+        192 + rel.schema.len() + rel.name.len() + image(&self.new) + image(&self.old)
     }
 
     /// A row image as a JSON object: unchanged TOASTed values left out, and
@@ -669,7 +709,43 @@ mod tests {
         };
         let mut out = Vec::new();
         r.write_json(&mut out);
+        // Nothing here needs escaping: the buffer is allocated once.
+        assert!(r.json_len_hint() >= out.len(), "hint below {}", out.len());
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_wide_row_is_written_into_one_allocation_of_about_its_length() {
+        let wide = "x".repeat(8192);
+        let r = RecordEvent {
+            relation: relation(ReplicaIdentity::Full),
+            op: Op::Update,
+            commit_lsn: Lsn(0x16B3748),
+            index: 0,
+            xid: 750,
+            commit_time: 0,
+            new: Some(Tuple(vec![
+                t("1"),
+                Cell::Binary(Bytes::from_static(b"\x00\x01")),
+                Cell::Unchanged,
+                Cell::Text(Bytes::from(wide.clone())),
+            ])),
+            old: Some(Tuple(vec![
+                t("1"),
+                Cell::Null,
+                t("open"),
+                Cell::Text(Bytes::from(wide)),
+            ])),
+        };
+        let hint = r.json_len_hint();
+        let mut out = Vec::with_capacity(hint);
+        r.write_json(&mut out);
+        assert_eq!(out.capacity(), hint, "never grown");
+        assert!(
+            hint - out.len() < 512,
+            "hint {hint} for {} bytes",
+            out.len()
+        );
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! its `delivered_through` comes from its ordered [`Finaliser`], which only
 //! moves over a contiguous prefix of finished records. What Postgres itself
 //! has confirmed is read back by [`watch_confirmed`].
+//!
+//! A configuration reload adds and removes strategies: an added one starts
+//! caught up at the routed position (it holds nothing until it is queued
+//! something); a removed one is forgotten only once it is caught up, so what
+//! it was given still holds the slot until delivered. Indices are never
+//! reused.
 
 mod confirmed;
 mod finaliser;
@@ -44,7 +50,8 @@ impl StrategyPosition {
 #[derive(Debug)]
 struct State {
     seen_end: Lsn,
-    strategies: Vec<StrategyPosition>,
+    /// By index; `None` once removed.
+    strategies: Vec<Option<StrategyPosition>>,
     acked: Lsn,
 }
 
@@ -75,10 +82,10 @@ impl Checkpoint {
             state: Mutex::new(State {
                 seen_end: start,
                 strategies: vec![
-                    StrategyPosition {
+                    Some(StrategyPosition {
                         queued_through: start,
                         delivered_through: start,
-                    };
+                    });
                     strategies
                 ],
                 acked: start,
@@ -91,7 +98,7 @@ impl Checkpoint {
     /// `strategy`. Call it before (or while) queueing that transaction's end.
     pub fn queued(&self, strategy: usize, end_lsn: Lsn) {
         self.update(|state| {
-            if let Some(pos) = state.strategies.get_mut(strategy) {
+            if let Some(Some(pos)) = state.strategies.get_mut(strategy) {
                 pos.queued_through = pos.queued_through.max(end_lsn);
             }
         });
@@ -107,10 +114,43 @@ impl Checkpoint {
     /// ending at or before `end_lsn`.
     pub fn delivered(&self, strategy: usize, end_lsn: Lsn) {
         self.update(|state| {
-            if let Some(pos) = state.strategies.get_mut(strategy) {
+            if let Some(Some(pos)) = state.strategies.get_mut(strategy) {
                 pos.delivered_through = pos.delivered_through.max(end_lsn);
             }
         });
+    }
+
+    /// A new strategy (a reload added it), caught up at the routed
+    /// position; returns its index.
+    pub fn add(&self) -> usize {
+        let mut state = self.lock();
+        let seen = state.seen_end;
+        state.strategies.push(Some(StrategyPosition {
+            queued_through: seen,
+            delivered_through: seen,
+        }));
+        state.strategies.len() - 1
+    }
+
+    /// Forgets `strategy` if it has delivered everything it was queued;
+    /// true when it is (or was already) gone. One that is behind keeps
+    /// holding the position.
+    pub fn remove(&self, strategy: usize) -> bool {
+        let mut removed = false;
+        self.update(|state| {
+            if let Some(slot) = state.strategies.get_mut(strategy) {
+                if slot.is_none_or(|pos| pos.caught_up()) {
+                    *slot = None;
+                    removed = true;
+                }
+            }
+        });
+        removed
+    }
+
+    /// The last transaction end the router has routed.
+    pub fn seen_end(&self) -> Lsn {
+        self.lock().seen_end
     }
 
     /// The position acknowledged so far.
@@ -121,7 +161,7 @@ impl Checkpoint {
     /// A strategy's positions: what the router queued to it and what it
     /// delivered.
     pub fn position(&self, strategy: usize) -> Option<StrategyPosition> {
-        self.lock().strategies.get(strategy).copied()
+        self.lock().strategies.get(strategy).copied().flatten()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -136,6 +176,7 @@ impl Checkpoint {
         let candidate = state
             .strategies
             .iter()
+            .flatten()
             .map(|pos| {
                 if pos.caught_up() {
                     seen
@@ -211,6 +252,28 @@ mod tests {
         cp.delivered(0, Lsn(30));
         assert_eq!(cp.acked(), Lsn(50));
         assert!(acks.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn added_strategies_start_caught_up_and_removed_ones_hold_until_delivered() {
+        let (_, f) = recorder();
+        let cp = Checkpoint::new(1, Lsn(10), f);
+        cp.queued(0, Lsn(20));
+        cp.seen(Lsn(20));
+        let added = cp.add();
+        assert_eq!(added, 1);
+        assert_eq!(cp.position(1).map(|p| p.queued_through), Some(Lsn(20)));
+        cp.queued(1, Lsn(30));
+        cp.seen(Lsn(30));
+        assert!(!cp.remove(0), "strategy 0 has not delivered txn 20");
+        assert_eq!(cp.acked(), Lsn(10));
+        cp.delivered(0, Lsn(20));
+        assert!(cp.remove(0));
+        assert_eq!(cp.position(0), None);
+        assert_eq!(cp.acked(), Lsn(20), "strategy 1 holds txn 30");
+        cp.delivered(1, Lsn(30));
+        assert_eq!(cp.acked(), Lsn(30));
+        assert_eq!(cp.add(), 2, "indices are not reused");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod de;
 mod endpoint;
 mod error;
 mod interpolate;
+mod masked;
 mod secret;
 mod signing_key;
 mod strategy;
@@ -61,6 +62,22 @@ pub struct Config {
     pub(crate) endpoints: BTreeMap<String, EndpointConfig>,
     /// `[[strategies]]`: what is sent where, in file order.
     pub(crate) strategies: Vec<StrategyConfig>,
+    /// The file as parsed (variables interpolated), for comparing two
+    /// configurations field by field (a reload's plan).
+    pub(crate) raw: Raw,
+    /// The file as loaded, secrets masked, for the console (`GET /config`).
+    pub(crate) masked: masked::Masked,
+}
+
+/// A parsed file's TOML after interpolation. It holds secrets: compared,
+/// never printed (its `Debug` shows nothing).
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct Raw(pub(crate) toml::Table);
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Raw(..)")
+    }
 }
 
 /// `[source]`: where changes come from.
@@ -227,6 +244,7 @@ impl Config {
         let mut interpolation_failed = Vec::new();
         interpolate_table(&mut table, "", env, &mut errors, &mut interpolation_failed);
         let interpolation_errors = errors.0.len();
+        let raw = Raw(table.clone());
 
         for key in table.keys() {
             if !["source", "admin", "state", "endpoints", "strategies"].contains(&key.as_str()) {
@@ -294,13 +312,16 @@ impl Config {
         let (Some(source), Some(admin), Some(state)) = (source, admin, state) else {
             return Err(dedup(errors, interpolation_errors, &interpolation_failed));
         };
-        let config = Config {
+        let mut config = Config {
             source,
             admin,
             state,
             endpoints,
             strategies,
+            raw,
+            masked: masked::Masked::default(),
         };
+        config.masked = masked::mask(&config.raw.0, &config);
         errors.extend(validate::validate(&config, &broken_endpoints, &strategy_index).0);
         dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
     }
@@ -402,6 +423,12 @@ impl Config {
     /// `[state] url`, else `source.url`.
     pub(crate) fn state_url(&self) -> &DatabaseUrl {
         self.state.url.as_ref().unwrap_or(&self.source.url)
+    }
+
+    /// The file as loaded (after `${VAR}` interpolation) with every secret
+    /// replaced by `[redacted]`.
+    pub(crate) fn masked(&self) -> &serde_json::Value {
+        self.masked.value()
     }
 
     /// The endpoint a strategy sends to. `None` only for a config that did

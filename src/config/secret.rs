@@ -76,7 +76,7 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
 
 /// Hides the password of a `postgres://user:password@host` URL, the value of
 /// a `password=…` parameter in either form, and nothing else.
-fn redact_conninfo(s: &str) -> String {
+pub(super) fn redact_conninfo(s: &str) -> String {
     const R: &str = "[redacted]";
     if let Some(scheme_end) = s.find("://") {
         let rest = &s[scheme_end + 3..];

@@ -107,10 +107,13 @@ fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push(b'"');
+    // `start..i` is the clean run not yet copied: it goes out whole.
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = clean_prefix(s, 0);
+    while let Some(&b) = s.get(i) {
         let esc = if b < 0x80 { ESCAPE[usize::from(b)] } else { 0 };
         if esc == 0 {
+            i = clean_prefix(s, i + 1);
             continue;
         }
         out.extend_from_slice(&s[start..i]);
@@ -126,10 +129,44 @@ fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
         } else {
             out.extend_from_slice(&[b'\\', esc]);
         }
-        start = i + 1;
+        i += 1;
+        start = i;
+        i = clean_prefix(s, i);
     }
     out.extend_from_slice(&s[start..]);
     out.push(b'"');
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Where, from `from`, the first byte that may need escaping is: 8 bytes
+/// at a time (SWAR), so a long clean run costs a few instructions per
+/// word instead of a table lookup per byte. The answer is never past a
+/// byte that needs escaping; [`write_escaped`] checks the byte itself.
+fn clean_prefix(s: &[u8], mut from: usize) -> usize {
+    while let Some(word) = s.get(from..from.saturating_add(8)) {
+        let Ok(word) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let found = needs_escape(u64::from_le_bytes(word));
+        if found != 0 {
+            return from + (found.trailing_zeros() / 8) as usize;
+        }
+        from += 8;
+    }
+    from
+}
+
+/// The high bit of each byte of `w` that is < 0x20, '"' or '\\'; a borrow
+/// may also mark a byte above such a byte, never one below the first, so
+/// the lowest mark is exact.
+fn needs_escape(w: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero(w ^ (ONES * u64::from(b'\\')));
+    (control | quote | backslash) & HIGH
 }
 
 /// RFC 8259 number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
@@ -460,6 +497,83 @@ mod tests {
 
     fn arr(k: TypeKind) -> TypeKind {
         TypeKind::Array(Box::new(k))
+    }
+
+    /// The escaper as it was before the word-at-a-time scan: one table
+    /// lookup per byte. The fast path must write exactly these bytes.
+    fn escaped_bytewise(s: &str) -> Vec<u8> {
+        let mut out = vec![b'"'];
+        for &b in s.as_bytes() {
+            match ESCAPE.get(usize::from(b)).copied().unwrap_or(0) {
+                0 => out.push(b),
+                b'u' => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                esc => out.extend_from_slice(&[b'\\', esc]),
+            }
+        }
+        out.push(b'"');
+        out
+    }
+
+    fn escaped(s: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_json_string(s.as_bytes(), &mut out);
+        out
+    }
+
+    #[test]
+    fn escapes_at_every_position_of_a_word() {
+        // Each special byte at each offset of strings longer than a word,
+        // around the 8-byte boundaries and in the tail.
+        for special in [
+            "\"", "\\", "\n", "\u{0}", "\u{1f}", "\u{7f}", "é", "\u{2028}",
+        ] {
+            for len in [1, 7, 8, 9, 15, 16, 17, 31] {
+                for at in 0..len {
+                    let mut s = "a".repeat(len);
+                    s.replace_range(at..=at, special);
+                    assert_eq!(escaped(&s), escaped_bytewise(&s), "{s:?}");
+                    assert_eq!(escaped(&s), serde_json::to_vec(&s).unwrap(), "{s:?}");
+                }
+            }
+        }
+        assert_eq!(escaped("a\"b\\c\u{8}\u{c}\t\r"), br#""a\"b\\c\b\f\t\r""#);
+        assert_eq!(escaped(""), b"\"\"");
+    }
+
+    #[test]
+    fn the_word_scan_marks_exactly_the_bytes_to_escape_from_the_first() {
+        for b in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = [b'a'; 8];
+                word[at] = b;
+                let found = needs_escape(u64::from_le_bytes(word));
+                let expected = b < 0x20 || b == b'"' || b == b'\\';
+                assert_eq!(found != 0, expected, "byte {b:#x} at {at}");
+                if expected {
+                    assert_eq!(found.trailing_zeros() / 8, at as u32, "byte {b:#x} at {at}");
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        /// Arbitrary text, dense with bytes that need escaping: the same
+        /// bytes as the per-byte escaper and as serde_json.
+        #[test]
+        fn fast_escaping_writes_what_the_simple_path_writes(s in "(?s)([a-z\"\\\\\x00-\x1f\x7f-\u{10ffff}]{0,40}|.{0,300})") {
+            proptest::prop_assert_eq!(escaped(&s), escaped_bytewise(&s));
+            proptest::prop_assert_eq!(escaped(&s), serde_json::to_vec(&s).unwrap());
+        }
+
+        /// Invalid UTF-8 is replaced as before.
+        #[test]
+        fn invalid_utf8_is_replaced_then_escaped(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let mut out = Vec::new();
+            write_json_string(&b, &mut out);
+            proptest::prop_assert_eq!(out, escaped_bytewise(&String::from_utf8_lossy(&b)));
+        }
     }
 
     #[test]

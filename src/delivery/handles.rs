@@ -4,11 +4,12 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use metrics::Gauge;
 use tokio::sync::watch;
 
+use crate::lsn::Lsn;
 use crate::telemetry::names;
 
 /// What a strategy's delivery is doing.
@@ -70,6 +71,11 @@ pub struct StrategyStatus {
     pub(crate) delivered_records: u64,
     /// Records in dead-lettered batches.
     pub(crate) dead_lettered_records: u64,
+    /// Commit to delivery of the last delivered batch's first record.
+    pub(crate) last_lag: Option<Duration>,
+    /// Every change of this strategy up to here is delivered (or dead-lettered).
+    #[serde(skip)]
+    pub(crate) delivered_lsn: Lsn,
     /// Paused: no new batch is sent.
     pub paused: bool,
     /// Why it is paused.
@@ -93,6 +99,8 @@ impl StatusHandle {
             dead_lettered_batches: 0,
             delivered_records: 0,
             dead_lettered_records: 0,
+            last_lag: None,
+            delivered_lsn: Lsn::ZERO,
             paused: false,
             pause_reason: None,
         })))
@@ -241,5 +249,56 @@ pub(crate) struct WaitingGuard<'a>(&'a RetryHandle);
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0 .0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the admin API reaches of one strategy's worker.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerEntry {
+    /// The `[[strategies]]` name.
+    pub(crate) name: String,
+    pub(crate) status: StatusHandle,
+    pub(crate) pause: PauseHandle,
+    pub(crate) retry: RetryHandle,
+    /// Set for a strategy a reload removed: listed (and can be resumed)
+    /// until its worker has delivered what it was given and this is
+    /// cancelled.
+    pub(crate) removed: Option<tokio_util::sync::CancellationToken>,
+}
+
+/// The live workers' handles, in config order, then the removed ones still
+/// draining. A reload replaces the list; the admin API reads it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerHandles(Arc<Mutex<Vec<WorkerEntry>>>);
+
+impl WorkerHandles {
+    pub(crate) fn new(entries: Vec<WorkerEntry>) -> Self {
+        WorkerHandles(Arc::new(Mutex::new(entries)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WorkerEntry>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the list.
+    pub(crate) fn set(&self, entries: Vec<WorkerEntry>) {
+        *self.lock() = entries;
+    }
+
+    /// Every entry, without the removed strategies that are done.
+    pub(crate) fn list(&self) -> Vec<WorkerEntry> {
+        let mut entries = self.lock();
+        entries.retain(|e| e.removed.as_ref().is_none_or(|done| !done.is_cancelled()));
+        entries.clone()
+    }
+
+    /// The entry of `name` (a live strategy first).
+    pub(crate) fn find(&self, name: &str) -> Option<WorkerEntry> {
+        self.list().into_iter().find(|e| e.name == name)
+    }
+
+    /// True when there are no workers (a process without live delivery).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }

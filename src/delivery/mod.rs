@@ -8,6 +8,7 @@
 //!   backoff with jitter, `Retry-After`, exhaustion policy.
 //! - `worker`: the per-strategy loop (dispatcher → delivery tasks → finaliser → checkpoint).
 //! - `handles`: status, pause and retry-now handles for the admin API.
+//! - `stats`: each endpoint's recent attempts (up, latency, last status) for the console.
 //! - `replay`: one attempt to deliver a dead letter again (admin API).
 //! - dead letters and batch boundaries are stored through [`crate::state`].
 //! - `prepare`: the seam to endpoint security (auth, signing).
@@ -24,6 +25,7 @@ mod retry;
 mod security;
 mod sender;
 pub(crate) mod signing;
+mod stats;
 mod tls;
 mod token;
 pub(crate) mod worker;
@@ -34,12 +36,14 @@ pub use endpoints::EndpointError;
 pub use handles::{
     DeliveryState, PauseHandle, PauseReason, RetryHandle, StatusHandle, StrategyStatus,
 };
+pub(crate) use handles::{WorkerEntry, WorkerHandles};
 pub use oauth2::OAuth2Error;
 pub use prepare::{Attempt, BoxFuture, NoPrepare, Prepare, PrepareError};
 pub use replay::{replay_dead_letter, ReplayError, ReplayOutcome, ReplayTarget};
 pub use security::{EndpointSecurity, SecurityError};
 pub use sender::{AttemptResult, Endpoint};
 pub use signing::{Verifier, VerifyError};
+pub use stats::{EndpointSnapshot, EndpointStats};
 pub use tls::{configure as configure_tls, explain as explain_request_error, TlsError};
 pub use worker::{Boundaries, StrategyWorker, WorkerOptions};
 

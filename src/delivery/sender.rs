@@ -18,6 +18,7 @@ use super::handles::{PauseHandle, PauseInner, PauseReason};
 use super::prepare::{Attempt, Prepare};
 use super::protect::{Admission, Guard};
 use super::retry::{decide, parse_retry_after, Decision};
+use super::stats::EndpointStats;
 use super::DeliveryError;
 use crate::batch::{Batch, Reply};
 use crate::config::{EndpointConfig, OnClientError};
@@ -40,6 +41,8 @@ pub struct Endpoint {
     guard: Guard,
     /// The pause switches of the strategies sending here (a 410 pauses them all).
     pauses: Mutex<Vec<Weak<PauseInner>>>,
+    /// Recent attempts, for the console.
+    stats: EndpointStats,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -162,7 +165,13 @@ impl Endpoint {
             on_client_error: cfg.on_client_error,
             guard: Guard::new(name, cfg),
             pauses: Mutex::new(Vec::new()),
+            stats: EndpointStats::default(),
         })
+    }
+
+    /// Its recent attempts (up, latency, last status).
+    pub fn stats(&self) -> EndpointStats {
+        self.stats.clone()
     }
 
     /// What a 4xx (other than 408, 410, 425, 429) does to a batch.
@@ -237,6 +246,7 @@ impl Endpoint {
             }
         };
         self.guard.record(admission, outcome);
+        self.stats.record(&result, self.guard.is_open());
         result
     }
 

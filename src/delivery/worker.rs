@@ -177,6 +177,12 @@ pub struct StrategyWorker {
     max_in_flight: usize,
     lookahead: usize,
     boundaries: Option<Boundaries>,
+    /// Sends nothing before this is cancelled (the worker it replaces has
+    /// delivered everything it was given).
+    after: Option<CancellationToken>,
+    /// Re-form the batches stored before a restart (only a worker started
+    /// with the stream: see [`StrategyWorker::started_by_reload`]).
+    restore_stored: bool,
 }
 
 impl std::fmt::Debug for StrategyWorker {
@@ -278,8 +284,33 @@ impl StrategyWorker {
             max_in_flight,
             lookahead: LOOKAHEAD.max(opts.batch_size.saturating_mul(max_in_flight + 1)),
             boundaries: opts.boundaries,
+            after: None,
+            restore_stored: true,
         };
         Ok((worker, tx))
+    }
+
+    /// A reload started this worker while the stream runs: it keeps
+    /// recording its batches, but re-forms none stored before. A stored
+    /// batch's records may already have gone partly to the worker it
+    /// replaces, so its remaining records go in new batches (their record
+    /// ids stay the same).
+    pub(crate) fn started_by_reload(mut self) -> Self {
+        self.restore_stored = false;
+        self
+    }
+
+    /// This worker replaces another of the same strategy (a reload changed
+    /// it): it shares that one's pause switch, and sends nothing before
+    /// `after` is cancelled, so the strategy's order holds across the two.
+    pub(crate) fn replacing(mut self, pause: PauseHandle, after: CancellationToken) -> Self {
+        self.ctx.endpoint.register(&pause);
+        self.paused = pause.subscribe();
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.pause = pause;
+        }
+        self.after = Some(after);
+        self
     }
 
     /// Pauses and resumes sending (for the admin API).
@@ -301,7 +332,7 @@ impl StrategyWorker {
     /// flight within the shutdown timeout) or the queue's senders are all
     /// dropped (then delivers everything queued first).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
-        if !self.restore(&shutdown).await {
+        if !self.restore(&shutdown).await || !self.wait_for_predecessor(&shutdown).await {
             self.ctx.status.update(|s| s.state = DeliveryState::Stopped);
             return Ok(());
         }
@@ -432,6 +463,9 @@ impl StrategyWorker {
         let (Some(boundaries), Some(state)) = (&self.boundaries, &self.ctx.state) else {
             return true;
         };
+        if !self.restore_stored {
+            return true;
+        }
         let mut resumed = boundaries.resumed_from.clone();
         let resumed_from = tokio::select! {
             biased;
@@ -476,8 +510,23 @@ impl StrategyWorker {
         true
     }
 
-    fn finished(&mut self, done: Done) {
+    /// Waits until the worker this one replaces is done. False when shut
+    /// down first.
+    async fn wait_for_predecessor(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(after) = self.after.take() else {
+            return true;
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = after.cancelled() => true,
+        }
+    }
+
+    fn finished(&mut self, mut done: Done) {
         self.dispatcher.release(&done.batch);
+        self.dispatcher
+            .recycle(std::mem::take(&mut done.batch.body));
         if done.outcome == Outcome::Cancelled {
             return;
         }
@@ -492,6 +541,7 @@ impl StrategyWorker {
     fn advance(&self, through: Option<Lsn>) {
         if let Some(lsn) = through {
             self.checkpoint.delivered(self.index, lsn);
+            self.ctx.status.update(|s| s.delivered_lsn = lsn);
         }
     }
 
@@ -809,6 +859,7 @@ fn delivered(ctx: &SenderCtx, batch: &Batch) {
     let lag = (now_us - batch.first_commit_time).max(0) as f64 / 1e6;
     ctx.metrics.commit_to_delivery.record(lag);
     ctx.status.update(|s| {
+        s.last_lag = Some(Duration::from_secs_f64(lag));
         s.attempts = 0;
         s.last_error = None;
         s.last_success = Some(now);

@@ -1,9 +1,9 @@
 //! The admin API's commands ([`Control`]) for `walhook run`: runs go to the
-//! [`RunManager`], pause and resume to the live workers' [`PauseHandle`]s,
-//! retry-now to their [`RetryHandle`]s,
+//! [`RunManager`], pause and resume to the live workers' pause switches,
+//! retry-now to their retry buttons ([`WorkerHandles`], which follow reloads),
 //! dead-letter replays to the strategy's endpoint ([`replay_dead_letter`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,30 +16,41 @@ use super::schedule::ScheduleBoard;
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
 use crate::delivery::replay::{replay_dead_letter, ReplayError, ReplayTarget};
-use crate::delivery::{PauseHandle, PauseReason, RetryHandle};
+use crate::delivery::{PauseReason, WorkerEntry, WorkerHandles};
+use crate::reload::{Outcome, ReloadHandle};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
 /// [`Control`] over a [`RunManager`].
 pub(crate) struct AppControl {
     runs: RunManager,
-    /// (name, sync allowed, async allowed) per strategy, for the default mode.
-    modes: Vec<(String, bool, bool)>,
-    /// The live workers' pause switches, by strategy name.
-    pauses: Vec<(String, PauseHandle)>,
+    /// (name, sync allowed, async allowed) per strategy, for the default
+    /// mode; replaced by a reload.
+    modes: Mutex<Vec<(String, bool, bool)>>,
+    /// The live workers' pause switches and retry-now buttons, by strategy name.
+    workers: WorkerHandles,
     /// Where pauses are kept (`walhook.pauses`); `None` = in memory only.
     pause_store: Option<StateStore>,
-    /// The live workers' retry-now buttons, by strategy name.
-    retries: Vec<(String, RetryHandle)>,
     /// Where dead letters live, and each strategy's endpoint and templates.
     replay: Option<Replay>,
     /// The schedules `/status` shows.
     schedules: ScheduleBoard,
+    /// Configuration reloads (`POST /config/reload`).
+    reload: Option<ReloadHandle>,
 }
 
 struct Replay {
     state: StateStore,
-    strategies: Vec<ReplayTarget>,
+    strategies: Mutex<Vec<ReplayTarget>>,
+}
+
+/// (name, sync allowed, async allowed) of each strategy.
+fn modes(config: &Config) -> Vec<(String, bool, bool)> {
+    config
+        .strategies
+        .iter()
+        .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
+        .collect()
 }
 
 impl AppControl {
@@ -47,17 +58,19 @@ impl AppControl {
     pub(crate) fn new(runs: RunManager, config: &Config) -> Self {
         AppControl {
             runs,
-            modes: config
-                .strategies
-                .iter()
-                .map(|s| (s.name.clone(), s.on_demand.sync, s.on_demand.r#async))
-                .collect(),
-            pauses: Vec::new(),
+            modes: Mutex::new(modes(config)),
+            workers: WorkerHandles::default(),
             pause_store: None,
-            retries: Vec::new(),
             replay: None,
             schedules: ScheduleBoard::default(),
+            reload: None,
         }
+    }
+
+    /// Enables `POST /config/reload` and `/status`'s `config`.
+    pub(crate) fn with_reload(mut self, reload: ReloadHandle) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     /// Lets `/status` show the schedules' names, next times and last runs.
@@ -66,22 +79,21 @@ impl AppControl {
         self
     }
 
-    /// Lets `retry` reach the live workers.
-    pub(crate) fn with_retries(mut self, retries: Vec<(String, RetryHandle)>) -> Self {
-        self.retries = retries;
+    /// Lets `pause`/`resume`/`retry` reach the live workers, and keeps
+    /// pauses in `store` so that they outlive restarts and failover.
+    pub(crate) fn with_workers(mut self, workers: WorkerHandles, store: StateStore) -> Self {
+        self.workers = workers;
+        self.pause_store = Some(store);
         self
     }
 
-    /// Lets `pause`/`resume` reach the live workers, and keeps pauses in
-    /// `store` so that they outlive restarts and failover.
-    pub(crate) fn with_pauses(
-        mut self,
-        pauses: Vec<(String, PauseHandle)>,
-        store: StateStore,
-    ) -> Self {
-        self.pauses = pauses;
-        self.pause_store = Some(store);
-        self
+    /// A reload applied `config`: the strategies' run modes and replay
+    /// targets follow it (the workers' handles are updated by the reloader).
+    pub(crate) fn reconfigure(&self, config: &Config, replay_targets: Vec<ReplayTarget>) {
+        *lock(&self.modes) = modes(config);
+        if let Some(replay) = &self.replay {
+            *lock(&replay.strategies) = replay_targets;
+        }
     }
 
     /// Pauses the strategies `walhook.pauses` names and lifts admin pauses
@@ -92,8 +104,9 @@ impl AppControl {
             return Ok(());
         };
         let paused = store.paused_strategies().await?;
-        for (name, handle) in &self.pauses {
-            match (paused.contains(name), handle.reason()) {
+        for entry in self.workers.list() {
+            let handle = &entry.pause;
+            match (paused.contains(&entry.name), handle.reason()) {
                 (true, None) => handle.pause(),
                 (false, Some(PauseReason::Admin)) => handle.resume(),
                 _ => {}
@@ -105,18 +118,19 @@ impl AppControl {
     /// Enables `POST /dead-letters/{id}/replay`: each strategy's endpoint and
     /// templates, by name.
     pub(crate) fn with_replay(mut self, state: StateStore, strategies: Vec<ReplayTarget>) -> Self {
-        self.replay = Some(Replay { state, strategies });
+        self.replay = Some(Replay {
+            state,
+            strategies: Mutex::new(strategies),
+        });
         self
     }
 
-    fn pause_handle(&self, strategy: &str) -> Result<&PauseHandle, ControlError> {
-        if self.pauses.is_empty() {
-            return Err(unsupported("pause and resume"));
+    fn worker(&self, strategy: &str, what: &str) -> Result<WorkerEntry, ControlError> {
+        if self.workers.is_empty() {
+            return Err(unsupported(what));
         }
-        self.pauses
-            .iter()
-            .find(|(n, _)| n == strategy)
-            .map(|(_, h)| h)
+        self.workers
+            .find(strategy)
             .ok_or_else(|| ControlError::NotFound(format!("no strategy named {strategy:?}")))
     }
 }
@@ -177,9 +191,25 @@ impl Control for AppControl {
         self.schedules.json_for(strategy)
     }
 
+    fn reload(&self, dry_run: bool) -> BoxFuture<'_, Result<Outcome, ControlError>> {
+        Box::pin(async move {
+            let Some(reload) = &self.reload else {
+                return Err(unsupported("configuration reload"));
+            };
+            reload
+                .reload(dry_run)
+                .await
+                .ok_or_else(|| ControlError::Unavailable("walhook is stopping".into()))
+        })
+    }
+
+    fn config_status(&self) -> Option<Value> {
+        self.reload.as_ref().map(ReloadHandle::status_json)
+    }
+
     fn pause<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            let handle = self.pause_handle(strategy)?;
+            let handle = self.worker(strategy, "pause and resume")?.pause;
             // Kept first: a pause that would not survive a restart is refused.
             if let Some(store) = &self.pause_store {
                 store.record_pause(strategy).await.map_err(pause_error)?;
@@ -191,7 +221,7 @@ impl Control for AppControl {
 
     fn resume<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<(), ControlError>> {
         Box::pin(async move {
-            let handle = self.pause_handle(strategy)?;
+            let handle = self.worker(strategy, "pause and resume")?.pause;
             if let Some(store) = &self.pause_store {
                 store.clear_pause(strategy).await.map_err(pause_error)?;
             }
@@ -201,16 +231,7 @@ impl Control for AppControl {
     }
 
     fn retry<'a>(&'a self, strategy: &'a str) -> BoxFuture<'a, Result<usize, ControlError>> {
-        Box::pin(async move {
-            if self.retries.is_empty() {
-                return Err(unsupported("retry"));
-            }
-            self.retries
-                .iter()
-                .find(|(n, _)| n == strategy)
-                .map(|(_, h)| h.retry_now())
-                .ok_or_else(|| ControlError::NotFound(format!("no strategy named {strategy:?}")))
-        })
+        Box::pin(async move { Ok(self.worker(strategy, "retry")?.retry.retry_now()) })
     }
 
     fn start_run<'a>(
@@ -219,7 +240,11 @@ impl Control for AppControl {
         request: RunRequest,
     ) -> BoxFuture<'a, Result<RunReply, ControlError>> {
         Box::pin(async move {
-            let Some((_, sync, _)) = self.modes.iter().find(|(n, _, _)| n == strategy) else {
+            let Some(sync) = lock(&self.modes)
+                .iter()
+                .find(|(n, _, _)| n == strategy)
+                .map(|(_, sync, _)| *sync)
+            else {
                 return Err(ControlError::NotFound(format!(
                     "no strategy named {strategy:?}"
                 )));
@@ -227,7 +252,7 @@ impl Control for AppControl {
             // No mode given: async when allowed, else sync.
             let mode = request
                 .mode
-                .unwrap_or(if *sync && !self.allows_async(strategy) {
+                .unwrap_or(if sync && !self.allows_async(strategy) {
                     RunMode::Sync
                 } else {
                     RunMode::Async
@@ -250,12 +275,21 @@ impl Control for AppControl {
         Box::pin(async move { self.runs.cancel(id).await })
     }
 
+    fn runs<'a>(
+        &'a self,
+        strategy: Option<&'a str>,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<Value>, ControlError>> {
+        Box::pin(async move { self.runs.list(strategy, limit).await })
+    }
+
     fn replay_dead_letter(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move {
             let Some(replay) = &self.replay else {
                 return Err(unsupported("replaying dead letters"));
             };
-            let outcome = replay_dead_letter(&replay.state, id, &replay.strategies)
+            let targets = lock(&replay.strategies).clone();
+            let outcome = replay_dead_letter(&replay.state, id, &targets)
                 .await
                 .map_err(|e| match e {
                     ReplayError::NotFound(_) => ControlError::NotFound(format!("dead letter {id}")),
@@ -281,6 +315,12 @@ impl Control for AppControl {
 
 impl AppControl {
     fn allows_async(&self, strategy: &str) -> bool {
-        self.modes.iter().any(|(n, _, a)| n == strategy && *a)
+        lock(&self.modes)
+            .iter()
+            .any(|(n, _, a)| n == strategy && *a)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

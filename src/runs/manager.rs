@@ -236,6 +236,8 @@ struct Active {
 /// One run, ready to execute.
 struct Plan {
     id: i64,
+    /// The configuration the run started with (a reload does not change it).
+    catalog: Arc<Catalog>,
     index: usize,
     trigger: Trigger,
     compiled: Arc<CompiledStrategy>,
@@ -250,6 +252,13 @@ struct Plan {
     replies: Option<Arc<ReplyLog>>,
     /// Told where the run is, after every page and while delivery goes on.
     progress: Option<OnProgress>,
+}
+
+/// The strategies runs are started from.
+struct Catalog {
+    config: Arc<Config>,
+    strategies: Vec<Arc<CompiledStrategy>>,
+    endpoints: BTreeMap<String, Arc<Endpoint>>,
 }
 
 impl Plan {
@@ -276,9 +285,8 @@ pub(crate) struct RunManager {
 }
 
 struct Inner {
-    config: Arc<Config>,
-    strategies: Vec<Arc<CompiledStrategy>>,
-    endpoints: BTreeMap<String, Arc<Endpoint>>,
+    /// Replaced by a reload; each run keeps the one it started with.
+    catalog: Mutex<Arc<Catalog>>,
     state: StateStore,
     url: String,
     active: Mutex<HashMap<i64, Active>>,
@@ -297,9 +305,11 @@ impl RunManager {
     ) -> Self {
         RunManager {
             inner: Arc::new(Inner {
-                config,
-                strategies,
-                endpoints,
+                catalog: Mutex::new(Arc::new(Catalog {
+                    config,
+                    strategies,
+                    endpoints,
+                })),
                 state,
                 url,
                 active: Mutex::new(HashMap::new()),
@@ -359,6 +369,21 @@ impl RunManager {
         self.clone().execute(plan).await
     }
 
+    /// A reload applied `config`: runs started from now on use it; runs
+    /// going on keep the configuration they started with.
+    pub(crate) fn reconfigure(
+        &self,
+        config: Arc<Config>,
+        strategies: Vec<Arc<CompiledStrategy>>,
+        endpoints: BTreeMap<String, Arc<Endpoint>>,
+    ) {
+        *self.inner.catalog.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Catalog {
+            config,
+            strategies,
+            endpoints,
+        });
+    }
+
     /// True while run `id` is going on in this process.
     pub(crate) fn is_active(&self, id: i64) -> bool {
         self.lock_active().contains_key(&id)
@@ -396,9 +421,34 @@ impl RunManager {
             .get_run(id)
             .await
             .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        let Some(mut row) = row else {
+        let Some(row) = row else {
             return Err(ControlError::NotFound(format!("no run {id}")));
         };
+        Ok(self.with_progress(row))
+    }
+
+    /// The latest `limit` runs (of `strategy`, if given), newest first, each
+    /// as [`RunManager::get`] shows it.
+    pub(crate) async fn list(
+        &self,
+        strategy: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Value>, ControlError> {
+        let rows = self
+            .inner
+            .state
+            .list_runs(strategy, limit)
+            .await
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| self.with_progress(row))
+            .collect())
+    }
+
+    /// A stored run with live counts while it runs here, and `progress`.
+    fn with_progress(&self, mut row: Value) -> Value {
+        let id = row["id"].as_i64().unwrap_or_default();
         let live = self
             .lock_active()
             .get(&id)
@@ -419,7 +469,7 @@ impl RunManager {
             Some(_) => Some("ended"),
         };
         row["progress"] = Progress::new(id, counts, elapsed, ended).to_json();
-        Ok(row)
+        row
     }
 
     /// Cancels run `id` (`DELETE /runs/{id}`).
@@ -456,15 +506,20 @@ impl RunManager {
         limit: Option<u64>,
         trigger: Trigger,
     ) -> Result<Plan, RunError> {
-        let inner = &self.inner;
-        let index = inner
+        let catalog = self
+            .inner
+            .catalog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let index = catalog
             .config
             .strategies
             .iter()
             .position(|s| s.name == strategy)
             .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
-        let cfg = &inner.config.strategies[index];
-        let compiled = inner
+        let cfg = &catalog.config.strategies[index];
+        let compiled = catalog
             .strategies
             .get(index)
             .cloned()
@@ -509,7 +564,8 @@ impl RunManager {
         if let (Some((text, _)), Some(table)) = (&filter, &cfg.table) {
             self.check_filter_columns(table, text).await?;
         }
-        let id = inner
+        let id = self
+            .inner
             .state
             .insert_run(
                 strategy,
@@ -538,6 +594,7 @@ impl RunManager {
         );
         Ok(Plan {
             id,
+            catalog,
             index,
             trigger,
             compiled,
@@ -630,7 +687,7 @@ impl RunManager {
     }
 
     async fn deliver(&self, plan: &Plan) -> Result<(), RunError> {
-        let cfg = &self.inner.config.strategies[plan.index];
+        let cfg = &plan.catalog.config.strategies[plan.index];
         // Config validation refuses runs on a `messages` strategy.
         let Some(table) = &cfg.table else {
             return Err(RunError::NotAllowed {
@@ -724,13 +781,14 @@ impl RunManager {
 
     fn start_worker(&self, plan: &Plan) -> Result<RunWorker, RunError> {
         let inner = &self.inner;
-        let cfg = &inner.config.strategies[plan.index];
-        let endpoint = inner
+        let catalog = &plan.catalog;
+        let cfg = &catalog.config.strategies[plan.index];
+        let endpoint = catalog
             .endpoints
             .get(&cfg.endpoint)
             .cloned()
             .ok_or_else(|| RunError::NoEndpoint(cfg.endpoint.clone()))?;
-        let retry = inner
+        let retry = catalog
             .config
             .endpoint_of(cfg)
             .map(|e| e.retry.clone())

@@ -60,6 +60,24 @@ impl ScheduleBoard {
         ScheduleBoard(Arc::new(Mutex::new(entries)))
     }
 
+    /// A reload applied `config`: its schedules, keeping the last run and
+    /// skip count of those that stay.
+    pub(crate) fn reset(&self, config: &Config) {
+        let fresh = ScheduleBoard::new(config);
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = fresh.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for entry in &mut next {
+            if let Some(old) = entries
+                .iter()
+                .find(|e| e.strategy == entry.strategy && e.name == entry.name)
+            {
+                entry.last_run = old.last_run;
+                entry.skipped = old.skipped;
+            }
+        }
+        *entries = next;
+    }
+
     fn update(&self, strategy: &str, name: &str, change: impl FnOnce(&mut Entry)) {
         let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = entries

@@ -74,28 +74,54 @@ impl StateStore {
     /// A run's record as JSON (id, strategy, trigger, filter, state, counts,
     /// started_at, finished_at, error); `None` when there is no such id.
     pub(crate) async fn get_run(&self, id: i64) -> Result<Option<Value>, StateError> {
-        const WHAT: &str = "reading walhook.runs";
         let row = self
             .client()
             .await?
             .query_opt(
-                &*self.sql("SELECT jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
-                 'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
-                 'finished_at', finished_at, 'error', error)::text \
-                 FROM walhook.runs WHERE id = $1"),
+                &*self.sql(&format!(
+                    "SELECT {RUN_JSON} FROM walhook.runs WHERE id = $1"
+                )),
                 &[&id],
             )
             .await
-            .map_err(StateError::query(WHAT))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let text: &str = row.try_get(0).map_err(StateError::query(WHAT))?;
-        serde_json::from_str(text)
-            .map(Some)
-            .map_err(|e| StateError::Malformed {
-                what: WHAT,
-                source: e.into(),
-            })
+            .map_err(StateError::query(READING))?;
+        row.map(|row| run_json(&row)).transpose()
     }
+
+    /// The latest `limit` runs (of `strategy`, if given), newest first, as
+    /// [`StateStore::get_run`] shows each.
+    pub(crate) async fn list_runs(
+        &self,
+        strategy: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Value>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &*self.sql(&format!(
+                    "SELECT {RUN_JSON} FROM walhook.runs \
+                     WHERE $1::text IS NULL OR strategy = $1 ORDER BY id DESC LIMIT $2"
+                )),
+                &[&strategy, &limit],
+            )
+            .await
+            .map_err(StateError::query(READING))?;
+        rows.iter().map(run_json).collect()
+    }
+}
+
+const READING: &str = "reading walhook.runs";
+
+/// One `walhook.runs` row as JSON text.
+const RUN_JSON: &str = "jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
+     'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
+     'finished_at', finished_at, 'error', error)::text";
+
+fn run_json(row: &tokio_postgres::Row) -> Result<Value, StateError> {
+    let text: &str = row.try_get(0).map_err(StateError::query(READING))?;
+    serde_json::from_str(text).map_err(|e| StateError::Malformed {
+        what: READING,
+        source: e.into(),
+    })
 }

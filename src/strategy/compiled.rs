@@ -405,7 +405,11 @@ impl CompiledStrategy {
 
     /// The queue item for a matched event.
     pub fn queued_record(&self, event: &RecordEvent) -> QueuedRecord {
-        let mut json = Vec::with_capacity(256);
+        let capacity = match &self.record {
+            None => event.json_len_hint(),
+            Some(_) => 256,
+        };
+        let mut json = Vec::with_capacity(capacity);
         self.write_record(event, &mut json);
         let mut record = QueuedRecord::new(event.commit_lsn, event.index, event.commit_time, json);
         record.group = self.group(event);

@@ -87,6 +87,7 @@ mod schema;
 pub use compiled::CompiledStrategy;
 pub(crate) use expr::referenced_columns;
 pub use expr::{check_expression, Expr};
+pub(crate) use router::Reroute;
 pub use router::{Route, RouteError, Router};
 pub(crate) use schema::group_columns;
 pub use schema::{

@@ -13,12 +13,17 @@
 //! with: a transactional one is a record of its transaction (acknowledged
 //! with its commit), a non-transactional one is a transaction of its own
 //! ending just after its LSN (acknowledged once delivered).
+//!
+//! A configuration reload swaps the routes between two transactions
+//! ([`Reroute`]): no transaction is split between two configurations, and
+//! the LSN it answers with is the boundary (transactions ending at or
+//! before it went by the old routes, later ones by the new).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use metrics::Counter;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::compiled::CompiledStrategy;
@@ -45,6 +50,17 @@ pub struct Route {
     pub tx: mpsc::Sender<WorkItem>,
 }
 
+/// New routes for the router, applied at the next transaction boundary
+/// (see the module doc): each route with its index in the checkpoint.
+/// Dropping a route closes its queue once its last items are queued, so its
+/// worker delivers them and ends.
+#[derive(Debug)]
+pub(crate) struct Reroute {
+    pub(crate) routes: Vec<(usize, Route)>,
+    /// Answered with the boundary: the end LSN of the last transaction routed the old way.
+    pub(crate) applied: oneshot::Sender<Lsn>,
+}
+
 /// Why routing stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
@@ -66,6 +82,11 @@ struct TableRoutes {
 /// Routes [`SourceEvent`]s to strategy queues (see the module doc).
 pub struct Router {
     routes: Vec<Route>,
+    /// `routes[i]`'s index in the checkpoint.
+    slots: Vec<usize>,
+    /// The end LSN of the last transaction routed.
+    routed_end: Lsn,
+    reroutes: Option<mpsc::Receiver<Reroute>>,
     checkpoint: Arc<Checkpoint>,
     tables: HashMap<u32, TableRoutes>,
     /// Strategies that got records of the current transaction.
@@ -87,8 +108,12 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// `routes[i]` is strategy `i` of `checkpoint`.
     pub fn new(routes: Vec<Route>, checkpoint: Arc<Checkpoint>) -> Router {
+        let slots = (0..routes.len()).collect();
         Router {
             routes,
+            slots,
+            routed_end: Lsn::ZERO,
+            reroutes: None,
             checkpoint,
             tables: HashMap::new(),
             touched: Vec::new(),
@@ -102,6 +127,27 @@ impl Router {
     pub(crate) fn with_budget(mut self, budget: Budget) -> Router {
         self.budget = Some(budget);
         self
+    }
+
+    /// Takes new routes from `reroutes` between transactions.
+    pub(crate) fn with_reroutes(mut self, reroutes: mpsc::Receiver<Reroute>) -> Router {
+        self.reroutes = Some(reroutes);
+        self
+    }
+
+    /// Route `i`'s index in the checkpoint.
+    fn slot(&self, i: usize) -> usize {
+        self.slots.get(i).copied().unwrap_or(i)
+    }
+
+    /// Swaps the routes (between transactions) and answers with the boundary.
+    fn reroute(&mut self, reroute: Reroute) {
+        (self.slots, self.routes) = reroute.routes.into_iter().unzip();
+        self.tables.clear();
+        self.touched.clear();
+        let boundary = self.routed_end.max(self.checkpoint.seen_end());
+        // The reloader may have stopped waiting (shutdown): nothing to tell.
+        let _ = reroute.applied.send(boundary);
     }
 
     /// Routes one event; returns when every matched record is queued
@@ -121,7 +167,8 @@ impl Router {
                     let Some(route) = self.routes.get(i) else {
                         continue;
                     };
-                    self.checkpoint.queued(i, end_lsn);
+                    let slot = self.slots.get(i).copied().unwrap_or(i);
+                    self.checkpoint.queued(slot, end_lsn);
                     route
                         .tx
                         .send(WorkItem::TxEnd { end_lsn })
@@ -131,6 +178,7 @@ impl Router {
                         })?;
                 }
                 self.checkpoint.seen(end_lsn);
+                self.routed_end = end_lsn;
                 Ok(())
             }
             SourceEvent::Begin {
@@ -182,7 +230,7 @@ impl Router {
             matched = true;
             if standalone {
                 self.touched.retain(|&t| t != i);
-                self.checkpoint.queued(i, end_lsn);
+                self.checkpoint.queued(self.slot(i), end_lsn);
                 self.send_end(i, end_lsn).await?;
             }
         }
@@ -301,23 +349,37 @@ impl Router {
         rx: &mut mpsc::Receiver<SourceEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), RouteError> {
+        let mut reroutes = self.reroutes.take();
         loop {
+            let between = self.txn.is_none();
+            let event = tokio::select! {
+                biased;
+                // 1. shutdown.
+                _ = shutdown.cancelled() => return Ok(()),
+                // 2. new routes, only between transactions.
+                Some(reroute) = next_reroute(&mut reroutes), if between => {
+                    self.reroute(reroute);
+                    continue;
+                }
+                // 3. the next event.
+                event = rx.recv() => match event {
+                    Some(event) => event,
+                    None => return Ok(()),
+                },
+            };
+            // Routed to completion; only shutdown interrupts a full queue.
             tokio::select! {
                 biased;
-                // 1. shutdown, even while waiting on a full queue.
                 _ = shutdown.cancelled() => return Ok(()),
-                // 2. the next event, routed to completion.
-                result = async {
-                    match rx.recv().await {
-                        Some(event) => self.route(event).await.map(|()| true),
-                        None => Ok(false),
-                    }
-                } => {
-                    if !result? {
-                        return Ok(());
-                    }
-                }
+                result = self.route(event) => result?,
             }
         }
+    }
+}
+
+async fn next_reroute(reroutes: &mut Option<mpsc::Receiver<Reroute>>) -> Option<Reroute> {
+    match reroutes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -785,3 +785,92 @@ on_delete = "true"
         assert_eq!(counter(&rec, metric), 0, "{metric}");
     }
 }
+
+#[tokio::test]
+async fn new_routes_apply_only_between_transactions() {
+    let (router, mut rxs, checkpoint, _) = routing_setup();
+    let (reroute_tx, reroute_rx) = mpsc::channel(1);
+    let router = router.with_reroutes(reroute_rx);
+    let (events, mut events_rx) = mpsc::channel(16);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { router.run(&mut events_rx, stop).await }
+    });
+    let rel = orders(ReplicaIdentity::Default);
+    let record = |commit: u64| {
+        let mut e = event(
+            &rel,
+            Op::Insert,
+            Some(&[Some("1"), Some("150"), Some("open"), None]),
+            None,
+        );
+        e.commit_lsn = Lsn(commit);
+        SourceEvent::Record(e)
+    };
+    let begin = |commit: u64| SourceEvent::Begin {
+        xid: 1,
+        commit_lsn: Lsn(commit),
+        commit_time: 0,
+    };
+    let commit = |commit: u64| SourceEvent::Commit {
+        commit_lsn: Lsn(commit),
+        end_lsn: Lsn(commit + 8),
+    };
+    events.send(begin(0x100)).await.unwrap();
+    events.send(record(0x100)).await.unwrap();
+    // The transaction is open once strategy 0 has its record.
+    assert!(matches!(rxs[0].recv().await, Some(WorkItem::Record(_))));
+
+    // New routes: strategy 0 alone, on a new queue and checkpoint index.
+    let (new_tx, mut new_rx) = mpsc::channel(64);
+    let slot = checkpoint.add();
+    let (applied, boundary) = tokio::sync::oneshot::channel();
+    let cfg = config(
+        r#"
+[[strategies]]
+name = "everything"
+table = "public.orders"
+endpoint = "a"
+on_insert = "true"
+"#,
+    );
+    let route = Route {
+        strategy: Arc::new(compile(&cfg, 0)),
+        tx: new_tx,
+    };
+    reroute_tx
+        .send(Reroute {
+            routes: vec![(slot, route)],
+            applied,
+        })
+        .await
+        .unwrap();
+    for event in [commit(0x100), begin(0x200), record(0x200), commit(0x200)] {
+        events.send(event).await.unwrap();
+    }
+    assert_eq!(
+        boundary.await.unwrap(),
+        Lsn(0x108),
+        "after the open transaction"
+    );
+    drop(events);
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        drain(&mut rxs[0]),
+        ["end 0/108"],
+        "the old route finished its transaction, then got nothing"
+    );
+    assert_eq!(
+        drain(&mut rxs[1]),
+        ["150:open", "end 0/108"],
+        "no longer routed after the boundary"
+    );
+    assert_eq!(drain(&mut new_rx), ["150:open", "end 0/208"]);
+    let position = checkpoint.position(slot).unwrap();
+    assert_eq!(
+        position.queued_through,
+        Lsn(0x208),
+        "queued under its own index"
+    );
+}

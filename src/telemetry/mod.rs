@@ -165,6 +165,10 @@ pub(crate) fn describe() {
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version label names the build.");
     describe_counter!(
+        CONFIG_RELOAD_TOTAL,
+        "Configuration reloads (SIGHUP, POST /config/reload) by result: applied, unchanged, invalid, refused."
+    );
+    describe_counter!(
         RUNS_TOTAL,
         "On-demand and scheduled runs, by strategy, trigger and outcome."
     );
@@ -225,6 +229,13 @@ pub(crate) fn register_strategy(strategy: &str, schedules: &[&str]) {
         }
     }
     metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.to_string()).increment(0);
+}
+
+/// Shows `walhook_config_reload_total` at 0 for every result before any reload.
+pub(crate) fn register_reloads() {
+    for result in ["applied", "unchanged", "invalid", "refused"] {
+        metrics::counter!(names::CONFIG_RELOAD_TOTAL, "result" => result).increment(0);
+    }
 }
 
 /// Sets the source gauges from one status snapshot.

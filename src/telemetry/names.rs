@@ -60,3 +60,5 @@ pub(crate) const ENDPOINT_UP: &str = "walhook_endpoint_up";
 pub(crate) const BUFFER_BYTES: &str = "walhook_buffer_bytes";
 /// Gauge: the memory budget (`[source] max_buffer_bytes`).
 pub(crate) const BUFFER_LIMIT_BYTES: &str = "walhook_buffer_limit_bytes";
+/// Counter `{result}`: configuration reloads (applied, unchanged, invalid, refused).
+pub(crate) const CONFIG_RELOAD_TOTAL: &str = "walhook_config_reload_total";

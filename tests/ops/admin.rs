@@ -116,6 +116,7 @@ impl Server {
             dead_letters,
             token: token.map(Secret::new),
             prom,
+            console: None,
         };
         let shutdown = CancellationToken::new();
         let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
@@ -158,10 +159,11 @@ impl Server {
     }
 }
 
-const MUTATING: [(&str, &str); 8] = [
+const MUTATING: [(&str, &str); 9] = [
     ("POST", "/strategies/orders/pause"),
     ("POST", "/strategies/orders/resume"),
     ("POST", "/strategies/orders/runs?mode=async"),
+    ("GET", "/runs"),
     ("GET", "/runs/41"),
     ("GET", "/dead-letters"),
     ("GET", "/dead-letters/1"),
@@ -211,6 +213,7 @@ async fn health_readiness_status_and_metrics() {
             attempts: 4,
             in_flight: 1,
             pause_reason: None,
+            progress: Default::default(),
         });
     assert_eq!(
         server.get("/readyz").await,
@@ -459,6 +462,7 @@ async fn run_refuses_a_public_admin_listen_without_a_token() {
         dead_letters: None,
         token: None,
         prom: walhook::telemetry::install_recorder().expect("recorder"),
+        console: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(5),
@@ -505,6 +509,7 @@ async fn readiness_and_metrics_follow_a_real_source() {
         dead_letters: None,
         token: None,
         prom,
+        console: None,
     };
     let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
         .await

@@ -1,13 +1,16 @@
 //! Operating walhook: the admin server (health, readiness, status, metrics,
 //! commands), `check`, `setup` and `teardown`, standby and takeover,
-//! SIGTERM, dead-letter replay and pause through the built binary.
+//! SIGTERM, dead-letter replay, pause and configuration reload through the
+//! built binary.
 
 mod admin;
 mod admin_fuzz;
 mod attach;
 mod commands;
+mod console;
 mod deploy;
 mod e2e;
 mod least_privilege;
 mod pauses;
+mod reload;
 mod replay;

@@ -8,8 +8,10 @@
 //! - [`receiver`]: a real HTTP(S) webhook receiver on 127.0.0.1.
 //! - [`source`]: walhook's replication source running in a task.
 //! - [`schema`]: the published payload JSON Schema.
+//! - [`browser`]: a headless Chromium through chromedriver (console tests).
 //! - [`wait_until`]: the one way a test waits for a condition.
 
+pub(crate) mod browser;
 pub(crate) mod cluster;
 pub(crate) mod receiver;
 pub(crate) mod schema;

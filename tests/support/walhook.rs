@@ -103,7 +103,7 @@ impl WalhookCommand {
             stderr,
             stdout_reader,
             stderr_reader,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -221,7 +221,7 @@ pub(crate) struct Walhook {
     stdout_reader: JoinHandle<()>,
     stderr_reader: JoinHandle<()>,
     /// Its current directory, removed when it is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Walhook {
@@ -246,6 +246,15 @@ impl Walhook {
         Walhook::command(&["run", "-c", "config.toml", "--stdout"])
             .config(config)
             .env("WALHOOK_LOG", "info")
+    }
+
+    /// Replaces its `config.toml` (written aside, then renamed, so a reload
+    /// never reads half a file).
+    pub(crate) fn rewrite_config(&self, text: &str) {
+        let dir = self.dir.path();
+        std::fs::write(dir.join("config.toml.new"), text).expect("writing config.toml.new");
+        std::fs::rename(dir.join("config.toml.new"), dir.join("config.toml"))
+            .expect("replacing config.toml");
     }
 
     /// The lines printed to stdout so far.

@@ -17,8 +17,16 @@
 //! flight (its checkpoint advances), then stop the source, which sends the
 //! final standby status with the last acknowledged position. The router's
 //! receiver stays open until the source has stopped.
+//!
+//! Reloads (SIGHUP, `POST /config/reload`) are carried out by the
+//! [`Reloader`] in the same loop that watches the stages; see
+//! [`crate::reload`].
+
+mod live;
+mod reloader;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,30 +37,29 @@ use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, AdminError, AdminState, WorkerStatuses};
+use crate::admin::{self, AdminError, AdminState, Console, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, Secret};
 use crate::decode::SourceEvent;
-use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
-    build_endpoints, Boundaries, DeliveryError, Endpoint, EndpointError, PauseHandle, RetryHandle,
-    StatusHandle, StrategyWorker, WorkerOptions,
+    build_endpoints, DeliveryError, Endpoint, EndpointError, EndpointStats, WorkerHandles,
 };
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
-use crate::runs::{schedule, spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
+use crate::reload::{self, ReloadHandle};
+use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
 use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
-    self, CompiledStrategy, PublicationOutcome, Route, RouteError, Router, SchemaError,
-    SchemaProblem, StrategyError,
+    self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError, SchemaProblem,
+    StrategyError,
 };
 use crate::telemetry::{self, TelemetryError};
+use live::{LiveStrategy, Start, WorkerContext, WorkerEnd};
+use reloader::Reloader;
 
-/// How long a worker may take to finish its batch in flight at shutdown.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long runs in progress get to record their outcome at shutdown.
 const RUNS_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -104,9 +111,30 @@ fn list(problems: &[SchemaProblem]) -> String {
 }
 
 /// Runs the pipeline until `shutdown` is cancelled or a stage stops.
+/// Reloads are refused: there is no file to read again (see [`run_with`]).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+    run_with(config, Reload::default(), shutdown).await
+}
+
+/// Where a reload reads the configuration again, and the signals (SIGHUP)
+/// that ask for one; `POST /config/reload` asks too.
+#[derive(Debug, Default)]
+pub struct Reload {
+    /// The file `config` was loaded from.
+    pub path: Option<PathBuf>,
+    /// One `()` per SIGHUP.
+    pub signals: Option<mpsc::Receiver<()>>,
+}
+
+/// [`run`], reloading the configuration from `reload.path` when asked.
+pub async fn run_with(
+    config: Config,
+    reload: Reload,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
     let prom = telemetry::install_recorder()?;
     telemetry::describe();
+    telemetry::register_reloads();
     let listener = admin::bind(config.admin.listen).await?;
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);
@@ -114,6 +142,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
     opts.messages = config.strategies.iter().any(|s| s.messages.is_some());
     let capacity = opts.channel_capacity;
     let (source, ack, source_status) = Source::new(opts);
+    let (reload_handle, requests) = reload::channel(reload.path.as_deref());
+    // SIGHUPs before the pipeline runs wait in the channel.
+    let sighup = reload.signals.map(|signals| requests.forward(signals));
     // Probes and /status answer while the database is not up yet.
     let early = CancellationToken::new();
     let early_admin = tokio::spawn(admin::serve(
@@ -143,11 +174,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         config.source.slot.clone(),
         confirmed_stop.clone(),
     );
-    let boundaries = Boundaries {
+    let context = WorkerContext {
+        checkpoint: checkpoint.clone(),
+        state: pipeline.state.clone(),
         confirmed,
         resumed_from: source.resumed_from(),
     };
-    let workers = Workers::start(&config, &pipeline, &checkpoint, &boundaries)?;
+    let workers = Workers::start(&config, &pipeline, &context)?;
     let services = Services::start(
         &config,
         &pipeline,
@@ -155,11 +188,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AppE
         listener,
         source_status.clone(),
         prom,
+        reload_handle,
     )
     .await;
-    let mut stages = Stages::start(source, capacity, workers, checkpoint, budget);
-    let first = stages.until_one_stops(&shutdown).await;
+    let (reroute, reroutes) = mpsc::channel(1);
+    // At start each strategy's checkpoint index is its position.
+    let routes = workers.live.iter().map(|l| l.route().1).collect();
+    let mut reloader = Reloader::new(reloader::Parts {
+        path: reload.path,
+        config: config.clone(),
+        live: workers.live,
+        endpoints: pipeline.endpoints.clone(),
+        workers: context,
+        handles: workers.handles,
+        reroute,
+        requests,
+        control: services.control.clone(),
+        runs: services.runs.clone(),
+        board: services.board.clone(),
+        console: services.console.clone(),
+        source: source_status.clone(),
+    });
+    let mut stages = Stages::start(
+        source,
+        capacity,
+        Router::new(routes, checkpoint)
+            .with_budget(budget)
+            .with_reroutes(reroutes),
+        workers.tasks,
+        workers.stop,
+    );
+    let first = stages.until_one_stops(&shutdown, &mut reloader).await;
     let failure = stages.stop(first).await;
+    if let Some(task) = sighup {
+        task.abort();
+    }
+    reloader.stop().await;
     confirmed_stop.cancel();
     let _ = confirmed_task.await;
     services.stop().await;
@@ -248,32 +312,23 @@ async fn wait_for_database(
     }
 }
 
-/// One delivery worker per strategy, and what the router and the admin API
-/// need of them.
+/// One delivery worker per strategy, and what the admin API needs of them.
 struct Workers {
-    tasks: JoinSet<(String, Result<(), DeliveryError>)>,
+    tasks: JoinSet<WorkerEnd>,
     stop: CancellationToken,
-    routes: Vec<Route>,
-    statuses: Vec<(String, StatusHandle)>,
-    pauses: Vec<(String, PauseHandle)>,
-    retries: Vec<(String, RetryHandle)>,
+    live: Vec<LiveStrategy>,
+    handles: WorkerHandles,
 }
 
 impl Workers {
     fn start(
         config: &Config,
         pipeline: &Pipeline,
-        checkpoint: &Arc<Checkpoint>,
-        boundaries: &Boundaries,
+        context: &WorkerContext,
     ) -> Result<Workers, AppError> {
-        let mut workers = Workers {
-            tasks: JoinSet::new(),
-            stop: CancellationToken::new(),
-            routes: Vec::new(),
-            statuses: Vec::new(),
-            pauses: Vec::new(),
-            retries: Vec::new(),
-        };
+        let mut tasks = JoinSet::new();
+        let stop = CancellationToken::new();
+        let mut live = Vec::new();
         for (index, compiled) in pipeline.strategies.iter().enumerate() {
             let cfg = &config.strategies[index];
             let endpoint = pipeline
@@ -288,55 +343,42 @@ impl Workers {
                 .endpoint_of(cfg)
                 .map(|e| e.retry.clone())
                 .unwrap_or_default();
-            let decorate: Arc<dyn Decorate> = compiled.clone();
-            let (worker, tx) = StrategyWorker::new(WorkerOptions {
-                index,
-                name: cfg.name.clone(),
-                batch_size: cfg.batch_size,
-                max_batch_bytes: cfg.max_batch_bytes,
-                linger: cfg.linger,
-                max_in_flight: cfg.max_in_flight,
-                ordering: cfg.ordering,
-                retry,
+            let start = Start {
+                cfg,
+                compiled: compiled.clone(),
                 endpoint,
-                decorate,
-                checkpoint: checkpoint.clone(),
-                state: Some(pipeline.state.clone()),
-                boundaries: Some(boundaries.clone()),
-                shutdown_timeout: SHUTDOWN_TIMEOUT,
-                queue_capacity: DEFAULT_QUEUE_CAPACITY,
-            })
-            .map_err(AppError::Worker)?;
+                slot: index,
+                by_reload: false,
+                replacing: None,
+            };
+            live.push(
+                context
+                    .spawn(start, retry, &mut tasks, &stop)
+                    .map_err(AppError::Worker)?,
+            );
             let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
             telemetry::register_strategy(&cfg.name, &schedules);
-            workers.statuses.push((cfg.name.clone(), worker.status()));
-            workers
-                .pauses
-                .push((cfg.name.clone(), worker.pause_handle()));
-            workers
-                .retries
-                .push((cfg.name.clone(), worker.retry_handle()));
-            workers.routes.push(Route {
-                strategy: compiled.clone(),
-                tx,
-            });
-            let stop = workers.stop.clone();
-            let name = cfg.name.clone();
-            workers
-                .tasks
-                .spawn(async move { (name, worker.run(stop).await) });
         }
-        Ok(workers)
+        let handles = WorkerHandles::new(live.iter().map(|l| l.entry(false)).collect());
+        Ok(Workers {
+            tasks,
+            stop,
+            live,
+            handles,
+        })
     }
 }
 
-/// What serves the operator beside the stages: the admin API, scheduled
-/// runs and metrics upkeep. They stop after the stages.
+/// What serves the operator beside the stages: the admin API, runs and
+/// metrics upkeep. They stop after the stages. (Scheduled runs follow the
+/// configuration, so the [`Reloader`] owns them.)
 struct Services {
     stop: CancellationToken,
     admin: JoinHandle<Result<(), AdminError>>,
-    schedules: JoinSet<()>,
     runs: RunManager,
+    control: Arc<AppControl>,
+    board: ScheduleBoard,
+    console: Arc<Console>,
     pause_sync: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     slot_watch: JoinHandle<()>,
@@ -350,6 +392,7 @@ impl Services {
         listener: TcpListener,
         source_status: watch::Receiver<SourceStatus>,
         prom: PrometheusHandle,
+        reload: ReloadHandle,
     ) -> Services {
         let stop = CancellationToken::new();
         let runs = RunManager::new(
@@ -359,48 +402,38 @@ impl Services {
             pipeline.state.clone(),
             config.source.url.expose().to_string(),
         );
-        let replay_targets = config
-            .strategies
+        let replay_targets = workers
+            .live
             .iter()
-            .zip(&pipeline.strategies)
-            .filter_map(|(cfg, compiled)| {
-                let endpoint = pipeline.endpoints.get(&cfg.endpoint)?.clone();
-                let decorate: Arc<dyn Decorate> = compiled.clone();
-                Some((cfg.name.clone(), endpoint, decorate))
+            .map(|l| {
+                let decorate: Arc<dyn Decorate> = l.compiled.clone();
+                (l.name.clone(), l.endpoint.clone(), decorate)
             })
             .collect();
         let board = ScheduleBoard::new(config);
         let control = Arc::new(
             AppControl::new(runs.clone(), config)
-                .with_pauses(workers.pauses.clone(), pipeline.state.clone())
-                .with_retries(workers.retries.clone())
+                .with_workers(workers.handles.clone(), pipeline.state.clone())
                 .with_replay(pipeline.state.clone(), replay_targets)
-                .with_schedules(board.clone()),
+                .with_schedules(board.clone())
+                .with_reload(reload),
         );
         // Pauses kept from before a restart hold before anything streams.
         if let Err(err) = control.apply_stored_pauses().await {
             tracing::warn!(error = %err, "cannot read the paused strategies");
         }
+        let console = Arc::new(Console::new(config, endpoint_stats(&pipeline.endpoints)));
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
-            .with_strategies(Arc::new(WorkerStatuses::new(
-                workers.statuses.clone(),
-                &workers.pauses,
-            )))
-            .with_control(control.clone());
+            .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
+            .with_control(control.clone())
+            .with_console(console.clone());
         match StateStore::for_config(config, "walhook-admin").await {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {
-            schedules: schedule::spawn(
-                runs.clone(),
-                board,
-                config,
-                source_status.clone(),
-                stop.clone(),
-            ),
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
-            pause_sync: spawn_pause_sync(control, source_status.clone(), stop.clone()),
+            pause_sync: spawn_pause_sync(control.clone(), source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_watch: telemetry::spawn_slot_watch(
                 Secret::new(config.source.url.expose()),
@@ -408,14 +441,16 @@ impl Services {
                 stop.clone(),
             ),
             runs,
+            control,
+            board,
+            console,
             stop,
         }
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
         self.stop.cancel();
         let _ = self.admin.await;
-        while self.schedules.join_next().await.is_some() {}
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.pause_sync.await;
         let _ = self.upkeep.await;
@@ -423,10 +458,18 @@ impl Services {
     }
 }
 
+/// Each endpoint's stats handle, for the console.
+fn endpoint_stats(endpoints: &BTreeMap<String, Arc<Endpoint>>) -> Vec<(String, EndpointStats)> {
+    endpoints
+        .iter()
+        .map(|(name, endpoint)| (name.clone(), endpoint.stats()))
+        .collect()
+}
+
 /// What the router task hands back: its result, and the events receiver
 /// (kept open until the source has stopped).
 type Routed = (Result<(), RouteError>, mpsc::Receiver<SourceEvent>);
-type WorkerJoined = Result<(String, Result<(), DeliveryError>), JoinError>;
+type WorkerJoined = Result<WorkerEnd, JoinError>;
 
 /// The running stages, each with its own stop token.
 struct Stages {
@@ -434,7 +477,7 @@ struct Stages {
     source_stop: CancellationToken,
     router: JoinHandle<Routed>,
     router_stop: CancellationToken,
-    workers: JoinSet<(String, Result<(), DeliveryError>)>,
+    workers: JoinSet<WorkerEnd>,
     workers_stop: CancellationToken,
 }
 
@@ -452,12 +495,11 @@ impl Stages {
     fn start(
         source: Source,
         capacity: usize,
-        workers: Workers,
-        checkpoint: Arc<Checkpoint>,
-        budget: Budget,
+        router: Router,
+        workers: JoinSet<WorkerEnd>,
+        workers_stop: CancellationToken,
     ) -> Stages {
         let (events_tx, mut events_rx) = mpsc::channel::<SourceEvent>(capacity);
-        let router = Router::new(workers.routes, checkpoint).with_budget(budget);
         let source_stop = CancellationToken::new();
         let router_stop = CancellationToken::new();
         let stop = router_stop.clone();
@@ -469,18 +511,37 @@ impl Stages {
                 async move { (router.run(&mut events_rx, stop).await, events_rx) },
             ),
             router_stop,
-            workers: workers.tasks,
-            workers_stop: workers.stop,
+            workers,
+            workers_stop,
         }
     }
 
-    /// Waits for `shutdown` or for a stage that stops on its own.
-    async fn until_one_stops(&mut self, shutdown: &CancellationToken) -> First {
-        tokio::select! {
-            _ = shutdown.cancelled() => First::Shutdown,
-            result = &mut self.source => First::Source(result),
-            result = &mut self.router => First::Router(result),
-            Some(joined) = self.workers.join_next() => First::Worker(joined),
+    /// Waits for `shutdown` or for a stage that stops on its own; carries
+    /// out reloads meanwhile (a worker a reload retired may end).
+    async fn until_one_stops(
+        &mut self,
+        shutdown: &CancellationToken,
+        reloader: &mut Reloader,
+    ) -> First {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return First::Shutdown,
+                result = &mut self.source => return First::Source(result),
+                result = &mut self.router => return First::Router(result),
+                Some(joined) = self.workers.join_next() => {
+                    if let Ok((_, slot, Ok(()))) = &joined {
+                        if reloader.worker_ended(*slot) {
+                            continue;
+                        }
+                    }
+                    return First::Worker(joined);
+                }
+                Some(request) = reloader.requests.recv() => {
+                    reloader
+                        .handle(request, &mut self.workers, &self.workers_stop, shutdown)
+                        .await;
+                }
+            }
         }
     }
 
@@ -523,10 +584,10 @@ impl Stages {
         };
         while let Some(joined) = self.workers.join_next().await {
             match joined {
-                Ok((name, Err(e))) => {
+                Ok((name, _, Err(e))) => {
                     tracing::warn!(strategy = %name, error = %e, "strategy worker stopped with an error");
                 }
-                Ok((_, Ok(()))) => {}
+                Ok((_, _, Ok(()))) => {}
                 Err(e) => {
                     failure.get_or_insert(e.into());
                 }
@@ -555,8 +616,8 @@ fn source_failure(joined: Result<Result<(), SourceError>, JoinError>) -> Option<
 /// A worker that stopped before it was told to is a failure, also without an error.
 fn worker_failure(joined: WorkerJoined) -> AppError {
     match joined {
-        Ok((strategy, Err(source))) => AppError::Delivery { strategy, source },
-        Ok((strategy, Ok(()))) => AppError::WorkerStopped { strategy },
+        Ok((strategy, _, Err(source))) => AppError::Delivery { strategy, source },
+        Ok((strategy, _, Ok(()))) => AppError::WorkerStopped { strategy },
         Err(e) => AppError::Task(e),
     }
 }
