@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
@@ -29,6 +30,16 @@ struct Retiring {
     slot: usize,
     /// Listed in `/status` while it drains (a removed strategy).
     entry: Option<crate::delivery::WorkerEntry>,
+}
+
+/// A worker a reload started, until the reload is applied or abandoned.
+#[derive(Debug)]
+struct Started {
+    slot: usize,
+    name: String,
+    pause: crate::delivery::PauseHandle,
+    /// Lets a replacement send (see [`Reloader::apply`]).
+    gate: CancellationToken,
 }
 
 /// Everything a reload changes, owned by the application's main loop.
@@ -139,6 +150,29 @@ impl Reloader {
         true
     }
 
+    /// A reload that did not get applied: the workers it started (nothing
+    /// was routed to them) are retired, the old ones run on.
+    fn abandon(
+        &mut self,
+        live: Vec<LiveStrategy>,
+        started: &[Started],
+        old: Vec<Option<LiveStrategy>>,
+    ) {
+        for s in started {
+            s.gate.cancel();
+        }
+        let (new_ones, kept): (Vec<_>, Vec<_>) = live
+            .into_iter()
+            .partition(|l| started.iter().any(|s| s.slot == l.slot));
+        for l in new_ones {
+            self.retiring.push(Retiring {
+                slot: l.slot,
+                entry: None,
+            });
+        }
+        self.live = kept.into_iter().chain(old.into_iter().flatten()).collect();
+    }
+
     fn publish_handles(&self) {
         let mut entries: Vec<_> = self.live.iter().map(|l| l.entry(false)).collect();
         entries.extend(self.retiring.iter().filter_map(|r| r.entry.clone()));
@@ -235,7 +269,7 @@ impl Reloader {
                 plan: Some(plan),
                 boundary_lsn: Some(boundary.to_string()),
             },
-            Err(error) => Outcome::failed(ReloadResult::Invalid, error, Some(plan)),
+            Err((result, error)) => Outcome::failed(result, error, Some(plan)),
         }
     }
 
@@ -249,7 +283,7 @@ impl Reloader {
         tasks: &mut JoinSet<WorkerEnd>,
         stop: &CancellationToken,
         shutdown: &CancellationToken,
-    ) -> Result<Lsn, String> {
+    ) -> Result<Lsn, (ReloadResult, String)> {
         let restarted = plan.restarted();
         // Unchanged endpoints keep their state (circuit, tokens).
         let changed_endpoints: Vec<&str> = plan.endpoints.iter().map(|e| e.name.as_str()).collect();
@@ -276,11 +310,17 @@ impl Reloader {
                 live.push(kept);
                 continue;
             }
-            let replacing = old
-                .iter()
-                .flatten()
-                .find(|l| l.name == cfg.name)
-                .map(|l| (l.pause.clone(), l.finished.clone()));
+            // A replacement sends once its predecessor has ended (or at
+            // once when the reload is abandoned: it was given nothing).
+            let gate = CancellationToken::new();
+            let replacing = old.iter().flatten().find(|l| l.name == cfg.name).map(|l| {
+                let (finished, open) = (l.finished.clone(), gate.clone());
+                tokio::spawn(async move {
+                    finished.cancelled().await;
+                    open.cancel();
+                });
+                (l.pause.clone(), gate.clone())
+            });
             let retry = new
                 .endpoint_of(cfg)
                 .map(|e| e.retry.clone())
@@ -305,34 +345,28 @@ impl Reloader {
             let spawned = match spawned {
                 Ok(spawned) => spawned,
                 Err(err) => {
-                    // Nothing routes to the workers started so far: they are
-                    // retired (their queues close, they end); the old
-                    // routes and workers stay.
-                    let (new_ones, kept): (Vec<_>, Vec<_>) = live
-                        .into_iter()
-                        .partition(|l: &LiveStrategy| started.iter().any(|(s, _, _)| *s == l.slot));
-                    for l in new_ones {
-                        self.retiring.push(Retiring {
-                            slot: l.slot,
-                            entry: None,
-                        });
-                    }
-                    self.live = kept.into_iter().chain(old.into_iter().flatten()).collect();
-                    return Err(format!("strategy {}: {err}", cfg.name));
+                    self.abandon(live, &started, old);
+                    let error = format!("strategy {}: {err}", cfg.name);
+                    return Err((ReloadResult::Invalid, error));
                 }
             };
             let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
             telemetry::register_strategy(&cfg.name, &schedules);
-            started.push((spawned.slot, spawned.name.clone(), spawned.pause.clone()));
+            started.push(Started {
+                slot: spawned.slot,
+                name: spawned.name.clone(),
+                pause: spawned.pause.clone(),
+                gate,
+            });
             live.push(spawned);
         }
         // Stored pauses hold an added strategy before it sends anything
         // (nothing is routed to it before the swap below).
         match self.workers.state.paused_strategies().await {
             Ok(paused) => {
-                for (_, name, pause) in &started {
-                    if paused.contains(name) && pause.reason().is_none() {
-                        pause.pause();
+                for s in &started {
+                    if paused.contains(&s.name) && s.pause.reason().is_none() {
+                        s.pause.pause();
                     }
                 }
             }
@@ -343,14 +377,27 @@ impl Reloader {
         let (applied, boundary) = oneshot::channel();
         let routes = live.iter().map(LiveStrategy::route).collect();
         let sent = self.reroute.send(Reroute { routes, applied }).await.is_ok();
-        let boundary = tokio::select! {
+        let mut boundary = boundary;
+        let waited = tokio::select! {
             biased;
             _ = shutdown.cancelled() => None,
-            lsn = boundary, if sent => lsn.ok(),
+            _ = tokio::time::sleep(SWAP_TIMEOUT) => None,
+            lsn = &mut boundary, if sent => lsn.ok(),
         };
-        let Some(boundary) = boundary else {
-            self.live = live;
-            return Err("walhook is stopping; the reload was not applied".into());
+        // Stopped waiting: the router swaps nothing from now on, unless it
+        // already did.
+        boundary.close();
+        let Some(boundary) = waited.or_else(|| boundary.try_recv().ok()) else {
+            self.abandon(live, &started, old);
+            let error = if shutdown.is_cancelled() {
+                "walhook is stopping; the reload was not applied".into()
+            } else {
+                format!(
+                    "the stream did not reach the end of a transaction within {SWAP_TIMEOUT:?} \
+                     (a paused strategy with a full queue holds it?); nothing changed, try again"
+                )
+            };
+            return Err((ReloadResult::Refused, error));
         };
         // Only this loop still holds the old queues: dropping them lets the
         // old workers deliver what they hold and end.
@@ -389,6 +436,9 @@ impl Reloader {
         Ok(boundary)
     }
 }
+
+/// How long a reload waits for the router to reach a transaction boundary.
+const SWAP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a valid configuration compiles to, before anything runs.
 struct Built {

@@ -57,7 +57,10 @@ pub struct Route {
 #[derive(Debug)]
 pub(crate) struct Reroute {
     pub(crate) routes: Vec<(usize, Route)>,
-    /// Answered with the boundary: the end LSN of the last transaction routed the old way.
+    /// Answered with the boundary: the end LSN of the last transaction
+    /// routed the old way. The routes are swapped only if the answer is
+    /// taken: a reloader that stopped waiting (closed its receiver) gets
+    /// nothing swapped.
     pub(crate) applied: oneshot::Sender<Lsn>,
 }
 
@@ -140,14 +143,16 @@ impl Router {
         self.slots.get(i).copied().unwrap_or(i)
     }
 
-    /// Swaps the routes (between transactions) and answers with the boundary.
+    /// Swaps the routes (between transactions) and answers with the
+    /// boundary, unless the reloader stopped waiting.
     fn reroute(&mut self, reroute: Reroute) {
+        let boundary = self.routed_end.max(self.checkpoint.seen_end());
+        if reroute.applied.send(boundary).is_err() {
+            return;
+        }
         (self.slots, self.routes) = reroute.routes.into_iter().unzip();
         self.tables.clear();
         self.touched.clear();
-        let boundary = self.routed_end.max(self.checkpoint.seen_end());
-        // The reloader may have stopped waiting (shutdown): nothing to tell.
-        let _ = reroute.applied.send(boundary);
     }
 
     /// Routes one event; returns when every matched record is queued

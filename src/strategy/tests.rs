@@ -874,3 +874,54 @@ on_insert = "true"
         "queued under its own index"
     );
 }
+
+#[tokio::test]
+async fn new_routes_nobody_waits_for_are_not_applied() {
+    let (router, mut rxs, _, _) = routing_setup();
+    let (reroute_tx, reroute_rx) = mpsc::channel(1);
+    let router = router.with_reroutes(reroute_rx);
+    let (events, mut events_rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        router
+            .run(&mut events_rx, tokio_util::sync::CancellationToken::new())
+            .await
+    });
+    let (applied, boundary) = tokio::sync::oneshot::channel();
+    drop(boundary);
+    reroute_tx
+        .send(Reroute {
+            routes: Vec::new(),
+            applied,
+        })
+        .await
+        .unwrap();
+    let rel = orders(ReplicaIdentity::Default);
+    let mut e = event(
+        &rel,
+        Op::Insert,
+        Some(&[Some("1"), Some("150"), Some("open"), None]),
+        None,
+    );
+    e.commit_lsn = Lsn(0x100);
+    for event in [
+        SourceEvent::Begin {
+            xid: 1,
+            commit_lsn: Lsn(0x100),
+            commit_time: 0,
+        },
+        SourceEvent::Record(e),
+        SourceEvent::Commit {
+            commit_lsn: Lsn(0x100),
+            end_lsn: Lsn(0x108),
+        },
+    ] {
+        events.send(event).await.unwrap();
+    }
+    drop(events);
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        drain(&mut rxs[0]),
+        ["150:open", "end 0/108"],
+        "the old routes stay"
+    );
+}

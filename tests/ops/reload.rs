@@ -255,11 +255,24 @@ async fn a_changed_filter_applies_to_transactions_after_the_boundary() {
         &subject("on_insert = \"new.n % 2 == 0\""),
     )
     .await;
+    // The unchanged strategy keeps its worker: paused before, paused after.
+    let pause = |action: &'static str| {
+        let path = format!("/strategies/all/{action}");
+        async move { admin_call(reqwest::Method::POST, scene.port, &path, TOKEN).await }
+    };
+    assert_eq!(pause("pause").await.0, 200);
     let (code, doc) = scene
         .reload(&scene.config(&subject("on_insert = \"new.n % 3 == 0\"")))
         .await;
     assert_eq!(code, 200, "{doc}");
     assert_eq!(doc["plan"]["changed"][0]["name"], "subject", "{doc}");
+    assert_eq!(
+        doc["plan"]["changed"].as_array().map(Vec::len),
+        Some(1),
+        "{doc}"
+    );
+    assert_eq!(scene.status().await["strategies"][0]["state"], "paused");
+    assert_eq!(pause("resume").await.0, 200);
     assert_eq!(doc["plan"]["changed"][0]["fields"][0], "on_insert", "{doc}");
     let at = boundary(&doc);
     let status = scene.status().await;
