@@ -14,6 +14,39 @@ pub struct Lsn(pub u64);
 impl Lsn {
     /// The invalid (zero) position.
     pub const ZERO: Lsn = Lsn(0);
+
+    /// Appends the `X/Y` text, as `Display` writes it, without the
+    /// formatting machinery (payloads write it for every record).
+    pub(crate) fn write_text(self, out: &mut Vec<u8>) {
+        write_hex(self.0 >> 32, out);
+        out.push(b'/');
+        write_hex(self.0 & 0xFFFF_FFFF, out);
+    }
+}
+
+/// Upper-case hex without leading zeros (`0` for zero).
+fn write_hex(v: u64, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = ((64 - v.leading_zeros()).div_ceil(4)).max(1);
+    for i in (0..digits).rev() {
+        out.push(HEX[((v >> (4 * i)) & 0xf) as usize]);
+    }
+}
+
+/// Appends `n` in decimal, as `Display` writes it.
+pub(crate) fn write_decimal(n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[at..]);
 }
 
 impl fmt::Display for Lsn {
@@ -41,6 +74,22 @@ impl FromStr for Lsn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #[test]
+        fn written_text_is_the_display_text(v: u64, small in 0u64..0x1_0000_0000) {
+            for lsn in [Lsn(v), Lsn(small), Lsn(small << 32)] {
+                let mut out = b"x".to_vec();
+                lsn.write_text(&mut out);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("x{lsn}"));
+            }
+            for n in [v, small, 0, u64::MAX] {
+                let mut out = Vec::new();
+                write_decimal(n, &mut out);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+            }
+        }
+    }
 
     #[test]
     fn lsn_text_round_trips() {

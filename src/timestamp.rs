@@ -4,9 +4,9 @@
 //!
 //! Times travel as µs since the Unix epoch (`i64`). The formatter runs
 //! once per record on the hot path, so it appends to the payload buffer
-//! through a static list of chrono format items: no allocation (chrono's
-//! `to_rfc3339_opts` and `Display` allocate a `String` per call) and no
-//! format string to parse.
+//! without allocating: the digits directly for years 1–9999, else through
+//! a static list of chrono format items (chrono's `to_rfc3339_opts` and
+//! `Display` allocate a `String` per call).
 
 use chrono::format::{Fixed, Item, Numeric, Pad};
 
@@ -51,6 +51,77 @@ const RFC3339_MICROS: &[Item<'static>] = &[
 /// (`2026-11-22T07:04:00.123456Z`). A time beyond chrono's range (±262,000
 /// years, only from a broken clock) is written as the Unix epoch.
 pub(crate) fn write_rfc3339(unix_micros: i64, out: &mut Vec<u8>) {
+    if (MIN_FAST..=MAX_FAST).contains(&unix_micros) {
+        return write_rfc3339_fast(unix_micros, out);
+    }
+    write_rfc3339_chrono(unix_micros, out);
+}
+
+/// 0001-01-01T00:00:00Z and the last µs of 9999: four-digit years, where
+/// the digits are written directly (chrono's formatting machinery costs
+/// more than the rest of a small record's envelope).
+const MIN_FAST: i64 = -62_135_596_800_000_000;
+const MAX_FAST: i64 = 253_402_300_799_999_999;
+
+/// [`write_rfc3339`] for a time in `MIN_FAST..=MAX_FAST`: the civil date
+/// from days since the epoch (Howard Hinnant's `civil_from_days`).
+fn write_rfc3339_fast(unix_micros: i64, out: &mut Vec<u8>) {
+    const DAY: i64 = 86_400_000_000;
+    let days = unix_micros.div_euclid(DAY);
+    let micros = unix_micros.rem_euclid(DAY);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let secs = micros / 1_000_000;
+    let digit = |n: i64, place: i64| b'0' + ((n / place) % 10) as u8;
+    let two = |n: i64| [digit(n, 10), digit(n, 1)];
+    let [y1, y2] = two(year / 100);
+    let [y3, y4] = two(year);
+    let [mo1, mo2] = two(month);
+    let [d1, d2] = two(day);
+    let [h1, h2] = two(secs / 3600);
+    let [mi1, mi2] = two(secs / 60 % 60);
+    let [s1, s2] = two(secs % 60);
+    let f = micros % 1_000_000;
+    out.extend_from_slice(&[
+        y1,
+        y2,
+        y3,
+        y4,
+        b'-',
+        mo1,
+        mo2,
+        b'-',
+        d1,
+        d2,
+        b'T',
+        h1,
+        h2,
+        b':',
+        mi1,
+        mi2,
+        b':',
+        s1,
+        s2,
+        b'.',
+        digit(f, 100_000),
+        digit(f, 10_000),
+        digit(f, 1000),
+        digit(f, 100),
+        digit(f, 10),
+        digit(f, 1),
+        b'Z',
+    ]);
+}
+
+/// [`write_rfc3339`] through chrono: any year it can represent.
+fn write_rfc3339_chrono(unix_micros: i64, out: &mut Vec<u8>) {
     let time = chrono::DateTime::from_timestamp_micros(unix_micros).unwrap_or_default();
     // Writing to a Vec cannot fail.
     let _ = time
@@ -101,6 +172,26 @@ mod tests {
         let mut out = b"x".to_vec();
         write_rfc3339(PG_EPOCH_OFFSET_MICROS + 1_000_000, &mut out);
         assert_eq!(out, b"x2000-01-01T00:00:01.000000Z");
+    }
+
+    proptest::proptest! {
+        /// The direct digits are chrono's, for every µs of years 1–9999
+        /// and around the edges of that range.
+        #[test]
+        fn the_fast_path_writes_what_chrono_writes(
+            us in proptest::prop_oneof![
+                MIN_FAST..=MAX_FAST,
+                (MIN_FAST - 1_000_000)..(MIN_FAST + 1_000_000),
+                (MAX_FAST - 1_000_000)..(MAX_FAST + 1_000_000),
+                -100_000_000_000i64..100_000_000_000,
+            ]
+        ) {
+            let mut fast = Vec::new();
+            write_rfc3339(us, &mut fast);
+            let mut slow = Vec::new();
+            write_rfc3339_chrono(us, &mut slow);
+            proptest::prop_assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(slow).unwrap());
+        }
     }
 
     #[test]

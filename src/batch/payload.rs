@@ -37,7 +37,6 @@
 //! router queues it, and a batch is those bytes with the envelope around
 //! them, written into one buffer when it is sealed ([`build`]).
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 
 use base64::Engine as _;
@@ -49,7 +48,7 @@ use crate::budget::Charge;
 use crate::config::RecordShape;
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
-use crate::lsn::Lsn;
+use crate::lsn::{write_decimal, Lsn};
 use crate::timestamp::write_rfc3339;
 
 /// One of a record envelope's own fields, as a mapping can read it.
@@ -201,12 +200,14 @@ fn batch_id<'a>(strategy: &str, keys: impl IntoIterator<Item = &'a RecordKey>) -
     let mut hasher = Sha256::new();
     hasher.update(strategy.as_bytes());
     hasher.update([0u8]);
-    let mut id = String::with_capacity(32);
+    let mut id = Vec::with_capacity(32);
     for (lsn, index) in keys {
         id.clear();
-        // Writing to a String cannot fail.
-        let _ = writeln!(id, "{lsn}:{index}");
-        hasher.update(id.as_bytes());
+        lsn.write_text(&mut id);
+        id.push(b':');
+        write_decimal(u64::from(*index), &mut id);
+        id.push(b'\n');
+        hasher.update(&id);
     }
     let digest = hasher.finalize();
     let mut out = String::from("msg_");
@@ -389,19 +390,20 @@ impl RecordEvent {
     fn write_record(&self, mapped: Option<impl FnOnce(&mut Vec<u8>)>, out: &mut Vec<u8>) {
         let rel = &*self.relation;
         out.extend_from_slice(b"{\"id\":\"");
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{}:{}", self.commit_lsn, self.index);
+        self.commit_lsn.write_text(out);
+        out.push(b':');
+        write_decimal(u64::from(self.index), out);
         out.extend_from_slice(b"\",\"op\":\"");
         out.extend_from_slice(self.op.as_str().as_bytes());
         out.extend_from_slice(b"\",\"schema\":");
         write_json_string(rel.schema.as_bytes(), out);
         out.extend_from_slice(b",\"table\":");
         write_json_string(rel.name.as_bytes(), out);
-        let _ = write!(
-            out,
-            ",\"lsn\":\"{}\",\"xid\":{},\"commit_time\":\"",
-            self.commit_lsn, self.xid
-        );
+        out.extend_from_slice(b",\"lsn\":\"");
+        self.commit_lsn.write_text(out);
+        out.extend_from_slice(b"\",\"xid\":");
+        write_decimal(u64::from(self.xid), out);
+        out.extend_from_slice(b",\"commit_time\":\"");
         write_rfc3339(self.commit_time, out);
         out.push(b'"');
         match mapped {

@@ -22,8 +22,10 @@ use tokio::time::Instant;
 use super::protocol::{Keepalive, StandbyStatus};
 use crate::lsn::Lsn;
 
-/// Delay between an acknowledgement and the status that reports it.
-const ACK_COALESCE: Duration = Duration::from_millis(100);
+/// Delay between an acknowledgement and the status that reports it: a
+/// burst of acks costs one 34-byte message, and the slot's confirmed
+/// position trails the last delivery by at most this much.
+const ACK_COALESCE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Feedback {
