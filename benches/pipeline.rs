@@ -309,8 +309,17 @@ fn main() {
         } else {
             String::new()
         };
+        // What the walsender spilled to disk decoding for pg_recvlogical: a
+        // transaction bigger than logical_decoding_work_mem slows the ceiling.
+        let spilled = psql(
+            &cluster,
+            &db,
+            &format!(
+                "SELECT coalesce(round(spill_bytes / 1e6), 0) FROM pg_stat_replication_slots WHERE slot_name = '{ceiling_slot}'"
+            ),
+        );
         legend.push(format!(
-            "{}: {} {}; {:.0} MB of WAL; delivered {} (filter true, {:.1} s, {:.0} MB of bodies) and {} (10% filter) of {rows} records{stored}; load average {load} at its start",
+            "{}: {} {}; {:.0} MB of WAL; delivered {} (filter true, {:.1} s, {:.0} MB of bodies) and {} (10% filter) of {rows} records{stored}; the walsender spilled {} MB to disk for pg_recvlogical; load average {load} at its start",
             w.name,
             rows,
             w.what,
@@ -319,6 +328,7 @@ fn main() {
             all.run.seconds,
             all.body_bytes as f64 / 1e6,
             tenth.delivered,
+            spilled.trim(),
         ));
         if all.delivered < rows || tenth.delivered < rows / 10 {
             undelivered.push(format!(
