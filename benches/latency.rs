@@ -21,7 +21,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 mod common;
 
-use common::{cpu_seconds, free_port, load_average, stop, wait_for, walhook_bin};
+use common::{
+    cpu_seconds, free_port, load_average, spawn_walhook_run, stop, wait_for, walhook_bin,
+};
 use walhook::cluster::{Cluster, ClusterOptions};
 
 /// The fixed insert rates, one 30 s load each.
@@ -119,13 +121,7 @@ linger = "5ms"
     );
     let path = dir.path().join("config.toml");
     fs::write(&path, config).expect("write config");
-    let mut walhook = Command::new(walhook_bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("WALHOOK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start walhook");
+    let mut walhook = spawn_walhook_run(&path);
     wait_for(Duration::from_secs(60), "walhook to stream", || {
         cluster
             .psql(

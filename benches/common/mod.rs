@@ -186,13 +186,7 @@ pub(crate) fn run_walhook(
     fs::write(&path, config).expect("write config");
     let sql = Sql::connect(cluster, db);
     let start = Instant::now();
-    let mut walhook = Command::new(walhook_bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .env("WALHOOK_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start walhook run");
+    let mut walhook = spawn_walhook_run(&path);
     let mut peak = 0;
     wait_for(
         Duration::from_secs(900),
@@ -215,4 +209,15 @@ pub(crate) fn run_walhook(
         cpu_seconds,
         peak_rss_kib: peak,
     }
+}
+
+/// Starts `walhook run -c path` (warnings only, stdout discarded).
+pub(crate) fn spawn_walhook_run(path: &Path) -> Child {
+    Command::new(walhook_bin())
+        .args(["run", "-c"])
+        .arg(path)
+        .env("WALHOOK_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start walhook run")
 }
