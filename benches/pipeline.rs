@@ -18,7 +18,7 @@
 //! held. A throwaway cluster lives in a temp dir and is removed at the end.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 mod common;
