@@ -250,14 +250,19 @@ impl Pipeline {
     /// Checks the live schema, then creates the publication and the state
     /// schema when missing. What does not depend on the checks runs beside
     /// them: the endpoints' HTTP clients (reading the CA roots blocks, so on
-    /// a blocking thread) and the state store's connection. Neither changes
-    /// the database, and their errors come after the checks' (nothing is
-    /// created before every check passed).
+    /// a blocking thread) and the state store's connection and inspection.
+    /// Neither changes the database, and their errors come after the
+    /// checks' (nothing is created before every check passed).
     async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
         let mut strategies = CompiledStrategy::compile_all(config)?;
         let owned = config.clone();
         let endpoints = tokio::task::spawn_blocking(move || build_endpoints(&owned));
-        let state = StateStore::for_config(config, "walhook-state");
+        // Only read: what is missing is created after the checks.
+        let state = async {
+            let store = StateStore::for_config(config, "walhook-state").await?;
+            let found = store.inspect().await;
+            Ok::<_, StateError>((store, found))
+        };
         let checks = async {
             let problems = strategy::validate_schema(&client, config).await?;
             if !problems.is_empty() {
@@ -272,14 +277,17 @@ impl Pipeline {
         }
         let strategies: Vec<Arc<CompiledStrategy>> = strategies.into_iter().map(Arc::new).collect();
         let endpoints = endpoints??;
-        let state = state.map_err(AppError::State)?;
+        let (state, found) = state.map_err(AppError::State)?;
         if let PublicationOutcome::Created { tables } =
             strategy::ensure_publication(&client, config).await?
         {
             let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        state.ensure_schema().await.map_err(AppError::State)?;
+        state
+            .ensure_inspected(found)
+            .await
+            .map_err(AppError::State)?;
         Ok(Pipeline {
             strategies,
             endpoints,

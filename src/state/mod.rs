@@ -225,13 +225,22 @@ impl StateStore {
     /// otherwise fails with [`StateError::NotReady`], naming each missing
     /// object or privilege with its fix.
     pub async fn ensure_schema(&self) -> Result<(), StateError> {
+        let found = self.inspect().await;
+        self.ensure_inspected(found).await
+    }
+
+    /// [`StateStore::ensure_schema`] after an [`StateStore::inspect`] made
+    /// earlier (while the source's checks ran): when that found everything
+    /// in place, nothing more is read.
+    pub(crate) async fn ensure_inspected(
+        &self,
+        found: Result<Inspection, StateError>,
+    ) -> Result<(), StateError> {
         const WHAT: &str = "inspecting the state schema";
-        let client = self.client().await?;
         let schema = &self.inner.schema;
-        let mut found = inspect(&client, schema)
-            .await
-            .map_err(StateError::query(WHAT))?;
+        let mut found = found?;
         if found.incomplete() && found.may_create() {
+            let client = self.client().await?;
             if let Err(err) = schema::create(&client, schema, found.schema_exists).await {
                 return Err(match err.code() {
                     Some(&SqlState::INSUFFICIENT_PRIVILEGE) => StateError::NotReady {
@@ -267,7 +276,7 @@ impl StateStore {
     }
 
     /// What the state schema holds and what the role may do there (for
-    /// `walhook check`).
+    /// `walhook check`, and `walhook run` before [`StateStore::ensure_inspected`]).
     pub(crate) async fn inspect(&self) -> Result<Inspection, StateError> {
         inspect(&*self.client().await?, &self.inner.schema)
             .await

@@ -190,3 +190,59 @@ async fn the_setup_sql_runs_twice_with_a_partitioned_table() {
     let (code, stdout, _) = walhook(&["check", "--no-network"], &config).await;
     assert_eq!(code, 0, "{stdout}");
 }
+
+/// `walhook run` checks the schema while it builds the endpoints' clients
+/// and connects to the state database; whichever of them fails, the error
+/// names it, a schema problem still comes first, and the publication and
+/// the state schema are not created.
+#[tokio::test]
+async fn run_names_what_failed_at_start_and_creates_nothing() {
+    let db = fresh_db("startfail").await;
+    db.psql("CREATE TABLE public.orders (id int PRIMARY KEY, amount numeric)")
+        .await;
+    let created = "SELECT (SELECT count(*) FROM pg_publication) || ' ' || \
+                   (SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook')";
+    // The config file itself is no PEM bundle: the endpoint cannot be built.
+    let bad_ca = |tables: &[&str]| {
+        config(&db.url(), "startfail", tables).replace(
+            "url = \"http://127.0.0.1:9/hook\"\n",
+            "url = \"http://127.0.0.1:9/hook\"\ntls = { ca_file = \"config.toml\" }\n",
+        )
+    };
+
+    let out = Walhook::run(&bad_ca(&["public.orders", "public.missing"]))
+        .output()
+        .await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("table public.missing does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("ca_file"), "{}", out.stderr);
+    assert_eq!(db.psql(created).await, "0 0");
+
+    let out = Walhook::run(&bad_ca(&["public.orders"])).output().await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("endpoints.hook.tls.ca_file: config.toml"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(db.psql(created).await, "0 0");
+
+    let no_state_db = format!(
+        "{}\n[state]\nurl = \"{}\"\n",
+        config(&db.url(), "startfail", &["public.orders"]),
+        db.url().replace("/startfail", "/startfail_no_such_db"),
+    );
+    let out = Walhook::run(&no_state_db).output().await;
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the walhook state schema")
+            && out.stderr.contains("startfail_no_such_db"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(db.psql(created).await, "0 0");
+}
