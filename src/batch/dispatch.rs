@@ -754,7 +754,7 @@ mod tests {
             let mut sealed: Vec<(u64, u32)> = Vec::new();
             let mut in_flight: Vec<Batch> = Vec::new();
             let mut lens: Vec<usize> = Vec::new();
-            let mut check = |b: &Batch, sealed: &mut Vec<(u64, u32)>| -> Result<(), TestCaseError> {
+            let check = |b: &Batch, sealed: &mut Vec<(u64, u32)>| -> Result<(), TestCaseError> {
                 if b.groups.contains(&Group::All) {
                     prop_assert_eq!(b.groups.len(), 1, "a truncate goes alone");
                 }
@@ -997,7 +997,9 @@ mod tests {
         d.push(rec(20, 0, Group::All), t0);
         d.push(rec(30, 0, Group::default()), t0);
         // Nothing is released: the caller sends them in this order.
-        let sealed: Vec<_> = (0..3).map(|_| keys(&batch(&mut d, late).unwrap())).collect();
+        let sealed: Vec<_> = (0..3)
+            .map(|_| keys(&batch(&mut d, late).unwrap()))
+            .collect();
         assert_eq!(sealed, [vec![(10, 0)], vec![(20, 0)], vec![(30, 0)]]);
         assert!(d.is_empty());
     }

@@ -482,7 +482,7 @@ impl StrategyWorker {
         let ctx = self.ctx.clone();
         let (after, done_tx) = if self.chained {
             let (tx, rx) = oneshot::channel();
-            (std::mem::replace(&mut self.last_sealed, Some(rx)), Some(tx))
+            (self.last_sealed.replace(rx), Some(tx))
         } else {
             (None, None)
         };

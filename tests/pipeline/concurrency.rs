@@ -321,7 +321,10 @@ async fn commit_order_sends_one_batch_at_a_time_in_order_and_keeps_ids_across_ki
     let mut delivered: BTreeSet<String> = BTreeSet::new();
     let mut sent: Vec<(Pos, String)> = Vec::new();
     for request in &requests {
-        let id = request.header("webhook-id").expect("webhook-id").to_string();
+        let id = request
+            .header("webhook-id")
+            .expect("webhook-id")
+            .to_string();
         let first = pos(&request.json()["records"][0]);
         for (earlier, other) in &sent {
             assert!(
