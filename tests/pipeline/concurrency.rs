@@ -305,11 +305,11 @@ async fn commit_order_sends_one_batch_at_a_time_in_order_and_keeps_ids_across_ki
 
     // 1. No kills: 600 rows in 25-row transactions, written faster than the
     //    receiver answers, so full batches wait behind the one in flight.
-    db.psql(&format!(
+    db.psql(
         "DO $$ BEGIN FOR b IN 0..23 LOOP \
          INSERT INTO orders SELECT i, 1, 'r' FROM generate_series(b*25+1, b*25+25) i; \
-         COMMIT; END LOOP; END $$"
-    ))
+         COMMIT; END LOOP; END $$",
+    )
     .await;
     wait_until(WAIT * 2, "600 rows accepted", || async {
         rx.accepted().iter().flat_map(Received::new_ids).count() >= 600
