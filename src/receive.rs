@@ -674,7 +674,7 @@ mod tests {
 
     #[test]
     fn null_counts_batch_size_from_the_head_of_a_body() {
-        let record = serde_json::value::RawValue::from_string(r#"{"id":"0/1:0"}"#.into()).unwrap();
+        let record = RawValue::from_string(r#"{"id":"0/1:0"}"#.into()).unwrap();
         let body = serde_json::json!({
             "strategy": "s \"batch\" {",
             "batch": {"id": "x", "size": 3, "first_lsn": "0/1", "last_lsn": "0/1"},
