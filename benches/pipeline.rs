@@ -17,16 +17,15 @@
 //! and walhook's peak RSS, then checks issue 18's targets and says which
 //! held. A throwaway cluster lives in a temp dir and is removed at the end.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 mod common;
 
 use common::{
-    cpu_seconds, free_port, load_average, psql, run_walhook, start_cluster, stop, wait_for,
-    walhook_bin, Run, BUDGET_MIB,
+    cpu_seconds, load_average, psql, run_walhook, spawn_receiver, start_cluster, stop, walhook_bin,
+    Run, BUDGET_MIB,
 };
 use walhook::cluster::Cluster;
 
@@ -466,21 +465,7 @@ fn drain(
     filter: &str,
     end_lsn: &str,
 ) -> Drain {
-    let port = free_port();
-    let mut receiver = Command::new(walhook_bin())
-        .args([
-            "receive",
-            "--null",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start walhook receive");
-    wait_for(Duration::from_secs(20), "the receiver to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let (mut receiver, port) = spawn_receiver();
     let run = run_walhook(
         cluster,
         db,

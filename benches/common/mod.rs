@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use std::fs;
-use std::net::TcpListener;
-use std::path::Path;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,26 @@ impl Sql {
         Sql { runtime, client }
     }
 
+    /// Whether `slot` is in use (streaming), and whether it has confirmed
+    /// everything up to `lsn`.
+    pub(crate) fn slot_state(&self, slot: &str, lsn: &str) -> (bool, bool) {
+        self.runtime
+            .block_on(self.client.query_opt(
+                "SELECT active, confirmed_flush_lsn >= $2::text::pg_lsn FROM pg_replication_slots \
+                 WHERE slot_name = $1",
+                &[&slot, &lsn],
+            ))
+            .ok()
+            .flatten()
+            .map(|row| {
+                (
+                    row.get::<_, bool>(0),
+                    row.get::<_, Option<bool>>(1).unwrap_or(false),
+                )
+            })
+            .unwrap_or((false, false))
+    }
+
     /// Whether `slot` has confirmed everything up to `lsn`.
     pub(crate) fn confirmed(&self, slot: &str, lsn: &str) -> bool {
         self.runtime
@@ -168,19 +188,17 @@ pub(crate) struct Run {
     pub(crate) peak_rss_kib: u64,
 }
 
-/// Runs `walhook run` on `slot` (one strategy `bench` on `public.t`, linger
-/// 5 ms, plus the `strategy` lines) delivering to `url`, until the slot's
-/// `confirmed_flush_lsn` reaches `end_lsn`: walhook confirms only what the
-/// endpoint answered 2xx for, so that is "everything delivered".
-pub(crate) fn run_walhook(
+/// Writes the configuration of `walhook run` on `slot`: one strategy
+/// `bench` on `public.t`, linger 5 ms, plus the `strategy` lines,
+/// delivering to `url`; the admin API on a free port.
+pub(crate) fn write_config(
     cluster: &Cluster,
     db: &str,
     work: &Path,
     slot: &str,
     url: &str,
     strategy: &str,
-    end_lsn: &str,
-) -> Run {
+) -> PathBuf {
     let config = format!(
         "[source]\nurl = \"{db_url}\"\nslot = \"{slot}\"\npublication = \"bench\"\n\
          max_buffer_bytes = \"{BUDGET_MIB}MiB\"\n\n\
@@ -193,6 +211,23 @@ pub(crate) fn run_walhook(
     );
     let path = work.join(format!("{slot}.toml"));
     fs::write(&path, config).expect("write config");
+    path
+}
+
+/// Runs `walhook run` on `slot` (see [`write_config`]) delivering to `url`,
+/// until the slot's `confirmed_flush_lsn` reaches `end_lsn`: walhook
+/// confirms only what the endpoint answered 2xx for, so that is
+/// "everything delivered".
+pub(crate) fn run_walhook(
+    cluster: &Cluster,
+    db: &str,
+    work: &Path,
+    slot: &str,
+    url: &str,
+    strategy: &str,
+    end_lsn: &str,
+) -> Run {
+    let path = write_config(cluster, db, work, slot, url, strategy);
     let sql = Sql::connect(cluster, db);
     let start = Instant::now();
     let mut walhook = spawn_walhook_run(&path);
@@ -221,9 +256,35 @@ pub(crate) fn run_walhook(
     }
 }
 
+/// Starts `walhook receive --null` on a free port (stdout piped: it prints
+/// its totals there when it stops) and waits until it listens.
+pub(crate) fn spawn_receiver() -> (Child, u16) {
+    let port = free_port();
+    let receiver = Command::new(walhook_bin())
+        .args([
+            "receive",
+            "--null",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start walhook receive");
+    wait_for(Duration::from_secs(20), "the receiver to listen", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (receiver, port)
+}
+
 /// Starts `walhook run -c path` (warnings only, stdout discarded).
 pub(crate) fn spawn_walhook_run(path: &Path) -> Child {
-    Command::new(walhook_bin())
+    spawn_walhook_run_with(&walhook_bin(), path)
+}
+
+/// [`spawn_walhook_run`] with the binary `bin`.
+pub(crate) fn spawn_walhook_run_with(bin: &str, path: &Path) -> Child {
+    Command::new(bin)
         .args(["run", "-c"])
         .arg(path)
         .env("WALHOOK_LOG", "warn")

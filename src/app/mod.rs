@@ -26,6 +26,7 @@ mod live;
 mod reloader;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,7 +142,7 @@ pub async fn run_with(
     opts.budget = Some(budget.clone());
     opts.messages = config.strategies.iter().any(|s| s.messages.is_some());
     let capacity = opts.channel_capacity;
-    let (source, ack, source_status) = Source::new(opts);
+    let (mut source, ack, source_status) = Source::new(opts);
     let (reload_handle, requests) = reload::channel(reload.path.as_deref());
     // SIGHUPs before the pipeline runs wait in the channel.
     let sighup = reload.signals.map(|signals| requests.forward(signals));
@@ -153,7 +154,12 @@ pub async fn run_with(
         early.clone(),
     ));
     let built = match wait_for_database(&config, &source, &shutdown).await {
-        Ok(Some(client)) => Pipeline::build(&config, client).await.map(Some),
+        Ok(Some(client)) => {
+            // The replication connection opens while the pipeline is built;
+            // the slot is checked and streaming starts once it is ready.
+            source.open_early();
+            Pipeline::build(&config, client).await.map(Some)
+        }
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     };
@@ -241,27 +247,38 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Checks the live schema, then creates the publication and the state
+    /// schema when missing. What does not depend on the checks runs beside
+    /// them: the endpoints' HTTP clients (reading the CA roots blocks, so on
+    /// a blocking thread) and the state store's connection. Neither changes
+    /// the database, and their errors come after the checks' (nothing is
+    /// created before every check passed).
     async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
         let mut strategies = CompiledStrategy::compile_all(config)?;
-        let problems = strategy::validate_schema(&client, config).await?;
-        if !problems.is_empty() {
-            return Err(AppError::Schema(problems));
-        }
-        let columns = strategy::group_columns(&client, config).await?;
+        let owned = config.clone();
+        let endpoints = tokio::task::spawn_blocking(move || build_endpoints(&owned));
+        let state = StateStore::for_config(config, "walhook-state");
+        let checks = async {
+            let problems = strategy::validate_schema(&client, config).await?;
+            if !problems.is_empty() {
+                return Err(AppError::Schema(problems));
+            }
+            Ok(strategy::group_columns(&client, config).await?)
+        };
+        let (columns, (endpoints, state)) =
+            first_then(checks, async { tokio::join!(endpoints, state) }).await?;
         for (compiled, columns) in strategies.iter_mut().zip(columns) {
             compiled.set_group_columns(columns);
         }
         let strategies: Vec<Arc<CompiledStrategy>> = strategies.into_iter().map(Arc::new).collect();
-        let endpoints = build_endpoints(config)?;
+        let endpoints = endpoints??;
+        let state = state.map_err(AppError::State)?;
         if let PublicationOutcome::Created { tables } =
             strategy::ensure_publication(&client, config).await?
         {
             let tables: Vec<String> = tables.iter().map(ToString::to_string).collect();
             tracing::info!(publication = %config.source.publication, tables = ?tables, "created the publication for the strategies' tables");
         }
-        let state = StateStore::for_config(config, "walhook-state")
-            .await
-            .map_err(AppError::State)?;
         state.ensure_schema().await.map_err(AppError::State)?;
         Ok(Pipeline {
             strategies,
@@ -269,6 +286,27 @@ impl Pipeline {
             state,
         })
     }
+}
+
+/// `first`'s result with `beside`'s output, both polled together; when
+/// `first` fails, its error comes at once and `beside` is dropped.
+async fn first_then<T, E, B: Future>(
+    first: impl Future<Output = Result<T, E>>,
+    beside: B,
+) -> Result<(T, B::Output), E> {
+    tokio::pin!(first, beside);
+    let mut done = None;
+    let value = loop {
+        tokio::select! {
+            result = &mut first => break result?,
+            output = &mut beside, if done.is_none() => done = Some(output),
+        }
+    };
+    let output = match done {
+        Some(output) => output,
+        None => beside.await,
+    };
+    Ok((value, output))
 }
 
 /// Connects to the source database, waiting with backoff while it is not
@@ -419,21 +457,31 @@ impl Services {
                 .with_reload(reload),
         );
         // Pauses kept from before a restart hold before anything streams.
-        if let Err(err) = control.apply_stored_pauses().await {
-            tracing::warn!(error = %err, "cannot read the paused strategies");
-        }
+        let applied = match control.apply_stored_pauses().await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the paused strategies");
+                false
+            }
+        };
         let console = Arc::new(Console::new(config, endpoint_stats(&pipeline.endpoints)));
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
             .with_control(control.clone())
             .with_console(console.clone());
-        match StateStore::for_config(config, "walhook-admin").await {
+        // Connects on the first request: nothing waits for it at start.
+        match StateStore::for_config_unopened(config, "walhook-admin") {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
             Err(err) => tracing::warn!(error = %err, "dead-letter API unavailable"),
         }
         Services {
             admin: tokio::spawn(admin::serve(listener, admin_state, stop.clone())),
-            pause_sync: spawn_pause_sync(control.clone(), source_status.clone(), stop.clone()),
+            pause_sync: spawn_pause_sync(
+                control.clone(),
+                source_status.clone(),
+                applied,
+                stop.clone(),
+            ),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_watch: telemetry::spawn_slot_watch(
                 Secret::new(config.source.url.expose()),

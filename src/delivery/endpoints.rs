@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::security::{EndpointSecurity, SecurityError};
 use super::sender::Endpoint;
-use super::tls::{self, TlsError};
+use super::tls::{self, SystemRoots, TlsError};
 use super::DeliveryError;
 use crate::config::{Config, EndpointConfig};
 
@@ -35,28 +35,35 @@ pub enum EndpointError {
     Endpoint(#[from] DeliveryError),
 }
 
-/// One [`Endpoint`] per endpoint a strategy uses, by name.
+/// One [`Endpoint`] per endpoint a strategy uses, by name. The clients
+/// share one read of the system's CA roots. Blocks while it reads them.
 pub(crate) fn build_endpoints(
     config: &Config,
 ) -> Result<BTreeMap<String, Arc<Endpoint>>, EndpointError> {
+    let roots = SystemRoots::default();
     let mut endpoints = BTreeMap::new();
     for (name, cfg) in &config.endpoints {
         if config.strategies.iter().any(|s| &s.endpoint == name) {
-            endpoints.insert(name.clone(), Arc::new(build_endpoint(name, cfg)?));
+            endpoints.insert(name.clone(), Arc::new(build_endpoint(name, cfg, &roots)?));
         }
     }
     Ok(endpoints)
 }
 
 /// Endpoint `name`: its security over a token client, its own client.
-fn build_endpoint(name: &str, cfg: &EndpointConfig) -> Result<Endpoint, EndpointError> {
-    let token_client = tls::configure(
+fn build_endpoint(
+    name: &str,
+    cfg: &EndpointConfig,
+    roots: &SystemRoots,
+) -> Result<Endpoint, EndpointError> {
+    let token_client = tls::configure_shared(
         reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
             .redirect(reqwest::redirect::Policy::none()),
         &cfg.tls,
         name,
+        roots,
     )?
     .build()
     .map_err(|source| EndpointError::TokenClient {
@@ -64,5 +71,7 @@ fn build_endpoint(name: &str, cfg: &EndpointConfig) -> Result<Endpoint, Endpoint
         source,
     })?;
     let security = EndpointSecurity::new(name, cfg, token_client)?;
-    Ok(Endpoint::new(name, cfg, Arc::new(security))?)
+    Ok(Endpoint::with_tls(name, cfg, Arc::new(security), |b| {
+        tls::configure_shared(b, &cfg.tls, name, roots)
+    })?)
 }

@@ -3,11 +3,17 @@
 //! `client_key` give mutual TLS, and `danger_accept_invalid_certs` switches
 //! verification off (with a warning at start, as it defeats TLS).
 //!
+//! Loading the system roots takes milliseconds (some 150 files parsed), so
+//! the clients built together (every endpoint's, and its token client) that
+//! verify against them alone share one rustls configuration
+//! ([`SystemRoots`]): the roots are read once per build, not per client.
+//!
 //! A failed handshake surfaces from reqwest as a generic "error sending
 //! request"; [`explain`] digs the rustls error out of the cause chain and
 //! says what to change.
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use reqwest::{Certificate, ClientBuilder, Identity};
 use rustls::{AlertDescription, CertificateError};
@@ -44,6 +50,69 @@ pub enum TlsError {
     /// Only one of `client_cert` and `client_key`.
     #[error("endpoints.{0}.tls: client_cert and client_key go together: set both or neither")]
     HalfIdentity(String),
+    /// The system's CA certificates cannot be loaded.
+    #[error("endpoints.{endpoint}: cannot load the system's CA certificates: {reason}; install them (e.g. the ca-certificates package) or set tls.ca_file")]
+    SystemRoots {
+        /// The endpoint's name.
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// The TLS configuration of clients that verify servers against the
+/// system roots alone (no `ca_file`, no client certificate, verification
+/// on), built on first use and shared by every client built with it.
+#[derive(Debug, Default)]
+pub(crate) struct SystemRoots {
+    config: OnceLock<Result<rustls::ClientConfig, String>>,
+}
+
+impl SystemRoots {
+    /// What reqwest builds itself for such a client (the platform verifier
+    /// over the system roots, TLS 1.2 and 1.3, ALPN h2 and http/1.1), once.
+    fn config(&self, endpoint: &str) -> Result<rustls::ClientConfig, TlsError> {
+        self.config
+            .get_or_init(|| {
+                let provider = rustls::crypto::CryptoProvider::get_default()
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+                let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
+                    .map_err(|e| e.to_string())?;
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_protocol_versions(rustls::ALL_VERSIONS)
+                    .map_err(|e| e.to_string())?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verifier))
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                Ok(config)
+            })
+            .clone()
+            .map_err(|reason| TlsError::SystemRoots {
+                endpoint: endpoint.to_string(),
+                reason,
+            })
+    }
+}
+
+/// [`configure`], with `roots`' shared configuration when `tls` asks for
+/// nothing but the system roots.
+pub(crate) fn configure_shared(
+    builder: ClientBuilder,
+    tls: &Tls,
+    endpoint: &str,
+    roots: &SystemRoots,
+) -> Result<ClientBuilder, TlsError> {
+    let system_only = tls.ca_file.is_none()
+        && tls.client_cert.is_none()
+        && tls.client_key.is_none()
+        && !tls.danger_accept_invalid_certs;
+    if system_only {
+        Ok(builder.tls_backend_preconfigured(roots.config(endpoint)?))
+    } else {
+        configure(builder, tls, endpoint)
+    }
 }
 
 fn read(endpoint: &str, field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {

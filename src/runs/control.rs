@@ -141,14 +141,18 @@ const STANDBY_PAUSE_SYNC: Duration = Duration::from_secs(5);
 /// Keeps this instance's pauses in step with `walhook.pauses` when another
 /// instance may have changed them: every [`STANDBY_PAUSE_SYNC`] while a
 /// standby, and when the source starts streaming (a takeover or a
-/// reconnect). Ends at `stop`.
+/// reconnect), except the first start when the caller `applied` the stored
+/// pauses just before the source ran and it was no standby in between (a
+/// standby lasts at least a second, so this task sees it). Ends at `stop`.
 pub(crate) fn spawn_pause_sync(
     control: Arc<AppControl>,
     mut source: watch::Receiver<SourceStatus>,
+    applied: bool,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut streaming = false;
+        let mut fresh = applied;
         let mut tick = tokio::time::interval(STANDBY_PAUSE_SYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -161,10 +165,13 @@ pub(crate) fn spawn_pause_sync(
                         stop.cancelled().await;
                         return;
                     }
-                    let now = source.borrow_and_update().state == SourceState::Streaming;
+                    let state = source.borrow_and_update().state;
+                    let now = state == SourceState::Streaming;
                     let started = now && !streaming;
                     streaming = now;
-                    started
+                    let skip = started && fresh;
+                    fresh = fresh && !started && state != SourceState::Standby;
+                    started && !skip
                 }
                 _ = tick.tick() => source.borrow().state == SourceState::Standby,
             };

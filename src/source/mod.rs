@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -255,6 +256,16 @@ pub struct Source {
     status: watch::Sender<SourceStatus>,
     /// Where the first streaming session of this process started.
     resumed: watch::Sender<Option<Lsn>>,
+    /// The connection [`Source::open_early`] is opening, for the first session.
+    early: Option<JoinHandle<Result<Opened, SourceError>>>,
+}
+
+/// A replication connection past IDENTIFY_SYSTEM and its settings, not yet
+/// checking the slot or streaming.
+struct Opened {
+    conn: ReplConn,
+    system: SystemInfo,
+    wal_sender_timeout: Duration,
 }
 
 impl fmt::Debug for Source {
@@ -276,6 +287,7 @@ impl Source {
                 acks,
                 status,
                 resumed: watch::channel(None).0,
+                early: None,
             },
             AckHandle {
                 acked: Arc::new(ack_tx),
@@ -289,6 +301,25 @@ impl Source {
     /// committed before it had been acknowledged, and is not streamed again.
     pub fn resumed_from(&self) -> watch::Receiver<Option<Lsn>> {
         self.resumed.subscribe()
+    }
+
+    /// Starts opening the replication connection (connect, authenticate,
+    /// IDENTIFY_SYSTEM, SHOW wal_sender_timeout: nothing that changes the
+    /// database) while the caller still prepares; [`Source::run`]'s first
+    /// session then checks the publication and the slot on it and starts
+    /// streaming. A failure here is that session's failure (retried or
+    /// fatal as usual); invalid options are left for `run` to report.
+    pub fn open_early(&mut self) {
+        if self.early.is_some() {
+            return;
+        }
+        let Ok(info) = self.validate() else {
+            return;
+        };
+        let application_name = self.application_name(&info).to_string();
+        self.early = Some(tokio::spawn(
+            async move { open(&info, &application_name).await },
+        ));
     }
 
     /// Streams until `shutdown` (Ok) or a fatal error. Transient failures
@@ -455,27 +486,35 @@ impl Source {
         .await
     }
 
-    /// Connects, checks the slot, and starts replication.
+    /// The application_name the replication connection shows (one in the
+    /// URL wins).
+    fn application_name<'a>(&'a self, info: &'a ConnInfo) -> &'a str {
+        info.application_name
+            .as_deref()
+            .unwrap_or(&self.opts.application_name)
+    }
+
+    /// Connects (or takes the connection [`Source::open_early`] opened),
+    /// checks the slot, and starts replication.
     async fn prepare(
-        &self,
+        &mut self,
         info: &ConnInfo,
         memory: &mut Memory,
     ) -> Result<(ReplConn, Duration), SourceError> {
-        let slot = &self.opts.slot;
-        let application_name = info
-            .application_name
-            .as_deref()
-            .unwrap_or(&self.opts.application_name);
-        let mut conn = ReplConn::connect(info, application_name).await?;
-        let protocol_error = |target: &str, e: protocol::WireError| SourceError::Protocol {
-            target: target.to_string(),
-            reason: e.0,
+        let opened = match self.early.take() {
+            Some(early) => match early.await {
+                Ok(opened) => opened?,
+                // The task panicked: open the connection here instead.
+                Err(_) => open(info, self.application_name(info)).await?,
+            },
+            None => open(info, self.application_name(info)).await?,
         };
-
-        let rows = conn
-            .simple_query("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM")
-            .await?;
-        let system = SystemInfo::from_rows(&rows).map_err(|e| protocol_error(conn.target(), e))?;
+        let Opened {
+            mut conn,
+            system,
+            wal_sender_timeout,
+        } = opened;
+        let slot = &self.opts.slot;
         match &memory.system_id {
             Some(expected) if *expected != system.system_id => {
                 return Err(SourceError::SystemChanged {
@@ -488,18 +527,6 @@ impl Source {
             None => memory.system_id = Some(system.system_id.clone()),
         }
         let database = system.dbname.clone().unwrap_or_else(|| info.dbname.clone());
-
-        let rows = conn
-            .simple_query("SHOW wal_sender_timeout", "SHOW wal_sender_timeout")
-            .await?;
-        let shown = rows.rows.first().and_then(|r| r.first()).cloned().flatten();
-        let wal_sender_timeout = match shown.as_deref().and_then(protocol::parse_pg_duration) {
-            Some(d) => d,
-            None => {
-                tracing::warn!(value = ?shown, "cannot read wal_sender_timeout; assuming 60s");
-                Duration::from_secs(60)
-            }
-        };
 
         let rows = conn
             .simple_query(
@@ -582,6 +609,39 @@ impl Source {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Connects and reads what the stream needs of the server: its identity
+/// and `wal_sender_timeout`.
+async fn open(info: &ConnInfo, application_name: &str) -> Result<Opened, SourceError> {
+    let mut conn = ReplConn::connect(info, application_name).await?;
+    let rows = conn
+        .simple_query("IDENTIFY_SYSTEM", "IDENTIFY_SYSTEM")
+        .await?;
+    let system = SystemInfo::from_rows(&rows).map_err(|e| protocol_error(conn.target(), e))?;
+    let rows = conn
+        .simple_query("SHOW wal_sender_timeout", "SHOW wal_sender_timeout")
+        .await?;
+    let shown = rows.rows.first().and_then(|r| r.first()).cloned().flatten();
+    let wal_sender_timeout = match shown.as_deref().and_then(protocol::parse_pg_duration) {
+        Some(d) => d,
+        None => {
+            tracing::warn!(value = ?shown, "cannot read wal_sender_timeout; assuming 60s");
+            Duration::from_secs(60)
+        }
+    };
+    Ok(Opened {
+        conn,
+        system,
+        wal_sender_timeout,
+    })
+}
+
+fn protocol_error(target: &str, e: protocol::WireError) -> SourceError {
+    SourceError::Protocol {
+        target: target.to_string(),
+        reason: e.0,
     }
 }
 

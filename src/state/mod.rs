@@ -150,20 +150,42 @@ impl StateStore {
         .await
     }
 
-    async fn connect_schema(
+    /// [`StateStore::for_config`] without connecting: the connection opens
+    /// on first use (for a store that may never be used, e.g. the admin
+    /// API's, so that starting does not wait for it).
+    pub(crate) fn for_config_unopened(
+        config: &Config,
+        application_name: &'static str,
+    ) -> Result<StateStore, StateError> {
+        Self::unopened(
+            config.state_url().expose(),
+            &config.state.schema,
+            application_name,
+        )
+    }
+
+    fn unopened(
         url: &str,
         schema: &str,
         application_name: &'static str,
     ) -> Result<StateStore, StateError> {
         pg::conninfo::parse(url).map_err(ConnectError::from)?;
-        let store = StateStore {
+        Ok(StateStore {
             inner: Arc::new(Inner {
                 url: Secret::new(url),
                 schema: schema.to_string(),
                 application_name,
                 client: Mutex::new(None),
             }),
-        };
+        })
+    }
+
+    async fn connect_schema(
+        url: &str,
+        schema: &str,
+        application_name: &'static str,
+    ) -> Result<StateStore, StateError> {
+        let store = Self::unopened(url, schema, application_name)?;
         store.client().await?;
         Ok(store)
     }
