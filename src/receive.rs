@@ -488,17 +488,51 @@ struct Count;
 
 impl Sink for Count {
     fn batch(&self, body: &[u8]) -> Result<u64, serde_json::Error> {
-        #[derive(Deserialize)]
-        struct SizeOnly {
-            batch: SizeMeta,
-        }
-        #[derive(Deserialize)]
-        struct SizeMeta {
-            #[serde(default)]
-            size: u64,
-        }
-        Ok(serde_json::from_slice::<SizeOnly>(body).map_or(0, |b| b.batch.size))
+        Ok(head_size(body).unwrap_or(0))
     }
+}
+
+/// `batch.size` of a body, read from its head: the records after it are
+/// not parsed, so a megabyte batch is answered at once, as an instant
+/// receiver (pg_recvlogical writing to /dev/null, in the benchmarks)
+/// would. `None` when the body does not start like a walhook batch.
+fn head_size(body: &[u8]) -> Option<u64> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+
+    #[derive(Deserialize)]
+    struct SizeMeta {
+        size: u64,
+    }
+    struct Head<'a>(&'a Cell<Option<u64>>);
+    impl<'de> Visitor<'de> for Head<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a walhook batch")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "batch" {
+                    self.0.set(Some(map.next_value::<SizeMeta>()?.size));
+                    // Stop here: the rest of the body is not read.
+                    return Ok(());
+                }
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Head<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    let size = Cell::new(None);
+    // Stopping early leaves the object unfinished, which the deserializer
+    // reports as an error: what counts is whether `batch` was read.
+    let _ = Head(&size).deserialize(&mut serde_json::Deserializer::from_slice(body));
+    size.get()
 }
 
 fn print_line(line: &str) {
@@ -636,5 +670,23 @@ mod tests {
             batch.body.len() as u64
         );
         assert_eq!(totals.rejected.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn null_counts_batch_size_from_the_head_of_a_body() {
+        let record = RawValue::from_string(r#"{"id":"0/1:0"}"#.into()).unwrap();
+        let body = serde_json::json!({
+            "strategy": "s \"batch\" {",
+            "batch": {"id": "x", "size": 3, "first_lsn": "0/1", "last_lsn": "0/1"},
+            "records": [record],
+        });
+        let body = serde_json::to_vec(&body).unwrap();
+        assert_eq!(head_size(&body), Some(3));
+        // The records are not read: a cut body still counts.
+        assert_eq!(head_size(&body[..body.len() - 5]), Some(3));
+        for other in [&b"[1]"[..], b"{}", b"{\"batch\":{}}", b"nonsense", b""] {
+            assert_eq!(head_size(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        assert_eq!(Count.batch(b"[1]").unwrap(), 0);
     }
 }

@@ -51,13 +51,22 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Polls `f` every 20 ms until it holds; panics after `timeout`.
-pub(crate) fn wait_for(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+    poll(Duration::from_millis(20), timeout, what, f);
+}
+
+/// Polls `f` every `every` until it holds; panics after `timeout`.
+pub(crate) fn poll(every: Duration, timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(every);
     }
 }
+
+/// How often a drain's end is looked for: the timing's resolution. One
+/// query on an open connection costs the measured processes little.
+pub(crate) const DRAIN_POLL: Duration = Duration::from_millis(5);
 
 /// SIGTERM, then SIGKILL if the child is still there after 30 s.
 pub(crate) fn stop(child: &mut Child) {
@@ -223,7 +232,8 @@ pub(crate) fn run_walhook(
     let start = Instant::now();
     let mut walhook = spawn_walhook_run(&path);
     let mut peak = 0;
-    wait_for(
+    poll(
+        DRAIN_POLL,
         Duration::from_secs(900),
         &format!("walhook to drain {slot}"),
         || {

@@ -17,6 +17,13 @@
 //!   `linger`.
 //! - A [`Group::All`] record (a truncate) waits until nothing is in flight
 //!   and goes alone; everything after it waits for it.
+//! - Chained ([`Dispatcher::chained`], `ordering = "commit"`): the caller
+//!   sends batches strictly in the order they were sealed, each after the
+//!   one before it is done, so a batch in flight holds nothing here and the
+//!   next one can be sealed (and stored) while it is on the wire. Only a
+//!   full batch is sealed ahead ([`Dispatcher::next_ahead`]): one that is
+//!   not full keeps filling while the endpoint is busy, as it would if it
+//!   waited its turn.
 //!
 //! Batches sent before a restart ([`Stored`]): Postgres streams their
 //! records again (everything after the slot's confirmed position), and they
@@ -159,6 +166,9 @@ pub(crate) struct Dispatcher {
     pending_all: usize,
     /// Bodies of batches that are done, reused for the next ones.
     bodies: Vec<Vec<u8>>,
+    /// Batches go strictly in seal order (see the module doc): groups in
+    /// flight do not hold records back.
+    chained: bool,
     /// Tests: scan every entry every time (the reference behaviour).
     #[cfg(test)]
     full_scan: bool,
@@ -201,11 +211,20 @@ impl Dispatcher {
             pending_keys: HashMap::new(),
             pending_all: 0,
             bodies: Vec::new(),
+            chained: false,
             #[cfg(test)]
             full_scan: false,
             restored: Vec::new(),
             skip: Vec::new(),
         }
+    }
+
+    /// The caller sends every batch only after the one sealed before it is
+    /// done (delivered or dead-lettered): batches in flight then hold no
+    /// group, and [`Dispatcher::next_ahead`] may seal the next one early.
+    pub(crate) fn chained(mut self) -> Self {
+        self.chained = true;
+        self
     }
 
     /// Batches sent before a restart whose records will be streamed again
@@ -336,8 +355,39 @@ impl Dispatcher {
         Next::Batch(Box::new(self.seal(seqs)))
     }
 
+    /// While a batch is in flight (chained): the next batch, if a full one
+    /// (or a stored one being re-formed) is ready. One that is not full is
+    /// not sealed ahead: it keeps filling until the one in flight is done.
+    pub(crate) fn next_ahead(&mut self, now: Instant, flush: bool) -> Next {
+        if !self.chained {
+            return Next::Wait(None);
+        }
+        if !flush {
+            if let Some(batch) = self.next_restored() {
+                return Next::Batch(Box::new(batch));
+            }
+            if self.dirty {
+                self.rescan();
+            } else if self.unscanned.is_some() && !self.full() {
+                self.scan();
+            }
+            if !self.full() {
+                return Next::Wait(None);
+            }
+        }
+        match self.next(now, flush) {
+            // The caller asks again when the batch in flight is done.
+            Next::Wait(_) => Next::Wait(None),
+            batch => batch,
+        }
+    }
+
     /// A batch is done (delivered or dead-lettered): its groups are free.
     pub(crate) fn release(&mut self, batch: &Batch) {
+        self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
+        if self.chained {
+            return;
+        }
         for group in &batch.groups {
             match group {
                 Group::All => self.in_flight_all = self.in_flight_all.saturating_sub(1),
@@ -353,7 +403,6 @@ impl Dispatcher {
                 }
             }
         }
-        self.in_flight_batches = self.in_flight_batches.saturating_sub(1);
         self.dirty = true;
     }
 
@@ -396,7 +445,9 @@ impl Dispatcher {
         }
         match group {
             Group::All => {
-                self.eligible.is_empty() && self.blocked.is_empty() && self.in_flight_batches == 0
+                self.eligible.is_empty()
+                    && self.blocked.is_empty()
+                    && (self.chained || self.in_flight_batches == 0)
             }
             _ => group
                 .keys()
@@ -554,7 +605,7 @@ impl Dispatcher {
                     return true;
                 };
                 match e.record.group {
-                    Group::All => self.in_flight_batches == 0,
+                    Group::All => self.chained || self.in_flight_batches == 0,
                     g => g.keys().all(|k| {
                         !self.in_flight.contains_key(&k)
                             && earliest.get(&k).copied().flatten() == Some(i)
@@ -588,12 +639,14 @@ impl Dispatcher {
                 records.push(entry.record);
             }
         }
-        for group in &groups {
-            match group {
-                Group::All => self.in_flight_all += 1,
-                g => {
-                    for key in g.keys() {
-                        *self.in_flight.entry(key).or_default() += 1;
+        if !self.chained {
+            for group in &groups {
+                match group {
+                    Group::All => self.in_flight_all += 1,
+                    g => {
+                        for key in g.keys() {
+                            *self.in_flight.entry(key).or_default() += 1;
+                        }
                     }
                 }
             }
@@ -683,6 +736,76 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 1500, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Chained (`ordering = "commit"`): whatever is asked when, every
+        /// record is sealed exactly once and the batches, in the order they
+        /// were sealed, hold the records in commit order; a truncate goes
+        /// alone; a batch sealed ahead without a flush is full.
+        #[test]
+        fn chained_batches_in_seal_order_are_commit_order(
+            size in 1usize..6,
+            bytes in 20usize..200,
+            ops in prop::collection::vec(op(), 1..120),
+        ) {
+            let mut d = dispatcher(size, bytes).chained();
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut lsn = 0u64;
+            let mut sealed: Vec<(u64, u32)> = Vec::new();
+            let mut in_flight: Vec<Batch> = Vec::new();
+            let mut lens: Vec<usize> = Vec::new();
+            let check = |b: &Batch, sealed: &mut Vec<(u64, u32)>| -> Result<(), TestCaseError> {
+                if b.groups.contains(&Group::All) {
+                    prop_assert_eq!(b.groups.len(), 1, "a truncate goes alone");
+                }
+                sealed.extend(keys(b));
+                Ok(())
+            };
+            for op in ops {
+                match op {
+                    Op::Push(group, len) => {
+                        // Under commit order every record is in one group.
+                        let mut r = sized(lsn, 0, len);
+                        r.group = if group == Group::All { Group::All } else { Group::default() };
+                        lens.push(r.json.len());
+                        lsn += 1;
+                        d.push(r, now);
+                    }
+                    Op::Next { flush, later_ms } => {
+                        now += Duration::from_millis(later_ms);
+                        let ahead = later_ms % 2 == 0;
+                        let next = if ahead { d.next_ahead(now, flush) } else { d.next(now, flush) };
+                        if let Next::Batch(b) = next {
+                            if ahead && !flush {
+                                let ks = keys(&b);
+                                let len: usize = ks.iter().map(|k| lens[k.0 as usize]).sum();
+                                let after = ks.last().and_then(|k| lens.get(k.0 as usize + 1));
+                                prop_assert!(
+                                    ks.len() == size || len >= bytes || after.is_some_and(|a| len + a > bytes),
+                                    "sealed ahead but not full: {} records, {len} bytes", ks.len()
+                                );
+                            }
+                            check(&b, &mut sealed)?;
+                            in_flight.push(*b);
+                        }
+                    }
+                    Op::Release(_) => {
+                        // Chained batches finish in order.
+                        if !in_flight.is_empty() {
+                            let b = in_flight.remove(0);
+                            d.release(&b);
+                        }
+                    }
+                    Op::TxEnd => d.tx_end(Lsn(lsn)),
+                }
+            }
+            while let Next::Batch(b) = d.next(now, true) {
+                check(&b, &mut sealed)?;
+            }
+            prop_assert!(d.is_empty());
+            let expected: Vec<(u64, u32)> = (0..lsn).map(|l| (l, 0)).collect();
+            prop_assert_eq!(sealed, expected);
+        }
 
         /// The scan that stops early forms exactly the batches, at exactly
         /// the times, of the scan of every pending record every time.
@@ -828,6 +951,57 @@ mod tests {
         d.release(&a);
         let b = batch(&mut d, t0).unwrap();
         assert_eq!(keys(&b), [(100, 2), (100, 3)]);
+    }
+
+    #[test]
+    fn chained_a_full_batch_is_sealed_ahead_and_a_partial_one_keeps_filling() {
+        let mut d = dispatcher(2, 1 << 20).chained();
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        for i in 0..5 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let a = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&a), [(100, 0), (100, 1)]);
+        // While `a` is in flight the next full batch is sealed ahead of it.
+        let Next::Batch(b) = d.next_ahead(t0, false) else {
+            panic!("a full batch goes ahead")
+        };
+        assert_eq!(keys(&b), [(100, 2), (100, 3)]);
+        // One record is not a full batch: it waits, past linger, for more.
+        assert!(matches!(d.next_ahead(late, false), Next::Wait(None)));
+        d.push(rec(200, 0, Group::default()), late);
+        let Next::Batch(c) = d.next_ahead(late, false) else {
+            panic!("full again")
+        };
+        assert_eq!(keys(&c), [(100, 4), (200, 0)]);
+        d.release(&a);
+        d.release(&b);
+        d.release(&c);
+        assert!(d.is_empty());
+        // Unchained, nothing goes ahead.
+        let mut plain = dispatcher(2, 1 << 20);
+        for i in 0..4 {
+            plain.push(rec(100, i, Group::default()), t0);
+        }
+        let _a = batch(&mut plain, t0).unwrap();
+        assert!(matches!(plain.next_ahead(t0, false), Next::Wait(None)));
+    }
+
+    #[test]
+    fn chained_a_truncate_still_goes_alone_in_its_place() {
+        let mut d = dispatcher(10, 1 << 20).chained();
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_secs(1);
+        d.push(rec(10, 0, Group::default()), t0);
+        d.push(rec(20, 0, Group::All), t0);
+        d.push(rec(30, 0, Group::default()), t0);
+        // Nothing is released: the caller sends them in this order.
+        let sealed: Vec<_> = (0..3)
+            .map(|_| keys(&batch(&mut d, late).unwrap()))
+            .collect();
+        assert_eq!(sealed, [vec![(10, 0)], vec![(20, 0)], vec![(30, 0)]]);
+        assert!(d.is_empty());
     }
 
     #[test]

@@ -78,10 +78,15 @@ pub(crate) fn write_text_json(kind: &TypeKind, text: &[u8], out: &mut Vec<u8>) {
 
 /// Appends `s` as a JSON string, escaping quotes, backslashes and control
 /// characters; invalid UTF-8 is replaced with U+FFFD.
+///
+/// One pass for ASCII text: the scan that finds the bytes to escape also
+/// stops at the first byte >= 0x80, and UTF-8 is checked only from there
+/// (everything before it is ASCII, so it starts a character).
 pub(crate) fn write_json_string(s: &[u8], out: &mut Vec<u8>) {
-    match std::str::from_utf8(s) {
-        Ok(valid) => write_escaped(valid.as_bytes(), out),
-        Err(_) => write_escaped(String::from_utf8_lossy(s).as_bytes(), out),
+    let start = out.len();
+    if !write_escaped(s, out, true) {
+        out.truncate(start);
+        write_escaped(String::from_utf8_lossy(s).as_bytes(), out, false);
     }
 }
 
@@ -103,17 +108,32 @@ static ESCAPE: [u8; 128] = {
     t
 };
 
-fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
+/// Writes `s` escaped and quoted. With `check_utf8`, false (and `out`
+/// holds part of the string) when `s` is not valid UTF-8; `s` is already
+/// known to be valid otherwise.
+fn write_escaped(s: &[u8], out: &mut Vec<u8>, check_utf8: bool) -> bool {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 2);
     out.push(b'"');
+    // Bytes >= 0x80 still stop the scan: none checked yet.
+    let mut ascii = check_utf8;
     // `start..i` is the clean run not yet copied: it goes out whole.
     let mut start = 0;
-    let mut i = clean_prefix(s, 0);
+    let mut i = clean_prefix(s, 0, ascii);
     while let Some(&b) = s.get(i) {
-        let esc = if b < 0x80 { ESCAPE[usize::from(b)] } else { 0 };
+        if b >= 0x80 {
+            if ascii {
+                if std::str::from_utf8(s.get(i..).unwrap_or_default()).is_err() {
+                    return false;
+                }
+                ascii = false;
+            }
+            i = clean_prefix(s, i + 1, false);
+            continue;
+        }
+        let esc = ESCAPE[usize::from(b)];
         if esc == 0 {
-            i = clean_prefix(s, i + 1);
+            i = clean_prefix(s, i + 1, ascii);
             continue;
         }
         out.extend_from_slice(&s[start..i]);
@@ -131,25 +151,76 @@ fn write_escaped(s: &[u8], out: &mut Vec<u8>) {
         }
         i += 1;
         start = i;
-        i = clean_prefix(s, i);
+        i = clean_prefix(s, i, ascii);
     }
     out.extend_from_slice(&s[start..]);
     out.push(b'"');
+    true
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
-/// Where, from `from`, the first byte that may need escaping is: 8 bytes
-/// at a time (SWAR), so a long clean run costs a few instructions per
-/// word instead of a table lookup per byte. The answer is never past a
-/// byte that needs escaping; [`write_escaped`] checks the byte itself.
-fn clean_prefix(s: &[u8], mut from: usize) -> usize {
+/// Where, from `from`, the first byte that may need escaping is (or, with
+/// `high`, the first byte >= 0x80): 16 bytes at a time with SSE2 (every
+/// x86-64 has it), then 8 at a time (SWAR), so a long clean run costs a few
+/// instructions per word instead of a table lookup per byte. The answer is
+/// never past such a byte; [`write_escaped`] checks the byte itself.
+fn clean_prefix(s: &[u8], from: usize, high: bool) -> usize {
+    let from = clean_prefix_simd(s, from, high);
+    clean_prefix_words(s, from, high)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn clean_prefix_simd(s: &[u8], mut from: usize, high: bool) -> usize {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
+    };
+    // SAFETY: SSE2 is part of the x86-64 baseline, so these intrinsics are
+    // always available; the one load reads 16 bytes of `chunk`, which has
+    // 16 (loadu needs no alignment).
+    unsafe {
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let backslash = _mm_set1_epi8(b'\\' as i8);
+        let below_space = _mm_set1_epi8(0x1f);
+        while let Some(chunk) = s.get(from..from.saturating_add(16)) {
+            let v = _mm_loadu_si128(chunk.as_ptr().cast());
+            // Unsigned b <= 0x1f: min(b, 0x1f) == b.
+            let control = _mm_cmpeq_epi8(_mm_min_epu8(v, below_space), v);
+            let special = _mm_or_si128(
+                _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                control,
+            );
+            // movemask: one bit per byte, its top bit.
+            let mut mask = _mm_movemask_epi8(special) as u32;
+            if high {
+                mask |= _mm_movemask_epi8(v) as u32;
+            }
+            if mask != 0 {
+                return from + mask.trailing_zeros() as usize;
+            }
+            from += 16;
+        }
+    }
+    from
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn clean_prefix_simd(_: &[u8], from: usize, _: bool) -> usize {
+    from
+}
+
+fn clean_prefix_words(s: &[u8], mut from: usize, high: bool) -> usize {
     while let Some(word) = s.get(from..from.saturating_add(8)) {
         let Ok(word) = <[u8; 8]>::try_from(word) else {
             break;
         };
-        let found = needs_escape(u64::from_le_bytes(word));
+        let word = u64::from_le_bytes(word);
+        let mut found = needs_escape(word);
+        if high {
+            found |= word & HIGH;
+        }
         if found != 0 {
             return from + (found.trailing_zeros() / 8) as usize;
         }
@@ -527,7 +598,7 @@ mod tests {
         for special in [
             "\"", "\\", "\n", "\u{0}", "\u{1f}", "\u{7f}", "é", "\u{2028}",
         ] {
-            for len in [1, 7, 8, 9, 15, 16, 17, 31] {
+            for len in [1, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 40, 47] {
                 for at in 0..len {
                     let mut s = "a".repeat(len);
                     s.replace_range(at..=at, special);
@@ -556,6 +627,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_16_byte_scan_stops_exactly_at_the_first_byte_to_escape_or_above_ascii() {
+        for b in 0..=255u8 {
+            for at in 0..16 {
+                for high in [false, true] {
+                    let mut s = [b'a'; 24];
+                    s[at] = b;
+                    let stop = b < 0x20 || b == b'"' || b == b'\\' || (high && b >= 0x80);
+                    let found = clean_prefix(&s, 0, high);
+                    if stop {
+                        assert_eq!(found, at, "byte {b:#x} at {at}, high {high}");
+                    } else {
+                        assert_eq!(found, 24, "byte {b:#x} at {at}, high {high}");
+                    }
+                }
+            }
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
 
@@ -567,12 +657,20 @@ mod tests {
             proptest::prop_assert_eq!(escaped(&s), serde_json::to_vec(&s).unwrap());
         }
 
-        /// Invalid UTF-8 is replaced as before.
+        /// Invalid UTF-8 is replaced as before, also after a long ASCII
+        /// run (where the check starts late).
         #[test]
-        fn invalid_utf8_is_replaced_then_escaped(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
-            let mut out = Vec::new();
-            write_json_string(&b, &mut out);
-            proptest::prop_assert_eq!(out, escaped_bytewise(&String::from_utf8_lossy(&b)));
+        fn invalid_utf8_is_replaced_then_escaped(
+            ascii in "[a-z\"\\\\\n]{0,40}",
+            b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+        ) {
+            let mut bytes = ascii.into_bytes();
+            bytes.extend_from_slice(&b);
+            let mut out = b"[".to_vec();
+            write_json_string(&bytes, &mut out);
+            let mut expected = b"[".to_vec();
+            expected.extend_from_slice(&escaped_bytewise(&String::from_utf8_lossy(&bytes)));
+            proptest::prop_assert_eq!(out, expected);
         }
     }
 

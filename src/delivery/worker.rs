@@ -18,6 +18,11 @@
 //! loop owns the checkpoint, so "delivered through" is decided by the one
 //! place that knows what is still pending.
 //!
+//! Under `ordering = "commit"` one batch is sent at a time, but the next
+//! full one is sealed and stored while it is on the wire, and goes the
+//! moment it is done ([`Dispatcher::chained`]): a wide-row stream is then
+//! bound by the endpoint, not by the state INSERT and the JSON in between.
+//!
 //! Stable ids across restarts: before a batch's first attempt its records
 //! are stored (`walhook.batches`); after a restart the batches whose records
 //! Postgres streams again are re-formed exactly, and a stored batch whose
@@ -30,7 +35,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -175,6 +180,12 @@ pub struct StrategyWorker {
     shutdown_timeout: Duration,
     paused: watch::Receiver<Option<PauseReason>>,
     max_in_flight: usize,
+    /// Batches go strictly one after another (`ordering = "commit"`): the
+    /// next is sealed ahead and waits for the one before it.
+    chained: bool,
+    /// What the batch sealed last will have come to (chained): the next
+    /// one waits for it.
+    last_sealed: Option<oneshot::Receiver<Outcome>>,
     lookahead: usize,
     boundaries: Option<Boundaries>,
     /// Sends nothing before this is cancelled (the worker it replaces has
@@ -246,6 +257,7 @@ impl StrategyWorker {
         let pause = PauseHandle::new(&name);
         opts.endpoint.register(&pause);
         let max_in_flight = opts.max_in_flight.max(1);
+        let chained = opts.ordering == Ordering::Commit;
         let dispatcher = Dispatcher::new(
             BatcherOptions {
                 strategy: name.clone(),
@@ -255,6 +267,11 @@ impl StrategyWorker {
             },
             opts.decorate,
         );
+        let dispatcher = if chained {
+            dispatcher.chained()
+        } else {
+            dispatcher
+        };
         let record_batches = opts.boundaries.is_some() && opts.state.is_some();
         let ctx = Arc::new(SenderCtx {
             name: name.clone(),
@@ -282,6 +299,8 @@ impl StrategyWorker {
             shutdown_timeout: opts.shutdown_timeout,
             paused: pause.subscribe(),
             max_in_flight,
+            chained,
+            last_sealed: None,
             lookahead: LOOKAHEAD.max(opts.batch_size.saturating_mul(max_in_flight + 1)),
             boundaries: opts.boundaries,
             after: None,
@@ -346,17 +365,18 @@ impl StrategyWorker {
             // Send every batch that may go now; learn when to look again.
             let mut deadline = None;
             if self.paused.borrow().is_none() {
-                while tasks.len() < self.max_in_flight {
-                    match self.dispatcher.next(Instant::now(), !input_open) {
+                loop {
+                    let now = Instant::now();
+                    let next = if tasks.len() < self.max_in_flight {
+                        self.dispatcher.next(now, !input_open)
+                    } else if self.chained && tasks.len() < self.max_in_flight + 1 {
+                        self.dispatcher.next_ahead(now, !input_open)
+                    } else {
+                        break;
+                    };
+                    match next {
                         Next::Batch(batch) => {
-                            let ctx = self.ctx.clone();
-                            tasks.spawn(async move {
-                                let outcome = deliver(&ctx, &batch).await;
-                                Done {
-                                    batch: *batch,
-                                    outcome,
-                                }
-                            });
+                            self.spawn(&mut tasks, batch);
                             self.update_queue(tasks.len());
                         }
                         Next::Wait(at) => {
@@ -454,6 +474,29 @@ impl StrategyWorker {
             });
         }
         Ok(())
+    }
+
+    /// Starts a batch's delivery task. Chained, it waits for the batch
+    /// sealed before it (see [`deliver`]).
+    fn spawn(&mut self, tasks: &mut JoinSet<Done>, batch: Box<Batch>) {
+        let ctx = self.ctx.clone();
+        let (after, done_tx) = if self.chained {
+            let (tx, rx) = oneshot::channel();
+            (self.last_sealed.replace(rx), Some(tx))
+        } else {
+            (None, None)
+        };
+        tasks.spawn(async move {
+            let outcome = deliver(&ctx, &batch, after).await;
+            if let Some(tx) = done_tx {
+                // The next batch may have been dropped at shutdown.
+                let _ = tx.send(outcome);
+            }
+            Done {
+                batch: *batch,
+                outcome,
+            }
+        });
     }
 
     /// Loads the batches stored before a restart, once the stream has
@@ -561,7 +604,9 @@ impl StrategyWorker {
         });
     }
 
-    fn update_queue(&self, in_flight: usize) {
+    fn update_queue(&self, tasks: usize) {
+        // A batch sealed ahead is not in flight until the one before is done.
+        let in_flight = tasks.min(self.max_in_flight);
         let n = self.rx.len() + self.finaliser.open_records();
         self.ctx.metrics.queue.set(n as f64);
         self.ctx.metrics.in_flight.set(in_flight as f64);
@@ -719,9 +764,36 @@ impl Drop for Flying<'_> {
     }
 }
 
-async fn deliver(ctx: &SenderCtx, batch: &Batch) -> Outcome {
+/// Delivers one batch: stores its records (for stable ids), waits for the
+/// batch sealed before it when there is one (`after`, chained), then
+/// attempts until delivered, dead-lettered or stopped.
+async fn deliver(
+    ctx: &SenderCtx,
+    batch: &Batch,
+    after: Option<oneshot::Receiver<Outcome>>,
+) -> Outcome {
     if ctx.record_batches {
         record_batch(ctx, batch).await;
+    }
+    if let Some(after) = after {
+        let before = tokio::select! {
+            biased;
+            _ = ctx.abort.cancelled() => return Outcome::Cancelled,
+            // Its task ended without a word: it was dropped at shutdown.
+            r = after => r.unwrap_or(Outcome::Cancelled),
+        };
+        // Stopping starts no new batch; a batch not sent must not go ahead
+        // of it.
+        if before == Outcome::Cancelled || ctx.stop.is_cancelled() {
+            return Outcome::Cancelled;
+        }
+        // Paused while the batch before was in flight: hold until resumed.
+        let mut paused = ctx.pause.subscribe();
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return Outcome::Cancelled,
+            _ = paused.wait_for(Option::is_none) => {}
+        }
     }
     let flying = Flying::start(ctx);
     let mut wake = ctx.retry_now.subscribe();

@@ -22,10 +22,10 @@ use tokio::time::Instant;
 use super::protocol::{Keepalive, StandbyStatus};
 use crate::lsn::Lsn;
 
-/// Delay between an acknowledgement and the status that reports it: a
-/// burst of acks costs one 34-byte message, and the slot's confirmed
-/// position trails the last delivery by at most this much.
-const ACK_COALESCE: Duration = Duration::from_millis(20);
+/// Least time between two statuses that report acknowledgements: a burst
+/// of acks costs one 34-byte message (at most 200 a second), and the slot's
+/// confirmed position trails the last delivery by at most this much.
+const ACK_COALESCE: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Feedback {

@@ -2,7 +2,9 @@
 //! `max_in_flight`): order per key under a receiver with a real endpoint's
 //! latency and failures, the slot never passing an undelivered record,
 //! stable batch ids across kill -9, what 410 and other 4xx answers do, the
-//! circuit breaker, the rate limit, and memory bounded in bytes.
+//! circuit breaker, the rate limit, and memory bounded in bytes. Also
+//! `ordering = "commit"`, whose next batch is sealed and stored while the
+//! one before is on the wire: still one request at a time, in order.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -274,6 +276,130 @@ async fn key_order_with_8_in_flight_under_latency_and_failures_never_lets_the_sl
     assert!(
         requests.iter().any(|r| r.answered == 503),
         "the receiver failed some batches"
+    );
+    walhook.stop().await;
+}
+
+/// Under `ordering = "commit"` the next full batch is sealed and stored
+/// while the one before is at the endpoint. What the receiver sees must not
+/// change: one request at a time, and a batch only after every batch before
+/// it got its 2xx (a retried batch holds the rest); after kill -9 nothing is
+/// lost and every record keeps its first webhook-id.
+#[tokio::test]
+async fn commit_order_sends_one_batch_at_a_time_in_order_and_keeps_ids_across_kill_9() {
+    let db = orders("conc_commit").await;
+    let rx = Receiver::start().await;
+    rx.set_latency(Duration::from_millis(50), Duration::from_millis(300));
+    rx.set_failure_rate(Some((0.2, 503)));
+    let port = free_port();
+    let config = config(
+        &db,
+        "conc_commit",
+        port,
+        &rx.url("/hook"),
+        "retry = { initial = \"50ms\", max = \"400ms\" }",
+        "batch_size = 50\nlinger = \"10ms\"",
+    );
+    let mut walhook = Walhook::run(&config).spawn();
+    walhook.wait_streaming(&db, "conc_commit").await;
+
+    // 1. No kills: 600 rows in 25-row transactions, written faster than the
+    //    receiver answers, so full batches wait behind the one in flight.
+    db.psql(
+        "DO $$ BEGIN FOR b IN 0..23 LOOP \
+         INSERT INTO orders SELECT i, 1, 'r' FROM generate_series(b*25+1, b*25+25) i; \
+         COMMIT; END LOOP; END $$",
+    )
+    .await;
+    wait_until(WAIT * 2, "600 rows accepted", || async {
+        rx.accepted().iter().flat_map(Received::new_ids).count() >= 600
+    })
+    .await;
+    let requests = by_arrival(&rx);
+    assert_eq!(rx.peak_in_flight(), 1, "one request at a time");
+    // When a batch arrives, every batch that starts before it has had its 2xx.
+    let mut delivered: BTreeSet<String> = BTreeSet::new();
+    let mut sent: Vec<(Pos, String)> = Vec::new();
+    for request in &requests {
+        let id = request
+            .header("webhook-id")
+            .expect("webhook-id")
+            .to_string();
+        let first = pos(&request.json()["records"][0]);
+        for (earlier, other) in &sent {
+            assert!(
+                *earlier >= first || *other == id || delivered.contains(other),
+                "batch {id} (from {}:{}) arrived before batch {other} (from {}:{}) was delivered",
+                first.0,
+                first.1,
+                earlier.0,
+                earlier.1
+            );
+        }
+        if request.answered == 200 {
+            delivered.insert(id.clone());
+        }
+        if !sent.iter().any(|(_, other)| *other == id) {
+            sent.push((first, id));
+        }
+    }
+    let firsts: Vec<Pos> = sent.iter().map(|(p, _)| *p).collect();
+    assert!(
+        firsts.windows(2).all(|w| w[0] < w[1]),
+        "batches went out of commit order: {firsts:?}"
+    );
+    assert!(
+        requests.iter().any(|r| r.answered == 503),
+        "the receiver failed some batches"
+    );
+    assert!(
+        requests
+            .iter()
+            .filter(|r| r.answered == 200)
+            .any(|r| r.new_ids().len() == 50),
+        "full batches went"
+    );
+
+    // 2. Kill -9 four times under a writer: batches stored ahead of their
+    //    turn are re-formed with their ids.
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicI64::new(600));
+    let writer = {
+        let db = Db::existing(db.cluster(), db.name());
+        let (written, stop) = (written.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut next = 601;
+            while !stop.load(Ordering::SeqCst) && next <= 1800 {
+                db.psql(&insert_rows(next, next + 24)).await;
+                next += 25;
+                written.store(next - 1, Ordering::SeqCst);
+            }
+        })
+    };
+    for _ in 0..4 {
+        let target = rx.arrivals() + rand::random_range(1..8);
+        wait_until(WAIT, "more requests", || async { rx.arrivals() >= target }).await;
+        walhook.kill9().await;
+        walhook = Walhook::run(&config).spawn();
+        walhook.wait_streaming(&db, "conc_commit").await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+    let rows = written.load(Ordering::SeqCst);
+    let end = db.current_wal_lsn().await;
+    db.wait_confirmed("conc_commit", end).await;
+    let seen: BTreeSet<i64> = rx.accepted().iter().flat_map(Received::new_ids).collect();
+    let lost: Vec<i64> = (1..=rows).filter(|id| !seen.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {rows} rows lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    let duplicates = assert_ids_are_stable(&by_arrival(&rx));
+    eprintln!(
+        "{rows} rows, {} requests, {duplicates} records delivered again (all under their first webhook-id)",
+        rx.requests().len()
     );
     walhook.stop().await;
 }
