@@ -225,7 +225,8 @@ async fn run_names_what_failed_at_start_and_creates_nothing() {
     let out = Walhook::run(&bad_ca(&["public.orders"])).output().await;
     assert_eq!(out.code(), Some(2), "{}", out.stderr);
     assert!(
-        out.stderr.contains("endpoints.hook.tls.ca_file: config.toml"),
+        out.stderr
+            .contains("endpoints.hook.tls.ca_file: config.toml"),
         "{}",
         out.stderr
     );
