@@ -398,8 +398,23 @@ fn block_on<E>(job: impl Future<Output = Result<(), E>>) -> Result<(), Error>
 where
     Error: From<E>,
 {
-    let runtime = tokio::runtime::Runtime::new().map_err(Error::Runtime)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    // `TOKIO_WORKER_THREADS`, when set, is Tokio's to read.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(default_worker_threads());
+    }
+    let runtime = builder.build().map_err(Error::Runtime)?;
     Ok(runtime.block_on(job)?)
+}
+
+/// Half the cores, at least one. walhook usually shares its machine with
+/// the database it reads, whose walsender decodes on one core; and its
+/// pipeline is one stream through one router, so more threads mostly add
+/// hand-offs between them (on 2 cores, 2 threads cost W6 about 25% more
+/// CPU than 1 and slowed the walsender: README "Performance").
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// Runs `job` with a shutdown token: the first SIGTERM or SIGINT cancels it
