@@ -5,9 +5,12 @@
 //! - verify-ca: the chain must lead to a trusted root; the name is not checked.
 //! - verify-full: the chain must be trusted and the certificate must name the host.
 //!
-//! Roots come from `sslrootcert` (a PEM file) or the system store.
+//! Roots come from `sslrootcert` (a PEM file) or the system store. The
+//! system store is read once per process (some 150 files, milliseconds)
+//! and shared by every connection: the state store and the slot watchers
+//! reconnect often.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -42,8 +45,14 @@ fn tls_error(target: &str, reason: impl Into<String>) -> TlsError {
     }
 }
 
+/// The system's roots, once loaded (a failed load is tried again).
+static SYSTEM_ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+
 /// Loads the trusted roots for verify-ca / verify-full.
-fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsError> {
+fn root_store(roots: &RootCerts, target: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    if let (RootCerts::System, Some(store)) = (roots, SYSTEM_ROOTS.get()) {
+        return Ok(store.clone());
+    }
     let mut store = RootCertStore::empty();
     match roots {
         RootCerts::File(path) => {
@@ -72,9 +81,10 @@ fn root_store(roots: &RootCerts, target: &str) -> Result<RootCertStore, TlsError
                     "no system root certificates found; set sslrootcert=/path/to/root.crt in source.url",
                 ));
             }
+            return Ok(SYSTEM_ROOTS.get_or_init(|| Arc::new(store)).clone());
         }
     }
-    Ok(store)
+    Ok(Arc::new(store))
 }
 
 /// The client configuration for `mode` (which must not be `disable`).
@@ -90,10 +100,9 @@ pub(crate) fn client_config(
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::VerifyFull | SslMode::VerifyCa => {
             let store = root_store(roots, target)?;
-            let webpki =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
-                    .build()
-                    .map_err(|e| tls_error(target, e.to_string()))?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(store, provider.clone())
+                .build()
+                .map_err(|e| tls_error(target, e.to_string()))?;
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -237,6 +246,14 @@ mod tests {
         for mode in [SslMode::Prefer, SslMode::Require] {
             assert!(client_config(mode, &RootCerts::System, "h:5432").is_ok());
         }
+    }
+
+    #[test]
+    fn the_system_roots_are_read_once() {
+        let first = root_store(&RootCerts::System, "h:5432").expect("the system's roots");
+        let again = root_store(&RootCerts::System, "h:5432").expect("the system's roots");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert!(client_config(SslMode::VerifyFull, &RootCerts::System, "h:5432").is_ok());
     }
 
     #[test]
