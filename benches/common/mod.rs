@@ -23,15 +23,18 @@ pub(crate) fn walhook_bin() -> String {
 /// (`source.max_buffer_bytes`, written into every config): the default.
 pub(crate) const BUDGET_MIB: u64 = 64;
 
-/// A throwaway cluster with room for a set of slots per workload and no
-/// checkpoint in the middle of a measurement.
+/// A throwaway cluster with room for a set of slots per workload, no
+/// checkpoint in the middle of a measurement and no autovacuum (which
+/// otherwise vacuums and analyses the freshly written backlog's table,
+/// hundreds of MB for W5 and W6, while the drains are timed).
 pub(crate) fn start_cluster() -> Cluster {
     Cluster::start(
         ClusterOptions::default()
             .setting("max_replication_slots", "20")
             .setting("max_wal_senders", "20")
             .setting("max_wal_size", "4GB")
-            .setting("checkpoint_timeout", "30min"),
+            .setting("checkpoint_timeout", "30min")
+            .setting("autovacuum", "off"),
     )
     .expect("start a throwaway PostgreSQL")
 }
@@ -188,9 +191,10 @@ pub(crate) struct Run {
     pub(crate) peak_rss_kib: u64,
 }
 
-/// Writes the configuration of `walhook run` on `slot`: one strategy
-/// `bench` on `public.t`, linger 5 ms, plus the `strategy` lines,
-/// delivering to `url`; the admin API on a free port.
+/// Writes the configuration of `walhook run` on `slot`: one strategy named
+/// after the slot (so no drain re-forms the batches another one stored) on
+/// `public.t`, linger 5 ms, plus the `strategy` lines, delivering to `url`;
+/// the admin API on a free port.
 pub(crate) fn write_config(
     cluster: &Cluster,
     db: &str,
@@ -204,7 +208,7 @@ pub(crate) fn write_config(
          max_buffer_bytes = \"{BUDGET_MIB}MiB\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [endpoints.sink]\nurl = \"{url}\"\n\n\
-         [[strategies]]\nname = \"bench\"\ntable = \"public.t\"\nendpoint = \"sink\"\n\
+         [[strategies]]\nname = \"{slot}\"\ntable = \"public.t\"\nendpoint = \"sink\"\n\
          linger = \"5ms\"\n{strategy}",
         db_url = cluster.url(db),
         admin = free_port(),
