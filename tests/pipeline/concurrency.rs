@@ -151,6 +151,57 @@ fn assert_ids_are_stable(requests: &[Received]) -> usize {
     duplicates
 }
 
+/// Inserts rows `from..=to`, one transaction per row, 25 rows per statement, until
+/// stopped, as a steady writer beside kill -9.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(db: &Db, from: i64, to: i64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicI64::new(from - 1));
+        let db = Db::existing(db.cluster(), db.name());
+        let task = tokio::spawn({
+            let (written, stop) = (written.clone(), stop.clone());
+            async move {
+                let mut next = from;
+                while !stop.load(Ordering::SeqCst) && next <= to {
+                    db.psql(&insert_rows(next, next + 24)).await;
+                    next += 25;
+                    written.store(next - 1, Ordering::SeqCst);
+                }
+            }
+        });
+        Writer {
+            stop,
+            written,
+            task,
+        }
+    }
+
+    /// Stops it; the last id written.
+    async fn stop(self) -> i64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        self.written.load(Ordering::SeqCst)
+    }
+}
+
+/// Every row 1..=rows reached the receiver with a 2xx.
+fn assert_nothing_lost(rx: &Receiver, rows: i64) {
+    let seen: BTreeSet<i64> = rx.accepted().iter().flat_map(Received::new_ids).collect();
+    let lost: Vec<i64> = (1..=rows).filter(|id| !seen.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {rows} rows lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}
+
 /// Rows inserted by [`insert_rows`], one transaction each.
 fn insert_rows(from: i64, to: i64) -> String {
     format!(
@@ -362,20 +413,7 @@ async fn commit_order_sends_one_batch_at_a_time_in_order_and_keeps_ids_across_ki
 
     // 2. Kill -9 four times under a writer: batches stored ahead of their
     //    turn are re-formed with their ids.
-    let stop = Arc::new(AtomicBool::new(false));
-    let written = Arc::new(AtomicI64::new(600));
-    let writer = {
-        let db = Db::existing(db.cluster(), db.name());
-        let (written, stop) = (written.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut next = 601;
-            while !stop.load(Ordering::SeqCst) && next <= 1800 {
-                db.psql(&insert_rows(next, next + 24)).await;
-                next += 25;
-                written.store(next - 1, Ordering::SeqCst);
-            }
-        })
-    };
+    let writer = Writer::start(&db, 601, 1800);
     for _ in 0..4 {
         let target = rx.arrivals() + rand::random_range(1..8);
         wait_until(WAIT, "more requests", || async { rx.arrivals() >= target }).await;
@@ -383,19 +421,10 @@ async fn commit_order_sends_one_batch_at_a_time_in_order_and_keeps_ids_across_ki
         walhook = Walhook::run(&config).spawn();
         walhook.wait_streaming(&db, "conc_commit").await;
     }
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
-    let rows = written.load(Ordering::SeqCst);
+    let rows = writer.stop().await;
     let end = db.current_wal_lsn().await;
     db.wait_confirmed("conc_commit", end).await;
-    let seen: BTreeSet<i64> = rx.accepted().iter().flat_map(Received::new_ids).collect();
-    let lost: Vec<i64> = (1..=rows).filter(|id| !seen.contains(id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {rows} rows lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    assert_nothing_lost(&rx, rows);
     let duplicates = assert_ids_are_stable(&by_arrival(&rx));
     eprintln!(
         "{rows} rows, {} requests, {duplicates} records delivered again (all under their first webhook-id)",
@@ -519,20 +548,7 @@ async fn kill_9_ten_times_with_8_in_flight_loses_nothing_and_keeps_every_batch_i
     let mut first = Walhook::run(&config).spawn();
     first.wait_streaming(&db, "conc_kill").await;
     let mut first = Some(first);
-    let written = Arc::new(AtomicI64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let db = Db::existing(db.cluster(), db.name());
-        let (written, stop) = (written.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut next = 1;
-            while !stop.load(Ordering::SeqCst) && next <= 3000 {
-                db.psql(&insert_rows(next, next + 24)).await;
-                next += 25;
-                written.store(next - 1, Ordering::SeqCst);
-            }
-        })
-    };
+    let writer = Writer::start(&db, 1, 3000);
     for round in 0..10 {
         let mut walhook = match first.take() {
             Some(walhook) => walhook,
@@ -554,22 +570,13 @@ async fn kill_9_ten_times_with_8_in_flight_loses_nothing_and_keeps_every_batch_i
         }
         walhook.kill9().await;
     }
-    stop.store(true, Ordering::SeqCst);
-    writer.await.unwrap();
-    let rows = written.load(Ordering::SeqCst);
+    let rows = writer.stop().await;
 
     let walhook = Walhook::run(&config).spawn();
     let end = db.current_wal_lsn().await;
     db.wait_confirmed("conc_kill", end).await;
     let requests = by_arrival(&rx);
-    let seen: BTreeSet<i64> = rx.accepted().iter().flat_map(Received::new_ids).collect();
-    let lost: Vec<i64> = (1..=rows).filter(|id| !seen.contains(id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {rows} rows lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(10)]
-    );
+    assert_nothing_lost(&rx, rows);
     let duplicates = assert_ids_are_stable(&requests);
     eprintln!(
         "{rows} rows, {} requests, {duplicates} records delivered again (all under their first webhook-id)",
