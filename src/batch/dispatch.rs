@@ -356,16 +356,15 @@ impl Dispatcher {
     }
 
     /// While a batch is in flight (chained): the next batch, if a full one
-    /// (or a stored one being re-formed) is ready. One that is not full is
-    /// not sealed ahead: it keeps filling until the one in flight is done.
+    /// is ready. One that is not full is not sealed ahead: it keeps filling
+    /// until the one in flight is done.
     pub(crate) fn next_ahead(&mut self, now: Instant, flush: bool) -> Next {
-        if !self.chained {
+        // Stored batches being re-formed (after a restart) go one at a
+        // time: finding the next one scans every pending record.
+        if !self.chained || !self.restored.is_empty() {
             return Next::Wait(None);
         }
         if !flush {
-            if let Some(batch) = self.next_restored() {
-                return Next::Batch(Box::new(batch));
-            }
             if self.dirty {
                 self.rescan();
             } else if self.unscanned.is_some() && !self.full() {
@@ -986,6 +985,31 @@ mod tests {
         }
         let _a = batch(&mut plain, t0).unwrap();
         assert!(matches!(plain.next_ahead(t0, false), Next::Wait(None)));
+    }
+
+    #[test]
+    fn chained_stored_batches_being_re_formed_go_one_at_a_time() {
+        let mut d = dispatcher(2, 1 << 20).chained();
+        let t0 = Instant::now();
+        let range = |a: u32, b: u32| Stored::Range {
+            first: (Lsn(100), a),
+            last: (Lsn(100), b),
+        };
+        d.restore(vec![range(0, 1), range(2, 3)], vec![]);
+        for i in 0..6 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let a = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&a), [(100, 0), (100, 1)]);
+        assert!(matches!(d.next_ahead(t0, false), Next::Wait(None)));
+        d.release(&a);
+        let b = batch(&mut d, t0).unwrap();
+        assert_eq!(keys(&b), [(100, 2), (100, 3)]);
+        // Every stored batch has gone: the next full one is sealed ahead again.
+        let Next::Batch(c) = d.next_ahead(t0, false) else {
+            panic!("a full batch goes ahead")
+        };
+        assert_eq!(keys(&c), [(100, 4), (100, 5)]);
     }
 
     #[test]
