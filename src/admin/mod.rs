@@ -23,6 +23,7 @@
 
 mod auth;
 mod dead_letters;
+mod slot;
 mod ui;
 
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
 use crate::delivery::{DeliveryState, StrategyStatus as WorkerStatus, WorkerHandles};
+use crate::pg::slot::SlotWatch;
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
@@ -327,6 +329,10 @@ pub trait Control: Send + Sync + 'static {
     }
 }
 
+/// The slot watcher's reads (see `source::SlotWatcher`).
+#[derive(Clone, Debug)]
+pub struct SlotFeed(watch::Receiver<SlotWatch>);
+
 /// Everything the admin server reads and calls. Build it with
 /// `AdminState::new` and the `with_*` methods.
 #[derive(Clone)]
@@ -348,6 +354,9 @@ pub struct AdminState {
     /// The console's masked configuration and endpoint stats; `None` =
     /// `/config` and `/endpoints` show nothing.
     pub console: Option<Arc<dyn ConsoleSource>>,
+    /// The slot watcher's reads, for `/status`'s `replication_slot`;
+    /// `None` = not shown.
+    pub slot_watch: Option<SlotFeed>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -378,7 +387,14 @@ impl AdminState {
             token: config.admin.token.clone(),
             prom,
             console: Some(Arc::new(Console::new(config, Vec::new()))),
+            slot_watch: None,
         }
+    }
+
+    /// Sets the slot watcher's reads shown in `/status`.
+    pub(crate) fn with_slot(mut self, slot: watch::Receiver<SlotWatch>) -> Self {
+        self.slot_watch = Some(SlotFeed(slot));
+        self
     }
 
     /// Sets what the console shows beyond `/status` (by default the masked
@@ -623,6 +639,9 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     }
     if let Some(config) = state.control.as_ref().and_then(|c| c.config_status()) {
         doc["config"] = config;
+    }
+    if let Some(slot) = &state.slot_watch {
+        doc["replication_slot"] = slot::slot_json(&slot.0.borrow());
     }
     Json(doc)
 }

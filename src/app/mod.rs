@@ -41,8 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminError, AdminState, Console, WorkerStatuses};
 use crate::batch::Decorate;
 use crate::budget::Budget;
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::{Config, Secret};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
 use crate::decode::SourceEvent;
 use crate::delivery::{
     build_endpoints, DeliveryError, Endpoint, EndpointError, EndpointStats, WorkerHandles,
@@ -51,7 +51,9 @@ use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
 use crate::reload::{self, ReloadHandle};
 use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
-use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
+use crate::source::{
+    Backoff, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions, SourceStatus,
+};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
     self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError, SchemaProblem,
@@ -174,16 +176,17 @@ pub async fn run_with(
         Lsn::ZERO,
         move |lsn| ack.ack(lsn),
     ));
-    let confirmed_stop = CancellationToken::new();
-    let (confirmed, confirmed_task) = checkpoint::watch_confirmed(
-        config.source.url.expose().to_string(),
-        config.source.slot.clone(),
-        confirmed_stop.clone(),
-    );
+    let watcher_stop = CancellationToken::new();
+    let watcher = SlotWatcher::spawn(
+        config.source.url.expose(),
+        &config.source.slot,
+        watcher_stop.clone(),
+    )?;
+    let slot = watcher.handle();
     let context = WorkerContext {
         checkpoint: checkpoint.clone(),
         state: pipeline.state.clone(),
-        confirmed,
+        confirmed: slot.confirmed(),
         resumed_from: source.resumed_from(),
     };
     let workers = Workers::start(&config, &pipeline, &context)?;
@@ -192,7 +195,10 @@ pub async fn run_with(
         &pipeline,
         &workers,
         listener,
-        source_status.clone(),
+        Feeds {
+            source: source_status.clone(),
+            slot: slot.clone(),
+        },
         prom,
         reload_handle,
     )
@@ -230,9 +236,9 @@ pub async fn run_with(
         task.abort();
     }
     reloader.stop().await;
-    confirmed_stop.cancel();
-    let _ = confirmed_task.await;
     services.stop().await;
+    watcher_stop.cancel();
+    watcher.join().await;
     // What Postgres was last told (also when this process routed nothing).
     let acked = source_status.borrow().acked_lsn;
     tracing::info!(acked_lsn = %acked, "walhook stopped");
@@ -427,7 +433,14 @@ struct Services {
     console: Arc<Console>,
     pause_sync: JoinHandle<()>,
     upkeep: JoinHandle<()>,
-    slot_watch: JoinHandle<()>,
+    slot_metrics: JoinHandle<()>,
+}
+
+/// What the services read of the stages: the source's status and the
+/// slot watcher's reads.
+struct Feeds {
+    source: watch::Receiver<SourceStatus>,
+    slot: SlotWatchHandle,
 }
 
 impl Services {
@@ -436,10 +449,14 @@ impl Services {
         pipeline: &Pipeline,
         workers: &Workers,
         listener: TcpListener,
-        source_status: watch::Receiver<SourceStatus>,
+        feeds: Feeds,
         prom: PrometheusHandle,
         reload: ReloadHandle,
     ) -> Services {
+        let Feeds {
+            source: source_status,
+            slot,
+        } = feeds;
         let stop = CancellationToken::new();
         let runs = RunManager::new(
             Arc::new(config.clone()),
@@ -476,7 +493,8 @@ impl Services {
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
             .with_control(control.clone())
-            .with_console(console.clone());
+            .with_console(console.clone())
+            .with_slot(slot.subscribe());
         // Connects on the first request: nothing waits for it at start.
         match StateStore::for_config_unopened(config, "walhook-admin") {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
@@ -491,11 +509,7 @@ impl Services {
                 stop.clone(),
             ),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
-            slot_watch: telemetry::spawn_slot_watch(
-                Secret::new(config.source.url.expose()),
-                config.source.slot.clone(),
-                stop.clone(),
-            ),
+            slot_metrics: telemetry::spawn_slot_metrics(slot.subscribe(), stop.clone()),
             runs,
             control,
             board,
@@ -510,7 +524,7 @@ impl Services {
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.pause_sync.await;
         let _ = self.upkeep.await;
-        let _ = self.slot_watch.await;
+        let _ = self.slot_metrics.await;
     }
 }
 

@@ -46,6 +46,9 @@ pub enum OpsError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Reading the replication slot failed.
+    #[error(transparent)]
+    Slot(#[from] pg::SlotReadError),
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
@@ -55,6 +58,10 @@ pub enum OpsError {
 }
 
 impl OpsError {
+    fn slot(err: pg::SlotReadError) -> OpsError {
+        OpsError::Slot(err)
+    }
+
     fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
         let what = what.into();
         move |source| OpsError::Sql { what, source }

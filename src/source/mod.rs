@@ -34,6 +34,7 @@ mod wire;
 
 mod conn;
 mod stream;
+mod watcher;
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,15 +47,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{DbError, Disposition, SourceError};
+pub use watcher::{CatalogQueryError, SlotWatchHandle, SlotWatcher};
 
 use crate::budget::Budget;
 use crate::config::SourceConfig;
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::{self, ConnInfo};
+use crate::pg::slot::{self as pg_slot, SlotRow};
 use conn::ReplConn;
 use error::sqlstate;
-use protocol::{SlotInfo, SystemInfo};
+use protocol::SystemInfo;
 use stream::Memory;
 
 /// How to reach the slot and what to stream.
@@ -548,9 +551,13 @@ impl Source {
         }
 
         let rows = conn
-            .simple_query("checking the replication slot", &protocol::slot_query(slot))
+            .simple_query("checking the replication slot", &pg_slot::row_sql(slot))
             .await?;
-        match SlotInfo::from_rows(&rows).map_err(|e| protocol_error(conn.target(), e))? {
+        let found = SlotRow::from_rows(&rows).map_err(|e| SourceError::Protocol {
+            target: conn.target().to_string(),
+            reason: e.to_string(),
+        })?;
+        match found {
             None if memory.streamed => return Err(SourceError::SlotDropped { slot: slot.clone() }),
             None if !self.opts.create_slot => {
                 return Err(SourceError::SlotNotFound { slot: slot.clone() })
@@ -559,7 +566,7 @@ impl Source {
                 let rows = conn
                     .simple_query(
                         "CREATE_REPLICATION_SLOT",
-                        &protocol::create_slot(slot, self.opts.failover),
+                        &pg_slot::create_command(slot, self.opts.failover),
                     )
                     .await?;
                 let consistent = rows
@@ -570,7 +577,7 @@ impl Source {
                 tracing::info!(slot = %slot, consistent_point = %consistent, "created replication slot");
             }
             Some(found) => {
-                if found.is_lost() {
+                if found.invalidation().is_some() {
                     return Err(SourceError::SlotLost { slot: slot.clone() });
                 }
                 if let Some(reason) = found.unusable_reason(&database) {
@@ -579,14 +586,14 @@ impl Source {
                         reason,
                     });
                 }
-                if let Some(confirmed) = found.confirmed_flush {
+                if let Some(confirmed) = found.confirmed_flush_lsn {
                     memory.floor = memory.floor.max(confirmed);
                 }
                 if self.opts.failover {
                     // Idempotent: a synced or failover slot stays so.
                     conn.simple_query(
                         "ALTER_REPLICATION_SLOT",
-                        &protocol::alter_slot_failover(slot),
+                        &pg_slot::alter_failover_command(slot),
                     )
                     .await?;
                 }

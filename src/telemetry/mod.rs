@@ -13,7 +13,7 @@ pub(crate) mod names;
 mod slot;
 
 pub use names::EVENTS_TOTAL;
-pub(crate) use slot::spawn_slot_watch;
+pub(crate) use slot::spawn_slot_metrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;
