@@ -278,11 +278,12 @@ async fn database(
         )
         .await?
         .try_get(0)?;
+    // One walsender streams, one watches the slot (source::SlotWatcher).
     out.push(headroom(
         "max_wal_senders",
         max_senders,
         used_senders,
-        1,
+        2,
         "WAL senders",
     ));
 
