@@ -101,7 +101,14 @@ impl Error {
         let must_change_first = match self {
             Error::NeedsRestart { .. } => return EXIT_NEEDS_RESTART,
             Error::Logging { .. } | Error::Config { .. } => true,
-            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) | Error::Ops(_) => false,
+            Error::Ops(err) => matches!(
+                **err,
+                OpsError::CheckFailed {
+                    slot_lost: true,
+                    ..
+                }
+            ),
+            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) => false,
             Error::Run(err) => {
                 matches!(
                     **err,
@@ -112,6 +119,11 @@ impl Error {
                         | AppError::Worker(_)
                 ) || matches!(&**err, AppError::State(state) if state.needs_setup())
                     || matches!(&**err, AppError::Catalog(schema) if schema.needs_change())
+                    || matches!(
+                        &**err,
+                        AppError::Source(crate::source::SourceError::SlotLost(_))
+                            | AppError::Resync(_)
+                    )
             }
             Error::RunStrategy(err) => {
                 matches!(
@@ -212,7 +224,10 @@ mod tests {
             }),
             Error::from(StdoutError::Write(io("broken pipe"))),
             Error::from(OpsError::Refused("slot s is active".into())),
-            Error::from(OpsError::CheckFailed { errors: 2 }),
+            Error::from(OpsError::CheckFailed {
+                errors: 2,
+                slot_lost: false,
+            }),
             Error::from(CliError::Failed { id: 7, failed: 3 }),
             Error::from(CliError::Run(RunError::WorkerStopped)),
             // The demo's own pipeline failing is the demo failing at run time.

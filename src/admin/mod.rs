@@ -50,7 +50,7 @@ use crate::config::{Config, Secret};
 use crate::delivery::{DeliveryState, StrategyStatus as WorkerStatus, WorkerHandles};
 use crate::pg::slot::SlotWatch;
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
-use crate::source::{SourceState, SourceStatus};
+use crate::source::{LossReport, SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
 /// Why the admin server could not run.
@@ -331,7 +331,10 @@ pub trait Control: Send + Sync + 'static {
 
 /// The slot watcher's reads (see `source::SlotWatcher`).
 #[derive(Clone, Debug)]
-pub struct SlotFeed(watch::Receiver<SlotWatch>);
+pub struct SlotFeed {
+    reads: watch::Receiver<SlotWatch>,
+    losses: watch::Receiver<Option<LossReport>>,
+}
 
 /// Everything the admin server reads and calls. Build it with
 /// `AdminState::new` and the `with_*` methods.
@@ -392,8 +395,12 @@ impl AdminState {
     }
 
     /// Sets the slot watcher's reads shown in `/status`.
-    pub(crate) fn with_slot(mut self, slot: watch::Receiver<SlotWatch>) -> Self {
-        self.slot_watch = Some(SlotFeed(slot));
+    pub(crate) fn with_slot(
+        mut self,
+        reads: watch::Receiver<SlotWatch>,
+        losses: watch::Receiver<Option<LossReport>>,
+    ) -> Self {
+        self.slot_watch = Some(SlotFeed { reads, losses });
         self
     }
 
@@ -641,7 +648,8 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         doc["config"] = config;
     }
     if let Some(slot) = &state.slot_watch {
-        doc["replication_slot"] = slot::slot_json(&slot.0.borrow());
+        doc["replication_slot"] =
+            slot::slot_json(&slot.reads.borrow(), slot.losses.borrow().as_ref());
     }
     Json(doc)
 }

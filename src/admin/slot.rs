@@ -5,12 +5,23 @@
 use serde_json::{json, Value};
 
 use crate::pg::slot::SlotWatch;
+use crate::source::LossReport;
 
-/// `null` before the first read; otherwise the slot's row (or
-/// `"exists": false`), when it was read, and the watcher's last error.
-pub(super) fn slot_json(watch: &SlotWatch) -> Value {
+/// The slot's row (or `"exists": false`) as last read, when it was read,
+/// the watcher's last error, and `loss` (null unless the recorded slot was
+/// lost: what happened, the lost range, and whether walhook replaced it).
+pub(super) fn slot_json(watch: &SlotWatch, loss: Option<&LossReport>) -> Value {
+    let loss = loss.map(|report| {
+        json!({
+            "kind": report.loss.kind.label(),
+            "lost_after": report.loss.after.to_string(),
+            "lost_through": report.loss.through.to_string(),
+            "repaired": report.repaired,
+            "message": report.loss.to_string(),
+        })
+    });
     let Some(read) = &watch.read else {
-        return json!({ "read_at": null, "error": watch.error });
+        return json!({ "read_at": null, "error": watch.error, "loss": loss });
     };
     let mut doc = match &read.slot {
         None => json!({ "exists": false }),
@@ -30,5 +41,6 @@ pub(super) fn slot_json(watch: &SlotWatch) -> Value {
     doc["timeline"] = json!(read.server.timeline);
     doc["read_at"] = json!(super::rfc3339(read.at));
     doc["error"] = json!(watch.error);
+    doc["loss"] = json!(loss);
     doc
 }

@@ -24,6 +24,10 @@
 
 mod live;
 mod reloader;
+mod resync;
+mod slot_record;
+
+pub use resync::ResyncError;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -43,16 +47,18 @@ use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
+use crate::config::OnSlotLost;
 use crate::decode::SourceEvent;
 use crate::delivery::{
     build_endpoints, DeliveryError, Endpoint, EndpointError, EndpointStats, WorkerHandles,
 };
 use crate::lsn::Lsn;
-use crate::pg::{self, ConnectError};
+use crate::pg::{self, ConnectError, SlotLoss};
 use crate::reload::{self, ReloadHandle};
 use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
 use crate::source::{
-    Backoff, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions, SourceStatus,
+    Backoff, LossReport, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions,
+    SourceStatus,
 };
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -103,6 +109,8 @@ pub enum AppError {
     WorkerStopped { strategy: String },
     #[error("a pipeline task failed: {0}")]
     Task(#[from] JoinError),
+    #[error(transparent)]
+    Resync(#[from] ResyncError),
 }
 
 fn list(problems: &[SchemaProblem]) -> String {
@@ -171,11 +179,6 @@ pub async fn run_with(
         tracing::info!("walhook stopped before the database was up");
         return Ok(());
     };
-    let checkpoint = Arc::new(Checkpoint::new(
-        pipeline.strategies.len(),
-        Lsn::ZERO,
-        move |lsn| ack.ack(lsn),
-    ));
     let watcher_stop = CancellationToken::new();
     let watcher = SlotWatcher::spawn(
         config.source.url.expose(),
@@ -183,6 +186,33 @@ pub async fn run_with(
         watcher_stop.clone(),
     )?;
     let slot = watcher.handle();
+    // The slot walhook recorded: the slot found is judged against it, and
+    // no position reaches Postgres before it is recorded (source/gate.rs).
+    let record = pipeline
+        .state
+        .slot_record(&config.source.slot)
+        .await
+        .map_err(AppError::State)?;
+    let pending_loss = record
+        .as_ref()
+        .and_then(|r| r.loss.as_ref().map(|l| l.to_loss(&config.source.slot)));
+    let recorder = source.with_gate(record.as_ref().map_or(Lsn::ZERO, |r| r.identity.confirmed));
+    source.set_recorded(record.map(|r| r.identity));
+    let losses = source.losses();
+    let recorder_stop = CancellationToken::new();
+    let sink = match &config.state.url {
+        Some(_) => slot_record::Sink::Store(pipeline.state.clone()),
+        None => slot_record::Sink::Watcher {
+            watcher: watcher.handle(),
+            schema: config.state.schema.clone(),
+        },
+    };
+    let recorder = slot_record::spawn(sink, recorder, recorder_stop.clone());
+    let checkpoint = Arc::new(Checkpoint::new(
+        pipeline.strategies.len(),
+        Lsn::ZERO,
+        move |lsn| ack.ack(lsn),
+    ));
     let context = WorkerContext {
         checkpoint: checkpoint.clone(),
         state: pipeline.state.clone(),
@@ -198,6 +228,7 @@ pub async fn run_with(
         Feeds {
             source: source_status.clone(),
             slot: slot.clone(),
+            losses: losses.clone(),
         },
         prom,
         reload_handle,
@@ -221,6 +252,26 @@ pub async fn run_with(
         console: services.console.clone(),
         source: source_status.clone(),
     });
+    // A repair a previous run began and did not finish starts again.
+    let pending = match pending_loss {
+        Some(loss) if config.source.on_slot_lost == OnSlotLost::Resync => {
+            resync::start_resync_backfills(&loss, &services.runs, &pipeline.state)
+                .await
+                .err()
+                .map(AppError::from)
+        }
+        Some(loss) => Some(AppError::Source(SourceError::SlotLost(Box::new(loss)))),
+        None => None,
+    };
+    if let Some(failure) = pending {
+        reloader.stop().await;
+        services.stop().await;
+        recorder_stop.cancel();
+        let _ = recorder.await;
+        watcher_stop.cancel();
+        watcher.join().await;
+        return Err(failure);
+    }
     let mut stages = Stages::start(
         source,
         capacity,
@@ -230,13 +281,22 @@ pub async fn run_with(
         workers.tasks,
         workers.stop,
     );
-    let first = stages.until_one_stops(&shutdown, &mut reloader).await;
+    let mut repairs = Repairs {
+        losses,
+        runs: services.runs.clone(),
+        state: pipeline.state.clone(),
+    };
+    let first = stages
+        .until_one_stops(&shutdown, &mut reloader, &mut repairs)
+        .await;
     let failure = stages.stop(first).await;
     if let Some(task) = sighup {
         task.abort();
     }
     reloader.stop().await;
     services.stop().await;
+    recorder_stop.cancel();
+    let _ = recorder.await;
     watcher_stop.cancel();
     watcher.join().await;
     // What Postgres was last told (also when this process routed nothing).
@@ -441,6 +501,7 @@ struct Services {
 struct Feeds {
     source: watch::Receiver<SourceStatus>,
     slot: SlotWatchHandle,
+    losses: watch::Receiver<Option<LossReport>>,
 }
 
 impl Services {
@@ -456,6 +517,7 @@ impl Services {
         let Feeds {
             source: source_status,
             slot,
+            losses,
         } = feeds;
         let stop = CancellationToken::new();
         let runs = RunManager::new(
@@ -494,7 +556,7 @@ impl Services {
             .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
             .with_control(control.clone())
             .with_console(console.clone())
-            .with_slot(slot.subscribe());
+            .with_slot(slot.subscribe(), losses.clone());
         // Connects on the first request: nothing waits for it at start.
         match StateStore::for_config_unopened(config, "walhook-admin") {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
@@ -509,7 +571,7 @@ impl Services {
                 stop.clone(),
             ),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
-            slot_metrics: telemetry::spawn_slot_metrics(slot.subscribe(), stop.clone()),
+            slot_metrics: telemetry::spawn_slot_metrics(slot.subscribe(), losses, stop.clone()),
             runs,
             control,
             board,
@@ -557,6 +619,30 @@ enum First {
     Source(Result<Result<(), SourceError>, JoinError>),
     Router(Result<Routed, JoinError>),
     Worker(WorkerJoined),
+    /// A lost slot was replaced, and its repair could not start.
+    Resync(ResyncError),
+}
+
+/// Losses of the slot the source repaired (`on_slot_lost = "resync"`),
+/// and what starting their backfills needs.
+struct Repairs {
+    losses: watch::Receiver<Option<LossReport>>,
+    runs: RunManager,
+    state: StateStore,
+}
+
+impl Repairs {
+    /// The next repaired loss (a refused one ends the source instead).
+    async fn next(&mut self) -> Option<SlotLoss> {
+        loop {
+            self.losses.changed().await.ok()?;
+            if let Some(report) = self.losses.borrow_and_update().as_ref() {
+                if report.repaired {
+                    return Some(report.loss.clone());
+                }
+            }
+        }
+    }
 }
 
 impl Stages {
@@ -592,10 +678,15 @@ impl Stages {
         &mut self,
         shutdown: &CancellationToken,
         reloader: &mut Reloader,
+        repairs: &mut Repairs,
     ) -> First {
         loop {
             tokio::select! {
+                biased;
+                // 1. Shutdown.
                 _ = shutdown.cancelled() => return First::Shutdown,
+                // 2. A stage that stopped on its own: the source first (its
+                //    error is the cause when the others stop behind it).
                 result = &mut self.source => return First::Source(result),
                 result = &mut self.router => return First::Router(result),
                 Some(joined) = self.workers.join_next() => {
@@ -606,6 +697,15 @@ impl Stages {
                     }
                     return First::Worker(joined);
                 }
+                // 3. A lost slot the source replaced: start its repair.
+                Some(loss) = repairs.next() => {
+                    if let Err(err) =
+                        resync::start_resync_backfills(&loss, &repairs.runs, &repairs.state).await
+                    {
+                        return First::Resync(err);
+                    }
+                }
+                // 4. Reload requests.
                 Some(request) = reloader.requests.recv() => {
                     reloader
                         .handle(request, &mut self.workers, &self.workers_stop, shutdown)
@@ -631,6 +731,7 @@ impl Stages {
             }
             First::Router(joined) => routed = Some(joined),
             First::Worker(joined) => failure = Some(worker_failure(joined)),
+            First::Resync(err) => failure = Some(err.into()),
         }
         // 1. Stop routing and let every worker finish its batch in flight.
         self.router_stop.cancel();

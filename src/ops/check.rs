@@ -765,7 +765,20 @@ async fn slot_findings(
 ) -> Result<(), CheckError> {
     let slot = &config.source.slot;
     let rows = TextRows::query(client, &pg_slot::watch_sql(slot)).await?;
-    let Some(row) = SlotRow::from_rows(&rows)? else {
+    let found = SlotRow::from_rows(&rows)?;
+    let server_wal: Option<Lsn> = rows.get(0, "server_wal").and_then(|v| v.parse().ok());
+    if let Some(loss) = recorded_loss(client, config, found.as_ref(), server_wal).await? {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                SLOT_LOSS,
+                format!("{loss}; walhook run refuses to stream (exit code 2)"),
+            )
+            .fix(pg_slot::LOSS_FIX),
+        );
+        return Ok(());
+    }
+    let Some(row) = found else {
         out.push(
             Finding::new(
                 Severity::Warn,
@@ -781,7 +794,6 @@ async fn slot_findings(
         );
         return Ok(());
     };
-    let server_wal: Option<Lsn> = rows.get(0, "server_wal").and_then(|v| v.parse().ok());
     let recreate = pg_slot::recreate_sql(slot);
     if row.slot_type != "logical" || row.plugin.as_deref() != Some("pgoutput") {
         out.push(
@@ -872,6 +884,58 @@ async fn slot_findings(
         ),
     ));
     Ok(())
+}
+
+/// The check name of a lost recorded slot (`walhook check` exits 2 on it).
+const SLOT_LOSS: &str = "slot_loss";
+
+/// True when a finding says the recorded slot is lost.
+pub(crate) fn slot_lost(findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| f.check == SLOT_LOSS && f.severity == Severity::Error)
+}
+
+/// The slot found judged against walhook's record of it, as `run` judges
+/// it at start; `None` when it is fine, or when there is no record to
+/// judge by (the state findings report an unreadable state schema).
+async fn recorded_loss(
+    client: &Client,
+    config: &Config,
+    found: Option<&SlotRow>,
+    server_wal: Option<Lsn>,
+) -> Result<Option<pg_slot::SlotLoss>, CheckError> {
+    let slot = &config.source.slot;
+    let record = match StateStore::for_config(config, "walhook-check").await {
+        Ok(store) => store.slot_record(slot).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let system_id: String = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let pending = record
+        .as_ref()
+        .and_then(|r| r.loss.as_ref().map(|l| l.to_loss(slot)));
+    let recorded = record.map(|r| r.identity);
+    let server = pg_slot::ServerIdentity {
+        system_id,
+        timeline: recorded.as_ref().map_or(0, |r| r.timeline),
+    };
+    match pg_slot::judge(
+        slot,
+        recorded.as_ref(),
+        found,
+        &server,
+        server_wal.unwrap_or(Lsn::ZERO),
+    ) {
+        pg_slot::Verdict::Lost(loss) => Ok(Some(loss)),
+        // A repair begun and not finished (on_slot_lost = "resync").
+        _ => Ok(pending),
+    }
 }
 
 async fn current_database(client: &Client) -> Result<String, tokio_postgres::Error> {

@@ -52,9 +52,10 @@ pub enum OpsError {
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
-    /// `walhook check` found errors (they are printed on stdout).
+    /// `walhook check` found errors (they are printed on stdout);
+    /// `slot_lost`: one is a lost slot, which restarting will not repair.
     #[error("check found {errors} error{}", if *errors == 1 { "" } else { "s" })]
-    CheckFailed { errors: usize },
+    CheckFailed { errors: usize, slot_lost: bool },
 }
 
 impl OpsError {
@@ -96,7 +97,10 @@ pub async fn check(config: &Config, opts: CheckOptions, json: bool) -> Result<()
     }
     match check::error_count(&findings) {
         0 => Ok(()),
-        errors => Err(OpsError::CheckFailed { errors }),
+        errors => Err(OpsError::CheckFailed {
+            errors,
+            slot_lost: check::slot_lost(&findings),
+        }),
     }
 }
 

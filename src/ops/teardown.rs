@@ -57,6 +57,10 @@ pub fn script(config: &Config) -> Result<String, OpsError> {
         ));
     }
     out.push_str(&format!(
+        "\n-- walhook's record of the slot (a slot dropped on purpose is not a lost one)\n{}\n",
+        crate::state::forget_slot_script_sql(schema, slot)
+    ));
+    out.push_str(&format!(
         "\n-- the state schema {schema}: dead letters and run history go with it\n\
          DROP SCHEMA IF EXISTS {} CASCADE;\n",
         quote_ident(schema)
@@ -139,6 +143,26 @@ pub(crate) async fn run(
                 report.push(format!("slot {slot}: ended walsender pid {pid}"));
             }
             report.push(format!("slot {slot}: dropped"));
+        }
+    }
+
+    // Dropped on purpose: the next start creates a slot afresh.
+    match state
+        .execute(
+            &crate::state::forget_slot_sql(&config.state.schema, slot),
+            &[],
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(_) => report.push(format!("slot {slot}: walhook's record of it forgotten")),
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                || err.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) => {}
+        Err(err) => {
+            return Err(OpsError::sql(format!(
+                "forgetting slot {slot} in the state schema"
+            ))(err))
         }
     }
 

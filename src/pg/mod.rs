@@ -32,7 +32,7 @@ pub use connect::{connect, ConnectError};
 pub use conninfo::UrlError;
 pub(crate) use quote::{quote_ident, quote_literal, quote_table, readable_ident, readable_table};
 pub(crate) use rows::TextRows;
-pub use slot::{MalformedSlot, SlotReadError};
+pub use slot::{LossKind, MalformedSlot, SlotLoss, SlotReadError};
 pub use tls::TlsError;
 
 /// A Postgres error for a human: for a server error its message, detail,

@@ -178,6 +178,182 @@ pub(crate) struct SlotWatch {
     pub(crate) error: Option<String>,
 }
 
+/// The slot walhook streams from, as walhook recorded it (the state
+/// store's `slots` table): the cluster, and the last position walhook let
+/// Postgres confirm. Written before a standby status carries a position,
+/// so Postgres never confirms more than `confirmed` for this slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SlotIdentity {
+    pub(crate) slot: String,
+    pub(crate) system_id: String,
+    pub(crate) timeline: u32,
+    pub(crate) confirmed: Lsn,
+}
+
+/// How a recorded slot was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossKind {
+    /// The slot is gone (dropped).
+    Missing,
+    /// The server invalidated it (the reason, as [`SlotRow::invalidation`]).
+    Invalidated(String),
+    /// A slot of that name exists but has confirmed more than walhook ever
+    /// let it: it was dropped and created again, not fed by walhook.
+    Replaced,
+    /// `source.url` reaches another cluster than the one recorded.
+    OtherCluster { recorded: String, found: String },
+}
+
+impl LossKind {
+    /// A label for metrics and `/status`.
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            LossKind::Missing => "missing",
+            LossKind::Invalidated(_) => "invalidated",
+            LossKind::Replaced => "replaced",
+            LossKind::OtherCluster { .. } => "other_cluster",
+        }
+    }
+}
+
+/// A recorded slot that cannot be streamed from as it was: what happened
+/// and which changes walhook can no longer stream (`after`, `through`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotLoss {
+    pub(crate) slot: String,
+    pub(crate) kind: LossKind,
+    /// The last position walhook recorded: everything up to it was delivered.
+    pub(crate) after: Lsn,
+    /// The end of what is lost, when known: a replacing slot's confirmed
+    /// position, a new slot's consistent point, else the server's WAL
+    /// position when the loss was found (it grows until a slot exists again).
+    pub(crate) through: Lsn,
+}
+
+impl std::fmt::Display for SlotLoss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slot = &self.slot;
+        let (after, through) = (self.after, self.through);
+        match &self.kind {
+            LossKind::Missing => write!(
+                f,
+                "replication slot \"{slot}\" no longer exists (it was dropped after walhook streamed from it): \
+                 the changes committed after {after} (through at least {through}) can no longer be streamed"
+            ),
+            LossKind::Invalidated(reason) => write!(
+                f,
+                "replication slot \"{slot}\" is {reason}: the changes committed after {after} \
+                 (through at least {through}) can no longer be streamed"
+            ),
+            LossKind::Replaced => write!(
+                f,
+                "replication slot \"{slot}\" is not the slot walhook streamed from: it has confirmed \
+                 {through}, but walhook only ever acknowledged up to {after}, so it was dropped and \
+                 created again; the changes committed in ({after}, {through}] are lost"
+            ),
+            LossKind::OtherCluster { recorded, found } => write!(
+                f,
+                "source.url reaches another PostgreSQL cluster (system identifier {found}) than the \
+                 one walhook streamed slot \"{slot}\" from ({recorded}); none of its changes after \
+                 {after} there can be streamed from here"
+            ),
+        }
+    }
+}
+
+/// What to do about a [`SlotLoss`] (the fix its refusals name).
+pub(crate) const LOSS_FIX: &str = "set [source] on_slot_lost = \"resync\" (walhook then \
+     creates a new slot and backfills every strategy), or accept the loss: `walhook teardown -c \
+     <config>` (drops the slot and walhook's record of it), start walhook again and re-sync the \
+     receivers with runs";
+
+impl LossKind {
+    /// The kind [`LossKind::label`] names (a recorded loss).
+    pub(crate) fn from_label(label: &str) -> LossKind {
+        match label {
+            "missing" => LossKind::Missing,
+            "replaced" => LossKind::Replaced,
+            "other_cluster" => LossKind::OtherCluster {
+                recorded: "?".into(),
+                found: "?".into(),
+            },
+            _ => LossKind::Invalidated("invalidated".into()),
+        }
+    }
+}
+
+/// What walhook may do with the slot it is about to stream from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing recorded and no slot: the first start; create it.
+    Create,
+    /// Nothing recorded, the slot exists (the setup SQL made it): use it.
+    Adopt,
+    /// The recorded slot, as recorded. `timeline` is the recorded one when
+    /// the server's changed (a failover: logged, not refused).
+    Recorded { timeline_was: Option<u32> },
+    /// Lost: refuse (or, with `on_slot_lost = "resync"`, repair).
+    Lost(SlotLoss),
+}
+
+/// Judges `found` (the slot's row, `None` when missing) on the server
+/// `server` (its WAL at `server_wal`) against what walhook recorded.
+pub(crate) fn judge(
+    slot: &str,
+    recorded: Option<&SlotIdentity>,
+    found: Option<&SlotRow>,
+    server: &ServerIdentity,
+    server_wal: Lsn,
+) -> Verdict {
+    let Some(recorded) = recorded else {
+        return match found {
+            None => Verdict::Create,
+            Some(found) => match found.invalidation() {
+                // Invalidated before walhook recorded it: lost all the same.
+                Some(reason) => {
+                    let after = found.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+                    Verdict::Lost(SlotLoss {
+                        slot: slot.to_string(),
+                        kind: LossKind::Invalidated(reason),
+                        after,
+                        through: server_wal.max(after),
+                    })
+                }
+                None => Verdict::Adopt,
+            },
+        };
+    };
+    let lost = |kind, through: Lsn| {
+        Verdict::Lost(SlotLoss {
+            slot: slot.to_string(),
+            kind,
+            after: recorded.confirmed,
+            through: through.max(recorded.confirmed),
+        })
+    };
+    if recorded.system_id != server.system_id {
+        return lost(
+            LossKind::OtherCluster {
+                recorded: recorded.system_id.clone(),
+                found: server.system_id.clone(),
+            },
+            server_wal,
+        );
+    }
+    let Some(found) = found else {
+        return lost(LossKind::Missing, server_wal);
+    };
+    if let Some(reason) = found.invalidation() {
+        return lost(LossKind::Invalidated(reason), server_wal);
+    }
+    match found.confirmed_flush_lsn {
+        Some(confirmed) if confirmed > recorded.confirmed => lost(LossKind::Replaced, confirmed),
+        _ => Verdict::Recorded {
+            timeline_was: (recorded.timeline != server.timeline).then_some(recorded.timeline),
+        },
+    }
+}
+
 /// `max_slot_wal_keep_size` in bytes, -1 when unlimited (one expression
 /// for the watcher and `check`).
 const KEEP_LIMIT_BYTES: &str = "(SELECT CASE WHEN setting::bigint < 0 THEN -1 \
@@ -280,6 +456,11 @@ pub(crate) fn create_command(slot: &str, failover: bool) -> String {
     )
 }
 
+/// `DROP_REPLICATION_SLOT "s"` (an invalidated slot, before a new one).
+pub(crate) fn drop_command(slot: &str) -> String {
+    format!("DROP_REPLICATION_SLOT {}", quote_ident(slot))
+}
+
 /// `ALTER_REPLICATION_SLOT "s" (FAILOVER)` (PostgreSQL 17+).
 pub(crate) fn alter_failover_command(slot: &str) -> String {
     format!("ALTER_REPLICATION_SLOT {} (FAILOVER)", quote_ident(slot))
@@ -378,6 +559,90 @@ mod tests {
         assert_eq!(read.keep_limit_bytes, 1 << 20);
         assert_eq!(read.server_wal, Some(Lsn(0x20)));
         assert_eq!(read.server, server);
+    }
+
+    fn slot_at(confirmed: &str) -> SlotRow {
+        let json = PG15.replace("0/1516C68", confirmed);
+        SlotRow::from_rows(&rows(&["slot"], &[Some(&json)]))
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_recorded_slot_is_judged_against_what_walhook_recorded() {
+        let server = ServerIdentity {
+            system_id: "7".into(),
+            timeline: 1,
+        };
+        let recorded = SlotIdentity {
+            slot: "s".into(),
+            system_id: "7".into(),
+            timeline: 1,
+            confirmed: Lsn(0x2000),
+        };
+        let wal = Lsn(0x9000);
+        let judge = |found: Option<&SlotRow>, server: &ServerIdentity| {
+            judge("s", Some(&recorded), found, server, wal)
+        };
+        // Nothing recorded: create, or adopt what the setup SQL made.
+        assert_eq!(super::judge("s", None, None, &server, wal), Verdict::Create);
+        assert_eq!(
+            super::judge("s", None, Some(&slot_at("0/5000")), &server, wal),
+            Verdict::Adopt
+        );
+        // Confirmed at or behind the record: the slot walhook fed.
+        for confirmed in ["0/1000", "0/2000"] {
+            assert_eq!(
+                judge(Some(&slot_at(confirmed)), &server),
+                Verdict::Recorded { timeline_was: None }
+            );
+        }
+        // A failover: a new timeline is not a loss.
+        let promoted = ServerIdentity {
+            timeline: 2,
+            ..server.clone()
+        };
+        assert_eq!(
+            judge(Some(&slot_at("0/2000")), &promoted),
+            Verdict::Recorded {
+                timeline_was: Some(1)
+            }
+        );
+        let Verdict::Lost(loss) = judge(Some(&slot_at("0/3000")), &server) else {
+            panic!("a slot past the record was not fed by walhook");
+        };
+        assert_eq!(
+            (loss.kind.clone(), loss.after, loss.through),
+            (LossKind::Replaced, Lsn(0x2000), Lsn(0x3000))
+        );
+        let text = loss.to_string();
+        assert!(text.contains("(0/2000, 0/3000]"), "{text}");
+        let Verdict::Lost(loss) = judge(None, &server) else {
+            panic!("missing");
+        };
+        assert_eq!((loss.kind, loss.through), (LossKind::Missing, wal));
+        let lost = PG15.replace("\"reserved\"", "\"lost\"");
+        let lost = SlotRow::from_rows(&rows(&["slot"], &[Some(&lost)]))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            judge(Some(&lost), &server),
+            Verdict::Lost(SlotLoss {
+                kind: LossKind::Invalidated(_),
+                ..
+            })
+        ));
+        let other = ServerIdentity {
+            system_id: "8".into(),
+            timeline: 1,
+        };
+        assert!(matches!(
+            judge(Some(&slot_at("0/1000")), &other),
+            Verdict::Lost(SlotLoss {
+                kind: LossKind::OtherCluster { .. },
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) struct Feedback {
     sent_flush: Lsn,
     last_sent: Option<Instant>,
     reply_due: bool,
+    /// The highest position recorded in the state store (the record gate):
+    /// flush never passes it. Unlimited without a gate.
+    recorded: Lsn,
 }
 
 impl Feedback {
@@ -69,7 +72,13 @@ impl Feedback {
             sent_flush: floor,
             last_sent: None,
             reply_due: false,
+            recorded: Lsn(u64::MAX),
         }
+    }
+
+    /// The state store recorded `lsn`: flush may go up to it.
+    pub(crate) fn set_recorded(&mut self, lsn: Lsn) {
+        self.recorded = lsn;
     }
 
     /// An XLogData arrived (its header positions only feed `write`).
@@ -113,15 +122,23 @@ impl Feedback {
         self.between_transactions && self.acked >= self.handed_end
     }
 
-    /// The flush position the next status will carry.
-    fn flush_target(&self) -> Lsn {
+    /// The flush position walhook would report, before the record gate,
+    /// and the part of it made of acknowledgements (the rest follows the
+    /// server's WAL end).
+    pub(crate) fn wanted(&self) -> (Lsn, Lsn) {
         let acked = self.acked.min(self.handed_end);
         let target = if self.is_idle() {
             acked.max(self.keepalive_end)
         } else {
             acked
         };
-        target.max(self.sent_flush)
+        (target.max(self.sent_flush), acked.max(self.sent_flush))
+    }
+
+    /// The flush position the next status will carry: what is wanted, up
+    /// to what is recorded.
+    fn flush_target(&self) -> Lsn {
+        self.wanted().0.min(self.recorded).max(self.sent_flush)
     }
 
     /// When the next status is due (in the past = now).
@@ -272,5 +289,27 @@ mod tests {
         assert_eq!(f.flush_target(), Lsn(7000));
         f.on_keepalive(&ka(8000, false));
         assert_eq!(f.flush_target(), Lsn(8000));
+    }
+
+    #[test]
+    fn flush_waits_for_the_record() {
+        let t0 = Instant::now();
+        let mut f = Feedback::new(t0, INTERVAL, Lsn(10), Lsn::ZERO, Lsn::ZERO);
+        f.set_recorded(Lsn(10));
+        f.take_status(t0, 0, false);
+        f.set_between_transactions(false);
+        f.on_commit_handed(Lsn(200));
+        f.on_ack(Lsn(200));
+        assert_eq!(f.wanted(), (Lsn(200), Lsn(200)));
+        // Not recorded yet: not sent, and no status hurried for it.
+        assert_eq!(f.flush_target(), Lsn(10));
+        assert_eq!(f.next_due(), t0 + INTERVAL);
+        f.set_recorded(Lsn(200));
+        assert_eq!(f.flush_target(), Lsn(200));
+        assert_eq!(f.next_due(), t0 + ACK_COALESCE);
+        // Following the WAL end is wanted, not acknowledged.
+        f.set_between_transactions(true);
+        f.on_keepalive(&ka(900, false));
+        assert_eq!(f.wanted(), (Lsn(900), Lsn(200)));
     }
 }

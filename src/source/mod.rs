@@ -28,6 +28,7 @@
 
 mod error;
 mod feedback;
+mod gate;
 mod protocol;
 mod resume;
 mod wire;
@@ -47,16 +48,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{DbError, Disposition, SourceError};
+pub use gate::GateRecorder;
+pub(crate) use gate::{Cadence, Recorded};
 pub use watcher::{CatalogQueryError, SlotWatchHandle, SlotWatcher};
 
 use crate::budget::Budget;
-use crate::config::SourceConfig;
+use crate::config::{OnSlotLost, SourceConfig};
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::{self, ConnInfo};
-use crate::pg::slot::{self as pg_slot, SlotRow};
+use crate::pg::slot::{
+    self as pg_slot, LossKind, ServerIdentity, SlotIdentity, SlotLoss, SlotRow, Verdict,
+};
 use conn::ReplConn;
 use error::sqlstate;
+use gate::Gate;
 use protocol::SystemInfo;
 use stream::Memory;
 
@@ -86,6 +92,11 @@ pub struct SourceOptions {
     /// The memory budget: a change is read from the stream only when it
     /// has room for it (the router gives the bytes back once routed).
     pub(crate) budget: Option<Budget>,
+    /// The slot as walhook recorded it (the state store's `slots` row):
+    /// the slot found is judged against it ([`pg_slot::judge`]).
+    pub(crate) recorded: Option<SlotIdentity>,
+    /// What to do when the recorded slot is lost.
+    pub(crate) on_slot_lost: OnSlotLost,
 }
 
 impl SourceOptions {
@@ -102,6 +113,8 @@ impl SourceOptions {
             channel_capacity: 1024,
             messages: false,
             budget: None,
+            recorded: None,
+            on_slot_lost: OnSlotLost::Stop,
         }
     }
 
@@ -113,6 +126,7 @@ impl SourceOptions {
             vec![source.publication.clone()],
         );
         opts.failover = source.failover;
+        opts.on_slot_lost = source.on_slot_lost;
         opts
     }
 }
@@ -129,6 +143,8 @@ impl fmt::Debug for SourceOptions {
             .field("channel_capacity", &self.channel_capacity)
             .field("messages", &self.messages)
             .field("budget", &self.budget)
+            .field("recorded", &self.recorded)
+            .field("on_slot_lost", &self.on_slot_lost)
             .finish()
     }
 }
@@ -242,7 +258,7 @@ impl Backoff {
         low + rand::rng().random_range(Duration::ZERO..=d - low)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 }
@@ -261,6 +277,19 @@ pub struct Source {
     resumed: watch::Sender<Option<Lsn>>,
     /// The connection [`Source::open_early`] is opening, for the first session.
     early: Option<JoinHandle<Result<Opened, SourceError>>>,
+    /// The record gate, when a recorder writes the slot's record.
+    gate: Option<Gate>,
+    /// The latest loss of the slot found (refused or repaired).
+    losses: watch::Sender<Option<LossReport>>,
+}
+
+/// A lost slot, as the source found it: refused (walhook stops with exit
+/// code 2), or repaired with a new slot (`on_slot_lost = "resync"`; the
+/// strategies must then be backfilled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossReport {
+    pub(crate) loss: SlotLoss,
+    pub(crate) repaired: bool,
 }
 
 /// A replication connection past IDENTIFY_SYSTEM and its settings, not yet
@@ -291,12 +320,33 @@ impl Source {
                 status,
                 resumed: watch::channel(None).0,
                 early: None,
+                gate: None,
+                losses: watch::channel(None).0,
             },
             AckHandle {
                 acked: Arc::new(ack_tx),
             },
             status_rx,
         )
+    }
+
+    /// Caps every flush position at what `recorder`'s other end has
+    /// recorded (see `gate`); the recorded position starts at `recorded`.
+    pub(crate) fn with_gate(&mut self, recorded: Lsn) -> GateRecorder {
+        let (gate, recorder) = gate::gate(recorded);
+        self.gate = Some(gate);
+        recorder
+    }
+
+    /// What walhook recorded of the slot (the state store's row): the slot
+    /// found is judged against it.
+    pub(crate) fn set_recorded(&mut self, recorded: Option<SlotIdentity>) {
+        self.opts.recorded = recorded;
+    }
+
+    /// The latest loss of the slot (`None` while there is none).
+    pub(crate) fn losses(&self) -> watch::Receiver<Option<LossReport>> {
+        self.losses.subscribe()
     }
 
     /// Where this process's stream started: the slot's confirmed position
@@ -337,6 +387,7 @@ impl Source {
             Err(e) => return Err(self.fail(e)),
         };
         let mut memory = Memory::default();
+        memory.identity = self.opts.recorded.clone();
         let mut backoff = Backoff::default();
         let mut standby_since: Option<Instant> = None;
         loop {
@@ -450,7 +501,6 @@ impl Source {
             prepared = self.prepare(info, memory) => prepared?,
         };
         let (conn, wal_sender_timeout) = prepared;
-        memory.streamed = true;
         *streaming_since = Some(Instant::now());
         if standby_since.take().is_some() {
             tracing::info!(slot = %self.opts.slot, "took over the replication slot");
@@ -477,7 +527,10 @@ impl Source {
         stream::run(
             conn,
             memory,
-            &mut self.acks,
+            stream::Upstream {
+                acks: &mut self.acks,
+                gate: self.gate.as_mut(),
+            },
             &self.status,
             wal_sender_timeout,
             stream::Downstream {
@@ -557,48 +610,94 @@ impl Source {
             target: conn.target().to_string(),
             reason: e.to_string(),
         })?;
-        match found {
-            None if memory.streamed => return Err(SourceError::SlotDropped { slot: slot.clone() }),
-            None if !self.opts.create_slot => {
-                return Err(SourceError::SlotNotFound { slot: slot.clone() })
-            }
-            None => {
-                let rows = conn
-                    .simple_query(
-                        "CREATE_REPLICATION_SLOT",
-                        &pg_slot::create_command(slot, self.opts.failover),
-                    )
-                    .await?;
-                let consistent = rows
-                    .get(0, "consistent_point")
-                    .and_then(|l| l.parse::<Lsn>().ok())
-                    .unwrap_or(Lsn::ZERO);
-                memory.floor = memory.floor.max(consistent);
-                tracing::info!(slot = %slot, consistent_point = %consistent, "created replication slot");
-            }
-            Some(found) => {
-                if found.invalidation().is_some() {
-                    return Err(SourceError::SlotLost { slot: slot.clone() });
-                }
-                if let Some(reason) = found.unusable_reason(&database) {
-                    return Err(SourceError::SlotUnusable {
-                        slot: slot.clone(),
-                        reason,
-                    });
-                }
-                if let Some(confirmed) = found.confirmed_flush_lsn {
-                    memory.floor = memory.floor.max(confirmed);
-                }
-                if self.opts.failover {
-                    // Idempotent: a synced or failover slot stays so.
-                    conn.simple_query(
-                        "ALTER_REPLICATION_SLOT",
-                        &pg_slot::alter_failover_command(slot),
-                    )
-                    .await?;
-                }
+        if let Some(row) = found.as_ref().filter(|r| r.invalidation().is_none()) {
+            if let Some(reason) = row.unusable_reason(&database) {
+                return Err(SourceError::SlotUnusable {
+                    slot: slot.clone(),
+                    reason,
+                });
             }
         }
+        let server = ServerIdentity {
+            system_id: system.system_id.clone(),
+            timeline: system.timeline,
+        };
+        let recorded_at = self.recorded_position(memory);
+        let recorded = memory.identity.clone().map(|mut id| {
+            id.confirmed = recorded_at;
+            id
+        });
+        let verdict = pg_slot::judge(
+            slot,
+            recorded.as_ref(),
+            found.as_ref(),
+            &server,
+            system.xlog_pos,
+        );
+        let found_confirmed = found
+            .as_ref()
+            .and_then(|r| r.confirmed_flush_lsn)
+            .unwrap_or(Lsn::ZERO);
+        let start = match verdict {
+            Verdict::Create => {
+                if !self.opts.create_slot {
+                    return Err(SourceError::SlotNotFound { slot: slot.clone() });
+                }
+                self.create_slot(&mut conn).await?
+            }
+            Verdict::Adopt => {
+                self.alter_failover(&mut conn).await?;
+                found_confirmed
+            }
+            Verdict::Recorded { timeline_was } => {
+                if let Some(was) = timeline_was {
+                    tracing::warn!(slot = %slot, timeline_was = was, timeline = server.timeline, "the server's timeline changed (a failover); the slot is the one walhook streamed from");
+                }
+                self.alter_failover(&mut conn).await?;
+                found_confirmed
+            }
+            Verdict::Lost(mut loss) => {
+                if self.opts.on_slot_lost == OnSlotLost::Stop {
+                    tracing::error!(slot = %slot, lost_after = %loss.after, lost_through = %loss.through, kind = loss.kind.label(), "replication slot lost; refusing to recreate it");
+                    self.losses.send_replace(Some(LossReport {
+                        loss: loss.clone(),
+                        repaired: false,
+                    }));
+                    return Err(SourceError::SlotLost(Box::new(loss)));
+                }
+                let usable = found.as_ref().is_some_and(|r| r.invalidation().is_none());
+                let start = match loss.kind {
+                    // The slot there is usable: stream from it, backfill the gap.
+                    LossKind::Replaced | LossKind::OtherCluster { .. } if usable => found_confirmed,
+                    _ => {
+                        if found.is_some() {
+                            conn.simple_query(
+                                "DROP_REPLICATION_SLOT",
+                                &pg_slot::drop_command(slot),
+                            )
+                            .await?;
+                            tracing::info!(slot = %slot, "dropped the invalidated replication slot");
+                        }
+                        self.create_slot(&mut conn).await?
+                    }
+                };
+                loss.through = loss.through.max(start);
+                tracing::warn!(slot = %slot, lost_after = %loss.after, lost_through = %loss.through, kind = loss.kind.label(), "replication slot lost; streaming from a new slot and backfilling every strategy (on_slot_lost = \"resync\")");
+                self.losses.send_replace(Some(LossReport {
+                    loss: loss.clone(),
+                    repaired: true,
+                }));
+                memory.loss = Some(loss);
+                start
+            }
+        };
+        memory.floor = memory.floor.max(start);
+        memory.identity = Some(SlotIdentity {
+            slot: slot.clone(),
+            system_id: server.system_id,
+            timeline: server.timeline,
+            confirmed: start,
+        });
 
         let start = protocol::start_replication(
             slot,
@@ -616,6 +715,52 @@ impl Source {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Source {
+    /// What Postgres may have confirmed at most: the record gate's
+    /// position, or without a gate the flush last sent.
+    fn recorded_position(&self, memory: &Memory) -> Lsn {
+        match &self.gate {
+            Some(gate) => gate.recorded().max(
+                memory
+                    .identity
+                    .as_ref()
+                    .map_or(Lsn::ZERO, |id| id.confirmed),
+            ),
+            None => memory.floor,
+        }
+    }
+
+    /// Creates the slot; returns its consistent point.
+    async fn create_slot(&self, conn: &mut ReplConn) -> Result<Lsn, SourceError> {
+        let slot = &self.opts.slot;
+        let rows = conn
+            .simple_query(
+                "CREATE_REPLICATION_SLOT",
+                &pg_slot::create_command(slot, self.opts.failover),
+            )
+            .await?;
+        let consistent = rows
+            .get(0, "consistent_point")
+            .and_then(|l| l.parse::<Lsn>().ok())
+            .unwrap_or(Lsn::ZERO);
+        tracing::info!(slot = %slot, consistent_point = %consistent, "created replication slot");
+        Ok(consistent)
+    }
+
+    /// With `failover = true`, makes the slot a failover slot (idempotent:
+    /// a synced or failover slot stays so).
+    async fn alter_failover(&self, conn: &mut ReplConn) -> Result<(), SourceError> {
+        if self.opts.failover {
+            conn.simple_query(
+                "ALTER_REPLICATION_SLOT",
+                &pg_slot::alter_failover_command(&self.opts.slot),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -237,7 +237,7 @@ fn require<'a>(rows: &'a Rows, row: usize, column: &str) -> Result<&'a str, Wire
 pub(crate) struct SystemInfo {
     pub(crate) system_id: String,
     pub(crate) timeline: u32,
-    xlog_pos: Lsn,
+    pub(crate) xlog_pos: Lsn,
     pub(crate) dbname: Option<String>,
 }
 

@@ -7,14 +7,13 @@
 //!
 //! ```text
 //!   connect (replication=database) → IDENTIFY_SYSTEM
-//!     └─ loop: select! { stop, a caller's query, read now, every 5 s: read the slot }
+//!     └─ loop: select! { stop, a caller's query, every 5 s: read the slot }
 //!          connection lost → publish the error, back off (100 ms → 5 s), reconnect
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +69,6 @@ pub struct SlotWatchHandle {
     watch: watch::Receiver<SlotWatch>,
     confirmed: watch::Receiver<Lsn>,
     queries: mpsc::Sender<Query>,
-    refresh: Arc<Notify>,
 }
 
 impl SlotWatcher {
@@ -88,7 +86,6 @@ impl SlotWatcher {
         let (tx, watch) = watch::channel(SlotWatch::default());
         let (confirmed_tx, confirmed) = watch::channel(Lsn::ZERO);
         let (queries_tx, queries) = mpsc::channel(QUERY_QUEUE);
-        let refresh = Arc::new(Notify::new());
         let task = tokio::spawn(
             Task {
                 info,
@@ -97,7 +94,6 @@ impl SlotWatcher {
                 tx,
                 confirmed: confirmed_tx,
                 queries,
-                refresh: refresh.clone(),
                 stop,
             }
             .run(),
@@ -107,7 +103,6 @@ impl SlotWatcher {
                 watch,
                 confirmed,
                 queries: queries_tx,
-                refresh,
             },
             task,
         })
@@ -136,15 +131,8 @@ impl SlotWatchHandle {
         self.confirmed.clone()
     }
 
-    /// Asks for a read now instead of at the next tick.
-    #[allow(dead_code)] // until the slot record uses it (next commit)
-    pub(crate) fn read_now(&self) {
-        self.refresh.notify_one();
-    }
-
     /// Runs one statement on the watcher's connection, between two slot
     /// reads (simple query protocol: no parameters, every value text).
-    #[allow(dead_code)] // until the slot record uses it (next commit)
     pub(crate) async fn query(
         &self,
         sql: impl Into<String>,
@@ -169,7 +157,6 @@ struct Task {
     tx: watch::Sender<SlotWatch>,
     confirmed: watch::Sender<Lsn>,
     queries: mpsc::Receiver<Query>,
-    refresh: Arc<Notify>,
     stop: CancellationToken,
 }
 
@@ -230,7 +217,6 @@ impl Task {
     async fn session(&mut self, conn: &mut ReplConn, server: ServerIdentity) -> Ended {
         let mut tick = tokio::time::interval(READ_INTERVAL);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let refresh = self.refresh.clone();
         loop {
             tokio::select! {
                 biased;
@@ -251,12 +237,7 @@ impl Task {
                         }
                     }
                 }
-                // 3. A read asked for now, or the periodic one.
-                _ = refresh.notified() => {
-                    if let Err(error) = self.read(conn, &server).await {
-                        return Ended::Lost(error);
-                    }
-                }
+                // 3. The periodic read.
                 _ = tick.tick() => {
                     if let Err(error) = self.read(conn, &server).await {
                         return Ended::Lost(error);

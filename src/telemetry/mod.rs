@@ -99,6 +99,10 @@ pub(crate) fn describe() {
         "max_slot_wal_keep_size in bytes (-1 = unlimited)."
     );
     describe_counter!(
+        SLOT_LOSSES_TOTAL,
+        "The recorded slot found lost (kind: missing, invalidated, replaced, other_cluster) and what walhook did (outcome: refused, resynced)."
+    );
+    describe_counter!(
         EVENTS_TOTAL,
         "Committed changes decoded from the replication stream, by table and operation."
     );

@@ -12,17 +12,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::names;
 use crate::pg::slot::{SlotRead, SlotWatch};
+use crate::source::LossReport;
 
 /// The values `wal_status` takes; each gets a 0/1 series.
 const WAL_STATUSES: [&str; 4] = ["reserved", "extended", "unreserved", "lost"];
 
-/// Sets the slot gauges from each read of `slot` until `shutdown`. Reads
-/// without the slot (not created yet) leave the last values.
+/// Sets the slot gauges from each read of `slot`, and counts each loss
+/// the source reports, until `shutdown`. Reads without the slot (not
+/// created yet) leave the last values.
 pub(crate) fn spawn_slot_metrics(
     mut slot: watch::Receiver<SlotWatch>,
+    mut losses: watch::Receiver<Option<LossReport>>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
+        count_loss(losses.borrow_and_update().as_ref());
         loop {
             if let Some(read) = slot.borrow_and_update().read.as_ref() {
                 record(read);
@@ -30,10 +34,26 @@ pub(crate) fn spawn_slot_metrics(
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                changed = losses.changed() => match changed {
+                    Ok(()) => count_loss(losses.borrow_and_update().as_ref()),
+                    Err(_) => break,
+                },
                 changed = slot.changed() => if changed.is_err() { break },
             }
         }
     })
+}
+
+fn count_loss(report: Option<&LossReport>) {
+    if let Some(report) = report {
+        let outcome = if report.repaired {
+            "resynced"
+        } else {
+            "refused"
+        };
+        metrics::counter!(names::SLOT_LOSSES_TOTAL, "kind" => report.loss.kind.label(), "outcome" => outcome)
+            .increment(1);
+    }
 }
 
 fn record(read: &SlotRead) {
