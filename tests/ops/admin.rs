@@ -117,6 +117,7 @@ impl Server {
             token: token.map(Secret::new),
             prom,
             console: None,
+            workers: None,
         };
         let shutdown = CancellationToken::new();
         let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
@@ -214,6 +215,7 @@ async fn health_readiness_status_and_metrics() {
             in_flight: 1,
             pause_reason: None,
             progress: Default::default(),
+            ..Default::default()
         });
     assert_eq!(
         server.get("/readyz").await,
