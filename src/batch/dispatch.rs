@@ -906,6 +906,9 @@ mod tests {
         Drained(prop::sample::Index),
     }
 
+    /// Parked rows of the model: their records and keys, by id.
+    type Rows = HashMap<i64, (Vec<(u64, u32)>, ParkKeys)>;
+
     fn park_op() -> impl Strategy<Value = ParkOp> {
         let group = prop_oneof![
             8 => (0u64..4).prop_map(Group::Key),
@@ -941,12 +944,12 @@ mod tests {
             let mut lsn = 0u64;
             let mut groups: Vec<Group> = Vec::new();
             let mut in_flight: Vec<Batch> = Vec::new();
-            let mut rows: HashMap<i64, (Vec<(u64, u32)>, ParkKeys)> = HashMap::new();
+            let mut rows: Rows = HashMap::new();
             let mut next_id = 1i64;
             let mut draining: Vec<i64> = Vec::new();
             let mut delivered: Vec<u64> = Vec::new();
-            let mut finish = |d: &mut Dispatcher, index: &mut ParkIndex, b: Batch, fail: bool,
-                              delivered: &mut Vec<u64>, rows: &mut HashMap<i64, (Vec<(u64, u32)>, ParkKeys)>,
+            let finish = |d: &mut Dispatcher, index: &mut ParkIndex, b: Batch, fail: bool,
+                              delivered: &mut Vec<u64>, rows: &mut Rows,
                               next_id: &mut i64| {
                 d.release(&b);
                 let keys = park_keys(&b);

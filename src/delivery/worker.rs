@@ -396,7 +396,8 @@ impl StrategyWorker {
             }
             // Parked rows, in order per group, while not paused or held.
             let held = self.held.borrow().is_some();
-            if !paused && !held && !(handoff.is_cancelled() && !input_open) {
+            let handed_off = handoff.is_cancelled() && !input_open;
+            if !paused && !held && !handed_off {
                 while drains.len() < self.max_in_flight {
                     let Some(id) = self.park.next_ready() else {
                         break;

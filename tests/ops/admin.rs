@@ -465,6 +465,7 @@ async fn run_refuses_a_public_admin_listen_without_a_token() {
         token: None,
         prom: walhook::telemetry::install_recorder().expect("recorder"),
         console: None,
+        workers: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(5),
@@ -512,6 +513,7 @@ async fn readiness_and_metrics_follow_a_real_source() {
         token: None,
         prom,
         console: None,
+        workers: None,
     };
     let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
         .await
