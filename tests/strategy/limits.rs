@@ -76,8 +76,8 @@ async fn a_pathological_filter_is_a_config_error_at_load_and_on_reload() {
     let after = writer.wait_more(50, "rows after the reloads").await;
     let written = writer.stop().await;
     assert!(written >= after);
-    crate::support::wait_until(WAIT, "every row at /all", || async {
-        scene.ids("all").len() as i64 >= written
+    crate::support::wait_until(WAIT, "every row at /all and /subject", || async {
+        scene.ids("all").len() as i64 >= written && scene.ids("subject").len() as i64 >= written / 2
     })
     .await;
     let mut all = scene.ids("all");
