@@ -391,7 +391,15 @@ mod tests {
         let names: Vec<&str> = tables.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(
             names,
-            ["dead_letters", "runs", "batches", "pauses", "slots"]
+            [
+                "dead_letters",
+                "runs",
+                "batches",
+                "pauses",
+                "parked",
+                "holds",
+                "slots"
+            ]
         );
         assert!(
             tables[0].1.contains(&"body".to_string()),

@@ -9,8 +9,12 @@ pub(crate) const EVENTS_MATCHED_TOTAL: &str = "walhook_events_matched_total";
 /// Counter `{strategy, op}`: changes a strategy's filter for their operation
 /// rejected (or failed on); operations without a filter are not counted.
 pub(crate) const EVENTS_FILTERED_TOTAL: &str = "walhook_events_filtered_total";
-/// Counter `{strategy}`: filter evaluations that failed (counted as not matched).
+/// Counter `{strategy}`: filter, mapping and `group_by` evaluations that
+/// failed (text compared with a number, a value the server did not send).
 pub(crate) const FILTER_ERRORS_TOTAL: &str = "walhook_filter_errors_total";
+/// Counter `{strategy}`: evaluations made unknown by a NULL (SQL's
+/// `WHERE`: not matched; mapped values null). Expected, not failures.
+pub(crate) const FILTER_NULLS_TOTAL: &str = "walhook_filter_nulls_total";
 /// Counter `{strategy, outcome}`: batches by outcome (delivered, dead_lettered).
 pub(crate) const BATCHES_TOTAL: &str = "walhook_batches_total";
 /// Counter `{strategy, status_class}`: HTTP attempts (2xx, 4xx, 5xx, error).
@@ -66,3 +70,21 @@ pub(crate) const BUFFER_BYTES: &str = "walhook_buffer_bytes";
 pub(crate) const BUFFER_LIMIT_BYTES: &str = "walhook_buffer_limit_bytes";
 /// Counter `{result}`: configuration reloads (applied, unchanged, invalid, refused).
 pub(crate) const CONFIG_RELOAD_TOTAL: &str = "walhook_config_reload_total";
+/// Gauge `{strategy}`: batches parked in `walhook.parked` (waiting to be
+/// delivered from the store; the slot has moved past them).
+pub(crate) const PARKED_BATCHES: &str = "walhook_parked_batches";
+/// Gauge `{strategy}`: records in parked batches.
+pub(crate) const PARKED_RECORDS: &str = "walhook_parked_records";
+/// Gauge `{strategy}`: bytes of parked batches' bodies.
+pub(crate) const PARKED_BYTES: &str = "walhook_parked_bytes";
+/// Gauge `{strategy}`: `max_parked_bytes`.
+pub(crate) const PARKED_LIMIT_BYTES: &str = "walhook_parked_limit_bytes";
+/// Gauge `{strategy}`: 1 while the parking bound is reached (a batch that
+/// should be parked waits, holding its strategy and the slot).
+pub(crate) const PARKING_FULL: &str = "walhook_parking_full";
+/// Counter `{strategy, reason}`: batches parked (failing: it kept failing;
+/// behind: it had to follow parked work; held: its strategy was held).
+pub(crate) const PARKED_TOTAL: &str = "walhook_parked_total";
+/// Counter `{operation}`: writes to the state store that failed (parking,
+/// dead letters, batch records, the delivery log).
+pub(crate) const STATE_ERRORS_TOTAL: &str = "walhook_state_errors_total";

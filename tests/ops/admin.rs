@@ -118,6 +118,7 @@ impl Server {
             prom,
             console: None,
             slot_watch: None,
+            workers: None,
         };
         let shutdown = CancellationToken::new();
         let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
@@ -215,6 +216,7 @@ async fn health_readiness_status_and_metrics() {
             in_flight: 1,
             pause_reason: None,
             progress: Default::default(),
+            ..Default::default()
         });
     assert_eq!(
         server.get("/readyz").await,
@@ -465,6 +467,7 @@ async fn run_refuses_a_public_admin_listen_without_a_token() {
         prom: walhook::telemetry::install_recorder().expect("recorder"),
         console: None,
         slot_watch: None,
+        workers: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(5),
@@ -513,6 +516,7 @@ async fn readiness_and_metrics_follow_a_real_source() {
         prom,
         console: None,
         slot_watch: None,
+        workers: None,
     };
     let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
         .await

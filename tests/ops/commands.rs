@@ -95,7 +95,7 @@ async fn setup_twice_then_check_is_clean() {
     assert_eq!(
         objects(&db, "s_setup").await,
         format!(
-            "public.orders,shop.items | batches,dead_letters,pauses,runs | pgoutput:logical:{db_name}"
+            "public.orders,shop.items | batches,dead_letters,holds,parked,pauses,runs | pgoutput:logical:{db_name}"
         )
     );
 
@@ -247,7 +247,7 @@ async fn check_reports_problems_with_their_fixes() {
         "error strategies[1].table: table shop.items does not exist",
         "error publication: publication pub_s_problems does not exist — fix: CREATE PUBLICATION \"pub_s_problems\" FOR TABLE \"public\".\"orders\", \"shop\".\"items\" WITH (publish_via_partition_root = true);",
         "error replica_identity: table public.orders has no replica identity (no primary key, or REPLICA IDENTITY NOTHING): in publication pub_s_problems, which publishes updates and deletes, the application's UPDATE and DELETE on it fail",
-        "— fix: choose one: (1) a primary key: ALTER TABLE public.orders ADD PRIMARY KEY (…); (2) every column as the identity: ALTER TABLE public.orders REPLICA IDENTITY FULL; (3) if walhook needs only inserts, a publication that publishes only inserts: CREATE PUBLICATION pub_s_problems FOR TABLE … WITH (publish = 'insert');",
+        "— fix: choose one: (1) a primary key: ALTER TABLE public.orders ADD PRIMARY KEY (…); (2) every column as the identity: ALTER TABLE public.orders REPLICA IDENTITY FULL; (3) if only the inserts of these tables are needed, follow them with a second walhook, its own slot and its own publication: CREATE PUBLICATION <another name> FOR TABLE … WITH (publish = 'insert'); not on publication pub_s_problems: publish applies to every table of a publication, so every other strategy on it would stop receiving updates and deletes",
         "error state: schema walhook: the state schema does not exist in database ops_problems_",
         "and role ops_plain may not create it (no CREATE on the database; walhook never needs that) — fix: run the setup SQL as an administrator (walhook setup --print-sql -c config.toml, then psql -v ON_ERROR_STOP=1 -f); or, as an administrator in database ops_problems_",
         ": CREATE SCHEMA walhook AUTHORIZATION ops_plain;",
