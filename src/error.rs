@@ -25,8 +25,9 @@ use crate::stdout_sink::StdoutError;
 
 /// Exit code for a failure at run time.
 pub const EXIT_RUNTIME: u8 = 1;
-/// Exit code for a bad configuration or usage (clap also uses 2).
-const EXIT_CONFIG: u8 = 2;
+/// Exit code for what restarting will not fix: a bad configuration or
+/// usage (clap also uses 2), a database that does not match it, a lost slot.
+pub const EXIT_CONFIG: u8 = 2;
 /// Exit code of `check --diff` when a reload would refuse the change.
 const EXIT_NEEDS_RESTART: u8 = 3;
 

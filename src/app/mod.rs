@@ -58,7 +58,7 @@ use crate::reload::{self, ReloadHandle};
 use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
 use crate::source::{
     Backoff, LossReport, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions,
-    SourceStatus,
+    SourceState, SourceStatus,
 };
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
@@ -197,7 +197,7 @@ pub async fn run_with(
         .as_ref()
         .and_then(|r| r.loss.as_ref().map(|l| l.to_loss(&config.source.slot)));
     let recorder = source.with_gate(record.as_ref().map_or(Lsn::ZERO, |r| r.identity.confirmed));
-    source.set_recorded(record.map(|r| r.identity));
+    source.set_ledger(pipeline.state.clone());
     let losses = source.losses();
     let recorder_stop = CancellationToken::new();
     let sink = match &config.state.url {
@@ -303,6 +303,26 @@ pub async fn run_with(
     let acked = source_status.borrow().acked_lsn;
     tracing::info!(acked_lsn = %acked, "walhook stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// After a failure restarting cannot fix: serves the admin API with the
+/// source `failed` and `error` (`/healthz` 200, `/readyz` 503 with it,
+/// `/status`) until `shutdown`, so an orchestrator that restarts every
+/// exited container (Kubernetes) does not restart walhook in a loop.
+pub async fn hold(
+    config: &Config,
+    error: String,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let prom = telemetry::install_recorder()?;
+    let listener = admin::bind(config.admin.listen).await?;
+    let (_status, source) = watch::channel(SourceStatus {
+        state: SourceState::Failed,
+        last_error: Some(error),
+        ..SourceStatus::default()
+    });
+    admin::serve(listener, AdminState::new(config, source, prom), shutdown).await?;
+    Ok(())
 }
 
 /// Everything built from the configuration before the slot is touched.

@@ -931,6 +931,7 @@ async fn recorded_loss(
         found,
         &server,
         server_wal.unwrap_or(Lsn::ZERO),
+        true,
     ) {
         pg_slot::Verdict::Lost(loss) => Ok(Some(loss)),
         // A repair begun and not finished (on_slot_lost = "resync").

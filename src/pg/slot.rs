@@ -298,12 +298,18 @@ pub(crate) enum Verdict {
 
 /// Judges `found` (the slot's row, `None` when missing) on the server
 /// `server` (its WAL at `server_wal`) against what walhook recorded.
+/// `shared_record`: `recorded` is the state store's row, read after the
+/// slot (every instance on the slot writes it before it acknowledges), so a
+/// slot past its position was not fed by walhook. Without it (a process's
+/// own memory, which another instance may have overtaken) only a missing
+/// or invalidated slot counts as lost.
 pub(crate) fn judge(
     slot: &str,
     recorded: Option<&SlotIdentity>,
     found: Option<&SlotRow>,
     server: &ServerIdentity,
     server_wal: Lsn,
+    shared_record: bool,
 ) -> Verdict {
     let Some(recorded) = recorded else {
         return match found {
@@ -347,7 +353,9 @@ pub(crate) fn judge(
         return lost(LossKind::Invalidated(reason), server_wal);
     }
     match found.confirmed_flush_lsn {
-        Some(confirmed) if confirmed > recorded.confirmed => lost(LossKind::Replaced, confirmed),
+        Some(confirmed) if shared_record && confirmed > recorded.confirmed => {
+            lost(LossKind::Replaced, confirmed)
+        }
         _ => Verdict::Recorded {
             timeline_was: (recorded.timeline != server.timeline).then_some(recorded.timeline),
         },
@@ -582,13 +590,28 @@ mod tests {
         };
         let wal = Lsn(0x9000);
         let judge = |found: Option<&SlotRow>, server: &ServerIdentity| {
-            judge("s", Some(&recorded), found, server, wal)
+            judge("s", Some(&recorded), found, server, wal, true)
         };
         // Nothing recorded: create, or adopt what the setup SQL made.
-        assert_eq!(super::judge("s", None, None, &server, wal), Verdict::Create);
         assert_eq!(
-            super::judge("s", None, Some(&slot_at("0/5000")), &server, wal),
+            super::judge("s", None, None, &server, wal, true),
+            Verdict::Create
+        );
+        assert_eq!(
+            super::judge("s", None, Some(&slot_at("0/5000")), &server, wal, true),
             Verdict::Adopt
+        );
+        // Only this process's memory: another instance may have moved on.
+        assert_eq!(
+            super::judge(
+                "s",
+                Some(&recorded),
+                Some(&slot_at("0/3000")),
+                &server,
+                wal,
+                false
+            ),
+            Verdict::Recorded { timeline_was: None }
         );
         // Confirmed at or behind the record: the slot walhook fed.
         for confirmed in ["0/1000", "0/2000"] {

@@ -8,6 +8,7 @@ use crate::lsn::Lsn;
 use crate::pg::conninfo::UrlError;
 use crate::pg::slot::{SlotLoss, LOSS_FIX};
 use crate::pg::tls::TlsError;
+use crate::state::StateError;
 
 /// An ErrorResponse from the server, with the fields an operator needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -130,6 +131,10 @@ pub enum SourceError {
     #[error("{0}. walhook never recreates a slot silently. Fix: {LOSS_FIX}")]
     SlotLost(Box<SlotLoss>),
 
+    /// Reading walhook's record of the slot failed (retried).
+    #[error("reading walhook's record of the slot: {0}")]
+    Record(#[source] StateError),
+
     #[error("replication slot \"{slot}\" cannot be used: {reason}")]
     SlotUnusable { slot: String, reason: String },
 
@@ -174,7 +179,8 @@ impl SourceError {
             | Io { .. }
             | Closed { .. }
             | Ended { .. }
-            | Silent { .. } => Disposition::Transient,
+            | Silent { .. }
+            | Record(_) => Disposition::Transient,
             SlotActive { .. } => Disposition::Standby,
             // The decoder lost track of a relation: a new session starts with an
             // empty cache and the server resends Relation messages.

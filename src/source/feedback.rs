@@ -157,7 +157,20 @@ impl Feedback {
         }
     }
 
+    /// The flush position last reported to the server.
+    pub(crate) fn sent_flush(&self) -> Lsn {
+        self.sent_flush
+    }
+
     /// Builds the status to send now and records it as sent.
+    ///
+    /// An answer to a reply request while the record gate holds flush
+    /// below what is wanted carries flush = apply = 0 ("not known"), so the
+    /// server's confirmed position stays put and its walsender falls back
+    /// on `write`: a walsender that is shutting down waits for a client's
+    /// flush (or, when it is invalid, its write) to reach everything it
+    /// sent, and a gate that cannot record then (the state in the server
+    /// going down) would otherwise hold the server's shutdown for ever.
     pub(crate) fn take_status(
         &mut self,
         now: Instant,
@@ -165,13 +178,15 @@ impl Feedback {
         request_reply: bool,
     ) -> StandbyStatus {
         let flush = self.flush_target();
+        let held = self.reply_due && flush == self.sent_flush && self.wanted().0 > flush;
         self.sent_flush = flush;
         self.last_sent = Some(now);
         self.reply_due = false;
+        let reported = if held { Lsn::ZERO } else { flush };
         StandbyStatus {
             write: self.received.max(flush),
-            flush,
-            apply: flush,
+            flush: reported,
+            apply: reported,
             client_time,
             reply_requested: request_reply,
         }
@@ -311,5 +326,18 @@ mod tests {
         f.set_between_transactions(true);
         f.on_keepalive(&ka(900, false));
         assert_eq!(f.wanted(), (Lsn(900), Lsn(200)));
+        let sent = f.take_status(t0 + ACK_COALESCE, 0, false);
+        assert_eq!(sent.flush, Lsn(200));
+        // A reply asked for while the gate holds flush: flush "not known",
+        // write everything received (a walsender shutting down waits for it).
+        f.on_keepalive(&ka(950, true));
+        let reply = f.take_status(t0 + ACK_COALESCE * 2, 0, false);
+        assert_eq!(
+            (reply.write, reply.flush, reply.apply),
+            (Lsn(950), Lsn::ZERO, Lsn::ZERO)
+        );
+        assert_eq!(f.sent_flush(), Lsn(200));
+        f.set_recorded(Lsn(950));
+        assert_eq!(f.take_status(t0 + INTERVAL, 0, false).flush, Lsn(950));
     }
 }

@@ -60,6 +60,7 @@ use crate::pg::conninfo::{self, ConnInfo};
 use crate::pg::slot::{
     self as pg_slot, LossKind, ServerIdentity, SlotIdentity, SlotLoss, SlotRow, Verdict,
 };
+use crate::state::StateStore;
 use conn::ReplConn;
 use error::sqlstate;
 use gate::Gate;
@@ -92,9 +93,9 @@ pub struct SourceOptions {
     /// The memory budget: a change is read from the stream only when it
     /// has room for it (the router gives the bytes back once routed).
     pub(crate) budget: Option<Budget>,
-    /// The slot as walhook recorded it (the state store's `slots` row):
-    /// the slot found is judged against it ([`pg_slot::judge`]).
-    pub(crate) recorded: Option<SlotIdentity>,
+    /// Where walhook records the slot (the state store's `slots` row):
+    /// each session judges the slot found against it ([`pg_slot::judge`]).
+    pub(crate) ledger: Option<StateStore>,
     /// What to do when the recorded slot is lost.
     pub(crate) on_slot_lost: OnSlotLost,
 }
@@ -113,7 +114,7 @@ impl SourceOptions {
             channel_capacity: 1024,
             messages: false,
             budget: None,
-            recorded: None,
+            ledger: None,
             on_slot_lost: OnSlotLost::Stop,
         }
     }
@@ -143,7 +144,7 @@ impl fmt::Debug for SourceOptions {
             .field("channel_capacity", &self.channel_capacity)
             .field("messages", &self.messages)
             .field("budget", &self.budget)
-            .field("recorded", &self.recorded)
+            .field("ledger", &self.ledger)
             .field("on_slot_lost", &self.on_slot_lost)
             .finish()
     }
@@ -338,10 +339,9 @@ impl Source {
         recorder
     }
 
-    /// What walhook recorded of the slot (the state store's row): the slot
-    /// found is judged against it.
-    pub(crate) fn set_recorded(&mut self, recorded: Option<SlotIdentity>) {
-        self.opts.recorded = recorded;
+    /// Judges the slot found against walhook's record of it in `store`.
+    pub(crate) fn set_ledger(&mut self, store: StateStore) {
+        self.opts.ledger = Some(store);
     }
 
     /// The latest loss of the slot (`None` while there is none).
@@ -387,7 +387,6 @@ impl Source {
             Err(e) => return Err(self.fail(e)),
         };
         let mut memory = Memory::default();
-        memory.identity = self.opts.recorded.clone();
         let mut backoff = Backoff::default();
         let mut standby_since: Option<Instant> = None;
         loop {
@@ -622,17 +621,31 @@ impl Source {
             system_id: system.system_id.clone(),
             timeline: system.timeline,
         };
-        let recorded_at = self.recorded_position(memory);
-        let recorded = memory.identity.clone().map(|mut id| {
-            id.confirmed = recorded_at;
-            id
-        });
+        // Held by another walsender (a standby's retry): nothing to judge,
+        // START_REPLICATION says so.
+        if found.as_ref().is_some_and(|r| r.active) && memory.identity.is_some() {
+            return self.start(conn, memory, wal_sender_timeout).await;
+        }
+        // Read after the slot: whatever another instance acknowledged
+        // meanwhile it recorded first (see `gate`).
+        let recorded = match &self.opts.ledger {
+            Some(store) => store
+                .slot_record(slot)
+                .await
+                .map_err(SourceError::Record)?
+                .map(|record| record.identity),
+            None => memory.identity.clone().map(|mut id| {
+                id.confirmed = memory.floor;
+                id
+            }),
+        };
         let verdict = pg_slot::judge(
             slot,
             recorded.as_ref(),
             found.as_ref(),
             &server,
             system.xlog_pos,
+            self.opts.ledger.is_some(),
         );
         let found_confirmed = found
             .as_ref()
@@ -699,6 +712,17 @@ impl Source {
             confirmed: start,
         });
 
+        self.start(conn, memory, wal_sender_timeout).await
+    }
+
+    /// START_REPLICATION from `memory.floor`.
+    async fn start(
+        &self,
+        mut conn: ReplConn,
+        memory: &Memory,
+        wal_sender_timeout: Duration,
+    ) -> Result<(ReplConn, Duration), SourceError> {
+        let slot = &self.opts.slot;
         let start = protocol::start_replication(
             slot,
             memory.floor,
@@ -719,20 +743,6 @@ impl Source {
 }
 
 impl Source {
-    /// What Postgres may have confirmed at most: the record gate's
-    /// position, or without a gate the flush last sent.
-    fn recorded_position(&self, memory: &Memory) -> Lsn {
-        match &self.gate {
-            Some(gate) => gate.recorded().max(
-                memory
-                    .identity
-                    .as_ref()
-                    .map_or(Lsn::ZERO, |id| id.confirmed),
-            ),
-            None => memory.floor,
-        }
-    }
-
     /// Creates the slot; returns its consistent point.
     async fn create_slot(&self, conn: &mut ReplConn) -> Result<Lsn, SourceError> {
         let slot = &self.opts.slot;

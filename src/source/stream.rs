@@ -318,13 +318,14 @@ impl Session<'_> {
             .feedback
             .take_status(Instant::now(), pg_now_micros(), request_reply);
         self.conn.send_status(&status).await?;
-        self.memory.floor = self.memory.floor.max(status.flush);
+        let flush = self.feedback.sent_flush();
+        self.memory.floor = self.memory.floor.max(flush);
         tracing::trace!(write = %status.write, flush = %status.flush, "standby status sent");
         let (received, wal_end) = self.positions();
         self.status.send_if_modified(|s| {
             let before = (s.received_lsn, s.acked_lsn, s.server_wal_end);
             s.received_lsn = received;
-            s.acked_lsn = status.flush;
+            s.acked_lsn = flush;
             s.server_wal_end = wal_end;
             before != (s.received_lsn, s.acked_lsn, s.server_wal_end)
         });

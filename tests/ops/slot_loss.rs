@@ -13,8 +13,8 @@ use walhook::lsn::Lsn;
 
 use crate::support::cluster::{add_hba_lines, exclusive_cluster};
 use crate::support::receiver::new_ids;
-use crate::support::walhook::base_config;
-use crate::support::{fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
+use crate::support::walhook::{admin_get, base_config_with_admin};
+use crate::support::{free_port, fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
 
 /// README's role (step 2): LOGIN, REPLICATION, SELECT on the table.
 async fn least_privileged_role(db: &Db, role: &str, hba: bool) {
@@ -32,25 +32,33 @@ async fn least_privileged_role(db: &Db, role: &str, hba: bool) {
     }
 }
 
-/// One strategy on `public.orders` sending every insert to `receiver`.
-fn config(url: &str, slot: &str, receiver: &Receiver, extra: &str) -> String {
+/// One strategy on `public.orders` sending every insert to `receiver`; the
+/// admin server on `port`.
+fn config(url: &str, slot: &str, port: u16, receiver: &Receiver, extra: &str) -> String {
     format!(
         "{}[endpoints.hook]\nurl = \"{}\"\n{extra}\n\n[[strategies]]\nname = \"orders\"\n\
          table = \"public.orders\"\nendpoint = \"hook\"\non_insert = \"true\"\nlinger = \"10ms\"\n",
-        base_config(url, slot, slot),
+        base_config_with_admin(url, slot, slot, port),
         receiver.url("/hook"),
     )
 }
 
 /// A database with `public.orders`, the role, and the printed setup SQL
-/// run by the administrator; the config the role runs with.
-async fn attached(db: &Db, slot: &str, receiver: &Receiver, extra: &str, hba: bool) -> String {
+/// run by the administrator; the config the role runs with (admin server
+/// on `port`).
+async fn attached(
+    db: &Db,
+    slot: &str,
+    (port, receiver): (u16, &Receiver),
+    extra: &str,
+    hba: bool,
+) -> String {
     db.psql("CREATE TABLE public.orders (id bigint PRIMARY KEY, note text)")
         .await;
     let role = format!("{slot}_app");
     least_privileged_role(db, &role, hba).await;
     let url = db.url_as(&role, &format!("pw-{role}"));
-    let config = config(&url, slot, receiver, extra);
+    let config = config(&url, slot, port, receiver, extra);
     let out = Walhook::command(&["setup", "--print-sql", "-c", "config.toml"])
         .config(&config)
         .output()
@@ -111,7 +119,7 @@ async fn check_refuses(config: &str, says: &str) {
 async fn a_slot_dropped_while_walhook_was_stopped_is_refused_at_start() {
     let db = fresh_db("sl_dropped").await;
     let receiver = Receiver::start().await;
-    let config = attached(&db, "sl_dropped", &receiver, "", true).await;
+    let config = attached(&db, "sl_dropped", (free_port(), &receiver), "", true).await;
     deliver_ten_and_stop(&db, "sl_dropped", &config, &receiver).await;
     let confirmed = db.confirmed_flush("sl_dropped").await.expect("the slot");
 
@@ -142,11 +150,43 @@ async fn a_slot_dropped_while_walhook_was_stopped_is_refused_at_start() {
     check_refuses(&config, "no longer exists").await;
 }
 
+/// `run --hold-unrecoverable` (the Kubernetes manifest's): refused the
+/// same way, but it stays up, alive and unready with the message, until
+/// SIGTERM, then exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_after_the_refusal_it_answers_unready_with_the_loss_until_sigterm() {
+    let db = fresh_db("sl_held").await;
+    let receiver = Receiver::start().await;
+    let port = free_port();
+    let config = attached(&db, "sl_held", (port, &receiver), "", true).await;
+    deliver_ten_and_stop(&db, "sl_held", &config, &receiver).await;
+    db.psql("SELECT pg_drop_replication_slot('sl_held')").await;
+
+    let mut walhook = Walhook::command(&["run", "-c", "config.toml", "--hold-unrecoverable"])
+        .config(&config)
+        .env("WALHOOK_LOG", "info")
+        .spawn();
+    wait_until(WAIT, "/readyz to report the loss", || async {
+        matches!(admin_get(port, "/readyz").await,
+            Some((503, body)) if body.contains("\"sl_held\" no longer exists"))
+    })
+    .await;
+    assert_eq!(
+        admin_get(port, "/healthz").await.map(|(code, _)| code),
+        Some(200)
+    );
+    assert!(walhook.is_running());
+    assert_eq!(slot_count(&db, "sl_held").await, "0", "no slot created");
+    walhook.signal(libc::SIGTERM);
+    let status = walhook.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(2), "{}", walhook.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_dropped_and_recreated_by_hand_is_refused_naming_the_lost_range() {
     let db = fresh_db("sl_replaced").await;
     let receiver = Receiver::start().await;
-    let config = attached(&db, "sl_replaced", &receiver, "", true).await;
+    let config = attached(&db, "sl_replaced", (free_port(), &receiver), "", true).await;
     deliver_ten_and_stop(&db, "sl_replaced", &config, &receiver).await;
 
     db.psql("INSERT INTO public.orders SELECT g, 'while stopped' FROM generate_series(11, 110) g")
@@ -190,7 +230,7 @@ async fn kill_9_and_restart_with_a_writer_running_is_not_refused() {
         std::time::Duration::from_millis(50),
         std::time::Duration::from_millis(300),
     );
-    let config = attached(&db, "sl_kill", &receiver, "", true).await
+    let config = attached(&db, "sl_kill", (free_port(), &receiver), "", true).await
         + "ordering = \"key\"\nmax_in_flight = 8\nbatch_size = 5\n";
     let mut walhook = Walhook::run(&config).spawn();
     walhook.wait_streaming(&db, "sl_kill").await;
@@ -259,7 +299,7 @@ async fn a_slot_invalidated_with_the_endpoint_down_stops_walhook_and_a_restart_r
     let config = attached(
         &db,
         "sl_invalid",
-        &receiver,
+        (free_port(), &receiver),
         "retry = { max_attempts = 0, initial = \"50ms\", max = \"200ms\" }",
         false,
     )
