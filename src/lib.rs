@@ -81,6 +81,7 @@
 pub mod admin;
 pub mod app;
 pub mod batch;
+pub(crate) mod backfill;
 pub(crate) mod budget;
 pub mod checkpoint;
 pub mod cluster;
