@@ -80,8 +80,8 @@
 
 pub mod admin;
 pub mod app;
-pub mod batch;
 pub(crate) mod backfill;
+pub mod batch;
 pub(crate) mod budget;
 pub mod checkpoint;
 pub mod cluster;

@@ -23,6 +23,7 @@
 
 mod auth;
 mod dead_letters;
+mod runs;
 mod ui;
 
 use std::net::SocketAddr;
@@ -247,6 +248,8 @@ pub struct RunRequest {
     pub limit: Option<u64>,
     /// Which rows (`?filter=EXPR`, `row.<col>`/`new.<col>`); `None` = all.
     pub(crate) filter: Option<String>,
+    /// Start at this primary key (`?from=`), its columns as text.
+    pub(crate) from: Option<Vec<Option<String>>>,
 }
 
 /// How an on-demand run was answered.
@@ -287,6 +290,22 @@ pub trait Control: Send + Sync + 'static {
         Box::pin(async move {
             Err(ControlError::Unavailable(format!(
                 "cancelling run {id} is not supported in this process"
+            )))
+        })
+    }
+    /// Pauses a run after the chunk it is reading (`POST /runs/{id}/pause`).
+    fn pause_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "pausing run {id} is not supported in this process"
+            )))
+        })
+    }
+    /// Resumes a paused run (`POST /runs/{id}/resume`).
+    fn resume_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "resuming run {id} is not supported in this process"
             )))
         })
     }
@@ -458,6 +477,8 @@ fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/runs", post(start_run))
         .route("/runs", get(ui::list_runs))
         .route("/runs/{id}", get(run).delete(cancel_run))
+        .route("/runs/{id}/pause", post(runs::pause_run))
+        .route("/runs/{id}/resume", post(runs::resume_run))
         .route("/dead-letters", get(list_dead_letters))
         .route(
             "/dead-letters/{id}",
@@ -772,12 +793,13 @@ async fn retry(
     Ok(Json(json!({ "strategy": name, "retrying": woken })).into_response())
 }
 
-/// `?mode=sync|async&limit=N&filter=EXPR`.
+/// `?mode=sync|async&limit=N&filter=EXPR&from=KEY`.
 #[derive(Debug, serde::Deserialize)]
 struct RunParams {
     mode: Option<RunMode>,
     limit: Option<u64>,
     filter: Option<String>,
+    from: Option<String>,
 }
 
 async fn start_run(
@@ -803,10 +825,18 @@ async fn start_run(
             format!("bad limit: use 0 to {}", i64::MAX),
         ));
     }
+    let from = match &params.from {
+        None => None,
+        Some(text) => {
+            text_param("from", text, MAX_FILTER_BYTES)?;
+            Some(runs::parse_key(text).map_err(|e| self::text(StatusCode::BAD_REQUEST, e))?)
+        }
+    };
     let request = RunRequest {
         mode: params.mode,
         limit: params.limit,
         filter: params.filter.filter(|f| !f.trim().is_empty()),
+        from,
     };
     match control
         .start_run(&name, request)

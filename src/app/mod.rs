@@ -39,6 +39,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError, AdminState, Console, WorkerStatuses};
+use crate::backfill::{self, Backfills};
 use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::{self, Checkpoint};
@@ -50,8 +51,8 @@ use crate::delivery::{
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError};
 use crate::reload::{self, ReloadHandle};
-use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
-use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceStatus};
+use crate::runs::{spawn_pause_sync, AppControl, Merge, RunManager, ScheduleBoard};
+use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
     self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError, SchemaProblem,
@@ -140,7 +141,8 @@ pub async fn run_with(
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);
     opts.budget = Some(budget.clone());
-    opts.messages = config.strategies.iter().any(|s| s.messages.is_some());
+    // Logical messages: the outbox strategies', and the runs' watermarks.
+    opts.messages = true;
     let capacity = opts.channel_capacity;
     let (mut source, ack, source_status) = Source::new(opts);
     let (reload_handle, requests) = reload::channel(reload.path.as_deref());
@@ -186,7 +188,7 @@ pub async fn run_with(
         confirmed,
         resumed_from: source.resumed_from(),
     };
-    let workers = Workers::start(&config, &pipeline, &context)?;
+    let (workers, backfills) = Workers::start(&config, &pipeline, &context)?;
     let services = Services::start(
         &config,
         &pipeline,
@@ -220,7 +222,8 @@ pub async fn run_with(
         capacity,
         Router::new(routes, checkpoint)
             .with_budget(budget)
-            .with_reroutes(reroutes),
+            .with_reroutes(reroutes)
+            .with_backfills(backfills),
         workers.tasks,
         workers.stop,
     );
@@ -364,14 +367,17 @@ struct Workers {
     stop: CancellationToken,
     live: Vec<LiveStrategy>,
     handles: WorkerHandles,
+    /// How runs merge into the workers' streams (the router has the other end).
+    merge: Merge,
 }
 
 impl Workers {
+    /// The workers, and the router's end of the runs' backfills.
     fn start(
         config: &Config,
         pipeline: &Pipeline,
         context: &WorkerContext,
-    ) -> Result<Workers, AppError> {
+    ) -> Result<(Workers, Backfills), AppError> {
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let mut live = Vec::new();
@@ -406,12 +412,22 @@ impl Workers {
             telemetry::register_strategy(&cfg.name, &schedules);
         }
         let handles = WorkerHandles::new(live.iter().map(|l| l.entry(false)).collect());
-        Ok(Workers {
-            tasks,
-            stop,
-            live,
-            handles,
-        })
+        let (backfills, handle) = backfill::channel();
+        let merge = Merge {
+            backfills: handle,
+            checkpoint: context.checkpoint.clone(),
+            workers: handles.clone(),
+        };
+        Ok((
+            Workers {
+                tasks,
+                stop,
+                live,
+                handles,
+                merge,
+            },
+            backfills,
+        ))
     }
 }
 
@@ -426,6 +442,7 @@ struct Services {
     board: ScheduleBoard,
     console: Arc<Console>,
     pause_sync: JoinHandle<()>,
+    resume_runs: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     slot_watch: JoinHandle<()>,
 }
@@ -447,7 +464,8 @@ impl Services {
             pipeline.endpoints.clone(),
             pipeline.state.clone(),
             config.source.url.expose().to_string(),
-        );
+        )
+        .with_merge(workers.merge.clone());
         let replay_targets = workers
             .live
             .iter()
@@ -490,6 +508,7 @@ impl Services {
                 applied,
                 stop.clone(),
             ),
+            resume_runs: spawn_resume_runs(runs.clone(), source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_watch: telemetry::spawn_slot_watch(
                 Secret::new(config.source.url.expose()),
@@ -509,9 +528,38 @@ impl Services {
         let _ = self.admin.await;
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.pause_sync.await;
+        let _ = self.resume_runs.await;
         let _ = self.upkeep.await;
         let _ = self.slot_watch.await;
     }
+}
+
+/// Each time this instance starts streaming (at start, or when a standby
+/// takes over), resumes the runs walhook.runs holds as unfinished and
+/// starts the first backfills not done yet. Ends at `stop`.
+fn spawn_resume_runs(
+    runs: RunManager,
+    mut source: watch::Receiver<SourceStatus>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streaming = false;
+        loop {
+            let now = source.borrow_and_update().state == SourceState::Streaming;
+            if now && !streaming {
+                runs.resume_stored().await;
+                runs.start_initial().await;
+            }
+            streaming = now;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = source.changed() => if changed.is_err() {
+                    return;
+                },
+            }
+        }
+    })
 }
 
 /// Each endpoint's stats handle, for the console.

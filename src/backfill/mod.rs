@@ -5,4 +5,11 @@
 //! at that watermark which of the chunk's rows go into the strategy's stream
 //! there (see [`window`]).
 
+mod registry;
 pub(crate) mod window;
+
+pub(crate) use registry::{
+    channel, BackfillHandle, Backfills, ChunkOutcome, ChunkRow, Emission, SegmentId, Watermark,
+    PREFIX,
+};
+pub(crate) use window::{encode_key, RowVersion, SnapshotInfo};

@@ -49,7 +49,9 @@ pub(crate) fn encode_key<'a>(columns: impl IntoIterator<Item = Option<&'a [u8]>>
     for column in columns {
         match column {
             Some(bytes) => {
-                out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes());
+                out.extend_from_slice(
+                    &u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_le_bytes(),
+                );
                 out.extend_from_slice(bytes);
             }
             None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
@@ -205,7 +207,8 @@ impl Segment {
         }
     }
 
-    /// How many keys it remembers (for memory accounting and tests).
+    /// How many keys it remembers.
+    #[cfg(test)]
     pub(crate) fn remembered(&self) -> usize {
         self.latest.len()
     }
@@ -284,7 +287,10 @@ mod tests {
         assert_eq!(widen(10, epoch + 20), epoch + 10);
         assert_eq!(widen(30, epoch + 20), epoch + 30);
         assert_eq!(widen(u32::MAX - 5, epoch + 20), epoch - 6);
-        assert_eq!(widen(5, epoch + u64::from(u32::MAX) - 2), epoch + (1 << 32) + 5);
+        assert_eq!(
+            widen(5, epoch + u64::from(u32::MAX) - 2),
+            epoch + (1 << 32) + 5
+        );
     }
 
     #[test]
@@ -304,9 +310,18 @@ mod tests {
         seg.changed(key(2), 60); // newer than the chunk's
         let snapshot = SnapshotInfo::parse("55:61:60").expect("parses");
         let rows = vec![
-            RowVersion { key: key(1), xmin: 50 },
-            RowVersion { key: key(2), xmin: 51 },
-            RowVersion { key: key(3), xmin: 7 },
+            RowVersion {
+                key: key(1),
+                xmin: 50,
+            },
+            RowVersion {
+                key: key(2),
+                xmin: 51,
+            },
+            RowVersion {
+                key: key(3),
+                xmin: 7,
+            },
         ];
         assert_eq!(
             seg.decide(&rows, &snapshot),
@@ -323,7 +338,13 @@ mod tests {
         let mut seg = Segment::new(vec![40, 41]);
         let snapshot = SnapshotInfo::parse("41:45:41").expect("parses");
         assert_eq!(
-            seg.decide(&[RowVersion { key: key(1), xmin: 3 }], &snapshot),
+            seg.decide(
+                &[RowVersion {
+                    key: key(1),
+                    xmin: 3
+                }],
+                &snapshot
+            ),
             Decision::Retry { wait_for: vec![41] }
         );
         let later = SnapshotInfo::parse("45:45:").expect("parses");
@@ -619,7 +640,10 @@ mod tests {
                         let versions: Vec<RowVersion> = chunk
                             .rows
                             .iter()
-                            .map(|(k, _, x)| RowVersion { key: key(*k), xmin: *x })
+                            .map(|(k, _, x)| RowVersion {
+                                key: key(*k),
+                                xmin: *x,
+                            })
                             .collect();
                         match seg.decide(&versions, &chunk.snapshot) {
                             Decision::Emit { keep } => {
@@ -646,11 +670,9 @@ mod tests {
                 if !bf.started {
                     db.wal.push(Wal::Start);
                     bf.started = true;
-                } else if bf
-                    .wait_for
-                    .iter()
-                    .all(|x| *x <= u64::from(db.next_xid) && db.running().all(|r| u64::from(r) != *x))
-                {
+                } else if bf.wait_for.iter().all(|x| {
+                    *x <= u64::from(db.next_xid) && db.running().all(|r| u64::from(r) != *x)
+                }) {
                     bf.wait_for.clear();
                     let chunk = read_chunk(&db, bf.after, bf.size);
                     chunks.push(chunk);

@@ -283,6 +283,7 @@ pub(crate) fn build_into(
         let _ = serde_json::to_writer(&mut out, value);
     }
     out.push(b'}');
+    let replies = decorate.replies(&keys);
 
     Batch {
         strategy: strategy.clone(),
@@ -298,7 +299,7 @@ pub(crate) fn build_into(
         headers: decoration.headers,
         query: decoration.query,
         decorate_error,
-        replies: decorate.replies(),
+        replies,
     }
 }
 

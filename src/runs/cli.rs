@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::manager::{RunError, RunManager};
+use super::manager::{Ask, RunManager};
+use super::plan::RunError;
 use super::progress::Progress;
 use crate::config::Config;
 use crate::delivery::{build_endpoints, EndpointError};
@@ -97,8 +98,11 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
     let result = manager
         .run_to_end(
             &opts.strategy,
-            opts.filter,
-            opts.limit,
+            Ask {
+                filter: opts.filter,
+                limit: opts.limit,
+                from: None,
+            },
             Arc::new(move |p: &Progress| watcher.update(p)),
         )
         .await;
@@ -323,7 +327,7 @@ impl Drop for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::manager::Counts;
+    use crate::runs::plan::Counts;
 
     fn hidden() -> (Shown, ProgressBar) {
         let bar = ProgressBar::hidden();

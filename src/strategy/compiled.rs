@@ -9,8 +9,10 @@ use metrics::Counter;
 
 use super::expr::{describe, resolve, BatchValues, Expr, Image, MessageValues, Resolved};
 use super::StrategyError;
+use std::sync::Arc;
+
 use crate::batch::payload::{MessageRecord, Meta};
-use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord};
+use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord, ReplyLog};
 use crate::config::{Config, ExprRole, FilterOp, Ordering, RecordShape, TableName, Template};
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
@@ -100,6 +102,9 @@ pub struct CompiledStrategy {
     query: Vec<Part>,
     body: Vec<Part>,
     counters: Counters,
+    /// Sync runs merged into this strategy's stream, keeping the answers
+    /// to the batches that hold their records.
+    taps: std::sync::Mutex<Vec<Arc<ReplyLog>>>,
 }
 
 impl CompiledStrategy {
@@ -237,6 +242,7 @@ impl CompiledStrategy {
             query,
             body,
             counters,
+            taps: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -476,9 +482,32 @@ impl CompiledStrategy {
     }
 }
 
+impl CompiledStrategy {
+    /// Keeps the endpoint's answers to batches holding records `log` watches.
+    pub(crate) fn tap(&self, log: Arc<ReplyLog>) {
+        self.taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(log);
+    }
+
+    /// Stops keeping answers for `log`.
+    pub(crate) fn untap(&self, log: &Arc<ReplyLog>) {
+        self.taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !Arc::ptr_eq(t, log));
+    }
+}
+
 impl Decorate for CompiledStrategy {
     fn record_shape(&self) -> RecordShape {
         self.record_shape
+    }
+
+    fn replies(&self, records: &[(crate::lsn::Lsn, u32)]) -> Option<Arc<ReplyLog>> {
+        let taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.iter().find(|log| log.watches(records)).cloned()
     }
 
     fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String> {

@@ -5,8 +5,8 @@
 
 mod api;
 mod cli;
+mod reader;
 mod schedule;
-mod snapshot;
 
 use serde_json::Value;
 
