@@ -2,7 +2,7 @@
 //! on one million synthetic insert events of a ten-column table, three ways,
 //! and prints events per second:
 //!
-//! 1. walhook's `EventContext` (columns converted lazily, per event, only
+//! 1. walhook's `EventScope` (columns converted lazily, per event, only
 //!    when the expression reads them),
 //! 2. a `HashMapContext` filled per event with the two referenced columns
 //!    (the alternative the strategy stage rejected),
@@ -96,7 +96,7 @@ fn main() {
         .filter(|e| expr.matches(e) == Ok(true))
         .count();
     report(
-        "EventContext (lazy, per referenced column)",
+        "EventScope (lazy, per referenced column)",
         N,
         matched,
         start,
