@@ -37,6 +37,8 @@ use crate::strategy::referenced_columns;
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a run looks at its delivery while it waits.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
+/// Chunks a run reads ahead of its delivery.
+const MAX_AHEAD: usize = 4;
 /// How often a running run writes its counts.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
 
@@ -265,8 +267,10 @@ async fn merged(
         if let Err(e) = delivery_blocked(plan, merge) {
             break Err(e);
         }
-        if !reading {
-            if in_stream.is_empty() {
+        // At most MAX_AHEAD chunks in the stream and not yet delivered: what
+        // a restart reads again, and what waits in memory.
+        if !reading || in_stream.len() >= MAX_AHEAD {
+            if !reading && in_stream.is_empty() {
                 break Ok(());
             }
             if let Err(e) = guarded(plan, cx, tokio::time::sleep(TICK)).await {
@@ -449,14 +453,20 @@ async fn collect_delivered(
         c.failed = done.failed;
     });
     if let Some(after) = after {
-        let mut counts = plan.live.get();
-        // What a resumed run counts on from: the chunks after this one are read again.
+        let live = plan.live.get();
+        // What a resumed run counts on from: the chunks after this one are
+        // read again.
+        let mut counts = live;
         counts.sent = counts.delivered;
         let stored = Stored {
             after: Some(after),
             counts,
         };
-        if let Err(e) = cx.state.record_run_progress(plan.id, &stored).await {
+        if let Err(e) = cx
+            .state
+            .record_run_progress(plan.id, &stored, &serde_json::json!(live))
+            .await
+        {
             tracing::warn!(run = plan.id, error = %e, "cannot store the run's progress in walhook.runs; after a restart it reads again from the last stored chunk");
         }
     }

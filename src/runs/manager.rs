@@ -524,6 +524,7 @@ impl RunManager {
         plan.live.update(|c| {
             *c = Counts {
                 read: counts.read,
+                reread: counts.reread + counts.read.saturating_sub(plan.resume.counts.read),
                 ..plan.resume.counts
             }
         });

@@ -179,6 +179,9 @@ pub(crate) struct Counts {
     pub(crate) batches: u64,
     /// Chunks read (each in a transaction of its own).
     pub(crate) chunks: u64,
+    /// Rows read again after a restart: read after the last chunk whose
+    /// records were all delivered, before walhook stopped.
+    pub(crate) reread: u64,
     /// About how many rows the run will read (capped by its limit), once
     /// it began; `None` when unknown.
     pub(crate) estimate: Option<u64>,

@@ -55,18 +55,23 @@ impl StateStore {
         Ok(())
     }
 
-    /// Stores how far a run got: it resumes from here after a restart.
+    /// Stores how far a run got (it resumes from here after a restart)
+    /// and its counts.
     pub(crate) async fn record_run_progress(
         &self,
         id: i64,
         progress: &impl serde::Serialize,
+        counts: &Value,
     ) -> Result<(), StateError> {
         let text = serde_json::to_string(progress).unwrap_or_default();
         self.client()
             .await?
             .execute(
-                &*self.sql("UPDATE walhook.runs SET progress = $2::text::jsonb WHERE id = $1"),
-                &[&id, &text],
+                &*self.sql(
+                    "UPDATE walhook.runs SET progress = $2::text::jsonb, counts = $3::text::jsonb \
+                     WHERE id = $1",
+                ),
+                &[&id, &text, &counts.to_string()],
             )
             .await
             .map_err(StateError::query(
