@@ -250,6 +250,9 @@ pub struct RunRequest {
     pub(crate) filter: Option<String>,
     /// Start at this primary key (`?from=`), its columns as text.
     pub(crate) from: Option<Vec<Option<String>>>,
+    /// `POST /strategies/{name}/backfill` (`walhook run-strategy`): an
+    /// operator's run, whatever `on_demand` allows API callers.
+    pub(crate) operator: bool,
 }
 
 /// How an on-demand run was answered.
@@ -475,6 +478,7 @@ fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/resume", post(resume))
         .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
+        .route("/strategies/{name}/backfill", post(start_backfill))
         .route("/runs", get(ui::list_runs))
         .route("/runs/{id}", get(run).delete(cancel_run))
         .route("/runs/{id}/pause", post(runs::pause_run))
@@ -803,10 +807,31 @@ struct RunParams {
 }
 
 async fn start_run(
+    state: State<AdminState>,
+    name: Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    start(state, name, headers, params, false).await
+}
+
+/// `POST /strategies/{name}/backfill`: what `walhook run-strategy` asks of
+/// the walhook that streams; an async run `on_demand` does not gate.
+async fn start_backfill(
+    state: State<AdminState>,
+    name: Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    start(state, name, headers, params, true).await
+}
+
+async fn start(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+    operator: bool,
 ) -> Reply {
     let control = control(&state, &headers)?;
     text_param("strategy name", &name, MAX_NAME_BYTES)?;
@@ -829,14 +854,19 @@ async fn start_run(
         None => None,
         Some(text) => {
             text_param("from", text, MAX_FILTER_BYTES)?;
-            Some(runs::parse_key(text).map_err(|e| self::text(StatusCode::BAD_REQUEST, e))?)
+            Some(crate::runs::parse_key(text).map_err(|e| self::text(StatusCode::BAD_REQUEST, e))?)
         }
     };
     let request = RunRequest {
-        mode: params.mode,
+        mode: if operator {
+            Some(RunMode::Async)
+        } else {
+            params.mode
+        },
         limit: params.limit,
         filter: params.filter.filter(|f| !f.trim().is_empty()),
         from,
+        operator,
     };
     match control
         .start_run(&name, request)

@@ -266,6 +266,7 @@ impl Control for AppControl {
                     RunMode::Async
                 });
             let trigger = match mode {
+                _ if request.operator => Trigger::Cli,
                 RunMode::Sync => Trigger::Sync,
                 RunMode::Async => Trigger::Async,
             };

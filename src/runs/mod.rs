@@ -27,10 +27,15 @@ mod progress;
 mod reader;
 pub(crate) mod schedule;
 
-pub use cli::{run_strategy, CliError, LogWriter, ProgressDisplay, RunStrategyOptions};
+pub use cli::{
+    run_strategy, runs_command, CliError, LogWriter, ProgressDisplay, RunStrategyOptions,
+    RunsAction,
+};
 pub(crate) use control::{spawn_pause_sync, AppControl};
 pub(crate) use execute::Merge;
 pub(crate) use manager::RunManager;
 pub use plan::RunError;
-pub use reader::{Chunk, ChunkRow, KeyText, SnapshotError, Start, TableReader, COUNT_UP_TO_BYTES};
+pub use reader::{
+    parse_key, Chunk, ChunkRow, KeyText, SnapshotError, Start, TableReader, COUNT_UP_TO_BYTES,
+};
 pub(crate) use schedule::ScheduleBoard;

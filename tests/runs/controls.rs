@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use super::copy::{copy_of, differences, Scene};
+use super::copy::{copy_of, differences, Scene, Writer};
 use super::{call, wait_finished, TOKEN};
 use crate::support::browser::Browser;
-use crate::support::{wait_until, WAIT};
+use crate::support::{wait_until, Walhook, WAIT};
 
 /// Chunks of 500 rows, at most 2,000 rows a second: a run over 20,000 rows
 /// lasts about ten seconds, long enough to be caught part-way.
@@ -45,7 +45,10 @@ async fn a_run_pauses_stays_paused_across_a_restart_resumes_and_the_copy_is_exac
     let walhook = scene.start().await;
     let id = start_run(&scene).await;
     wait_until(WAIT, "the run part-way", || async {
-        get(&scene, id).await["counts"]["delivered"].as_u64().unwrap_or(0) >= 1000
+        get(&scene, id).await["counts"]["delivered"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1000
     })
     .await;
     let (status, body) = call("POST", &scene.admin, &format!("/runs/{id}/pause")).await;
@@ -84,12 +87,19 @@ async fn a_run_pauses_stays_paused_across_a_restart_resumes_and_the_copy_is_exac
     assert_eq!(run["state"], "succeeded", "{run}\n{}", walhook.stderr());
     scene.caught_up().await;
     let (stale, back, missing) = differences(&copy_of(&scene.hook), &scene.table().await);
-    assert_eq!((stale, back, missing), (0, 0, 0), "the copy equals the table");
+    assert_eq!(
+        (stale, back, missing),
+        (0, 0, 0),
+        "the copy equals the table"
+    );
 
     // A run that is running when walhook stops goes on after the restart.
     let id = start_run(&scene).await;
     wait_until(WAIT, "the second run part-way", || async {
-        get(&scene, id).await["counts"]["delivered"].as_u64().unwrap_or(0) >= 1000
+        get(&scene, id).await["counts"]["delivered"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1000
     })
     .await;
     walhook.stop().await;
@@ -156,5 +166,72 @@ async fn the_console_pauses_resumes_and_cancels_runs() {
         .await;
     assert_eq!(wait_finished(&scene.admin, id).await["state"], "cancelled");
     browser.close().await;
+    walhook.stop().await;
+}
+
+/// `walhook runs -c config.toml ARGS` until it exits: (exit code, stdout, stderr).
+async fn runs_cli(scene: &Scene, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<&str> = ["runs", "-c", "config.toml"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let out = Walhook::command(&args).config(&scene.config).output().await;
+    (out.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+/// `walhook run-strategy` while a walhook streams the slot: the run is
+/// started in that walhook (merged into its stream) and followed there;
+/// `walhook runs` lists, pauses, resumes it; the copy ends exact under a writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_strategy_beside_a_running_walhook_runs_there_and_walhook_runs_controls_it() {
+    let scene = Scene::new("runs_cli_there", 20_000, SLOW).await;
+    let walhook = scene.start().await;
+    let writer = Writer::start(&scene.db, 20_000, 3_000).await;
+    let mut cli = Walhook::command(&["run-strategy", "copy", "-c", "config.toml"])
+        .config(&scene.config)
+        .spawn();
+    let id = std::cell::Cell::new(0);
+    wait_until(WAIT, "the CLI's run listed by walhook runs", || async {
+        let (code, stdout, _) = runs_cli(&scene, &[]).await;
+        let list: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+        let found = list["runs"].as_array().and_then(|runs| {
+            runs.iter()
+                .find(|r| r["trigger"] == "cli" && r["state"] == "running")
+                .and_then(|r| r["id"].as_i64())
+        });
+        if let Some(found) = found {
+            id.set(found);
+        }
+        code == 0 && found.is_some()
+    })
+    .await;
+    let id = id.get().to_string();
+    let (code, stdout, stderr) = runs_cli(&scene, &["pause", &id]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    wait_until(WAIT, "the run paused", || async {
+        let (_, stdout, _) = runs_cli(&scene, &["show", &id]).await;
+        serde_json::from_str::<Value>(&stdout).is_ok_and(|r| r["state"] == "paused")
+    })
+    .await;
+    let (code, stdout, stderr) = runs_cli(&scene, &["resume", &id]).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let status = cli.wait_exit(WAIT).await;
+    assert_eq!(status.code(), Some(0), "{}{}", cli.stdout(), cli.stderr());
+    assert!(
+        cli.stdout().contains(&format!("run {id} succeeded")),
+        "{}",
+        cli.stdout()
+    );
+    assert_eq!(writer.finish().await, 3_000);
+    scene.caught_up().await;
+    let (stale, back, missing) = differences(&copy_of(&scene.hook), &scene.table().await);
+    assert_eq!(
+        (stale, back, missing),
+        (0, 0, 0),
+        "the copy equals the table"
+    );
+    let (code, _, stderr) = runs_cli(&scene, &["cancel", "999999"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no run 999999"), "{stderr}");
     walhook.stop().await;
 }

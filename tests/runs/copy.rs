@@ -262,7 +262,9 @@ async fn run_beside_the_writer(scene: &Scene, mode: &str) -> Value {
             let answer: Value = serde_json::from_str(&body).expect("JSON");
             assert_eq!(answer["state"], "succeeded", "{answer}");
             assert!(
-                answer["responses"].as_array().is_some_and(|r| !r.is_empty()),
+                answer["responses"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty()),
                 "the endpoint's answers: {answer}"
             );
             let id = answer["run_id"].as_i64().expect("run_id");
@@ -380,7 +382,9 @@ async fn a_run_killed_twice_continues_from_its_last_chunk_and_the_copy_ends_exac
     );
     assert!(
         // Four chunks of 2,000 ahead of delivery, at each of two kills.
-        run["counts"]["reread"].as_u64().is_some_and(|r| r <= 2 * 4 * 2000),
+        run["counts"]["reread"]
+            .as_u64()
+            .is_some_and(|r| r <= 2 * 4 * 2000),
         "at most the chunks in the stream at each kill are read again: {run}"
     );
     assert_exact(&scene, &run, "kill -9 twice").await;
