@@ -8,7 +8,7 @@
 //! the endpoint answers in 50–300 ms and fails some requests with 503.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,9 +181,8 @@ pub(crate) fn live_records_inside_the_run(hook: &Receiver) -> usize {
 }
 
 /// A writer committing single-row transactions on random rows: updates,
-/// deletes and (re-)inserts, until stopped or `total` transactions.
+/// deletes and (re-)inserts, `total` transactions.
 pub(crate) struct Writer {
-    stop: Arc<AtomicBool>,
     done: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -193,12 +192,11 @@ impl Writer {
         let client = walhook::pg::connect(&db.url(), "copy-writer")
             .await
             .expect("writer connects");
-        let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn({
-            let (stop, done) = (stop.clone(), done.clone());
+            let done = done.clone();
             async move {
-                while !stop.load(Ordering::SeqCst) && done.load(Ordering::SeqCst) < total {
+                while done.load(Ordering::SeqCst) < total {
                     let (kind, id, value) = {
                         let mut rng = rand::rng();
                         (
@@ -221,7 +219,7 @@ impl Writer {
                 }
             }
         });
-        Writer { stop, done, task }
+        Writer { done, task }
     }
 
     /// Transactions committed so far.
@@ -233,11 +231,6 @@ impl Writer {
     pub(crate) async fn finish(self) -> u64 {
         self.task.await.expect("writer task");
         self.done.load(Ordering::SeqCst)
-    }
-
-    pub(crate) async fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::SeqCst);
-        self.finish().await
     }
 }
 
