@@ -1,7 +1,7 @@
 -- walhook state schema.
 --
--- walhook keeps a little state in its own schema: dead letters,
--- on-demand/scheduled runs, paused strategies, and the boundaries of batches it has sent but
+-- walhook keeps a little state in its own schema: dead letters, parked
+-- batches, on-demand/scheduled runs, paused and held strategies, and the boundaries of batches it has sent but
 -- Postgres has not yet been told are delivered. By default the schema is
 -- `walhook` in the source database; `[state] url` and `[state] schema` put it
 -- elsewhere. Everything here is idempotent (CREATE ... IF NOT EXISTS):
@@ -98,6 +98,48 @@ ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
 CREATE TABLE IF NOT EXISTS :"state_schema".pauses (
     strategy    text        PRIMARY KEY,  -- the [[strategies]] name
     paused_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Parked batches (DESIGN.md "Parking"): a batch that kept failing, stored
+-- with its exact body and ids, and the batches that must wait behind it to
+-- keep the strategy's order (the later records of its keys under
+-- ordering = "key", every later record under ordering = "commit"). The
+-- slot is acknowledged past them; walhook retries them from here, in id
+-- order per key, with the same backoff and webhook-id, and deletes each
+-- row once delivered (or moves it to dead_letters when its retry policy
+-- says so). A per-strategy byte bound (max_parked_bytes) makes walhook
+-- block, never drop, when reached.
+CREATE TABLE IF NOT EXISTS :"state_schema".parked (
+    id                bigserial   PRIMARY KEY,  -- the order rows were parked in (and are delivered in, per key)
+    strategy          text        NOT NULL,     -- the [[strategies]] name
+    batch_id          text        NOT NULL,     -- batch.id / webhook-id
+    first_lsn         pg_lsn      NOT NULL,     -- commit LSN of its first record
+    last_lsn          pg_lsn      NOT NULL,     -- commit LSN of its last record
+    records           text        NOT NULL,     -- every record id ("<commit LSN>:<index>", runs as "<lsn>:<first>-<last>")
+    size              integer     NOT NULL,     -- how many records
+    group_keys        bigint[]    NOT NULL,     -- the group keys it holds (ordering = "key"; one key under "commit")
+    all_groups        boolean     NOT NULL,     -- it holds every group (a truncate)
+    key_hash          bigint      NOT NULL,     -- which hashing made group_keys (another build reads them as all_groups)
+    body              bytea       NOT NULL,     -- the exact request body (as sent and signed)
+    first_commit_time bigint      NOT NULL,     -- commit time of its first record, microseconds since 1970
+    reason            text        NOT NULL,     -- failing (it failed), behind (waits behind failing work), held
+    attempts          integer     NOT NULL DEFAULT 0,  -- delivery attempts so far
+    last_status       integer,                  -- HTTP status of the last attempt; NULL = no response
+    last_error        text,                     -- why the last attempt failed (never a secret)
+    last_attempt_at   timestamptz,              -- when it was last attempted
+    parked_at         timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX IF NOT EXISTS parked_strategy_idx
+    ON :"state_schema".parked (strategy, id);
+
+-- Strategies held (everything they get is parked until they are released),
+-- e.g. while their table's schema changed. Like pauses, a hold outlives
+-- restarts and failover.
+CREATE TABLE IF NOT EXISTS :"state_schema".holds (
+    strategy    text        PRIMARY KEY,  -- the [[strategies]] name
+    reason      text        NOT NULL,     -- why it is held (shown in /status)
+    held_at     timestamptz NOT NULL DEFAULT now()
 );
 
 -- What the role walhook runs as needs here, and nothing more. (ALL TABLES

@@ -23,8 +23,9 @@
 //!
 //! Invariants:
 //! - A WAL position is acknowledged to Postgres only after every strategy has
-//!   delivered (or dead-lettered) every change committed before it. A crash
-//!   therefore loses nothing; it can only repeat.
+//!   delivered, dead-lettered or durably parked (`walhook.parked`, retried
+//!   from there) every change committed before it. A crash therefore loses
+//!   nothing; it can only repeat.
 //! - What may repeat: changes delivered but not yet confirmed by Postgres
 //!   when the process died. Every record keeps its id (`<commit LSN>:<index>`);
 //!   each batch's records are stored before its first attempt and re-formed
@@ -50,13 +51,14 @@
 //!   order per group and batch boundaries, the one payload writer),
 //!   `delivery/` (endpoints built from the configuration in `endpoints.rs`,
 //!   the sender, auth and OAuth2, signing, TLS, retry decisions, endpoint
-//!   protection, the per-strategy worker and its handles, replay),
+//!   protection, the per-strategy worker, one batch's attempts, parking,
+//!   the worker's handles, replay),
 //!   `checkpoint/` (the acked position, the ordered finaliser, the slot's
 //!   confirmed position), `budget.rs` (the process-wide byte budget).
 //! - Homes the stages share: `pg/` (connection strings, TLS, SQL
 //!   connections, quoting, error descriptions, catalog queries), `state/`
-//!   (the one store for walhook's own schema: dead letters, batch
-//!   boundaries, runs, pauses), `config/` (the file as data: parsing, `${VAR}`
+//!   (the one store for walhook's own schema: dead letters, parked
+//!   batches, batch boundaries, runs, pauses, holds), `config/` (the file as data: parsing, `${VAR}`
 //!   interpolation, validation; it imports no other module), `telemetry/`
 //!   (metric names, the recorder), `lsn.rs`, `timestamp.rs` (Postgres
 //!   times, the one RFC 3339 formatter).

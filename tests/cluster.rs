@@ -187,7 +187,8 @@ async fn setup_and_teardown_scripts_create_and_drop_what_they_say() {
         .unwrap();
     assert_eq!(
         grants,
-        "batches:postgres:true,dead_letters:postgres:true,pauses:postgres:true,runs:postgres:true"
+        "batches:postgres:true,dead_letters:postgres:true,holds:postgres:true,parked:postgres:true,\
+         pauses:postgres:true,runs:postgres:true"
     );
     cluster
         .psql(

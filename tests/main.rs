@@ -19,6 +19,7 @@ mod delivery;
 mod demo;
 mod deploy;
 mod ops;
+mod parking;
 mod payload_schema;
 mod pg;
 mod pipeline;

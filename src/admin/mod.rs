@@ -23,6 +23,7 @@
 
 mod auth;
 mod dead_letters;
+mod parking;
 mod runs;
 mod ui;
 
@@ -47,7 +48,7 @@ pub(crate) use ui::Console;
 pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, StrategyStatus as WorkerStatus, WorkerHandles};
+use crate::delivery::{DeliveryState, EntryKind, StrategyStatus as WorkerStatus, WorkerHandles};
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
@@ -71,29 +72,72 @@ pub enum AdminError {
 }
 
 /// What a strategy is doing, for `/status` and `/readyz`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StrategyState {
     /// Delivering (or idle).
+    #[default]
     Running,
     /// Paused by the API: it queues and holds the slot.
     Paused,
     /// Its last attempt failed and it is retrying (or blocked): not ready.
     Failing,
+    /// Work is parked and being delivered from the store (nothing fails now).
+    Parked,
+    /// The parking bound is reached: it holds its strategy and the slot.
+    Blocked,
+    /// Held: everything it gets is parked until released.
+    Held,
 }
 
 impl StrategyState {
+    /// A strategy's state with a draining worker of its own in `other`:
+    /// paused and held stay what they are (the operator's doing), otherwise
+    /// the worse of the two.
+    fn with_draining(self, other: StrategyState) -> StrategyState {
+        let rank = |s: StrategyState| match s {
+            StrategyState::Running => 0,
+            StrategyState::Parked => 1,
+            StrategyState::Failing => 2,
+            StrategyState::Blocked => 3,
+            StrategyState::Paused | StrategyState::Held => 4,
+        };
+        match self {
+            StrategyState::Paused | StrategyState::Held => self,
+            _ if rank(other) > rank(self) && rank(other) < 4 => other,
+            _ => self,
+        }
+    }
+
     /// The lower-case name used in JSON.
     fn as_str(self) -> &'static str {
         match self {
             StrategyState::Running => "running",
             StrategyState::Paused => "paused",
             StrategyState::Failing => "failing",
+            StrategyState::Parked => "parked",
+            StrategyState::Blocked => "blocked",
+            StrategyState::Held => "held",
         }
     }
 }
 
+/// A strategy's parked work, for `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ParkingStatus {
+    /// Batches, records and body bytes in `walhook.parked`.
+    pub parked_batches: u64,
+    pub parked_records: u64,
+    pub parked_bytes: u64,
+    /// `max_parked_bytes` (0: the strategy does not park).
+    pub limit_bytes: u64,
+    /// The bound is reached: a batch that should be parked waits.
+    pub full: bool,
+    /// Why the strategy is held, if it is.
+    pub held: Option<String>,
+}
+
 /// One strategy's status.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StrategyStatus {
     /// The `[[strategies]]` name.
     pub name: String,
@@ -113,6 +157,12 @@ pub struct StrategyStatus {
     pub pause_reason: Option<&'static str>,
     /// Counters and position, for rates and lag.
     pub progress: DeliveryProgress,
+    /// Parked work.
+    pub parking: ParkingStatus,
+    /// The last state-store write that failed (cleared by the next success).
+    pub state_error: Option<String>,
+    /// Workers a reload replaced that still deliver what they were given.
+    pub draining: Vec<StrategyStatus>,
 }
 
 /// Supplies strategy status on demand. Implemented for closures
@@ -142,19 +192,35 @@ impl WorkerStatuses {
 }
 
 impl StatusSource for WorkerStatuses {
+    /// One entry per strategy; a worker a reload replaced that still
+    /// delivers what it was given is shown inside its strategy's entry
+    /// (`draining`), and the strategy is no healthier than it.
     fn strategies(&self) -> Vec<StrategyStatus> {
-        self.0
-            .list()
-            .iter()
-            .map(|entry| {
-                let mut worker = entry.status.snapshot();
-                // The switch itself: a worker waiting for the source (a
-                // standby) has not looked at it yet.
-                worker.pause_reason = entry.pause.reason();
-                worker.paused = worker.pause_reason.is_some();
-                StrategyStatus::of_worker(&entry.name, &worker)
-            })
-            .collect()
+        let mut out: Vec<StrategyStatus> = Vec::new();
+        let mut draining = Vec::new();
+        for entry in self.0.list() {
+            let mut worker = entry.status.snapshot();
+            // The switch itself: a worker waiting for the source (a
+            // standby) has not looked at it yet.
+            worker.pause_reason = entry.pause.reason();
+            worker.paused = worker.pause_reason.is_some();
+            let status = StrategyStatus::of_worker(&entry.name, &worker);
+            if entry.kind == EntryKind::Draining {
+                draining.push(status);
+            } else {
+                out.push(status);
+            }
+        }
+        for old in draining {
+            match out.iter_mut().find(|s| s.name == old.name) {
+                Some(main) => {
+                    main.state = main.state.with_draining(old.state);
+                    main.draining.push(old);
+                }
+                None => out.push(old),
+            }
+        }
+        out
     }
 }
 
@@ -165,7 +231,10 @@ impl StrategyStatus {
             name: name.to_string(),
             state: match worker.state {
                 _ if worker.paused => StrategyState::Paused,
+                _ if worker.held.is_some() => StrategyState::Held,
+                _ if worker.park_full => StrategyState::Blocked,
                 DeliveryState::Retrying | DeliveryState::Blocked => StrategyState::Failing,
+                _ if worker.parked_batches > 0 => StrategyState::Parked,
                 DeliveryState::Idle | DeliveryState::Delivering | DeliveryState::Stopped => {
                     StrategyState::Running
                 }
@@ -182,6 +251,16 @@ impl StrategyStatus {
                 last_lag: worker.last_lag,
                 delivered_lsn: worker.delivered_lsn,
             },
+            parking: ParkingStatus {
+                parked_batches: worker.parked_batches,
+                parked_records: worker.parked_records,
+                parked_bytes: worker.parked_bytes,
+                limit_bytes: worker.park_limit_bytes,
+                full: worker.park_full,
+                held: worker.held.clone(),
+            },
+            state_error: worker.state_error.clone(),
+            draining: Vec::new(),
         }
     }
 }
@@ -370,6 +449,9 @@ pub struct AdminState {
     /// The console's masked configuration and endpoint stats; `None` =
     /// `/config` and `/endpoints` show nothing.
     pub console: Option<Arc<dyn ConsoleSource>>,
+    /// The delivery workers (holds, parked work); `None` = those
+    /// endpoints answer 503.
+    pub workers: Option<WorkerHandles>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -400,7 +482,14 @@ impl AdminState {
             token: config.admin.token.clone(),
             prom,
             console: Some(Arc::new(Console::new(config, Vec::new()))),
+            workers: None,
         }
+    }
+
+    /// Sets the delivery workers' handles (holds, parked work).
+    pub(crate) fn with_workers(mut self, workers: WorkerHandles) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// Sets what the console shows beyond `/status` (by default the masked
@@ -490,6 +579,7 @@ fn router(state: AdminState) -> Router {
         )
         .route("/dead-letters/{id}/replay", post(replay_dead_letter))
         .route("/config/reload", post(reload_config))
+        .merge(parking::routes())
         .merge(ui::routes())
         .layer(axum::middleware::from_fn(ui::no_store))
         .with_state(state)
@@ -621,6 +711,18 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "dead_lettered_records": s.progress.dead_lettered_records,
                 "lag_bytes": lag_bytes,
                 "lag_seconds": lag_seconds,
+                "parked": s.parking,
+                "state_error": s.state_error,
+                "delivered_lsn": s.progress.delivered_lsn.to_string(),
+                "draining": s.draining.iter().map(|d| json!({
+                    "state": d.state.as_str(),
+                    "attempts": d.attempts,
+                    "last_error": d.last_error,
+                    "in_flight": d.in_flight,
+                    "queue_records": d.queue_records,
+                    "delivered_lsn": d.progress.delivered_lsn.to_string(),
+                    "parked": d.parking,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -1019,6 +1121,7 @@ mod tests {
             in_flight: 1,
             pause_reason: None,
             progress: DeliveryProgress::default(),
+            ..Default::default()
         }
     }
 
@@ -1072,6 +1175,7 @@ mod tests {
             delivered_lsn: Lsn::ZERO,
             paused,
             pause_reason: paused.then_some(crate::delivery::PauseReason::EndpointGone),
+            ..Default::default()
         };
         let cases = [
             (DeliveryState::Idle, false, StrategyState::Running),

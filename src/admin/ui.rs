@@ -289,6 +289,7 @@ mod tests {
                 last_lag: Some(Duration::from_millis(1500)),
                 delivered_lsn: Lsn(0x200),
             },
+            ..Default::default()
         }
     }
 

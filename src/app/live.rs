@@ -13,8 +13,8 @@ use crate::checkpoint::Checkpoint;
 use crate::config::StrategyConfig;
 use crate::delivery::worker::DEFAULT_QUEUE_CAPACITY;
 use crate::delivery::{
-    Boundaries, DeliveryError, Endpoint, PauseHandle, RetryHandle, StatusHandle, StrategyWorker,
-    WorkerEntry, WorkerOptions,
+    Boundaries, DeliveryError, Endpoint, EntryKind, HoldHandle, PauseHandle, RetryHandle,
+    SettingsHandle, StatusHandle, StrategyWorker, WorkerEntry, WorkerOptions,
 };
 use crate::lsn::Lsn;
 use crate::state::StateStore;
@@ -40,6 +40,12 @@ pub(crate) struct LiveStrategy {
     pub(crate) status: StatusHandle,
     pub(crate) pause: PauseHandle,
     pub(crate) retry: RetryHandle,
+    pub(crate) hold: HoldHandle,
+    /// Its endpoint, retry policy and templates, changed under it by a
+    /// reload that replaces it while it still drains.
+    pub(crate) settings: SettingsHandle,
+    /// Cancelled when a worker replacing it takes its parked work over.
+    pub(crate) handoff: CancellationToken,
     /// Cancelled when its worker has ended.
     pub(crate) finished: CancellationToken,
 }
@@ -55,14 +61,17 @@ impl LiveStrategy {
         )
     }
 
-    /// Its handles for the admin API; `removed` for a strategy a reload removed.
-    pub(crate) fn entry(&self, removed: bool) -> WorkerEntry {
+    /// Its handles for the admin API: a live worker, or one a reload
+    /// retired that still delivers what it was given.
+    pub(crate) fn entry(&self, kind: EntryKind) -> WorkerEntry {
         WorkerEntry {
             name: self.name.clone(),
             status: self.status.clone(),
             pause: self.pause.clone(),
             retry: self.retry.clone(),
-            removed: removed.then(|| self.finished.clone()),
+            hold: self.hold.clone(),
+            kind,
+            finished: (kind != EntryKind::Live).then(|| self.finished.clone()),
         }
     }
 }
@@ -86,9 +95,9 @@ pub(crate) struct Start<'a> {
     pub(crate) slot: usize,
     /// Started by a reload (not with the stream).
     pub(crate) by_reload: bool,
-    /// The worker of the same strategy this one replaces: its pause switch
-    /// and the token cancelled when it has ended.
-    pub(crate) replacing: Option<(PauseHandle, CancellationToken)>,
+    /// The worker of the same strategy this one replaces: its pause switch,
+    /// its retry-now button and the token cancelled when it has ended.
+    pub(crate) replacing: Option<(PauseHandle, RetryHandle, CancellationToken)>,
 }
 
 impl std::fmt::Debug for Start<'_> {
@@ -131,11 +140,12 @@ impl WorkerContext {
             shutdown_timeout: SHUTDOWN_TIMEOUT,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
         })?;
+        worker = worker.with_parking(cfg.max_parked_bytes as u64);
         if start.by_reload {
             worker = worker.started_by_reload();
         }
-        if let Some((pause, after)) = start.replacing {
-            worker = worker.replacing(pause, after);
+        if let Some((pause, retry, after)) = start.replacing {
+            worker = worker.replacing(pause, retry, after);
         }
         let finished = CancellationToken::new();
         let live = LiveStrategy {
@@ -147,6 +157,9 @@ impl WorkerContext {
             status: worker.status(),
             pause: worker.pause_handle(),
             retry: worker.retry_handle(),
+            hold: worker.hold_handle(),
+            settings: worker.settings_handle(),
+            handoff: worker.handoff(),
             finished: finished.clone(),
         };
         let name = cfg.name.clone();

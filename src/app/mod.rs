@@ -411,7 +411,11 @@ impl Workers {
             let schedules: Vec<&str> = cfg.schedules.iter().map(|s| s.name()).collect();
             telemetry::register_strategy(&cfg.name, &schedules);
         }
-        let handles = WorkerHandles::new(live.iter().map(|l| l.entry(false)).collect());
+        let handles = WorkerHandles::new(
+            live.iter()
+                .map(|l| l.entry(crate::delivery::EntryKind::Live))
+                .collect(),
+        );
         let (backfills, handle) = backfill::channel();
         let merge = Merge {
             backfills: handle,
@@ -493,6 +497,7 @@ impl Services {
         let console = Arc::new(Console::new(config, endpoint_stats(&pipeline.endpoints)));
         let mut admin_state = AdminState::new(config, source_status.clone(), prom.clone())
             .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
+            .with_workers(workers.handles.clone())
             .with_control(control.clone())
             .with_console(console.clone());
         // Connects on the first request: nothing waits for it at start.

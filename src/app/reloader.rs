@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::live::{LiveStrategy, Start, WorkerContext, WorkerEnd};
 use crate::admin::Console;
 use crate::config::Config;
-use crate::delivery::{build_endpoints, Endpoint, ReplayTarget, WorkerHandles};
+use crate::delivery::{build_endpoints, Endpoint, EntryKind, ReplayTarget, WorkerHandles};
 use crate::lsn::Lsn;
 use crate::pg;
 use crate::reload::{self, Outcome, Plan, ReloadRequest, ReloadResult, Requests};
@@ -28,7 +28,8 @@ use crate::telemetry;
 #[derive(Debug)]
 struct Retiring {
     slot: usize,
-    /// Listed in `/status` while it drains (a removed strategy).
+    /// Listed in `/status` while it drains (none for a worker of an
+    /// abandoned reload, which was given nothing).
     entry: Option<crate::delivery::WorkerEntry>,
 }
 
@@ -144,7 +145,7 @@ impl Reloader {
             );
         }
         if let Some(entry) = retired.entry {
-            tracing::info!(strategy = %entry.name, "removed strategy delivered what it was given and stopped");
+            tracing::info!(strategy = %entry.name, "retired worker delivered what it was given and stopped");
         }
         self.publish_handles();
         true
@@ -174,7 +175,7 @@ impl Reloader {
     }
 
     fn publish_handles(&self) {
-        let mut entries: Vec<_> = self.live.iter().map(|l| l.entry(false)).collect();
+        let mut entries: Vec<_> = self.live.iter().map(|l| l.entry(EntryKind::Live)).collect();
         entries.extend(self.retiring.iter().filter_map(|r| r.entry.clone()));
         self.handles.set(entries);
     }
@@ -319,7 +320,7 @@ impl Reloader {
                     finished.cancelled().await;
                     open.cancel();
                 });
-                (l.pause.clone(), gate.clone())
+                (l.pause.clone(), l.retry.clone(), gate.clone())
             });
             let retry = new
                 .endpoint_of(cfg)
@@ -401,11 +402,33 @@ impl Reloader {
         };
         // Only this loop still holds the old queues: dropping them lets the
         // old workers deliver what they hold and end.
+        // A replaced worker still delivering what it was given does so with
+        // the new endpoint, retry policy and templates from its next
+        // attempt on, and leaves its parked work to its successor; it is
+        // listed (and can be acted on) until it ends.
         for retired in old.into_iter().flatten() {
-            let removed = !live.iter().any(|l| l.name == retired.name);
+            let successor = live.iter().find(|l| l.name == retired.name);
+            let kind = match successor {
+                Some(next) => {
+                    let retry = new
+                        .strategies
+                        .iter()
+                        .find(|s| s.name == next.name)
+                        .and_then(|cfg| new.endpoint_of(cfg))
+                        .map(|e| e.retry.clone())
+                        .unwrap_or_default();
+                    let decorate: Arc<dyn crate::batch::Decorate> = next.compiled.clone();
+                    retired
+                        .settings
+                        .update(next.endpoint.clone(), retry, decorate, &retired.pause);
+                    retired.handoff.cancel();
+                    EntryKind::Draining
+                }
+                None => EntryKind::Removed,
+            };
             self.retiring.push(Retiring {
                 slot: retired.slot,
-                entry: removed.then(|| retired.entry(true)),
+                entry: Some(retired.entry(kind)),
             });
         }
         self.live = live;

@@ -25,6 +25,19 @@
 //!   not full keeps filling while the endpoint is busy, as it would if it
 //!   waited its turn.
 //!
+//! Parking ([`Dispatcher::park`]): records of a group that has parked work
+//! (rows of `walhook.parked`, see `batch::park`) must follow it, so once
+//! they are free (nothing of their group in flight or waiting ahead) they
+//! go to the park lane instead: sealed into batches of their own (never
+//! mixed with live records, so a batch is wholly one or the other) that
+//! the worker stores behind the parked work instead of sending. Such a
+//! batch counts as in flight while it is stored, and once sealed its
+//! groups count as parked. A record holding several groups parks them
+//! all. Park-lane batches wait [`PARK_LINGER`] to fill: they are not sent
+//! now, and fewer, fuller rows drain faster. When the last parked row of
+//! a group is gone ([`Dispatcher::unpark`]) its records go live again.
+//! [`Dispatcher::hold`] sends every new record to the park lane.
+//!
 //! Batches sent before a restart ([`Stored`]): Postgres streams their
 //! records again (everything after the slot's confirmed position), and they
 //! are re-formed with exactly the records they had, so they carry the same
@@ -40,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::park::ParkKeys;
 use super::payload::{self, Batch, RecordKey};
 use super::{Decorate, Group, QueuedRecord};
 use crate::budget::Charge;
@@ -50,6 +64,18 @@ use crate::lsn::Lsn;
 const BODIES_KEPT: usize = 2;
 /// Bytes a kept body may have beyond `max_batch_bytes` (the envelope).
 const BODY_SLACK: usize = 64 * 1024;
+/// The least a park-lane batch waits to fill (see the module doc).
+pub(crate) const PARK_LINGER: Duration = Duration::from_secs(1);
+
+/// Where a sealed batch goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// Sent to the endpoint.
+    #[default]
+    Live,
+    /// Stored behind the strategy's parked work (see the module doc).
+    Park,
+}
 
 /// Batching limits of one strategy.
 #[derive(Debug, Clone)]
@@ -146,6 +172,22 @@ pub(crate) struct Dispatcher {
     /// Records free to go, in order (a prefix forms the next batch).
     eligible: VecDeque<u64>,
     eligible_bytes: usize,
+    /// Records free to go to the park lane, in order.
+    park_eligible: VecDeque<u64>,
+    park_eligible_bytes: usize,
+    /// Parked rows (stored, or sealed for storing) per group key, and
+    /// those holding every group.
+    parked: HashMap<u64, u32>,
+    parked_all: u32,
+    /// Every record goes to the park lane ([`Dispatcher::hold`]).
+    held: bool,
+    /// Keys of park-eligible records not sealed yet: later records of
+    /// them follow them to the park lane.
+    park_pending: HashSet<u64>,
+    /// Keys of live-eligible records not sealed yet: a later record of
+    /// one of them must not go to the park lane before it is sealed (the
+    /// park could deliver it first).
+    live_pending: HashSet<u64>,
     /// Groups a new record must wait for: in flight, or held by a record
     /// waiting ahead of it or by a stored batch.
     blocked: HashSet<u64>,
@@ -201,6 +243,13 @@ impl Dispatcher {
             next_seq: 0,
             eligible: VecDeque::new(),
             eligible_bytes: 0,
+            park_eligible: VecDeque::new(),
+            park_eligible_bytes: 0,
+            parked: HashMap::new(),
+            parked_all: 0,
+            held: false,
+            park_pending: HashSet::new(),
+            live_pending: HashSet::new(),
             blocked: HashSet::new(),
             blocked_all: false,
             in_flight: HashMap::new(),
@@ -314,9 +363,9 @@ impl Dispatcher {
             .retain(|s| s.last().is_some_and(|(lsn, _)| lsn >= end_lsn));
     }
 
-    /// The next batch to send, if one may go now; call it while a slot is
-    /// free. `flush` sends what is pending without waiting for `linger` (the
-    /// queue has ended).
+    /// The next batch to send (or to park, see [`Lane`]), if one may go
+    /// now; call it while a slot is free. `flush` sends what is pending
+    /// without waiting for `linger` (the queue has ended).
     pub(crate) fn next(&mut self, now: Instant, flush: bool) -> Next {
         if flush {
             for stored in &mut self.restored {
@@ -331,28 +380,104 @@ impl Dispatcher {
         } else if self.unscanned.is_some() && !self.full() {
             self.scan();
         }
-        let Some(front) = self.eligible.front().and_then(|s| self.entries.get(s)) else {
-            return Next::Wait(None);
-        };
-        let due = front.arrived + self.opts.linger;
-        if !(self.full() || flush || now >= due) {
-            return Next::Wait(Some(due));
+        let mut wait = None;
+        for lane in [Lane::Live, Lane::Park] {
+            let Some(due) = self.due(lane) else {
+                continue;
+            };
+            if self.lane_full(lane) || flush || now >= due {
+                let seqs = self.take(lane);
+                return Next::Batch(Box::new(self.seal(seqs)));
+            }
+            wait = Some(wait.map_or(due, |w: Instant| w.min(due)));
         }
+        Next::Wait(wait)
+    }
+
+    /// When the lane's oldest eligible record has waited its linger.
+    fn due(&self, lane: Lane) -> Option<Instant> {
+        let (queue, linger) = match lane {
+            Lane::Live => (&self.eligible, self.opts.linger),
+            Lane::Park => (&self.park_eligible, self.opts.linger.max(PARK_LINGER)),
+        };
+        let front = queue.front().and_then(|s| self.entries.get(s))?;
+        Some(front.arrived + linger)
+    }
+
+    /// Takes the longest prefix of the lane's eligible records that fits a batch.
+    fn take(&mut self, lane: Lane) -> Vec<u64> {
         let mut seqs = Vec::new();
         let mut bytes = 0usize;
-        while let Some(&seq) = self.eligible.front() {
+        loop {
+            let (queue, queued_bytes) = match lane {
+                Lane::Live => (&mut self.eligible, &mut self.eligible_bytes),
+                Lane::Park => (&mut self.park_eligible, &mut self.park_eligible_bytes),
+            };
+            let Some(&seq) = queue.front() else {
+                break;
+            };
             let len = self.entries.get(&seq).map_or(0, |e| e.record.json.len());
             if seqs.len() >= self.opts.batch_size
                 || (!seqs.is_empty() && bytes + len > self.opts.max_batch_bytes)
             {
                 break;
             }
-            self.eligible.pop_front();
-            self.eligible_bytes = self.eligible_bytes.saturating_sub(len);
+            queue.pop_front();
+            *queued_bytes = queued_bytes.saturating_sub(len);
             bytes += len;
             seqs.push(seq);
         }
-        Next::Batch(Box::new(self.seal(seqs)))
+        seqs
+    }
+
+    /// A row holding these keys was parked (a batch of this strategy that
+    /// failed, or one found in the store at start): records of its groups
+    /// go to the park lane until it is gone.
+    pub(crate) fn park(&mut self, keys: &ParkKeys) {
+        for key in &keys.keys {
+            *self.parked.entry(*key).or_default() += 1;
+        }
+        if keys.all {
+            self.parked_all += 1;
+        }
+        self.dirty = true;
+    }
+
+    /// A parked row holding these keys is gone (delivered or dead-lettered).
+    pub(crate) fn unpark(&mut self, keys: &ParkKeys) {
+        for key in &keys.keys {
+            if let Some(n) = self.parked.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.parked.remove(key);
+                }
+            }
+        }
+        if keys.all {
+            self.parked_all = self.parked_all.saturating_sub(1);
+        }
+        self.dirty = true;
+    }
+
+    /// While held, every record goes to the park lane.
+    pub(crate) fn hold(&mut self, held: bool) {
+        if self.held != held {
+            self.held = held;
+            self.dirty = true;
+        }
+    }
+
+    /// True when records of `group` must follow parked work.
+    fn is_parked(&self, group: Group) -> bool {
+        if self.held || self.parked_all > 0 {
+            return true;
+        }
+        match group {
+            Group::All => !self.parked.is_empty() || !self.park_pending.is_empty(),
+            g => g
+                .keys()
+                .any(|k| self.parked.contains_key(&k) || self.park_pending.contains(&k)),
+        }
     }
 
     /// While a batch is in flight (chained): the next batch, if a full one
@@ -445,6 +570,7 @@ impl Dispatcher {
         match group {
             Group::All => {
                 self.eligible.is_empty()
+                    && self.park_eligible.is_empty()
                     && self.blocked.is_empty()
                     && (self.chained || self.in_flight_batches == 0)
             }
@@ -461,10 +587,17 @@ impl Dispatcher {
         }
     }
 
-    /// True when the eligible records fill a batch.
+    /// True when the eligible records of either lane fill a batch.
     fn full(&self) -> bool {
-        self.eligible.len() >= self.opts.batch_size
-            || self.eligible_bytes >= self.opts.max_batch_bytes
+        self.lane_full(Lane::Live) || self.lane_full(Lane::Park)
+    }
+
+    fn lane_full(&self, lane: Lane) -> bool {
+        let (len, bytes) = match lane {
+            Lane::Live => (self.eligible.len(), self.eligible_bytes),
+            Lane::Park => (self.park_eligible.len(), self.park_eligible_bytes),
+        };
+        len >= self.opts.batch_size || bytes >= self.opts.max_batch_bytes
     }
 
     /// Counts an entry of `group` in (or out of) the pending ones.
@@ -496,8 +629,18 @@ impl Dispatcher {
             if group == Group::All {
                 self.blocked_all = true;
             }
-            self.eligible.push_back(seq);
-            self.eligible_bytes += len;
+            if !self.is_parked(group) {
+                self.eligible.push_back(seq);
+                self.eligible_bytes += len;
+                self.live_pending.extend(group.keys());
+            } else if group.keys().any(|k| self.live_pending.contains(&k)) {
+                // An earlier record of one of its keys goes live: it waits.
+                self.block(group);
+            } else {
+                self.park_eligible.push_back(seq);
+                self.park_eligible_bytes += len;
+                self.park_pending.extend(group.keys());
+            }
         } else {
             self.block(group);
         }
@@ -510,6 +653,10 @@ impl Dispatcher {
         self.dirty = false;
         self.eligible.clear();
         self.eligible_bytes = 0;
+        self.park_eligible.clear();
+        self.park_eligible_bytes = 0;
+        self.park_pending.clear();
+        self.live_pending.clear();
         self.blocked.clear();
         self.blocked_all = false;
         self.unscanned = self.entries.keys().next().copied();
@@ -638,6 +785,16 @@ impl Dispatcher {
                 records.push(entry.record);
             }
         }
+        // Live records were classified with no group parked; a re-formed
+        // batch holding a parked group follows the parked work whole.
+        let lane = if groups.iter().any(|g| self.is_parked(*g)) {
+            Lane::Park
+        } else {
+            Lane::Live
+        };
+        if lane == Lane::Park {
+            self.park(&ParkKeys::of(&groups));
+        }
         if !self.chained {
             for group in &groups {
                 match group {
@@ -657,6 +814,7 @@ impl Dispatcher {
             payload::build_into(&self.opts.strategy, records, self.decorate.as_ref(), buf);
         batch.groups = groups;
         batch.charge = charge;
+        batch.lane = lane;
         batch
     }
 }
@@ -731,6 +889,153 @@ mod tests {
             2 => any::<prop::sample::Index>().prop_map(Op::Release),
             1 => Just(Op::TxEnd),
         ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum ParkOp {
+        Push(Group),
+        Next {
+            flush: bool,
+            later_ms: u64,
+        },
+        /// A batch in flight ends: delivered, or failed and parked.
+        Finish(prop::sample::Index, bool),
+        /// A drain of the next ready parked row starts.
+        Drain,
+        /// A parked row in flight is delivered.
+        Drained(prop::sample::Index),
+    }
+
+    /// Parked rows of the model: their records and keys, by id.
+    type Rows = HashMap<i64, (Vec<(u64, u32)>, ParkKeys)>;
+
+    fn park_op() -> impl Strategy<Value = ParkOp> {
+        let group = prop_oneof![
+            8 => (0u64..4).prop_map(Group::Key),
+            2 => (0u64..4, 0u64..4).prop_map(|(a, b)| Group::Keys(a, b)),
+            1 => Just(Group::All),
+        ];
+        prop_oneof![
+            6 => group.prop_map(ParkOp::Push),
+            4 => (any::<bool>(), prop_oneof![Just(0u64), Just(30), Just(1100)])
+                .prop_map(|(flush, later_ms)| ParkOp::Next { flush, later_ms }),
+            4 => (any::<prop::sample::Index>(), any::<bool>()).prop_map(|(i, f)| ParkOp::Finish(i, f)),
+            2 => Just(ParkOp::Drain),
+            2 => any::<prop::sample::Index>().prop_map(ParkOp::Drained),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Parking under `ordering = "key"`: whichever batches fail and are
+        /// parked when, and however parked rows drain, records that share a
+        /// key (or a truncate and anything) are delivered in commit order,
+        /// and every record exactly once.
+        #[test]
+        fn parking_keeps_commit_order_per_key(
+            size in 1usize..5,
+            ops in prop::collection::vec(park_op(), 1..150),
+        ) {
+            use crate::batch::park::{ParkIndex, ParkedRow};
+            let mut d = dispatcher(size, 1 << 20);
+            let mut index = ParkIndex::default();
+            let mut now = Instant::now();
+            let mut lsn = 0u64;
+            let mut groups: Vec<Group> = Vec::new();
+            let mut in_flight: Vec<Batch> = Vec::new();
+            let mut rows: Rows = HashMap::new();
+            let mut next_id = 1i64;
+            let mut draining: Vec<i64> = Vec::new();
+            let mut delivered: Vec<u64> = Vec::new();
+            let finish = |d: &mut Dispatcher, index: &mut ParkIndex, b: Batch, fail: bool,
+                              delivered: &mut Vec<u64>, rows: &mut Rows,
+                              next_id: &mut i64| {
+                d.release(&b);
+                let keys = park_keys(&b);
+                if b.lane == Lane::Park || fail {
+                    if b.lane == Lane::Live {
+                        d.park(&keys);
+                    }
+                    let id = *next_id;
+                    *next_id += 1;
+                    index.insert(ParkedRow { id, keys: keys.clone(), bytes: 1, records: b.size as u64 });
+                    rows.insert(id, (b.keys.iter().map(|(l, i)| (l.0, *i)).collect(), keys));
+                } else {
+                    delivered.extend(b.keys.iter().map(|(l, _)| l.0));
+                }
+            };
+            for op in ops {
+                match op {
+                    ParkOp::Push(group) => {
+                        groups.push(group);
+                        d.push(rec(lsn, 0, group), now);
+                        lsn += 1;
+                    }
+                    ParkOp::Next { flush, later_ms } => {
+                        now += Duration::from_millis(later_ms);
+                        if let Next::Batch(b) = d.next(now, flush) {
+                            in_flight.push(*b);
+                        }
+                    }
+                    ParkOp::Finish(i, fail) => {
+                        if !in_flight.is_empty() {
+                            let b = in_flight.remove(i.index(in_flight.len()));
+                            finish(&mut d, &mut index, b, fail, &mut delivered, &mut rows, &mut next_id);
+                        }
+                    }
+                    ParkOp::Drain => {
+                        if let Some(id) = index.next_ready() {
+                            draining.push(id);
+                        }
+                    }
+                    ParkOp::Drained(i) => {
+                        if !draining.is_empty() {
+                            let id = draining.remove(i.index(draining.len()));
+                            let (recs, keys) = rows.remove(&id).unwrap();
+                            index.remove(id);
+                            d.unpark(&keys);
+                            delivered.extend(recs.iter().map(|(l, _)| *l));
+                        }
+                    }
+                }
+            }
+            // The end: everything goes (flush), nothing fails any more.
+            for _ in 0..10_000 {
+                if let Next::Batch(b) = d.next(now, true) {
+                    in_flight.push(*b);
+                    continue;
+                }
+                if let Some(b) = in_flight.pop() {
+                    finish(&mut d, &mut index, b, false, &mut delivered, &mut rows, &mut next_id);
+                    continue;
+                }
+                if let Some(id) = draining.pop().or_else(|| index.next_ready()) {
+                    let (recs, keys) = rows.remove(&id).unwrap();
+                    index.remove(id);
+                    d.unpark(&keys);
+                    delivered.extend(recs.iter().map(|(l, _)| *l));
+                    continue;
+                }
+                break;
+            }
+            prop_assert!(d.is_empty() && index.is_empty(), "everything went");
+            let mut sorted = delivered.clone();
+            sorted.sort_unstable();
+            prop_assert_eq!(sorted, (0..lsn).collect::<Vec<_>>(), "each record exactly once");
+            let at: HashMap<u64, usize> = delivered.iter().enumerate().map(|(i, l)| (*l, i)).collect();
+            let shares = |a: Group, b: Group| {
+                a == Group::All || b == Group::All || a.keys().any(|k| b.keys().any(|j| j == k))
+            };
+            for x in 0..lsn {
+                for y in x + 1..lsn {
+                    if shares(groups[x as usize], groups[y as usize]) {
+                        prop_assert!(at[&x] < at[&y], "record {x} ({:?}) after {y} ({:?}): {delivered:?}",
+                            groups[x as usize], groups[y as usize]);
+                    }
+                }
+            }
+        }
     }
 
     proptest! {
@@ -950,6 +1255,128 @@ mod tests {
         d.release(&a);
         let b = batch(&mut d, t0).unwrap();
         assert_eq!(keys(&b), [(100, 2), (100, 3)]);
+    }
+
+    fn park_keys(b: &Batch) -> ParkKeys {
+        ParkKeys::of(&b.groups)
+    }
+
+    #[test]
+    fn a_parked_key_goes_to_the_park_lane_and_other_keys_stay_live() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        d.push(rec(100, 0, K(1)), t0);
+        let failing = batch(&mut d, t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(failing.lane, Lane::Live);
+        // While it is in flight, more of key 1 waits behind it; key 2 flows.
+        d.push(rec(200, 0, K(1)), t0);
+        d.push(rec(200, 1, K(2)), t0);
+        d.push(rec(300, 0, K(1)), t0);
+        // It is parked: its key's later records must follow it.
+        d.release(&failing);
+        d.park(&park_keys(&failing));
+        let live = batch(&mut d, t0 + Duration::from_millis(30)).unwrap();
+        assert_eq!((live.lane, keys(&live)), (Lane::Live, vec![(200, 1)]));
+        // The park lane waits longer to fill.
+        assert!(batch(&mut d, t0 + Duration::from_millis(30)).is_none());
+        let behind = batch(&mut d, t0 + PARK_LINGER).unwrap();
+        assert_eq!(behind.lane, Lane::Park);
+        assert_eq!(keys(&behind), [(200, 0), (300, 0)]);
+        // Key 1 counts two parked rows now; a new record of it is parked
+        // until both are gone, then it goes live.
+        d.release(&behind);
+        d.push(rec(400, 0, K(1)), t0);
+        d.unpark(&park_keys(&failing));
+        assert!(batch(&mut d, t0 + Duration::from_millis(30)).is_none());
+        d.unpark(&park_keys(&behind));
+        let again = batch(&mut d, t0 + Duration::from_millis(30)).unwrap();
+        assert_eq!((again.lane, keys(&again)), (Lane::Live, vec![(400, 0)]));
+    }
+
+    #[test]
+    fn a_key_change_of_a_parked_key_parks_both_keys_after_the_other_is_free() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        let late = t0 + PARK_LINGER;
+        d.push(rec(100, 0, K(2)), t0);
+        let two = batch(&mut d, late).unwrap();
+        d.park(&ParkKeys {
+            keys: vec![1],
+            all: false,
+        });
+        // Key 1 is parked, key 2 is in flight: the key change waits for 2.
+        d.push(rec(200, 0, Group::Keys(1, 2)), t0);
+        d.push(rec(300, 0, K(2)), t0);
+        assert!(batch(&mut d, late).is_none());
+        d.release(&two);
+        let moved = batch(&mut d, late).unwrap();
+        assert_eq!(moved.lane, Lane::Park);
+        assert_eq!(keys(&moved), [(200, 0), (300, 0)]);
+        assert_eq!(park_keys(&moved).keys, [1, 2]);
+    }
+
+    #[test]
+    fn chained_everything_follows_a_parked_batch_until_the_park_is_drained() {
+        let mut d = dispatcher(2, 1 << 20).chained();
+        let t0 = Instant::now();
+        let late = t0 + PARK_LINGER;
+        for i in 0..3 {
+            d.push(rec(100, i, Group::default()), t0);
+        }
+        let a = batch(&mut d, t0).unwrap();
+        // `a` failed and was parked.
+        d.release(&a);
+        d.park(&park_keys(&a));
+        let b = batch(&mut d, late).unwrap();
+        assert_eq!((b.lane, keys(&b)), (Lane::Park, vec![(100, 2)]));
+        d.release(&b);
+        d.push(rec(200, 0, Group::default()), t0);
+        d.unpark(&park_keys(&a));
+        let c = batch(&mut d, late).unwrap();
+        assert_eq!(
+            (c.lane, keys(&c)),
+            (Lane::Park, vec![(200, 0)]),
+            "b is still parked"
+        );
+        d.release(&c);
+        d.unpark(&park_keys(&b));
+        d.unpark(&park_keys(&c));
+        d.push(rec(300, 0, Group::default()), t0);
+        let live = batch(&mut d, late).unwrap();
+        assert_eq!((live.lane, keys(&live)), (Lane::Live, vec![(300, 0)]));
+    }
+
+    #[test]
+    fn a_held_strategy_parks_everything_and_a_re_formed_batch_of_a_parked_key_is_parked() {
+        let mut d = dispatcher(10, 1 << 20);
+        let t0 = Instant::now();
+        let late = t0 + PARK_LINGER;
+        d.hold(true);
+        d.push(rec(100, 0, K(1)), t0);
+        d.push(rec(100, 1, K(2)), t0);
+        let held = batch(&mut d, late).unwrap();
+        assert_eq!(held.lane, Lane::Park);
+        assert_eq!(keys(&held), [(100, 0), (100, 1)]);
+        d.release(&held);
+        d.hold(false);
+
+        // After a restart: key 3 has a parked row, and a batch of key 3 and
+        // 4 sent before the restart is re-formed: it follows the parked row.
+        let mut r = dispatcher(10, 1 << 20);
+        r.park(&ParkKeys {
+            keys: vec![3],
+            all: false,
+        });
+        r.restore(
+            vec![Stored::List(vec![(Lsn(500), 0), (Lsn(500), 1)])],
+            vec![],
+        );
+        r.push(rec(500, 0, K(3)), t0);
+        r.push(rec(500, 1, K(4)), t0);
+        r.tx_end(Lsn(501));
+        let reformed = batch(&mut r, t0).unwrap();
+        assert_eq!(reformed.lane, Lane::Park);
+        assert_eq!(park_keys(&reformed).keys, [3, 4]);
     }
 
     #[test]

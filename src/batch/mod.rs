@@ -8,15 +8,17 @@
 //!
 //! Below the contract: `dispatch` (pure rules for which pending records
 //! form the next batch: size, bytes, linger, order per group, batches
-//! re-formed after a restart) and `payload` (the one writer of the
+//! re-formed after a restart, the park lane), `park` (the strategy's
+//! parked rows and which may be attempted now) and `payload` (the one writer of the
 //! payload's JSON: each record's object, and the sealed [`Batch`] with its
 //! id and body, written once into one buffer). The dispatcher uses the
 //! payload to seal batches; the payload knows nothing of the dispatcher.
 
 mod dispatch;
+pub(crate) mod park;
 pub(crate) mod payload;
 
-pub(crate) use dispatch::{BatcherOptions, Dispatcher, Next, Pushed, Stored};
+pub(crate) use dispatch::{BatcherOptions, Dispatcher, Lane, Next, Pushed, Stored};
 pub use payload::{build, Batch};
 
 use std::sync::Arc;

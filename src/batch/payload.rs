@@ -43,6 +43,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::dispatch::Lane;
 use super::{BatchMeta, Decorate, Group, QueuedRecord, ReplyLog};
 use crate::budget::Charge;
 use crate::config::RecordShape;
@@ -177,9 +178,70 @@ pub struct Batch {
     pub(crate) decorate_error: Option<String>,
     /// Where the endpoint's answers are kept (synchronous runs).
     pub(crate) replies: Option<std::sync::Arc<ReplyLog>>,
+    /// Sent, or stored behind the strategy's parked work.
+    pub(crate) lane: Lane,
 }
 
 impl Batch {
+    /// A batch stored before (a dead letter, a parked batch): its exact
+    /// body and ids, headers and query evaluated again by `decorate`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn stored(
+        strategy: &str,
+        id: String,
+        size: usize,
+        first_lsn: Lsn,
+        last_lsn: Lsn,
+        keys: Vec<RecordKey>,
+        first_commit_time: i64,
+        body: Bytes,
+        decorate: &dyn Decorate,
+    ) -> Batch {
+        let mut batch = Batch {
+            strategy: strategy.into(),
+            id,
+            size,
+            first_lsn,
+            last_lsn,
+            keys,
+            groups: Vec::new(),
+            charge: Charge::default(),
+            first_commit_time,
+            body,
+            headers: Vec::new(),
+            query: Vec::new(),
+            decorate_error: None,
+            replies: None,
+            lane: Lane::Live,
+        };
+        batch.decorate(decorate);
+        batch
+    }
+
+    /// Evaluates the headers and query parameters again (a reload changed
+    /// the templates, or the batch was stored); the body stays as it is.
+    pub(crate) fn decorate(&mut self, decorate: &dyn Decorate) {
+        let meta = BatchMeta {
+            strategy: &self.strategy,
+            id: &self.id,
+            size: self.size,
+            first_lsn: self.first_lsn,
+            last_lsn: self.last_lsn,
+        };
+        match decorate.decorate(&meta) {
+            Ok(d) => {
+                self.headers = d.headers;
+                self.query = d.query;
+                self.decorate_error = None;
+            }
+            Err(e) => {
+                self.headers.clear();
+                self.query.clear();
+                self.decorate_error = Some(e);
+            }
+        }
+    }
+
     /// `records[0].id`.
     pub(crate) fn first_record_id(&self) -> String {
         self.keys
@@ -300,6 +362,7 @@ pub(crate) fn build_into(
         query: decoration.query,
         decorate_error,
         replies,
+        lane: Lane::Live,
     }
 }
 

@@ -7,8 +7,8 @@
 //! "every batch before it is done" says nothing about the records between
 //! them. What must hold is simpler: a transaction's end is released once no
 //! record committed at or before it is still open. Records are counted per
-//! commit LSN when they arrive and uncounted when their batch is delivered
-//! or dead-lettered; transaction ends are released in order while the oldest
+//! commit LSN when they arrive and uncounted when their batch is delivered,
+//! dead-lettered or parked; transaction ends are released in order while the oldest
 //! open record is newer than them. (vectordotdev/vector's `OrderedFinalizer`
 //! has the same contract for acknowledgements: completions in any order,
 //! releases in order.)
@@ -26,12 +26,15 @@ pub(crate) struct Finaliser {
     ends: VecDeque<Lsn>,
     /// The last end released.
     released: Option<Lsn>,
+    /// The sum of `open`'s counts (read on every transaction end).
+    open_total: usize,
 }
 
 impl Finaliser {
     /// A record of the transaction committed at `commit_lsn` arrived.
     pub(crate) fn open(&mut self, commit_lsn: Lsn) {
         *self.open.entry(commit_lsn).or_default() += 1;
+        self.open_total += 1;
     }
 
     /// Every record of the transaction ending at `end_lsn` has arrived.
@@ -45,12 +48,13 @@ impl Finaliser {
         self.release()
     }
 
-    /// Records of these commit LSNs were delivered or dead-lettered.
+    /// Records of these commit LSNs were delivered, dead-lettered or parked.
     /// Returns the new position if it moved.
     pub(crate) fn done(&mut self, commits: impl IntoIterator<Item = Lsn>) -> Option<Lsn> {
         for lsn in commits {
             if let Some(count) = self.open.get_mut(&lsn) {
                 *count -= 1;
+                self.open_total -= 1;
                 if *count == 0 {
                     self.open.remove(&lsn);
                 }
@@ -59,9 +63,9 @@ impl Finaliser {
         self.release()
     }
 
-    /// Records not yet delivered.
+    /// Records not yet delivered (or dead-lettered, or parked).
     pub(crate) fn open_records(&self) -> usize {
-        self.open.values().map(|&n| n as usize).sum()
+        self.open_total
     }
 
     /// Releases every transaction end before the oldest open record.

@@ -1,5 +1,5 @@
 //! The acknowledged position: the commit LSN below which every strategy has
-//! delivered (or dead-lettered) everything it was given.
+//! delivered, dead-lettered or durably parked everything it was given.
 //!
 //! Why this shape: the router tells the checkpoint about every transaction
 //! end it has seen, and each strategy reports how far its deliveries reach.
@@ -37,7 +37,7 @@ pub struct StrategyPosition {
     /// End LSN of the last transaction with records queued to this strategy.
     pub queued_through: Lsn,
     /// End LSN of the last transaction whose records this strategy has all
-    /// delivered or dead-lettered.
+    /// delivered, dead-lettered or parked.
     delivered_through: Lsn,
 }
 
@@ -110,8 +110,8 @@ impl Checkpoint {
         self.update(|state| state.seen_end = state.seen_end.max(end_lsn));
     }
 
-    /// `strategy` delivered (or dead-lettered) every record of transactions
-    /// ending at or before `end_lsn`.
+    /// `strategy` delivered, dead-lettered or parked every record of
+    /// transactions ending at or before `end_lsn`.
     pub fn delivered(&self, strategy: usize, end_lsn: Lsn) {
         self.update(|state| {
             if let Some(Some(pos)) = state.strategies.get_mut(strategy) {

@@ -256,10 +256,18 @@ pub struct Retry {
     /// The longest backoff. Default "5m".
     #[serde(default = "default_max", deserialize_with = "de::duration")]
     pub max: Duration,
-    /// After `max_attempts`: "block" (the default: keep retrying, hold the
-    /// slot) or "dead_letter" (store the batch in walhook.dead_letters, move on).
+    /// After `max_attempts`: "block" (the default: keep retrying; from the
+    /// park once parked) or "dead_letter" (store the batch in
+    /// walhook.dead_letters, move on).
     #[serde(default)]
     pub on_exhausted: OnExhausted,
+    /// When a failing batch is parked: after this many failed attempts (a
+    /// number), or this long after its first failure (a duration, "30s"),
+    /// or "never". A parked batch is stored with what must wait behind it,
+    /// the slot moves past it, and it is retried from the store with the
+    /// same backoff and ids. Default "30s".
+    #[serde(default, deserialize_with = "park_after")]
+    pub park_after: ParkAfter,
 }
 
 impl Default for Retry {
@@ -269,7 +277,59 @@ impl Default for Retry {
             initial: default_initial(),
             max: default_max(),
             on_exhausted: OnExhausted::default(),
+            park_after: ParkAfter::default(),
         }
+    }
+}
+
+/// `retry.park_after`: when a failing batch is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkAfter {
+    /// After this many failed attempts (at least 1).
+    Attempts(u32),
+    /// This long after its first failed attempt.
+    Time(Duration),
+    /// Never: a failing batch holds its strategy and the slot.
+    Never,
+}
+
+impl Default for ParkAfter {
+    fn default() -> Self {
+        ParkAfter::Time(Duration::from_secs(30))
+    }
+}
+
+impl ParkAfter {
+    /// True when a batch that failed `failures` times, the first
+    /// `failing_for` ago, is to be parked.
+    pub(crate) fn reached(self, failures: u32, failing_for: Duration) -> bool {
+        match self {
+            ParkAfter::Attempts(n) => failures >= n.max(1),
+            ParkAfter::Time(t) => failing_for >= t,
+            ParkAfter::Never => false,
+        }
+    }
+}
+
+fn park_after<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ParkAfter, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Attempts(u32),
+        Text(String),
+    }
+    let invalid = || {
+        serde::de::Error::custom(
+            "invalid park_after; write a number of attempts (3), a duration (\"30s\") or \"never\"",
+        )
+    };
+    match Raw::deserialize(deserializer).map_err(|_| invalid())? {
+        Raw::Attempts(0) => Err(invalid()),
+        Raw::Attempts(n) => Ok(ParkAfter::Attempts(n)),
+        Raw::Text(t) if t.trim() == "never" => Ok(ParkAfter::Never),
+        Raw::Text(t) => humantime::parse_duration(t.trim())
+            .map(ParkAfter::Time)
+            .map_err(|_| invalid()),
     }
 }
 

@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 pub use endpoint::{
     Auth, CircuitBreaker, EndpointConfig, HmacAlgorithm, OAuth2AuthMethod, OnClientError,
-    OnExhausted, Retry, SignatureEncoding, Signing, SigningFormat, Tls,
+    OnExhausted, ParkAfter, Retry, SignatureEncoding, Signing, SigningFormat, Tls,
 };
 pub(crate) use error::ConfigError;
 pub use error::ConfigErrors;

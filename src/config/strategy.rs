@@ -65,6 +65,13 @@ pub(crate) struct StrategyConfig {
     /// keys flow past a slow or failing one).
     #[serde(default)]
     pub(crate) ordering: Ordering,
+    /// Most bytes of this strategy's parked batches (see the endpoint's
+    /// `retry.park_after`): once reached, a failing batch is no longer
+    /// parked and holds the strategy and the slot as without parking, until
+    /// parked work is delivered. Nothing is dropped. Bytes, or text with a
+    /// unit ("256MiB"); 0 = never park this strategy. Default "256MiB".
+    #[serde(default = "default_max_parked_bytes", deserialize_with = "de::bytes")]
+    pub(crate) max_parked_bytes: usize,
     /// The group key under `ordering = "key"`: an expression over the row
     /// (`row.*`), e.g. "row.customer_id". Default: the table's replica
     /// identity key (its primary key, or the REPLICA IDENTITY index).
@@ -157,6 +164,10 @@ fn default_max_batch_bytes() -> usize {
 
 fn default_max_in_flight() -> usize {
     1
+}
+
+fn default_max_parked_bytes() -> usize {
+    256 * 1024 * 1024
 }
 
 /// What order a strategy keeps (`ordering`).

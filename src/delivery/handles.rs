@@ -13,14 +13,16 @@ use crate::lsn::Lsn;
 use crate::telemetry::names;
 
 /// What a strategy's delivery is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Nothing in flight.
+    #[default]
     Idle,
     /// A batch is being sent.
     Delivering,
-    /// An attempt failed; waiting to retry.
+    /// A batch failed and has not been delivered since (waiting to retry,
+    /// or being attempted again).
     Retrying,
     /// Attempts are exhausted and `on_exhausted = "block"` (retrying while
     /// holding the slot), or the endpoint answered 410 and the batch waits
@@ -51,7 +53,7 @@ impl PauseReason {
 }
 
 /// A strategy's delivery status, for `/status`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StrategyStatus {
     pub state: DeliveryState,
     /// Records waiting, being batched or in flight, plus the items waiting
@@ -63,6 +65,10 @@ pub struct StrategyStatus {
     pub last_success: Option<SystemTime>,
     /// Why the last attempt failed (no secrets, no values); cleared on success.
     pub last_error: Option<String>,
+    /// When `last_error` was set.
+    pub last_error_at: Option<SystemTime>,
+    /// When a success last cleared an error.
+    pub recovered_at: Option<SystemTime>,
     /// Failed attempts of the batch that failed last.
     pub attempts: u32,
     pub(crate) delivered_batches: u64,
@@ -80,6 +86,21 @@ pub struct StrategyStatus {
     pub paused: bool,
     /// Why it is paused.
     pub pause_reason: Option<PauseReason>,
+    /// Batches, records and body bytes parked in `walhook.parked`.
+    pub parked_batches: u64,
+    pub parked_records: u64,
+    pub parked_bytes: u64,
+    /// `max_parked_bytes` (0 = this worker does not park).
+    pub park_limit_bytes: u64,
+    /// The parking bound is reached: a batch that should be parked waits.
+    pub park_full: bool,
+    /// The first parked row (the next to go under `ordering = "commit"`).
+    pub oldest_parked_id: Option<i64>,
+    /// Why the strategy is held (everything it gets is parked), if it is.
+    pub held: Option<String>,
+    /// The last state-store write that failed (parking, dead letters,
+    /// batch records); cleared by the next that succeeds.
+    pub state_error: Option<String>,
 }
 
 /// Shared view of a worker's [`StrategyStatus`].
@@ -88,22 +109,7 @@ pub struct StatusHandle(Arc<Mutex<StrategyStatus>>);
 
 impl StatusHandle {
     pub(crate) fn new() -> Self {
-        StatusHandle(Arc::new(Mutex::new(StrategyStatus {
-            state: DeliveryState::Idle,
-            queue_records: 0,
-            in_flight: 0,
-            last_success: None,
-            last_error: None,
-            attempts: 0,
-            delivered_batches: 0,
-            dead_lettered_batches: 0,
-            delivered_records: 0,
-            dead_lettered_records: 0,
-            last_lag: None,
-            delivered_lsn: Lsn::ZERO,
-            paused: false,
-            pause_reason: None,
-        })))
+        StatusHandle(Arc::new(Mutex::new(StrategyStatus::default())))
     }
 
     /// The current status.
@@ -252,6 +258,18 @@ impl Drop for WaitingGuard<'_> {
     }
 }
 
+/// Which worker of a strategy an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    /// The strategy's current worker.
+    Live,
+    /// A worker a reload replaced that still delivers what it was given
+    /// (with the new settings from its next attempt on).
+    Draining,
+    /// The worker of a strategy a reload removed, still delivering.
+    Removed,
+}
+
 /// What the admin API reaches of one strategy's worker.
 #[derive(Debug, Clone)]
 pub(crate) struct WorkerEntry {
@@ -260,16 +278,17 @@ pub(crate) struct WorkerEntry {
     pub(crate) status: StatusHandle,
     pub(crate) pause: PauseHandle,
     pub(crate) retry: RetryHandle,
-    /// Set for a strategy a reload removed: listed (and can be resumed)
-    /// until its worker has delivered what it was given and this is
-    /// cancelled.
-    pub(crate) removed: Option<tokio_util::sync::CancellationToken>,
+    pub(crate) hold: super::parking::HoldHandle,
+    pub(crate) kind: EntryKind,
+    /// Set for a retired worker: listed (and can be acted on) until it has
+    /// delivered what it was given and this is cancelled.
+    pub(crate) finished: Option<tokio_util::sync::CancellationToken>,
 }
 
-/// The live workers' handles, in config order, then the removed ones still
+/// The live workers' handles, in config order, then the retired ones still
 /// draining. A reload replaces the list; the admin API reads it.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct WorkerHandles(Arc<Mutex<Vec<WorkerEntry>>>);
+pub struct WorkerHandles(Arc<Mutex<Vec<WorkerEntry>>>);
 
 impl WorkerHandles {
     pub(crate) fn new(entries: Vec<WorkerEntry>) -> Self {
@@ -285,16 +304,25 @@ impl WorkerHandles {
         *self.lock() = entries;
     }
 
-    /// Every entry, without the removed strategies that are done.
+    /// Every entry, without the retired workers that are done.
     pub(crate) fn list(&self) -> Vec<WorkerEntry> {
         let mut entries = self.lock();
-        entries.retain(|e| e.removed.as_ref().is_none_or(|done| !done.is_cancelled()));
+        entries.retain(|e| e.finished.as_ref().is_none_or(|done| !done.is_cancelled()));
         entries.clone()
     }
 
-    /// The entry of `name` (a live strategy first).
+    /// The entry of `name`: its live worker, else a removed one still draining.
     pub(crate) fn find(&self, name: &str) -> Option<WorkerEntry> {
-        self.list().into_iter().find(|e| e.name == name)
+        let entries = self.list();
+        entries
+            .iter()
+            .find(|e| e.name == name && e.kind == EntryKind::Live)
+            .or_else(|| {
+                entries
+                    .iter()
+                    .find(|e| e.name == name && e.kind == EntryKind::Removed)
+            })
+            .cloned()
     }
 
     /// True when there are no workers (a process without live delivery).

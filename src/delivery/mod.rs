@@ -6,7 +6,13 @@
 //! - `protect`: the endpoint's circuit breaker and rate limit.
 //! - `retry`: what an answer decides (status classes, 410, `on_client_error`),
 //!   backoff with jitter, `Retry-After`, exhaustion policy.
-//! - `worker`: the per-strategy loop (dispatcher → delivery tasks → finaliser → checkpoint).
+//! - `worker`: the per-strategy loop (dispatcher → delivery tasks → finaliser
+//!   → checkpoint; the park lane and the drain of parked rows).
+//! - `attempt`: one batch's attempts (backoff, dead letters, parking) and a
+//!   parked row's, retried from the store.
+//! - `parking`: the byte bound of a strategy's parked work, and its hold switch.
+//! - `settings`: what a reload changes under a running worker (endpoint,
+//!   retry policy, templates), read at every attempt.
 //! - `handles`: status, pause and retry-now handles for the admin API.
 //! - `stats`: each endpoint's recent attempts (up, latency, last status) for the console.
 //! - `replay`: one attempt to deliver a dead letter again (admin API).
@@ -14,16 +20,19 @@
 //! - `prepare`: the seam to endpoint security (auth, signing).
 //! - `endpoints`: every endpoint (client, TLS, auth, signing) built from the configuration.
 
+mod attempt;
 mod auth;
 mod endpoints;
 mod handles;
 mod oauth2;
+mod parking;
 mod prepare;
 mod protect;
 pub(crate) mod replay;
 mod retry;
 mod security;
 mod sender;
+mod settings;
 pub(crate) mod signing;
 mod stats;
 mod tls;
@@ -33,15 +42,18 @@ pub(crate) mod worker;
 pub use auth::AuthError;
 pub(crate) use endpoints::build_endpoints;
 pub use endpoints::EndpointError;
+pub use handles::WorkerHandles;
 pub use handles::{
     DeliveryState, PauseHandle, PauseReason, RetryHandle, StatusHandle, StrategyStatus,
 };
-pub(crate) use handles::{WorkerEntry, WorkerHandles};
+pub(crate) use handles::{EntryKind, WorkerEntry};
 pub use oauth2::OAuth2Error;
+pub use parking::HoldHandle;
 pub use prepare::{Attempt, BoxFuture, NoPrepare, Prepare, PrepareError};
 pub use replay::{replay_dead_letter, ReplayError, ReplayOutcome, ReplayTarget};
 pub use security::{EndpointSecurity, SecurityError};
 pub use sender::{AttemptResult, Endpoint};
+pub(crate) use settings::SettingsHandle;
 pub use signing::{Verifier, VerifyError};
 pub use stats::{EndpointSnapshot, EndpointStats};
 pub use tls::{configure as configure_tls, explain as explain_request_error, TlsError};

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::sender::{AttemptResult, Endpoint};
-use crate::batch::{Batch, BatchMeta, Decorate};
+use crate::batch::{Batch, Decorate};
 use crate::lsn::Lsn;
 use crate::state::{StateError, StateStore};
 
@@ -75,33 +75,17 @@ pub async fn replay_dead_letter(
         .get("records")
         .and_then(|r| r.as_array())
         .map_or(0, Vec::len);
-    let meta = BatchMeta {
-        strategy: &info.strategy,
-        id: &info.batch_id,
+    let batch = Batch::stored(
+        &info.strategy,
+        info.batch_id.clone(),
         size,
         first_lsn,
         last_lsn,
-    };
-    let (headers, query, decorate_error) = match decorate.decorate(&meta) {
-        Ok(d) => (d.headers, d.query, None),
-        Err(e) => (Vec::new(), Vec::new(), Some(e)),
-    };
-    let batch = Batch {
-        strategy: info.strategy.as_str().into(),
-        id: info.batch_id.clone(),
-        size,
-        first_lsn,
-        last_lsn,
-        keys: Vec::new(),
-        groups: Vec::new(),
-        charge: Default::default(),
-        first_commit_time: 0,
-        body: bytes::Bytes::from(letter.payload.clone().into_bytes()),
-        headers,
-        query,
-        decorate_error,
-        replies: None,
-    };
+        Vec::new(),
+        0,
+        bytes::Bytes::from(letter.payload.clone().into_bytes()),
+        decorate.as_ref(),
+    );
     let AttemptResult { status, error, .. } = endpoint.attempt(&batch).await;
     let delivered = status.is_some_and(|s| (200..300).contains(&s));
     if delivered {

@@ -136,6 +136,7 @@ mod tests {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
             on_exhausted,
+            park_after: Default::default(),
         }
     }
 

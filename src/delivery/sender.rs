@@ -169,6 +169,21 @@ impl Endpoint {
         })
     }
 
+    /// The `[endpoints.NAME]` name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `host:port` of its URL (no credentials, path or query): what errors
+    /// and logs name.
+    pub(crate) fn host(&self) -> String {
+        let host = self.url.host_str().unwrap_or("");
+        match self.url.port_or_known_default() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        }
+    }
+
     /// Its recent attempts (up, latency, last status).
     pub fn stats(&self) -> EndpointStats {
         self.stats.clone()

@@ -1,12 +1,16 @@
 //! The per-strategy worker: reads the strategy's queue, forms batches with
 //! the [`Dispatcher`] and sends up to `max_in_flight` of them at once, each
-//! in its own task with its own retries; completions feed an ordered
-//! [`Finaliser`] that tells the checkpoint how far everything is done.
+//! in its own task with its own retries (`attempt`); completions feed an
+//! ordered [`Finaliser`] that tells the checkpoint how far everything is
+//! done (delivered, dead-lettered or durably parked).
 //!
 //! ```text
 //!  queue (WorkItem) ──▶ worker loop ── Dispatcher (order per group, linger) ──▶ delivery task ×N
-//!                          ▲                                                    │ attempts, backoff,
-//!                          └──── Done (release groups, Finaliser) ◀─────────────┘ 410 pause, dead letters
+//!                          ▲   │                                                │ attempts, backoff,
+//!                          │   │ park lane ──▶ walhook.parked ◀── parked ───────┘ 410, dead letters
+//!                          │   ▼                      │
+//!                          │  ParkIndex ── drain task ×N (retried from the store, in order per key)
+//!                          └──── Done / Drained (release groups, Finaliser, unpark)
 //!                          │
 //!                          ▼ checkpoint.delivered(index, through)
 //! ```
@@ -15,13 +19,24 @@
 //! lookahead of pending records), so a slow endpoint fills batches instead of
 //! sending many small ones, and under `ordering = "key"` records of other
 //! groups are there to flow past a slow one. The tasks own retries; the
-//! loop owns the checkpoint, so "delivered through" is decided by the one
-//! place that knows what is still pending.
+//! loop owns the checkpoint, the dispatcher and the parked index, so
+//! "delivered through" and "what must follow parked work" are decided by
+//! the one place that knows what is pending.
 //!
 //! Under `ordering = "commit"` one batch is sent at a time, but the next
 //! full one is sealed and stored while it is on the wire, and goes the
 //! moment it is done ([`Dispatcher::chained`]): a wide-row stream is then
 //! bound by the endpoint, not by the state INSERT and the JSON in between.
+//!
+//! Parking (DESIGN.md "Parking"): a batch that keeps failing is stored in
+//! `walhook.parked` with its exact bytes and ids, and counts as done for
+//! the checkpoint, so the slot moves past it; every later record of its
+//! groups goes to the park lane and is stored behind it; drain tasks
+//! deliver the parked rows from the store in order per group, and once a
+//! group has nothing parked its records go live again. At start the
+//! parked rows are read back before anything is sent, so their groups keep
+//! their place; records of a parked batch that Postgres streams again are
+//! skipped (the parked row is their copy).
 //!
 //! Stable ids across restarts: before a batch's first attempt its records
 //! are stored (`walhook.batches`); after a restart the batches whose records
@@ -31,25 +46,30 @@
 //! its other records are not sent again. Stored batches are forgotten only
 //! behind the slot's `confirmed_flush_lsn` as Postgres reports it.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::attempt::{self, Ended, Metrics, Outcome, SenderCtx};
 use super::handles::{DeliveryState, PauseHandle, PauseReason, RetryHandle, StatusHandle};
-use super::retry::{self, Decision, Next as RetryNext};
-use super::sender::{AttemptResult, Endpoint};
+use super::parking::{HoldHandle, ParkBudget};
+use super::retry;
+use super::sender::Endpoint;
+use super::settings::SettingsHandle;
 use super::DeliveryError;
+use crate::batch::park::{fingerprint, ParkIndex, ParkKeys, ParkedRow};
 use crate::batch::payload::parse_record_id;
-use crate::batch::{Batch, BatcherOptions, Decorate, Dispatcher, Next, Pushed, Stored, WorkItem};
+use crate::batch::{
+    Batch, BatcherOptions, Decorate, Dispatcher, Lane, Next, Pushed, Stored, WorkItem,
+};
 use crate::checkpoint::{Checkpoint, Finaliser};
 use crate::config::{OnClientError, OnExhausted, Ordering, Retry};
 use crate::lsn::Lsn;
-use crate::state::{NewDeadLetter, StateStore, StoredBatch};
-use crate::telemetry::names;
+use crate::state::{parse_record_list, StateStore, StoredBatch, StoredParked};
 
 /// Everything a strategy's worker needs.
 pub struct WorkerOptions {
@@ -70,7 +90,7 @@ pub struct WorkerOptions {
     pub decorate: Arc<dyn Decorate>,
     pub checkpoint: Arc<Checkpoint>,
     /// Needed for dead letters (`on_exhausted` or `on_client_error` =
-    /// "dead_letter") and for `boundaries`.
+    /// "dead_letter"), for `boundaries` and for parking.
     pub state: Option<StateStore>,
     /// Keep batch ids stable across restarts (live delivery; runs do not).
     pub boundaries: Option<Boundaries>,
@@ -106,9 +126,6 @@ impl std::fmt::Debug for WorkerOptions {
     }
 }
 
-/// How long recording a batch's records may delay its delivery.
-const STATE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Default capacity of a strategy's queue.
 pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
@@ -117,55 +134,6 @@ pub(crate) const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 /// the next, and under `ordering = "key"` to find other groups' records
 /// behind a slow one. Bytes are bounded by the memory budget.
 const LOOKAHEAD: usize = 10_000;
-
-/// Metric handles, registered once per strategy.
-#[derive(Clone)]
-struct Metrics {
-    delivered: Counter,
-    dead_lettered: Counter,
-    dead_letters: Counter,
-    duration: Histogram,
-    batch_records: Histogram,
-    commit_to_delivery: Histogram,
-    queue: Gauge,
-    in_flight: Gauge,
-    strategy: Arc<str>,
-}
-
-impl Metrics {
-    fn new(strategy: &str) -> Self {
-        let s = strategy.to_string();
-        Metrics {
-            delivered: metrics::counter!(names::BATCHES_TOTAL, "strategy" => s.clone(), "outcome" => "delivered"),
-            dead_lettered: metrics::counter!(names::BATCHES_TOTAL, "strategy" => s.clone(), "outcome" => "dead_lettered"),
-            dead_letters: metrics::counter!(names::DEAD_LETTERS_TOTAL, "strategy" => s.clone()),
-            duration: metrics::histogram!(names::DELIVERY_DURATION_SECONDS, "strategy" => s.clone()),
-            batch_records: metrics::histogram!(names::BATCH_RECORDS, "strategy" => s.clone()),
-            commit_to_delivery: metrics::histogram!(names::COMMIT_TO_DELIVERY_SECONDS, "strategy" => s.clone()),
-            queue: metrics::gauge!(names::QUEUE_RECORDS, "strategy" => s.clone()),
-            in_flight: metrics::gauge!(names::IN_FLIGHT_BATCHES, "strategy" => s),
-            strategy: strategy.into(),
-        }
-    }
-
-    /// Counts an attempt and what its answer decided. Attempts are per
-    /// batch, not per record, so looking the counter up here is cheap.
-    fn attempt(&self, result: &AttemptResult, decision: Decision) {
-        let class = result.status_class();
-        metrics::counter!(names::DELIVERY_ATTEMPTS_TOTAL, "strategy" => self.strategy.to_string(), "status_class" => class)
-            .increment(1);
-        metrics::counter!(
-            names::DELIVERY_DECISIONS_TOTAL,
-            "strategy" => self.strategy.to_string(),
-            "status_class" => class,
-            "decision" => decision.label()
-        )
-        .increment(1);
-        if result.sent {
-            self.duration.record(result.elapsed.as_secs_f64());
-        }
-    }
-}
 
 /// A strategy's delivery loop. Build with [`StrategyWorker::new`], then
 /// `run(shutdown).await`.
@@ -176,6 +144,7 @@ pub struct StrategyWorker {
     finaliser: Finaliser,
     rx: mpsc::Receiver<WorkItem>,
     ctx: Arc<SenderCtx>,
+    settings: SettingsHandle,
     checkpoint: Arc<Checkpoint>,
     shutdown_timeout: Duration,
     paused: watch::Receiver<Option<PauseReason>>,
@@ -194,6 +163,13 @@ pub struct StrategyWorker {
     /// Re-form the batches stored before a restart (only a worker started
     /// with the stream: see [`StrategyWorker::started_by_reload`]).
     restore_stored: bool,
+    /// The strategy's parked rows.
+    park: ParkIndex,
+    hold: HoldHandle,
+    held: watch::Receiver<Option<String>>,
+    /// Cancelled when a worker replacing this one will take its parked
+    /// work over: once its own queue is done, it ends without draining.
+    handoff: CancellationToken,
 }
 
 impl std::fmt::Debug for StrategyWorker {
@@ -204,40 +180,16 @@ impl std::fmt::Debug for StrategyWorker {
     }
 }
 
-/// What every delivery task of a strategy shares.
-struct SenderCtx {
-    name: Arc<str>,
-    endpoint: Arc<Endpoint>,
-    retry: Retry,
-    state: Option<StateStore>,
-    /// Store each batch's records before sending it.
-    record_batches: bool,
-    /// Store the list of records (under `ordering = "key"` a batch is not a
-    /// range of consecutive records).
-    store_lists: bool,
-    status: StatusHandle,
-    metrics: Metrics,
-    pause: PauseHandle,
-    retry_now: RetryHandle,
-    /// Batches in flight that are sending, retrying, blocked.
-    counts: Mutex<(u32, u32, u32)>,
-    /// Soft stop: start no new batch, no new backoff.
-    stop: CancellationToken,
-    /// Hard stop: abandon the attempts in flight.
-    abort: CancellationToken,
-}
-
 /// A delivery task's report on a batch it is done with.
 struct Done {
     batch: Batch,
-    outcome: Outcome,
+    ended: Ended,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    Delivered,
-    DeadLettered,
-    Cancelled,
+/// A drain task's report on a parked row.
+struct Drained {
+    id: i64,
+    outcome: Outcome,
 }
 
 impl StrategyWorker {
@@ -265,7 +217,7 @@ impl StrategyWorker {
                 max_batch_bytes: opts.max_batch_bytes,
                 linger: opts.linger,
             },
-            opts.decorate,
+            opts.decorate.clone(),
         );
         let dispatcher = if chained {
             dispatcher.chained()
@@ -273,10 +225,11 @@ impl StrategyWorker {
             dispatcher
         };
         let record_batches = opts.boundaries.is_some() && opts.state.is_some();
+        let settings = SettingsHandle::new(opts.endpoint, opts.retry, opts.decorate);
+        let hold = HoldHandle::new(&name, opts.state.clone());
         let ctx = Arc::new(SenderCtx {
             name: name.clone(),
-            endpoint: opts.endpoint,
-            retry: opts.retry,
+            settings: settings.subscribe(),
             state: opts.state,
             record_batches,
             store_lists: opts.ordering == Ordering::Key,
@@ -284,6 +237,7 @@ impl StrategyWorker {
             metrics: Metrics::new(&name),
             pause: pause.clone(),
             retry_now: RetryHandle::new(),
+            parking: None,
             counts: Mutex::new((0, 0, 0)),
             stop: CancellationToken::new(),
             abort: CancellationToken::new(),
@@ -295,6 +249,7 @@ impl StrategyWorker {
             finaliser: Finaliser::default(),
             rx,
             ctx,
+            settings,
             checkpoint: opts.checkpoint,
             shutdown_timeout: opts.shutdown_timeout,
             paused: pause.subscribe(),
@@ -305,8 +260,27 @@ impl StrategyWorker {
             boundaries: opts.boundaries,
             after: None,
             restore_stored: true,
+            park: ParkIndex::default(),
+            held: hold.subscribe(),
+            hold,
+            handoff: CancellationToken::new(),
         };
         Ok((worker, tx))
+    }
+
+    /// Parks batches that keep failing (the endpoint's `retry.park_after`),
+    /// up to `max_parked_bytes` (0 = never). Needs the state store.
+    pub(crate) fn with_parking(mut self, max_parked_bytes: u64) -> Self {
+        if max_parked_bytes == 0 || self.ctx.state.is_none() {
+            return self;
+        }
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.parking = Some(ParkBudget::new(&self.name, max_parked_bytes));
+        }
+        self.ctx
+            .status
+            .update(|s| s.park_limit_bytes = max_parked_bytes);
+        self
     }
 
     /// A reload started this worker while the stream runs: it keeps
@@ -320,13 +294,21 @@ impl StrategyWorker {
     }
 
     /// This worker replaces another of the same strategy (a reload changed
-    /// it): it shares that one's pause switch, and sends nothing before
-    /// `after` is cancelled, so the strategy's order holds across the two.
-    pub(crate) fn replacing(mut self, pause: PauseHandle, after: CancellationToken) -> Self {
-        self.ctx.endpoint.register(&pause);
+    /// it): it shares that one's pause switch and retry-now button (the
+    /// operator acts on the strategy, whichever worker holds its failing
+    /// batch), and sends nothing before `after` is cancelled, so the
+    /// strategy's order holds across the two.
+    pub(crate) fn replacing(
+        mut self,
+        pause: PauseHandle,
+        retry: RetryHandle,
+        after: CancellationToken,
+    ) -> Self {
+        self.settings.current().endpoint.register(&pause);
         self.paused = pause.subscribe();
         if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
             ctx.pause = pause;
+            ctx.retry_now = retry;
         }
         self.after = Some(after);
         self
@@ -342,6 +324,21 @@ impl StrategyWorker {
         self.ctx.retry_now.clone()
     }
 
+    /// Holds the strategy (everything it gets is parked) and releases it.
+    pub fn hold_handle(&self) -> HoldHandle {
+        self.hold.clone()
+    }
+
+    /// Changes the endpoint, retry policy and templates of a running worker.
+    pub(crate) fn settings_handle(&self) -> SettingsHandle {
+        self.settings.clone()
+    }
+
+    /// Cancel it when a worker replacing this one takes its parked work over.
+    pub(crate) fn handoff(&self) -> CancellationToken {
+        self.handoff.clone()
+    }
+
     /// The strategy's status, updated while the worker runs.
     pub fn status(&self) -> StatusHandle {
         self.ctx.status.clone()
@@ -349,22 +346,33 @@ impl StrategyWorker {
 
     /// Runs until `shutdown` is cancelled (then finishes the batches in
     /// flight within the shutdown timeout) or the queue's senders are all
-    /// dropped (then delivers everything queued first).
+    /// dropped (then delivers everything queued first, and its parked work
+    /// unless a successor takes that over).
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DeliveryError> {
         if !self.restore(&shutdown).await || !self.wait_for_predecessor(&shutdown).await {
             self.ctx.status.update(|s| s.state = DeliveryState::Stopped);
             return Ok(());
         }
+        if !self.restore_stored && !self.load_parked(&shutdown, None).await.0 {
+            self.ctx.status.update(|s| s.state = DeliveryState::Stopped);
+            return Ok(());
+        }
         let mut tasks: JoinSet<Done> = JoinSet::new();
+        let mut drains: JoinSet<Drained> = JoinSet::new();
+        let drain_stop = CancellationToken::new();
         let mut input_open = true;
         let mut forgotten = Lsn::ZERO;
         let mut confirmed = self.boundaries.as_ref().map(|b| b.confirmed.clone());
         let mut panicked = false;
+        let handoff = self.handoff.clone();
+        let mut park_full = self.ctx.parking.as_ref().map(ParkBudget::subscribe_full);
+        self.update_parked();
 
         loop {
             // Send every batch that may go now; learn when to look again.
             let mut deadline = None;
-            if self.paused.borrow().is_none() {
+            let paused = self.paused.borrow().is_some();
+            if !paused {
                 loop {
                     let now = Instant::now();
                     let next = if tasks.len() < self.max_in_flight {
@@ -386,8 +394,32 @@ impl StrategyWorker {
                     }
                 }
             }
+            // Parked rows, in order per group, while not paused or held.
+            let held = self.held.borrow().is_some();
+            let handed_off = handoff.is_cancelled() && !input_open;
+            if !paused && !held && !handed_off {
+                while drains.len() < self.max_in_flight {
+                    let Some(id) = self.park.next_ready() else {
+                        break;
+                    };
+                    let ctx = self.ctx.clone();
+                    let stop = drain_stop.clone();
+                    drains.spawn(async move {
+                        let outcome = tokio::select! {
+                            biased;
+                            _ = stop.cancelled() => Outcome::Cancelled,
+                            outcome = attempt::drain(&ctx, id) => outcome,
+                        };
+                        Drained { id, outcome }
+                    });
+                }
+            }
             if !input_open && self.dispatcher.is_empty() && tasks.is_empty() {
-                break;
+                // A successor takes the parked work over; otherwise (a
+                // removed strategy, a run) it is delivered first.
+                if handoff.is_cancelled() || self.park.is_empty() {
+                    break;
+                }
             }
             tokio::select! {
                 biased;
@@ -405,8 +437,19 @@ impl StrategyWorker {
                     }
                     self.update_queue(tasks.len());
                 }
-                // 3. paused or resumed (the watch sender lives in the pause
-                //    handle this worker holds, so `changed` cannot fail)
+                // 3. a parked row is done with: free its groups
+                Some(joined) = drains.join_next() => {
+                    match joined {
+                        Ok(drained) => self.drained(drained),
+                        Err(e) if e.is_panic() => {
+                            panicked = true;
+                            break;
+                        }
+                        Err(_) => {}
+                    }
+                }
+                // 4. paused or resumed, held or released (the watch senders
+                //    live in handles this worker holds, so `changed` cannot fail)
                 Ok(()) = self.paused.changed() => {
                     let reason = *self.paused.borrow_and_update();
                     self.ctx.status.update(|s| {
@@ -414,14 +457,33 @@ impl StrategyWorker {
                         s.pause_reason = reason;
                     });
                 }
-                // 4. linger deadline
+                Ok(()) = self.held.changed() => {
+                    let reason = self.held.borrow_and_update().clone();
+                    // Only a worker that parks can hold (the API refuses otherwise).
+                    self.dispatcher.hold(reason.is_some() && self.ctx.parking.is_some());
+                    self.ctx.status.update(|s| s.held = reason);
+                }
+                Ok(()) = changed(&mut park_full) => {
+                    let full = park_full.as_mut().is_some_and(|f| *f.borrow_and_update());
+                    self.ctx.status.update(|s| s.park_full = full);
+                    if full {
+                        tracing::warn!(strategy = %self.name, "the parking bound (max_parked_bytes) is reached: walhook blocks this strategy (and holds the slot) until parked work is delivered; nothing is dropped");
+                    } else {
+                        tracing::info!(strategy = %self.name, "room under max_parked_bytes again");
+                    }
+                }
+                // 5. a successor takes the parked work over: stop draining
+                _ = handoff.cancelled(), if !input_open && !drains.is_empty() => {
+                    drain_stop.cancel();
+                }
+                // 6. linger deadline
                 _ = sleep_until(deadline), if deadline.is_some() => {}
-                // 5. Postgres confirmed more: forget stored batches behind it
+                // 7. Postgres confirmed more: forget stored batches behind it
                 Ok(()) = changed(&mut confirmed) => {
                     let lsn = confirmed.as_mut().map_or(Lsn::ZERO, |c| *c.borrow_and_update());
                     self.forget(lsn, &mut forgotten);
                 }
-                // 6. new input, while the lookahead has room
+                // 8. new input, while the lookahead has room
                 item = self.rx.recv(), if input_open && self.dispatcher.pending_len() < self.lookahead => match item {
                     Some(WorkItem::Record(record)) => {
                         self.finaliser.open(record.commit_lsn);
@@ -443,12 +505,21 @@ impl StrategyWorker {
         }
 
         // Shutdown: no new batches; let those in flight finish in time.
+        // Parked rows stay parked: they are retried after the restart.
         self.ctx.stop.cancel();
+        drain_stop.cancel();
         let shutdown_timeout = self.shutdown_timeout;
         let drain = async {
             while let Some(joined) = tasks.join_next().await {
                 match joined {
                     Ok(done) => self.finished(done),
+                    Err(e) if e.is_panic() => panicked = true,
+                    Err(_) => {}
+                }
+            }
+            while let Some(joined) = drains.join_next().await {
+                match joined {
+                    Ok(drained) => self.drained(drained),
                     Err(e) if e.is_panic() => panicked = true,
                     Err(_) => {}
                 }
@@ -462,6 +533,8 @@ impl StrategyWorker {
             );
             self.ctx.abort.cancel();
             while tasks.join_next().await.is_some() {}
+            drains.abort_all();
+            while drains.join_next().await.is_some() {}
         }
         self.ctx.metrics.in_flight.set(0.0);
         self.ctx.status.update(|s| {
@@ -477,7 +550,7 @@ impl StrategyWorker {
     }
 
     /// Starts a batch's delivery task. Chained, it waits for the batch
-    /// sealed before it (see [`deliver`]).
+    /// sealed before it (see [`attempt::deliver`]).
     fn spawn(&mut self, tasks: &mut JoinSet<Done>, batch: Box<Batch>) {
         let ctx = self.ctx.clone();
         let (after, done_tx) = if self.chained {
@@ -487,70 +560,174 @@ impl StrategyWorker {
             (None, None)
         };
         tasks.spawn(async move {
-            let outcome = deliver(&ctx, &batch, after).await;
+            let mut batch = *batch;
+            let ended = attempt::deliver(&ctx, &mut batch, after).await;
             if let Some(tx) = done_tx {
-                // The next batch may have been dropped at shutdown.
-                let _ = tx.send(outcome);
+                // Only a live batch that got parked makes the next one
+                // follow it: a park-lane batch was sealed while its group
+                // was parked, so one sealed live after it found the park
+                // drained. The next batch may have been dropped at shutdown.
+                let told = match (ended.outcome, batch.lane) {
+                    (Outcome::Parked, Lane::Park) => Outcome::Delivered,
+                    (outcome, _) => outcome,
+                };
+                let _ = tx.send(told);
             }
-            Done {
-                batch: *batch,
-                outcome,
-            }
+            Done { batch, ended }
         });
     }
 
     /// Loads the batches stored before a restart, once the stream has
-    /// started (its start tells which of them were delivered). False when
-    /// shut down while waiting.
+    /// started (its start tells which of them were delivered), and the
+    /// parked rows. False when shut down while waiting.
     async fn restore(&mut self, shutdown: &CancellationToken) -> bool {
-        let (Some(boundaries), Some(state)) = (&self.boundaries, &self.ctx.state) else {
-            return true;
-        };
         if !self.restore_stored {
             return true;
         }
-        let mut resumed = boundaries.resumed_from.clone();
-        let resumed_from = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return false,
-            r = resumed.wait_for(Option::is_some) => match r {
-                Ok(lsn) => (*lsn).unwrap_or(Lsn::ZERO),
-                // The source is gone before it streamed: nothing will come.
-                Err(_) => Lsn::ZERO,
-            },
+        let resumed_from = match &self.boundaries {
+            Some(boundaries) if self.ctx.state.is_some() => {
+                let mut resumed = boundaries.resumed_from.clone();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return false,
+                    r = resumed.wait_for(Option::is_some) => match r {
+                        Ok(lsn) => (*lsn).unwrap_or(Lsn::ZERO),
+                        // The source is gone before it streamed: nothing will come.
+                        Err(_) => Lsn::ZERO,
+                    },
+                }
+            }
+            _ => return true,
+        };
+        let (loaded, mut skip, parked_ids) = self.load_parked(shutdown, Some(resumed_from)).await;
+        if !loaded {
+            return false;
+        }
+        let Some(state) = self.ctx.state.clone() else {
+            return true;
         };
         let stored = match state.load_batches(&self.name).await {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(strategy = %self.name, error = %e, "cannot load stored batches; redelivered batches may get new ids");
+                self.dispatcher.restore(Vec::new(), skip);
                 return true;
             }
         };
         let mut reform = Vec::new();
-        let mut skip = Vec::new();
+        let mut delivered = 0;
         for batch in &stored {
+            // A parked batch's records are skipped: the row is their copy.
+            if parked_ids.contains(&batch.batch_id) {
+                continue;
+            }
             let Some(members) = stored_members(batch) else {
                 continue;
             };
             // Postgres streams again every transaction committed at or
             // after the position it resumed from, and none before.
             match members.first() {
-                Some((lsn, _)) if lsn < resumed_from => skip.push(members),
+                Some((lsn, _)) if lsn < resumed_from => {
+                    skip.push(members);
+                    delivered += 1;
+                }
                 Some(_) => reform.push(members),
                 None => {}
             }
         }
-        if !reform.is_empty() || !skip.is_empty() {
+        if !reform.is_empty() || delivered > 0 {
             tracing::info!(
                 strategy = %self.name,
                 reformed = reform.len(),
-                delivered = skip.len(),
+                delivered,
                 resumed_from = %resumed_from,
                 "re-forming batches sent before the restart"
             );
         }
         self.dispatcher.restore(reform, skip);
         true
+    }
+
+    /// Reads the strategy's parked rows and hold before anything is sent
+    /// (retrying while the store fails: sending records of a parked group
+    /// ahead of its parked rows would break their order). With
+    /// `resumed_from`, also returns the records of parked rows Postgres
+    /// streams again (to skip) and the parked batch ids. False when shut
+    /// down first.
+    async fn load_parked(
+        &mut self,
+        shutdown: &CancellationToken,
+        resumed_from: Option<Lsn>,
+    ) -> (bool, Vec<Stored>, HashSet<String>) {
+        let mut skip = Vec::new();
+        let mut ids = HashSet::new();
+        let (Some(_), Some(state)) = (&self.ctx.parking, self.ctx.state.clone()) else {
+            return (true, skip, ids);
+        };
+        let mut failures = 0u32;
+        let (rows, hold) = loop {
+            let loaded = async {
+                let rows = state.load_parked(&self.name).await?;
+                let hold = state.hold_of(&self.name).await?;
+                Ok::<_, crate::state::StateError>((rows, hold))
+            };
+            match loaded.await {
+                Ok(found) => break found,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::error!(strategy = %self.name, error = %e, "cannot read the parked batches; nothing is sent until they are read");
+                    self.ctx.status.update(|s| {
+                        s.state_error = Some(format!("reading the parked batches: {e}"))
+                    });
+                    let delay = retry::delay(
+                        &self.settings.current().retry,
+                        failures,
+                        None,
+                        &mut rand::rng(),
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return (false, skip, ids),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        };
+        if failures > 0 {
+            self.ctx.status.update(|s| s.state_error = None);
+        }
+        let ours = fingerprint();
+        let mut bytes = 0u64;
+        for row in &rows {
+            let keys = parked_keys(row, ours);
+            self.dispatcher.park(&keys);
+            let size = u64::try_from(row.bytes).unwrap_or(0);
+            bytes += size;
+            self.park.insert(ParkedRow {
+                id: row.id,
+                keys,
+                bytes: size,
+                records: u64::try_from(row.size).unwrap_or(0),
+            });
+            if let Some(resumed_from) = resumed_from {
+                ids.insert(row.batch_id.clone());
+                if let Some(list) = parse_record_list(&row.records) {
+                    if list.last().is_some_and(|(lsn, _)| *lsn >= resumed_from) {
+                        skip.push(Stored::List(list));
+                    }
+                }
+            }
+        }
+        if let Some(budget) = &self.ctx.parking {
+            budget.add(bytes);
+        }
+        if let Some(reason) = hold {
+            self.hold.set(Some(reason));
+        }
+        if !rows.is_empty() {
+            tracing::info!(strategy = %self.name, parked = rows.len(), bytes, "parked batches found; they are retried from walhook.parked before later records of their keys");
+        }
+        (true, skip, ids)
     }
 
     /// Waits until the worker this one replaces is done. False when shut
@@ -570,8 +747,16 @@ impl StrategyWorker {
         self.dispatcher.release(&done.batch);
         self.dispatcher
             .recycle(std::mem::take(&mut done.batch.body));
-        if done.outcome == Outcome::Cancelled {
+        if done.ended.outcome == Outcome::Cancelled {
             return;
+        }
+        if let Some(row) = done.ended.parked.take() {
+            // A park-lane batch's groups were counted when it was sealed.
+            if done.batch.lane == Lane::Live {
+                self.dispatcher.park(&row.keys);
+            }
+            self.park.insert(row);
+            self.update_parked();
         }
         let through = self
             .finaliser
@@ -579,6 +764,23 @@ impl StrategyWorker {
         self.advance(through);
         // Dropping the batch releases its bytes from the memory budget.
         drop(done);
+    }
+
+    fn drained(&mut self, drained: Drained) {
+        if drained.outcome == Outcome::Cancelled {
+            self.park.release(drained.id);
+            return;
+        }
+        if let Some(row) = self.park.remove(drained.id) {
+            self.dispatcher.unpark(&row.keys);
+            if let Some(budget) = &self.ctx.parking {
+                budget.release(row.bytes);
+            }
+            if self.park.is_empty() {
+                tracing::info!(strategy = %self.name, "every parked batch is delivered; records go live again");
+            }
+        }
+        self.update_parked();
     }
 
     fn advance(&self, through: Option<Lsn>) {
@@ -615,6 +817,29 @@ impl StrategyWorker {
             s.in_flight = u32::try_from(in_flight).unwrap_or(u32::MAX);
         });
     }
+
+    fn update_parked(&self) {
+        let (batches, records, bytes) = (self.park.len(), self.park.records(), self.park.bytes());
+        self.ctx.metrics.parked_batches.set(batches as f64);
+        self.ctx.metrics.parked_records.set(records as f64);
+        self.ctx.metrics.parked_bytes.set(bytes as f64);
+        let first = self.park.first().map(|r| r.id);
+        self.ctx.status.update(|s| {
+            s.parked_batches = batches as u64;
+            s.parked_records = records;
+            s.parked_bytes = bytes;
+            s.oldest_parked_id = first;
+        });
+    }
+}
+
+/// A parked row's group keys; a row hashed by another build holds every group.
+fn parked_keys(row: &StoredParked, ours: i64) -> ParkKeys {
+    if row.key_hash == ours {
+        ParkKeys::from_stored(&row.group_keys, row.all_groups)
+    } else {
+        ParkKeys::everything()
+    }
 }
 
 /// The records of a stored batch.
@@ -628,57 +853,6 @@ fn stored_members(batch: &StoredBatch) -> Option<Stored> {
     }
 }
 
-/// `walhook.batches.records`: record ids separated by spaces, runs of one
-/// transaction's consecutive records written `<lsn>:<first>-<last>`.
-fn record_list(keys: &[(Lsn, u32)]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    let mut i = 0;
-    while let Some(&(lsn, first)) = keys.get(i) {
-        let mut last = first;
-        while keys
-            .get(i + 1)
-            .is_some_and(|&(l, n)| l == lsn && Some(n) == last.checked_add(1))
-        {
-            i += 1;
-            last += 1;
-        }
-        if !out.is_empty() {
-            out.push(' ');
-        }
-        // Writing to a String cannot fail.
-        let _ = if last == first {
-            write!(out, "{lsn}:{first}")
-        } else {
-            write!(out, "{lsn}:{first}-{last}")
-        };
-        i += 1;
-    }
-    out
-}
-
-/// Parses [`record_list`]'s text back, sorted; `None` when malformed.
-fn parse_record_list(text: &str) -> Option<Vec<(Lsn, u32)>> {
-    let mut keys = Vec::new();
-    for item in text.split_whitespace() {
-        let (lsn, range) = item.rsplit_once(':')?;
-        let lsn: Lsn = lsn.parse().ok()?;
-        let (first, last) = match range.split_once('-') {
-            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
-            None => {
-                let n = range.parse::<u32>().ok()?;
-                (n, n)
-            }
-        };
-        if last < first {
-            return None;
-        }
-        keys.extend((first..=last).map(|n| (lsn, n)));
-    }
-    keys.sort_unstable();
-    Some(keys)
-}
-
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -687,336 +861,9 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Waits for a change of an optional watch (never, when there is none).
-async fn changed(rx: &mut Option<watch::Receiver<Lsn>>) -> Result<(), watch::error::RecvError> {
+async fn changed<T>(rx: &mut Option<watch::Receiver<T>>) -> Result<(), watch::error::RecvError> {
     match rx {
         Some(rx) => rx.changed().await,
         None => std::future::pending().await,
-    }
-}
-
-/// What one batch in flight is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TaskState {
-    Sending,
-    Retrying,
-    Blocked,
-}
-
-/// A batch in flight, counted in the strategy's status while it lives: the
-/// strategy shows blocked if any batch is, else retrying if any is, else
-/// delivering.
-struct Flying<'a> {
-    ctx: &'a SenderCtx,
-    state: Mutex<TaskState>,
-}
-
-impl<'a> Flying<'a> {
-    fn start(ctx: &'a SenderCtx) -> Self {
-        let flying = Flying {
-            ctx,
-            state: Mutex::new(TaskState::Sending),
-        };
-        flying.count(TaskState::Sending, 1);
-        flying
-    }
-
-    fn set(&self, state: TaskState) {
-        let before = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            state,
-        );
-        if before != state {
-            self.count(before, -1);
-            self.count(state, 1);
-        }
-    }
-
-    fn count(&self, state: TaskState, delta: i32) {
-        let mut counts = self.ctx.counts.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = match state {
-            TaskState::Sending => &mut counts.0,
-            TaskState::Retrying => &mut counts.1,
-            TaskState::Blocked => &mut counts.2,
-        };
-        *slot = slot.saturating_add_signed(delta);
-        let (sending, retrying, blocked) = *counts;
-        let shown = if blocked > 0 {
-            DeliveryState::Blocked
-        } else if retrying > 0 {
-            DeliveryState::Retrying
-        } else if sending > 0 {
-            DeliveryState::Delivering
-        } else {
-            DeliveryState::Idle
-        };
-        self.ctx.status.update(|s| {
-            if s.state != DeliveryState::Stopped {
-                s.state = shown;
-            }
-        });
-    }
-}
-
-impl Drop for Flying<'_> {
-    fn drop(&mut self) {
-        let state = *self.state.lock().unwrap_or_else(|e| e.into_inner());
-        self.count(state, -1);
-    }
-}
-
-/// Delivers one batch: stores its records (for stable ids), waits for the
-/// batch sealed before it when there is one (`after`, chained), then
-/// attempts until delivered, dead-lettered or stopped.
-async fn deliver(
-    ctx: &SenderCtx,
-    batch: &Batch,
-    after: Option<oneshot::Receiver<Outcome>>,
-) -> Outcome {
-    if ctx.record_batches {
-        record_batch(ctx, batch).await;
-    }
-    if let Some(after) = after {
-        let before = tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => return Outcome::Cancelled,
-            // Its task ended without a word: it was dropped at shutdown.
-            r = after => r.unwrap_or(Outcome::Cancelled),
-        };
-        // Stopping starts no new batch; a batch not sent must not go ahead
-        // of it.
-        if before == Outcome::Cancelled || ctx.stop.is_cancelled() {
-            return Outcome::Cancelled;
-        }
-        // Paused while the batch before was in flight: hold until resumed.
-        let mut paused = ctx.pause.subscribe();
-        tokio::select! {
-            biased;
-            _ = ctx.stop.cancelled() => return Outcome::Cancelled,
-            _ = paused.wait_for(Option::is_none) => {}
-        }
-    }
-    let flying = Flying::start(ctx);
-    let mut wake = ctx.retry_now.subscribe();
-    let mut recovered = ctx.endpoint.recovered();
-    let mut failures = 0u32;
-    // Attempts that reached the endpoint: refusals by the open circuit
-    // back off like failures but do not use up `max_attempts`.
-    let mut sent_failures = 0u32;
-    loop {
-        let result = tokio::select! {
-            biased;
-            _ = ctx.abort.cancelled() => return Outcome::Cancelled,
-            r = ctx.endpoint.attempt(batch) => r,
-        };
-        let decision = if result.refused {
-            Decision::Retry
-        } else {
-            retry::decide(result.status, ctx.endpoint.on_client_error())
-        };
-        ctx.metrics.attempt(&result, decision);
-        let error = result.error.clone().unwrap_or_default();
-        if decision != Decision::Delivered {
-            tracing::warn!(
-                strategy = %ctx.name,
-                batch_id = %batch.id,
-                first_lsn = %batch.first_lsn,
-                attempt = failures + 1,
-                status = result.status,
-                decision = decision.label(),
-                error = %error,
-                "delivery attempt failed"
-            );
-        }
-        match decision {
-            Decision::Delivered => {
-                delivered(ctx, batch);
-                return Outcome::Delivered;
-            }
-            Decision::DeadLetter => {
-                failures = failures.saturating_add(1);
-                return dead_letter(ctx, &flying, batch, &result, failures).await;
-            }
-            Decision::Pause => {
-                failures = failures.saturating_add(1);
-                ctx.endpoint.gone(&ctx.name);
-                failed(ctx, failures, error);
-                flying.set(TaskState::Blocked);
-                // Held until the strategy is resumed; then tried at once.
-                let mut paused = ctx.pause.subscribe();
-                tokio::select! {
-                    biased;
-                    _ = ctx.stop.cancelled() => return Outcome::Cancelled,
-                    _ = paused.wait_for(Option::is_none) => {}
-                }
-            }
-            Decision::Retry => {
-                failures = failures.saturating_add(1);
-                if !result.refused {
-                    sent_failures = sent_failures.saturating_add(1);
-                }
-                let next = if sent_failures == 0 {
-                    RetryNext::Retry
-                } else {
-                    retry::next(&ctx.retry, sent_failures)
-                };
-                if next == RetryNext::DeadLetter {
-                    return dead_letter(ctx, &flying, batch, &result, sent_failures).await;
-                }
-                let delay =
-                    retry::delay(&ctx.retry, failures, result.retry_after, &mut rand::rng());
-                failed(ctx, failures, error);
-                flying.set(if next == RetryNext::RetryBlocked {
-                    TaskState::Blocked
-                } else {
-                    TaskState::Retrying
-                });
-                let _waiting = ctx.retry_now.waiting();
-                wake.borrow_and_update();
-                recovered.borrow_and_update();
-                tokio::select! {
-                    biased;
-                    _ = ctx.stop.cancelled() => return Outcome::Cancelled,
-                    _ = wake.changed() => {
-                        tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "retrying now (admin API)");
-                    }
-                    // The endpoint's circuit closed: it answers again.
-                    Ok(()) = recovered.changed() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-        flying.set(TaskState::Sending);
-    }
-}
-
-/// Stores the batch's records before its first attempt, so a redelivery
-/// after a restart re-forms it with the same id. Best effort: a slow or
-/// absent state database must not stop delivery.
-async fn record_batch(ctx: &SenderCtx, batch: &Batch) {
-    let Some(state) = &ctx.state else { return };
-    let stored = StoredBatch {
-        batch_id: batch.id.clone(),
-        first_record_id: batch.first_record_id(),
-        last_record_id: batch.last_record_id(),
-        last_lsn: batch.last_lsn,
-        records: ctx.store_lists.then(|| record_list(&batch.keys)),
-    };
-    let recorded =
-        tokio::time::timeout(STATE_TIMEOUT, state.record_batch(&ctx.name, &stored)).await;
-    let error = match recorded {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {STATE_TIMEOUT:?}")),
-    };
-    if let Some(error) = error {
-        tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %error, "cannot record the batch's records; a redelivery may get a new batch id");
-    }
-}
-
-fn failed(ctx: &SenderCtx, failures: u32, error: String) {
-    ctx.status.update(|s| {
-        s.attempts = failures;
-        s.last_error = Some(error);
-    });
-}
-
-fn delivered(ctx: &SenderCtx, batch: &Batch) {
-    ctx.metrics.delivered.increment(1);
-    ctx.metrics.batch_records.record(batch.size as f64);
-    let now = SystemTime::now();
-    let now_us = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    let lag = (now_us - batch.first_commit_time).max(0) as f64 / 1e6;
-    ctx.metrics.commit_to_delivery.record(lag);
-    ctx.status.update(|s| {
-        s.last_lag = Some(Duration::from_secs_f64(lag));
-        s.attempts = 0;
-        s.last_error = None;
-        s.last_success = Some(now);
-        s.delivered_batches += 1;
-        s.delivered_records += batch.size as u64;
-    });
-}
-
-async fn dead_letter(
-    ctx: &SenderCtx,
-    flying: &Flying<'_>,
-    batch: &Batch,
-    last: &AttemptResult,
-    attempts: u32,
-) -> Outcome {
-    let Some(state) = &ctx.state else {
-        // StrategyWorker::new refuses dead letters without a state store.
-        return Outcome::Cancelled;
-    };
-    let letter = NewDeadLetter {
-        strategy: &ctx.name,
-        batch_id: &batch.id,
-        first_lsn: batch.first_lsn,
-        last_lsn: batch.last_lsn,
-        payload: &batch.body,
-        last_status: last.status,
-        last_error: last.error.as_deref(),
-        attempts,
-    };
-    let mut failures = 0u32;
-    loop {
-        match state.insert_dead_letter(&letter).await {
-            Ok(id) => {
-                tracing::warn!(
-                    strategy = %ctx.name,
-                    batch_id = %batch.id,
-                    dead_letter_id = id,
-                    attempts,
-                    "batch stored as a dead letter"
-                );
-                ctx.metrics.dead_lettered.increment(1);
-                ctx.metrics.dead_letters.increment(1);
-                ctx.status.update(|s| {
-                    s.attempts = 0;
-                    s.dead_lettered_batches += 1;
-                    s.dead_lettered_records += batch.size as u64;
-                });
-                return Outcome::DeadLettered;
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::error!(strategy = %ctx.name, batch_id = %batch.id, error = %e, "cannot store the dead letter; retrying");
-                failed(ctx, attempts, format!("storing the dead letter: {e}"));
-                flying.set(TaskState::Blocked);
-                let delay = retry::delay(&ctx.retry, failures, None, &mut rand::rng());
-                tokio::select! {
-                    biased;
-                    _ = ctx.stop.cancelled() => return Outcome::Cancelled,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_lists_round_trip_compactly() {
-        let keys = vec![
-            (Lsn(0x100), 0),
-            (Lsn(0x100), 1),
-            (Lsn(0x100), 2),
-            (Lsn(0x100), 7),
-            (Lsn(0x200), 0),
-            (Lsn(0x300), 4),
-            (Lsn(0x300), 5),
-        ];
-        let text = record_list(&keys);
-        assert_eq!(text, "0/100:0-2 0/100:7 0/200:0 0/300:4-5");
-        assert_eq!(parse_record_list(&text), Some(keys));
-        assert_eq!(parse_record_list(""), Some(vec![]));
-        assert_eq!(parse_record_list("0/100:5-2"), None);
-        assert_eq!(parse_record_list("nonsense"), None);
     }
 }

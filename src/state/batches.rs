@@ -7,6 +7,9 @@ use tokio_postgres::types::Type;
 use super::{StateError, StateStore};
 use crate::lsn::{Lsn, ParseLsnError};
 
+/// A record's position: (commit LSN, index in its transaction).
+type RecordKey = (Lsn, u32);
+
 /// A batch sent but not yet acknowledged (`walhook.batches`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBatch {
@@ -105,5 +108,80 @@ impl StateStore {
             )
             .await
             .map_err(StateError::query("forgetting acknowledged walhook.batches"))
+    }
+}
+
+/// `walhook.batches.records`: record ids separated by spaces, runs of one
+/// transaction's consecutive records written `<lsn>:<first>-<last>`.
+pub(crate) fn record_list(keys: &[RecordKey]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut i = 0;
+    while let Some(&(lsn, first)) = keys.get(i) {
+        let mut last = first;
+        while keys
+            .get(i + 1)
+            .is_some_and(|&(l, n)| l == lsn && Some(n) == last.checked_add(1))
+        {
+            i += 1;
+            last += 1;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        // Writing to a String cannot fail.
+        let _ = if last == first {
+            write!(out, "{lsn}:{first}")
+        } else {
+            write!(out, "{lsn}:{first}-{last}")
+        };
+        i += 1;
+    }
+    out
+}
+
+/// Parses [`record_list`]'s text back, sorted; `None` when malformed.
+pub(crate) fn parse_record_list(text: &str) -> Option<Vec<RecordKey>> {
+    let mut keys = Vec::new();
+    for item in text.split_whitespace() {
+        let (lsn, range) = item.rsplit_once(':')?;
+        let lsn: Lsn = lsn.parse().ok()?;
+        let (first, last) = match range.split_once('-') {
+            Some((a, b)) => (a.parse::<u32>().ok()?, b.parse::<u32>().ok()?),
+            None => {
+                let n = range.parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if last < first {
+            return None;
+        }
+        keys.extend((first..=last).map(|n| (lsn, n)));
+    }
+    keys.sort_unstable();
+    Some(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_lists_round_trip_compactly() {
+        let keys = vec![
+            (Lsn(0x100), 0),
+            (Lsn(0x100), 1),
+            (Lsn(0x100), 2),
+            (Lsn(0x100), 7),
+            (Lsn(0x200), 0),
+            (Lsn(0x300), 4),
+            (Lsn(0x300), 5),
+        ];
+        let text = record_list(&keys);
+        assert_eq!(text, "0/100:0-2 0/100:7 0/200:0 0/300:4-5");
+        assert_eq!(parse_record_list(&text), Some(keys));
+        assert_eq!(parse_record_list(""), Some(vec![]));
+        assert_eq!(parse_record_list("0/100:5-2"), None);
+        assert_eq!(parse_record_list("nonsense"), None);
     }
 }

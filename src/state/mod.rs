@@ -1,5 +1,5 @@
 //! walhook's state (`sql/state.sql`): dead letters, the boundaries of
-//! batches sent but not yet acknowledged, runs and paused strategies, in schema `walhook` of
+//! batches sent but not yet acknowledged, parked batches, runs and paused strategies, in schema `walhook` of
 //! the source database unless `[state]` names another schema or database.
 //! Delivery, replay, runs and the admin API all go through [`StateStore`],
 //! so each table has one set of queries. The queries name the tables
@@ -19,6 +19,7 @@
 
 mod batches;
 mod dead_letters;
+mod parked;
 mod pauses;
 mod runs;
 mod schema;
@@ -36,7 +37,10 @@ use crate::config::{Config, Secret};
 use crate::pg::{self, quote_ident, ConnectError};
 
 pub use batches::StoredBatch;
+pub(crate) use batches::{parse_record_list, record_list};
 pub use dead_letters::{DeadLetter, DeadLetterInfo, NewDeadLetter};
+pub use parked::ParkedSummary;
+pub(crate) use parked::{NewParked, StoredParked};
 pub use schema::StateProblem;
 pub(crate) use schema::{inspect, setup_sql, Inspection, DEFAULT_SCHEMA};
 

@@ -389,7 +389,17 @@ mod tests {
     fn the_expected_tables_and_columns_come_from_the_schema_file() {
         let tables = expected_tables();
         let names: Vec<&str> = tables.iter().map(|(t, _)| t.as_str()).collect();
-        assert_eq!(names, ["dead_letters", "runs", "batches", "pauses"]);
+        assert_eq!(
+            names,
+            [
+                "dead_letters",
+                "runs",
+                "batches",
+                "pauses",
+                "parked",
+                "holds"
+            ]
+        );
         assert!(
             tables[0].1.contains(&"body".to_string()),
             "added by ALTER TABLE"

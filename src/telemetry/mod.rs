@@ -206,6 +206,41 @@ pub(crate) fn describe() {
         Unit::Bytes,
         "The memory budget for changes in flight ([source] max_buffer_bytes)."
     );
+    describe_gauge!(
+        PARKED_BATCHES,
+        Unit::Count,
+        "Batches parked in walhook.parked, by strategy: stored with their exact bytes and ids, \
+         retried from there; the slot has moved past them."
+    );
+    describe_gauge!(
+        PARKED_RECORDS,
+        Unit::Count,
+        "Records in parked batches, by strategy."
+    );
+    describe_gauge!(
+        PARKED_BYTES,
+        Unit::Bytes,
+        "Bytes of parked batches' bodies, by strategy (bounded by max_parked_bytes)."
+    );
+    describe_gauge!(
+        PARKED_LIMIT_BYTES,
+        Unit::Bytes,
+        "A strategy's max_parked_bytes."
+    );
+    describe_gauge!(
+        PARKING_FULL,
+        "1 while a strategy's parking bound is reached: a batch that should be parked waits \
+         (holding its strategy and the slot) until parked work is delivered."
+    );
+    describe_counter!(
+        STATE_ERRORS_TOTAL,
+        "Writes to the state store that failed, by operation (parking a batch, storing a dead \
+         letter, recording a batch's records, ...). /status shows the last one until a write succeeds."
+    );
+    describe_counter!(
+        PARKED_TOTAL,
+        "Batches parked, by strategy and reason (failing, behind, held)."
+    );
 }
 
 /// On-demand triggers of runs that this process serves (`run-strategy`

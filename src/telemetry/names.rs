@@ -62,3 +62,21 @@ pub(crate) const BUFFER_BYTES: &str = "walhook_buffer_bytes";
 pub(crate) const BUFFER_LIMIT_BYTES: &str = "walhook_buffer_limit_bytes";
 /// Counter `{result}`: configuration reloads (applied, unchanged, invalid, refused).
 pub(crate) const CONFIG_RELOAD_TOTAL: &str = "walhook_config_reload_total";
+/// Gauge `{strategy}`: batches parked in `walhook.parked` (waiting to be
+/// delivered from the store; the slot has moved past them).
+pub(crate) const PARKED_BATCHES: &str = "walhook_parked_batches";
+/// Gauge `{strategy}`: records in parked batches.
+pub(crate) const PARKED_RECORDS: &str = "walhook_parked_records";
+/// Gauge `{strategy}`: bytes of parked batches' bodies.
+pub(crate) const PARKED_BYTES: &str = "walhook_parked_bytes";
+/// Gauge `{strategy}`: `max_parked_bytes`.
+pub(crate) const PARKED_LIMIT_BYTES: &str = "walhook_parked_limit_bytes";
+/// Gauge `{strategy}`: 1 while the parking bound is reached (a batch that
+/// should be parked waits, holding its strategy and the slot).
+pub(crate) const PARKING_FULL: &str = "walhook_parking_full";
+/// Counter `{strategy, reason}`: batches parked (failing: it kept failing;
+/// behind: it had to follow parked work; held: its strategy was held).
+pub(crate) const PARKED_TOTAL: &str = "walhook_parked_total";
+/// Counter `{operation}`: writes to the state store that failed (parking,
+/// dead letters, batch records, the delivery log).
+pub(crate) const STATE_ERRORS_TOTAL: &str = "walhook_state_errors_total";

@@ -57,6 +57,7 @@ pub(crate) fn fast_retry(max_attempts: u32, on_exhausted: OnExhausted) -> Retry 
         initial: Duration::from_millis(100),
         max: Duration::from_secs(2),
         on_exhausted,
+        park_after: Default::default(),
     }
 }
 

@@ -117,6 +117,7 @@ impl Server {
             token: token.map(Secret::new),
             prom,
             console: None,
+            workers: None,
         };
         let shutdown = CancellationToken::new();
         let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
@@ -214,6 +215,7 @@ async fn health_readiness_status_and_metrics() {
             in_flight: 1,
             pause_reason: None,
             progress: Default::default(),
+            ..Default::default()
         });
     assert_eq!(
         server.get("/readyz").await,
@@ -463,6 +465,7 @@ async fn run_refuses_a_public_admin_listen_without_a_token() {
         token: None,
         prom: walhook::telemetry::install_recorder().expect("recorder"),
         console: None,
+        workers: None,
     };
     let result = tokio::time::timeout(
         Duration::from_secs(5),
@@ -510,6 +513,7 @@ async fn readiness_and_metrics_follow_a_real_source() {
         token: None,
         prom,
         console: None,
+        workers: None,
     };
     let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))
         .await
