@@ -89,9 +89,16 @@ pub(crate) async fn execute(plan: &Plan, sink: Sink, cx: &Context<'_>) -> Result
     let client = pg::connect(cx.url, "walhook-run")
         .await
         .map_err(super::reader::SnapshotError::Connect)?;
-    let mut reader = TableReader::open(client, table, cfg.run_as.as_deref())
-        .await?
-        .with_pushdown(plan.pushdown.clone());
+    let reader = TableReader::open(client, table, cfg.run_as.as_deref()).await?;
+    // The database reads only rows the filter's simple comparisons keep.
+    let pushdown = plan
+        .filter
+        .as_ref()
+        .and_then(|(text, _)| super::pushdown::to_sql(text, reader.relation()));
+    if let Some(sql) = &pushdown {
+        tracing::debug!(run = plan.id, r#where = %sql, "the run's filter, in part, as the chunks' WHERE");
+    }
+    let mut reader = reader.with_pushdown(pushdown);
     if let Some((text, _)) = &plan.filter {
         for column in referenced_columns(text).map_err(RunError::Filter)? {
             if reader.relation().column_index(&column.column).is_none() {

@@ -567,7 +567,6 @@ impl RunManager {
             index,
             trigger,
             compiled,
-            pushdown: None,
             sync_cap,
             chunk_size: cfg.backfill.chunk_size.max(1),
             rate: cfg.backfill.max_rows_per_second,

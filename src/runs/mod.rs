@@ -24,6 +24,7 @@ mod execute;
 mod manager;
 mod plan;
 mod progress;
+mod pushdown;
 mod reader;
 pub(crate) mod schedule;
 

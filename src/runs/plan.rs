@@ -289,8 +289,6 @@ pub(crate) struct Plan {
     pub(crate) compiled: Arc<CompiledStrategy>,
     /// The filter's text and compiled form, evaluated on every row read.
     pub(crate) filter: Option<(String, Expr)>,
-    /// The part of the filter the database evaluates (see `pushdown`).
-    pub(crate) pushdown: Option<String>,
     pub(crate) params: Params,
     /// Sync runs: count first, refuse past this many records.
     pub(crate) sync_cap: Option<u64>,
