@@ -4,6 +4,7 @@
 //! its API, and the `walhook.runs` table.
 
 mod api;
+mod backfills;
 mod cli;
 mod controls;
 mod copy;
