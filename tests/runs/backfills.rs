@@ -41,7 +41,7 @@ async fn a_first_backfill_on_a_new_deployment_and_one_added_by_sighup_leave_exac
     // A new deployment: the strategy's first run backfills it, under a writer.
     let scene = Scene::new("bf_initial", 20_000, "backfill = { initial = true }").await;
     let writer = Writer::start(&scene.db, 20_000, 3_000).await;
-    let mut walhook = scene.start().await;
+    let walhook = scene.start().await;
     let run = initial_run(&scene, "copy").await;
     assert_eq!(run["state"], "succeeded", "{run}\n{}", walhook.stderr());
     assert_eq!(writer.finish().await, 3_000);
