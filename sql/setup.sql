@@ -89,8 +89,11 @@ SELECT format('DO $walhook$ BEGIN RAISE EXCEPTION %L USING HINT = %L; END $walho
               || ' in a publication that publishes updates and deletes, the application''s'
               || ' UPDATE and DELETE on them would fail',
               'Choose one per table: (1) ALTER TABLE … ADD PRIMARY KEY (…); (2) ALTER TABLE …'
-              || ' REPLICA IDENTITY FULL; (3) if walhook needs only inserts, create the'
-              || ' publication first WITH (publish = ''insert'').')
+              || ' REPLICA IDENTITY FULL; (3) if only the inserts of these tables are needed,'
+              || ' follow them with a second walhook, its own slot and its own publication'
+              || ' created WITH (publish = ''insert''). Not on this publication: publish applies'
+              || ' to every table of a publication, so every other strategy on it would stop'
+              || ' receiving updates and deletes.')
 \gexec
 \endif
 

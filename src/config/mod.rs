@@ -15,6 +15,7 @@
 //! Filter and mapping expressions are compiled by the strategy stage, which
 //! plugs in through [`Config::check_expressions`].
 
+mod bounds;
 mod de;
 mod endpoint;
 mod error;
@@ -109,6 +110,15 @@ pub(crate) struct SourceConfig {
     /// goes through, alone. Bytes, or text with a unit. Default "64MiB".
     #[serde(default = "default_max_buffer_bytes", deserialize_with = "de::bytes")]
     pub(crate) max_buffer_bytes: usize,
+}
+
+impl SourceConfig {
+    /// The defaults with an empty `url`, standing in for a `[source]` that
+    /// failed to parse while the rest of the file is validated.
+    fn placeholder() -> Option<SourceConfig> {
+        let table = toml::Table::from_iter([("url".to_string(), toml::Value::from(""))]);
+        SourceConfig::deserialize(toml::Value::Table(table)).ok()
+    }
 }
 
 fn default_max_buffer_bytes() -> usize {
@@ -232,6 +242,20 @@ impl Config {
 
     /// Like [`Config::load`], from text, with variables from `env`.
     pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+        Config::parse_checked(text, env, &|_| Ok(()))
+    }
+
+    /// [`Config::parse`], with every expression also run through `compile`
+    /// (the strategy stage's hook, see [`Config::check_expressions`]). Every
+    /// phase runs whatever the others found: an unset variable, a value of
+    /// the wrong type or a missing section does not hide the problems of the
+    /// rest of the file (the expressions of an item with a bad value are
+    /// checked when the item parses without that value).
+    pub fn parse_checked(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        compile: &dyn Fn(&ExprSite<'_>) -> Result<(), String>,
+    ) -> Result<Config, ConfigErrors> {
         let mut errors = ConfigErrors::default();
         let mut table: toml::Table = match text.parse() {
             Ok(table) => table,
@@ -255,7 +279,7 @@ impl Config {
             }
         }
         let source = match table.remove("source") {
-            Some(value) => item::<SourceConfig>(value, "source", &mut errors),
+            Some(value) => item::<SourceConfig>(value, "source", &mut errors).ok(),
             None => {
                 errors.push(
                     "source",
@@ -265,24 +289,31 @@ impl Config {
             }
         };
         let admin = match table.remove("admin") {
-            Some(value) => item::<AdminConfig>(value, "admin", &mut errors),
+            Some(value) => item::<AdminConfig>(value, "admin", &mut errors).ok(),
             None => Some(AdminConfig::default()),
         };
         let state = match table.remove("state") {
-            Some(value) => item::<StateConfig>(value, "state", &mut errors),
+            Some(value) => item::<StateConfig>(value, "state", &mut errors).ok(),
             None => Some(StateConfig::default()),
         };
         let mut endpoints = BTreeMap::new();
         let mut broken_endpoints = BTreeSet::new();
+        // Items that failed but parse without their bad keys: their
+        // expressions are still checked.
+        let mut salvaged_endpoints = BTreeMap::new();
+        let mut salvaged_strategies = Vec::new();
         match table.remove("endpoints") {
             Some(toml::Value::Table(entries)) => {
                 for (name, value) in entries {
                     let path = format!("endpoints.{name}");
                     match item::<EndpointConfig>(value, &path, &mut errors) {
-                        Some(endpoint) => {
+                        Ok(endpoint) => {
                             endpoints.insert(name, endpoint);
                         }
-                        None => {
+                        Err(salvaged) => {
+                            if let Some(endpoint) = salvaged {
+                                salvaged_endpoints.insert(name.clone(), endpoint);
+                            }
                             broken_endpoints.insert(name);
                         }
                     }
@@ -297,11 +328,13 @@ impl Config {
         match table.remove("strategies") {
             Some(toml::Value::Array(entries)) => {
                 for (i, value) in entries.into_iter().enumerate() {
-                    if let Some(strategy) =
-                        item::<StrategyConfig>(value, &format!("strategies[{i}]"), &mut errors)
-                    {
-                        strategies.push(strategy);
-                        strategy_index.push(i);
+                    match item::<StrategyConfig>(value, &format!("strategies[{i}]"), &mut errors) {
+                        Ok(strategy) => {
+                            strategies.push(strategy);
+                            strategy_index.push(i);
+                        }
+                        Err(Some(strategy)) => salvaged_strategies.push((i, strategy)),
+                        Err(None) => {}
                     }
                 }
             }
@@ -309,99 +342,61 @@ impl Config {
             None => {}
         }
 
-        let (Some(source), Some(admin), Some(state)) = (source, admin, state) else {
-            return Err(dedup(errors, interpolation_errors, &interpolation_failed));
+        // A section that failed is replaced by its defaults so that the rest
+        // is validated; the file is refused anyway (its errors are in).
+        let sections_parsed = source.is_some() && admin.is_some() && state.is_some();
+        let source_parsed = source.is_some();
+        let source = match source {
+            Some(source) => source,
+            None => match SourceConfig::placeholder() {
+                Some(source) => source,
+                None => return Err(dedup(errors, interpolation_errors, &interpolation_failed)),
+            },
         };
         let mut config = Config {
             source,
-            admin,
-            state,
+            admin: admin.unwrap_or_default(),
+            state: state.unwrap_or_default(),
             endpoints,
             strategies,
             raw,
             masked: masked::Masked::default(),
         };
         config.masked = masked::mask(&config.raw.0, &config);
-        errors.extend(validate::validate(&config, &broken_endpoints, &strategy_index).0);
-        dedup(errors, interpolation_errors, &interpolation_failed).into_result(config)
+        let checks = validate::Checks {
+            broken: &broken_endpoints,
+            index: &strategy_index,
+            source: source_parsed,
+        };
+        errors.extend(validate::validate(&config, &checks).0);
+        let mut all_endpoints: BTreeMap<&String, &EndpointConfig> =
+            config.endpoints.iter().collect();
+        all_endpoints.extend(salvaged_endpoints.iter());
+        let mut all_strategies: Vec<(usize, &StrategyConfig)> = strategy_index
+            .iter()
+            .copied()
+            .zip(config.strategies.iter())
+            .chain(salvaged_strategies.iter().map(|(i, s)| (*i, s)))
+            .collect();
+        all_strategies.sort_by_key(|(i, _)| *i);
+        for site in expression_sites(all_endpoints.into_iter(), all_strategies.into_iter()) {
+            if let Err(message) = compile(&site) {
+                errors.push(site.path.clone(), message);
+            }
+        }
+        let errors = dedup(errors, interpolation_errors, &interpolation_failed);
+        if !sections_parsed && errors.is_empty() {
+            // Unreachable: a failed section records its error.
+            let mut errors = errors;
+            errors.push("", "the file does not parse");
+            return Err(errors);
+        }
+        errors.into_result(config)
     }
 
     /// Every expression in the file with its path and role, in file order.
     fn expressions(&self) -> Vec<ExprSite<'_>> {
-        let mut sites = Vec::new();
-        for (name, endpoint) in &self.endpoints {
-            for (field, map) in [("headers", &endpoint.headers), ("query", &endpoint.query)] {
-                for (key, template) in map {
-                    if let Some(expr) = template.expr() {
-                        sites.push(ExprSite {
-                            path: format!("endpoints.{name}.{field}.{key}"),
-                            role: ExprRole::Batch,
-                            expr,
-                        });
-                    }
-                }
-            }
-        }
-        for (i, strategy) in self.strategies.iter().enumerate() {
-            let base = format!("strategies[{i}]");
-            let filters = [
-                ("on_insert", &strategy.on_insert, FilterOp::Insert),
-                ("on_update", &strategy.on_update, FilterOp::Update),
-                ("on_delete", &strategy.on_delete, FilterOp::Delete),
-                ("on_truncate", &strategy.on_truncate, FilterOp::Truncate),
-            ];
-            for (field, filter, op) in filters {
-                if let Some(expr) = filter {
-                    sites.push(ExprSite {
-                        path: format!("{base}.{field}"),
-                        role: ExprRole::Filter(op),
-                        expr,
-                    });
-                }
-            }
-            let maps = [
-                ("headers", Some(&strategy.headers), ExprRole::Batch),
-                ("query", Some(&strategy.query), ExprRole::Batch),
-                ("body", Some(&strategy.body), ExprRole::Batch),
-                ("record", strategy.record.as_ref(), ExprRole::Record),
-            ];
-            for (field, map, role) in maps {
-                let Some(map) = map else { continue };
-                for (key, template) in map {
-                    if let Some(expr) = template.expr() {
-                        sites.push(ExprSite {
-                            path: format!("{base}.{field}.{key}"),
-                            role,
-                            expr,
-                        });
-                    }
-                }
-            }
-            if let Some(expr) = &strategy.on_message {
-                sites.push(ExprSite {
-                    path: format!("{base}.on_message"),
-                    role: ExprRole::Message,
-                    expr,
-                });
-            }
-            if let Some(expr) = &strategy.group_by {
-                sites.push(ExprSite {
-                    path: format!("{base}.group_by"),
-                    role: ExprRole::Record,
-                    expr,
-                });
-            }
-            for (j, schedule) in strategy.schedules.iter().enumerate() {
-                if let Some(expr) = &schedule.filter {
-                    sites.push(ExprSite {
-                        path: format!("{base}.schedules[{j}].filter"),
-                        role: ExprRole::ScheduleFilter,
-                        expr,
-                    });
-                }
-            }
-        }
-        sites
+        expression_sites(self.endpoints.iter(), self.strategies.iter().enumerate())
     }
 
     /// Runs `compile` on every expression (the strategy stage's hook) and
@@ -436,6 +431,88 @@ impl Config {
     pub(crate) fn endpoint_of(&self, strategy: &StrategyConfig) -> Option<&EndpointConfig> {
         self.endpoints.get(&strategy.endpoint)
     }
+}
+
+/// The expressions of these endpoints and strategies (each with its index in
+/// the file), with their paths and roles, in file order.
+fn expression_sites<'a>(
+    endpoints: impl Iterator<Item = (&'a String, &'a EndpointConfig)>,
+    strategies: impl Iterator<Item = (usize, &'a StrategyConfig)>,
+) -> Vec<ExprSite<'a>> {
+    let mut sites = Vec::new();
+    for (name, endpoint) in endpoints {
+        for (field, map) in [("headers", &endpoint.headers), ("query", &endpoint.query)] {
+            for (key, template) in map {
+                if let Some(expr) = template.expr() {
+                    sites.push(ExprSite {
+                        path: format!("endpoints.{name}.{field}.{key}"),
+                        role: ExprRole::Batch,
+                        expr,
+                    });
+                }
+            }
+        }
+    }
+    for (i, strategy) in strategies {
+        let base = format!("strategies[{i}]");
+        let filters = [
+            ("on_insert", &strategy.on_insert, FilterOp::Insert),
+            ("on_update", &strategy.on_update, FilterOp::Update),
+            ("on_delete", &strategy.on_delete, FilterOp::Delete),
+            ("on_truncate", &strategy.on_truncate, FilterOp::Truncate),
+        ];
+        for (field, filter, op) in filters {
+            if let Some(expr) = filter {
+                sites.push(ExprSite {
+                    path: format!("{base}.{field}"),
+                    role: ExprRole::Filter(op),
+                    expr,
+                });
+            }
+        }
+        let maps = [
+            ("headers", Some(&strategy.headers), ExprRole::Batch),
+            ("query", Some(&strategy.query), ExprRole::Batch),
+            ("body", Some(&strategy.body), ExprRole::Batch),
+            ("record", strategy.record.as_ref(), ExprRole::Record),
+        ];
+        for (field, map, role) in maps {
+            let Some(map) = map else { continue };
+            for (key, template) in map {
+                if let Some(expr) = template.expr() {
+                    sites.push(ExprSite {
+                        path: format!("{base}.{field}.{key}"),
+                        role,
+                        expr,
+                    });
+                }
+            }
+        }
+        if let Some(expr) = &strategy.on_message {
+            sites.push(ExprSite {
+                path: format!("{base}.on_message"),
+                role: ExprRole::Message,
+                expr,
+            });
+        }
+        if let Some(expr) = &strategy.group_by {
+            sites.push(ExprSite {
+                path: format!("{base}.group_by"),
+                role: ExprRole::Record,
+                expr,
+            });
+        }
+        for (j, schedule) in strategy.schedules.iter().enumerate() {
+            if let Some(expr) = &schedule.filter {
+                sites.push(ExprSite {
+                    path: format!("{base}.schedules[{j}].filter"),
+                    role: ExprRole::ScheduleFilter,
+                    expr,
+                });
+            }
+        }
+    }
+    sites
 }
 
 /// Interpolates every string in `table` in place; failures are recorded at
@@ -504,18 +581,21 @@ struct Attempt {
 /// Deserializes one item (a section, an endpoint, a strategy). When it fails,
 /// each key is tried alone, so every bad key is reported, then the rest
 /// together, for missing fields.
+///
+/// `Err(Some(item))`: the item parses without its bad keys (for checks that
+/// should still see it); `Err(None)`: not even that.
 fn item<T: DeserializeOwned>(
     value: toml::Value,
     path: &str,
     errors: &mut ConfigErrors,
-) -> Option<T> {
+) -> Result<T, Option<T>> {
     let first = match attempt::<T>(value.clone(), path) {
-        Ok(item) => return Some(item),
+        Ok(item) => return Ok(item),
         Err(first) => first,
     };
     let toml::Value::Table(table) = value else {
         errors.0.push(first.error);
-        return None;
+        return Err(None);
     };
     let mut found = Vec::new();
     let mut bad_keys = BTreeSet::new();
@@ -532,20 +612,24 @@ fn item<T: DeserializeOwned>(
         .into_iter()
         .filter(|(key, _)| !bad_keys.contains(key))
         .collect();
-    if let Err(attempt) = attempt::<T>(toml::Value::Table(rest), path) {
-        let about_bad_key = attempt
-            .missing
-            .as_ref()
-            .is_some_and(|f| bad_keys.contains(f));
-        if !about_bad_key {
-            found.push(attempt.error);
+    let salvaged = match attempt::<T>(toml::Value::Table(rest), path) {
+        Ok(item) => Some(item),
+        Err(attempt) => {
+            let about_bad_key = attempt
+                .missing
+                .as_ref()
+                .is_some_and(|f| bad_keys.contains(f));
+            if !about_bad_key {
+                found.push(attempt.error);
+            }
+            None
         }
-    }
+    };
     if found.is_empty() {
         found.push(first.error);
     }
     errors.extend(found);
-    None
+    Err(salvaged)
 }
 
 fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Attempt> {
@@ -581,6 +665,8 @@ fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Att
     })
 }
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod reference_tests;
 #[cfg(test)]

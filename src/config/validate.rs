@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::bounds;
 use super::endpoint::{Auth, EndpointConfig, Signing, SigningFormat};
 use super::error::ConfigErrors;
 use super::secret::Secret;
@@ -30,20 +31,28 @@ const MIN_BUFFER_BYTES: usize = 1 << 20;
 /// name would collide with them.
 const RESERVED_BODY_KEYS: [&str; 3] = ["strategy", "batch", "records"];
 
-/// Validates `config`. Strategies are reported at `strategies[index[i]]`;
-/// endpoints in `broken` failed to parse, so references to them are not
-/// reported again.
-pub(super) fn validate(
-    config: &Config,
-    broken: &BTreeSet<String>,
-    index: &[usize],
-) -> ConfigErrors {
+/// What [`validate`] checks besides the config itself.
+pub(super) struct Checks<'a> {
+    /// Endpoints that failed to parse: references to them are not reported again.
+    pub(super) broken: &'a BTreeSet<String>,
+    /// Strategy `i` is reported at `strategies[index[i]]`.
+    pub(super) index: &'a [usize],
+    /// `[source]` parsed (else it is a placeholder, not checked).
+    pub(super) source: bool,
+}
+
+/// Validates `config`.
+pub(super) fn validate(config: &Config, checks: &Checks<'_>) -> ConfigErrors {
+    let (broken, index) = (checks.broken, checks.index);
     let mut errors = ConfigErrors::default();
-    source(config, &mut errors);
+    if checks.source {
+        source(config, &mut errors);
+    }
     admin(config, &mut errors);
     state(config, &mut errors);
     for (name, endpoint) in &config.endpoints {
         self::endpoint(name, endpoint, &mut errors);
+        bounds::endpoint(&format!("endpoints.{name}"), endpoint, &mut errors);
     }
     let mut names = BTreeMap::new();
     for (i, strategy) in config.strategies.iter().enumerate() {
@@ -58,6 +67,7 @@ pub(super) fn validate(
             );
         }
         self::strategy(&path, strategy, config, broken, &mut errors);
+        bounds::strategy(&path, strategy, &mut errors);
     }
     errors
 }
@@ -131,9 +141,6 @@ fn source(config: &Config, errors: &mut ConfigErrors) {
             ),
         );
     }
-    if source.publication.is_empty() || source.publication.len() > 63 {
-        errors.push("source.publication", "must be 1 to 63 bytes long");
-    }
     if source.max_buffer_bytes < MIN_BUFFER_BYTES {
         errors.push(
             "source.max_buffer_bytes",
@@ -143,6 +150,7 @@ fn source(config: &Config, errors: &mut ConfigErrors) {
             ),
         );
     }
+    bounds::source(config, errors);
 }
 
 /// A connection string that tokio-postgres can parse.

@@ -200,9 +200,11 @@ pub(crate) fn no_identity_problem(leaves: &[String], publication: &str) -> (Stri
     };
     let fix = format!(
         "choose one: (1) a primary key: {} (2) every column as the identity: {} \
-         (3) if walhook needs only inserts, a publication that publishes only inserts: \
-         CREATE PUBLICATION {} FOR TABLE … WITH (publish = 'insert'); (before setup; \
-         walhook then receives no updates or deletes)",
+         (3) if only the inserts of these tables are needed, follow them with a second \
+         walhook, its own slot and its own publication: CREATE PUBLICATION <another name> FOR \
+         TABLE … WITH (publish = 'insert'); not on publication {}: publish applies to every \
+         table of a publication, so every other strategy on it would stop receiving updates \
+         and deletes",
         each("ADD PRIMARY KEY (…)"),
         each("REPLICA IDENTITY FULL"),
         super::quote::readable_ident(publication),

@@ -59,14 +59,14 @@ pub(crate) fn read(path: &Path) -> (Result<Config, ConfigErrors>, Option<String>
         return (Config::load(path), None);
     };
     let sha256 = Some(sha256(&bytes));
-    let config = match String::from_utf8(bytes) {
-        Ok(text) => Config::parse(&text, &|name| std::env::var(name).ok()),
+    let checked = match String::from_utf8(bytes) {
+        Ok(text) => Config::parse_checked(
+            &text,
+            &|name| std::env::var(name).ok(),
+            &strategy::check_expression,
+        ),
         Err(_) => Config::load(path),
     };
-    let checked = config.and_then(|config| {
-        let errors = config.check_expressions(strategy::check_expression);
-        errors.into_result(config)
-    });
     (checked, sha256)
 }
 

@@ -7,7 +7,8 @@ use std::io::Write as _;
 use evalexpr::Value;
 use metrics::Counter;
 
-use super::expr::{describe, resolve, BatchValues, Expr, Image, MessageValues, Resolved};
+use super::expr::{describe, resolve, BatchValues, Expr, Image, MessageValues, Resolved, Verdict};
+use super::summary::{Throttle, FAILURE_WARN_EVERY, NULL_SUMMARY_EVERY};
 use super::StrategyError;
 use std::sync::Arc;
 
@@ -71,6 +72,15 @@ struct Counters {
     matched: [Counter; 4],
     filtered: [Counter; 4],
     errors: Counter,
+    /// `walhook_filter_nulls_total`: NULL outcomes (not failures).
+    nulls: Counter,
+}
+
+/// The strategy's throttled log lines (see [`super::summary`]).
+#[derive(Debug)]
+struct Logs {
+    nulls: Throttle,
+    failures: Throttle,
 }
 
 /// How a record's [`Group`] is found (`ordering`, `group_by`).
@@ -102,8 +112,9 @@ pub struct CompiledStrategy {
     query: Vec<Part>,
     body: Vec<Part>,
     counters: Counters,
-    /// Sync runs merged into this strategy's stream, keeping the answers
-    /// to the batches that hold their records.
+    logs: Logs,
+    /// Runs merged into this strategy's stream, keeping the answers to
+    /// (or counting) the batches that hold their records.
     taps: std::sync::Mutex<Vec<Arc<ReplyLog>>>,
 }
 
@@ -228,6 +239,7 @@ impl CompiledStrategy {
             matched: per_op(names::EVENTS_MATCHED_TOTAL),
             filtered: per_op(names::EVENTS_FILTERED_TOTAL),
             errors: metrics::counter!(names::FILTER_ERRORS_TOTAL, "strategy" => name.clone()),
+            nulls: metrics::counter!(names::FILTER_NULLS_TOTAL, "strategy" => name.clone()),
         };
         Ok(CompiledStrategy {
             name,
@@ -242,8 +254,36 @@ impl CompiledStrategy {
             query,
             body,
             counters,
+            logs: Logs {
+                nulls: Throttle::new(NULL_SUMMARY_EVERY),
+                failures: Throttle::new(FAILURE_WARN_EVERY),
+            },
             taps: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// An expression met NULL: counted, and summarised at most once a minute.
+    fn null_outcome(&self) {
+        self.counters.nulls.increment(1);
+        if let Some(count) = self.logs.nulls.hit(std::time::Instant::now()) {
+            log_nulls(&self.name, count);
+        }
+    }
+
+    /// An expression failed: counted, and logged at most every ten seconds
+    /// with the number of failures the line stands for.
+    fn failure(&self, record: &dyn std::fmt::Display, field: &str, reason: &str, outcome: &str) {
+        self.counters.errors.increment(1);
+        if let Some(count) = self.logs.failures.hit(std::time::Instant::now()) {
+            tracing::warn!(
+                strategy = %self.name,
+                record = %record,
+                field,
+                error = %reason,
+                count,
+                "{outcome} (count: failures since the last such line)"
+            );
+        }
     }
 
     /// Compiles every strategy of `config`, in file order (the order is the
@@ -284,13 +324,15 @@ impl CompiledStrategy {
                 match expr.eval_event(event) {
                     Ok(value) => hash_value(&value, &mut hasher),
                     Err(err) => {
-                        self.counters.errors.increment(1);
-                        tracing::warn!(
-                            strategy = %self.name,
-                            record = %event.id(),
-                            error = %describe(&err),
-                            "group_by failed; the record is ordered with the other failures"
-                        );
+                        match Verdict::failed(&err) {
+                            Verdict::Failed(reason) => self.failure(
+                                &event.id(),
+                                "group_by",
+                                &reason,
+                                "group_by failed; the record is ordered with the other failures",
+                            ),
+                            _ => self.null_outcome(),
+                        }
                         "\0group_by failed".hash(&mut hasher);
                     }
                 }
@@ -331,15 +373,18 @@ impl CompiledStrategy {
             return true;
         };
         let values = MessageValues::new(message.prefix, message.content, message.txn.is_some());
-        match filter.matches_message(&values) {
-            Ok(b) => b,
-            Err(reason) => {
-                self.counters.errors.increment(1);
-                tracing::warn!(
-                    strategy = %self.name,
-                    lsn = %message.message_lsn,
-                    error = %reason,
-                    "on_message failed; the message counts as not matched"
+        match filter.verdict_message(&values) {
+            Verdict::Decided(b) => b,
+            Verdict::Null => {
+                self.null_outcome();
+                false
+            }
+            Verdict::Failed(reason) => {
+                self.failure(
+                    &message.message_lsn,
+                    "on_message",
+                    &reason,
+                    "on_message failed; the message counts as not matched",
                 );
                 false
             }
@@ -367,16 +412,19 @@ impl CompiledStrategy {
         };
         let matched = match self.filters.get(slot).and_then(Option::as_ref) {
             None => return false,
-            Some(filter) => match filter.matches(event) {
-                Ok(b) => b,
-                Err(reason) => {
-                    self.counters.errors.increment(1);
-                    tracing::warn!(
-                        strategy = %self.name,
-                        record = %event.id(),
-                        op = event.op.as_str(),
-                        error = %reason,
-                        "filter failed; the change counts as not matched"
+            Some(filter) => match filter.verdict(event) {
+                Verdict::Decided(b) => b,
+                Verdict::Null => {
+                    self.null_outcome();
+                    false
+                }
+                Verdict::Failed(reason) => {
+                    let field = OPS.get(slot).map_or("", |(_, _, op)| op);
+                    self.failure(
+                        &event.id(),
+                        &format!("on_{field}"),
+                        &reason,
+                        "filter failed; the change counts as not matched",
                     );
                     false
                 }
@@ -458,14 +506,15 @@ impl CompiledStrategy {
                     match expr.eval_event(event) {
                         Ok(value) => write_value_json(&value, out),
                         Err(err) => {
-                            self.counters.errors.increment(1);
-                            tracing::warn!(
-                                strategy = %self.name,
-                                record = %event.id(),
-                                field = %field.path,
-                                error = %describe(&err),
-                                "record field failed; it is null in this record"
-                            );
+                            match Verdict::failed(&err) {
+                                Verdict::Failed(reason) => self.failure(
+                                    &event.id(),
+                                    &field.path,
+                                    &reason,
+                                    "record field failed; it is null in this record",
+                                ),
+                                _ => self.null_outcome(),
+                            }
                             out.extend_from_slice(b"null");
                         }
                     }
@@ -497,6 +546,27 @@ impl CompiledStrategy {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|t| !Arc::ptr_eq(t, log));
+    }
+}
+
+/// The summary of NULL outcomes: `count` since the last one.
+fn log_nulls(strategy: &str, count: u64) {
+    tracing::info!(
+        strategy = %strategy,
+        count,
+        "expressions met NULL: those changes are not matched (SQL's WHERE) and mapped values are \
+         null; walhook_filter_nulls_total counts each, this line comes at most once a minute"
+    );
+}
+
+impl Drop for CompiledStrategy {
+    /// The NULL outcomes since the last summary, when a reload or shutdown
+    /// retires the strategy.
+    fn drop(&mut self) {
+        let count = self.logs.nulls.take_pending();
+        if count > 0 {
+            log_nulls(&self.name, count);
+        }
     }
 }
 

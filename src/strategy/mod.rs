@@ -39,12 +39,17 @@
 //! is **not sent**. Test for NULL with `is_null(new.col)`. `&&`, `||` and `!`
 //! follow SQL's three-valued logic: `is_null(new.amount) || new.amount > 100`
 //! is true for a NULL amount, `false && <unknown>` is false, `true ||
-//! <unknown>` is true, and `!<unknown>` stays unknown. Any other evaluation
-//! error (text compared with a number, division by zero) is also "not
-//! matched". Every such evaluation counts in
-//! `walhook_filter_errors_total{strategy}` and is logged at warn with the
-//! strategy and the record id, never the values. `==` compares integers
-//! and floats by value (`new.amount == 100` matches a numeric `100.00`).
+//! <unknown>` is true, and `!<unknown>` stays unknown. Each change a NULL
+//! made unknown counts in `walhook_filter_nulls_total{strategy}`, and the
+//! log summarises them at most once a minute per strategy (one info line
+//! with the count): a filter on a nullable column is not a problem to
+//! report row by row. Any other evaluation error (text compared with a
+//! number, division by zero, a value the server did not send) is also "not
+//! matched"; it counts in `walhook_filter_errors_total{strategy}` and is
+//! logged at warn with the strategy, the field and the record id (never the
+//! values), at most once every ten seconds per strategy, each line with the
+//! number of failures it stands for. `==` compares integers and floats by
+//! value (`new.amount == 100` matches a numeric `100.00`).
 //!
 //! `changed("col")`: an unchanged TOASTed value (large text the server did
 //! not resend) counts as not changed. It needs the old value, so for a
@@ -83,6 +88,7 @@ mod compiled;
 pub(crate) mod expr;
 mod router;
 mod schema;
+mod summary;
 
 pub use compiled::CompiledStrategy;
 pub(crate) use expr::referenced_columns;

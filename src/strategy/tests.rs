@@ -223,8 +223,13 @@ fn null_compared_with_a_number_is_not_matched_and_counted() {
     assert!(!s.accepts(&insert(None, Some("open"))));
     assert!(s.accepts(&insert(Some("101"), Some("open"))));
     assert_eq!(
-        counter(&rec, "walhook_filter_errors_total{strategy=\"big\"}"),
+        counter(&rec, "walhook_filter_nulls_total{strategy=\"big\"}"),
         1
+    );
+    assert_eq!(
+        counter(&rec, "walhook_filter_errors_total{strategy=\"big\"}"),
+        0,
+        "a NULL is SQL's unknown, not a failure"
     );
     assert_eq!(
         counter(

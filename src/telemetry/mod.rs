@@ -112,7 +112,11 @@ pub(crate) fn describe() {
     );
     describe_counter!(
         FILTER_ERRORS_TOTAL,
-        "Filter evaluations that failed and were counted as not matched, by strategy."
+        "Filter, mapping and group_by evaluations that failed, by strategy."
+    );
+    describe_counter!(
+        FILTER_NULLS_TOTAL,
+        "Evaluations a NULL made unknown (not matched, as SQL's WHERE; mapped values null), by strategy."
     );
     describe_counter!(
         BATCHES_TOTAL,

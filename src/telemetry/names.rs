@@ -9,8 +9,12 @@ pub(crate) const EVENTS_MATCHED_TOTAL: &str = "walhook_events_matched_total";
 /// Counter `{strategy, op}`: changes a strategy's filter for their operation
 /// rejected (or failed on); operations without a filter are not counted.
 pub(crate) const EVENTS_FILTERED_TOTAL: &str = "walhook_events_filtered_total";
-/// Counter `{strategy}`: filter evaluations that failed (counted as not matched).
+/// Counter `{strategy}`: filter, mapping and `group_by` evaluations that
+/// failed (text compared with a number, a value the server did not send).
 pub(crate) const FILTER_ERRORS_TOTAL: &str = "walhook_filter_errors_total";
+/// Counter `{strategy}`: evaluations made unknown by a NULL (SQL's
+/// `WHERE`: not matched; mapped values null). Expected, not failures.
+pub(crate) const FILTER_NULLS_TOTAL: &str = "walhook_filter_nulls_total";
 /// Counter `{strategy, outcome}`: batches by outcome (delivered, dead_lettered).
 pub(crate) const BATCHES_TOTAL: &str = "walhook_batches_total";
 /// Counter `{strategy, status_class}`: HTTP attempts (2xx, 4xx, 5xx, error).

@@ -31,11 +31,13 @@ async fn publications(db: &Db) -> String {
     db.psql("SELECT count(*) FROM pg_publication").await
 }
 
-/// The choices every refusal spells out.
-const CHOICES: [&str; 3] = [
+/// The choices every refusal spells out, and what the third does to the
+/// other strategies on a shared publication (issue 29).
+const CHOICES: [&str; 4] = [
     "ADD PRIMARY KEY",
     "REPLICA IDENTITY FULL",
     "WITH (publish = 'insert')",
+    "every other strategy on it would stop receiving updates and deletes",
 ];
 
 /// The issue's `audit_log`: `check` reports it before setup; the printed

@@ -5,7 +5,8 @@
 //! - `names`: what each variable stands for and which role may read it;
 //! - `functions`: the callable functions and the constants they compile;
 //! - `sql`: the SQL `WHERE` semantics (NULL, `==`, three-valued logic);
-//! - `context`: the one evalexpr context over an event, a batch or a message.
+//! - `context`: the one evalexpr context over an event, a batch or a message;
+//! - `parse`: size and nesting limits, so no expression exhausts a stack.
 //!
 //! Two evalexpr behaviours are changed at compile time, to give filters
 //! SQL `WHERE` semantics (see the module doc of [`crate::strategy`]):
@@ -18,6 +19,7 @@
 mod context;
 mod functions;
 mod names;
+mod parse;
 mod sql;
 
 use std::collections::BTreeSet;
@@ -33,7 +35,7 @@ use context::{BatchScope, EventScope, ExprContext, MessageScope};
 use functions::{changed_columns, check_function, TextFunctions};
 use names::{parse_name, split_column, Name};
 pub(crate) use names::{ColumnRef, Image};
-use sql::{eval3, rewrite_equality, tuple_template};
+use sql::{eval3, is_null_outcome, rewrite_equality, tuple_template};
 
 /// A compiled expression.
 #[derive(Debug, Clone)]
@@ -50,8 +52,7 @@ pub struct Expr {
 impl Expr {
     /// Compiles `text` for `role`; the error says what is wrong, never a value.
     pub fn compile(text: &str, role: ExprRole) -> Result<Expr, String> {
-        let mut tree = evalexpr::build_operator_tree(text)
-            .map_err(|err| format!("does not compile: {err}"))?;
+        let mut tree = parse::parse(text)?;
         for node in tree.iter() {
             match node.operator() {
                 Operator::Assign
@@ -163,25 +164,22 @@ impl Expr {
 
     /// Evaluates a filter: `Ok(true)` only for a boolean true.
     pub fn matches(&self, event: &RecordEvent) -> Result<bool, String> {
-        match self.eval_event(event) {
-            Ok(Value::Boolean(b)) => Ok(b),
-            Ok(_) => Err("the filter did not produce true or false".into()),
-            Err(err) => Err(describe(&err)),
-        }
+        self.verdict(event).into_result()
     }
 
-    /// Evaluates an `on_message` filter: `Ok(true)` only for a boolean true.
-    pub(crate) fn matches_message(&self, message: &MessageValues) -> Result<bool, String> {
+    /// Evaluates a filter, telling SQL's unknown (a NULL met) from a failure.
+    pub(crate) fn verdict(&self, event: &RecordEvent) -> Verdict {
+        Verdict::of(self.eval_event(event))
+    }
+
+    /// Evaluates an `on_message` filter.
+    pub(crate) fn verdict_message(&self, message: &MessageValues) -> Verdict {
         let context = ExprContext {
             scope: MessageScope(message),
             names: &self.names,
             functions: &self.functions,
         };
-        match eval3(&self.tree, &context) {
-            Ok(Value::Boolean(b)) => Ok(b),
-            Ok(_) => Err("the filter did not produce true or false".into()),
-            Err(err) => Err(describe(&err)),
-        }
+        Verdict::of(eval3(&self.tree, &context))
     }
 
     /// Evaluates against a batch's names.
@@ -197,6 +195,49 @@ impl Expr {
     }
 }
 
+/// A filter's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// True or false.
+    Decided(bool),
+    /// Unknown because of a NULL (SQL's `WHERE`): not matched, an expected
+    /// outcome for a nullable column.
+    Null,
+    /// The evaluation failed (value-free description).
+    Failed(String),
+}
+
+impl Verdict {
+    fn of(result: EvalexprResult<Value>) -> Verdict {
+        match result {
+            Ok(Value::Boolean(b)) => Verdict::Decided(b),
+            Ok(Value::Empty) => Verdict::Null,
+            Ok(_) => Verdict::Failed("the filter did not produce true or false".into()),
+            Err(err) => Verdict::failed(&err),
+        }
+    }
+
+    /// An evaluation error: [`Verdict::Null`] when it is SQL's unknown.
+    pub(crate) fn failed(err: &EvalexprError) -> Verdict {
+        if is_null_outcome(err) {
+            Verdict::Null
+        } else {
+            Verdict::Failed(describe(err))
+        }
+    }
+
+    /// `Ok(true)` only for true; unknown and failures are errors.
+    fn into_result(self) -> Result<bool, String> {
+        match self {
+            Verdict::Decided(b) => Ok(b),
+            Verdict::Null => Err("a NULL makes the filter unknown (not matched, as in SQL's \
+                                  WHERE); use is_null(x)"
+                .into()),
+            Verdict::Failed(reason) => Err(reason),
+        }
+    }
+}
+
 /// Compiles `expr` for its role (the hook for [`crate::config::Config::check_expressions`]).
 pub fn check_expression(site: &crate::config::ExprSite<'_>) -> Result<(), String> {
     Expr::compile(site.expr, site.role).map(|_| ())
@@ -205,8 +246,7 @@ pub fn check_expression(site: &crate::config::ExprSite<'_>) -> Result<(), String
 /// The `new.`/`old.`/`row.` columns an expression reads, in order, without
 /// duplicates; `changed("col")` reads both `old.col` and `new.col`.
 pub(crate) fn referenced_columns(expr: &str) -> Result<Vec<ColumnRef>, String> {
-    let tree =
-        evalexpr::build_operator_tree(expr).map_err(|err| format!("does not compile: {err}"))?;
+    let tree = parse::parse(expr)?;
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let mut push = |r: ColumnRef| {

@@ -62,6 +62,50 @@ pub(super) fn eval3<C: Context>(node: &Node, context: &C) -> EvalexprResult<Valu
     }
 }
 
+/// The error of `==` and `!=` meeting a NULL.
+const NULL_COMPARISON: &str = "a NULL in a comparison (== or !=) is unknown; use is_null(x)";
+
+/// Whether `err` is SQL's unknown: a NULL met by a comparison, arithmetic
+/// or a logical operator (an expected outcome for nullable columns), as
+/// opposed to a real failure (text compared with a number, division by
+/// zero, a value the server did not send).
+pub(super) fn is_null_outcome(err: &EvalexprError) -> bool {
+    use evalexpr::ValueType;
+    match err {
+        EvalexprError::CustomMessage(message) => message == NULL_COMPARISON,
+        EvalexprError::ExpectedString { actual }
+        | EvalexprError::ExpectedInt { actual }
+        | EvalexprError::ExpectedFloat { actual }
+        | EvalexprError::ExpectedNumber { actual }
+        | EvalexprError::ExpectedNumberOrString { actual }
+        | EvalexprError::ExpectedBoolean { actual }
+        | EvalexprError::TypeError { actual, .. } => actual.is_empty(),
+        EvalexprError::WrongTypeCombination { actual, .. } => actual.contains(&ValueType::Empty),
+        EvalexprError::AdditionError {
+            augend: a,
+            addend: b,
+        }
+        | EvalexprError::SubtractionError {
+            minuend: a,
+            subtrahend: b,
+        }
+        | EvalexprError::MultiplicationError {
+            multiplicand: a,
+            multiplier: b,
+        }
+        | EvalexprError::DivisionError {
+            dividend: a,
+            divisor: b,
+        }
+        | EvalexprError::ModulationError {
+            dividend: a,
+            divisor: b,
+        } => a.is_empty() || b.is_empty(),
+        EvalexprError::NegationError { argument } => argument.is_empty(),
+        _ => false,
+    }
+}
+
 /// SQL-like equality: NULL fails (unknown), integers equal floats by value.
 pub(super) fn sql_eq(argument: &Value) -> EvalexprResult<bool> {
     let Value::Tuple(pair) = argument else {
@@ -75,9 +119,9 @@ pub(super) fn sql_eq(argument: &Value) -> EvalexprResult<bool> {
         ));
     };
     match (a, b) {
-        (Value::Empty, _) | (_, Value::Empty) => Err(EvalexprError::CustomMessage(
-            "a NULL in a comparison (== or !=) is unknown; use is_null(x)".into(),
-        )),
+        (Value::Empty, _) | (_, Value::Empty) => {
+            Err(EvalexprError::CustomMessage(NULL_COMPARISON.into()))
+        }
         (Value::Int(i), Value::Float(f)) | (Value::Float(f), Value::Int(i)) => Ok(*i as f64 == *f),
         _ => Ok(a == b),
     }
