@@ -62,7 +62,9 @@
 //!   interpolation, validation; it imports no other module), `telemetry/`
 //!   (metric names, the recorder), `lsn.rs`, `timestamp.rs` (Postgres
 //!   times, the one RFC 3339 formatter).
-//! - Beside the pipeline: `admin/` (the HTTP API: metrics, health, status,
+//! - Beside the pipeline: `health.rs` (the one decision of each status
+//!   word and of readiness, read by the API, the console and the metrics),
+//!   `admin/` (the HTTP API: metrics, health, status,
 //!   commands, dead letters), `runs/` (on-demand and scheduled runs over a
 //!   table snapshot, `walhook run-strategy`), `ops/` (`check`, `setup`,
 //!   `teardown`), `reload/` (configuration reload: the plan of a change,
@@ -92,6 +94,7 @@ pub mod decode;
 pub mod delivery;
 pub mod demo;
 pub mod error;
+pub(crate) mod health;
 pub mod lsn;
 pub mod ops;
 pub mod pg;

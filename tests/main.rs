@@ -18,6 +18,7 @@ mod config;
 mod delivery;
 mod demo;
 mod deploy;
+mod health;
 mod ops;
 mod parking;
 mod payload_schema;

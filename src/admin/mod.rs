@@ -48,7 +48,9 @@ pub(crate) use ui::Console;
 pub use ui::{ConsoleSource, DeliveryProgress};
 
 use crate::config::{Config, Secret};
-use crate::delivery::{DeliveryState, EntryKind, StrategyStatus as WorkerStatus, WorkerHandles};
+use crate::delivery::{EntryKind, StrategyStatus as WorkerStatus, WorkerHandles};
+pub use crate::health::StrategyState;
+use crate::health::{self, Health, Readiness, StrategyHealth};
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
 use crate::source::{SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
@@ -69,56 +71,6 @@ pub enum AdminError {
     /// The server failed while running.
     #[error("admin server failed: {0}")]
     Serve(#[source] std::io::Error),
-}
-
-/// What a strategy is doing, for `/status` and `/readyz`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StrategyState {
-    /// Delivering (or idle).
-    #[default]
-    Running,
-    /// Paused by the API: it queues and holds the slot.
-    Paused,
-    /// Its last attempt failed and it is retrying (or blocked): not ready.
-    Failing,
-    /// Work is parked and being delivered from the store (nothing fails now).
-    Parked,
-    /// The parking bound is reached: it holds its strategy and the slot.
-    Blocked,
-    /// Held: everything it gets is parked until released.
-    Held,
-}
-
-impl StrategyState {
-    /// A strategy's state with a draining worker of its own in `other`:
-    /// paused and held stay what they are (the operator's doing), otherwise
-    /// the worse of the two.
-    fn with_draining(self, other: StrategyState) -> StrategyState {
-        let rank = |s: StrategyState| match s {
-            StrategyState::Running => 0,
-            StrategyState::Parked => 1,
-            StrategyState::Failing => 2,
-            StrategyState::Blocked => 3,
-            StrategyState::Paused | StrategyState::Held => 4,
-        };
-        match self {
-            StrategyState::Paused | StrategyState::Held => self,
-            _ if rank(other) > rank(self) && rank(other) < 4 => other,
-            _ => self,
-        }
-    }
-
-    /// The lower-case name used in JSON.
-    fn as_str(self) -> &'static str {
-        match self {
-            StrategyState::Running => "running",
-            StrategyState::Paused => "paused",
-            StrategyState::Failing => "failing",
-            StrategyState::Parked => "parked",
-            StrategyState::Blocked => "blocked",
-            StrategyState::Held => "held",
-        }
-    }
 }
 
 /// A strategy's parked work, for `/status`.
@@ -147,8 +99,12 @@ pub struct StrategyStatus {
     pub queue_records: u64,
     /// When a batch was last delivered.
     pub last_success: Option<SystemTime>,
-    /// The last delivery error (never a secret).
+    /// The last delivery error (never a secret); cleared by a success.
     pub last_error: Option<String>,
+    /// When `last_error` was set.
+    pub last_error_at: Option<SystemTime>,
+    /// When a success last cleared an error.
+    pub recovered_at: Option<SystemTime>,
     /// Attempts made for the batch in flight (0 when idle).
     pub attempts: u64,
     /// Batches in flight.
@@ -229,19 +185,12 @@ impl StrategyStatus {
     fn of_worker(name: &str, worker: &WorkerStatus) -> StrategyStatus {
         StrategyStatus {
             name: name.to_string(),
-            state: match worker.state {
-                _ if worker.paused => StrategyState::Paused,
-                _ if worker.held.is_some() => StrategyState::Held,
-                _ if worker.park_full => StrategyState::Blocked,
-                DeliveryState::Retrying | DeliveryState::Blocked => StrategyState::Failing,
-                _ if worker.parked_batches > 0 => StrategyState::Parked,
-                DeliveryState::Idle | DeliveryState::Delivering | DeliveryState::Stopped => {
-                    StrategyState::Running
-                }
-            },
+            state: health::worker_state(worker),
             queue_records: worker.queue_records,
             last_success: worker.last_success,
             last_error: worker.last_error.clone(),
+            last_error_at: worker.last_error_at,
+            recovered_at: worker.recovered_at,
             attempts: u64::from(worker.attempts),
             in_flight: u64::from(worker.in_flight),
             pause_reason: worker.pause_reason.map(|r| r.as_str()),
@@ -599,6 +548,10 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
+    let source = state.source.borrow().clone();
+    let strategies = state.strategies.strategies();
+    let found = strategy_health(&strategies);
+    health::record(&health::instance(&source, &found), &found);
     (
         [(
             header::CONTENT_TYPE,
@@ -613,64 +566,51 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "ok")
 }
 
-/// Why the instance does not stream, or `None` when it does (`/activez`).
-fn not_active_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
-    match source.state {
-        SourceState::Streaming => {}
-        SourceState::Standby => return Some("standby".to_string()),
-        SourceState::Connecting => {
-            return Some(match &source.last_error {
-                Some(why) => format!("connecting: {why}"),
-                None => "connecting".to_string(),
-            })
-        }
-        SourceState::Failed => {
-            let why = source.last_error.as_deref().unwrap_or("source stopped");
-            return Some(format!("failed: {why}"));
-        }
-    }
+/// What the instance's health rests on, per strategy.
+fn strategy_health(strategies: &[StrategyStatus]) -> Vec<StrategyHealth<'_>> {
     strategies
         .iter()
-        .find(|s| s.state == StrategyState::Failing)
-        .map(|s| {
-            let why = s.last_error.as_deref().unwrap_or("delivery failing");
-            format!("failed: strategy {}: {why}", s.name)
+        .map(|s| StrategyHealth {
+            name: &s.name,
+            state: s.state,
+            last_error: s.last_error.as_deref(),
+            parked_batches: s.parking.parked_batches,
+            state_error: s
+                .state_error
+                .as_deref()
+                .or_else(|| s.draining.iter().find_map(|d| d.state_error.as_deref())),
+            draining: !s.draining.is_empty(),
         })
+        .collect()
 }
 
-/// Why the instance is not ready for the orchestrator (`/readyz`), or
-/// `None` when it is: streaming, or a healthy standby waiting for the slot.
-/// A standby counts as ready so that a Deployment with two replicas
-/// becomes Available and a rolling update can proceed.
-fn not_ready_reason(source: &SourceStatus, strategies: &[StrategyStatus]) -> Option<String> {
-    match source.state {
-        SourceState::Standby => None,
-        _ => not_active_reason(source, strategies),
-    }
+/// The instance's health (the one decision, [`health::instance`]).
+fn instance_health(source: &SourceStatus, strategies: &[StrategyStatus]) -> Health {
+    health::instance(source, &strategy_health(strategies))
 }
 
-/// `standby` for a healthy standby, `ready` when streaming.
-fn ready_text(source: &SourceStatus) -> &'static str {
-    if source.state == SourceState::Standby {
-        "ready: standby"
-    } else {
-        "ready"
-    }
-}
-
+/// 200 while ready or degraded (an endpoint outage does not make a
+/// streaming instance unready), else 503; the body says which and why.
 async fn readyz(State(state): State<AdminState>) -> Response {
     let source = state.source.borrow().clone();
-    match not_ready_reason(&source, &state.strategies.strategies()) {
-        None => text(StatusCode::OK, ready_text(&source)),
-        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    let health = instance_health(&source, &state.strategies.strategies());
+    match health.readiness {
+        Readiness::Ready | Readiness::Degraded => text(StatusCode::OK, health.text),
+        Readiness::NotReady => text(StatusCode::SERVICE_UNAVAILABLE, health.text),
     }
 }
 
+/// 200 `active` while this instance streams from the slot, else 503 with
+/// the reason (`standby`, `connecting…`, `failed: …`).
 async fn activez(State(state): State<AdminState>) -> Response {
     let source = state.source.borrow().clone();
-    match not_active_reason(&source, &state.strategies.strategies()) {
-        None => text(StatusCode::OK, "active"),
-        Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
+    let health = instance_health(&source, &state.strategies.strategies());
+    if health.active {
+        text(StatusCode::OK, "active")
+    } else if source.state == SourceState::Standby {
+        text(StatusCode::SERVICE_UNAVAILABLE, "standby")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, health.text)
     }
 }
 
@@ -694,6 +634,7 @@ fn rfc3339(time: SystemTime) -> String {
 /// The `/status` document.
 fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus]) -> Value {
     let now = SystemTime::now();
+    let health = instance_health(source, strategies);
     let strategies: Vec<Value> = strategies
         .iter()
         .map(|s| {
@@ -704,6 +645,8 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
                 "queue_records": s.queue_records,
                 "last_success": s.last_success.map(rfc3339),
                 "last_error": s.last_error,
+                "last_error_at": s.last_error_at.map(rfc3339),
+                "recovered_at": s.recovered_at.map(rfc3339),
                 "attempts": s.attempts,
                 "in_flight": s.in_flight,
                 "pause_reason": s.pause_reason,
@@ -735,6 +678,13 @@ fn status_json(slot: &str, source: &SourceStatus, strategies: &[StrategyStatus])
         "server_wal_end": source.server_wal_end.to_string(),
         "lag_bytes": source.server_wal_end.0.saturating_sub(source.acked_lsn.0),
         "last_error": source.last_error,
+        "last_error_at": source.last_error_at.map(rfc3339),
+        "recovered_at": source.recovered_at.map(rfc3339),
+        "health": {
+            "state": health.readiness.as_str(),
+            "text": health.text,
+            "reasons": health.reasons,
+        },
         "strategies": strategies,
     })
 }
@@ -1108,6 +1058,7 @@ async fn replay_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::DeliveryState;
     use crate::lsn::Lsn;
 
     fn strategy(state: StrategyState) -> StrategyStatus {
@@ -1126,35 +1077,21 @@ mod tests {
     }
 
     #[test]
-    fn readiness_names_the_reason() {
-        let mut source = SourceStatus::default();
-        assert_eq!(
-            not_ready_reason(&source, &[]).as_deref(),
-            Some("connecting")
-        );
-        source.state = SourceState::Standby;
-        assert_eq!(not_ready_reason(&source, &[]), None, "a standby is ready");
-        assert_eq!(not_active_reason(&source, &[]).as_deref(), Some("standby"));
-        assert_eq!(ready_text(&source), "ready: standby");
-        source.state = SourceState::Failed;
-        source.last_error = Some("slot dropped".into());
-        assert_eq!(
-            not_ready_reason(&source, &[]).as_deref(),
-            Some("failed: slot dropped")
-        );
-        source.state = SourceState::Streaming;
-        assert_eq!(
-            not_ready_reason(&source, &[strategy(StrategyState::Running)]),
-            None
-        );
-        assert_eq!(
-            not_ready_reason(&source, &[strategy(StrategyState::Paused)]),
-            None
-        );
-        assert_eq!(
-            not_ready_reason(&source, &[strategy(StrategyState::Failing)]).as_deref(),
-            Some("failed: strategy orders: HTTP 503")
-        );
+    fn a_draining_workers_state_store_error_makes_the_strategy_unready() {
+        let source = SourceStatus {
+            state: SourceState::Streaming,
+            ..SourceStatus::default()
+        };
+        let mut orders = strategy(StrategyState::Running);
+        orders.last_error = None;
+        assert_eq!(instance_health(&source, &[orders.clone()]).text, "ready");
+        orders.draining.push(StrategyStatus {
+            state_error: Some("parking a batch: permission denied".into()),
+            ..strategy(StrategyState::Failing)
+        });
+        let health = instance_health(&source, &[orders]);
+        assert_eq!(health.readiness, Readiness::NotReady);
+        assert!(health.text.contains("permission denied"), "{}", health.text);
     }
 
     #[test]
@@ -1212,6 +1149,7 @@ mod tests {
             acked_lsn: Lsn(0x1_0000_0000),
             server_wal_end: Lsn(0x1_0000_0100),
             last_error: None,
+            ..Default::default()
         };
         let doc = status_json("walhook", &source, &[strategy(StrategyState::Paused)]);
         assert_eq!(doc["slot"], "walhook");

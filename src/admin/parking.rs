@@ -4,6 +4,7 @@
 //!  GET  /strategies/{name}/parked[?since=&until=&limit=]   the parked rows, oldest first
 //!  POST /strategies/{name}/hold[?reason=]                  park everything it gets
 //!  POST /strategies/{name}/release                         deliver the parked work, then go live
+//!  POST /strategies/{name}/dead-letter-head                the oldest failing batch → a dead letter
 //! ```
 //!
 //! All need the token. Rows are read from the state store; holds go to the
@@ -32,6 +33,10 @@ pub(super) fn routes() -> Router<AdminState> {
         .route("/strategies/{name}/parked", get(list))
         .route("/strategies/{name}/hold", post(hold))
         .route("/strategies/{name}/release", post(release))
+        .route(
+            "/strategies/{name}/dead-letter-head",
+            post(dead_letter_head),
+        )
 }
 
 /// Parses an RFC 3339 time of a query parameter.
@@ -143,4 +148,24 @@ async fn release(
     entry.hold.release().await.map_err(state_error)?;
     tracing::info!(strategy = %name, "strategy released by the admin API");
     Ok(Json(json!({ "strategy": name, "state": "released" })).into_response())
+}
+
+/// The strategy's oldest failing batch (live, parked, or in a worker a
+/// reload replaced) becomes a dead letter at once; 409 when none fails.
+async fn dead_letter_head(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    let entry = worker(&state, &headers, &name)?;
+    match entry.retry.dead_letter_head() {
+        Some(batch_id) => {
+            tracing::warn!(strategy = %name, batch_id = %batch_id, "head batch dead-lettered by the admin API");
+            Ok(Json(json!({ "strategy": name, "dead_lettering": batch_id })).into_response())
+        }
+        None => Err(text(
+            StatusCode::CONFLICT,
+            format!("no batch of strategy {name} is failing"),
+        )),
+    }
 }

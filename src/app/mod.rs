@@ -137,6 +137,11 @@ pub async fn run_with(
     let prom = telemetry::install_recorder()?;
     telemetry::describe();
     telemetry::register_reloads();
+    let operations: Vec<&'static str> = crate::delivery::StateOp::ALL
+        .iter()
+        .map(|op| op.label())
+        .collect();
+    telemetry::register_state_errors(&operations);
     let listener = admin::bind(config.admin.listen).await?;
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);

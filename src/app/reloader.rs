@@ -31,6 +31,11 @@ struct Retiring {
     /// Listed in `/status` while it drains (none for a worker of an
     /// abandoned reload, which was given nothing).
     entry: Option<crate::delivery::WorkerEntry>,
+    /// Its strategy, settings and pause switch: a later reload changes the
+    /// settings of every worker of the strategy still draining.
+    name: String,
+    settings: crate::delivery::SettingsHandle,
+    pause: crate::delivery::PauseHandle,
 }
 
 /// A worker a reload started, until the reload is applied or abandoned.
@@ -169,6 +174,9 @@ impl Reloader {
             self.retiring.push(Retiring {
                 slot: l.slot,
                 entry: None,
+                name: l.name.clone(),
+                settings: l.settings.clone(),
+                pause: l.pause.clone(),
             });
         }
         self.live = kept.into_iter().chain(old.into_iter().flatten()).collect();
@@ -407,29 +415,35 @@ impl Reloader {
         // attempt on, and leaves its parked work to its successor; it is
         // listed (and can be acted on) until it ends.
         for retired in old.into_iter().flatten() {
-            let successor = live.iter().find(|l| l.name == retired.name);
-            let kind = match successor {
-                Some(next) => {
-                    let retry = new
-                        .strategies
-                        .iter()
-                        .find(|s| s.name == next.name)
-                        .and_then(|cfg| new.endpoint_of(cfg))
-                        .map(|e| e.retry.clone())
-                        .unwrap_or_default();
-                    let decorate: Arc<dyn crate::batch::Decorate> = next.compiled.clone();
-                    retired
-                        .settings
-                        .update(next.endpoint.clone(), retry, decorate, &retired.pause);
-                    retired.handoff.cancel();
-                    EntryKind::Draining
-                }
-                None => EntryKind::Removed,
+            let kind = if live.iter().any(|l| l.name == retired.name) {
+                retired.handoff.cancel();
+                EntryKind::Draining
+            } else {
+                EntryKind::Removed
             };
             self.retiring.push(Retiring {
                 slot: retired.slot,
                 entry: Some(retired.entry(kind)),
+                name: retired.name.clone(),
+                settings: retired.settings.clone(),
+                pause: retired.pause.clone(),
             });
+        }
+        for retiring in &self.retiring {
+            let Some(next) = live.iter().find(|l| l.name == retiring.name) else {
+                continue;
+            };
+            let retry = new
+                .strategies
+                .iter()
+                .find(|s| s.name == next.name)
+                .and_then(|cfg| new.endpoint_of(cfg))
+                .map(|e| e.retry.clone())
+                .unwrap_or_default();
+            let decorate: Arc<dyn crate::batch::Decorate> = next.compiled.clone();
+            retiring
+                .settings
+                .update(next.endpoint.clone(), retry, decorate, &retiring.pause);
         }
         self.live = live;
         self.publish_handles();

@@ -61,6 +61,11 @@ impl Metrics {
         let parked_batches = metrics::gauge!(names::PARKED_BATCHES, "strategy" => s.clone());
         let parked_records = metrics::gauge!(names::PARKED_RECORDS, "strategy" => s.clone());
         let parked_bytes = metrics::gauge!(names::PARKED_BYTES, "strategy" => s.clone());
+        // At zero from the start, so rate() and alerts see the first one.
+        for reason in ["failing", "behind", "held"] {
+            metrics::counter!(names::PARKED_TOTAL, "strategy" => s.clone(), "reason" => reason)
+                .increment(0);
+        }
         Metrics {
             delivered: metrics::counter!(names::BATCHES_TOTAL, "strategy" => s.clone(), "outcome" => "delivered"),
             dead_lettered: metrics::counter!(names::BATCHES_TOTAL, "strategy" => s.clone(), "outcome" => "dead_lettered"),
@@ -282,7 +287,7 @@ pub(super) async fn drain(ctx: &SenderCtx, id: i64) -> Outcome {
             Ok(None) => return Outcome::Delivered,
             Err(e) => {
                 failures = failures.saturating_add(1);
-                state_failed(ctx, "reading a parked batch", &e);
+                state_failed(ctx, StateOp::ReadParked, &e);
                 let delay = retry::delay(
                     &ctx.settings.borrow().retry,
                     failures,
@@ -352,6 +357,12 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
         },
     );
     let mut wake = ctx.retry_now.subscribe();
+    let mut skip = ctx.retry_now.subscribe_skip();
+    let first = batch.keys.first().copied().unwrap_or((batch.first_lsn, 0));
+    // Counted by retry-now (and a candidate for dead-letter-head) from its
+    // first failure until it ends; a wake during an attempt ends the next
+    // backoff at once.
+    let mut failing = (failures > 0).then(|| ctx.retry_now.failing(first, &batch.id));
     let mut settings_rx = ctx.settings.clone();
     settings_rx.borrow_and_update();
     let mut decorated = settings_rx.borrow().generation;
@@ -364,11 +375,31 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
             None,
             &mut rand::rng(),
         );
-        if !backoff(ctx, batch, &mut wake, &mut settings_rx, None, delay).await {
-            return Ended::of(Outcome::Cancelled);
+        let number = failing.as_ref().map_or(0, |f| f.number());
+        match backoff(
+            ctx,
+            batch,
+            &mut wake,
+            &mut settings_rx,
+            &mut skip,
+            number,
+            None,
+            delay,
+        )
+        .await
+        {
+            Waited::Go => {}
+            Waited::Stop => return Ended::of(Outcome::Cancelled),
+            Waited::DeadLetter => {
+                let error = "dead-lettered by the admin API (dead-letter-head)";
+                let outcome =
+                    dead_letter(ctx, &flying, batch, None, Some(error), failures, parked_id);
+                return Ended::of(outcome.await);
+            }
         }
     }
     loop {
+        wake.borrow_and_update();
         let settings = settings_rx.borrow_and_update().clone();
         if settings.generation != decorated {
             batch.decorate(settings.decorate.as_ref());
@@ -412,12 +443,20 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
             }
             Decision::DeadLetter => {
                 failures = failures.saturating_add(1);
-                return Ended::of(
-                    dead_letter(ctx, &flying, batch, &result, failures, parked_id).await,
+                let outcome = dead_letter(
+                    ctx,
+                    &flying,
+                    batch,
+                    result.status,
+                    result.error.as_deref(),
+                    failures,
+                    parked_id,
                 );
+                return Ended::of(outcome.await);
             }
             Decision::Pause => {
                 failures = failures.saturating_add(1);
+                failing.get_or_insert_with(|| ctx.retry_now.failing(first, &batch.id));
                 endpoint.gone(&ctx.name);
                 failed(ctx, failures, error);
                 flying.set(TaskState::Blocked);
@@ -434,6 +473,7 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
             }
             Decision::Retry => {
                 failures = failures.saturating_add(1);
+                failing.get_or_insert_with(|| ctx.retry_now.failing(first, &batch.id));
                 if !result.refused {
                     sent_failures = sent_failures.saturating_add(1);
                 }
@@ -444,9 +484,16 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
                     retry::next(&settings.retry, sent_failures)
                 };
                 if next == RetryNext::DeadLetter {
-                    return Ended::of(
-                        dead_letter(ctx, &flying, batch, &result, sent_failures, parked_id).await,
+                    let outcome = dead_letter(
+                        ctx,
+                        &flying,
+                        batch,
+                        result.status,
+                        result.error.as_deref(),
+                        sent_failures,
+                        parked_id,
                     );
+                    return Ended::of(outcome.await);
                 }
                 let delay = retry::delay(
                     &settings.retry,
@@ -478,54 +525,91 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
                     None => {}
                 }
                 let recovered = endpoint.recovered();
-                if !backoff(
+                let number = failing.as_ref().map_or(0, |f| f.number());
+                let waited = backoff(
                     ctx,
                     batch,
                     &mut wake,
                     &mut settings_rx,
+                    &mut skip,
+                    number,
                     Some(recovered),
                     delay,
                 )
-                .await
-                {
-                    return Ended::of(Outcome::Cancelled);
+                .await;
+                match waited {
+                    Waited::Go => {}
+                    Waited::Stop => return Ended::of(Outcome::Cancelled),
+                    Waited::DeadLetter => {
+                        tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, "dead-lettering the head batch (admin API)");
+                        let outcome = dead_letter(
+                            ctx,
+                            &flying,
+                            batch,
+                            result.status,
+                            result.error.as_deref(),
+                            failures,
+                            parked_id,
+                        );
+                        return Ended::of(outcome.await);
+                    }
                 }
             }
         }
     }
 }
 
+/// How a backoff wait ended.
+enum Waited {
+    /// Attempt again.
+    Go,
+    /// Stopped.
+    Stop,
+    /// The admin API asked to dead-letter this batch.
+    DeadLetter,
+}
+
 /// Waits `delay` before the next attempt; ends early when the admin API
-/// asks to retry now, the endpoint's circuit closes or a reload changes
-/// the settings. False when stopped.
+/// asks (asked) to retry now since the last attempt started, or to
+/// dead-letter this batch (`number`), the endpoint's circuit closes or a
+/// reload changes the settings.
+#[allow(clippy::too_many_arguments)]
 async fn backoff(
     ctx: &SenderCtx,
     batch: &Batch,
     wake: &mut watch::Receiver<u64>,
     settings: &mut watch::Receiver<Settings>,
+    skip: &mut watch::Receiver<u64>,
+    number: u64,
     recovered: Option<watch::Receiver<u64>>,
     delay: Duration,
-) -> bool {
-    let _waiting = ctx.retry_now.waiting();
-    wake.borrow_and_update();
+) -> Waited {
     let mut recovered = recovered;
     if let Some(r) = &mut recovered {
         r.borrow_and_update();
     }
-    tokio::select! {
-        biased;
-        _ = ctx.stop.cancelled() => return false,
-        _ = wake.changed() => {
-            tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "retrying now (admin API)");
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        if number != 0 && *skip.borrow_and_update() == number {
+            return Waited::DeadLetter;
         }
-        Ok(()) = settings.changed() => {
-            tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "settings changed by a reload; attempting again now");
+        tokio::select! {
+            biased;
+            _ = ctx.stop.cancelled() => return Waited::Stop,
+            Ok(()) = skip.changed() => continue,
+            _ = wake.changed() => {
+                tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "retrying now (admin API)");
+            }
+            Ok(()) = settings.changed() => {
+                tracing::info!(strategy = %ctx.name, batch_id = %batch.id, "settings changed by a reload; attempting again now");
+            }
+            // The endpoint's circuit closed: it answers again.
+            Ok(()) = changed(&mut recovered) => {}
+            _ = &mut sleep => {}
         }
-        // The endpoint's circuit closed: it answers again.
-        Ok(()) = changed(&mut recovered) => {}
-        _ = tokio::time::sleep(delay) => {}
+        return Waited::Go;
     }
-    true
 }
 
 async fn changed(rx: &mut Option<watch::Receiver<u64>>) -> Result<(), watch::error::RecvError> {
@@ -553,7 +637,7 @@ async fn record_batch(ctx: &SenderCtx, batch: &Batch) {
     match recorded {
         Ok(Ok(())) => state_ok(ctx),
         Ok(Err(e)) => {
-            state_failed(ctx, "recording a batch's records", &e);
+            state_failed(ctx, StateOp::RecordBatch, &e);
             tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, error = %e, "cannot record the batch's records; a redelivery may get a new batch id");
         }
         Err(_) => {
@@ -565,10 +649,56 @@ async fn record_batch(ctx: &SenderCtx, batch: &Batch) {
     }
 }
 
+/// A write (or read) of the state store that delivery depends on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StateOp {
+    RecordBatch,
+    Park,
+    ReadParked,
+    DeleteParked,
+    RecordAttempt,
+    DeadLetter,
+}
+
+impl StateOp {
+    pub(crate) const ALL: [StateOp; 6] = [
+        StateOp::RecordBatch,
+        StateOp::Park,
+        StateOp::ReadParked,
+        StateOp::DeleteParked,
+        StateOp::RecordAttempt,
+        StateOp::DeadLetter,
+    ];
+
+    /// The `operation` label of `walhook_state_errors_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            StateOp::RecordBatch => "record_batch",
+            StateOp::Park => "park",
+            StateOp::ReadParked => "read_parked",
+            StateOp::DeleteParked => "delete_parked",
+            StateOp::RecordAttempt => "record_attempt",
+            StateOp::DeadLetter => "dead_letter",
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            StateOp::RecordBatch => "recording a batch's records",
+            StateOp::Park => "parking a batch",
+            StateOp::ReadParked => "reading a parked batch",
+            StateOp::DeleteParked => "deleting a delivered parked batch",
+            StateOp::RecordAttempt => "recording a parked batch's attempt",
+            StateOp::DeadLetter => "storing a dead letter",
+        }
+    }
+}
+
 /// A state-store write failed: shown in `/status` until one succeeds.
-fn state_failed(ctx: &SenderCtx, what: &str, err: &StateError) {
-    tracing::error!(strategy = %ctx.name, error = %err, "{what} in the state store failed");
-    metrics::counter!(names::STATE_ERRORS_TOTAL, "operation" => what.to_string()).increment(1);
+fn state_failed(ctx: &SenderCtx, op: StateOp, err: &StateError) {
+    let what = op.what();
+    tracing::error!(strategy = %ctx.name, operation = op.label(), error = %err, "{what} in the state store failed");
+    metrics::counter!(names::STATE_ERRORS_TOTAL, "operation" => op.label()).increment(1);
     ctx.status
         .update(|s| s.state_error = Some(format!("{what}: {err}")));
 }
@@ -666,7 +796,7 @@ async fn park_failing(
         }
         Err(e) => {
             budget.release(bytes);
-            state_failed(ctx, "parking a batch", &e);
+            state_failed(ctx, StateOp::Park, &e);
             None
         }
     }
@@ -714,7 +844,7 @@ async fn park_behind(ctx: &SenderCtx, batch: &Batch) -> Ended {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                state_failed(ctx, "parking a batch", &e);
+                state_failed(ctx, StateOp::Park, &e);
                 let delay = retry::delay(
                     &ctx.settings.borrow().retry,
                     failures,
@@ -748,7 +878,7 @@ async fn unpark_delivered(ctx: &SenderCtx, id: i64, batch: &Batch) {
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                state_failed(ctx, "deleting a delivered parked batch", &e);
+                state_failed(ctx, StateOp::DeleteParked, &e);
                 if failures >= 5 {
                     tracing::warn!(strategy = %ctx.name, batch_id = %batch.id, parked_id = id, "the delivered parked batch stays in walhook.parked; it will be delivered again (same webhook-id)");
                     return;
@@ -776,7 +906,7 @@ async fn record_parked_attempt(ctx: &SenderCtx, id: i64, attempts: u32, result: 
         .await
     {
         Ok(()) => state_ok(ctx),
-        Err(e) => state_failed(ctx, "recording a parked batch's attempt", &e),
+        Err(e) => state_failed(ctx, StateOp::RecordAttempt, &e),
     }
 }
 
@@ -815,7 +945,8 @@ async fn dead_letter(
     ctx: &SenderCtx,
     flying: &Flying<'_>,
     batch: &Batch,
-    last: &AttemptResult,
+    last_status: Option<u16>,
+    last_error: Option<&str>,
     attempts: u32,
     parked_id: Option<i64>,
 ) -> Outcome {
@@ -829,8 +960,8 @@ async fn dead_letter(
         first_lsn: batch.first_lsn,
         last_lsn: batch.last_lsn,
         payload: &batch.body,
-        last_status: last.status,
-        last_error: last.error.as_deref(),
+        last_status,
+        last_error,
         attempts,
     };
     let mut failures = 0u32;
@@ -838,7 +969,7 @@ async fn dead_letter(
         let stored = match parked_id {
             // One statement: the row moves, it is never in both tables.
             Some(id) => state
-                .dead_letter_parked(id, attempts, last.status, last.error.as_deref())
+                .dead_letter_parked(id, attempts, last_status, last_error)
                 .await
                 .map(|id| id.unwrap_or(0)),
             None => state.insert_dead_letter(&letter).await,
@@ -864,7 +995,7 @@ async fn dead_letter(
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                state_failed(ctx, "storing a dead letter", &e);
+                state_failed(ctx, StateOp::DeadLetter, &e);
                 failed(ctx, attempts, format!("storing the dead letter: {e}"));
                 flying.set(TaskState::Blocked);
                 let delay = retry::delay(

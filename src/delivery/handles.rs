@@ -2,7 +2,8 @@
 //! (for `/status`, `/readyz` and runs), its pause switch and its "retry
 //! now" button (for the admin API).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -212,49 +213,94 @@ impl PauseHandle {
 }
 
 /// Ends a strategy's backoff waits at once (`POST /strategies/{name}/retry`):
-/// every batch waiting to be retried is attempted now.
+/// every failing batch is attempted now. Also dead-letters the strategy's
+/// head batch on request (`POST /strategies/{name}/dead-letter-head`): the
+/// failing batch whose first record is oldest. A worker a reload replaced
+/// shares its successor's handle, so both answer.
 #[derive(Debug, Clone)]
 pub struct RetryHandle(Arc<RetryInner>);
+
+/// Failing batches by (first record, number), with their batch ids.
+type Failing = BTreeMap<((Lsn, u32), u64), String>;
 
 #[derive(Debug)]
 struct RetryInner {
     wake: watch::Sender<u64>,
-    /// Batches in a backoff wait now.
-    waiting: AtomicUsize,
+    /// Batches failing now, by first record (and a number telling equal
+    /// ones apart), with their batch ids.
+    failing: Mutex<Failing>,
+    next: AtomicU64,
+    /// The number of the batch to dead-letter (0: none).
+    skip: watch::Sender<u64>,
 }
 
 impl RetryHandle {
     pub(crate) fn new() -> RetryHandle {
         RetryHandle(Arc::new(RetryInner {
             wake: watch::channel(0).0,
-            waiting: AtomicUsize::new(0),
+            failing: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(1),
+            skip: watch::channel(0).0,
         }))
     }
 
-    /// Wakes every batch in a backoff wait; returns how many there were.
+    fn failing_map(&self) -> std::sync::MutexGuard<'_, Failing> {
+        self.0.failing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every failing batch (in a backoff wait now, or at the end of
+    /// the attempt it is in); returns how many there are.
     pub fn retry_now(&self) -> usize {
-        let waiting = self.0.waiting.load(Ordering::Acquire);
+        let failing = self.failing_map().len();
         self.0.wake.send_modify(|n| *n = n.wrapping_add(1));
-        waiting
+        failing
+    }
+
+    /// Asks the oldest failing batch to become a dead letter; its batch id,
+    /// or `None` when no batch fails.
+    pub fn dead_letter_head(&self) -> Option<String> {
+        let failing = self.failing_map();
+        let (&(_, number), batch_id) = failing.iter().next()?;
+        self.0.skip.send_replace(number);
+        Some(batch_id.clone())
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.wake.subscribe()
     }
 
-    /// Counts a batch in a backoff wait while the guard lives.
-    pub(crate) fn waiting(&self) -> WaitingGuard<'_> {
-        self.0.waiting.fetch_add(1, Ordering::AcqRel);
-        WaitingGuard(self)
+    pub(crate) fn subscribe_skip(&self) -> watch::Receiver<u64> {
+        self.0.skip.subscribe()
+    }
+
+    /// Counts a failing batch (first record `first`) while the guard lives.
+    pub(crate) fn failing(&self, first: (Lsn, u32), batch_id: &str) -> FailingGuard<'_> {
+        let number = self.0.next.fetch_add(1, Ordering::AcqRel);
+        self.failing_map()
+            .insert((first, number), batch_id.to_string());
+        FailingGuard {
+            handle: self,
+            key: (first, number),
+        }
     }
 }
 
-/// See [`RetryHandle::waiting`].
-pub(crate) struct WaitingGuard<'a>(&'a RetryHandle);
+/// See [`RetryHandle::failing`].
+pub(crate) struct FailingGuard<'a> {
+    handle: &'a RetryHandle,
+    key: ((Lsn, u32), u64),
+}
 
-impl Drop for WaitingGuard<'_> {
+impl FailingGuard<'_> {
+    /// Its number (what [`RetryHandle::dead_letter_head`] asks for).
+    pub(crate) fn number(&self) -> u64 {
+        self.key.1
+    }
+}
+
+impl Drop for FailingGuard<'_> {
     fn drop(&mut self) {
-        self.0 .0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.handle.failing_map().remove(&self.key);
     }
 }
 

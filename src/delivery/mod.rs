@@ -39,6 +39,7 @@ mod tls;
 mod token;
 pub(crate) mod worker;
 
+pub(crate) use attempt::StateOp;
 pub use auth::AuthError;
 pub(crate) use endpoints::build_endpoints;
 pub use endpoints::EndpointError;

@@ -25,6 +25,11 @@ use crate::config::{EndpointConfig, OnClientError};
 
 /// Most bytes of a response body walhook reads.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
+/// Bytes of the start of a response body kept with an attempt (the
+/// delivery log shows them).
+pub(crate) const EXCERPT_BYTES: usize = 4 * 1024;
+/// Characters of the response body an error message quotes.
+const ERROR_BODY_CHARS: usize = 200;
 
 /// `walhook/<version>`.
 const USER_AGENT: &str = concat!("walhook/", env!("CARGO_PKG_VERSION"));
@@ -36,6 +41,7 @@ pub struct Endpoint {
     url: Url,
     client: Client,
     timeout: Duration,
+    connect_timeout: Duration,
     prepare: Arc<dyn Prepare>,
     on_client_error: OnClientError,
     guard: Guard,
@@ -60,8 +66,13 @@ pub struct AttemptResult {
     pub(crate) status: Option<u16>,
     /// The response's `Retry-After`, if any.
     pub(crate) retry_after: Option<Duration>,
-    /// Why it failed (no secret, no URL, no body); `None` when delivered.
+    /// Why it failed, naming the endpoint and its host and quoting the
+    /// start of the response body (no secret, no URL path or query); `None`
+    /// when delivered.
     pub error: Option<String>,
+    /// The start of the response body (at most [`EXCERPT_BYTES`], invalid
+    /// UTF-8 replaced); `None` without a response.
+    pub(crate) body: Option<String>,
     /// Time spent, preparation included.
     pub(crate) elapsed: Duration,
     /// A request went out (false: refused by the circuit breaker, or the
@@ -161,6 +172,7 @@ impl Endpoint {
             url,
             client,
             timeout: cfg.timeout,
+            connect_timeout: cfg.connect_timeout,
             prepare,
             on_client_error: cfg.on_client_error,
             guard: Guard::new(name, cfg),
@@ -237,9 +249,10 @@ impl Endpoint {
                 status: None,
                 retry_after: None,
                 error: Some(format!(
-                    "circuit open: endpoint {} failed too often in a row; one probe request at a time",
-                    self.name
+                    "{}circuit open: it failed too often in a row; one probe request at a time",
+                    self.prefix()
                 )),
+                body: None,
                 elapsed: Duration::ZERO,
                 sent: false,
                 refused: true,
@@ -281,10 +294,12 @@ impl Endpoint {
     }
 
     async fn try_once(&self, batch: &Batch) -> AttemptResult {
+        let prefix = self.prefix();
         let fail = |error: String| AttemptResult {
             status: None,
             retry_after: None,
-            error: Some(error),
+            error: Some(format!("{prefix}{error}")),
+            body: None,
             elapsed: Duration::ZERO,
             sent: false,
             refused: false,
@@ -360,6 +375,7 @@ impl Endpoint {
             .as_ref()
             .filter(|log| log.keeps())
             .map(|_| Vec::new());
+        let mut excerpt: Vec<u8> = Vec::new();
         let mut body_error = None;
         let mut truncated = false;
         while read < MAX_RESPONSE_BODY {
@@ -370,6 +386,8 @@ impl Endpoint {
                         truncated |= chunk.len() > room;
                         kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     }
+                    let room = EXCERPT_BYTES.saturating_sub(excerpt.len());
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
                     read += chunk.len();
                 }
                 Ok(None) => break,
@@ -397,10 +415,16 @@ impl Endpoint {
                 &batch.keys,
             );
         }
+        let body = String::from_utf8_lossy(&excerpt).into_owned();
         let error = if status.is_success() {
             None
         } else {
-            Some(status_text(status))
+            let quoted = quote(&body);
+            Some(if quoted.is_empty() {
+                format!("{prefix}{}", status_text(status))
+            } else {
+                format!("{prefix}{}: {quoted}", status_text(status))
+            })
         };
         if status.is_success() {
             if let Some(err) = body_error {
@@ -411,18 +435,46 @@ impl Endpoint {
             status: Some(status.as_u16()),
             retry_after,
             error,
+            body: Some(body),
             elapsed: Duration::ZERO,
             sent: true,
             refused: false,
         }
     }
 
+    /// `endpoint NAME (HOST:PORT): `, the start of every error message.
+    fn prefix(&self) -> String {
+        format!("endpoint {} ({}): ", self.name, self.host())
+    }
+
     fn describe_send_error(&self, err: reqwest::Error) -> String {
+        // A connect timeout is a timeout too: tell the two apart.
+        if err.is_connect() && err.is_timeout() {
+            return format!(
+                "connect timed out after {:?} (connect_timeout)",
+                self.connect_timeout
+            );
+        }
         if err.is_timeout() {
             return format!("timed out after {:?}", self.timeout);
         }
         super::tls::explain(&err.without_url())
     }
+}
+
+/// The start of a response body for an error message: one line, control
+/// characters as spaces, at most [`ERROR_BODY_CHARS`] characters.
+fn quote(body: &str) -> String {
+    let mut out: String = body
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(ERROR_BODY_CHARS + 1)
+        .collect();
+    if out.chars().count() > ERROR_BODY_CHARS {
+        out = out.chars().take(ERROR_BODY_CHARS).collect();
+        out.push('…');
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn status_text(status: StatusCode) -> String {

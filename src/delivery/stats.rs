@@ -87,6 +87,7 @@ mod tests {
             status,
             retry_after: None,
             error: (!status.is_some_and(|s| (200..300).contains(&s))).then(|| "HTTP 503".into()),
+            body: None,
             elapsed: Duration::from_millis(ms),
             sent: true,
             refused: false,

@@ -32,6 +32,26 @@ const STARTUP_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres \
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// TCP keepalive (an idle connection is probed after 10 s, every 5 s) and
+/// `TCP_USER_TIMEOUT` on the replication socket; best effort (a platform
+/// without them keeps the application's silence limit).
+fn set_liveness(tcp: &TcpStream, user_timeout: Duration) {
+    let socket = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on the replication connection");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = socket.set_tcp_user_timeout(Some(user_timeout)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT on the replication connection");
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = user_timeout;
+}
+
 /// A byte stream to the server.
 enum Stream {
     Tcp(TcpStream),
@@ -149,6 +169,17 @@ impl ReplConn {
         }))
     }
 
+    /// Gives a dead TCP peer up after `user_timeout` of unacknowledged
+    /// data (and probes an idle one): see [`super::protocol::user_timeout`].
+    pub(crate) fn set_user_timeout(&self, user_timeout: Duration) {
+        match &self.stream {
+            Stream::Tcp(tcp) => set_liveness(tcp, user_timeout),
+            Stream::Tls(tls) => set_liveness(tls.get_ref().0, user_timeout),
+            #[cfg(unix)]
+            Stream::Unix(_) => {}
+        }
+    }
+
     /// The address this connection talks to, for messages.
     pub(crate) fn target(&self) -> &str {
         &self.target
@@ -172,6 +203,8 @@ impl ReplConn {
                 }
                 .map_err(connect_err)?;
                 let _ = tcp.set_nodelay(true);
+                // Until the server's wal_sender_timeout is known.
+                set_liveness(&tcp, Duration::from_secs(30));
                 negotiate_tls(tcp, info, host, &name).await?
             }
             #[cfg(unix)]

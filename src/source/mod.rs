@@ -37,7 +37,7 @@ mod stream;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -192,8 +192,13 @@ pub struct SourceStatus {
     pub acked_lsn: Lsn,
     /// The server's WAL end as last reported (for lag).
     pub server_wal_end: Lsn,
-    /// The latest error, fatal or not (no secrets: errors never hold them).
+    /// The latest error, fatal or not (no secrets: errors never hold
+    /// them); cleared once the stream runs again.
     pub last_error: Option<String>,
+    /// When `last_error` was set.
+    pub last_error_at: Option<SystemTime>,
+    /// When streaming last cleared an error.
+    pub recovered_at: Option<SystemTime>,
 }
 
 impl Default for SourceStatus {
@@ -204,6 +209,25 @@ impl Default for SourceStatus {
             acked_lsn: Lsn::ZERO,
             server_wal_end: Lsn::ZERO,
             last_error: None,
+            last_error_at: None,
+            recovered_at: None,
+        }
+    }
+}
+
+impl SourceStatus {
+    /// Shows `error` (and when it came, unless it is the one shown already).
+    pub(crate) fn set_error(&mut self, error: String) {
+        if self.last_error.as_deref() != Some(error.as_str()) {
+            self.last_error_at = Some(SystemTime::now());
+        }
+        self.last_error = Some(error);
+    }
+
+    /// The stream runs again: the error is cleared, with when.
+    fn recovered(&mut self) {
+        if self.last_error.take().is_some() {
+            self.recovered_at = Some(SystemTime::now());
         }
     }
 }
@@ -376,7 +400,7 @@ impl Source {
                         let changed = s.state != SourceState::Standby
                             || s.last_error.as_deref() != Some(text.as_str());
                         s.state = SourceState::Standby;
-                        s.last_error = Some(text);
+                        s.set_error(text);
                         changed
                     });
                     STANDBY_RETRY
@@ -386,8 +410,7 @@ impl Source {
                     self.set_state(SourceState::Connecting);
                     let delay = backoff.next_delay();
                     tracing::warn!(slot = %self.opts.slot, error = %error, retry_in_ms = delay.as_millis() as u64, "replication connection failed; reconnecting");
-                    self.status
-                        .send_modify(|s| s.last_error = Some(error.to_string()));
+                    self.status.send_modify(|s| s.set_error(error.to_string()));
                     delay
                 }
             };
@@ -404,7 +427,7 @@ impl Source {
     pub(crate) fn report_waiting(&self, error: String) {
         self.status.send_modify(|s| {
             s.state = SourceState::Connecting;
-            s.last_error = Some(error);
+            s.set_error(error);
         });
     }
 
@@ -419,7 +442,7 @@ impl Source {
         tracing::error!(slot = %self.opts.slot, error = %error, "replication source failed");
         self.status.send_modify(|s| {
             s.state = SourceState::Failed;
-            s.last_error = Some(error.to_string());
+            s.set_error(error.to_string());
         });
         error
     }
@@ -462,6 +485,7 @@ impl Source {
         self.status.send_modify(|s| {
             s.state = SourceState::Streaming;
             s.acked_lsn = s.acked_lsn.max(memory.floor);
+            s.recovered();
         });
         let floor = memory.floor;
         self.resumed.send_if_modified(|r| {

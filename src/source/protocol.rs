@@ -244,13 +244,29 @@ pub(crate) fn feedback_interval(wal_sender_timeout: Duration) -> Duration {
     }
 }
 
-/// How long the server may stay silent, while we keep asking for replies,
-/// before the connection counts as dead.
+/// How long the server may stay silent, while we keep asking for replies
+/// (every [`feedback_interval`]), before the connection counts as dead:
+/// `wal_sender_timeout` itself (at least 5 s), the time after which the
+/// server gives up on us too; 60 s when it has no timeout.
 pub(crate) fn silence_limit(wal_sender_timeout: Duration) -> Duration {
     if wal_sender_timeout.is_zero() {
-        Duration::from_secs(120)
+        Duration::from_secs(60)
     } else {
-        Duration::from_secs(30).max(wal_sender_timeout * 2)
+        Duration::from_secs(5).max(wal_sender_timeout)
+    }
+}
+
+/// How long data sent on the replication socket may stay unacknowledged
+/// before the kernel gives the connection up (`TCP_USER_TIMEOUT`): half
+/// of `wal_sender_timeout` (5–30 s). Standby status goes out at least
+/// every [`feedback_interval`], so a silent partition is noticed within
+/// `wal_sender_timeout`, and a healed link is used by a new connection
+/// instead of waiting for TCP's backed-off retransmissions.
+pub(crate) fn user_timeout(wal_sender_timeout: Duration) -> Duration {
+    if wal_sender_timeout.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        (wal_sender_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(30))
     }
 }
 
@@ -509,6 +525,28 @@ mod tests {
             Duration::from_secs(10)
         );
         assert_eq!(feedback_interval(Duration::ZERO), Duration::from_secs(10));
+        // A silent server is given up on when the server gives up on us.
+        assert_eq!(
+            silence_limit(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            silence_limit(Duration::from_secs(1)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(silence_limit(Duration::ZERO), Duration::from_secs(60));
+        assert_eq!(
+            user_timeout(Duration::from_secs(60)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            user_timeout(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            user_timeout(Duration::from_secs(600)),
+            Duration::from_secs(30)
+        );
     }
 
     fn rows(columns: &[&str], values: &[Option<&str>]) -> Rows {

@@ -83,6 +83,7 @@ pub(super) async fn run(
     let now = Instant::now();
     let interval = protocol::feedback_interval(wal_sender_timeout);
     let silence = protocol::silence_limit(wal_sender_timeout);
+    conn.set_user_timeout(protocol::user_timeout(wal_sender_timeout));
     let acked = *acks.borrow_and_update();
     let feedback = Feedback::new(now, interval, memory.floor, memory.handed.last_end, acked);
     let mut s = Session {

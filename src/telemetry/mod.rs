@@ -236,6 +236,16 @@ pub(crate) fn describe() {
         "1 while a strategy's parking bound is reached: a batch that should be parked waits \
          (holding its strategy and the slot) until parked work is delivered."
     );
+    describe_gauge!(
+        HEALTH,
+        "1 for the instance's readiness (ready; degraded: streaming, but a strategy is failing, \
+         parked, blocked or held; not_ready), 0 for the others: the same decision as /readyz."
+    );
+    describe_gauge!(
+        STRATEGY_STATE,
+        "1 for a strategy's state (running, parked, failing, blocked, held, paused), 0 for the \
+         others: the same word as /status."
+    );
     describe_counter!(
         STATE_ERRORS_TOTAL,
         "Writes to the state store that failed, by operation (parking a batch, storing a dead \
@@ -268,6 +278,13 @@ pub(crate) fn register_strategy(strategy: &str, schedules: &[&str]) {
         }
     }
     metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.to_string()).increment(0);
+}
+
+/// Shows `walhook_state_errors_total` at 0 for every operation before any error.
+pub(crate) fn register_state_errors(operations: &[&'static str]) {
+    for operation in operations {
+        metrics::counter!(names::STATE_ERRORS_TOTAL, "operation" => *operation).increment(0);
+    }
 }
 
 /// Shows `walhook_config_reload_total` at 0 for every result before any reload.
@@ -365,6 +382,7 @@ mod tests {
             acked_lsn: Lsn(800),
             server_wal_end: Lsn(1000),
             last_error: None,
+            ..Default::default()
         });
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {

@@ -84,3 +84,11 @@ pub(crate) const PARKED_TOTAL: &str = "walhook_parked_total";
 /// Counter `{operation}`: writes to the state store that failed (parking,
 /// dead letters, batch records, the delivery log).
 pub(crate) const STATE_ERRORS_TOTAL: &str = "walhook_state_errors_total";
+/// Gauge `{state}`: 1 for the instance's readiness (`ready`, `degraded`:
+/// streaming but a strategy is failing, parked, blocked or held;
+/// `not_ready`), 0 for the others; the same decision as `/readyz`.
+pub(crate) const HEALTH: &str = "walhook_health";
+/// Gauge `{strategy, state}`: 1 for the strategy's state (`running`,
+/// `parked`, `failing`, `blocked`, `held`, `paused`), 0 for the others;
+/// the same word as `/status`.
+pub(crate) const STRATEGY_STATE: &str = "walhook_strategy_state";

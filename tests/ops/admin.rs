@@ -197,6 +197,7 @@ async fn health_readiness_status_and_metrics() {
         acked_lsn: Lsn(0x1_0000_0100),
         server_wal_end: Lsn(0x1_0000_0300),
         last_error: None,
+        ..Default::default()
     });
     assert_eq!(server.get("/readyz").await, (200, "ready\n".to_string()));
     assert_eq!(server.get("/activez").await, (200, "active\n".to_string()));
@@ -217,13 +218,16 @@ async fn health_readiness_status_and_metrics() {
             progress: Default::default(),
             ..Default::default()
         });
+    // An endpoint outage degrades a streaming instance; it stays ready and active.
     assert_eq!(
         server.get("/readyz").await,
         (
-            503,
-            "failed: strategy orders: HTTP 503 from endpoint orders_api\n".to_string()
+            200,
+            "ready: degraded: strategy orders failing: HTTP 503 from endpoint orders_api\n"
+                .to_string()
         )
     );
+    assert_eq!(server.get("/activez").await, (200, "active\n".to_string()));
 
     let (code, body) = server.get("/status").await;
     assert_eq!(code, 200);

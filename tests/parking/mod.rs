@@ -98,6 +98,10 @@ pub(crate) async fn get(port: u16, path: &str) -> (u16, String) {
     admin_call(reqwest::Method::GET, port, path, TOKEN).await
 }
 
+pub(crate) async fn post(port: u16, path: &str) -> (u16, String) {
+    admin_call(reqwest::Method::POST, port, path, TOKEN).await
+}
+
 /// A record as a receiver got it: its position, `new.id` and `new.v`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Got {

@@ -22,6 +22,21 @@ async fn reconnects_after_an_immediate_restart_without_duplicates() {
     let (first_commit, _, records) = src.next_transaction().await;
     assert_insert(&records[0], 1);
     let pid = db.active_pid("s_restart").await;
+    // Every error the status shows while it happens.
+    let mut watched = src.status.clone();
+    let seen = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        while watched.changed().await.is_ok() {
+            let status = watched.borrow_and_update().clone();
+            if let Some(error) = status.last_error {
+                errors.push((error, status.last_error_at));
+            }
+            if status.state == SourceState::Streaming && status.recovered_at.is_some() {
+                break;
+            }
+        }
+        errors
+    });
 
     tokio::task::spawn_blocking(move || cluster.restart_immediate())
         .await
@@ -35,10 +50,25 @@ async fn reconnects_after_an_immediate_restart_without_duplicates() {
     })
     .await;
     src.wait_state(SourceState::Streaming).await;
+    let errors = tokio::time::timeout(WAIT, seen)
+        .await
+        .expect("the status recovers")
+        .expect("watch task");
     assert!(
-        src.status.borrow().last_error.is_some(),
-        "the connection loss was not reported"
+        errors.iter().any(|(_, at)| at.is_some()),
+        "the connection loss was not reported (with when): {errors:?}"
     );
+    // Streaming again: the error is gone from the status, with when it went.
+    let status = src.status.borrow().clone();
+    assert_eq!(
+        status.last_error, None,
+        "a stale error stayed after recovery"
+    );
+    let (recovered, failed) = (
+        status.recovered_at.expect("recovered_at"),
+        status.last_error_at.expect("last_error_at"),
+    );
+    assert!(recovered >= failed, "{recovered:?} < {failed:?}");
 
     db.psql("INSERT INTO items VALUES (2, 'after')").await;
     let (second_commit, end_lsn, records) = src.next_transaction().await;

@@ -110,7 +110,13 @@ pub(crate) struct Receiver {
 impl Receiver {
     /// An HTTP receiver.
     pub(crate) async fn start() -> Receiver {
-        let (tcp, receiver) = Receiver::bind("http").await;
+        Receiver::start_on("127.0.0.1".parse().expect("address")).await
+    }
+
+    /// An HTTP receiver on `ip` (another interface than loopback, for a
+    /// walhook in a network namespace).
+    pub(crate) async fn start_on(ip: std::net::IpAddr) -> Receiver {
+        let (tcp, receiver) = Receiver::bind_on("http", ip).await;
         let app = receiver.app();
         tokio::spawn(async move {
             let _ = axum::serve(tcp, app).await;
@@ -135,9 +141,11 @@ impl Receiver {
     }
 
     async fn bind(scheme: &'static str) -> (TcpListener, Receiver) {
-        let tcp = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind receiver");
+        Receiver::bind_on(scheme, "127.0.0.1".parse().expect("address")).await
+    }
+
+    async fn bind_on(scheme: &'static str, ip: std::net::IpAddr) -> (TcpListener, Receiver) {
+        let tcp = TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = tcp.local_addr().expect("receiver address");
         let receiver = Receiver {
             addr,

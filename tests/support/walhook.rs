@@ -34,6 +34,8 @@ pub(crate) struct WalhookCommand {
     args: Vec<String>,
     config: Option<String>,
     env: Vec<(String, String)>,
+    /// Run inside this network namespace (`ip netns exec`).
+    netns: Option<String>,
 }
 
 impl WalhookCommand {
@@ -53,13 +55,27 @@ impl WalhookCommand {
         vars.iter().fold(self, |cmd, (k, v)| cmd.env(k, v))
     }
 
+    /// Runs it inside network namespace `name` (`ip netns exec` execs it,
+    /// so the pid is walhook's).
+    pub(crate) fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_string());
+        self
+    }
+
     /// Starts the process.
     pub(crate) fn spawn(self) -> Walhook {
         let dir = tempfile::tempdir().expect("temp dir");
         if let Some(text) = &self.config {
             std::fs::write(dir.path().join("config.toml"), text).expect("writing config.toml");
         }
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_walhook"));
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_walhook")]);
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_walhook")),
+        };
         cmd.args(&self.args)
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -231,6 +247,7 @@ impl Walhook {
             args: args.iter().map(|a| a.to_string()).collect(),
             config: None,
             env: Vec::new(),
+            netns: None,
         }
     }
 

@@ -176,17 +176,40 @@ async function command(path, what) {
   }
 }
 
+function parked(p) {
+  if (!p || !p.parked_batches) return p && p.full ? "full" : "—";
+  const limit = p.limit_bytes ? " of " + bytes(p.limit_bytes) : "";
+  return p.parked_batches + " (" + bytes(p.parked_bytes) + limit + (p.full ? ", full" : "") + ")";
+}
+
+// Everything that is wrong with a strategy, most urgent first: the state
+// store, its own last error, a worker a reload replaced that still drains.
+function strategyErrors(s) {
+  const parts = [];
+  if (s.state_error) parts.push("state store: " + s.state_error);
+  if (s.last_error) parts.push(s.last_error);
+  for (const d of s.draining || []) {
+    parts.push("draining worker " + d.state + " (" + d.attempts + " attempts" +
+      (d.last_error ? ": " + d.last_error : "") + ")");
+  }
+  if (s.parked && s.parked.held) parts.push("held: " + s.parked.held);
+  return parts.join(" · ");
+}
+
 function renderStatus(doc) {
   const role = doc.role ? " (" + doc.role + ")" : "";
   const err = doc.last_error ? " · " + doc.last_error : "";
-  $("source").textContent = "slot " + doc.slot + " · " + doc.state + role +
+  const health = doc.health ? doc.health.text + " · " : "";
+  $("source").textContent = health + "slot " + doc.slot + " · " + doc.state + role +
     " · lag " + bytes(doc.lag_bytes) + " · acked " + doc.acked_lsn + err;
+  $("source").dataset.health = doc.health ? doc.health.state : "";
   state.strategies = doc.strategies || [];
-  syncRows($("strategies"), state.strategies, (s) => s.name, 10, (tr, s) => {
+  syncRows($("strategies"), state.strategies, (s) => s.name, 11, (tr, s) => {
     const c = tr.cells;
     tr.dataset.state = s.state;
     setCell(c[0], s.name);
-    const shown = s.pause_reason && s.pause_reason !== "admin" ? s.state + ": " + s.pause_reason : s.state;
+    let shown = s.pause_reason && s.pause_reason !== "admin" ? s.state + ": " + s.pause_reason : s.state;
+    if ((s.draining || []).length) shown += " (draining)";
     setBadge(c[1], shown, s.state);
     const r = rate(s.name, s.delivered_records);
     setCell(c[2], r === null ? "—" : r.toFixed(1), "num");
@@ -194,18 +217,29 @@ function renderStatus(doc) {
     setCell(c[4], s.queue_records, "num");
     setCell(c[5], s.in_flight, "num");
     setCell(c[6], bytes(s.lag_bytes) + " · " + seconds(s.lag_seconds), "num");
-    setCell(c[7], ago(s.last_success));
-    setCell(c[8], s.last_error || "", "error");
+    setCell(c[7], parked(s.parked), "num parked");
+    setCell(c[8], ago(s.last_success));
+    setCell(c[9], strategyErrors(s), "error");
     if (!canCommand()) {
-      setActions(c[9], "none", () => []);
+      setActions(c[10], "none", () => []);
       return;
     }
     const paused = s.state === "paused";
-    setActions(c[9], paused ? "resume" : "pause", () => [
-      paused
-        ? button("Resume", s.name, () => command("/strategies/" + encodeURIComponent(s.name) + "/resume", "resumed " + s.name))
-        : button("Pause", s.name, () => command("/strategies/" + encodeURIComponent(s.name) + "/pause", "paused " + s.name)),
-    ]);
+    const base = "/strategies/" + encodeURIComponent(s.name);
+    const stuck = ["failing", "parked", "blocked"].includes(s.state);
+    const headSkippable = s.state === "failing" || s.state === "blocked";
+    setActions(c[10], (paused ? "resume" : "pause") + (stuck ? ":retry" : "") + (headSkippable ? ":head" : ""), () => {
+      const buttons = [
+        paused
+          ? button("Resume", s.name, () => command(base + "/resume", "resumed " + s.name))
+          : button("Pause", s.name, () => command(base + "/pause", "paused " + s.name)),
+      ];
+      if (stuck) buttons.push(button("Retry now", s.name, () => command(base + "/retry", "retrying " + s.name)));
+      if (headSkippable) {
+        buttons.push(button("Dead-letter head", s.name, () => command(base + "/dead-letter-head", "dead-lettered the head batch of " + s.name), "danger"));
+      }
+      return buttons;
+    });
   }, "no strategies");
   const select = $("run-strategy");
   const names = state.strategies.map((s) => s.name);
