@@ -94,8 +94,9 @@ pub(crate) struct Emission {
     pub(crate) dropped: u64,
     /// Where they go in the stream (the byte after the watermark).
     pub(crate) end_lsn: Lsn,
-    /// Answer with [`ChunkOutcome::Queued`] (or `NoStrategy`).
-    pub(crate) reply: oneshot::Sender<ChunkOutcome>,
+    /// Answer with [`ChunkOutcome::Queued`] (or `NoStrategy`); `None` for
+    /// a segment's start.
+    pub(crate) reply: Option<oneshot::Sender<ChunkOutcome>>,
 }
 
 enum Command {
@@ -104,6 +105,7 @@ enum Command {
         strategy: Arc<str>,
         table: TableName,
         key_columns: Vec<String>,
+        reset: Option<Arc<Relation>>,
         started: oneshot::Sender<()>,
     },
     Chunk {
@@ -144,12 +146,15 @@ impl BackfillHandle {
     /// Registers a segment of `strategy`'s run over `table` (keyed by its
     /// primary key `key_columns`); the answer comes when the router reached
     /// its start marker. Write the marker ([`Watermark`] without a chunk)
-    /// right after.
+    /// right after. `reset`: the table's relation, when a truncate record
+    /// goes first (a re-sync after changes were lost: the receiver drops
+    /// its copy, and the run and the stream rebuild it).
     pub(crate) fn open(
         &self,
         strategy: Arc<str>,
         table: TableName,
         key_columns: Vec<String>,
+        reset: Option<Arc<Relation>>,
     ) -> Result<(SegmentId, oneshot::Receiver<()>), RouterGone> {
         let segment = rand::random::<u64>();
         let (started, answer) = oneshot::channel();
@@ -159,6 +164,7 @@ impl BackfillHandle {
                 strategy,
                 table,
                 key_columns,
+                reset,
                 started,
             })
             .map_err(|_| RouterGone)?;
@@ -201,6 +207,8 @@ struct Open {
     strategy: Arc<str>,
     table: TableName,
     key_columns: Vec<String>,
+    /// A truncate record goes at the start marker.
+    reset: Option<Arc<Relation>>,
     /// Set at the start marker.
     segment: Option<Segment>,
     started: Option<oneshot::Sender<()>>,
@@ -259,6 +267,7 @@ impl Backfills {
                     strategy,
                     table,
                     key_columns,
+                    reset,
                     started,
                 } => {
                     self.open.insert(
@@ -267,6 +276,7 @@ impl Backfills {
                             strategy,
                             table,
                             key_columns,
+                            reset,
                             segment: None,
                             started: Some(started),
                             positions: None,
@@ -371,16 +381,31 @@ impl Backfills {
             return None;
         };
         let Some(chunk) = mark.chunk else {
-            if let Some(open) = self.open.get_mut(&mark.segment) {
-                if open.segment.is_none() {
-                    open.segment = Some(Segment::new(self.recent.sorted()));
-                }
-                if let Some(started) = open.started.take() {
-                    let _ = started.send(());
-                }
-                self.logging = true;
+            let open = self.open.get_mut(&mark.segment)?;
+            if open.segment.is_none() {
+                open.segment = Some(Segment::new(self.recent.sorted()));
             }
-            return None;
+            if let Some(started) = open.started.take() {
+                let _ = started.send(());
+            }
+            self.logging = true;
+            let relation = open.reset.take()?;
+            return Some(Emission {
+                strategy: open.strategy.clone(),
+                events: vec![RecordEvent {
+                    relation,
+                    op: Op::Truncate,
+                    commit_lsn: lsn,
+                    index: 0,
+                    xid: 0,
+                    commit_time: crate::timestamp::unix_now_micros(),
+                    new: None,
+                    old: None,
+                }],
+                dropped: 0,
+                end_lsn: Lsn(lsn.0.saturating_add(1)),
+                reply: None,
+            });
         };
         let pending = self.chunks.remove(&(mark.segment, chunk))?;
         let open = self.open.get_mut(&mark.segment)?;
@@ -412,7 +437,7 @@ impl Backfills {
                     events,
                     dropped,
                     end_lsn: Lsn(lsn.0.saturating_add(1)),
-                    reply: pending.reply,
+                    reply: Some(pending.reply),
                 })
             }
         }
@@ -495,7 +520,7 @@ mod tests {
         let rel = relation();
         let (mut router, handle) = channel();
         let (segment, mut started) = handle
-            .open("s".into(), table(), vec!["id".into()])
+            .open("s".into(), table(), vec!["id".into()], None)
             .expect("open");
         let start = Watermark {
             segment,
@@ -536,6 +561,7 @@ mod tests {
         ));
         emission
             .reply
+            .expect("a chunk's answer")
             .send(ChunkOutcome::NoStrategy)
             .expect("answer");
         assert_eq!(answer.try_recv(), Ok(ChunkOutcome::NoStrategy));

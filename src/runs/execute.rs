@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{Plan, RunError, Stored};
+use super::plan::{Plan, RunError, Stored, Trigger};
 use super::reader::{Chunk, KeyText, Start, TableReader, COUNT_UP_TO_BYTES};
 use crate::backfill::{self, BackfillHandle, ChunkOutcome, SegmentId, Watermark};
 use crate::batch::{Decorate, QueuedRecord, ReplyLog, WorkItem};
@@ -253,6 +253,7 @@ async fn merged(
         .ok_or_else(|| RunError::NoTable(name.to_string()))?;
     let mut start = first_start(plan);
     let mut segment: Option<SegmentId> = None;
+    let mut first_segment = true;
     let mut chunk_no = 0u64;
     let mut in_stream: VecDeque<InStream> = VecDeque::new();
     let mut taken = plan.resume.counts.sent;
@@ -305,13 +306,24 @@ async fn merged(
         }
         let id = match segment {
             Some(id) => id,
-            None => match open_segment(plan, reader, merge, &name, &table, cx).await {
-                Ok(id) => {
-                    segment = Some(id);
-                    id
+            None => {
+                // A re-sync after lost changes begins with a truncate record,
+                // once (not again when it resumes past its first chunk): the
+                // gap may hold deletes no stream will bring.
+                let reset = (first_segment
+                    && plan.trigger == Trigger::Resync
+                    && plan.resume.after.is_none()
+                    && plan.config().on_delete.is_some())
+                .then(|| reader.relation().clone());
+                first_segment = false;
+                match open_segment(plan, reader, merge, &name, &table, reset, cx).await {
+                    Ok(id) => {
+                        segment = Some(id);
+                        id
+                    }
+                    Err(e) => break Err(e),
                 }
-                Err(e) => break Err(e),
-            },
+            }
         };
         let chunk = match guarded(plan, cx, reader.read_chunk(&start, size)).await {
             Ok(Ok(chunk)) => chunk,
@@ -396,11 +408,12 @@ async fn open_segment(
     merge: &Merge,
     name: &Arc<str>,
     table: &crate::config::TableName,
+    reset: Option<Arc<crate::decode::Relation>>,
     cx: &Context<'_>,
 ) -> Result<SegmentId, RunError> {
     let (id, started) = merge
         .backfills
-        .open(name.clone(), table.clone(), reader.key_columns())
+        .open(name.clone(), table.clone(), reader.key_columns(), reset)
         .map_err(|_| RunError::Stopping)?;
     let mark = Watermark {
         segment: id,

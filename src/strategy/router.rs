@@ -258,7 +258,9 @@ impl Router {
             .iter()
             .position(|r| r.strategy.name() == &*strategy)
         else {
-            let _ = reply.send(ChunkOutcome::NoStrategy);
+            if let Some(reply) = reply {
+                let _ = reply.send(ChunkOutcome::NoStrategy);
+            }
             return Ok(());
         };
         if let Some(route) = self.routes.get(i) {
@@ -274,12 +276,14 @@ impl Router {
             self.send_end(i, end_lsn).await?;
         }
         self.checkpoint.seen(end_lsn);
-        let _ = reply.send(ChunkOutcome::Queued {
-            slot,
-            end_lsn,
-            sent: events.len() as u64,
-            dropped,
-        });
+        if let Some(reply) = reply {
+            let _ = reply.send(ChunkOutcome::Queued {
+                slot,
+                end_lsn,
+                sent: events.len() as u64,
+                dropped,
+            });
+        }
         Ok(())
     }
 

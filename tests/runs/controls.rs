@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::copy::{copy_of, differences, Scene, Writer};
 use super::{call, wait_finished, TOKEN};
 use crate::support::browser::Browser;
-use crate::support::{wait_until, Walhook, WAIT};
+use crate::support::{poll_until, wait_until, Walhook, WAIT};
 
 /// Chunks of 500 rows, at most 2,000 rows a second: a run over 20,000 rows
 /// lasts about ten seconds, long enough to be caught part-way.
@@ -191,7 +191,7 @@ async fn run_strategy_beside_a_running_walhook_runs_there_and_walhook_runs_contr
         .config(&scene.config)
         .spawn();
     let id = std::cell::Cell::new(0);
-    wait_until(WAIT, "the CLI's run listed by walhook runs", || async {
+    let listed = poll_until(WAIT, || async {
         let (code, stdout, _) = runs_cli(&scene, &[]).await;
         let list: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
         let found = list["runs"].as_array().and_then(|runs| {
@@ -205,6 +205,13 @@ async fn run_strategy_beside_a_running_walhook_runs_there_and_walhook_runs_contr
         code == 0 && found.is_some()
     })
     .await;
+    assert!(
+        listed,
+        "the CLI's run listed by walhook runs; the CLI said:\n{}{}\nwalhook:\n{}",
+        cli.stdout(),
+        cli.stderr(),
+        walhook.stderr()
+    );
     let id = id.get().to_string();
     let (code, stdout, stderr) = runs_cli(&scene, &["pause", &id]).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
