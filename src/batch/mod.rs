@@ -152,8 +152,8 @@ pub struct ReplyLog {
     replies: std::sync::Mutex<Vec<Reply>>,
     /// Keep the answers (sync runs), or only count.
     keep: bool,
-    /// Watched LSN → records delivered at it.
-    watched: std::sync::Mutex<Vec<(Lsn, u64)>>,
+    /// Watched LSN → records delivered and dead-lettered at it.
+    watched: std::sync::Mutex<Vec<(Lsn, u64, u64)>>,
 }
 
 impl Default for ReplyLog {
@@ -200,7 +200,7 @@ impl ReplyLog {
         self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((lsn, 0));
+            .push((lsn, 0, 0));
     }
 
     /// Whether a batch of `records` holds one of the watched LSNs.
@@ -208,16 +208,27 @@ impl ReplyLog {
         let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         records
             .iter()
-            .any(|(lsn, _)| watched.iter().any(|(w, _)| w == lsn))
+            .any(|(lsn, _)| watched.iter().any(|(w, _, _)| w == lsn))
     }
 
-    /// Records delivered at watched `lsn` so far.
-    pub(crate) fn delivered_at(&self, lsn: Lsn) -> u64 {
+    /// Records delivered and dead-lettered at watched `lsn` so far.
+    pub(crate) fn ended_at(&self, lsn: Lsn) -> (u64, u64) {
         let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
         watched
             .iter()
-            .find(|(w, _)| *w == lsn)
-            .map_or(0, |(_, n)| *n)
+            .find(|(w, _, _)| *w == lsn)
+            .map_or((0, 0), |(_, delivered, dead)| (*delivered, *dead))
+    }
+
+    /// The batch of `records` was dead-lettered: its watched records count
+    /// as failed.
+    pub(crate) fn dead_lettered(&self, records: &[(Lsn, u32)]) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for (lsn, _) in records {
+            if let Some((_, _, dead)) = watched.iter_mut().find(|(w, _, _)| w == lsn) {
+                *dead += 1;
+            }
+        }
     }
 
     /// Keeps `reply` as the last answer to the batch of `records`, and
@@ -226,7 +237,7 @@ impl ReplyLog {
         if reply.status.is_some_and(|s| (200..300).contains(&s)) {
             let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
             for (lsn, _) in records {
-                if let Some((_, n)) = watched.iter_mut().find(|(w, _)| w == lsn) {
+                if let Some((_, n, _)) = watched.iter_mut().find(|(w, _, _)| w == lsn) {
                     *n += 1;
                 }
             }

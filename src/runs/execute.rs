@@ -265,6 +265,7 @@ async fn merged(
     let mut done = Done {
         delivered: plan.resume.counts.delivered,
         failed: plan.resume.counts.failed,
+        parked: plan.resume.counts.parked,
     };
     let outcome = loop {
         collect_delivered(plan, merge, log, &mut in_stream, &mut done, cx).await;
@@ -433,6 +434,7 @@ async fn open_segment(
 struct Done {
     delivered: u64,
     failed: u64,
+    parked: u64,
 }
 
 /// Pops the chunks the strategy is done with up to their watermark
@@ -458,19 +460,24 @@ async fn collect_delivered(
             break;
         }
         if let Some(chunk) = in_stream.pop_front() {
-            let delivered = log.delivered_at(chunk.lsn()).min(chunk.sent);
+            let (delivered, dead) = log.ended_at(chunk.lsn());
+            let delivered = delivered.min(chunk.sent);
+            let dead = dead.min(chunk.sent - delivered);
             done.delivered += delivered;
-            done.failed += chunk.sent - delivered;
+            done.failed += dead;
+            // Acknowledged, neither delivered nor dead-lettered: parked.
+            done.parked += chunk.sent - delivered - dead;
             after = chunk.last_key.or(after);
         }
     }
     let going: u64 = in_stream
         .iter()
-        .map(|c| log.delivered_at(c.lsn()).min(c.sent))
+        .map(|c| log.ended_at(c.lsn()).0.min(c.sent))
         .sum();
     plan.live.update(|c| {
         c.delivered = done.delivered + going;
         c.failed = done.failed;
+        c.parked = done.parked;
     });
     if let Some(after) = after {
         let live = plan.live.get();

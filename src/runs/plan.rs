@@ -175,6 +175,9 @@ pub(crate) struct Counts {
     pub(crate) delivered: u64,
     /// Records in batches that failed (dead-lettered).
     pub(crate) failed: u64,
+    /// Records parked (their strategy's endpoint kept failing): the slot
+    /// moved past them, and they are delivered from `walhook.parked`.
+    pub(crate) parked: u64,
     /// Batches delivered or dead-lettered (runs with their own worker).
     pub(crate) batches: u64,
     /// Chunks read (each in a transaction of its own).
@@ -232,6 +235,7 @@ impl Summary {
             "superseded": self.counts.superseded,
             "batches": self.replies.len().max(self.counts.batches as usize),
             "failures": self.counts.failed,
+            "parked": self.counts.parked,
             "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
             "responses": self.replies,
         })

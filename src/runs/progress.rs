@@ -36,9 +36,12 @@ impl Progress {
         elapsed: Duration,
         ended: Option<&'static str>,
     ) -> Self {
-        let pending = counts
-            .sent
-            .saturating_sub(counts.delivered.saturating_add(counts.failed));
+        let pending = counts.sent.saturating_sub(
+            counts
+                .delivered
+                .saturating_add(counts.failed)
+                .saturating_add(counts.parked),
+        );
         Progress {
             id,
             counts,
