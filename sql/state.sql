@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS :"state_schema".runs (
     strategy    text        NOT NULL,   -- the [[strategies]] name
     trigger     text        NOT NULL,   -- what started it: on-demand (sync/async) or a schedule
     filter      text,                   -- the row filter expression used, if any
-    state       text        NOT NULL,   -- e.g. running, succeeded, failed
+    state       text        NOT NULL,   -- running, paused, succeeded, failed, cancelled, refused
     counts      jsonb       NOT NULL DEFAULT '{}'::jsonb,  -- rows read, records and batches sent
     started_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,            -- NULL while running
@@ -65,6 +65,12 @@ CREATE TABLE IF NOT EXISTS :"state_schema".runs (
 
 CREATE INDEX IF NOT EXISTS runs_strategy_idx
     ON :"state_schema".runs (strategy, id);
+
+-- How a run was asked for (limit, start key, sync) and how far it got: the
+-- last key of the last chunk whose records were delivered. A run walhook
+-- did not finish (stopped, killed, failed over) resumes from there.
+ALTER TABLE :"state_schema".runs ADD COLUMN IF NOT EXISTS params jsonb NOT NULL DEFAULT '{}'::jsonb;
+ALTER TABLE :"state_schema".runs ADD COLUMN IF NOT EXISTS progress jsonb;
 
 -- Batches sent (or being sent) but not yet confirmed by Postgres. After a
 -- restart Postgres streams those changes again; walhook re-forms batches with

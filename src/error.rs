@@ -133,6 +133,7 @@ impl Error {
                         | CliError::Strategy(_)
                         | CliError::Endpoint(_)
                         | CliError::Filter(_)
+                        | CliError::From(_)
                 ) || matches!(&**err, CliError::State(state) if state.needs_setup())
             }
             Error::Demo(err) => matches!(**err, DemoError::NoPostgres),

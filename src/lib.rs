@@ -84,6 +84,7 @@
 
 pub mod admin;
 pub mod app;
+pub(crate) mod backfill;
 pub mod batch;
 pub(crate) mod budget;
 pub mod checkpoint;

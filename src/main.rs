@@ -41,6 +41,21 @@ enum LogFormat {
     Json,
 }
 
+/// What `walhook runs` does.
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The latest runs (the default).
+    List,
+    /// One run, with its counts and progress.
+    Show { id: i64 },
+    /// Stop reading after the chunk under way; the run stays paused across restarts.
+    Pause { id: i64 },
+    /// Read on from the next chunk.
+    Resume { id: i64 },
+    /// End the run; what it already sent stays sent.
+    Cancel { id: i64 },
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Tail the replication slot and deliver changes (the main job).
@@ -113,6 +128,17 @@ enum Command {
         /// At most this many records.
         #[arg(long)]
         limit: Option<u64>,
+        /// Start at this primary key: its text, or a JSON array of its columns' texts.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// The runs of the walhook that streams (its admin API, with `[admin] token`).
+    Runs {
+        /// The configuration file.
+        #[arg(short, long, default_value = "config.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: Option<RunsCommand>,
     },
     /// The whole pipeline in one command: throwaway PostgreSQL, a receiver, sample writes.
     Demo,
@@ -343,8 +369,13 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
             config,
             filter,
             limit,
+            from,
         } => {
             let config = load_config(&config)?;
+            let from = match from {
+                None => None,
+                Some(text) => Some(runs::parse_key(&text).map_err(runs::CliError::From)?),
+            };
             let display = match log_format {
                 LogFormat::Text if std::io::stderr().is_terminal() => runs::ProgressDisplay::Bar {
                     colour: colour(true, std::env::var_os("NO_COLOR")),
@@ -355,9 +386,21 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
                 strategy: name,
                 filter,
                 limit,
+                from,
                 display,
             };
             block_on(runs::run_strategy(config, opts))
+        }
+        Command::Runs { config, action } => {
+            let config = load_config(&config)?;
+            let action = match action.unwrap_or(RunsCommand::List) {
+                RunsCommand::List => runs::RunsAction::List,
+                RunsCommand::Show { id } => runs::RunsAction::Show(id),
+                RunsCommand::Pause { id } => runs::RunsAction::Pause(id),
+                RunsCommand::Resume { id } => runs::RunsAction::Resume(id),
+                RunsCommand::Cancel { id } => runs::RunsAction::Cancel(id),
+            };
+            block_on(runs::runs_command(config, action))
         }
         Command::Demo => until_signal(|shutdown| async move { Ok(demo::run(shutdown).await?) }),
         Command::Receive {

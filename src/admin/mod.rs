@@ -24,6 +24,7 @@
 mod auth;
 mod dead_letters;
 mod parking;
+mod runs;
 mod slot;
 mod ui;
 
@@ -277,6 +278,11 @@ pub struct RunRequest {
     pub limit: Option<u64>,
     /// Which rows (`?filter=EXPR`, `row.<col>`/`new.<col>`); `None` = all.
     pub(crate) filter: Option<String>,
+    /// Start at this primary key (`?from=`), its columns as text.
+    pub(crate) from: Option<Vec<Option<String>>>,
+    /// `POST /strategies/{name}/backfill` (`walhook run-strategy`): an
+    /// operator's run, whatever `on_demand` allows API callers.
+    pub(crate) operator: bool,
 }
 
 /// How an on-demand run was answered.
@@ -317,6 +323,22 @@ pub trait Control: Send + Sync + 'static {
         Box::pin(async move {
             Err(ControlError::Unavailable(format!(
                 "cancelling run {id} is not supported in this process"
+            )))
+        })
+    }
+    /// Pauses a run after the chunk it is reading (`POST /runs/{id}/pause`).
+    fn pause_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "pausing run {id} is not supported in this process"
+            )))
+        })
+    }
+    /// Resumes a paused run (`POST /runs/{id}/resume`).
+    fn resume_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move {
+            Err(ControlError::Unavailable(format!(
+                "resuming run {id} is not supported in this process"
             )))
         })
     }
@@ -517,8 +539,11 @@ fn router(state: AdminState) -> Router {
         .route("/strategies/{name}/resume", post(resume))
         .route("/strategies/{name}/retry", post(retry))
         .route("/strategies/{name}/runs", post(start_run))
+        .route("/strategies/{name}/backfill", post(start_backfill))
         .route("/runs", get(ui::list_runs))
         .route("/runs/{id}", get(run).delete(cancel_run))
+        .route("/runs/{id}/pause", post(runs::pause_run))
+        .route("/runs/{id}/resume", post(runs::resume_run))
         .route("/dead-letters", get(list_dead_letters))
         .route(
             "/dead-letters/{id}",
@@ -851,19 +876,41 @@ async fn retry(
     Ok(Json(json!({ "strategy": name, "retrying": woken })).into_response())
 }
 
-/// `?mode=sync|async&limit=N&filter=EXPR`.
+/// `?mode=sync|async&limit=N&filter=EXPR&from=KEY`.
 #[derive(Debug, serde::Deserialize)]
 struct RunParams {
     mode: Option<RunMode>,
     limit: Option<u64>,
     filter: Option<String>,
+    from: Option<String>,
 }
 
 async fn start_run(
+    state: State<AdminState>,
+    name: Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    start(state, name, headers, params, false).await
+}
+
+/// `POST /strategies/{name}/backfill`: what `walhook run-strategy` asks of
+/// the walhook that streams; an async run `on_demand` does not gate.
+async fn start_backfill(
+    state: State<AdminState>,
+    name: Path<String>,
+    headers: HeaderMap,
+    params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    start(state, name, headers, params, true).await
+}
+
+async fn start(
     State(state): State<AdminState>,
     Path(name): Path<String>,
     headers: HeaderMap,
     params: Result<Query<RunParams>, axum::extract::rejection::QueryRejection>,
+    operator: bool,
 ) -> Reply {
     let control = control(&state, &headers)?;
     text_param("strategy name", &name, MAX_NAME_BYTES)?;
@@ -882,10 +929,23 @@ async fn start_run(
             format!("bad limit: use 0 to {}", i64::MAX),
         ));
     }
+    let from = match &params.from {
+        None => None,
+        Some(text) => {
+            text_param("from", text, MAX_FILTER_BYTES)?;
+            Some(crate::runs::parse_key(text).map_err(|e| self::text(StatusCode::BAD_REQUEST, e))?)
+        }
+    };
     let request = RunRequest {
-        mode: params.mode,
+        mode: if operator {
+            Some(RunMode::Async)
+        } else {
+            params.mode
+        },
         limit: params.limit,
         filter: params.filter.filter(|f| !f.trim().is_empty()),
+        from,
+        operator,
     };
     match control
         .start_run(&name, request)

@@ -43,6 +43,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminError, AdminState, Console, WorkerStatuses};
+use crate::backfill::{self, Backfills};
 use crate::batch::Decorate;
 use crate::budget::Budget;
 use crate::checkpoint::Checkpoint;
@@ -55,7 +56,7 @@ use crate::delivery::{
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError, SlotLoss};
 use crate::reload::{self, ReloadHandle};
-use crate::runs::{spawn_pause_sync, AppControl, RunManager, ScheduleBoard};
+use crate::runs::{spawn_pause_sync, AppControl, Merge, RunManager, ScheduleBoard};
 use crate::source::{
     Backoff, LossReport, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions,
     SourceState, SourceStatus,
@@ -155,7 +156,8 @@ pub async fn run_with(
     let budget = Budget::new(config.source.max_buffer_bytes);
     let mut opts = SourceOptions::from_config(&config.source);
     opts.budget = Some(budget.clone());
-    opts.messages = config.strategies.iter().any(|s| s.messages.is_some());
+    // Logical messages: the outbox strategies', and the runs' watermarks.
+    opts.messages = true;
     let capacity = opts.channel_capacity;
     let (mut source, ack, source_status) = Source::new(opts);
     let (reload_handle, requests) = reload::channel(reload.path.as_deref());
@@ -224,7 +226,7 @@ pub async fn run_with(
         confirmed: slot.confirmed(),
         resumed_from: source.resumed_from(),
     };
-    let workers = Workers::start(&config, &pipeline, &context)?;
+    let (workers, backfills) = Workers::start(&config, &pipeline, &context)?;
     let services = Services::start(
         &config,
         &pipeline,
@@ -282,7 +284,8 @@ pub async fn run_with(
         capacity,
         Router::new(routes, checkpoint)
             .with_budget(budget)
-            .with_reroutes(reroutes),
+            .with_reroutes(reroutes)
+            .with_backfills(backfills),
         workers.tasks,
         workers.stop,
     );
@@ -455,14 +458,17 @@ struct Workers {
     stop: CancellationToken,
     live: Vec<LiveStrategy>,
     handles: WorkerHandles,
+    /// How runs merge into the workers' streams (the router has the other end).
+    merge: Merge,
 }
 
 impl Workers {
+    /// The workers, and the router's end of the runs' backfills.
     fn start(
         config: &Config,
         pipeline: &Pipeline,
         context: &WorkerContext,
-    ) -> Result<Workers, AppError> {
+    ) -> Result<(Workers, Backfills), AppError> {
         let mut tasks = JoinSet::new();
         let stop = CancellationToken::new();
         let mut live = Vec::new();
@@ -501,12 +507,22 @@ impl Workers {
                 .map(|l| l.entry(crate::delivery::EntryKind::Live))
                 .collect(),
         );
-        Ok(Workers {
-            tasks,
-            stop,
-            live,
-            handles,
-        })
+        let (backfills, handle) = backfill::channel();
+        let merge = Merge {
+            backfills: handle,
+            checkpoint: context.checkpoint.clone(),
+            workers: handles.clone(),
+        };
+        Ok((
+            Workers {
+                tasks,
+                stop,
+                live,
+                handles,
+                merge,
+            },
+            backfills,
+        ))
     }
 }
 
@@ -521,6 +537,7 @@ struct Services {
     board: ScheduleBoard,
     console: Arc<Console>,
     pause_sync: JoinHandle<()>,
+    resume_runs: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     slot_metrics: JoinHandle<()>,
 }
@@ -555,7 +572,8 @@ impl Services {
             pipeline.endpoints.clone(),
             pipeline.state.clone(),
             config.source.url.expose().to_string(),
-        );
+        )
+        .with_merge(workers.merge.clone());
         let replay_targets = workers
             .live
             .iter()
@@ -600,6 +618,7 @@ impl Services {
                 applied,
                 stop.clone(),
             ),
+            resume_runs: spawn_resume_runs(runs.clone(), source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
             slot_metrics: telemetry::spawn_slot_metrics(slot.subscribe(), losses, stop.clone()),
             runs,
@@ -615,9 +634,38 @@ impl Services {
         let _ = self.admin.await;
         self.runs.shutdown(RUNS_SHUTDOWN_TIMEOUT).await;
         let _ = self.pause_sync.await;
+        let _ = self.resume_runs.await;
         let _ = self.upkeep.await;
         let _ = self.slot_metrics.await;
     }
+}
+
+/// Each time this instance starts streaming (at start, or when a standby
+/// takes over), resumes the runs walhook.runs holds as unfinished and
+/// starts the first backfills not done yet. Ends at `stop`.
+fn spawn_resume_runs(
+    runs: RunManager,
+    mut source: watch::Receiver<SourceStatus>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut streaming = false;
+        loop {
+            let now = source.borrow_and_update().state == SourceState::Streaming;
+            if now && !streaming {
+                runs.resume_stored().await;
+                runs.start_initial().await;
+            }
+            streaming = now;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                changed = source.changed() => if changed.is_err() {
+                    return;
+                },
+            }
+        }
+    })
 }
 
 /// Each endpoint's stats handle, for the console.

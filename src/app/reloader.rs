@@ -20,7 +20,7 @@ use crate::lsn::Lsn;
 use crate::pg;
 use crate::reload::{self, Outcome, Plan, ReloadRequest, ReloadResult, Requests};
 use crate::runs::{schedule, AppControl, RunManager, ScheduleBoard};
-use crate::source::SourceStatus;
+use crate::source::{SourceState, SourceStatus};
 use crate::strategy::{self, CompiledStrategy, Reroute};
 use crate::telemetry;
 
@@ -461,6 +461,12 @@ impl Reloader {
             .collect();
         self.control.reconfigure(&new, targets);
         self.runs.reconfigure(config, compiled, endpoints.clone());
+        // A strategy the reload added with `backfill.initial` gets its first
+        // backfill now (a standby's, when it takes over).
+        if self.source.borrow().state == SourceState::Streaming {
+            let runs = self.runs.clone();
+            tokio::spawn(async move { runs.start_initial().await });
+        }
         self.console
             .reconfigure(&new, super::endpoint_stats(&endpoints));
         self.endpoints = endpoints;

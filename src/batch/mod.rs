@@ -135,17 +135,36 @@ pub trait Decorate: Send + Sync + 'static {
         RecordShape::Envelope
     }
 
-    /// Where the endpoint's answers to this strategy's batches are kept
+    /// Where the endpoint's answers to a batch of these records are kept
     /// (synchronous runs answer with them); `None` = not kept.
-    fn replies(&self) -> Option<Arc<ReplyLog>> {
+    fn replies(&self, _records: &[(Lsn, u32)]) -> Option<Arc<ReplyLog>> {
         None
     }
 }
 
 /// The last answer an endpoint gave to each batch, in the order the batches
-/// were first attempted: what a synchronous run answers with.
-#[derive(Debug, Default)]
-pub struct ReplyLog(std::sync::Mutex<Vec<Reply>>);
+/// were first attempted: what a synchronous run answers with. A run merged
+/// into a live stream watches the LSNs its records went at ([`ReplyLog::watch`]):
+/// only batches holding them are logged, and their records delivered are
+/// counted per LSN (a run's progress, finer than its chunks).
+#[derive(Debug)]
+pub struct ReplyLog {
+    replies: std::sync::Mutex<Vec<Reply>>,
+    /// Keep the answers (sync runs), or only count.
+    keep: bool,
+    /// Watched LSN → records delivered and dead-lettered at it.
+    watched: std::sync::Mutex<Vec<(Lsn, u64, u64)>>,
+}
+
+impl Default for ReplyLog {
+    fn default() -> Self {
+        ReplyLog {
+            replies: std::sync::Mutex::default(),
+            keep: true,
+            watched: std::sync::Mutex::default(),
+        }
+    }
+}
 
 /// An endpoint's answer to one batch (its last attempt).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -163,9 +182,70 @@ pub struct Reply {
 }
 
 impl ReplyLog {
-    /// Keeps `reply` as its batch's last answer.
-    pub(crate) fn record(&self, reply: Reply) {
-        let mut replies = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// A log that only counts delivered records (async runs).
+    pub(crate) fn counting() -> ReplyLog {
+        ReplyLog {
+            keep: false,
+            ..ReplyLog::default()
+        }
+    }
+
+    /// Whether answers' bodies are kept.
+    pub(crate) fn keeps(&self) -> bool {
+        self.keep
+    }
+
+    /// Records at `lsn` are the run's: batches holding one are logged.
+    pub(crate) fn watch(&self, lsn: Lsn) {
+        self.watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((lsn, 0, 0));
+    }
+
+    /// Whether a batch of `records` holds one of the watched LSNs.
+    pub(crate) fn watches(&self, records: &[(Lsn, u32)]) -> bool {
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        records
+            .iter()
+            .any(|(lsn, _)| watched.iter().any(|(w, _, _)| w == lsn))
+    }
+
+    /// Records delivered and dead-lettered at watched `lsn` so far.
+    pub(crate) fn ended_at(&self, lsn: Lsn) -> (u64, u64) {
+        let watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        watched
+            .iter()
+            .find(|(w, _, _)| *w == lsn)
+            .map_or((0, 0), |(_, delivered, dead)| (*delivered, *dead))
+    }
+
+    /// The batch of `records` was dead-lettered: its watched records count
+    /// as failed.
+    pub(crate) fn dead_lettered(&self, records: &[(Lsn, u32)]) {
+        let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        for (lsn, _) in records {
+            if let Some((_, _, dead)) = watched.iter_mut().find(|(w, _, _)| w == lsn) {
+                *dead += 1;
+            }
+        }
+    }
+
+    /// Keeps `reply` as the last answer to the batch of `records`, and
+    /// counts its watched records delivered on a 2xx.
+    pub(crate) fn record(&self, reply: Reply, records: &[(Lsn, u32)]) {
+        if reply.status.is_some_and(|s| (200..300).contains(&s)) {
+            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            for (lsn, _) in records {
+                if let Some((_, n, _)) = watched.iter_mut().find(|(w, _, _)| w == lsn) {
+                    *n += 1;
+                }
+            }
+        }
+        if !self.keep {
+            return;
+        }
+        let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
         match replies.iter_mut().find(|r| r.batch_id == reply.batch_id) {
             Some(slot) => *slot = reply,
             None => replies.push(reply),
@@ -174,7 +254,10 @@ impl ReplyLog {
 
     /// Every batch's last answer.
     pub fn replies(&self) -> Vec<Reply> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

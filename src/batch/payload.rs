@@ -345,6 +345,7 @@ pub(crate) fn build_into(
         let _ = serde_json::to_writer(&mut out, value);
     }
     out.push(b'}');
+    let replies = decorate.replies(&keys);
 
     Batch {
         strategy: strategy.clone(),
@@ -360,7 +361,7 @@ pub(crate) fn build_into(
         headers: decoration.headers,
         query: decoration.query,
         decorate_error,
-        replies: decorate.replies(),
+        replies,
         lane: Lane::Live,
     }
 }

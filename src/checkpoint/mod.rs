@@ -122,6 +122,19 @@ impl Checkpoint {
         });
     }
 
+    /// How far `strategy` is done: the routed position while it has
+    /// delivered everything it was queued, else its delivered position;
+    /// `None` once removed.
+    pub(crate) fn done_through(&self, strategy: usize) -> Option<Lsn> {
+        let state = self.lock();
+        let pos = state.strategies.get(strategy).copied().flatten()?;
+        Some(if pos.caught_up() {
+            state.seen_end
+        } else {
+            pos.delivered_through
+        })
+    }
+
     /// A new strategy (a reload added it), caught up at the routed
     /// position; returns its index.
     pub fn add(&self) -> usize {

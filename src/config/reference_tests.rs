@@ -28,6 +28,7 @@ endpoint = "hook"
 on_insert = "true"
 on_demand = { __ONDEMAND__ }
 schedules = [ { cron = "0 * * * *" __SCHEDULE__ } ]
+backfill = { __BACKFILL__ }
 __STRATEGY__
 "#;
 
@@ -46,10 +47,11 @@ fn accepted_keys(placeholder: &str, auth: &str) -> Vec<String> {
         "__SIGNING__",
         "__SCHEDULE__",
         "__AUTHFIELD__",
+        "__BACKFILL__",
     ] {
         let inline = matches!(
             p,
-            "__RETRY__" | "__TLS__" | "__ONDEMAND__" | "__AUTHFIELD__"
+            "__RETRY__" | "__TLS__" | "__ONDEMAND__" | "__AUTHFIELD__" | "__BACKFILL__"
         );
         let comma = matches!(p, "__SIGNING__" | "__SCHEDULE__");
         let replacement = match (p == placeholder, inline, comma) {
@@ -103,6 +105,7 @@ fn every_config_key_is_in_the_readme_reference() {
         "__ONDEMAND__",
         "__SIGNING__",
         "__SCHEDULE__",
+        "__BACKFILL__",
     ] {
         keys.extend(accepted_keys(p, "none"));
     }

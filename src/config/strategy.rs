@@ -105,6 +105,41 @@ pub(crate) struct StrategyConfig {
     /// Scheduled runs over the table's current rows.
     #[serde(default)]
     pub(crate) schedules: Vec<Schedule>,
+    /// How runs read the table, and the strategy's first backfill.
+    #[serde(default)]
+    pub(crate) backfill: BackfillSettings,
+}
+
+/// How runs (backfills) read the table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackfillSettings {
+    /// Backfill the table the first time walhook runs this strategy (a new
+    /// deployment, or a strategy a reload adds), merged into its live
+    /// stream so that a receiver keeping a copy needs nothing else. Default false.
+    #[serde(default)]
+    pub(crate) initial: bool,
+    /// Rows per chunk; each chunk is read in a short transaction of its own.
+    /// Default 5000.
+    #[serde(default = "default_chunk_size")]
+    pub(crate) chunk_size: usize,
+    /// Most rows a run reads per second; 0 = no limit. Default 0.
+    #[serde(default)]
+    pub(crate) max_rows_per_second: u64,
+}
+
+impl Default for BackfillSettings {
+    fn default() -> Self {
+        BackfillSettings {
+            initial: false,
+            chunk_size: default_chunk_size(),
+            max_rows_per_second: 0,
+        }
+    }
+}
+
+fn default_chunk_size() -> usize {
+    5000
 }
 
 /// How the records of a batch are shaped.

@@ -8,7 +8,10 @@ use super::endpoint::{Auth, EndpointConfig, Signing, SigningFormat};
 use super::error::ConfigErrors;
 use super::secret::Secret;
 use super::signing_key::SigningKey;
-use super::strategy::{Ordering, RecordShape, StrategyConfig};
+use super::strategy::{BackfillSettings, Ordering, RecordShape, StrategyConfig};
+
+/// Most rows per backfill chunk.
+const MAX_CHUNK_SIZE: usize = 1_000_000;
 use super::template::Template;
 use super::Config;
 
@@ -104,6 +107,9 @@ fn message_strategy(
     }
     if !strategy.schedules.is_empty() {
         refuse("schedules");
+    }
+    if strategy.backfill != BackfillSettings::default() {
+        refuse("backfill");
     }
     if strategy.messages.as_deref().is_some_and(str::is_empty) {
         errors.push(
@@ -587,6 +593,15 @@ fn strategy(
     }
     if strategy.on_demand.sync && strategy.on_demand.sync_limit == 0 {
         errors.push(format!("{path}.on_demand.sync_limit"), "must be at least 1");
+    }
+    if !(1..=MAX_CHUNK_SIZE).contains(&strategy.backfill.chunk_size) {
+        errors.push(
+            format!("{path}.backfill.chunk_size"),
+            format!(
+                "must be between 1 and {MAX_CHUNK_SIZE} rows (each chunk is read in one \
+                 transaction and held in memory until it goes)"
+            ),
+        );
     }
     let mut schedule_names = BTreeSet::new();
     for (i, schedule) in strategy.schedules.iter().enumerate() {

@@ -977,6 +977,9 @@ async fn dead_letter(
         match stored {
             Ok(id) => {
                 state_ok(ctx);
+                if let Some(log) = &batch.replies {
+                    log.dead_lettered(&batch.keys);
+                }
                 tracing::warn!(
                     strategy = %ctx.name,
                     batch_id = %batch.id,

@@ -344,13 +344,16 @@ impl Endpoint {
             Err(e) => {
                 let error = self.describe_send_error(e);
                 if let Some(log) = &batch.replies {
-                    log.record(Reply {
-                        batch_id: batch.id.clone(),
-                        status: None,
-                        body: String::new(),
-                        truncated: false,
-                        error: Some(error.clone()),
-                    });
+                    log.record(
+                        Reply {
+                            batch_id: batch.id.clone(),
+                            status: None,
+                            body: String::new(),
+                            truncated: false,
+                            error: Some(error.clone()),
+                        },
+                        &batch.keys,
+                    );
                 }
                 return AttemptResult {
                     sent: true,
@@ -367,7 +370,11 @@ impl Endpoint {
         // Read at most 64 KiB, so the connection can be reused; kept only
         // when the batch's answers are wanted (synchronous runs).
         let mut read = 0usize;
-        let mut kept: Option<Vec<u8>> = batch.replies.as_ref().map(|_| Vec::new());
+        let mut kept: Option<Vec<u8>> = batch
+            .replies
+            .as_ref()
+            .filter(|log| log.keeps())
+            .map(|_| Vec::new());
         let mut excerpt: Vec<u8> = Vec::new();
         let mut body_error = None;
         let mut truncated = false;
@@ -394,14 +401,19 @@ impl Endpoint {
             // Exactly 64 KiB so far: cut only if more follows.
             truncated = matches!(response.chunk().await, Ok(Some(c)) if !c.is_empty());
         }
-        if let (Some(log), Some(body)) = (&batch.replies, kept) {
-            log.record(Reply {
-                batch_id: batch.id.clone(),
-                status: Some(status.as_u16()),
-                body: String::from_utf8_lossy(&body).into_owned(),
-                truncated,
-                error: body_error.clone(),
-            });
+        if let Some(log) = &batch.replies {
+            log.record(
+                Reply {
+                    batch_id: batch.id.clone(),
+                    status: Some(status.as_u16()),
+                    body: kept
+                        .map(|body| String::from_utf8_lossy(&body).into_owned())
+                        .unwrap_or_default(),
+                    truncated,
+                    error: body_error.clone(),
+                },
+                &batch.keys,
+            );
         }
         let body = String::from_utf8_lossy(&excerpt).into_owned();
         let error = if status.is_success() {

@@ -1,5 +1,12 @@
-//! `walhook run-strategy NAME`: one run without the admin server (seeding a
-//! receiver from a shell or a job).
+//! `walhook run-strategy NAME`: one run from a shell or a job (seeding a
+//! receiver), and `walhook runs`: list, show, pause, resume, cancel.
+//!
+//! While a walhook streams the slot, a run must merge into its stream to
+//! leave an exact copy, so `run-strategy` asks that walhook to run it
+//! (`POST /strategies/NAME/backfill` on its admin API, with `[admin]
+//! token`) and follows it there. With no walhook streaming, it runs here,
+//! through a worker of its own: the changes committed meanwhile wait in the
+//! slot and follow the run's records when walhook next streams.
 //!
 //! Progress goes to stderr, beside the logs: a bar on a terminal (indicatif),
 //! else a `run progress` log line every few seconds, so it follows
@@ -13,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::manager::{RunError, RunManager};
+use super::manager::{Ask, RunManager};
+use super::plan::{Counts, RunError};
 use super::progress::Progress;
+use super::reader::KeyText;
 use crate::config::Config;
 use crate::delivery::{build_endpoints, EndpointError};
 use crate::state::{StateError, StateStore};
@@ -42,6 +51,8 @@ pub struct RunStrategyOptions {
     pub filter: Option<String>,
     /// At most this many records.
     pub limit: Option<u64>,
+    /// Start at this primary key (its column texts).
+    pub from: Option<KeyText>,
     /// A bar (falls back to lines when the terminal cannot draw one) or lines.
     pub display: ProgressDisplay,
 }
@@ -61,6 +72,9 @@ pub enum CliError {
     /// `--filter` does not compile or names a column the table lacks.
     #[error("--filter: {0}")]
     Filter(String),
+    /// `--from` is not a key.
+    #[error("--from: {0}")]
+    From(String),
     /// The state store cannot be reached or set up.
     #[error("the walhook state schema: {0}")]
     State(#[source] StateError),
@@ -70,6 +84,209 @@ pub enum CliError {
     /// The run ended, but records were dead-lettered.
     #[error("run {id}: {failed} records failed (dead-lettered)")]
     Failed { id: i64, failed: u64 },
+    /// The run, started in the running walhook, ended without success.
+    #[error("run {id} {state}: {error}")]
+    Ended {
+        id: i64,
+        state: String,
+        error: String,
+    },
+    /// The running walhook's admin API refused or failed.
+    #[error("the admin API at {base}: {message}")]
+    Api { base: String, message: String },
+    /// Another walhook streams the slot, and its admin API is not here.
+    #[error("a walhook streams from slot {slot} (walsender pid {pid}), but no walhook answers at {base}: start the run through that walhook's admin API (POST /strategies/NAME/backfill), or set [admin] listen to its address")]
+    Elsewhere {
+        slot: String,
+        pid: i32,
+        base: String,
+    },
+}
+
+/// The admin API of the walhook that streams the slot, as `-c` describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct AdminApi {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminApi {
+    /// `[admin] listen` (a wildcard address is reached on loopback) and `token`.
+    pub(crate) fn for_config(config: &Config) -> AdminApi {
+        let mut addr = config.admin.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        AdminApi {
+            base: format!("http://{addr}"),
+            token: config.admin.token.as_ref().map(|t| t.expose().to_string()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Whether a walhook answers here and streams `slot` (the active instance).
+    async fn streams(&self, slot: &str) -> bool {
+        let Ok(response) = self.http.get(format!("{}/status", self.base)).send().await else {
+            return false;
+        };
+        let body = response.text().await.unwrap_or_default();
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["role"] == "active" && status["slot"] == slot
+    }
+
+    fn error(&self, message: impl Into<String>) -> CliError {
+        CliError::Api {
+            base: self.base.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// `method path` with the token; the JSON answer of a 2xx.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<serde_json::Value, CliError> {
+        let Some(token) = &self.token else {
+            return Err(self.error(
+                "[admin] token is not set, so the API's commands are disabled; set it in -c's file and in the running walhook's",
+            ));
+        };
+        let response = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| self.error(format!("{}", e.without_url())))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(self.error(format!("{status}: {}", body.trim())));
+        }
+        serde_json::from_str(&body).map_err(|e| self.error(format!("not JSON: {e}")))
+    }
+}
+
+/// What `walhook runs` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunsAction {
+    /// The latest runs.
+    List,
+    Show(i64),
+    Pause(i64),
+    Resume(i64),
+    Cancel(i64),
+}
+
+/// `walhook runs`: through the running walhook's admin API; prints its
+/// JSON answer.
+pub async fn runs_command(config: Config, action: RunsAction) -> Result<(), CliError> {
+    let api = AdminApi::for_config(&config);
+    let (method, path) = match action {
+        RunsAction::List => (reqwest::Method::GET, "/runs?limit=100".to_string()),
+        RunsAction::Show(id) => (reqwest::Method::GET, format!("/runs/{id}")),
+        RunsAction::Pause(id) => (reqwest::Method::POST, format!("/runs/{id}/pause")),
+        RunsAction::Resume(id) => (reqwest::Method::POST, format!("/runs/{id}/resume")),
+        RunsAction::Cancel(id) => (reqwest::Method::DELETE, format!("/runs/{id}")),
+    };
+    let answer = api.call(method, &path).await?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&answer).unwrap_or_default()
+    );
+    let _ = out.flush();
+    Ok(())
+}
+
+/// Starts the run in the walhook behind `api` and follows it to its end.
+async fn run_there(api: &AdminApi, opts: RunStrategyOptions) -> Result<(), CliError> {
+    let mut path = format!("/strategies/{}/backfill?", encode(&opts.strategy));
+    if let Some(filter) = &opts.filter {
+        path.push_str(&format!("filter={}&", encode(filter)));
+    }
+    if let Some(limit) = opts.limit {
+        path.push_str(&format!("limit={limit}&"));
+    }
+    if let Some(from) = &opts.from {
+        path.push_str(&format!(
+            "from={}&",
+            encode(&serde_json::to_string(from).unwrap_or_default())
+        ));
+    }
+    let started = api.call(reqwest::Method::POST, &path).await?;
+    let id = started["id"]
+        .as_i64()
+        .ok_or_else(|| api.error(format!("no run id in {started}")))?;
+    tracing::info!(run = id, walhook = %api.base, "run started in the walhook that streams the slot");
+    let shown = Shown::new(opts.display);
+    let began = Instant::now();
+    loop {
+        let run = api
+            .call(reqwest::Method::GET, &format!("/runs/{id}"))
+            .await?;
+        let counts: Counts = serde_json::from_value(run["counts"].clone()).unwrap_or_default();
+        let state = run["state"].as_str().unwrap_or("running");
+        let ended: Option<&'static str> = match state {
+            "running" | "paused" => None,
+            "succeeded" => Some("succeeded"),
+            "cancelled" => Some("cancelled"),
+            "refused" => Some("refused"),
+            _ => Some("failed"),
+        };
+        shown.update(&Progress::new(id, counts, began.elapsed(), ended));
+        if let Some(ended) = ended {
+            shown.finish();
+            return match ended {
+                "succeeded" if counts.failed == 0 => Ok(()),
+                "succeeded" => Err(CliError::Failed {
+                    id,
+                    failed: counts.failed,
+                }),
+                other => Err(CliError::Ended {
+                    id,
+                    state: other.to_string(),
+                    error: run["error"].as_str().unwrap_or("").to_string(),
+                }),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Percent-encodes a query value.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The walsender pid when a walhook streams the slot.
+async fn slot_streamed(config: &Config) -> Option<i32> {
+    let client = crate::pg::connect(config.source.url.expose(), "walhook-run")
+        .await
+        .ok()?;
+    let row = client
+        .query_opt(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
+            &[&config.source.slot],
+        )
+        .await
+        .ok()??;
+    row.get::<_, Option<i32>>(0)
 }
 
 /// Runs the strategy once, printing progress; an error also when records
@@ -79,6 +296,17 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
         return Err(CliError::NoStrategy {
             name: opts.strategy,
             known: config.strategies.iter().map(|s| s.name.clone()).collect(),
+        });
+    }
+    let api = AdminApi::for_config(&config);
+    if api.streams(&config.source.slot).await {
+        return run_there(&api, opts).await;
+    }
+    if let Some(pid) = slot_streamed(&config).await {
+        return Err(CliError::Elsewhere {
+            slot: config.source.slot.clone(),
+            pid,
+            base: api.base,
         });
     }
     let strategies = CompiledStrategy::compile_all(&config)?
@@ -97,8 +325,11 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
     let result = manager
         .run_to_end(
             &opts.strategy,
-            opts.filter,
-            opts.limit,
+            Ask {
+                filter: opts.filter,
+                limit: opts.limit,
+                from: opts.from,
+            },
             Arc::new(move |p: &Progress| watcher.update(p)),
         )
         .await;
@@ -323,7 +554,7 @@ impl Drop for LogWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runs::manager::Counts;
+    use crate::runs::plan::Counts;
 
     fn hidden() -> (Shown, ProgressBar) {
         let bar = ProgressBar::hidden();

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::manager::{RunManager, Trigger};
+use super::manager::{Ask, RunManager};
+use super::plan::Trigger;
 use super::schedule::ScheduleBoard;
 use crate::admin::{BoxFuture, Control, ControlError, RunMode, RunReply, RunRequest};
 use crate::config::Config;
@@ -265,11 +266,21 @@ impl Control for AppControl {
                     RunMode::Async
                 });
             let trigger = match mode {
+                _ if request.operator => Trigger::Cli,
                 RunMode::Sync => Trigger::Sync,
                 RunMode::Async => Trigger::Async,
             };
             self.runs
-                .start(strategy, mode, request.filter, request.limit, trigger)
+                .start(
+                    strategy,
+                    mode,
+                    Ask {
+                        filter: request.filter,
+                        limit: request.limit,
+                        from: request.from,
+                    },
+                    trigger,
+                )
                 .await
         })
     }
@@ -280,6 +291,14 @@ impl Control for AppControl {
 
     fn cancel_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
         Box::pin(async move { self.runs.cancel(id).await })
+    }
+
+    fn pause_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move { self.runs.pause(id).await })
+    }
+
+    fn resume_run(&self, id: i64) -> BoxFuture<'_, Result<Value, ControlError>> {
+        Box::pin(async move { self.runs.resume(id).await })
     }
 
     fn runs<'a>(

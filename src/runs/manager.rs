@@ -1,201 +1,56 @@
-//! Starting, tracking and cancelling runs.
+//! Starting, tracking, pausing, resuming and cancelling runs.
 //!
-//! Every run gets its own [`StrategyWorker`] (same endpoint, signing,
-//! batching and retry policy as the strategy's live worker) fed from the
-//! snapshot, and its own [`Checkpoint`] that acknowledges nothing: a run
-//! never moves the slot, and live changes never wait behind it.
+//! A run is recorded in `walhook.runs` before it reads anything, with how
+//! it was asked for (`params`); its counts are written as it goes and its
+//! progress (the last key of the last delivered chunk) after every
+//! delivered chunk, with the state `running`, `paused`, `succeeded`,
+//! `failed`, `cancelled` or `refused` (a sync run over `sync_limit`). When
+//! walhook stops, its runs stay `running` (or `paused`): the instance that
+//! streams next resumes them from their progress ([`RunManager::resume_stored`]).
 //!
-//! A run is recorded in `walhook.runs` before its snapshot is taken; its
-//! counts (`read`, `sent`, `delivered`, `failed`, `batches`, and the
-//! `estimate` of rows once the snapshot began) are written
-//! after every page and when it ends, with the state `running`,
-//! `succeeded`, `failed`, `cancelled` or `refused` (a sync run over
-//! `sync_limit`). Delivery that exhausts `max_attempts` with
-//! `on_exhausted = "block"` fails the run (a one-off run has no slot to
-//! hold); dead-lettered batches count as `failed` records.
+//! Inside `walhook run` the runs merge into their strategy's live stream
+//! ([`RunManager::with_merge`], see `execute`); `walhook run-strategy`
+//! without a running walhook delivers through a worker of its own.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::progress::Progress;
-use super::snapshot::{Snapshot, SnapshotError, COUNT_UP_TO_BYTES, DEFAULT_PAGE};
-use crate::admin::{ControlError, RunMode, RunReply};
-use crate::batch::{BatchMeta, Decorate, Decoration, QueuedRecord, Reply, ReplyLog, WorkItem};
-use crate::checkpoint::Checkpoint;
-use crate::config::{Config, ExprRole, FilterOp, OnExhausted, RecordShape, TableName};
-use crate::delivery::{
-    DeliveryError, DeliveryState, Endpoint, StatusHandle, StrategyWorker, WorkerOptions,
+use super::execute::{self, Context, Merge, Sink};
+use super::plan::{
+    Catalog, Controls, Counts, Live, OnProgress, Params, Plan, RunError, Stored, Summary, Trigger,
 };
-use crate::lsn::Lsn;
+use super::progress::Progress;
+use super::reader::{KeyText, SnapshotError};
+use crate::admin::{ControlError, RunMode, RunReply};
+use crate::batch::{BatchMeta, Decorate, Decoration, ReplyLog};
+use crate::config::{Config, ExprRole, FilterOp, RecordShape, TableName};
+use crate::delivery::Endpoint;
 use crate::pg;
-use crate::state::{StateError, StateStore};
+use crate::state::StateStore;
 use crate::strategy::expr::Expr;
 use crate::strategy::{referenced_columns, CompiledStrategy};
 use crate::telemetry::names;
 
-/// How long a cancelled or failed run waits for its batch in flight.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a running run checks its delivery and writes its counts.
-const TICK: Duration = Duration::from_millis(200);
-
-/// What started a run (the `trigger` column and metric label).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    /// `POST /strategies/{name}/runs?mode=sync`.
-    Sync,
-    /// `POST /strategies/{name}/runs?mode=async`.
-    Async,
-    /// A `schedules` entry, by name.
-    Schedule(Arc<str>),
-    /// `walhook run-strategy`.
-    Cli,
-}
-
-impl Trigger {
-    /// The lower-case name.
-    pub(crate) fn as_str(&self) -> &'static str {
-        match self {
-            Trigger::Sync => "sync",
-            Trigger::Async => "async",
-            Trigger::Schedule(_) => "schedule",
-            Trigger::Cli => "cli",
-        }
-    }
-
-    /// The `walhook.runs.trigger` text: `schedule:<name>` for a schedule,
-    /// else [`Trigger::as_str`].
-    pub(crate) fn record(&self) -> String {
-        match self {
-            Trigger::Schedule(name) => format!("schedule:{name}"),
-            other => other.as_str().to_string(),
-        }
-    }
-
-    /// The schedule's name (the `schedule` metric label), empty for other
-    /// triggers.
-    pub(crate) fn schedule(&self) -> &str {
-        match self {
-            Trigger::Schedule(name) => name,
-            _ => "",
-        }
-    }
-}
-
-/// Why a run could not start or did not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("no strategy named {0:?}")]
-    NoStrategy(String),
-    #[error("strategy {strategy}: {mode} runs are not enabled (set on_demand.{mode} = true)")]
-    NotAllowed {
-        strategy: String,
-        mode: &'static str,
-    },
-    #[error("filter: {0}")]
-    Filter(String),
-    #[error("the run would send more than on_demand.sync_limit = {limit} records; use mode=async, a narrower filter or a limit")]
-    OverLimit { limit: u64 },
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("delivery failed: no endpoint named {0:?}")]
-    NoEndpoint(String),
-    #[error("delivery failed: {0}")]
-    Delivery(#[source] DeliveryError),
-    #[error("delivery failed: attempts exhausted (max_attempts reached): {last_error}")]
-    Exhausted { last_error: String },
-    #[error("delivery failed: the run's worker stopped")]
-    WorkerStopped,
-    #[error("delivery failed: the run's worker task failed: {0}")]
-    WorkerTask(#[source] tokio::task::JoinError),
-    #[error("cancelled")]
-    Cancelled,
-}
-
-impl RunError {
-    /// The HTTP-facing error of the admin API.
-    fn to_control(&self) -> ControlError {
-        let text = self.to_string();
-        match self {
-            RunError::NoStrategy(_) => ControlError::NotFound(text),
-            RunError::NotAllowed { .. } | RunError::Filter(_) => ControlError::BadRequest(text),
-            RunError::OverLimit { .. } => ControlError::Unprocessable(text),
-            RunError::Cancelled => ControlError::Conflict(text),
-            RunError::Snapshot(_)
-            | RunError::State(_)
-            | RunError::NoEndpoint(_)
-            | RunError::Delivery(_)
-            | RunError::Exhausted { .. }
-            | RunError::WorkerStopped
-            | RunError::WorkerTask(_) => ControlError::Unavailable(text),
-        }
-    }
-
-    fn outcome(&self) -> &'static str {
-        match self {
-            RunError::OverLimit { .. } => "refused",
-            RunError::Cancelled => "cancelled",
-            _ => "failed",
-        }
-    }
-}
-
-/// A run's counts so far (stored in `walhook.runs.counts`; rows of older
-/// versions lack `estimate`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub(crate) struct Counts {
-    /// Rows read from the table.
-    pub(crate) read: u64,
-    /// Records that passed the filter and were queued for delivery.
-    pub(crate) sent: u64,
-    /// Records delivered (2xx).
-    pub(crate) delivered: u64,
-    /// Records in batches that failed (dead-lettered).
-    pub(crate) failed: u64,
-    /// Batches delivered or dead-lettered.
-    pub(crate) batches: u64,
-    /// About how many rows the run will read (capped by its limit), once
-    /// its snapshot began; `None` when unknown.
-    pub(crate) estimate: Option<u64>,
-}
-
-/// How a run that finished went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Summary {
-    pub(crate) id: i64,
-    pub(crate) counts: Counts,
-    duration: Duration,
-    /// Sync runs: the endpoint's last answer to each batch.
-    replies: Vec<Reply>,
-}
-
-impl Summary {
-    /// The sync API's answer.
-    fn to_json(&self) -> Value {
-        json!({
-            "run_id": self.id,
-            "state": if self.counts.failed == 0 { "succeeded" } else { "failed" },
-            "records": self.counts.delivered,
-            "read": self.counts.read,
-            "batches": self.counts.batches,
-            "failures": self.counts.failed,
-            "duration_ms": u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
-            "responses": self.replies,
-        })
-    }
+/// What a run is asked to read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Ask {
+    /// Which rows (`row.<col>`, `new.<col>`); `None` = all.
+    pub(crate) filter: Option<String>,
+    /// At most this many records.
+    pub(crate) limit: Option<u64>,
+    /// Start at this key (inclusive), the primary key's columns as text.
+    pub(crate) from: Option<KeyText>,
 }
 
 /// A sync run's strategy: its templates, and a log of the endpoint's answers.
-struct Answered {
-    strategy: Arc<CompiledStrategy>,
-    replies: Arc<ReplyLog>,
+pub(crate) struct Answered {
+    pub(crate) strategy: Arc<CompiledStrategy>,
+    pub(crate) replies: Arc<ReplyLog>,
 }
 
 impl Decorate for Answered {
@@ -207,76 +62,16 @@ impl Decorate for Answered {
         self.strategy.record_shape()
     }
 
-    fn replies(&self) -> Option<Arc<ReplyLog>> {
+    fn replies(&self, _records: &[(crate::lsn::Lsn, u32)]) -> Option<Arc<ReplyLog>> {
         Some(self.replies.clone())
     }
 }
 
-/// Progress of an active run, shared with its task.
-#[derive(Debug, Default)]
-struct Live {
-    counts: Mutex<Counts>,
-}
-
-impl Live {
-    fn get(&self) -> Counts {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn update(&self, f: impl FnOnce(&mut Counts)) {
-        f(&mut self.counts.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-}
-
 struct Active {
-    cancel: CancellationToken,
+    controls: Controls,
     live: Arc<Live>,
     started: Instant,
 }
-
-/// One run, ready to execute.
-struct Plan {
-    id: i64,
-    /// The configuration the run started with (a reload does not change it).
-    catalog: Arc<Catalog>,
-    index: usize,
-    trigger: Trigger,
-    compiled: Arc<CompiledStrategy>,
-    filter: Option<(String, Expr)>,
-    limit: Option<u64>,
-    /// Sync runs: read everything first, refuse past this many records.
-    buffer_limit: Option<u64>,
-    cancel: CancellationToken,
-    live: Arc<Live>,
-    started: Instant,
-    /// Sync runs keep the endpoint's answers.
-    replies: Option<Arc<ReplyLog>>,
-    /// Told where the run is, after every page and while delivery goes on.
-    progress: Option<OnProgress>,
-}
-
-/// The strategies runs are started from.
-struct Catalog {
-    config: Arc<Config>,
-    strategies: Vec<Arc<CompiledStrategy>>,
-    endpoints: BTreeMap<String, Arc<Endpoint>>,
-}
-
-impl Plan {
-    /// Tells the watcher (the CLI) where the run is.
-    fn report(&self, ended: Option<&'static str>) {
-        if let Some(progress) = &self.progress {
-            progress(&Progress::new(
-                self.id,
-                self.live.get(),
-                self.started.elapsed(),
-                ended,
-            ));
-        }
-    }
-}
-
-/// Called with the run's progress while it runs and once when it ends.
-pub(crate) type OnProgress = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Starts and tracks runs. Cheap to clone.
 #[derive(Clone)]
@@ -290,16 +85,22 @@ struct Inner {
     state: StateStore,
     url: String,
     active: Mutex<HashMap<i64, Active>>,
+    /// Set inside `walhook run`: runs merge into the live stream.
+    merge: Mutex<Option<Merge>>,
+    /// Async runs, waited for at shutdown.
+    tasks: TaskTracker,
+    /// walhook is stopping: runs stop where they are and resume later.
+    stopping: CancellationToken,
 }
 
 impl RunManager {
     /// `strategies` in config order; `endpoints` by name; `state` stores
     /// runs and their dead letters; `url` is the source database (each run
-    /// reads its snapshot on a connection of its own).
+    /// reads on a connection of its own).
     pub(crate) fn new(
         config: Arc<Config>,
         strategies: Vec<Arc<CompiledStrategy>>,
-        endpoints: BTreeMap<String, Arc<Endpoint>>,
+        endpoints: std::collections::BTreeMap<String, Arc<Endpoint>>,
         state: StateStore,
         url: String,
     ) -> Self {
@@ -313,7 +114,23 @@ impl RunManager {
                 state,
                 url,
                 active: Mutex::new(HashMap::new()),
+                merge: Mutex::new(None),
+                tasks: TaskTracker::new(),
+                stopping: CancellationToken::new(),
             }),
+        }
+    }
+
+    /// Runs from now on merge into the live stream through `merge`.
+    pub(crate) fn with_merge(self, merge: Merge) -> Self {
+        *lock(&self.inner.merge) = Some(merge);
+        self
+    }
+
+    fn sink(&self) -> Sink {
+        match lock(&self.inner.merge).clone() {
+            Some(merge) => Sink::Merged(merge),
+            None => Sink::Direct,
         }
     }
 
@@ -321,17 +138,16 @@ impl RunManager {
     /// with 422 before sending anything when more than `sync_limit` records
     /// would be sent). Async: answers at once with the run id. The API
     /// triggers (`Sync`, `Async`) need the strategy's `on_demand` to allow
-    /// them; a schedule or the CLI does not.
+    /// them; a schedule, the CLI and walhook itself do not.
     pub(crate) async fn start(
         &self,
         strategy: &str,
         mode: RunMode,
-        filter: Option<String>,
-        limit: Option<u64>,
+        ask: Ask,
         trigger: Trigger,
     ) -> Result<RunReply, ControlError> {
         let plan = self
-            .prepare(strategy, mode, filter, limit, trigger)
+            .prepare(strategy, mode, ask, trigger)
             .await
             .map_err(|e| e.to_control())?;
         match mode {
@@ -345,25 +161,28 @@ impl RunManager {
             }
             RunMode::Async => {
                 let id = plan.id;
-                let me = self.clone();
-                tokio::spawn(async move {
-                    let _ = me.execute(plan).await;
-                });
+                self.spawn(plan);
                 Ok(RunReply::Started { id })
             }
         }
+    }
+
+    fn spawn(&self, plan: Plan) {
+        let me = self.clone();
+        self.inner.tasks.spawn(async move {
+            let _ = me.execute(plan).await;
+        });
     }
 
     /// Runs `strategy` to the end in this task (the CLI), reporting progress.
     pub(crate) async fn run_to_end(
         &self,
         strategy: &str,
-        filter: Option<String>,
-        limit: Option<u64>,
+        ask: Ask,
         progress: OnProgress,
     ) -> Result<Summary, RunError> {
         let mut plan = self
-            .prepare(strategy, RunMode::Async, filter, limit, Trigger::Cli)
+            .prepare(strategy, RunMode::Async, ask, Trigger::Cli)
             .await?;
         plan.progress = Some(progress);
         self.clone().execute(plan).await
@@ -375,13 +194,17 @@ impl RunManager {
         &self,
         config: Arc<Config>,
         strategies: Vec<Arc<CompiledStrategy>>,
-        endpoints: BTreeMap<String, Arc<Endpoint>>,
+        endpoints: std::collections::BTreeMap<String, Arc<Endpoint>>,
     ) {
-        *self.inner.catalog.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Catalog {
+        *lock(&self.inner.catalog) = Arc::new(Catalog {
             config,
             strategies,
             endpoints,
         });
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        lock(&self.inner.catalog).clone()
     }
 
     /// True while run `id` is going on in this process.
@@ -389,27 +212,13 @@ impl RunManager {
         self.lock_active().contains_key(&id)
     }
 
-    /// Cancels an active run of this process's (`Started` runs only).
-    fn cancel_active(&self, id: i64) -> bool {
-        match self.lock_active().get(&id) {
-            Some(active) => {
-                active.cancel.cancel();
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Cancels every active run and waits (up to `timeout`) until they have
-    /// recorded their outcome; for shutdown.
+    /// Stops every run where it is (they stay `running` or `paused` in
+    /// walhook.runs, and the next start resumes them) and waits up to
+    /// `timeout` until they have written their counts.
     pub(crate) async fn shutdown(&self, timeout: Duration) {
-        for active in self.lock_active().values() {
-            active.cancel.cancel();
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.lock_active().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.inner.stopping.cancel();
+        self.inner.tasks.close();
+        let _ = tokio::time::timeout(timeout, self.inner.tasks.wait()).await;
     }
 
     /// A run's record, with live counts while it runs here, and its
@@ -464,54 +273,142 @@ impl RunManager {
             ),
         };
         let ended = match row["state"].as_str() {
-            Some("running") | None => None,
+            Some("running" | "paused") | None => None,
             Some("succeeded") => Some("succeeded"),
             Some(_) => Some("ended"),
         };
         row["progress"] = Progress::new(id, counts, elapsed, ended).to_json();
+        row["duration_ms"] = json!(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         row
     }
 
     /// Cancels run `id` (`DELETE /runs/{id}`).
     pub(crate) async fn cancel(&self, id: i64) -> Result<Value, ControlError> {
-        if self.cancel_active(id) {
+        if let Some(active) = self.lock_active().get(&id) {
+            active.controls.cancel.cancel();
             return Ok(json!({ "id": id, "state": "cancelling" }));
         }
-        let row = self
-            .inner
-            .state
-            .get_run(id)
-            .await
-            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
-        match row {
-            None => Err(ControlError::NotFound(format!("no run {id}"))),
-            Some(row) => {
+        Err(self.not_here(id).await)
+    }
+
+    /// Pauses run `id` after the chunk it is reading (`POST /runs/{id}/pause`).
+    pub(crate) async fn pause(&self, id: i64) -> Result<Value, ControlError> {
+        self.set_paused(id, true).await
+    }
+
+    /// Resumes a paused run (`POST /runs/{id}/resume`).
+    pub(crate) async fn resume(&self, id: i64) -> Result<Value, ControlError> {
+        self.set_paused(id, false).await
+    }
+
+    async fn set_paused(&self, id: i64, paused: bool) -> Result<Value, ControlError> {
+        let sent = self
+            .lock_active()
+            .get(&id)
+            .map(|active| active.controls.paused.send_replace(paused));
+        match sent {
+            Some(_) => {
+                let state = if paused { "pausing" } else { "running" };
+                Ok(json!({ "id": id, "state": state }))
+            }
+            None => Err(self.not_here(id).await),
+        }
+    }
+
+    /// The answer for a run that is not going on in this process.
+    async fn not_here(&self, id: i64) -> ControlError {
+        match self.inner.state.get_run(id).await {
+            Err(e) => ControlError::Unavailable(e.to_string()),
+            Ok(None) => ControlError::NotFound(format!("no run {id}")),
+            Ok(Some(row)) => {
                 let state = row["state"].as_str().unwrap_or("unknown").to_string();
-                Err(ControlError::Conflict(format!(
-                    "run {id} is not running here (state {state})"
-                )))
+                ControlError::Conflict(format!("run {id} is not running here (state {state})"))
             }
         }
     }
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Active>> {
-        self.inner.active.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner.active)
+    }
+
+    /// Resumes the runs walhook.runs records as `running` or `paused`
+    /// (walhook stopped, was killed, or another instance streamed before):
+    /// from the last key of their last delivered chunk. Runs of strategies
+    /// no longer configured end as `failed`. Call it on the instance that
+    /// streams, when it starts streaming.
+    pub(crate) async fn resume_stored(&self) {
+        let rows = match self.inner.state.unfinished_runs().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the runs to resume from walhook.runs");
+                return;
+            }
+        };
+        for row in rows {
+            let id = row["id"].as_i64().unwrap_or_default();
+            if self.is_active(id) {
+                continue;
+            }
+            match self.prepare_stored(&row) {
+                Ok(plan) => {
+                    tracing::info!(run = id, strategy = %plan.compiled.name(), after = plan.resume.after.is_some(), "resuming a run");
+                    self.spawn(plan);
+                }
+                Err(e) => {
+                    tracing::warn!(run = id, error = %e, "a stored run cannot resume");
+                    let counts = row["counts"].clone();
+                    let _ = self
+                        .inner
+                        .state
+                        .finish_run(id, e.outcome(), &counts, Some(&e.to_string()))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Starts the first backfill of every strategy with `backfill.initial`
+    /// that has none recorded yet (a new deployment, or a reload that added
+    /// it). Call it on the instance that streams.
+    pub(crate) async fn start_initial(&self) {
+        let catalog = self.catalog();
+        for strategy in &catalog.config.strategies {
+            if !strategy.backfill.initial || strategy.table.is_none() {
+                continue;
+            }
+            match self.inner.state.has_run(&strategy.name, "initial").await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(strategy = %strategy.name, error = %e, "cannot tell whether the strategy's first backfill ran");
+                    continue;
+                }
+            }
+            match self
+                .start(
+                    &strategy.name,
+                    RunMode::Async,
+                    Ask::default(),
+                    Trigger::Initial,
+                )
+                .await
+            {
+                Ok(_) => tracing::info!(strategy = %strategy.name, "first backfill started"),
+                Err(e) => {
+                    tracing::warn!(strategy = %strategy.name, error = %e, "the first backfill could not start")
+                }
+            }
+        }
     }
 
     async fn prepare(
         &self,
         strategy: &str,
         mode: RunMode,
-        filter: Option<String>,
-        limit: Option<u64>,
+        ask: Ask,
         trigger: Trigger,
     ) -> Result<Plan, RunError> {
-        let catalog = self
-            .inner
-            .catalog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let catalog = self.catalog();
         let index = catalog
             .config
             .strategies
@@ -519,11 +416,6 @@ impl RunManager {
             .position(|s| s.name == strategy)
             .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
         let cfg = &catalog.config.strategies[index];
-        let compiled = catalog
-            .strategies
-            .get(index)
-            .cloned()
-            .ok_or_else(|| RunError::NoStrategy(strategy.to_string()))?;
         match trigger {
             Trigger::Sync if !cfg.on_demand.sync => {
                 return Err(RunError::NotAllowed {
@@ -539,31 +431,19 @@ impl RunManager {
             }
             _ => {}
         }
-        let filter = match filter {
-            Some(text) if !text.trim().is_empty() => {
-                // Runs read current rows: row.<col> and new.<col>, as for inserts.
-                let expr = Expr::compile(&text, ExprRole::Filter(FilterOp::Insert))
-                    .map_err(RunError::Filter)?;
-                Some((text, expr))
-            }
-            _ => None,
-        };
-        let buffer_limit = match mode {
-            RunMode::Sync => {
-                let cap = cfg.on_demand.sync_limit;
-                // A limit within sync_limit can never go over it.
-                if limit.is_some_and(|l| l <= cap) {
-                    None
-                } else {
-                    Some(cap)
-                }
-            }
-            RunMode::Async => None,
-        };
+        if cfg.table.is_none() {
+            return Err(RunError::NoTable(strategy.to_string()));
+        }
+        let filter = compile_filter(ask.filter)?;
         // Refused before it is recorded: a filter on a column the table lacks.
         if let (Some((text, _)), Some(table)) = (&filter, &cfg.table) {
             self.check_filter_columns(table, text).await?;
         }
+        let params = Params {
+            limit: ask.limit,
+            from: ask.from,
+            sync: mode == RunMode::Sync,
+        };
         let id = self
             .inner
             .state
@@ -572,19 +452,9 @@ impl RunManager {
                 &trigger.record(),
                 filter.as_ref().map(|(t, _)| t.as_str()),
                 &json!(Counts::default()),
+                &json!(params),
             )
             .await?;
-        let cancel = CancellationToken::new();
-        let live = Arc::new(Live::default());
-        let started = Instant::now();
-        self.lock_active().insert(
-            id,
-            Active {
-                cancel: cancel.clone(),
-                live: live.clone(),
-                started,
-            },
-        );
         tracing::info!(
             run = id,
             strategy,
@@ -592,75 +462,20 @@ impl RunManager {
             schedule = trigger.schedule(),
             "run started"
         );
-        Ok(Plan {
+        Ok(self.plan(
             id,
             catalog,
             index,
             trigger,
-            compiled,
             filter,
-            limit,
-            buffer_limit,
-            cancel,
-            live,
-            started,
-            replies: matches!(mode, RunMode::Sync).then(Arc::default),
-            progress: None,
-        })
-    }
-
-    /// Runs `plan` to its end and records the outcome.
-    async fn execute(self, plan: Plan) -> Result<Summary, RunError> {
-        let result = self.deliver(&plan).await;
-        let counts = plan.live.get();
-        let (state, error) = match &result {
-            Ok(()) if counts.failed == 0 => ("succeeded", None),
-            Ok(()) => (
-                "failed",
-                Some(format!("{} records failed (dead-lettered)", counts.failed)),
-            ),
-            Err(e) => (e.outcome(), Some(e.to_string())),
-        };
-        if let Err(e) = self
-            .inner
-            .state
-            .finish_run(plan.id, state, &json!(counts), error.as_deref())
-            .await
-        {
-            tracing::warn!(run = plan.id, error = %e, "cannot record the run's outcome in walhook.runs");
-        }
-        // Only now: a schedule's next run starts after this one is recorded as done.
-        self.lock_active().remove(&plan.id);
-        let strategy = plan.compiled.name().to_string();
-        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "schedule" => plan.trigger.schedule().to_string(), "outcome" => state)
-            .increment(1);
-        metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
-            .increment(counts.delivered);
-        plan.report(Some(state));
-        let duration = plan.started.elapsed();
-        match &error {
-            None => {
-                tracing::info!(run = plan.id, strategy = %strategy, read = counts.read, delivered = counts.delivered, duration_ms = duration.as_millis() as u64, "run succeeded")
-            }
-            Some(e) => {
-                tracing::warn!(run = plan.id, strategy = %strategy, state, error = %e, "run ended")
-            }
-        }
-        result?;
-        Ok(Summary {
-            id: plan.id,
-            counts,
-            duration,
-            replies: plan
-                .replies
-                .as_ref()
-                .map(|log| log.replies())
-                .unwrap_or_default(),
-        })
+            params,
+            Stored::default(),
+            false,
+        ))
     }
 
     /// Every column `filter` reads exists in `table` (a table walhook
-    /// cannot see is left to the snapshot, which names the problem).
+    /// cannot see is left to the run, which names the problem).
     async fn check_filter_columns(&self, table: &TableName, filter: &str) -> Result<(), RunError> {
         let client = pg::connect(&self.inner.url, "walhook-run")
             .await
@@ -686,317 +501,165 @@ impl RunManager {
         Ok(())
     }
 
-    async fn deliver(&self, plan: &Plan) -> Result<(), RunError> {
-        let cfg = &plan.catalog.config.strategies[plan.index];
-        // Config validation refuses runs on a `messages` strategy.
-        let Some(table) = &cfg.table else {
-            return Err(RunError::NotAllowed {
-                strategy: cfg.name.clone(),
-                mode: "table",
-            });
-        };
-        let client = pg::connect(&self.inner.url, "walhook-run")
-            .await
-            .map_err(SnapshotError::Connect)?;
-        let mut snapshot =
-            Snapshot::open(client, table, cfg.run_as.as_deref(), DEFAULT_PAGE).await?;
-        if let Some((text, _)) = &plan.filter {
-            for column in referenced_columns(text).map_err(RunError::Filter)? {
-                if snapshot.relation().column_index(&column.column).is_none() {
-                    return Err(RunError::Filter(format!(
-                        "`{column}`: {} has no column {:?}",
-                        table, column.column
-                    )));
-                }
-            }
-        }
-        let estimate = snapshot.estimate(COUNT_UP_TO_BYTES).await;
-        plan.live.update(|c| {
-            c.estimate = match (estimate, plan.limit) {
-                (Some(rows), Some(limit)) => Some(rows.min(limit)),
-                (rows, _) => rows,
-            };
-        });
-        self.write_counts(plan).await;
-        plan.report(None);
-        let mut reader = Reader {
-            plan,
-            warned: false,
-        };
-        if let Some(cap) = plan.buffer_limit {
-            // Sync: everything that would be sent is known before anything is.
-            let mut buffered = Vec::new();
-            while let Some(page) = self.next_page(plan, &mut snapshot).await? {
-                if reader.take(page, &mut buffered) {
-                    break;
-                }
-                if buffered.len() as u64 > cap {
-                    let _ = snapshot.finish().await;
-                    return Err(RunError::OverLimit { limit: cap });
-                }
-            }
-            let _ = snapshot.finish().await;
-            let mut run = self.start_worker(plan)?;
-            for record in buffered {
-                run.send(record, plan).await?;
-            }
-            return run.finish(plan, self).await;
-        }
-        let mut run = self.start_worker(plan)?;
-        let mut page_records = Vec::new();
-        let mut last_write = Instant::now();
-        loop {
-            let Some(page) = self.next_page(plan, &mut snapshot).await? else {
-                break;
-            };
-            let done = reader.take(page, &mut page_records);
-            for record in page_records.drain(..) {
-                run.send(record, plan).await?;
-            }
-            run.refresh(plan)?;
-            plan.report(None);
-            if last_write.elapsed() >= Duration::from_secs(1) {
-                last_write = Instant::now();
-                self.write_counts(plan).await;
-            }
-            if done {
-                break;
-            }
-        }
-        let _ = snapshot.finish().await;
-        run.finish(plan, self).await
-    }
-
-    async fn next_page(
-        &self,
-        plan: &Plan,
-        snapshot: &mut Snapshot,
-    ) -> Result<Option<Vec<crate::decode::RecordEvent>>, RunError> {
-        tokio::select! {
-            biased;
-            _ = plan.cancel.cancelled() => Err(RunError::Cancelled),
-            page = snapshot.next_page() => Ok(page?),
-        }
-    }
-
-    fn start_worker(&self, plan: &Plan) -> Result<RunWorker, RunError> {
-        let inner = &self.inner;
-        let catalog = &plan.catalog;
-        let cfg = &catalog.config.strategies[plan.index];
-        let endpoint = catalog
-            .endpoints
-            .get(&cfg.endpoint)
-            .cloned()
-            .ok_or_else(|| RunError::NoEndpoint(cfg.endpoint.clone()))?;
-        let retry = catalog
+    /// A plan for a run stored as `running` or `paused`.
+    fn prepare_stored(&self, row: &Value) -> Result<Plan, RunError> {
+        let id = row["id"].as_i64().unwrap_or_default();
+        let strategy = row["strategy"].as_str().unwrap_or_default();
+        let catalog = self.catalog();
+        let index = catalog
             .config
-            .endpoint_of(cfg)
-            .map(|e| e.retry.clone())
-            .unwrap_or_default();
-        // A run only needs the state store for dead letters.
-        let dead_letters = retry.on_exhausted == OnExhausted::DeadLetter
-            || endpoint.on_client_error() == crate::config::OnClientError::DeadLetter;
-        let state = dead_letters.then(|| inner.state.clone());
-        let decorate: Arc<dyn Decorate> = match &plan.replies {
-            Some(replies) => Arc::new(Answered {
-                strategy: plan.compiled.clone(),
-                replies: replies.clone(),
-            }),
-            None => plan.compiled.clone(),
-        };
-        let (worker, tx) = StrategyWorker::new(WorkerOptions {
-            index: 0,
-            name: cfg.name.clone(),
-            batch_size: cfg.batch_size,
-            max_batch_bytes: cfg.max_batch_bytes,
-            linger: cfg.linger,
-            retry,
-            endpoint,
-            decorate,
-            max_in_flight: 1,
-            ordering: crate::config::Ordering::Commit,
-            // Runs never acknowledge WAL.
-            checkpoint: Arc::new(Checkpoint::new(1, Lsn::ZERO, |_| {})),
-            state,
-            // Stored batches belong to live delivery.
-            boundaries: None,
-            shutdown_timeout: STOP_TIMEOUT,
-            queue_capacity: DEFAULT_PAGE * 2,
-        })
-        .map_err(RunError::Delivery)?;
-        let status = worker.status();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(worker.run(stop.clone()));
-        Ok(RunWorker {
-            tx: Some(tx),
-            opened: false,
-            status,
-            stop,
-            task,
-        })
-    }
-
-    /// Writes a running run's counts; best effort, as the outcome written
-    /// when it ends has the final counts.
-    async fn write_counts(&self, plan: &Plan) {
-        let counts = json!(plan.live.get());
-        if let Err(e) = self.inner.state.update_run_counts(plan.id, &counts).await {
-            tracing::debug!(run = plan.id, error = %e, "cannot write the run's counts to walhook.runs");
-        }
-    }
-}
-
-/// Filters and maps pages, counting rows read and records taken.
-struct Reader<'a> {
-    plan: &'a Plan,
-    warned: bool,
-}
-
-impl Reader<'_> {
-    /// Appends the page's matching records to `out`; true once the limit
-    /// is reached (read no further).
-    fn take(&mut self, page: Vec<crate::decode::RecordEvent>, out: &mut Vec<QueuedRecord>) -> bool {
-        let plan = self.plan;
-        let mut read = 0;
-        let mut taken = 0;
-        let already = plan.live.get().sent;
-        let mut reached = false;
-        for event in &page {
-            if plan.limit.is_some_and(|l| already + taken >= l) {
-                reached = true;
-                break;
-            }
-            read += 1;
-            let matched = match &plan.filter {
-                None => true,
-                Some((_, expr)) => match expr.matches(event) {
-                    Ok(b) => b,
-                    Err(reason) => {
-                        if !self.warned {
-                            self.warned = true;
-                            tracing::warn!(run = plan.id, strategy = %plan.compiled.name(), record = %event.id(), error = %reason, "run filter failed; such rows count as not matched");
-                        }
-                        false
-                    }
-                },
-            };
-            if matched {
-                out.push(plan.compiled.queued_record(event));
-                taken += 1;
-            }
-        }
-        if plan.limit.is_some_and(|l| already + taken >= l) {
-            reached = true;
-        }
+            .strategies
+            .iter()
+            .position(|s| s.name == strategy)
+            .ok_or_else(|| RunError::Removed(strategy.to_string()))?;
+        let filter = compile_filter(row["filter"].as_str().map(str::to_string))?;
+        let params: Params = serde_json::from_value(row["params"].clone()).unwrap_or_default();
+        let resume: Stored = serde_json::from_value(row["progress"].clone()).unwrap_or_default();
+        let trigger = Trigger::parse(row["trigger"].as_str().unwrap_or("async"));
+        let paused = row["state"].as_str() == Some("paused");
+        let plan = self.plan(id, catalog, index, trigger, filter, params, resume, paused);
+        // Counted on from its last delivered chunk; rows read since are
+        // read again (and counted again in `read`).
+        let counts: Counts = serde_json::from_value(row["counts"].clone()).unwrap_or_default();
         plan.live.update(|c| {
-            c.read += read;
-            c.sent += taken;
+            *c = Counts {
+                read: counts.read,
+                reread: counts.reread + counts.read.saturating_sub(plan.resume.counts.read),
+                ..plan.resume.counts
+            }
         });
-        reached
+        Ok(plan)
     }
-}
 
-/// A run's own delivery worker.
-struct RunWorker {
-    tx: Option<mpsc::Sender<WorkItem>>,
-    /// The first record (and the transaction end after it) was queued.
-    opened: bool,
-    status: StatusHandle,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), DeliveryError>>,
-}
-
-impl RunWorker {
-    /// Queues one record, giving up when the run is cancelled or delivery
-    /// is blocked.
-    async fn send(&mut self, record: QueuedRecord, plan: &Plan) -> Result<(), RunError> {
-        let Some(tx) = &self.tx else {
-            return Err(RunError::WorkerStopped);
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        id: i64,
+        catalog: Arc<Catalog>,
+        index: usize,
+        trigger: Trigger,
+        filter: Option<(String, Expr)>,
+        params: Params,
+        resume: Stored,
+        paused: bool,
+    ) -> Plan {
+        let cfg = &catalog.config.strategies[index];
+        let compiled = catalog.strategies[index].clone();
+        let sync_cap = match params.sync {
+            // A limit within sync_limit can never go over it.
+            true if params.limit.is_some_and(|l| l <= cfg.on_demand.sync_limit) => None,
+            true => Some(cfg.on_demand.sync_limit),
+            false => None,
         };
-        let mut item = Some(WorkItem::Record(record));
-        loop {
-            let Some(next) = item.take() else {
-                return Ok(());
-            };
-            tokio::select! {
-                biased;
-                _ = plan.cancel.cancelled() => return Err(self.abort(RunError::Cancelled).await),
-                sent = tx.send_timeout(next, TICK) => match sent {
-                    Ok(()) if !self.opened => {
-                        // A batch boundary stored by live delivery that spans
-                        // the snapshot LSN would otherwise hold every run
-                        // record in one batch: this transaction end closes it.
-                        self.opened = true;
-                        item = Some(WorkItem::TxEnd { end_lsn: Lsn(u64::MAX) });
-                    }
-                    Ok(()) => return Ok(()),
-                    Err(mpsc::error::SendTimeoutError::Timeout(back)) => {
-                        item = Some(back);
-                        if let Err(e) = self.refresh(plan) {
-                            return Err(self.abort(e).await);
-                        }
-                        plan.report(None);
-                    }
-                    Err(mpsc::error::SendTimeoutError::Closed(_)) => {
-                        return Err(RunError::WorkerStopped)
-                    }
-                },
+        let controls = Controls::new(paused);
+        let live = Arc::new(Live::default());
+        let started = Instant::now();
+        self.lock_active().insert(
+            id,
+            Active {
+                controls: controls.clone(),
+                live: live.clone(),
+                started,
+            },
+        );
+        Plan {
+            id,
+            index,
+            trigger,
+            compiled,
+            sync_cap,
+            chunk_size: cfg.backfill.chunk_size.max(1),
+            rate: cfg.backfill.max_rows_per_second,
+            replies: params.sync.then(Arc::default),
+            filter,
+            params,
+            controls,
+            live,
+            started,
+            resume,
+            progress: None,
+            catalog,
+        }
+    }
+
+    /// Runs `plan` to its end and records the outcome.
+    async fn execute(self, plan: Plan) -> Result<Summary, RunError> {
+        let cx = Context {
+            url: &self.inner.url,
+            state: &self.inner.state,
+            stopping: &self.inner.stopping,
+        };
+        let result = execute::execute(&plan, self.sink(), &cx).await;
+        let counts = plan.live.get();
+        let (state, error) = match &result {
+            Ok(()) if counts.failed == 0 => ("succeeded", None),
+            Ok(()) => (
+                "failed",
+                Some(format!("{} records failed (dead-lettered)", counts.failed)),
+            ),
+            Err(e) => (e.outcome(), Some(e.to_string())),
+        };
+        let recorded = if matches!(result, Err(RunError::Stopping)) {
+            // Stays as it is in walhook.runs; the next start resumes it.
+            self.inner
+                .state
+                .update_run_counts(plan.id, &json!(counts))
+                .await
+        } else {
+            self.inner
+                .state
+                .finish_run(plan.id, state, &json!(counts), error.as_deref())
+                .await
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(run = plan.id, error = %e, "cannot record the run's outcome in walhook.runs");
+        }
+        // Only now: a schedule's next run starts after this one is recorded as done.
+        self.lock_active().remove(&plan.id);
+        let strategy = plan.compiled.name().to_string();
+        metrics::counter!(names::RUNS_TOTAL, "strategy" => strategy.clone(), "trigger" => plan.trigger.as_str(), "schedule" => plan.trigger.schedule().to_string(), "outcome" => state)
+            .increment(1);
+        metrics::counter!(names::RUN_RECORDS_TOTAL, "strategy" => strategy.clone())
+            .increment(counts.delivered);
+        plan.report(Some(state));
+        let duration = plan.started.elapsed();
+        match &error {
+            None => {
+                tracing::info!(run = plan.id, strategy = %strategy, read = counts.read, delivered = counts.delivered, superseded = counts.superseded, duration_ms = duration.as_millis() as u64, "run succeeded")
+            }
+            Some(e) => {
+                tracing::warn!(run = plan.id, strategy = %strategy, state, error = %e, "run ended")
             }
         }
+        result?;
+        Ok(Summary {
+            id: plan.id,
+            counts,
+            duration,
+            replies: plan
+                .replies
+                .as_ref()
+                .map(|log| log.replies())
+                .unwrap_or_default(),
+        })
     }
+}
 
-    /// Copies delivery counts into the run; an error when delivery is blocked.
-    fn refresh(&self, plan: &Plan) -> Result<(), RunError> {
-        let s = self.status.snapshot();
-        plan.live.update(|c| {
-            c.delivered = s.delivered_records;
-            c.failed = s.dead_lettered_records;
-            c.batches = s.delivered_batches + s.dead_lettered_batches;
-        });
-        if s.state == DeliveryState::Blocked {
-            let last_error = s.last_error.unwrap_or_else(|| "delivery failing".into());
-            return Err(RunError::Exhausted { last_error });
+/// The run filter's text and compiled form; blank = none.
+fn compile_filter(filter: Option<String>) -> Result<Option<(String, Expr)>, RunError> {
+    match filter {
+        Some(text) if !text.trim().is_empty() => {
+            // Runs read current rows: row.<col> and new.<col>, as for inserts.
+            let expr = Expr::compile(&text, ExprRole::Filter(FilterOp::Insert))
+                .map_err(RunError::Filter)?;
+            Ok(Some((text, expr)))
         }
-        Ok(())
+        _ => Ok(None),
     }
+}
 
-    async fn abort(&mut self, error: RunError) -> RunError {
-        self.tx = None;
-        self.stop.cancel();
-        let _ = (&mut self.task).await;
-        error
-    }
-
-    /// Closes the queue and waits until everything queued was delivered.
-    async fn finish(mut self, plan: &Plan, manager: &RunManager) -> Result<(), RunError> {
-        self.tx = None;
-        let mut tick = tokio::time::interval(TICK);
-        let mut last_write = Instant::now();
-        loop {
-            tokio::select! {
-                biased;
-                _ = plan.cancel.cancelled() => return Err(self.abort(RunError::Cancelled).await),
-                joined = &mut self.task => {
-                    let _ = self.refresh(plan);
-                    return match joined {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(RunError::Delivery(e)),
-                        Err(e) => Err(RunError::WorkerTask(e)),
-                    };
-                }
-                _ = tick.tick() => {
-                    if let Err(e) = self.refresh(plan) {
-                        return Err(self.abort(e).await);
-                    }
-                    plan.report(None);
-                    if last_write.elapsed() >= Duration::from_secs(1) {
-                        last_write = Instant::now();
-                        manager.write_counts(plan).await;
-                    }
-                }
-            }
-        }
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How long a run not going on in this process ran: until it ended, or

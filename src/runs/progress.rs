@@ -5,7 +5,7 @@
 //! A run's work is the rows it reads. A row is *done* once its record was
 //! delivered or dead-lettered, or the filter skipped it: rows read minus the
 //! records still queued or in flight. Progress is done rows of the estimate
-//! (`counts.estimate`, see [`super::Snapshot::estimate`]), which is only an
+//! (`counts.estimate`, see [`super::TableReader::estimate`]), which is only an
 //! estimate: a run may read more rows than it (never a fraction above 1) or
 //! fewer (a run that succeeded is complete whatever the estimate said).
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::manager::Counts;
+use super::plan::Counts;
 
 /// Where a run stands, derived from its counts and its age.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,9 +36,12 @@ impl Progress {
         elapsed: Duration,
         ended: Option<&'static str>,
     ) -> Self {
-        let pending = counts
-            .sent
-            .saturating_sub(counts.delivered.saturating_add(counts.failed));
+        let pending = counts.sent.saturating_sub(
+            counts
+                .delivered
+                .saturating_add(counts.failed)
+                .saturating_add(counts.parked),
+        );
         Progress {
             id,
             counts,

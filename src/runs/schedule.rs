@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::manager::{RunManager, Trigger};
+use super::manager::{Ask, RunManager};
+use super::plan::Trigger;
 use crate::admin::{RunMode, RunReply};
 use crate::config::Config;
 use crate::source::{SourceState, SourceStatus};
@@ -199,8 +200,10 @@ impl Job {
                 .start(
                     &self.strategy,
                     RunMode::Async,
-                    self.filter.clone(),
-                    None,
+                    Ask {
+                        filter: self.filter.clone(),
+                        ..Ask::default()
+                    },
                     Trigger::Schedule(self.name.clone()),
                 )
                 .await

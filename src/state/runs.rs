@@ -6,13 +6,15 @@ use serde_json::Value;
 use super::{StateError, StateStore};
 
 impl StateStore {
-    /// Records a run as `running` with `counts`; returns its id.
+    /// Records a run as `running` with `counts` and how it was asked for
+    /// (`params`); returns its id.
     pub(crate) async fn insert_run(
         &self,
         strategy: &str,
         trigger: &str,
         filter: Option<&str>,
         counts: &Value,
+        params: &Value,
     ) -> Result<i64, StateError> {
         const WHAT: &str = "recording a run in walhook.runs";
         let row = self
@@ -20,10 +22,16 @@ impl StateStore {
             .await?
             .query_one(
                 &*self.sql(
-                    "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts) \
-                 VALUES ($1, $2, $3, 'running', $4::text::jsonb) RETURNING id",
+                    "INSERT INTO walhook.runs (strategy, trigger, filter, state, counts, params) \
+                 VALUES ($1, $2, $3, 'running', $4::text::jsonb, $5::text::jsonb) RETURNING id",
                 ),
-                &[&strategy, &trigger, &filter, &counts.to_string()],
+                &[
+                    &strategy,
+                    &trigger,
+                    &filter,
+                    &counts.to_string(),
+                    &params.to_string(),
+                ],
             )
             .await
             .map_err(StateError::query(WHAT))?;
@@ -45,6 +53,79 @@ impl StateStore {
             .await
             .map_err(StateError::query("updating a run's counts in walhook.runs"))?;
         Ok(())
+    }
+
+    /// Stores how far a run got (it resumes from here after a restart)
+    /// and its counts.
+    pub(crate) async fn record_run_progress(
+        &self,
+        id: i64,
+        progress: &impl serde::Serialize,
+        counts: &Value,
+    ) -> Result<(), StateError> {
+        let text = serde_json::to_string(progress).unwrap_or_default();
+        self.client()
+            .await?
+            .execute(
+                &*self.sql(
+                    "UPDATE walhook.runs SET progress = $2::text::jsonb, counts = $3::text::jsonb \
+                     WHERE id = $1",
+                ),
+                &[&id, &text, &counts.to_string()],
+            )
+            .await
+            .map_err(StateError::query(
+                "storing a run's progress in walhook.runs",
+            ))?;
+        Ok(())
+    }
+
+    /// Sets a run's state (`running`, `paused`) while it goes on.
+    pub(crate) async fn set_run_state(&self, id: i64, state: &str) -> Result<(), StateError> {
+        self.client()
+            .await?
+            .execute(
+                &*self.sql(
+                    "UPDATE walhook.runs SET state = $2 WHERE id = $1 AND finished_at IS NULL",
+                ),
+                &[&id, &state],
+            )
+            .await
+            .map_err(StateError::query("recording a run's state in walhook.runs"))?;
+        Ok(())
+    }
+
+    /// The runs still `running` or `paused` (to resume), oldest first.
+    pub(crate) async fn unfinished_runs(&self) -> Result<Vec<Value>, StateError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &*self.sql(&format!(
+                    "SELECT {RUN_JSON} FROM walhook.runs \
+                     WHERE finished_at IS NULL AND state IN ('running', 'paused') ORDER BY id"
+                )),
+                &[],
+            )
+            .await
+            .map_err(StateError::query(READING))?;
+        rows.iter().map(run_json).collect()
+    }
+
+    /// Whether `strategy` has a run with this trigger, in any state.
+    pub(crate) async fn has_run(&self, strategy: &str, trigger: &str) -> Result<bool, StateError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                &*self.sql(
+                    "SELECT EXISTS (SELECT 1 FROM walhook.runs WHERE strategy = $1 AND trigger = $2)",
+                ),
+                &[&strategy, &trigger],
+            )
+            .await
+            .map_err(StateError::query(READING))?;
+        row.try_get(0).map_err(StateError::query(READING))
     }
 
     /// Records how a run ended: its state, final counts and error.
@@ -116,7 +197,7 @@ const READING: &str = "reading walhook.runs";
 /// One `walhook.runs` row as JSON text.
 const RUN_JSON: &str = "jsonb_build_object('id', id, 'strategy', strategy, 'trigger', trigger, \
      'filter', filter, 'state', state, 'counts', counts, 'started_at', started_at, \
-     'finished_at', finished_at, 'error', error)::text";
+     'finished_at', finished_at, 'error', error, 'params', params, 'progress', progress)::text";
 
 fn run_json(row: &tokio_postgres::Row) -> Result<Value, StateError> {
     let text: &str = row.try_get(0).map_err(StateError::query(READING))?;

@@ -10,8 +10,10 @@ use metrics::Counter;
 use super::expr::{describe, resolve, BatchValues, Expr, Image, MessageValues, Resolved, Verdict};
 use super::summary::{Throttle, FAILURE_WARN_EVERY, NULL_SUMMARY_EVERY};
 use super::StrategyError;
+use std::sync::Arc;
+
 use crate::batch::payload::{MessageRecord, Meta};
-use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord};
+use crate::batch::{BatchMeta, Decorate, Decoration, Group, QueuedRecord, ReplyLog};
 use crate::config::{Config, ExprRole, FilterOp, Ordering, RecordShape, TableName, Template};
 use crate::decode::convert::{write_cell_json, write_json_string};
 use crate::decode::{Cell, Op, RecordEvent, Tuple};
@@ -111,6 +113,9 @@ pub struct CompiledStrategy {
     body: Vec<Part>,
     counters: Counters,
     logs: Logs,
+    /// Runs merged into this strategy's stream, keeping the answers to
+    /// (or counting) the batches that hold their records.
+    taps: std::sync::Mutex<Vec<Arc<ReplyLog>>>,
 }
 
 impl CompiledStrategy {
@@ -253,6 +258,7 @@ impl CompiledStrategy {
                 nulls: Throttle::new(NULL_SUMMARY_EVERY),
                 failures: Throttle::new(FAILURE_WARN_EVERY),
             },
+            taps: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -525,6 +531,24 @@ impl CompiledStrategy {
     }
 }
 
+impl CompiledStrategy {
+    /// Keeps the endpoint's answers to batches holding records `log` watches.
+    pub(crate) fn tap(&self, log: Arc<ReplyLog>) {
+        self.taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(log);
+    }
+
+    /// Stops keeping answers for `log`.
+    pub(crate) fn untap(&self, log: &Arc<ReplyLog>) {
+        self.taps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| !Arc::ptr_eq(t, log));
+    }
+}
+
 /// The summary of NULL outcomes: `count` since the last one.
 fn log_nulls(strategy: &str, count: u64) {
     tracing::info!(
@@ -549,6 +573,11 @@ impl Drop for CompiledStrategy {
 impl Decorate for CompiledStrategy {
     fn record_shape(&self) -> RecordShape {
         self.record_shape
+    }
+
+    fn replies(&self, records: &[(crate::lsn::Lsn, u32)]) -> Option<Arc<ReplyLog>> {
+        let taps = self.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.iter().find(|log| log.watches(records)).cloned()
     }
 
     fn decorate(&self, meta: &BatchMeta<'_>) -> Result<Decoration, String> {

@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::compiled::CompiledStrategy;
+use crate::backfill::{Backfills, ChunkOutcome, Emission, PREFIX};
 use crate::batch::payload::MessageRecord;
 use crate::batch::{QueuedRecord, WorkItem};
 use crate::budget::{record_footprint, Budget};
@@ -97,6 +98,8 @@ pub struct Router {
     /// The open transaction's xid, commit LSN and commit time (for messages).
     txn: Option<(u32, Lsn, i64)>,
     budget: Option<Budget>,
+    /// Runs' backfill windows (see [`crate::backfill`]).
+    backfills: Option<Backfills>,
 }
 
 impl std::fmt::Debug for Router {
@@ -122,7 +125,14 @@ impl Router {
             touched: Vec::new(),
             txn: None,
             budget: None,
+            backfills: None,
         }
+    }
+
+    /// Merges runs' chunks into the strategies' streams at their watermarks.
+    pub(crate) fn with_backfills(mut self, backfills: Backfills) -> Router {
+        self.backfills = Some(backfills);
+        self
     }
 
     /// Counts queued records against `budget`, and gives back what the
@@ -160,6 +170,9 @@ impl Router {
     pub(crate) async fn route(&mut self, event: SourceEvent) -> Result<(), RouteError> {
         match event {
             SourceEvent::Record(record) => {
+                if let (Some(backfills), Some((xid, _, _))) = (&mut self.backfills, self.txn) {
+                    backfills.record(&record, xid);
+                }
                 let routed = self.record(&record).await;
                 if let Some(budget) = &self.budget {
                     budget.release(record_footprint(&record));
@@ -167,6 +180,9 @@ impl Router {
                 routed
             }
             SourceEvent::Commit { end_lsn, .. } => {
+                if let (Some(backfills), Some((xid, _, _))) = (&mut self.backfills, self.txn) {
+                    backfills.committed(xid);
+                }
                 self.txn = None;
                 for i in self.touched.drain(..) {
                     let Some(route) = self.routes.get(i) else {
@@ -201,6 +217,18 @@ impl Router {
                 prefix,
                 content,
             } => {
+                if prefix == PREFIX {
+                    // Transactional ones only make the server flush the WAL.
+                    let emission = self
+                        .backfills
+                        .as_mut()
+                        .filter(|_| !transactional)
+                        .and_then(|b| b.watermark(lsn, &content));
+                    if let Some(emission) = emission {
+                        self.emit(emission).await?;
+                    }
+                    return Ok(());
+                }
                 let txn = self.txn.filter(|_| transactional);
                 let message = MessageRecord {
                     commit_lsn: txn.map_or(lsn, |(_, commit_lsn, _)| commit_lsn),
@@ -213,6 +241,50 @@ impl Router {
                 self.message(&message).await
             }
         }
+    }
+
+    /// Queues a run's chunk to its strategy at the chunk's watermark, as a
+    /// transaction of its own, and answers the run.
+    async fn emit(&mut self, emission: Emission) -> Result<(), RouteError> {
+        let Emission {
+            strategy,
+            events,
+            dropped,
+            end_lsn,
+            reply,
+        } = emission;
+        let Some(i) = self
+            .routes
+            .iter()
+            .position(|r| r.strategy.name() == &*strategy)
+        else {
+            if let Some(reply) = reply {
+                let _ = reply.send(ChunkOutcome::NoStrategy);
+            }
+            return Ok(());
+        };
+        if let Some(route) = self.routes.get(i) {
+            for event in &events {
+                let queued = route.strategy.queued_record(event);
+                Self::send(route, self.budget.as_ref(), &mut self.touched, i, queued).await?;
+            }
+        }
+        let slot = self.slot(i);
+        self.touched.retain(|&t| t != i);
+        if !events.is_empty() {
+            self.checkpoint.queued(slot, end_lsn);
+            self.send_end(i, end_lsn).await?;
+        }
+        self.checkpoint.seen(end_lsn);
+        if let Some(reply) = reply {
+            let _ = reply.send(ChunkOutcome::Queued {
+                slot,
+                end_lsn,
+                sent: events.len() as u64,
+                dropped,
+            });
+        }
+        Ok(())
     }
 
     /// Queues a message to the strategies following its prefix. Outside a

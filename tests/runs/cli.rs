@@ -108,7 +108,8 @@ async fn run_strategy_delivers_the_filtered_rows_and_exits_zero() {
     assert!(
         summary.starts_with("run ")
             && summary.contains(
-                " succeeded: 2100 rows read, 2000 records sent, 2000 delivered, 0 failed, "
+                // The filter is the chunks' SQL: rows 1 to 100 are not read.
+                " succeeded: 2000 rows read, 2000 records sent, 2000 delivered, 0 failed, "
             ),
         "{summary}"
     );

@@ -4,9 +4,12 @@
 //! its API, and the `walhook.runs` table.
 
 mod api;
+mod backfills;
 mod cli;
+mod controls;
+mod copy;
+mod reader;
 mod schedule;
-mod snapshot;
 
 use serde_json::Value;
 
@@ -57,13 +60,13 @@ pub(crate) async fn call(method: &str, base: &str, path: &str) -> (u16, String) 
     (status, response.text().await.unwrap_or_default())
 }
 
-/// Waits until run `id` is no longer running; returns its record.
+/// Waits until run `id` has ended (neither running nor paused); returns its record.
 pub(crate) async fn wait_finished(base: &str, id: i64) -> Value {
     let run = std::cell::RefCell::new(Value::Null);
     wait_until(WAIT, &format!("run {id} to finish"), || async {
         let (status, body) = call("GET", base, &format!("/runs/{id}")).await;
         let now: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        let finished = status == 200 && now["state"] != "running";
+        let finished = status == 200 && now["state"] != "running" && now["state"] != "paused";
         *run.borrow_mut() = now;
         finished
     })

@@ -361,6 +361,18 @@ async function cancelRun(id) {
   await refresh();
 }
 
+// Pause stops reading after the chunk under way; resume reads on from
+// the next one.
+async function pauseRun(id, pause) {
+  try {
+    await api("POST", "/runs/" + id + (pause ? "/pause" : "/resume"), true);
+    say("run " + id + (pause ? " pausing" : " resumed"));
+  } catch (err) {
+    say(err.message, true);
+  }
+  await refresh();
+}
+
 function renderRuns(runs) {
   syncRows($("runs"), runs, (r) => r.id, 7, (tr, r) => {
     const c = tr.cells;
@@ -398,9 +410,13 @@ function renderRuns(runs) {
     }
     label.textContent = parts.join(" · ");
     setCell(c[5], ago(r.started_at));
-    const running = r.state === "running" && canCommand();
-    setActions(c[6], running ? "cancel" : "none", () =>
-      running ? [button("Cancel", "run " + r.id, () => cancelRun(r.id), "danger")] : []);
+    const going = (r.state === "running" || r.state === "paused") && canCommand();
+    setActions(c[6], going ? r.state : "none", () => going ? [
+      r.state === "paused"
+        ? button("Resume", "run " + r.id, () => pauseRun(r.id, false))
+        : button("Pause", "run " + r.id, () => pauseRun(r.id, true)),
+      button("Cancel", "run " + r.id, () => cancelRun(r.id), "danger"),
+    ] : []);
   }, "no runs yet");
 }
 

@@ -1,11 +1,11 @@
-//! Reading a table's current rows for a run: one snapshot, primary-key
-//! order, row-level security of the run_as role.
+//! Reading a table's rows for a run: chunks in primary-key order, each in
+//! a transaction of its own, with row-level security of the run_as role.
 
 use serde_json::Value;
 use walhook::config::TableName;
 use walhook::decode::RecordEvent;
 use walhook::pg;
-use walhook::runs::{Snapshot, SnapshotError, COUNT_UP_TO_BYTES};
+use walhook::runs::{SnapshotError, Start, TableReader, COUNT_UP_TO_BYTES};
 
 use crate::support::fresh_db;
 
@@ -20,9 +20,28 @@ fn json(event: &RecordEvent) -> Value {
     serde_json::from_slice(&buf).unwrap()
 }
 
+/// Every chunk of `size` rows from the first key, each ended before the next.
+async fn chunks(reader: &mut TableReader, size: usize) -> Vec<Vec<RecordEvent>> {
+    let mut start = Start::First;
+    let mut out = Vec::new();
+    loop {
+        let chunk = reader.read_chunk(&start, size).await.unwrap();
+        reader.finish_chunk(None).await.unwrap();
+        let full = chunk.rows.len() >= size;
+        let last = chunk.last_key.clone();
+        if !chunk.rows.is_empty() {
+            out.push(chunk.rows.into_iter().map(|r| r.event).collect());
+        }
+        match last {
+            Some(key) if full => start = Start::After(key),
+            _ => return out,
+        }
+    }
+}
+
 #[tokio::test]
-async fn pages_cover_every_row_once_in_key_order_within_one_snapshot() {
-    let fresh = fresh_db("runs_snapshot").await;
+async fn chunks_cover_every_row_once_in_key_order_each_in_a_transaction_of_its_own() {
+    let fresh = fresh_db("runs_reader").await;
     let url = fresh.url();
     fresh
         .psql(
@@ -32,21 +51,43 @@ async fn pages_cover_every_row_once_in_key_order_within_one_snapshot() {
         )
         .await;
     let client = pg::connect(&url, "test").await.unwrap();
-    let mut snap = Snapshot::open(client, &table("t"), None, 700)
-        .await
-        .unwrap();
-    // Rows written after the snapshot began are not in it.
+    let mut reader = TableReader::open(client, &table("t"), None).await.unwrap();
+    // The first chunk's transaction sees what was committed before it only;
+    // a row committed after it, past its keys, is read by a later chunk.
+    let first = reader.read_chunk(&Start::First, 700).await.unwrap();
     let other = pg::connect(&url, "writer").await.unwrap();
     other
         .batch_execute("INSERT INTO t VALUES (99999, 'late', 1, '{}')")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    let mut pages = 0;
-    while let Some(page) = snap.next_page().await.unwrap() {
+    assert_eq!(first.rows.len(), 700);
+    reader.finish_chunk(None).await.unwrap();
+    let open = fresh
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'test' AND xact_start IS NOT NULL")
+        .await;
+    assert_eq!(open.trim(), "0", "no transaction outlives its chunk");
+    let mut seen: Vec<(i64, String)> = first
+        .rows
+        .iter()
+        .map(|r| json(&r.event))
+        .map(|j| {
+            (
+                j["new"]["a"].as_i64().unwrap(),
+                j["new"]["b"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut start = Start::After(first.last_key.clone().unwrap());
+    let mut pages = 1;
+    loop {
+        let chunk = reader.read_chunk(&start, 700).await.unwrap();
+        reader.finish_chunk(None).await.unwrap();
+        if chunk.rows.is_empty() {
+            break;
+        }
         pages += 1;
-        for event in page {
-            let json = json(&event);
+        for row in &chunk.rows {
+            let json = json(&row.event);
             assert_eq!(json["op"], "read");
             assert!(json["old"].is_null());
             let new = &json["new"];
@@ -59,14 +100,44 @@ async fn pages_cover_every_row_once_in_key_order_within_one_snapshot() {
                 assert_eq!(new["v"].to_string(), "4.5");
             }
         }
+        if chunk.rows.len() < 700 {
+            break;
+        }
+        start = Start::After(chunk.last_key.unwrap());
     }
     assert_eq!(pages, 4);
-    assert_eq!(seen.len(), 2500, "every row once, the late row not at all");
+    assert_eq!(seen.len(), 2501, "every row once, the late row too");
     let mut sorted = seen.clone();
     sorted.sort();
     sorted.dedup();
     assert_eq!(seen, sorted, "primary-key order, no duplicates");
-    snap.finish().await;
+    // A run may start at a key.
+    let from = reader
+        .read_chunk(&Start::At(vec![Some("800".into()), Some("k1".into())]), 2)
+        .await
+        .unwrap();
+    reader.finish_chunk(None).await.unwrap();
+    let keys: Vec<Value> = from
+        .rows
+        .iter()
+        .map(|r| json(&r.event)["new"].clone())
+        .collect();
+    assert_eq!(
+        (keys[0]["a"].as_i64(), keys[0]["b"].as_str()),
+        (Some(800), Some("k1"))
+    );
+    assert_eq!(
+        (keys[1]["a"].as_i64(), keys[1]["b"].as_str()),
+        (Some(800), Some("k2"))
+    );
+    let wrong = reader
+        .read_chunk(&Start::At(vec![Some("1".into())]), 2)
+        .await;
+    assert!(
+        matches!(wrong, Err(SnapshotError::From(_))),
+        "a key of the wrong width is named"
+    );
+    reader.finish().await;
 }
 
 #[tokio::test]
@@ -85,7 +156,7 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
         )
         .await;
     let client = pg::connect(&url, "test").await.unwrap();
-    let err = Snapshot::open(client, &table("nokey"), None, 100)
+    let err = TableReader::open(client, &table("nokey"), None)
         .await
         .err()
         .unwrap();
@@ -93,23 +164,19 @@ async fn a_table_without_primary_key_is_refused_and_rls_applies_to_run_as() {
     assert!(err.to_string().contains("ADD PRIMARY KEY"), "{err}");
 
     let client = pg::connect(&url, "test").await.unwrap();
-    let mut snap = Snapshot::open(client, &table("accounts"), Some("runs_acme"), 10)
+    let mut reader = TableReader::open(client, &table("accounts"), Some("runs_acme"))
         .await
         .unwrap();
     let mut count = 0;
-    while let Some(page) = snap.next_page().await.unwrap() {
+    for page in chunks(&mut reader, 10).await {
         for event in page {
             assert_eq!(json(&event)["new"]["tenant"], "acme");
             count += 1;
         }
     }
     assert_eq!(count, 25, "the role sees only its tenant's rows");
-    let client = snap.finish().await;
-    let snap = Snapshot::open(client, &table("accounts"), Some("runs_acme"), 10)
-        .await
-        .unwrap();
     assert_eq!(
-        snap.estimate(COUNT_UP_TO_BYTES).await,
+        reader.estimate(COUNT_UP_TO_BYTES).await,
         Some(25),
         "counted as the role"
     );
@@ -127,29 +194,22 @@ async fn the_estimate_counts_a_small_table_and_uses_statistics_for_a_large_one()
         )
         .await;
     let client = pg::connect(&url, "test").await.unwrap();
-    let snap = Snapshot::open(client, &table("e"), None, 1000)
-        .await
-        .unwrap();
-    assert_eq!(snap.estimate(COUNT_UP_TO_BYTES).await, Some(3000));
+    let reader = TableReader::open(client, &table("e"), None).await.unwrap();
+    assert_eq!(reader.estimate(COUNT_UP_TO_BYTES).await, Some(3000));
     // Counting off: a table never analyzed has no estimate.
-    assert_eq!(snap.estimate(0).await, None);
-    snap.finish().await;
+    assert_eq!(reader.estimate(0).await, None);
+    reader.finish().await;
 
     fresh
         .psql("ANALYZE e; DELETE FROM e WHERE id > 2000;")
         .await;
     let client = pg::connect(&url, "test").await.unwrap();
-    let mut snap = Snapshot::open(client, &table("e"), None, 1000)
-        .await
-        .unwrap();
-    assert_eq!(snap.estimate(COUNT_UP_TO_BYTES).await, Some(2000));
+    let mut reader = TableReader::open(client, &table("e"), None).await.unwrap();
+    assert_eq!(reader.estimate(COUNT_UP_TO_BYTES).await, Some(2000));
     // The statistics are older than the delete: the run reads fewer rows.
-    assert_eq!(snap.estimate(0).await, Some(3000));
-    // The estimate leaves the snapshot usable.
-    let mut rows = 0;
-    while let Some(page) = snap.next_page().await.unwrap() {
-        rows += page.len();
-    }
+    assert_eq!(reader.estimate(0).await, Some(3000));
+    // The estimate leaves the reader usable.
+    let rows: usize = chunks(&mut reader, 1000).await.iter().map(Vec::len).sum();
     assert_eq!(rows, 2000);
 }
 
@@ -164,8 +224,8 @@ async fn values_read_the_way_replication_sends_them() {
         )
         .await;
     let client = pg::connect(&url, "test").await.unwrap();
-    let mut snap = Snapshot::open(client, &table("v"), None, 10).await.unwrap();
-    let page = snap.next_page().await.unwrap().unwrap();
+    let mut reader = TableReader::open(client, &table("v"), None).await.unwrap();
+    let page = chunks(&mut reader, 10).await.remove(0);
     let rows: Vec<Value> = page.iter().map(|e| json(e)["new"].clone()).collect();
     assert_eq!(rows[0]["ok"], true);
     assert_eq!(rows[1]["ok"], false);
