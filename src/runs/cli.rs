@@ -279,14 +279,10 @@ async fn slot_streamed(config: &Config) -> Option<i32> {
     let client = crate::pg::connect(config.source.url.expose(), "walhook-run")
         .await
         .ok()?;
-    let row = client
-        .query_opt(
-            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1 AND active",
-            &[&config.source.slot],
-        )
+    let slot = crate::pg::slot::read(&client, &config.source.slot)
         .await
         .ok()??;
-    row.get::<_, Option<i32>>(0)
+    slot.active.then_some(slot.active_pid).flatten()
 }
 
 /// Runs the strategy once, printing progress; an error also when records

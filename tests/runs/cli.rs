@@ -302,3 +302,35 @@ async fn without_a_terminal_run_strategy_logs_plain_progress_lines_in_the_log_fo
         out.stdout
     );
 }
+
+/// `walhook run-strategy` while another walhook streams the slot but its
+/// admin API is not where `-c` says: the CLI names the walsender streaming
+/// the slot (read through `pg::slot`) and starts nothing of its own.
+#[tokio::test]
+async fn run_strategy_refuses_when_a_walhook_streams_the_slot_out_of_reach() {
+    let (db, receiver, config) = seeded("runs_cli_elsewhere").await;
+    let walhook = super::start_streaming(&config, &db, "runs_cli_elsewhere").await;
+    let elsewhere = config.replace(
+        "[admin]\nlisten = \"127.0.0.1:",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{}\"\n# was 127.0.0.1:",
+            crate::support::free_port()
+        ),
+    );
+    assert_ne!(elsewhere, config);
+    let out = run_strategy(&elsewhere, &["seed"]).await;
+    assert_ne!(out.code(), Some(0), "{}", out.stderr);
+    let pid = db
+        .psql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'runs_cli_elsewhere'")
+        .await;
+    let pid = pid.trim();
+    assert!(
+        out.stderr
+            .contains("a walhook streams from slot runs_cli_elsewhere")
+            && out.stderr.contains(&format!("walsender pid {pid}")),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(receiver.arrivals(), 0, "the CLI sent nothing");
+    walhook.stop().await;
+}
