@@ -138,7 +138,7 @@ enum Command {
     /// Receive webhooks: check credentials and signatures, print batches (for receivers' developers and benchmarks).
     Receive {
         /// The address to listen on; port 0 picks a free one (printed at start).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "WALHOOK_RECEIVE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// The signature format to verify, as the endpoint's `signing.format`.
         #[arg(long, value_enum, default_value_t = FormatArg::StandardWebhooks)]

@@ -129,6 +129,7 @@ fn the_shipped_example_config_is_valid() {
     let text = std::fs::read_to_string(path).unwrap();
     let env = |name: &str| match name {
         "WALHOOK_DATABASE_URL" => Some("postgres://walhook@127.0.0.1:5432/shop".to_string()),
+        "ORDERS_WHSEC" => Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()),
         _ => None,
     };
     let config = Config::parse(&text, &env).unwrap_or_else(|errors| panic!("{errors}"));

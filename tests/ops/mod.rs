@@ -10,6 +10,7 @@ mod commands;
 mod console;
 mod deploy;
 mod e2e;
+mod first_hour;
 mod least_privilege;
 mod pauses;
 mod reload;
