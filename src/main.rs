@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use walhook::config::{Config, HmacAlgorithm, SignatureEncoding, SigningFormat};
-use walhook::error::{Error, EXIT_RUNTIME};
+use walhook::error::{Error, EXIT_CONFIG, EXIT_RUNTIME};
 use walhook::{app, demo, ops, receive, runs, stdout_sink};
 
 /// The environment variable holding the log filter.
@@ -66,6 +66,13 @@ enum Command {
         /// Print batches to stdout instead of sending them.
         #[arg(long)]
         stdout: bool,
+        /// After a failure restarting cannot fix (exit code 2: a lost
+        /// slot, a database that does not match the configuration), keep
+        /// the admin server answering (/healthz 200, /readyz 503 with the
+        /// error, /status) until SIGTERM, then exit 2: for orchestrators
+        /// that restart every container that exits (Kubernetes).
+        #[arg(long)]
+        hold_unrecoverable: bool,
     },
     /// Preflight: server settings, role, publication, slot, replica identity, endpoints.
     Check {
@@ -277,6 +284,7 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
         Command::Run {
             config: path,
             stdout,
+            hold_unrecoverable,
         } => {
             let config = load_config(&path)?;
             until_signal(|shutdown| async move {
@@ -287,7 +295,15 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
                         path: Some(path),
                         signals: Some(spawn_sighup_handler().map_err(Error::Signals)?),
                     };
-                    app::run_with(config, reload, shutdown).await?;
+                    let held = hold_unrecoverable.then(|| config.clone());
+                    if let Err(err) = app::run_with(config, reload, shutdown.clone()).await {
+                        let err = Error::from(err);
+                        if let Some(config) = held.filter(|_| err.exit_code() == EXIT_CONFIG) {
+                            tracing::warn!("holding until SIGTERM (--hold-unrecoverable): /readyz answers 503 with the error");
+                            app::hold(&config, err.to_string(), shutdown).await?;
+                        }
+                        return Err(err);
+                    }
                 }
                 Ok(())
             })

@@ -25,6 +25,7 @@ mod auth;
 mod dead_letters;
 mod parking;
 mod runs;
+mod slot;
 mod ui;
 
 use std::net::SocketAddr;
@@ -51,8 +52,9 @@ use crate::config::{Config, Secret};
 use crate::delivery::{EntryKind, StrategyStatus as WorkerStatus, WorkerHandles};
 pub use crate::health::StrategyState;
 use crate::health::{self, Health, Readiness, StrategyHealth};
+use crate::pg::slot::SlotWatch;
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
-use crate::source::{SourceState, SourceStatus};
+use crate::source::{LossReport, SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
 /// Why the admin server could not run.
@@ -377,6 +379,13 @@ pub trait Control: Send + Sync + 'static {
     }
 }
 
+/// The slot watcher's reads (see `source::SlotWatcher`).
+#[derive(Clone, Debug)]
+pub struct SlotFeed {
+    reads: watch::Receiver<SlotWatch>,
+    losses: watch::Receiver<Option<LossReport>>,
+}
+
 /// Everything the admin server reads and calls. Build it with
 /// `AdminState::new` and the `with_*` methods.
 #[derive(Clone)]
@@ -398,6 +407,9 @@ pub struct AdminState {
     /// The console's masked configuration and endpoint stats; `None` =
     /// `/config` and `/endpoints` show nothing.
     pub console: Option<Arc<dyn ConsoleSource>>,
+    /// The slot watcher's reads, for `/status`'s `replication_slot`;
+    /// `None` = not shown.
+    pub slot_watch: Option<SlotFeed>,
     /// The delivery workers (holds, parked work); `None` = those
     /// endpoints answer 503.
     pub workers: Option<WorkerHandles>,
@@ -431,6 +443,7 @@ impl AdminState {
             token: config.admin.token.clone(),
             prom,
             console: Some(Arc::new(Console::new(config, Vec::new()))),
+            slot_watch: None,
             workers: None,
         }
     }
@@ -438,6 +451,16 @@ impl AdminState {
     /// Sets the delivery workers' handles (holds, parked work).
     pub(crate) fn with_workers(mut self, workers: WorkerHandles) -> Self {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Sets the slot watcher's reads shown in `/status`.
+    pub(crate) fn with_slot(
+        mut self,
+        reads: watch::Receiver<SlotWatch>,
+        losses: watch::Receiver<Option<LossReport>>,
+    ) -> Self {
+        self.slot_watch = Some(SlotFeed { reads, losses });
         self
     }
 
@@ -700,6 +723,10 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     }
     if let Some(config) = state.control.as_ref().and_then(|c| c.config_status()) {
         doc["config"] = config;
+    }
+    if let Some(slot) = &state.slot_watch {
+        doc["replication_slot"] =
+            slot::slot_json(&slot.reads.borrow(), slot.losses.borrow().as_ref());
     }
     Json(doc)
 }

@@ -181,7 +181,7 @@ async fn the_least_privileged_role_runs_after_the_admin_ran_the_printed_setup_sq
     let stdout = check_is_clean(&config).await;
     assert!(
         stdout.contains(&format!(
-            "ok    state: state schema walhook in database {}: role lp_print_app may read and write its 6 tables",
+            "ok    state: state schema walhook in database {}: role lp_print_app may read and write its 7 tables",
             db.name()
         )),
         "{stdout}"
@@ -419,7 +419,7 @@ async fn with_the_state_in_another_database_the_role_writes_nothing_on_the_sourc
     let stdout = check_is_clean(&config).await;
     assert!(
         stdout.contains(&format!(
-            "ok    state: state schema wh_state in database {}: role lp_src_app may read and write its 6 tables",
+            "ok    state: state schema wh_state in database {}: role lp_src_app may read and write its 7 tables",
             state.name()
         )),
         "{stdout}"

@@ -15,3 +15,4 @@ mod least_privilege;
 mod pauses;
 mod reload;
 mod replay;
+mod slot_loss;
