@@ -74,10 +74,11 @@ fn accepted_keys(placeholder: &str, auth: &str) -> Vec<String> {
         .find(|l| l.contains("zz_unknown_key"))
         .unwrap_or_else(|| panic!("{placeholder}/{auth}: no unknown-key error in {errors}"));
     let list = line
-        .split_once("expected one of ")
-        .or_else(|| line.split_once("expected "))
+        .split_once("allowed here: ")
         .unwrap_or_else(|| panic!("no key list in {line}"))
-        .1;
+        .1
+        .trim_end()
+        .trim_end_matches(')');
     list.replace(" or ", ",")
         .split(',')
         .map(|k| k.trim().trim_matches('`').to_string())

@@ -6,6 +6,7 @@
 mod admin;
 mod admin_fuzz;
 mod attach;
+mod check_admin;
 mod commands;
 mod console;
 mod deploy;
