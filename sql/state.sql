@@ -84,11 +84,12 @@ CREATE TABLE IF NOT EXISTS :"state_schema".batches (
     last_record_id  text        NOT NULL,  -- the last records[].id
     last_lsn        pg_lsn      NOT NULL,  -- commit LSN of the last record
     created_at      timestamptz NOT NULL DEFAULT now(),
-    records         text,                  -- every record id when not a range (ordering = "key")
     PRIMARY KEY (strategy, batch_id)
 );
 
--- Added with ordering = "key"; a no-op where the table has it.
+-- Every record id when not a range (ordering = "key"). Added here, not
+-- above, so a fresh database gets no "already exists, skipping" notice and
+-- a schema made before ordering = "key" gets the column.
 ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
 
 -- Strategies paused through the admin API (POST /strategies/{name}/pause).

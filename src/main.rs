@@ -87,7 +87,8 @@ enum Command {
         no_network: bool,
         /// Print what reloading -c would change in a walhook running FILE (strategies added,
         /// removed, changed; endpoints; settings that need a restart) instead of the checks.
-        /// Exit 0: a reload applies it; 2: -c is invalid; 3: it needs a restart.
+        /// Offline: the files only, not the database (a reload may still refuse what the database
+        /// lacks). Exit 0: no restart needed; 2: -c is invalid; 3: it needs a restart.
         #[arg(long, value_name = "FILE")]
         diff: Option<PathBuf>,
     },
@@ -145,7 +146,7 @@ enum Command {
     /// Receive webhooks: check credentials and signatures, print batches (for receivers' developers and benchmarks).
     Receive {
         /// The address to listen on; port 0 picks a free one (printed at start).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "WALHOOK_RECEIVE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// The signature format to verify, as the endpoint's `signing.format`.
         #[arg(long, value_enum, default_value_t = FormatArg::StandardWebhooks)]
@@ -318,12 +319,25 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
             let new = load_config(&config)?;
             let running = load_config(&running)?;
             let plan = walhook::reload::Plan::between(&running, &new);
+            // Only the two files are compared: what the running walhook
+            // checks against the database at reload is not known here.
+            const OFFLINE: &str = "compared offline (the two files, not the database): the \
+                running walhook checks the new strategies against the database when it reloads \
+                and may still refuse them; `walhook check -c NEW` runs those checks";
             if json {
+                let mut doc = serde_json::to_value(&plan).map_err(|e| Error::Runtime(e.into()))?;
+                if let Some(doc) = doc.as_object_mut() {
+                    doc.insert("offline".into(), serde_json::Value::Bool(true));
+                    doc.insert("note".into(), OFFLINE.into());
+                }
                 let doc =
-                    serde_json::to_string_pretty(&plan).map_err(|e| Error::Runtime(e.into()))?;
+                    serde_json::to_string_pretty(&doc).map_err(|e| Error::Runtime(e.into()))?;
                 println!("{doc}");
             } else {
                 print!("{plan}");
+                if !plan.is_empty() && plan.refused.is_empty() {
+                    println!("{OFFLINE}");
+                }
             }
             match plan.refused.len() {
                 0 => Ok(()),

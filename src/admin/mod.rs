@@ -490,11 +490,15 @@ impl AdminState {
     }
 }
 
-/// Binds the admin address.
+/// Binds the admin address, and logs it once: the socket outlives the
+/// servers [`serve`] runs on it one after the other (early, then full).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| AdminError::Bind { addr, source })
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%addr, "admin server listening");
+    Ok(listener)
 }
 
 /// A second handle on the same listening socket: a server stopped on one
@@ -520,7 +524,7 @@ pub async fn serve(
     if !addr.ip().is_loopback() && state.token.is_none() {
         return Err(AdminError::Unprotected(addr));
     }
-    tracing::info!(%addr, api = state.token.is_some(), "admin server listening");
+    tracing::debug!(%addr, api = state.token.is_some(), "admin server serving");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

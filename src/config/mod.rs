@@ -21,6 +21,7 @@ mod endpoint;
 mod error;
 mod interpolate;
 mod masked;
+mod messages;
 mod secret;
 mod signing_key;
 mod strategy;
@@ -662,10 +663,10 @@ fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Att
                 | serde_path_to_error::Segment::Unknown => {}
             }
         }
-        let message = err.into_inner().message().to_string();
+        let raw = err.into_inner().message().to_string();
+        let message = messages::humane(&raw);
         let quoted = |prefix: &str| {
-            message
-                .strip_prefix(prefix)
+            raw.strip_prefix(prefix)
                 .and_then(|rest| rest.split('`').next())
                 .map(str::to_string)
         };

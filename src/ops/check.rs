@@ -21,6 +21,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+mod admin;
+
 use super::tables;
 use crate::config::{Config, TableName};
 use crate::decode::ReplicaIdentity;
@@ -179,6 +181,7 @@ pub(crate) async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
             .fix("check source.url, that the server runs and that pg_hba.conf admits this host and role"),
         ),
     }
+    admin::admin(config, &mut findings).await;
     if opts.network {
         endpoints(config, &mut findings).await;
     } else {

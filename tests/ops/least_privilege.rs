@@ -156,6 +156,15 @@ async fn run_streams_and_writes_state_in(
     );
     let stderr = running.stop().await;
     assert!(!stderr.contains("permission denied"), "{stderr}");
+    // `broken` allows one attempt: it is logged as the dead letter it leads to.
+    let last = stderr
+        .lines()
+        .find(|l| l.contains("delivery attempt failed") && l.contains("strategy=big"))
+        .unwrap_or_else(|| panic!("no failed attempt of big logged:\n{stderr}"));
+    assert!(
+        last.contains("decision=\"dead_letter\"") || last.contains("decision=dead_letter"),
+        "{last}"
+    );
 }
 
 /// The reproduction: README's role, the printed setup SQL run by
