@@ -15,7 +15,7 @@ mod slot;
 pub use names::EVENTS_TOTAL;
 pub(crate) use slot::spawn_slot_metrics;
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -47,6 +47,7 @@ pub enum TelemetryError {
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Installs the process-wide Prometheus recorder (histograms as buckets:
 /// `SECONDS_BUCKETS` for `*_seconds`, `RECORD_BUCKETS` for
@@ -56,9 +57,14 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    // Two racing first calls: the loser's install fails; it then returns the
-    // winner's handle.
-    let result = PrometheusBuilder::new()
+    // One install at a time: a racing first call waits, then takes the
+    // winner's handle (without this lock it could find the global recorder
+    // installed but `HANDLE` not yet set, and fail).
+    let _one = INSTALL.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &SECONDS_BUCKETS)
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -66,15 +72,9 @@ pub fn install_recorder() -> Result<PrometheusHandle, TelemetryError> {
                 &RECORD_BUCKETS,
             )
         })
-        .map_err(|err| TelemetryError::Install(err.to_string()))?
-        .install_recorder();
-    let handle = match result {
-        Ok(handle) => HANDLE.get_or_init(|| handle).clone(),
-        Err(err) => match HANDLE.get() {
-            Some(handle) => return Ok(handle.clone()),
-            None => return Err(TelemetryError::Install(err.to_string())),
-        },
-    };
+        .and_then(|b| b.install_recorder())
+        .map_err(|err| TelemetryError::Install(err.to_string()))?;
+    let handle = HANDLE.get_or_init(|| handle).clone();
     describe();
     metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(handle)

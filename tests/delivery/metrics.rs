@@ -3,6 +3,8 @@
 //! process (other tests record too; the strategy name here is this test's
 //! own).
 
+use std::time::Duration;
+
 use walhook::lsn::Lsn;
 
 use super::{rec, Setup};
@@ -16,6 +18,10 @@ async fn batches_attempts_and_latencies_are_counted_per_strategy() {
     rx.fail_next(1, 502);
     let w = Setup {
         name: "metered".into(),
+        // The two records are one batch because it is full, never because
+        // both arrived within linger (a loaded machine split them in two).
+        batch_size: 2,
+        linger: Duration::from_secs(3600),
         ..Setup::default()
     }
     .start(&rx.url("/hook"));
