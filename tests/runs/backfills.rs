@@ -257,9 +257,9 @@ async fn a_runs_rows_are_the_values_the_stream_sends_for_every_type() {
         .await;
     scene
         .db
-        .psql(&format!(
-            "GRANT SELECT ON all_types TO bf_types_app; ALTER PUBLICATION bf_types ADD TABLE all_types;"
-        ))
+        .psql(
+            "GRANT SELECT ON all_types TO bf_types_app; ALTER PUBLICATION bf_types ADD TABLE all_types;",
+        )
         .await;
     let config = format!(
         "{}\n[[strategies]]\nname = \"types\"\ntable = \"public.all_types\"\nendpoint = \"hook\"\n\
