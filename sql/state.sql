@@ -84,11 +84,12 @@ CREATE TABLE IF NOT EXISTS :"state_schema".batches (
     last_record_id  text        NOT NULL,  -- the last records[].id
     last_lsn        pg_lsn      NOT NULL,  -- commit LSN of the last record
     created_at      timestamptz NOT NULL DEFAULT now(),
-    records         text,                  -- every record id when not a range (ordering = "key")
     PRIMARY KEY (strategy, batch_id)
 );
 
--- Added with ordering = "key"; a no-op where the table has it.
+-- Every record id when not a range (ordering = "key"). Added here, not
+-- above, so a fresh database gets no "already exists, skipping" notice and
+-- a schema made before ordering = "key" gets the column.
 ALTER TABLE :"state_schema".batches ADD COLUMN IF NOT EXISTS records text;
 
 -- Strategies paused through the admin API (POST /strategies/{name}/pause).
@@ -140,6 +141,28 @@ CREATE TABLE IF NOT EXISTS :"state_schema".holds (
     strategy    text        PRIMARY KEY,  -- the [[strategies]] name
     reason      text        NOT NULL,     -- why it is held (shown in /status)
     held_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- The replication slot walhook streams from, as walhook recorded it: the
+-- cluster (system identifier, timeline) and the last position walhook let
+-- Postgres confirm. walhook writes confirmed_lsn before a standby status
+-- carries a position, so Postgres never confirms more than is written here:
+-- a slot of this name whose confirmed_flush_lsn is past confirmed_lsn was
+-- dropped and created again, and what was committed in between is lost.
+-- A slot recorded here that is missing, invalidated or replaced is never
+-- recreated silently (README, "Slot loss"). `walhook teardown` deletes the
+-- row. lost_* describe a loss being repaired (on_slot_lost = "resync")
+-- until the backfills that repair it are under way.
+CREATE TABLE IF NOT EXISTS :"state_schema".slots (
+    slot_name     text        PRIMARY KEY,  -- source.slot
+    system_id     text        NOT NULL,     -- the cluster's system identifier
+    timeline      integer     NOT NULL,     -- its timeline when last recorded
+    confirmed_lsn pg_lsn      NOT NULL,     -- the highest position walhook acknowledged
+    lost_kind     text,                     -- missing, invalidated, replaced, other_cluster
+    lost_after    pg_lsn,                   -- the lost range: (lost_after, lost_through]
+    lost_through  pg_lsn,
+    lost_at       timestamptz,
+    updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
 -- What the role walhook runs as needs here, and nothing more. (ALL TABLES

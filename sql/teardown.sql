@@ -36,6 +36,11 @@ SELECT format('DROP PUBLICATION IF EXISTS %I', :'publication')
 \else
 \set state_schema walhook
 \endif
+
+-- walhook's record of the slot: a slot dropped on purpose is not a lost one.
+SELECT format('DELETE FROM %I.slots WHERE slot_name = %L', :'state_schema', :'slot')
+WHERE to_regclass(format('%I.slots', :'state_schema')) IS NOT NULL
+\gexec
 \if :{?drop_state}
 DROP SCHEMA IF EXISTS :"state_schema" CASCADE;
 \endif

@@ -264,9 +264,17 @@ async fn script(
         let seen = printer.seen.lock().unwrap_or_else(|e| e.into_inner());
         for (strategy, _) in expected {
             say(&format!(
-                "  {strategy:<15} {} records in {} batches, every signature valid",
-                seen.records.get(strategy).copied().unwrap_or(0),
-                seen.batches.get(strategy).copied().unwrap_or(0)
+                "  {strategy:<15} {} in {}, every signature valid",
+                crate::words::count(
+                    seen.records.get(strategy).copied().unwrap_or(0),
+                    "record",
+                    "records"
+                ),
+                crate::words::count(
+                    seen.batches.get(strategy).copied().unwrap_or(0),
+                    "batch",
+                    "batches"
+                )
             ));
         }
         if seen.rejected > 0 {

@@ -25,8 +25,9 @@ use crate::stdout_sink::StdoutError;
 
 /// Exit code for a failure at run time.
 pub const EXIT_RUNTIME: u8 = 1;
-/// Exit code for a bad configuration or usage (clap also uses 2).
-const EXIT_CONFIG: u8 = 2;
+/// Exit code for what restarting will not fix: a bad configuration or
+/// usage (clap also uses 2), a database that does not match it, a lost slot.
+pub const EXIT_CONFIG: u8 = 2;
 /// Exit code of `check --diff` when a reload would refuse the change.
 const EXIT_NEEDS_RESTART: u8 = 3;
 
@@ -101,7 +102,14 @@ impl Error {
         let must_change_first = match self {
             Error::NeedsRestart { .. } => return EXIT_NEEDS_RESTART,
             Error::Logging { .. } | Error::Config { .. } => true,
-            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) | Error::Ops(_) => false,
+            Error::Ops(err) => matches!(
+                **err,
+                OpsError::CheckFailed {
+                    slot_lost: true,
+                    ..
+                }
+            ),
+            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) => false,
             Error::Run(err) => {
                 matches!(
                     **err,
@@ -112,6 +120,11 @@ impl Error {
                         | AppError::Worker(_)
                 ) || matches!(&**err, AppError::State(state) if state.needs_setup())
                     || matches!(&**err, AppError::Catalog(schema) if schema.needs_change())
+                    || matches!(
+                        &**err,
+                        AppError::Source(crate::source::SourceError::SlotLost(_))
+                            | AppError::Resync(_)
+                    )
             }
             Error::RunStrategy(err) => {
                 matches!(
@@ -213,7 +226,10 @@ mod tests {
             }),
             Error::from(StdoutError::Write(io("broken pipe"))),
             Error::from(OpsError::Refused("slot s is active".into())),
-            Error::from(OpsError::CheckFailed { errors: 2 }),
+            Error::from(OpsError::CheckFailed {
+                errors: 2,
+                slot_lost: false,
+            }),
             Error::from(CliError::Failed { id: 7, failed: 3 }),
             Error::from(CliError::Run(RunError::WorkerStopped)),
             // The demo's own pipeline failing is the demo failing at run time.

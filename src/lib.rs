@@ -107,3 +107,4 @@ pub mod stdout_sink;
 pub mod strategy;
 pub mod telemetry;
 pub(crate) mod timestamp;
+pub(crate) mod words;

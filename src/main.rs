@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use walhook::config::{Config, HmacAlgorithm, SignatureEncoding, SigningFormat};
-use walhook::error::{Error, EXIT_RUNTIME};
+use walhook::error::{Error, EXIT_CONFIG, EXIT_RUNTIME};
 use walhook::{app, demo, ops, receive, runs, stdout_sink};
 
 /// The environment variable holding the log filter.
@@ -66,6 +66,13 @@ enum Command {
         /// Print batches to stdout instead of sending them.
         #[arg(long)]
         stdout: bool,
+        /// After a failure restarting cannot fix (exit code 2: a lost
+        /// slot, a database that does not match the configuration), keep
+        /// the admin server answering (/healthz 200, /readyz 503 with the
+        /// error, /status) until SIGTERM, then exit 2: for orchestrators
+        /// that restart every container that exits (Kubernetes).
+        #[arg(long)]
+        hold_unrecoverable: bool,
     },
     /// Preflight: server settings, role, publication, slot, replica identity, endpoints.
     Check {
@@ -80,7 +87,8 @@ enum Command {
         no_network: bool,
         /// Print what reloading -c would change in a walhook running FILE (strategies added,
         /// removed, changed; endpoints; settings that need a restart) instead of the checks.
-        /// Exit 0: a reload applies it; 2: -c is invalid; 3: it needs a restart.
+        /// Offline: the files only, not the database (a reload may still refuse what the database
+        /// lacks). Exit 0: no restart needed; 2: -c is invalid; 3: it needs a restart.
         #[arg(long, value_name = "FILE")]
         diff: Option<PathBuf>,
     },
@@ -138,7 +146,7 @@ enum Command {
     /// Receive webhooks: check credentials and signatures, print batches (for receivers' developers and benchmarks).
     Receive {
         /// The address to listen on; port 0 picks a free one (printed at start).
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        #[arg(long, env = "WALHOOK_RECEIVE_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// The signature format to verify, as the endpoint's `signing.format`.
         #[arg(long, value_enum, default_value_t = FormatArg::StandardWebhooks)]
@@ -277,6 +285,7 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
         Command::Run {
             config: path,
             stdout,
+            hold_unrecoverable,
         } => {
             let config = load_config(&path)?;
             until_signal(|shutdown| async move {
@@ -287,7 +296,15 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
                         path: Some(path),
                         signals: Some(spawn_sighup_handler().map_err(Error::Signals)?),
                     };
-                    app::run_with(config, reload, shutdown).await?;
+                    let held = hold_unrecoverable.then(|| config.clone());
+                    if let Err(err) = app::run_with(config, reload, shutdown.clone()).await {
+                        let err = Error::from(err);
+                        if let Some(config) = held.filter(|_| err.exit_code() == EXIT_CONFIG) {
+                            tracing::warn!("holding until SIGTERM (--hold-unrecoverable): /readyz answers 503 with the error");
+                            app::hold(&config, err.to_string(), shutdown).await?;
+                        }
+                        return Err(err);
+                    }
                 }
                 Ok(())
             })
@@ -302,12 +319,25 @@ fn execute(command: Command, log_format: LogFormat) -> Result<(), Error> {
             let new = load_config(&config)?;
             let running = load_config(&running)?;
             let plan = walhook::reload::Plan::between(&running, &new);
+            // Only the two files are compared: what the running walhook
+            // checks against the database at reload is not known here.
+            const OFFLINE: &str = "compared offline (the two files, not the database): the \
+                running walhook checks the new strategies against the database when it reloads \
+                and may still refuse them; `walhook check -c NEW` runs those checks";
             if json {
+                let mut doc = serde_json::to_value(&plan).map_err(|e| Error::Runtime(e.into()))?;
+                if let Some(doc) = doc.as_object_mut() {
+                    doc.insert("offline".into(), serde_json::Value::Bool(true));
+                    doc.insert("note".into(), OFFLINE.into());
+                }
                 let doc =
-                    serde_json::to_string_pretty(&plan).map_err(|e| Error::Runtime(e.into()))?;
+                    serde_json::to_string_pretty(&doc).map_err(|e| Error::Runtime(e.into()))?;
                 println!("{doc}");
             } else {
                 print!("{plan}");
+                if !plan.is_empty() && plan.refused.is_empty() {
+                    println!("{OFFLINE}");
+                }
             }
             match plan.refused.len() {
                 0 => Ok(()),

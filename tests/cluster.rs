@@ -188,7 +188,7 @@ async fn setup_and_teardown_scripts_create_and_drop_what_they_say() {
     assert_eq!(
         grants,
         "batches:postgres:true,dead_letters:postgres:true,holds:postgres:true,parked:postgres:true,\
-         pauses:postgres:true,runs:postgres:true"
+         pauses:postgres:true,runs:postgres:true,slots:postgres:true"
     );
     cluster
         .psql(

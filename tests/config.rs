@@ -49,7 +49,7 @@ on_delete = "${ITEMS_FILTER}"
     assert_eq!(out.code(), Some(2), "stderr: {err}");
     for expected in [
         "config.toml has 4 problems",
-        "strategies[0].on_updat: unknown field",
+        "strategies[0].on_updat: unknown key `on_updat`: did you mean `on_update`?",
         "strategies[1].endpoint: no endpoint named \"nowhere\"",
         "strategies[1].on_delete: environment variable ITEMS_FILTER is not set",
         "endpoints.hook.timeout: invalid duration \"soon\"",

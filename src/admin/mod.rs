@@ -25,6 +25,7 @@ mod auth;
 mod dead_letters;
 mod parking;
 mod runs;
+mod slot;
 mod ui;
 
 use std::net::SocketAddr;
@@ -51,8 +52,9 @@ use crate::config::{Config, Secret};
 use crate::delivery::{EntryKind, StrategyStatus as WorkerStatus, WorkerHandles};
 pub use crate::health::StrategyState;
 use crate::health::{self, Health, Readiness, StrategyHealth};
+use crate::pg::slot::SlotWatch;
 use crate::reload::{Outcome as ReloadOutcome, ReloadResult};
-use crate::source::{SourceState, SourceStatus};
+use crate::source::{LossReport, SourceState, SourceStatus};
 use crate::state::{StateError, StateStore};
 
 /// Why the admin server could not run.
@@ -377,6 +379,13 @@ pub trait Control: Send + Sync + 'static {
     }
 }
 
+/// The slot watcher's reads (see `source::SlotWatcher`).
+#[derive(Clone, Debug)]
+pub struct SlotFeed {
+    reads: watch::Receiver<SlotWatch>,
+    losses: watch::Receiver<Option<LossReport>>,
+}
+
 /// Everything the admin server reads and calls. Build it with
 /// `AdminState::new` and the `with_*` methods.
 #[derive(Clone)]
@@ -398,6 +407,9 @@ pub struct AdminState {
     /// The console's masked configuration and endpoint stats; `None` =
     /// `/config` and `/endpoints` show nothing.
     pub console: Option<Arc<dyn ConsoleSource>>,
+    /// The slot watcher's reads, for `/status`'s `replication_slot`;
+    /// `None` = not shown.
+    pub slot_watch: Option<SlotFeed>,
     /// The delivery workers (holds, parked work); `None` = those
     /// endpoints answer 503.
     pub workers: Option<WorkerHandles>,
@@ -431,6 +443,7 @@ impl AdminState {
             token: config.admin.token.clone(),
             prom,
             console: Some(Arc::new(Console::new(config, Vec::new()))),
+            slot_watch: None,
             workers: None,
         }
     }
@@ -438,6 +451,16 @@ impl AdminState {
     /// Sets the delivery workers' handles (holds, parked work).
     pub(crate) fn with_workers(mut self, workers: WorkerHandles) -> Self {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Sets the slot watcher's reads shown in `/status`.
+    pub(crate) fn with_slot(
+        mut self,
+        reads: watch::Receiver<SlotWatch>,
+        losses: watch::Receiver<Option<LossReport>>,
+    ) -> Self {
+        self.slot_watch = Some(SlotFeed { reads, losses });
         self
     }
 
@@ -467,11 +490,15 @@ impl AdminState {
     }
 }
 
-/// Binds the admin address.
+/// Binds the admin address, and logs it once: the socket outlives the
+/// servers [`serve`] runs on it one after the other (early, then full).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| AdminError::Bind { addr, source })
+        .map_err(|source| AdminError::Bind { addr, source })?;
+    let addr = listener.local_addr().unwrap_or(addr);
+    tracing::info!(%addr, "admin server listening");
+    Ok(listener)
 }
 
 /// A second handle on the same listening socket: a server stopped on one
@@ -497,7 +524,7 @@ pub async fn serve(
     if !addr.ip().is_loopback() && state.token.is_none() {
         return Err(AdminError::Unprotected(addr));
     }
-    tracing::info!(%addr, api = state.token.is_some(), "admin server listening");
+    tracing::debug!(%addr, api = state.token.is_some(), "admin server serving");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -700,6 +727,10 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     }
     if let Some(config) = state.control.as_ref().and_then(|c| c.config_status()) {
         doc["config"] = config;
+    }
+    if let Some(slot) = &state.slot_watch {
+        doc["replication_slot"] =
+            slot::slot_json(&slot.reads.borrow(), slot.losses.borrow().as_ref());
     }
     Json(doc)
 }

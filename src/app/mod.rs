@@ -24,6 +24,10 @@
 
 mod live;
 mod reloader;
+mod resync;
+mod slot_record;
+
+pub use resync::ResyncError;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -42,17 +46,21 @@ use crate::admin::{self, AdminError, AdminState, Console, WorkerStatuses};
 use crate::backfill::{self, Backfills};
 use crate::batch::Decorate;
 use crate::budget::Budget;
-use crate::checkpoint::{self, Checkpoint};
-use crate::config::{Config, Secret};
+use crate::checkpoint::Checkpoint;
+use crate::config::Config;
+use crate::config::OnSlotLost;
 use crate::decode::SourceEvent;
 use crate::delivery::{
     build_endpoints, DeliveryError, Endpoint, EndpointError, EndpointStats, WorkerHandles,
 };
 use crate::lsn::Lsn;
-use crate::pg::{self, ConnectError};
+use crate::pg::{self, ConnectError, SlotLoss};
 use crate::reload::{self, ReloadHandle};
 use crate::runs::{spawn_pause_sync, AppControl, Merge, RunManager, ScheduleBoard};
-use crate::source::{Backoff, Source, SourceError, SourceOptions, SourceState, SourceStatus};
+use crate::source::{
+    Backoff, LossReport, SlotWatchHandle, SlotWatcher, Source, SourceError, SourceOptions,
+    SourceState, SourceStatus,
+};
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
     self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError, SchemaProblem,
@@ -102,6 +110,8 @@ pub enum AppError {
     WorkerStopped { strategy: String },
     #[error("a pipeline task failed: {0}")]
     Task(#[from] JoinError),
+    #[error(transparent)]
+    Resync(#[from] ResyncError),
 }
 
 fn list(problems: &[SchemaProblem]) -> String {
@@ -176,21 +186,44 @@ pub async fn run_with(
         tracing::info!("walhook stopped before the database was up");
         return Ok(());
     };
+    let watcher_stop = CancellationToken::new();
+    let watcher = SlotWatcher::spawn(
+        config.source.url.expose(),
+        &config.source.slot,
+        watcher_stop.clone(),
+    )?;
+    let slot = watcher.handle();
+    // The slot walhook recorded: the slot found is judged against it, and
+    // no position reaches Postgres before it is recorded (source/gate.rs).
+    let record = pipeline
+        .state
+        .slot_record(&config.source.slot)
+        .await
+        .map_err(AppError::State)?;
+    let pending_loss = record
+        .as_ref()
+        .and_then(|r| r.loss.as_ref().map(|l| l.to_loss(&config.source.slot)));
+    let recorder = source.with_gate(record.as_ref().map_or(Lsn::ZERO, |r| r.identity.confirmed));
+    source.set_ledger(pipeline.state.clone());
+    let losses = source.losses();
+    let recorder_stop = CancellationToken::new();
+    let sink = match &config.state.url {
+        Some(_) => slot_record::Sink::Store(pipeline.state.clone()),
+        None => slot_record::Sink::Watcher {
+            watcher: watcher.handle(),
+            schema: config.state.schema.clone(),
+        },
+    };
+    let recorder = slot_record::spawn(sink, recorder, recorder_stop.clone());
     let checkpoint = Arc::new(Checkpoint::new(
         pipeline.strategies.len(),
         Lsn::ZERO,
         move |lsn| ack.ack(lsn),
     ));
-    let confirmed_stop = CancellationToken::new();
-    let (confirmed, confirmed_task) = checkpoint::watch_confirmed(
-        config.source.url.expose().to_string(),
-        config.source.slot.clone(),
-        confirmed_stop.clone(),
-    );
     let context = WorkerContext {
         checkpoint: checkpoint.clone(),
         state: pipeline.state.clone(),
-        confirmed,
+        confirmed: slot.confirmed(),
         resumed_from: source.resumed_from(),
     };
     let (workers, backfills) = Workers::start(&config, &pipeline, &context)?;
@@ -199,7 +232,11 @@ pub async fn run_with(
         &pipeline,
         &workers,
         listener,
-        source_status.clone(),
+        Feeds {
+            source: source_status.clone(),
+            slot: slot.clone(),
+            losses: losses.clone(),
+        },
         prom,
         reload_handle,
     )
@@ -222,6 +259,26 @@ pub async fn run_with(
         console: services.console.clone(),
         source: source_status.clone(),
     });
+    // A repair a previous run began and did not finish starts again.
+    let pending = match pending_loss {
+        Some(loss) if config.source.on_slot_lost == OnSlotLost::Resync => {
+            resync::start_resync_backfills(&loss, &services.runs, &pipeline.state)
+                .await
+                .err()
+                .map(AppError::from)
+        }
+        Some(loss) => Some(AppError::Source(SourceError::SlotLost(Box::new(loss)))),
+        None => None,
+    };
+    if let Some(failure) = pending {
+        reloader.stop().await;
+        services.stop().await;
+        recorder_stop.cancel();
+        let _ = recorder.await;
+        watcher_stop.cancel();
+        watcher.join().await;
+        return Err(failure);
+    }
     let mut stages = Stages::start(
         source,
         capacity,
@@ -232,19 +289,48 @@ pub async fn run_with(
         workers.tasks,
         workers.stop,
     );
-    let first = stages.until_one_stops(&shutdown, &mut reloader).await;
+    let mut repairs = Repairs {
+        losses,
+        runs: services.runs.clone(),
+        state: pipeline.state.clone(),
+    };
+    let first = stages
+        .until_one_stops(&shutdown, &mut reloader, &mut repairs)
+        .await;
     let failure = stages.stop(first).await;
     if let Some(task) = sighup {
         task.abort();
     }
     reloader.stop().await;
-    confirmed_stop.cancel();
-    let _ = confirmed_task.await;
     services.stop().await;
+    recorder_stop.cancel();
+    let _ = recorder.await;
+    watcher_stop.cancel();
+    watcher.join().await;
     // What Postgres was last told (also when this process routed nothing).
     let acked = source_status.borrow().acked_lsn;
     tracing::info!(acked_lsn = %acked, "walhook stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// After a failure restarting cannot fix: serves the admin API with the
+/// source `failed` and `error` (`/healthz` 200, `/readyz` 503 with it,
+/// `/status`) until `shutdown`, so an orchestrator that restarts every
+/// exited container (Kubernetes) does not restart walhook in a loop.
+pub async fn hold(
+    config: &Config,
+    error: String,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let prom = telemetry::install_recorder()?;
+    let listener = admin::bind(config.admin.listen).await?;
+    let (_status, source) = watch::channel(SourceStatus {
+        state: SourceState::Failed,
+        last_error: Some(error),
+        ..SourceStatus::default()
+    });
+    admin::serve(listener, AdminState::new(config, source, prom), shutdown).await?;
+    Ok(())
 }
 
 /// Everything built from the configuration before the slot is touched.
@@ -453,7 +539,15 @@ struct Services {
     pause_sync: JoinHandle<()>,
     resume_runs: JoinHandle<()>,
     upkeep: JoinHandle<()>,
-    slot_watch: JoinHandle<()>,
+    slot_metrics: JoinHandle<()>,
+}
+
+/// What the services read of the stages: the source's status and the
+/// slot watcher's reads.
+struct Feeds {
+    source: watch::Receiver<SourceStatus>,
+    slot: SlotWatchHandle,
+    losses: watch::Receiver<Option<LossReport>>,
 }
 
 impl Services {
@@ -462,10 +556,15 @@ impl Services {
         pipeline: &Pipeline,
         workers: &Workers,
         listener: TcpListener,
-        source_status: watch::Receiver<SourceStatus>,
+        feeds: Feeds,
         prom: PrometheusHandle,
         reload: ReloadHandle,
     ) -> Services {
+        let Feeds {
+            source: source_status,
+            slot,
+            losses,
+        } = feeds;
         let stop = CancellationToken::new();
         let runs = RunManager::new(
             Arc::new(config.clone()),
@@ -504,7 +603,8 @@ impl Services {
             .with_strategies(Arc::new(WorkerStatuses::new(workers.handles.clone())))
             .with_workers(workers.handles.clone())
             .with_control(control.clone())
-            .with_console(console.clone());
+            .with_console(console.clone())
+            .with_slot(slot.subscribe(), losses.clone());
         // Connects on the first request: nothing waits for it at start.
         match StateStore::for_config_unopened(config, "walhook-admin") {
             Ok(store) => admin_state = admin_state.with_dead_letters(store),
@@ -520,11 +620,7 @@ impl Services {
             ),
             resume_runs: spawn_resume_runs(runs.clone(), source_status.clone(), stop.clone()),
             upkeep: telemetry::spawn_upkeep(prom, source_status, stop.clone()),
-            slot_watch: telemetry::spawn_slot_watch(
-                Secret::new(config.source.url.expose()),
-                config.source.slot.clone(),
-                stop.clone(),
-            ),
+            slot_metrics: telemetry::spawn_slot_metrics(slot.subscribe(), losses, stop.clone()),
             runs,
             control,
             board,
@@ -540,7 +636,7 @@ impl Services {
         let _ = self.pause_sync.await;
         let _ = self.resume_runs.await;
         let _ = self.upkeep.await;
-        let _ = self.slot_watch.await;
+        let _ = self.slot_metrics.await;
     }
 }
 
@@ -601,6 +697,30 @@ enum First {
     Source(Result<Result<(), SourceError>, JoinError>),
     Router(Result<Routed, JoinError>),
     Worker(WorkerJoined),
+    /// A lost slot was replaced, and its repair could not start.
+    Resync(ResyncError),
+}
+
+/// Losses of the slot the source repaired (`on_slot_lost = "resync"`),
+/// and what starting their backfills needs.
+struct Repairs {
+    losses: watch::Receiver<Option<LossReport>>,
+    runs: RunManager,
+    state: StateStore,
+}
+
+impl Repairs {
+    /// The next repaired loss (a refused one ends the source instead).
+    async fn next(&mut self) -> Option<SlotLoss> {
+        loop {
+            self.losses.changed().await.ok()?;
+            if let Some(report) = self.losses.borrow_and_update().as_ref() {
+                if report.repaired {
+                    return Some(report.loss.clone());
+                }
+            }
+        }
+    }
 }
 
 impl Stages {
@@ -636,10 +756,15 @@ impl Stages {
         &mut self,
         shutdown: &CancellationToken,
         reloader: &mut Reloader,
+        repairs: &mut Repairs,
     ) -> First {
         loop {
             tokio::select! {
+                biased;
+                // 1. Shutdown.
                 _ = shutdown.cancelled() => return First::Shutdown,
+                // 2. A stage that stopped on its own: the source first (its
+                //    error is the cause when the others stop behind it).
                 result = &mut self.source => return First::Source(result),
                 result = &mut self.router => return First::Router(result),
                 Some(joined) = self.workers.join_next() => {
@@ -650,6 +775,15 @@ impl Stages {
                     }
                     return First::Worker(joined);
                 }
+                // 3. A lost slot the source replaced: start its repair.
+                Some(loss) = repairs.next() => {
+                    if let Err(err) =
+                        resync::start_resync_backfills(&loss, &repairs.runs, &repairs.state).await
+                    {
+                        return First::Resync(err);
+                    }
+                }
+                // 4. Reload requests.
                 Some(request) = reloader.requests.recv() => {
                     reloader
                         .handle(request, &mut self.workers, &self.workers_stop, shutdown)
@@ -675,6 +809,7 @@ impl Stages {
             }
             First::Router(joined) => routed = Some(joined),
             First::Worker(joined) => failure = Some(worker_failure(joined)),
+            First::Resync(err) => failure = Some(err.into()),
         }
         // 1. Stop routing and let every worker finish its batch in flight.
         self.router_stop.cancel();

@@ -276,7 +276,9 @@ impl Reloader {
                 dry_run: false,
                 error: None,
                 plan: Some(plan),
-                boundary_lsn: Some(boundary.to_string()),
+                // 0/0: no transaction went through the router yet, so
+                // every change walhook will stream comes under the new one.
+                boundary_lsn: (boundary != Lsn::ZERO).then(|| boundary.to_string()),
             },
             Err((result, error)) => Outcome::failed(result, error, Some(plan)),
         }

@@ -13,7 +13,11 @@
 //! Within a strategy, batches may complete out of order (`max_in_flight`);
 //! its `delivered_through` comes from its ordered [`Finaliser`], which only
 //! moves over a contiguous prefix of finished records. What Postgres itself
-//! has confirmed is read back by [`watch_confirmed`].
+//! has confirmed (the slot's `confirmed_flush_lsn`) is read back by the one
+//! slot watcher (`source::SlotWatchHandle::confirmed`): an acknowledgement
+//! walhook decided on may not have reached the server yet, and a process
+//! killed in between restarts from what the server has, so stored batch
+//! boundaries are forgotten only behind what the server reports.
 //!
 //! A configuration reload adds and removes strategies: an added one starts
 //! caught up at the routed position (it holds nothing until it is queued
@@ -21,12 +25,10 @@
 //! it was given still holds the slot until delivered. Indices are never
 //! reused.
 
-mod confirmed;
 mod finaliser;
 
 use std::sync::Mutex;
 
-pub(crate) use confirmed::watch_confirmed;
 pub(crate) use finaliser::Finaliser;
 
 use crate::lsn::Lsn;

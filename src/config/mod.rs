@@ -21,6 +21,7 @@ mod endpoint;
 mod error;
 mod interpolate;
 mod masked;
+mod messages;
 mod secret;
 mod signing_key;
 mod strategy;
@@ -110,6 +111,25 @@ pub(crate) struct SourceConfig {
     /// goes through, alone. Bytes, or text with a unit. Default "64MiB".
     #[serde(default = "default_max_buffer_bytes", deserialize_with = "de::bytes")]
     pub(crate) max_buffer_bytes: usize,
+    /// What walhook does when the slot it streamed from is lost: missing
+    /// (dropped), invalidated (e.g. by `max_slot_wal_keep_size`), replaced
+    /// by a slot it did not feed, or on another cluster. "stop" (the
+    /// default): it says what happened, which changes are lost and the fix,
+    /// and exits 2. "resync": it creates a new slot, backfills every
+    /// strategy consistently and streams on. Default "stop".
+    #[serde(default)]
+    pub(crate) on_slot_lost: OnSlotLost,
+}
+
+/// `source.on_slot_lost`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OnSlotLost {
+    /// Refuse, name the loss and the fix, exit 2.
+    #[default]
+    Stop,
+    /// Create a new slot and backfill every strategy.
+    Resync,
 }
 
 impl SourceConfig {
@@ -643,10 +663,10 @@ fn attempt<T: DeserializeOwned>(value: toml::Value, base: &str) -> Result<T, Att
                 | serde_path_to_error::Segment::Unknown => {}
             }
         }
-        let message = err.into_inner().message().to_string();
+        let raw = err.into_inner().message().to_string();
+        let message = messages::humane(&raw);
         let quoted = |prefix: &str| {
-            message
-                .strip_prefix(prefix)
+            raw.strip_prefix(prefix)
                 .and_then(|rest| rest.split('`').next())
                 .map(str::to_string)
         };

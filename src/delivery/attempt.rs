@@ -416,7 +416,18 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
         } else {
             retry::decide(result.status, endpoint.on_client_error())
         };
-        ctx.metrics.attempt(&result, decision);
+        // The last attempt a retry policy allows is logged and counted as
+        // what it leads to: a dead letter, not another retry.
+        let told = if decision == Decision::Retry
+            && !result.refused
+            && retry::next(&settings.retry, sent_failures.saturating_add(1))
+                == RetryNext::DeadLetter
+        {
+            Decision::DeadLetter
+        } else {
+            decision
+        };
+        ctx.metrics.attempt(&result, told);
         let error = result.error.clone().unwrap_or_default();
         if decision != Decision::Delivered {
             tracing::warn!(
@@ -428,7 +439,7 @@ async fn attempts(ctx: &SenderCtx, batch: &mut Batch, kind: Kind) -> Ended {
                 parked = parked_id.is_some(),
                 attempt = failures + 1,
                 status = result.status,
-                decision = decision.label(),
+                decision = told.label(),
                 error = %error,
                 "delivery attempt failed"
             );

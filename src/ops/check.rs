@@ -21,12 +21,16 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_postgres::Client;
 
+mod admin;
+
 use super::tables;
 use crate::config::{Config, TableName};
 use crate::decode::ReplicaIdentity;
+use crate::lsn::Lsn;
+use crate::pg::slot::{self as pg_slot, SlotRow};
 use crate::pg::{
     self, create_publication_sql, quote_ident, quote_literal, quote_table, readable_ident,
-    readable_table,
+    readable_table, TextRows,
 };
 use crate::state::StateStore;
 
@@ -34,6 +38,17 @@ use crate::state::StateStore;
 const LAG_WARN_BYTES: i64 = 1 << 30;
 /// Upper bound for the endpoint TCP connect.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A catalog read that failed and ended the database checks.
+#[derive(Debug, thiserror::Error)]
+enum CheckError {
+    #[error("{}", pg::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Slot(#[from] pg_slot::SlotReadError),
+    #[error(transparent)]
+    Malformed(#[from] pg_slot::MalformedSlot),
+}
 
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -153,7 +168,7 @@ pub(crate) async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
                 findings.push(Finding::new(
                     Severity::Error,
                     "query",
-                    format!("a catalog query failed: {}", pg::describe(&err)),
+                    format!("a catalog query failed: {err}"),
                 ));
             }
         }
@@ -166,6 +181,7 @@ pub(crate) async fn run(config: &Config, opts: CheckOptions) -> Vec<Finding> {
             .fix("check source.url, that the server runs and that pg_hba.conf admits this host and role"),
         ),
     }
+    admin::admin(config, &mut findings).await;
     if opts.network {
         endpoints(config, &mut findings).await;
     } else {
@@ -189,7 +205,7 @@ async fn database(
     client: &Client,
     config: &Config,
     out: &mut Vec<Finding>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CheckError> {
     let version: i32 = setting(client, "server_version_num")
         .await?
         .parse()
@@ -236,22 +252,17 @@ async fn database(
     }
 
     let slot = &config.source.slot;
-    let slot_exists: bool = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
-            &[slot],
-        )
-        .await?
-        .try_get(0)?;
+    let slot_row = pg_slot::read(client, slot).await?;
     let max_slots: i64 = setting(client, "max_replication_slots")
         .await?
         .parse()
         .unwrap_or(0);
-    let used_slots: i64 = client
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+    let used_slots: i64 = TextRows::query(client, pg_slot::COUNT_SQL)
         .await?
-        .try_get(0)?;
-    let needed = if slot_exists { 0 } else { 1 };
+        .get(0, "n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let needed = if slot_row.is_some() { 0 } else { 1 };
     out.push(headroom(
         "max_replication_slots",
         max_slots,
@@ -270,11 +281,12 @@ async fn database(
         )
         .await?
         .try_get(0)?;
+    // One walsender streams, one watches the slot (source::SlotWatcher).
     out.push(headroom(
         "max_wal_senders",
         max_senders,
         used_senders,
-        1,
+        2,
         "WAL senders",
     ));
 
@@ -287,7 +299,7 @@ async fn database(
         }
     }
     let publishes = publication(client, config, &tables, out).await?;
-    slot_findings(client, config, version, out).await?;
+    slot_findings(client, config, out).await?;
     if version >= 130_000 {
         let keep = setting(client, "max_slot_wal_keep_size").await?;
         out.push(if keep == "-1" {
@@ -382,7 +394,7 @@ async fn failover_findings(
     version: i32,
     version_text: &str,
     out: &mut Vec<Finding>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CheckError> {
     let slot = &config.source.slot;
     if version < 170_000 {
         out.push(
@@ -398,14 +410,8 @@ async fn failover_findings(
         );
         return Ok(());
     }
-    let row = client
-        .query_opt(
-            "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
-        .await?;
-    if let Some(row) = row {
-        if !row.try_get::<_, bool>(0)? {
+    if let Some(row) = pg_slot::read(client, slot).await? {
+        if row.failover != Some(true) {
             out.push(
                 Finding::new(
                     Severity::Warn,
@@ -419,18 +425,10 @@ async fn failover_findings(
             );
         }
     }
-    let physical: Vec<String> = client
-        .query(
-            "SELECT slot_name::text FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY 1",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    let physical = TextRows::query(client, pg_slot::PHYSICAL_NAMES_SQL).await?;
     let standby_slot = physical
-        .first()
-        .map_or("<the standby's physical slot>", String::as_str);
+        .get(0, "name")
+        .unwrap_or("<the standby's physical slot>");
     if setting(client, "synchronized_standby_slots")
         .await?
         .is_empty()
@@ -766,24 +764,24 @@ async fn publication(
 async fn slot_findings(
     client: &Client,
     config: &Config,
-    version: i32,
     out: &mut Vec<Finding>,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), CheckError> {
     let slot = &config.source.slot;
-    // wal_status and safe_wal_size exist from PostgreSQL 13.
-    let extra = if version >= 130_000 {
-        "wal_status::text, safe_wal_size"
-    } else {
-        "NULL::text, NULL::bigint"
-    };
-    let sql = format!(
-        "SELECT plugin::text, slot_type::text, database::text, database = current_database(), \
-         active, active_pid, {extra}, \
-         CASE WHEN pg_is_in_recovery() THEN NULL \
-              ELSE (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint END \
-         FROM pg_replication_slots WHERE slot_name = $1"
-    );
-    let Some(row) = client.query_opt(&sql, &[slot]).await? else {
+    let rows = TextRows::query(client, &pg_slot::watch_sql(slot)).await?;
+    let found = SlotRow::from_rows(&rows)?;
+    let server_wal: Option<Lsn> = rows.get(0, "server_wal").and_then(|v| v.parse().ok());
+    if let Some(loss) = recorded_loss(client, config, found.as_ref(), server_wal).await? {
+        out.push(
+            Finding::new(
+                Severity::Error,
+                SLOT_LOSS,
+                format!("{loss}; walhook run refuses to stream (exit code 2)"),
+            )
+            .fix(pg_slot::LOSS_FIX),
+        );
+        return Ok(());
+    }
+    let Some(row) = found else {
         out.push(
             Finding::new(
                 Severity::Warn,
@@ -799,77 +797,76 @@ async fn slot_findings(
         );
         return Ok(());
     };
-    let plugin: Option<String> = row.try_get(0)?;
-    let kind: Option<String> = row.try_get(1)?;
-    let database: Option<String> = row.try_get(2)?;
-    let here: Option<bool> = row.try_get(3)?;
-    let active: bool = row.try_get(4)?;
-    let pid: Option<i32> = row.try_get(5)?;
-    let wal_status: Option<String> = row.try_get(6)?;
-    let safe: Option<i64> = row.try_get(7)?;
-    let lag: Option<i64> = row.try_get(8)?;
-    let recreate = format!(
-        "SELECT pg_drop_replication_slot({0}); SELECT pg_create_logical_replication_slot({0}, 'pgoutput');",
-        quote_literal(slot)
-    );
-    if kind.as_deref() != Some("logical") || plugin.as_deref() != Some("pgoutput") {
+    let recreate = pg_slot::recreate_sql(slot);
+    if row.slot_type != "logical" || row.plugin.as_deref() != Some("pgoutput") {
         out.push(
             Finding::new(
                 Severity::Error,
                 "slot",
                 format!(
                     "slot {slot} is a {} slot with plugin {}; walhook needs a logical pgoutput slot",
-                    kind.as_deref().unwrap_or("?"),
-                    plugin.as_deref().unwrap_or("none")
+                    row.slot_type,
+                    row.plugin.as_deref().unwrap_or("none")
                 ),
             )
             .fix(format!("{recreate} -- or set source.slot to another name")),
         );
         return Ok(());
     }
-    if here != Some(true) {
+    let database = current_database(client).await?;
+    if row.database.as_deref() != Some(database.as_str()) {
         out.push(
             Finding::new(
                 Severity::Error,
                 "slot",
                 format!(
                     "slot {slot} belongs to database {}, not the one in source.url",
-                    database.as_deref().unwrap_or("?")
+                    row.database.as_deref().unwrap_or("?")
                 ),
             )
             .fix("point source.url at that database, or set source.slot to another name"),
         );
         return Ok(());
     }
-    match wal_status.as_deref() {
-        Some("lost") => out.push(
+    let safe = row.safe_wal_size;
+    if let Some(invalidation) = row.invalidation() {
+        out.push(
             Finding::new(
                 Severity::Error,
                 "slot",
-                format!("slot {slot} is lost: the WAL it needed was removed (max_slot_wal_keep_size); changes since were never streamed"),
+                format!("slot {slot} is {invalidation}; changes since were never streamed"),
             )
-            .fix(format!("{recreate} -- then resynchronise the receivers (e.g. an on-demand run)")),
-        ),
-        Some("unreserved") => out.push(Finding::new(
-            Severity::Warn,
-            "slot",
-            format!(
-                "slot {slot} wal_status = unreserved: it is about to lose WAL it needs{}",
-                safe.map(|s| format!(" (safe_wal_size {s} bytes)")).unwrap_or_default()
-            ),
-        )),
-        Some("extended") => out.push(Finding::new(
-            Severity::Warn,
-            "slot",
-            format!("slot {slot} wal_status = extended: it holds more WAL than max_wal_size"),
-        )),
-        _ => {}
+            .fix(format!(
+                "{recreate} -- then resynchronise the receivers (e.g. an on-demand run)"
+            )),
+        );
+    } else {
+        match row.wal_status.as_deref() {
+            Some("unreserved") => out.push(Finding::new(
+                Severity::Warn,
+                "slot",
+                format!(
+                    "slot {slot} wal_status = unreserved: it is about to lose WAL it needs{}",
+                    safe.map(|s| format!(" (safe_wal_size {s} bytes)"))
+                        .unwrap_or_default()
+                ),
+            )),
+            Some("extended") => out.push(Finding::new(
+                Severity::Warn,
+                "slot",
+                format!("slot {slot} wal_status = extended: it holds more WAL than max_wal_size"),
+            )),
+            _ => {}
+        }
     }
-    let state = if active {
-        format!("active (walsender pid {})", pid.unwrap_or(0))
+    let state = if row.active {
+        format!("active (walsender pid {})", row.active_pid.unwrap_or(0))
     } else {
         "inactive (no walhook streaming from it now)".to_string()
     };
+    let lag = server_wal
+        .zip(row.confirmed_flush_lsn)
+        .map(|(wal, confirmed)| wal.0.saturating_sub(confirmed.0) as i64);
     let lag_text = lag
         .map(|b| format!(", {} behind the server's WAL", bytes(b)))
         .unwrap_or_default();
@@ -886,10 +883,70 @@ async fn slot_findings(
         "slot",
         format!(
             "slot {slot}: {state}, wal_status {}{lag_text}{safe_text}",
-            wal_status.as_deref().unwrap_or("n/a")
+            row.wal_status.as_deref().unwrap_or("n/a")
         ),
     ));
     Ok(())
+}
+
+/// The check name of a lost recorded slot (`walhook check` exits 2 on it).
+const SLOT_LOSS: &str = "slot_loss";
+
+/// True when a finding says the recorded slot is lost.
+pub(crate) fn slot_lost(findings: &[Finding]) -> bool {
+    findings
+        .iter()
+        .any(|f| f.check == SLOT_LOSS && f.severity == Severity::Error)
+}
+
+/// The slot found judged against walhook's record of it, as `run` judges
+/// it at start; `None` when it is fine, or when there is no record to
+/// judge by (the state findings report an unreadable state schema).
+async fn recorded_loss(
+    client: &Client,
+    config: &Config,
+    found: Option<&SlotRow>,
+    server_wal: Option<Lsn>,
+) -> Result<Option<pg_slot::SlotLoss>, CheckError> {
+    let slot = &config.source.slot;
+    let record = match StateStore::for_config(config, "walhook-check").await {
+        Ok(store) => store.slot_record(slot).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let system_id: String = client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    let pending = record
+        .as_ref()
+        .and_then(|r| r.loss.as_ref().map(|l| l.to_loss(slot)));
+    let recorded = record.map(|r| r.identity);
+    let server = pg_slot::ServerIdentity {
+        system_id,
+        timeline: recorded.as_ref().map_or(0, |r| r.timeline),
+    };
+    match pg_slot::judge(
+        slot,
+        recorded.as_ref(),
+        found,
+        &server,
+        server_wal.unwrap_or(Lsn::ZERO),
+        true,
+    ) {
+        pg_slot::Verdict::Lost(loss) => Ok(Some(loss)),
+        // A repair begun and not finished (on_slot_lost = "resync").
+        _ => Ok(pending),
+    }
+}
+
+async fn current_database(client: &Client) -> Result<String, tokio_postgres::Error> {
+    client
+        .query_one("SELECT current_database()::text", &[])
+        .await?
+        .try_get(0)
 }
 
 fn bytes(n: i64) -> String {

@@ -46,15 +46,23 @@ pub enum OpsError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// Reading the replication slot failed.
+    #[error(transparent)]
+    Slot(#[from] pg::SlotReadError),
     /// The server or the slot is not in a state the command can act on.
     #[error("{0}")]
     Refused(String),
-    /// `walhook check` found errors (they are printed on stdout).
+    /// `walhook check` found errors (they are printed on stdout);
+    /// `slot_lost`: one is a lost slot, which restarting will not repair.
     #[error("check found {errors} error{}", if *errors == 1 { "" } else { "s" })]
-    CheckFailed { errors: usize },
+    CheckFailed { errors: usize, slot_lost: bool },
 }
 
 impl OpsError {
+    fn slot(err: pg::SlotReadError) -> OpsError {
+        OpsError::Slot(err)
+    }
+
     fn sql(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> OpsError {
         let what = what.into();
         move |source| OpsError::Sql { what, source }
@@ -89,7 +97,10 @@ pub async fn check(config: &Config, opts: CheckOptions, json: bool) -> Result<()
     }
     match check::error_count(&findings) {
         0 => Ok(()),
-        errors => Err(OpsError::CheckFailed { errors }),
+        errors => Err(OpsError::CheckFailed {
+            errors,
+            slot_lost: check::slot_lost(&findings),
+        }),
     }
 }
 

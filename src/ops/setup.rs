@@ -148,13 +148,7 @@ fn plan(config: &Config, roles: &Roles) -> Vec<Step> {
         format!(
             "logical replication slot {slot} (pgoutput); from now on the server keeps WAL for it"
         ),
-        format!(
-            "SELECT slot_name, lsn AS consistent_point\n\
-             FROM pg_create_logical_replication_slot({}, 'pgoutput')\n\
-             WHERE NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = {});",
-            quote_literal(slot),
-            quote_literal(slot)
-        ),
+        pg::slot::create_sql(slot),
     ));
     if elsewhere {
         steps.push(state);

@@ -16,7 +16,8 @@ use tokio_postgres::Client;
 
 use super::OpsError;
 use crate::config::Config;
-use crate::pg::{quote_ident, quote_literal, readable_ident};
+use crate::pg::slot as pg_slot;
+use crate::pg::{quote_ident, readable_ident};
 
 /// How long `--force` waits for the terminated walsender to let go.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,11 +43,10 @@ pub fn script(config: &Config) -> Result<String, OpsError> {
          -- Stop walhook first: an active slot cannot be dropped. Changes not yet\n\
          -- delivered are then lost to walhook.\n\n\
          -- the logical replication slot {slot}: the server may recycle the WAL it holds\n\
-         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots\n\
-         WHERE slot_name = {} AND database = current_database();\n\n\
+         {}\n\n\
          -- the publication {publication}\n\
          DROP PUBLICATION IF EXISTS {};\n",
-        quote_literal(slot),
+        pg_slot::drop_if_exists_sql(slot),
         quote_ident(publication)
     );
     if let Some(url) = &config.state.url {
@@ -56,6 +56,10 @@ pub fn script(config: &Config) -> Result<String, OpsError> {
             super::setup::connect_line(url.expose())?
         ));
     }
+    out.push_str(&format!(
+        "\n-- walhook's record of the slot (a slot dropped on purpose is not a lost one)\n{}\n",
+        crate::state::forget_slot_script_sql(schema, slot)
+    ));
     out.push_str(&format!(
         "\n-- the state schema {schema}: dead letters and run history go with it\n\
          DROP SCHEMA IF EXISTS {} CASCADE;\n",
@@ -111,26 +115,20 @@ pub(crate) async fn run(
 ) -> Result<Vec<String>, OpsError> {
     let slot = &config.source.slot;
     let mut report = Vec::new();
-    let row = client
-        .query_opt(
-            "SELECT active, active_pid, database = current_database() AS here, database \
-             FROM pg_replication_slots WHERE slot_name = $1",
-            &[slot],
-        )
-        .await
-        .map_err(OpsError::sql("reading pg_replication_slots"))?;
-    match row {
+    let found = pg_slot::read(client, slot).await.map_err(OpsError::slot)?;
+    match found {
         None => report.push(format!("slot {slot}: not found (nothing to drop)")),
         Some(row) => {
-            let active: bool = row.try_get(0).map_err(OpsError::sql("reading the slot"))?;
-            let pid: Option<i32> = row.try_get(1).map_err(OpsError::sql("reading the slot"))?;
-            let here: Option<bool> = row.try_get(2).map_err(OpsError::sql("reading the slot"))?;
-            let database: Option<String> =
-                row.try_get(3).map_err(OpsError::sql("reading the slot"))?;
-            if here != Some(true) {
+            let (active, pid) = (row.active, row.active_pid);
+            let here: String = client
+                .query_one("SELECT current_database()::text", &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(OpsError::sql("reading the current database"))?;
+            if row.database.as_deref() != Some(here.as_str()) {
                 return Err(OpsError::Refused(format!(
                     "slot {slot} belongs to database {}; run teardown with a source.url for that database",
-                    database.as_deref().unwrap_or("?")
+                    row.database.as_deref().unwrap_or("?")
                 )));
             }
             if active && !opts.force {
@@ -145,6 +143,26 @@ pub(crate) async fn run(
                 report.push(format!("slot {slot}: ended walsender pid {pid}"));
             }
             report.push(format!("slot {slot}: dropped"));
+        }
+    }
+
+    // Dropped on purpose: the next start creates a slot afresh.
+    match state
+        .execute(
+            &crate::state::forget_slot_sql(&config.state.schema, slot),
+            &[],
+        )
+        .await
+    {
+        Ok(0) => {}
+        Ok(_) => report.push(format!("slot {slot}: walhook's record of it forgotten")),
+        Err(err)
+            if err.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
+                || err.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) => {}
+        Err(err) => {
+            return Err(OpsError::sql(format!(
+                "forgetting slot {slot} in the state schema"
+            ))(err))
         }
     }
 
@@ -205,20 +223,12 @@ async fn drop_slot(client: &Client, slot: &str, force: bool) -> Result<Vec<i32>,
     let deadline = tokio::time::Instant::now() + RELEASE_TIMEOUT;
     let mut ended = Vec::new();
     loop {
-        let holder = client
-            .query_opt(
-                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
-            .await
-            .map_err(OpsError::sql("reading pg_replication_slots"))?;
+        let holder = pg_slot::read(client, slot).await.map_err(OpsError::slot)?;
         let Some(holder) = holder else {
             // Gone already (dropped by someone else, or temporary).
             return Ok(ended);
         };
-        let pid: Option<i32> = holder
-            .try_get(0)
-            .map_err(OpsError::sql("reading pg_replication_slots"))?;
+        let pid = holder.active_pid;
         if let Some(pid) = pid {
             if !force {
                 return Err(OpsError::Refused(format!(

@@ -8,6 +8,9 @@
 //! - quoting (`quote_ident`, `quote_literal`), `describe` for errors,
 //!   and the catalog queries several callers need (`table_catalog`,
 //!   `create_publication_sql`).
+//! - [`slot`]: the replication slot's row, its statements and what the
+//!   one slot watcher publishes; [`TextRows`], the simple-query rows that
+//!   ordinary and replication connections both return.
 //!
 //! Nothing here knows about pipelines or webhooks; the replication protocol
 //! itself stays in `source/`.
@@ -16,6 +19,8 @@ mod catalog;
 mod connect;
 pub(crate) mod conninfo;
 mod quote;
+mod rows;
+pub(crate) mod slot;
 pub(crate) mod tls;
 
 pub(crate) use catalog::{
@@ -26,6 +31,8 @@ pub(crate) use connect::connect_each;
 pub use connect::{connect, ConnectError};
 pub use conninfo::UrlError;
 pub(crate) use quote::{quote_ident, quote_literal, quote_table, readable_ident, readable_table};
+pub(crate) use rows::TextRows;
+pub use slot::{LossKind, MalformedSlot, SlotLoss, SlotReadError};
 pub use tls::TlsError;
 
 /// A Postgres error for a human: for a server error its message, detail,

@@ -106,7 +106,8 @@ pub struct Outcome {
     /// What changes (absent when the file did not parse).
     pub plan: Option<Plan>,
     /// Transactions ending at or before this LSN went by the old
-    /// configuration, later ones by the new (applied reloads only).
+    /// configuration, later ones by the new (applied reloads only; `None`
+    /// when none had been streamed yet: all go by the new one).
     pub boundary_lsn: Option<String>,
 }
 
@@ -225,7 +226,10 @@ impl Requests {
             ),
             None => tracing::info!(
                 result = outcome.result.as_str(),
-                boundary_lsn = outcome.boundary_lsn.as_deref().unwrap_or(""),
+                boundary_lsn = outcome
+                    .boundary_lsn
+                    .as_deref()
+                    .unwrap_or("none: nothing streamed before it"),
                 plan = %outcome
                     .plan
                     .as_ref()

@@ -449,15 +449,15 @@ impl Shown {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "run {} {}: {} rows read, {} records sent, {} delivered, {} failed, {} batches in {:.1}s",
+            "run {} {}: {} read, {} sent, {} delivered, {} failed, {} in {}",
             p.id,
             p.ended.unwrap_or("ended"),
-            c.read,
-            c.sent,
+            crate::words::count(c.read, "row", "rows"),
+            crate::words::count(c.sent, "record", "records"),
             c.delivered,
             c.failed,
-            c.batches,
-            p.elapsed.as_secs_f64()
+            crate::words::count(c.batches, "batch", "batches"),
+            crate::words::elapsed(p.elapsed)
         );
         let _ = out.flush();
     }

@@ -433,6 +433,14 @@ impl ReplConn {
         self.send().await
     }
 
+    /// Closes a connection that is not streaming: Terminate, then the
+    /// socket. Errors are ignored: we are leaving anyway.
+    pub(crate) async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.send().await;
+        let _ = self.stream.shutdown().await;
+    }
+
     /// Ends streaming politely: CopyDone, drain until ReadyForQuery (bounded
     /// by `wait`), Terminate. Errors are ignored: we are leaving anyway.
     pub(crate) async fn finish(mut self, wait: Duration) {

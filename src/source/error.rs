@@ -6,7 +6,9 @@ use std::fmt;
 use crate::decode::pgoutput::DecodeError;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::UrlError;
+use crate::pg::slot::{SlotLoss, LOSS_FIX};
 use crate::pg::tls::TlsError;
+use crate::state::StateError;
 
 /// An ErrorResponse from the server, with the fields an operator needs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -124,11 +126,14 @@ pub enum SourceError {
     #[error("replication slot \"{slot}\" does not exist; create it with `walhook setup`, or allow walhook to create it (create_slot)")]
     SlotNotFound { slot: String },
 
-    #[error("replication slot \"{slot}\" disappeared after walhook streamed from it: changes since the last acknowledged position may be lost. walhook never recreates a slot silently; recreate it (walhook setup) and re-sync the downstream")]
-    SlotDropped { slot: String },
+    /// The recorded slot is missing, invalidated, replaced or on another
+    /// cluster: what was lost, and the fix.
+    #[error("{0}. walhook never recreates a slot silently. Fix: {LOSS_FIX}")]
+    SlotLost(Box<SlotLoss>),
 
-    #[error("replication slot \"{slot}\" was invalidated by the server (wal_status = lost, usually max_slot_wal_keep_size): WAL it needed is gone and changes are lost. walhook never recreates a slot silently; drop and recreate it (walhook teardown, walhook setup) and re-sync the downstream")]
-    SlotLost { slot: String },
+    /// Reading walhook's record of the slot failed (retried).
+    #[error("reading walhook's record of the slot: {0}")]
+    Record(#[source] StateError),
 
     #[error("replication slot \"{slot}\" cannot be used: {reason}")]
     SlotUnusable { slot: String, reason: String },
@@ -174,7 +179,8 @@ impl SourceError {
             | Io { .. }
             | Closed { .. }
             | Ended { .. }
-            | Silent { .. } => Disposition::Transient,
+            | Silent { .. }
+            | Record(_) => Disposition::Transient,
             SlotActive { .. } => Disposition::Standby,
             // The decoder lost track of a relation: a new session starts with an
             // empty cache and the server resends Relation messages.
@@ -191,8 +197,7 @@ impl SourceError {
             | PasswordMissing { .. }
             | UnsupportedAuth { .. }
             | SlotNotFound { .. }
-            | SlotDropped { .. }
-            | SlotLost { .. }
+            | SlotLost(_)
             | SlotUnusable { .. }
             | PublicationMissing { .. }
             | SystemChanged { .. }
@@ -248,8 +253,14 @@ mod tests {
         assert_eq!(server("42501").disposition(), Disposition::Fatal);
         assert_eq!(server("55000").disposition(), Disposition::Fatal);
         assert_eq!(server("").disposition(), Disposition::Fatal);
+        let loss = SlotLoss {
+            slot: "s".into(),
+            kind: crate::pg::slot::LossKind::Missing,
+            after: Lsn(1),
+            through: Lsn(2),
+        };
         assert_eq!(
-            SourceError::SlotLost { slot: "s".into() }.disposition(),
+            SourceError::SlotLost(Box::new(loss)).disposition(),
             Disposition::Fatal
         );
         let tls = crate::pg::tls::client_config(

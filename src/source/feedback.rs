@@ -46,6 +46,9 @@ pub(crate) struct Feedback {
     sent_flush: Lsn,
     last_sent: Option<Instant>,
     reply_due: bool,
+    /// The highest position recorded in the state store (the record gate):
+    /// flush never passes it. Unlimited without a gate.
+    recorded: Lsn,
 }
 
 impl Feedback {
@@ -69,7 +72,13 @@ impl Feedback {
             sent_flush: floor,
             last_sent: None,
             reply_due: false,
+            recorded: Lsn(u64::MAX),
         }
+    }
+
+    /// The state store recorded `lsn`: flush may go up to it.
+    pub(crate) fn set_recorded(&mut self, lsn: Lsn) {
+        self.recorded = lsn;
     }
 
     /// An XLogData arrived (its header positions only feed `write`).
@@ -113,15 +122,23 @@ impl Feedback {
         self.between_transactions && self.acked >= self.handed_end
     }
 
-    /// The flush position the next status will carry.
-    fn flush_target(&self) -> Lsn {
+    /// The flush position walhook would report, before the record gate,
+    /// and the part of it made of acknowledgements (the rest follows the
+    /// server's WAL end).
+    pub(crate) fn wanted(&self) -> (Lsn, Lsn) {
         let acked = self.acked.min(self.handed_end);
         let target = if self.is_idle() {
             acked.max(self.keepalive_end)
         } else {
             acked
         };
-        target.max(self.sent_flush)
+        (target.max(self.sent_flush), acked.max(self.sent_flush))
+    }
+
+    /// The flush position the next status will carry: what is wanted, up
+    /// to what is recorded.
+    fn flush_target(&self) -> Lsn {
+        self.wanted().0.min(self.recorded).max(self.sent_flush)
     }
 
     /// When the next status is due (in the past = now).
@@ -140,7 +157,20 @@ impl Feedback {
         }
     }
 
+    /// The flush position last reported to the server.
+    pub(crate) fn sent_flush(&self) -> Lsn {
+        self.sent_flush
+    }
+
     /// Builds the status to send now and records it as sent.
+    ///
+    /// An answer to a reply request while the record gate holds flush
+    /// below what is wanted carries flush = apply = 0 ("not known"), so the
+    /// server's confirmed position stays put and its walsender falls back
+    /// on `write`: a walsender that is shutting down waits for a client's
+    /// flush (or, when it is invalid, its write) to reach everything it
+    /// sent, and a gate that cannot record then (the state in the server
+    /// going down) would otherwise hold the server's shutdown for ever.
     pub(crate) fn take_status(
         &mut self,
         now: Instant,
@@ -148,13 +178,15 @@ impl Feedback {
         request_reply: bool,
     ) -> StandbyStatus {
         let flush = self.flush_target();
+        let held = self.reply_due && flush == self.sent_flush && self.wanted().0 > flush;
         self.sent_flush = flush;
         self.last_sent = Some(now);
         self.reply_due = false;
+        let reported = if held { Lsn::ZERO } else { flush };
         StandbyStatus {
             write: self.received.max(flush),
-            flush,
-            apply: flush,
+            flush: reported,
+            apply: reported,
             client_time,
             reply_requested: request_reply,
         }
@@ -272,5 +304,40 @@ mod tests {
         assert_eq!(f.flush_target(), Lsn(7000));
         f.on_keepalive(&ka(8000, false));
         assert_eq!(f.flush_target(), Lsn(8000));
+    }
+
+    #[test]
+    fn flush_waits_for_the_record() {
+        let t0 = Instant::now();
+        let mut f = Feedback::new(t0, INTERVAL, Lsn(10), Lsn::ZERO, Lsn::ZERO);
+        f.set_recorded(Lsn(10));
+        f.take_status(t0, 0, false);
+        f.set_between_transactions(false);
+        f.on_commit_handed(Lsn(200));
+        f.on_ack(Lsn(200));
+        assert_eq!(f.wanted(), (Lsn(200), Lsn(200)));
+        // Not recorded yet: not sent, and no status hurried for it.
+        assert_eq!(f.flush_target(), Lsn(10));
+        assert_eq!(f.next_due(), t0 + INTERVAL);
+        f.set_recorded(Lsn(200));
+        assert_eq!(f.flush_target(), Lsn(200));
+        assert_eq!(f.next_due(), t0 + ACK_COALESCE);
+        // Following the WAL end is wanted, not acknowledged.
+        f.set_between_transactions(true);
+        f.on_keepalive(&ka(900, false));
+        assert_eq!(f.wanted(), (Lsn(900), Lsn(200)));
+        let sent = f.take_status(t0 + ACK_COALESCE, 0, false);
+        assert_eq!(sent.flush, Lsn(200));
+        // A reply asked for while the gate holds flush: flush "not known",
+        // write everything received (a walsender shutting down waits for it).
+        f.on_keepalive(&ka(950, true));
+        let reply = f.take_status(t0 + ACK_COALESCE * 2, 0, false);
+        assert_eq!(
+            (reply.write, reply.flush, reply.apply),
+            (Lsn(950), Lsn::ZERO, Lsn::ZERO)
+        );
+        assert_eq!(f.sent_flush(), Lsn(200));
+        f.set_recorded(Lsn(950));
+        assert_eq!(f.take_status(t0 + INTERVAL, 0, false).flush, Lsn(950));
     }
 }

@@ -28,12 +28,14 @@
 
 mod error;
 mod feedback;
+mod gate;
 mod protocol;
 mod resume;
 mod wire;
 
 mod conn;
 mod stream;
+mod watcher;
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,15 +48,23 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{DbError, Disposition, SourceError};
+pub use gate::GateRecorder;
+pub(crate) use gate::{Cadence, Recorded};
+pub use watcher::{CatalogQueryError, SlotWatchHandle, SlotWatcher};
 
 use crate::budget::Budget;
-use crate::config::SourceConfig;
+use crate::config::{OnSlotLost, SourceConfig};
 use crate::decode::SourceEvent;
 use crate::lsn::Lsn;
 use crate::pg::conninfo::{self, ConnInfo};
+use crate::pg::slot::{
+    self as pg_slot, LossKind, ServerIdentity, SlotIdentity, SlotLoss, SlotRow, Verdict,
+};
+use crate::state::StateStore;
 use conn::ReplConn;
 use error::sqlstate;
-use protocol::{SlotInfo, SystemInfo};
+use gate::Gate;
+use protocol::SystemInfo;
 use stream::Memory;
 
 /// How to reach the slot and what to stream.
@@ -83,6 +93,11 @@ pub struct SourceOptions {
     /// The memory budget: a change is read from the stream only when it
     /// has room for it (the router gives the bytes back once routed).
     pub(crate) budget: Option<Budget>,
+    /// Where walhook records the slot (the state store's `slots` row):
+    /// each session judges the slot found against it ([`pg_slot::judge`]).
+    pub(crate) ledger: Option<StateStore>,
+    /// What to do when the recorded slot is lost.
+    pub(crate) on_slot_lost: OnSlotLost,
 }
 
 impl SourceOptions {
@@ -99,6 +114,8 @@ impl SourceOptions {
             channel_capacity: 1024,
             messages: false,
             budget: None,
+            ledger: None,
+            on_slot_lost: OnSlotLost::Stop,
         }
     }
 
@@ -110,6 +127,7 @@ impl SourceOptions {
             vec![source.publication.clone()],
         );
         opts.failover = source.failover;
+        opts.on_slot_lost = source.on_slot_lost;
         opts
     }
 }
@@ -126,6 +144,8 @@ impl fmt::Debug for SourceOptions {
             .field("channel_capacity", &self.channel_capacity)
             .field("messages", &self.messages)
             .field("budget", &self.budget)
+            .field("ledger", &self.ledger)
+            .field("on_slot_lost", &self.on_slot_lost)
             .finish()
     }
 }
@@ -263,7 +283,7 @@ impl Backoff {
         low + rand::rng().random_range(Duration::ZERO..=d - low)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 }
@@ -282,6 +302,19 @@ pub struct Source {
     resumed: watch::Sender<Option<Lsn>>,
     /// The connection [`Source::open_early`] is opening, for the first session.
     early: Option<JoinHandle<Result<Opened, SourceError>>>,
+    /// The record gate, when a recorder writes the slot's record.
+    gate: Option<Gate>,
+    /// The latest loss of the slot found (refused or repaired).
+    losses: watch::Sender<Option<LossReport>>,
+}
+
+/// A lost slot, as the source found it: refused (walhook stops with exit
+/// code 2), or repaired with a new slot (`on_slot_lost = "resync"`; the
+/// strategies must then be backfilled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LossReport {
+    pub(crate) loss: SlotLoss,
+    pub(crate) repaired: bool,
 }
 
 /// A replication connection past IDENTIFY_SYSTEM and its settings, not yet
@@ -312,12 +345,32 @@ impl Source {
                 status,
                 resumed: watch::channel(None).0,
                 early: None,
+                gate: None,
+                losses: watch::channel(None).0,
             },
             AckHandle {
                 acked: Arc::new(ack_tx),
             },
             status_rx,
         )
+    }
+
+    /// Caps every flush position at what `recorder`'s other end has
+    /// recorded (see `gate`); the recorded position starts at `recorded`.
+    pub(crate) fn with_gate(&mut self, recorded: Lsn) -> GateRecorder {
+        let (gate, recorder) = gate::gate(recorded);
+        self.gate = Some(gate);
+        recorder
+    }
+
+    /// Judges the slot found against walhook's record of it in `store`.
+    pub(crate) fn set_ledger(&mut self, store: StateStore) {
+        self.opts.ledger = Some(store);
+    }
+
+    /// The latest loss of the slot (`None` while there is none).
+    pub(crate) fn losses(&self) -> watch::Receiver<Option<LossReport>> {
+        self.losses.subscribe()
     }
 
     /// Where this process's stream started: the slot's confirmed position
@@ -470,7 +523,6 @@ impl Source {
             prepared = self.prepare(info, memory) => prepared?,
         };
         let (conn, wal_sender_timeout) = prepared;
-        memory.streamed = true;
         *streaming_since = Some(Instant::now());
         if standby_since.take().is_some() {
             tracing::info!(slot = %self.opts.slot, "took over the replication slot");
@@ -498,7 +550,10 @@ impl Source {
         stream::run(
             conn,
             memory,
-            &mut self.acks,
+            stream::Upstream {
+                acks: &mut self.acks,
+                gate: self.gate.as_mut(),
+            },
             &self.status,
             wal_sender_timeout,
             stream::Downstream {
@@ -572,51 +627,126 @@ impl Source {
         }
 
         let rows = conn
-            .simple_query("checking the replication slot", &protocol::slot_query(slot))
+            .simple_query("checking the replication slot", &pg_slot::row_sql(slot))
             .await?;
-        match SlotInfo::from_rows(&rows).map_err(|e| protocol_error(conn.target(), e))? {
-            None if memory.streamed => return Err(SourceError::SlotDropped { slot: slot.clone() }),
-            None if !self.opts.create_slot => {
-                return Err(SourceError::SlotNotFound { slot: slot.clone() })
-            }
-            None => {
-                let rows = conn
-                    .simple_query(
-                        "CREATE_REPLICATION_SLOT",
-                        &protocol::create_slot(slot, self.opts.failover),
-                    )
-                    .await?;
-                let consistent = rows
-                    .get(0, "consistent_point")
-                    .and_then(|l| l.parse::<Lsn>().ok())
-                    .unwrap_or(Lsn::ZERO);
-                memory.floor = memory.floor.max(consistent);
-                tracing::info!(slot = %slot, consistent_point = %consistent, "created replication slot");
-            }
-            Some(found) => {
-                if found.is_lost() {
-                    return Err(SourceError::SlotLost { slot: slot.clone() });
-                }
-                if let Some(reason) = found.unusable_reason(&database) {
-                    return Err(SourceError::SlotUnusable {
-                        slot: slot.clone(),
-                        reason,
-                    });
-                }
-                if let Some(confirmed) = found.confirmed_flush {
-                    memory.floor = memory.floor.max(confirmed);
-                }
-                if self.opts.failover {
-                    // Idempotent: a synced or failover slot stays so.
-                    conn.simple_query(
-                        "ALTER_REPLICATION_SLOT",
-                        &protocol::alter_slot_failover(slot),
-                    )
-                    .await?;
-                }
+        let found = SlotRow::from_rows(&rows).map_err(|e| SourceError::Protocol {
+            target: conn.target().to_string(),
+            reason: e.to_string(),
+        })?;
+        if let Some(row) = found.as_ref().filter(|r| r.invalidation().is_none()) {
+            if let Some(reason) = row.unusable_reason(&database) {
+                return Err(SourceError::SlotUnusable {
+                    slot: slot.clone(),
+                    reason,
+                });
             }
         }
+        let server = ServerIdentity {
+            system_id: system.system_id.clone(),
+            timeline: system.timeline,
+        };
+        // Held by another walsender (a standby's retry): nothing to judge,
+        // START_REPLICATION says so.
+        if found.as_ref().is_some_and(|r| r.active) && memory.identity.is_some() {
+            return self.start(conn, memory, wal_sender_timeout).await;
+        }
+        // Read after the slot: whatever another instance acknowledged
+        // meanwhile it recorded first (see `gate`).
+        let recorded = match &self.opts.ledger {
+            Some(store) => store
+                .slot_record(slot)
+                .await
+                .map_err(SourceError::Record)?
+                .map(|record| record.identity),
+            None => memory.identity.clone().map(|mut id| {
+                id.confirmed = memory.floor;
+                id
+            }),
+        };
+        let verdict = pg_slot::judge(
+            slot,
+            recorded.as_ref(),
+            found.as_ref(),
+            &server,
+            system.xlog_pos,
+            self.opts.ledger.is_some(),
+        );
+        let found_confirmed = found
+            .as_ref()
+            .and_then(|r| r.confirmed_flush_lsn)
+            .unwrap_or(Lsn::ZERO);
+        let start = match verdict {
+            Verdict::Create => {
+                if !self.opts.create_slot {
+                    return Err(SourceError::SlotNotFound { slot: slot.clone() });
+                }
+                self.create_slot(&mut conn).await?
+            }
+            Verdict::Adopt => {
+                self.alter_failover(&mut conn).await?;
+                found_confirmed
+            }
+            Verdict::Recorded { timeline_was } => {
+                if let Some(was) = timeline_was {
+                    tracing::warn!(slot = %slot, timeline_was = was, timeline = server.timeline, "the server's timeline changed (a failover); the slot is the one walhook streamed from");
+                }
+                self.alter_failover(&mut conn).await?;
+                found_confirmed
+            }
+            Verdict::Lost(mut loss) => {
+                if self.opts.on_slot_lost == OnSlotLost::Stop {
+                    tracing::error!(slot = %slot, lost_after = %loss.after, lost_through = %loss.through, kind = loss.kind.label(), "replication slot lost; refusing to recreate it");
+                    self.losses.send_replace(Some(LossReport {
+                        loss: loss.clone(),
+                        repaired: false,
+                    }));
+                    return Err(SourceError::SlotLost(Box::new(loss)));
+                }
+                let usable = found.as_ref().is_some_and(|r| r.invalidation().is_none());
+                let start = match loss.kind {
+                    // The slot there is usable: stream from it, backfill the gap.
+                    LossKind::Replaced | LossKind::OtherCluster { .. } if usable => found_confirmed,
+                    _ => {
+                        if found.is_some() {
+                            conn.simple_query(
+                                "DROP_REPLICATION_SLOT",
+                                &pg_slot::drop_command(slot),
+                            )
+                            .await?;
+                            tracing::info!(slot = %slot, "dropped the invalidated replication slot");
+                        }
+                        self.create_slot(&mut conn).await?
+                    }
+                };
+                loss.through = loss.through.max(start);
+                tracing::warn!(slot = %slot, lost_after = %loss.after, lost_through = %loss.through, kind = loss.kind.label(), "replication slot lost; streaming from a new slot and backfilling every strategy (on_slot_lost = \"resync\")");
+                self.losses.send_replace(Some(LossReport {
+                    loss: loss.clone(),
+                    repaired: true,
+                }));
+                memory.loss = Some(loss);
+                start
+            }
+        };
+        memory.floor = memory.floor.max(start);
+        memory.identity = Some(SlotIdentity {
+            slot: slot.clone(),
+            system_id: server.system_id,
+            timeline: server.timeline,
+            confirmed: start,
+        });
 
+        self.start(conn, memory, wal_sender_timeout).await
+    }
+
+    /// START_REPLICATION from `memory.floor`.
+    async fn start(
+        &self,
+        mut conn: ReplConn,
+        memory: &Memory,
+        wal_sender_timeout: Duration,
+    ) -> Result<(ReplConn, Duration), SourceError> {
+        let slot = &self.opts.slot;
         let start = protocol::start_replication(
             slot,
             memory.floor,
@@ -633,6 +763,38 @@ impl Source {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Source {
+    /// Creates the slot; returns its consistent point.
+    async fn create_slot(&self, conn: &mut ReplConn) -> Result<Lsn, SourceError> {
+        let slot = &self.opts.slot;
+        let rows = conn
+            .simple_query(
+                "CREATE_REPLICATION_SLOT",
+                &pg_slot::create_command(slot, self.opts.failover),
+            )
+            .await?;
+        let consistent = rows
+            .get(0, "consistent_point")
+            .and_then(|l| l.parse::<Lsn>().ok())
+            .unwrap_or(Lsn::ZERO);
+        tracing::info!(slot = %slot, consistent_point = %consistent, "created replication slot");
+        Ok(consistent)
+    }
+
+    /// With `failover = true`, makes the slot a failover slot (idempotent:
+    /// a synced or failover slot stays so).
+    async fn alter_failover(&self, conn: &mut ReplConn) -> Result<(), SourceError> {
+        if self.opts.failover {
+            conn.simple_query(
+                "ALTER_REPLICATION_SLOT",
+                &pg_slot::alter_failover_command(&self.opts.slot),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -174,36 +174,6 @@ pub(crate) fn start_replication(
     )
 }
 
-/// Creates a pgoutput slot without exporting a snapshot: streaming starts at
-/// the slot's consistent point (the legacy spelling works on PG 10 to 17).
-pub(crate) fn create_slot(slot: &str, failover: bool) -> String {
-    if failover {
-        // PostgreSQL 17's option list; FAILOVER has no older spelling.
-        return format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER)",
-            quote_ident(slot)
-        );
-    }
-    format!(
-        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-        quote_ident(slot)
-    )
-}
-
-/// The slot's row in pg_replication_slots (plain SQL on the walsender).
-pub(crate) fn slot_query(slot: &str) -> String {
-    format!(
-        "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, wal_status, active_pid::text \
-         FROM pg_replication_slots WHERE slot_name = {}",
-        quote_literal(slot)
-    )
-}
-
-/// `ALTER_REPLICATION_SLOT "s" (FAILOVER)` (PostgreSQL 17+).
-pub(crate) fn alter_slot_failover(slot: &str) -> String {
-    format!("ALTER_REPLICATION_SLOT {} (FAILOVER)", quote_ident(slot))
-}
-
 /// Which of these publications exist in the current database.
 pub(crate) fn publications_query(publications: &[String]) -> String {
     let list: Vec<String> = publications.iter().map(|p| quote_literal(p)).collect();
@@ -270,32 +240,20 @@ pub(crate) fn user_timeout(wal_sender_timeout: Duration) -> Duration {
     }
 }
 
-/// The text rows of a simple query.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Rows {
-    pub(crate) columns: Vec<String>,
-    pub(crate) rows: Vec<Vec<Option<String>>>,
-}
+/// The text rows of a simple query (one shape for every connection).
+pub(crate) use crate::pg::TextRows as Rows;
 
-impl Rows {
-    /// The value of `column` in row `row` (None for NULL or absent).
-    pub(crate) fn get(&self, row: usize, column: &str) -> Option<&str> {
-        let col = self.columns.iter().position(|c| c == column)?;
-        self.rows.get(row)?.get(col)?.as_deref()
-    }
-
-    fn require(&self, row: usize, column: &str) -> Result<&str, WireError> {
-        self.get(row, column)
-            .ok_or_else(|| WireError(format!("missing column {column} in the server's answer")))
-    }
+fn require<'a>(rows: &'a Rows, row: usize, column: &str) -> Result<&'a str, WireError> {
+    rows.get(row, column)
+        .ok_or_else(|| WireError(format!("missing column {column} in the server's answer")))
 }
 
 /// IDENTIFY_SYSTEM's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SystemInfo {
     pub(crate) system_id: String,
-    timeline: u32,
-    xlog_pos: Lsn,
+    pub(crate) timeline: u32,
+    pub(crate) xlog_pos: Lsn,
     pub(crate) dbname: Option<String>,
 }
 
@@ -303,80 +261,15 @@ impl SystemInfo {
     pub(crate) fn from_rows(rows: &Rows) -> Result<Self, WireError> {
         let bad = |what: &str| WireError(format!("IDENTIFY_SYSTEM returned an invalid {what}"));
         Ok(SystemInfo {
-            system_id: rows.require(0, "systemid")?.to_string(),
-            timeline: rows
-                .require(0, "timeline")?
+            system_id: require(rows, 0, "systemid")?.to_string(),
+            timeline: require(rows, 0, "timeline")?
                 .parse()
                 .map_err(|_| bad("timeline"))?,
-            xlog_pos: rows
-                .require(0, "xlogpos")?
+            xlog_pos: require(rows, 0, "xlogpos")?
                 .parse()
                 .map_err(|_| bad("xlogpos"))?,
             dbname: rows.get(0, "dbname").map(str::to_string),
         })
-    }
-}
-
-/// A row of pg_replication_slots, as [`slot_query`] selects it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SlotInfo {
-    plugin: Option<String>,
-    slot_type: String,
-    database: Option<String>,
-    pub(crate) confirmed_flush: Option<Lsn>,
-    wal_status: Option<String>,
-    active_pid: Option<i32>,
-}
-
-impl SlotInfo {
-    /// None when the slot does not exist.
-    pub(crate) fn from_rows(rows: &Rows) -> Result<Option<Self>, WireError> {
-        if rows.rows.is_empty() {
-            return Ok(None);
-        }
-        let bad =
-            |what: &str| WireError(format!("pg_replication_slots returned an invalid {what}"));
-        Ok(Some(SlotInfo {
-            plugin: rows.get(0, "plugin").map(str::to_string),
-            slot_type: rows.require(0, "slot_type")?.to_string(),
-            database: rows.get(0, "database").map(str::to_string),
-            confirmed_flush: rows
-                .get(0, "confirmed_flush_lsn")
-                .map(|l| l.parse().map_err(|_| bad("confirmed_flush_lsn")))
-                .transpose()?,
-            wal_status: rows.get(0, "wal_status").map(str::to_string),
-            active_pid: rows
-                .get(0, "active_pid")
-                .map(|p| p.parse().map_err(|_| bad("active_pid")))
-                .transpose()?,
-        }))
-    }
-
-    /// Why this slot cannot feed walhook in `database`, if it cannot.
-    pub(crate) fn unusable_reason(&self, database: &str) -> Option<String> {
-        if self.slot_type != "logical" {
-            return Some(format!(
-                "it is a {} slot; walhook needs a logical slot with the pgoutput plugin",
-                self.slot_type
-            ));
-        }
-        if self.plugin.as_deref() != Some("pgoutput") {
-            return Some(format!(
-                "it uses the output plugin {:?}; walhook needs pgoutput (drop it and run walhook setup)",
-                self.plugin.as_deref().unwrap_or("")
-            ));
-        }
-        if self.database.as_deref() != Some(database) {
-            return Some(format!(
-                "it belongs to database {:?}, but source.url connects to {database:?}",
-                self.database.as_deref().unwrap_or("")
-            ));
-        }
-        None
-    }
-
-    pub(crate) fn is_lost(&self) -> bool {
-        self.wal_status.as_deref() == Some("lost")
     }
 }
 
@@ -482,11 +375,6 @@ mod tests {
             r#"START_REPLICATION SLOT "s" LOGICAL 0/1 (proto_version '1', publication_names '"a"', messages 'true')"#
         );
         assert_eq!(
-            create_slot("walhook", false),
-            r#"CREATE_REPLICATION_SLOT "walhook" LOGICAL pgoutput NOEXPORT_SNAPSHOT"#
-        );
-        assert!(slot_query("walhook").ends_with("WHERE slot_name = 'walhook'"));
-        assert_eq!(
             publications_query(&["a".into(), "o'k".into()]),
             "SELECT pubname FROM pg_publication WHERE pubname IN ('a', 'o''k')"
         );
@@ -557,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn identify_system_and_slot_rows() {
+    fn identify_system_rows() {
         let r = rows(
             &["systemid", "timeline", "xlogpos", "dbname"],
             &[Some("7312"), Some("1"), Some("0/16B3748"), Some("app")],
@@ -566,50 +454,5 @@ mod tests {
         assert_eq!(s.xlog_pos, Lsn(0x16B3748));
         assert_eq!(s.dbname.as_deref(), Some("app"));
         assert!(SystemInfo::from_rows(&Rows::default()).is_err());
-
-        let cols = [
-            "plugin",
-            "slot_type",
-            "database",
-            "confirmed_flush_lsn",
-            "wal_status",
-            "active_pid",
-        ];
-        let r = rows(
-            &cols,
-            &[
-                Some("pgoutput"),
-                Some("logical"),
-                Some("app"),
-                Some("0/10"),
-                Some("reserved"),
-                None,
-            ],
-        );
-        let slot = SlotInfo::from_rows(&r).unwrap().unwrap();
-        assert_eq!(slot.confirmed_flush, Some(Lsn(0x10)));
-        assert_eq!(slot.unusable_reason("app"), None);
-        assert!(slot.unusable_reason("other").unwrap().contains("other"));
-        assert!(!slot.is_lost());
-        let r = rows(
-            &cols,
-            &[
-                Some("wal2json"),
-                Some("logical"),
-                Some("app"),
-                None,
-                Some("lost"),
-                Some("12"),
-            ],
-        );
-        let slot = SlotInfo::from_rows(&r).unwrap().unwrap();
-        assert!(slot.is_lost());
-        assert_eq!(slot.active_pid, Some(12));
-        assert!(slot.unusable_reason("app").unwrap().contains("pgoutput"));
-        let empty = Rows {
-            columns: cols.iter().map(|c| c.to_string()).collect(),
-            rows: vec![],
-        };
-        assert_eq!(SlotInfo::from_rows(&empty).unwrap(), None);
     }
 }

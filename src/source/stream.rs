@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::conn::ReplConn;
 use super::error::SourceError;
 use super::feedback::Feedback;
+use super::gate::{Gate, Wanted};
 use super::protocol::{self, CopyMessage};
 use super::resume::{Handed, ReplayFilter};
 use super::wire::{self, Frame};
@@ -24,10 +25,13 @@ use super::SourceStatus;
 use crate::budget::{footprint, Budget};
 use crate::decode::{Decoder, SourceEvent};
 use crate::lsn::Lsn;
+use crate::pg::slot::{SlotIdentity, SlotLoss};
 use crate::timestamp::pg_now_micros;
 
 /// How long to wait for the server to confirm the end of the stream.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
+/// How long the last standby status waits for its position to be recorded.
+const FINAL_RECORD_WAIT: Duration = Duration::from_secs(2);
 /// Received positions reach `/status` and the metrics at most this late,
 /// also while no acknowledgement moves (a paused strategy), without a
 /// status update per message.
@@ -39,10 +43,13 @@ pub(super) struct Memory {
     handed: Handed,
     /// The flush position last confirmed to the server: a floor for later ones.
     pub(crate) floor: Lsn,
-    /// This process has streamed from the slot (so it must keep existing).
-    pub(crate) streamed: bool,
     /// The cluster's system identifier, to notice a different server.
     pub(crate) system_id: Option<String>,
+    /// The slot streamed from: recorded at start, then as judged by each
+    /// session (its `confirmed` is where that session started).
+    pub(crate) identity: Option<SlotIdentity>,
+    /// A loss being repaired, recorded with the slot.
+    pub(crate) loss: Option<SlotLoss>,
 }
 
 /// Per-connection streaming state.
@@ -69,17 +76,51 @@ pub(super) struct Downstream<'a> {
     pub(super) budget: Option<&'a Budget>,
 }
 
+/// What decides the flush position: downstream's acknowledgements, and
+/// the record gate (when a recorder writes the slot's record).
+#[derive(Debug)]
+pub(super) struct Upstream<'a> {
+    pub(super) acks: &'a mut watch::Receiver<Lsn>,
+    pub(super) gate: Option<&'a mut Gate>,
+}
+
+/// Publishes what the feedback would send to the record gate, when it
+/// changed since `last` (the positions only: nothing is cloned per event).
+fn want(gate: &Gate, memory: &Memory, feedback: &Feedback, last: &mut (Lsn, Lsn), now: bool) {
+    let wanted = feedback.wanted();
+    if wanted == *last && !now {
+        return;
+    }
+    *last = wanted;
+    gate.want(wanted_of(memory, wanted, now));
+}
+
+fn wanted_of(memory: &Memory, (target, acked): (Lsn, Lsn), now: bool) -> Wanted {
+    Wanted {
+        identity: memory.identity.clone().map(|mut id| {
+            id.confirmed = target;
+            id
+        }),
+        acked,
+        loss: memory.loss.clone(),
+        now,
+    }
+}
+
 /// Streams until shutdown (Ok) or an error.
 pub(super) async fn run(
     conn: ReplConn,
     memory: &mut Memory,
-    acks: &mut watch::Receiver<Lsn>,
+    upstream: Upstream<'_>,
     status: &watch::Sender<SourceStatus>,
     wal_sender_timeout: Duration,
     downstream: Downstream<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(), SourceError> {
     let Downstream { tx, budget } = downstream;
+    let Upstream { acks, mut gate } = upstream;
+    let mut recorded = gate.as_ref().map(|g| g.recorded_rx());
+    let mut last_wanted = (Lsn::ZERO, Lsn::ZERO);
     let now = Instant::now();
     let interval = protocol::feedback_interval(wal_sender_timeout);
     let silence = protocol::silence_limit(wal_sender_timeout);
@@ -99,6 +140,9 @@ pub(super) async fn run(
         published: (Lsn::ZERO, Lsn::ZERO),
         published_at: now,
     };
+    if let Some(lsn) = recorded.as_mut().map(|r| *r.borrow_and_update()) {
+        s.feedback.set_recorded(lsn);
+    }
     let mut last_heard = now;
     let mut acks_open = true;
 
@@ -114,6 +158,9 @@ pub(super) async fn run(
         let reading = s.pending.is_empty();
         s.feedback
             .set_between_transactions(reading && !s.filter.in_transaction());
+        if let Some(gate) = gate.as_deref() {
+            want(gate, s.memory, &s.feedback, &mut last_wanted, false);
+        }
         let status_due = s.feedback.next_due();
         let publish_due = s.unpublished().then_some(s.published_at + PUBLISH_EVERY);
 
@@ -122,16 +169,24 @@ pub(super) async fn run(
             // 1. Shutdown: report the final position, end the stream.
             _ = shutdown.cancelled() => {
                 s.feedback.on_ack(*acks.borrow_and_update());
-                let _ = s.send_status(false).await;
+                if let Some(gate) = gate.as_deref_mut() {
+                    // The last status carries what is recorded by then.
+                    let wanted = wanted_of(s.memory, s.feedback.wanted(), true);
+                    s.feedback.set_recorded(gate.flush(wanted, FINAL_RECORD_WAIT).await);
+                }
+                if let Err(error) = s.send_status(false).await {
+                    tracing::warn!(error = %error, "the last standby status was not sent; the slot's confirmed position stays where it was (what follows it is delivered again after a restart)");
+                }
                 s.conn.finish(FINISH_WAIT).await;
                 return Ok(());
             }
-            // 2. Acknowledgements from downstream.
+            // 2. Acknowledgements from downstream, and their record.
             changed = acks.changed(), if acks_open => match changed {
                 Ok(()) => s.feedback.on_ack(*acks.borrow_and_update()),
                 // Every AckHandle is gone: flush can only follow keepalives now.
                 Err(_) => acks_open = false,
             },
+            Some(lsn) = recorded_changed(&mut recorded) => s.feedback.set_recorded(lsn),
             // 3. Deadlines: the standby status, and a server gone silent.
             _ = sleep_until(status_due) => {
                 // Ask for an answer when the server has been quiet, to notice a dead peer.
@@ -172,6 +227,18 @@ pub(super) async fn run(
                 last_heard = Instant::now();
             }
         }
+    }
+}
+
+/// The next position the record gate recorded; pending for ever without
+/// a gate (or once its recorder is gone: flush then stays where it is).
+async fn recorded_changed(recorded: &mut Option<watch::Receiver<Lsn>>) -> Option<Lsn> {
+    match recorded {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
@@ -252,13 +319,14 @@ impl Session<'_> {
             .feedback
             .take_status(Instant::now(), pg_now_micros(), request_reply);
         self.conn.send_status(&status).await?;
-        self.memory.floor = self.memory.floor.max(status.flush);
+        let flush = self.feedback.sent_flush();
+        self.memory.floor = self.memory.floor.max(flush);
         tracing::trace!(write = %status.write, flush = %status.flush, "standby status sent");
         let (received, wal_end) = self.positions();
         self.status.send_if_modified(|s| {
             let before = (s.received_lsn, s.acked_lsn, s.server_wal_end);
             s.received_lsn = received;
-            s.acked_lsn = status.flush;
+            s.acked_lsn = flush;
             s.server_wal_end = wal_end;
             before != (s.received_lsn, s.acked_lsn, s.server_wal_end)
         });

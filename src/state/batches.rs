@@ -2,6 +2,8 @@
 //! Postgres, so that after a restart the delivery worker re-forms them with
 //! the same records and ids.
 
+use std::collections::HashMap;
+
 use tokio_postgres::types::Type;
 
 use super::{StateError, StateStore};
@@ -39,6 +41,7 @@ impl StateStore {
         // (a prepared statement would cost one more per batch, on the
         // delivery's critical path under `ordering = "commit"`).
         let last_lsn = batch.last_lsn.to_string();
+        self.inner.batches.recorded(strategy);
         self.client()
             .await?
             .query_typed(
@@ -99,15 +102,72 @@ impl StateStore {
 
     /// Forgets a strategy's batches wholly before `confirmed` (the slot's
     /// confirmed position: Postgres will not stream them again).
+    ///
+    /// Once a forget left none of the strategy's batches, later ones run
+    /// no statement until this store records another batch: the confirmed
+    /// position moves while walhook idles (it follows the server's WAL
+    /// end), and an idle walhook should not reconnect to delete nothing.
     pub async fn forget_batches(&self, strategy: &str, confirmed: Lsn) -> Result<u64, StateError> {
-        self.client()
+        const WHAT: &str = "forgetting acknowledged walhook.batches";
+        let Some(generation) = self.inner.batches.may_hold(strategy) else {
+            return Ok(0);
+        };
+        let row = self
+            .client()
             .await?
-            .execute(
-                &*self.sql("DELETE FROM walhook.batches WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn"),
+            .query_one(
+                &*self.sql(
+                    "WITH gone AS (DELETE FROM walhook.batches \
+                         WHERE strategy = $1 AND last_lsn < $2::text::pg_lsn RETURNING 1) \
+                     SELECT (SELECT count(*) FROM gone), EXISTS (SELECT 1 FROM walhook.batches \
+                         WHERE strategy = $1 AND last_lsn >= $2::text::pg_lsn)",
+                ),
                 &[&strategy, &confirmed.to_string()],
             )
             .await
-            .map_err(StateError::query("forgetting acknowledged walhook.batches"))
+            .map_err(StateError::query(WHAT))?;
+        let gone: i64 = row.try_get(0).map_err(StateError::query(WHAT))?;
+        let left: bool = row.try_get(1).map_err(StateError::query(WHAT))?;
+        if !left {
+            self.inner.batches.emptied(strategy, generation);
+        }
+        Ok(u64::try_from(gone).unwrap_or(0))
+    }
+}
+
+/// Per strategy: how many batches this store recorded, and at which of
+/// those counts a forget found none left (see
+/// [`StateStore::forget_batches`]).
+#[derive(Debug, Default)]
+pub(super) struct BatchLedger(std::sync::Mutex<HashMap<String, (u64, Option<u64>)>>);
+
+impl BatchLedger {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Option<u64>)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recorded(&self, strategy: &str) {
+        self.lock().entry(strategy.to_string()).or_default().0 += 1;
+    }
+
+    /// The current count, or `None` when no batch can be left.
+    fn may_hold(&self, strategy: &str) -> Option<u64> {
+        let ledger = self.lock();
+        match ledger.get(strategy) {
+            Some((count, Some(empty_at))) if count == empty_at => None,
+            Some((count, _)) => Some(*count),
+            None => Some(0),
+        }
+    }
+
+    /// A forget that started at `count` left nothing (unless a batch was
+    /// recorded meanwhile).
+    fn emptied(&self, strategy: &str, count: u64) {
+        let mut ledger = self.lock();
+        let entry = ledger.entry(strategy.to_string()).or_default();
+        if entry.0 == count {
+            entry.1 = Some(count);
+        }
     }
 }
 

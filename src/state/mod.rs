@@ -23,6 +23,7 @@ mod parked;
 mod pauses;
 mod runs;
 mod schema;
+mod slots;
 
 use std::borrow::Cow;
 use std::sync::{Arc, Weak};
@@ -43,6 +44,10 @@ pub use parked::ParkedSummary;
 pub(crate) use parked::{NewParked, StoredParked};
 pub use schema::StateProblem;
 pub(crate) use schema::{inspect, setup_sql, Inspection, DEFAULT_SCHEMA};
+pub(crate) use slots::{
+    forget_script_sql as forget_slot_script_sql, forget_sql as forget_slot_sql,
+    record_sql as record_slot_sql, RecordedLoss,
+};
 
 /// A connection unused this long is closed (and reopened on the next use).
 const IDLE_CLOSE: Duration = Duration::from_secs(5);
@@ -113,6 +118,8 @@ struct Inner {
     schema: String,
     application_name: &'static str,
     client: Mutex<Option<Open>>,
+    /// Which strategies may still have stored batches.
+    batches: batches::BatchLedger,
 }
 
 /// The open connection and when it was last handed out.
@@ -180,6 +187,7 @@ impl StateStore {
                 schema: schema.to_string(),
                 application_name,
                 client: Mutex::new(None),
+                batches: Default::default(),
             }),
         })
     }

@@ -397,7 +397,8 @@ mod tests {
                 "batches",
                 "pauses",
                 "parked",
-                "holds"
+                "holds",
+                "slots"
             ]
         );
         assert!(

@@ -13,7 +13,7 @@ pub(crate) mod names;
 mod slot;
 
 pub use names::EVENTS_TOTAL;
-pub(crate) use slot::spawn_slot_watch;
+pub(crate) use slot::spawn_slot_metrics;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -97,6 +97,10 @@ pub(crate) fn describe() {
         SLOT_WAL_KEEP_LIMIT_BYTES,
         Unit::Bytes,
         "max_slot_wal_keep_size in bytes (-1 = unlimited)."
+    );
+    describe_counter!(
+        SLOT_LOSSES_TOTAL,
+        "The recorded slot found lost (kind: missing, invalidated, replaced, other_cluster) and what walhook did (outcome: refused, resynced)."
     );
     describe_counter!(
         EVENTS_TOTAL,

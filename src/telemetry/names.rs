@@ -43,6 +43,10 @@ pub(crate) const SLOT_WAL_STATUS: &str = "walhook_slot_wal_status";
 pub(crate) const SLOT_SAFE_WAL_BYTES: &str = "walhook_slot_safe_wal_bytes";
 /// Gauge: `max_slot_wal_keep_size` in bytes (-1 = unlimited).
 pub(crate) const SLOT_WAL_KEEP_LIMIT_BYTES: &str = "walhook_slot_wal_keep_limit_bytes";
+/// Counter `{kind, outcome}`: the recorded slot was found lost (kind
+/// missing, invalidated, replaced, other_cluster), and walhook refused or
+/// resynced (`on_slot_lost`).
+pub(crate) const SLOT_LOSSES_TOTAL: &str = "walhook_slot_losses_total";
 /// Gauge: 1 while another instance holds the slot.
 pub(crate) const STANDBY: &str = "walhook_standby";
 /// Gauge `{version}`: always 1.

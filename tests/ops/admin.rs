@@ -117,6 +117,7 @@ impl Server {
             token: token.map(Secret::new),
             prom,
             console: None,
+            slot_watch: None,
             workers: None,
         };
         let shutdown = CancellationToken::new();
@@ -469,6 +470,7 @@ async fn run_refuses_a_public_admin_listen_without_a_token() {
         token: None,
         prom: walhook::telemetry::install_recorder().expect("recorder"),
         console: None,
+        slot_watch: None,
         workers: None,
     };
     let result = tokio::time::timeout(
@@ -517,6 +519,7 @@ async fn readiness_and_metrics_follow_a_real_source() {
         token: None,
         prom,
         console: None,
+        slot_watch: None,
         workers: None,
     };
     let listener = admin::bind("127.0.0.1:0".parse().expect("addr"))

@@ -95,7 +95,7 @@ async fn setup_twice_then_check_is_clean() {
     assert_eq!(
         objects(&db, "s_setup").await,
         format!(
-            "public.orders,shop.items | batches,dead_letters,holds,parked,pauses,runs | pgoutput:logical:{db_name}"
+            "public.orders,shop.items | batches,dead_letters,holds,parked,pauses,runs,slots | pgoutput:logical:{db_name}"
         )
     );
 

@@ -207,6 +207,14 @@ fn the_kubernetes_manifests_parse_and_keep_two_ready_replicas_apart() {
         ("/readyz".into(), "admin".into())
     );
 
+    // After exit code 2 (restarting will not help) the container stays up,
+    // alive and unready, instead of crash-looping.
+    let args = container.args.as_deref().unwrap_or_default();
+    assert!(
+        args.iter().any(|a| a == "--hold-unrecoverable"),
+        "walhook run without --hold-unrecoverable restart-loops on exit 2: {args:?}"
+    );
+
     // A pinned image, never :latest.
     let image = container.image.as_deref().expect("image");
     let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
@@ -299,4 +307,24 @@ fn the_kubernetes_manifests_parse_and_keep_two_ready_replicas_apart() {
         .expect("config.toml in a ConfigMap");
     let config: toml::Table = config.parse().expect("config.toml");
     assert_eq!(config["admin"]["listen"].as_str(), Some("0.0.0.0:9187"));
+}
+
+/// The systemd unit restarts walhook on failures, never after exit code 2
+/// (a bad configuration, a lost slot: restarting will not help).
+#[test]
+fn the_systemd_unit_does_not_restart_after_exit_2() {
+    let unit = repo_file("deploy/systemd/walhook.service");
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("{key} missing from the unit"))
+    };
+    assert_eq!(setting("Restart"), "always");
+    assert!(
+        setting("RestartPreventExitStatus")
+            .split_whitespace()
+            .any(|c| c == "2"),
+        "{unit}"
+    );
 }

@@ -156,6 +156,15 @@ async fn run_streams_and_writes_state_in(
     );
     let stderr = running.stop().await;
     assert!(!stderr.contains("permission denied"), "{stderr}");
+    // `broken` allows one attempt: it is logged as the dead letter it leads to.
+    let last = stderr
+        .lines()
+        .find(|l| l.contains("delivery attempt failed") && l.contains("strategy=big"))
+        .unwrap_or_else(|| panic!("no failed attempt of big logged:\n{stderr}"));
+    assert!(
+        last.contains("decision=\"dead_letter\"") || last.contains("decision=dead_letter"),
+        "{last}"
+    );
 }
 
 /// The reproduction: README's role, the printed setup SQL run by
@@ -181,7 +190,7 @@ async fn the_least_privileged_role_runs_after_the_admin_ran_the_printed_setup_sq
     let stdout = check_is_clean(&config).await;
     assert!(
         stdout.contains(&format!(
-            "ok    state: state schema walhook in database {}: role lp_print_app may read and write its 6 tables",
+            "ok    state: state schema walhook in database {}: role lp_print_app may read and write its 7 tables",
             db.name()
         )),
         "{stdout}"
@@ -419,7 +428,7 @@ async fn with_the_state_in_another_database_the_role_writes_nothing_on_the_sourc
     let stdout = check_is_clean(&config).await;
     assert!(
         stdout.contains(&format!(
-            "ok    state: state schema wh_state in database {}: role lp_src_app may read and write its 6 tables",
+            "ok    state: state schema wh_state in database {}: role lp_src_app may read and write its 7 tables",
             state.name()
         )),
         "{stdout}"

@@ -6,11 +6,14 @@
 mod admin;
 mod admin_fuzz;
 mod attach;
+mod check_admin;
 mod commands;
 mod console;
 mod deploy;
 mod e2e;
+mod first_hour;
 mod least_privilege;
 mod pauses;
 mod reload;
 mod replay;
+mod slot_loss;

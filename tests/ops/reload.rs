@@ -490,6 +490,13 @@ async fn check_diff_prints_the_plan_with_its_exit_code() {
         "{}",
         out.stdout
     );
+    // It says it did not ask the database: a reload may still refuse it.
+    assert!(
+        out.stdout
+            .contains("compared offline (the two files, not the database)"),
+        "{}",
+        out.stdout
+    );
 
     let same = Walhook::command(&["check", "-c", &old, "--diff", &old])
         .output()

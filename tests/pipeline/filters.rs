@@ -333,7 +333,7 @@ async fn each_kind_of_bad_config_exits_2_naming_the_path_and_creates_no_slot_or_
         (
             "unknown key",
             strategy("colour = \"red\"\n", "hook", "true"),
-            "strategies[0].colour: unknown field",
+            "strategies[0].colour: unknown key",
         ),
         (
             "missing endpoint",
