@@ -71,6 +71,8 @@ struct InStream {
     slot: usize,
     last_key: Option<KeyText>,
     sent: u64,
+    /// The run's rows read once this chunk was read.
+    read_through: u64,
 }
 
 impl InStream {
@@ -387,11 +389,16 @@ async fn merged(
                     slot,
                     last_key: last_key.clone(),
                     sent,
+                    read_through: plan.live.get().read,
                 });
                 match last_key {
                     Some(key) if read >= size => start = Start::After(key),
                     _ => reading = false,
                 }
+                // After every chunk read: a restart counts what it reads again
+                // from these counts and the stored progress.
+                last_write = Instant::now();
+                write_counts(plan, cx.state).await;
             }
         }
         plan.report(None);
@@ -450,6 +457,7 @@ async fn collect_delivered(
     cx: &Context<'_>,
 ) {
     let mut after = None;
+    let mut read_through = 0;
     while let Some(front) = in_stream.front() {
         // A strategy a reload removed was forgotten only once caught up.
         let finished = merge
@@ -468,6 +476,7 @@ async fn collect_delivered(
             // Acknowledged, neither delivered nor dead-lettered: parked.
             done.parked += chunk.sent - delivered - dead;
             after = chunk.last_key.or(after);
+            read_through = chunk.read_through;
         }
     }
     let going: u64 = in_stream
@@ -485,6 +494,7 @@ async fn collect_delivered(
         // read again.
         let mut counts = live;
         counts.sent = counts.delivered;
+        counts.read = read_through;
         let stored = Stored {
             after: Some(after),
             counts,

@@ -19,7 +19,8 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
 use tokio_postgres::Client;
 
 use crate::backfill::{encode_key, RowVersion, SnapshotInfo, PREFIX};
@@ -27,7 +28,7 @@ use crate::config::TableName;
 use crate::decode::relcache::{builtin_kind, kind_by_name};
 use crate::decode::{Cell, Column, Op, RecordEvent, Relation, Tuple};
 use crate::lsn::Lsn;
-use crate::pg::{self, quote_ident, quote_table};
+use crate::pg::{self, quote_ident, quote_literal, quote_table};
 
 /// Tables up to this size on disk are counted exactly for a run's
 /// estimate (a few milliseconds); larger ones use the planner's statistics.
@@ -82,6 +83,78 @@ pub fn parse_key(text: &str) -> Result<Vec<Option<String>>, String> {
             )),
         })
         .collect()
+}
+
+/// For each column type that is a domain: (the domain, its base type's oid,
+/// schema and name), through domains over domains.
+async fn base_types(
+    client: &Client,
+    catalog: &pg::TableCatalog,
+) -> Result<Vec<(u32, u32, String, String)>, tokio_postgres::Error> {
+    let oids: Vec<u32> = catalog.columns.iter().map(|c| c.type_oid).collect();
+    let rows = client
+        .query(
+            "WITH RECURSIVE b(of, base) AS ( \
+                 SELECT t.oid, t.typbasetype FROM pg_type t \
+                 WHERE t.oid = ANY($1::oid[]) AND t.typtype = 'd' \
+               UNION ALL \
+                 SELECT b.of, t.typbasetype FROM b JOIN pg_type t ON t.oid = b.base \
+                 WHERE t.typtype = 'd') \
+             SELECT b.of, t.oid, n.nspname::text, t.typname::text FROM b \
+             JOIN pg_type t ON t.oid = b.base JOIN pg_namespace n ON n.oid = t.typnamespace \
+             WHERE t.typtype <> 'd'",
+            &[&oids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+/// The fields of one line of COPY's text format: `\N` is NULL, backslash
+/// escapes are undone (COPY TO writes `\\`, `\b`, `\f`, `\n`, `\r`, `\t`,
+/// `\v`); a field without a backslash is a slice of the line, not a copy.
+fn copy_fields(line: &Bytes) -> impl Iterator<Item = Cell> + '_ {
+    let mut at = 0;
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let rest = line.get(at..)?;
+        let len = rest.iter().position(|&b| b == b'\t').unwrap_or_else(|| {
+            done = true;
+            rest.len()
+        });
+        let field = line.slice(at..at + len);
+        at += len + 1;
+        if &field[..] == b"\\N" {
+            return Some(Cell::Null);
+        }
+        if !field.contains(&b'\\') {
+            return Some(Cell::Text(field));
+        }
+        let mut out = Vec::with_capacity(field.len());
+        let mut bytes = field.iter().copied();
+        while let Some(b) = bytes.next() {
+            if b != b'\\' {
+                out.push(b);
+                continue;
+            }
+            match bytes.next() {
+                Some(b'b') => out.push(0x08),
+                Some(b'f') => out.push(0x0c),
+                Some(b'n') => out.push(b'\n'),
+                Some(b'r') => out.push(b'\r'),
+                Some(b't') => out.push(b'\t'),
+                Some(b'v') => out.push(0x0b),
+                Some(other) => out.push(other),
+                None => out.push(b'\\'),
+            }
+        }
+        Some(Cell::Text(Bytes::from(out)))
+    })
 }
 
 /// One row of a chunk.
@@ -167,6 +240,10 @@ impl TableReader {
             .await
             .map_err(query_err)?;
         let catalog = pg::table_catalog(&client, table).await;
+        let bases = match &catalog {
+            Ok(Some(c)) => base_types(&client, c).await,
+            _ => Ok(Vec::new()),
+        };
         let version = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await
@@ -184,31 +261,37 @@ impl TableReader {
             .iter()
             .map(|&k| catalog.columns[k].type_sql.clone())
             .collect();
+        let bases = bases.map_err(query_err)?;
+        // A domain's values are its base type's, as pgoutput describes the
+        // column (its Relation message names the base type).
         let cols: Vec<Column> = catalog
             .columns
             .iter()
-            .map(|c| Column {
-                name: c.name.clone(),
-                type_oid: c.type_oid,
-                type_modifier: c.type_modifier,
-                key: c.primary_key.is_some(),
-                kind: builtin_kind(c.type_oid)
-                    .unwrap_or_else(|| kind_by_name(&c.type_schema, &c.type_name)),
+            .map(|c| {
+                let (oid, schema, name) = bases
+                    .iter()
+                    .find(|(of, ..)| *of == c.type_oid)
+                    .map(|(_, oid, schema, name)| (*oid, schema.as_str(), name.as_str()))
+                    .unwrap_or((c.type_oid, &c.type_schema, &c.type_name));
+                Column {
+                    name: c.name.clone(),
+                    type_oid: oid,
+                    type_modifier: c.type_modifier,
+                    key: c.primary_key.is_some(),
+                    kind: builtin_kind(oid).unwrap_or_else(|| kind_by_name(schema, name)),
+                }
             })
             .collect();
+        // COPY writes each value with its type's output function, exactly as
+        // pgoutput sends it (`::text` would differ for some types: bool gives
+        // "true", not "t"; bpchar drops trailing blanks; inet adds a netmask).
         let select_list = cols
             .iter()
-            // The type's output function, exactly as pgoutput sends values:
-            // `::text` differs for some types (bool gives "true", not "t";
-            // bpchar drops trailing blanks; inet adds the netmask).
-            .map(|c| {
-                let col = quote_ident(&c.name);
-                format!("CASE WHEN r.{col} IS NULL THEN NULL ELSE format('%s', r.{col}) END")
-            })
+            .map(|c| format!("r.{}", quote_ident(&c.name)))
             .collect::<Vec<_>>()
             .join(", ");
         let select = format!(
-            "SELECT r.xmin::text, {select_list} FROM {} AS r",
+            "SELECT r.xmin, {select_list} FROM {} AS r",
             quote_table(table)
         );
         Ok(TableReader {
@@ -388,6 +471,11 @@ impl TableReader {
 
     /// Reads up to `limit` rows from `start` in a new transaction, which
     /// stays open: end it with [`TableReader::finish_chunk`].
+    ///
+    /// The rows come by `COPY … TO STDOUT` (text format): each value through
+    /// its type's output function, as pgoutput sends it, at a fraction of a
+    /// row-by-row query's cost on both sides. COPY takes no parameters, so
+    /// the start key is written as quoted literals cast to the key's types.
     pub async fn read_chunk(
         &mut self,
         start: &Start,
@@ -400,42 +488,42 @@ impl TableReader {
         let order = self
             .key
             .iter()
-            // Qualified: a bare name would sort by the text output column.
             .map(|&k| format!("r.{}", quote_ident(&self.relation.columns[k].name)))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut sql = self.select.clone();
-        let (op, params) = match start {
+        let (op, key) = match start {
             Start::First => (None, Vec::new()),
             Start::At(key) => (Some(">="), key.clone()),
             Start::After(key) => (Some(">"), key.clone()),
         };
-        sql.push_str(" WHERE true");
+        let mut sql = format!("COPY ({} WHERE true", self.select);
         if let Some(op) = op {
-            if params.len() != self.key.len() {
+            if key.len() != self.key.len() {
                 return Err(SnapshotError::From(format!(
                     "{} has {} primary-key columns ({}), the key given has {}",
                     self.table,
                     self.key.len(),
                     self.key_columns().join(", "),
-                    params.len()
+                    key.len()
                 )));
             }
-            let placeholders = self
+            let literals = self
                 .key_types
                 .iter()
-                .enumerate()
-                .map(|(i, ty)| format!("${}::text::{ty}", i + 1))
+                .zip(&key)
+                .map(|(ty, value)| match value {
+                    Some(text) => format!("{}::{ty}", quote_literal(text)),
+                    None => format!("NULL::{ty}"),
+                })
                 .collect::<Vec<_>>()
                 .join(", ");
-            sql.push_str(&format!(" AND ({order}) {op} ({placeholders})"));
+            sql.push_str(&format!(" AND ({order}) {op} ({literals})"));
         }
         sql.push_str(&self.pushdown);
-        sql.push_str(&format!(" ORDER BY {order} LIMIT {}", limit.max(1)));
-        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
-            .iter()
-            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
-            .collect();
+        sql.push_str(&format!(
+            " ORDER BY {order} LIMIT {}) TO STDOUT",
+            limit.max(1)
+        ));
         self.client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {SETTINGS}{}",
@@ -460,52 +548,78 @@ impl TableReader {
             }
         })?;
         let read_time: i64 = head.get(1);
-        let rows = self
+        let stream = self
             .client
-            .query(sql.as_str(), &refs)
+            .copy_out(sql.as_str())
             .await
             .map_err(self.query_err())?;
+        let mut stream = std::pin::pin!(stream);
         let width = self.relation.columns.len();
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let xmin: u32 = row
-                .get::<_, Option<&str>>(0)
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(0);
-            let cells: Vec<Cell> = (1..=width)
-                .map(|i| match row.get::<_, Option<&str>>(i) {
-                    Some(text) => Cell::Text(Bytes::copy_from_slice(text.as_bytes())),
-                    None => Cell::Null,
-                })
-                .collect();
-            let key = encode_key(self.key.iter().map(|&k| match cells.get(k) {
-                Some(Cell::Text(b)) => Some(&b[..]),
-                _ => None,
-            }));
-            out.push(ChunkRow {
-                event: RecordEvent {
-                    relation: Arc::clone(&self.relation),
-                    op: Op::Read,
-                    commit_lsn: Lsn::ZERO,
-                    index: 0,
-                    xid: 0,
-                    commit_time: read_time,
-                    new: Some(Tuple(cells)),
-                    old: None,
-                },
-                version: RowVersion { key, xmin },
-            });
+        let mut rows = Vec::with_capacity(limit.min(100_000));
+        let mut carry = BytesMut::new();
+        while let Some(data) = stream.next().await {
+            let data = data.map_err(self.query_err())?;
+            carry.extend_from_slice(&data);
+            while let Some(end) = carry.iter().position(|&b| b == b'\n') {
+                let line = carry.split_to(end + 1).freeze();
+                let row = self.row(line.slice(..end), width, read_time)?;
+                rows.push(row);
+            }
         }
-        let last_key = rows.last().map(|last| {
+        if !carry.is_empty() {
+            let line = carry.freeze();
+            rows.push(self.row(line, width, read_time)?);
+        }
+        let last_key = rows.last().map(|row: &ChunkRow| {
             self.key
                 .iter()
-                .map(|&k| last.get::<_, Option<String>>(k + 1))
+                .map(|&k| match row.event.new.as_ref().and_then(|t| t.get(k)) {
+                    Some(Cell::Text(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                    _ => None,
+                })
                 .collect()
         });
         Ok(Chunk {
-            rows: out,
+            rows,
             snapshot,
             last_key,
+        })
+    }
+
+    /// One line of COPY text: `xmin`, then the table's columns.
+    fn row(&self, line: Bytes, width: usize, read_time: i64) -> Result<ChunkRow, SnapshotError> {
+        let malformed = || SnapshotError::Malformed {
+            table: self.table.clone(),
+            what: "a COPY row",
+        };
+        let mut fields = copy_fields(&line);
+        let xmin: u32 = fields
+            .next()
+            .and_then(|f| match f {
+                Cell::Text(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
+                _ => None,
+            })
+            .ok_or_else(malformed)?;
+        let cells: Vec<Cell> = fields.collect();
+        if cells.len() != width {
+            return Err(malformed());
+        }
+        let key = encode_key(self.key.iter().map(|&k| match cells.get(k) {
+            Some(Cell::Text(b)) => Some(&b[..]),
+            _ => None,
+        }));
+        Ok(ChunkRow {
+            event: RecordEvent {
+                relation: Arc::clone(&self.relation),
+                op: Op::Read,
+                commit_lsn: Lsn::ZERO,
+                index: 0,
+                xid: 0,
+                commit_time: read_time,
+                new: Some(Tuple(cells)),
+                old: None,
+            },
+            version: RowVersion { key, xmin },
         })
     }
 
@@ -564,6 +678,22 @@ impl TableReader {
 #[cfg(test)]
 mod tests {
     use super::parse_key;
+
+    #[test]
+    fn copy_text_fields_are_unescaped_and_null_is_null() {
+        let line = bytes::Bytes::from_static(b"12\\tplain\t\\N\ta\\tb\\\\c\\nd\t");
+        let cells: Vec<crate::decode::Cell> = super::copy_fields(&line).collect();
+        let text = |s: &str| crate::decode::Cell::Text(bytes::Bytes::from(s.to_string()));
+        assert_eq!(
+            cells,
+            vec![
+                text("12\tplain"),
+                crate::decode::Cell::Null,
+                text("a\tb\\c\nd"),
+                text(""),
+            ]
+        );
+    }
 
     #[test]
     fn a_key_is_its_text_or_a_json_array_of_its_columns() {
