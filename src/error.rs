@@ -111,14 +111,9 @@ impl Error {
             ),
             Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) => false,
             Error::Run(err) => {
-                matches!(
-                    **err,
-                    AppError::Strategy(_)
-                        | AppError::Schema(_)
-                        | AppError::Endpoint(_)
-                        | AppError::NoEndpoint { .. }
-                        | AppError::Worker(_)
-                ) || matches!(&**err, AppError::State(state) if state.needs_setup())
+                matches!(**err, AppError::NoEndpoint { .. } | AppError::Worker(_))
+                    || matches!(&**err, AppError::Prepare(prepare) if prepare.needs_change())
+                    || matches!(&**err, AppError::State(state) if state.needs_setup())
                     || matches!(&**err, AppError::Catalog(schema) if schema.needs_change())
                     || matches!(
                         &**err,
@@ -129,12 +124,9 @@ impl Error {
             Error::RunStrategy(err) => {
                 matches!(
                     **err,
-                    CliError::NoStrategy { .. }
-                        | CliError::Strategy(_)
-                        | CliError::Endpoint(_)
-                        | CliError::Filter(_)
-                        | CliError::From(_)
-                ) || matches!(&**err, CliError::State(state) if state.needs_setup())
+                    CliError::NoStrategy { .. } | CliError::Filter(_) | CliError::From(_)
+                ) || matches!(&**err, CliError::Prepare(prepare) if prepare.needs_change())
+                    || matches!(&**err, CliError::State(state) if state.needs_setup())
             }
             Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
             Error::Receive(err) => matches!(
@@ -175,6 +167,7 @@ mod tests {
     use crate::config::{ConfigError, SigningError};
     use crate::delivery::TlsError;
     use crate::delivery::{DeliveryError, EndpointError};
+    use crate::prepare::PrepareError;
     use crate::runs::RunError;
     use crate::strategy::StrategyError;
 
@@ -192,9 +185,9 @@ mod tests {
                 path: "config.toml".into(),
                 errors: config(),
             },
-            Error::from(AppError::Strategy(strategy())),
-            Error::from(AppError::Schema(Vec::new())),
-            Error::from(AppError::Endpoint(endpoint())),
+            Error::from(AppError::Prepare(PrepareError::Strategy(strategy()))),
+            Error::from(AppError::Prepare(PrepareError::Schema(Vec::new()))),
+            Error::from(AppError::Prepare(PrepareError::Endpoint(endpoint()))),
             Error::from(AppError::Worker(DeliveryError::NeedsStateStore {
                 strategy: "orders".into(),
             })),
@@ -206,8 +199,9 @@ mod tests {
                 name: "nope".into(),
                 known: vec!["seed".into()],
             }),
-            Error::from(CliError::Strategy(strategy())),
-            Error::from(CliError::Endpoint(endpoint())),
+            Error::from(CliError::Prepare(PrepareError::Strategy(strategy()))),
+            Error::from(CliError::Prepare(PrepareError::Schema(Vec::new()))),
+            Error::from(CliError::Prepare(PrepareError::Endpoint(endpoint()))),
             Error::from(CliError::Filter("row.id >".into())),
             Error::from(DemoError::NoPostgres),
             Error::from(ReceiveError::Secret {
@@ -233,7 +227,9 @@ mod tests {
             Error::from(CliError::Failed { id: 7, failed: 3 }),
             Error::from(CliError::Run(RunError::WorkerStopped)),
             // The demo's own pipeline failing is the demo failing at run time.
-            Error::from(DemoError::Pipeline(AppError::Schema(Vec::new()))),
+            Error::from(DemoError::Pipeline(AppError::Prepare(
+                PrepareError::Schema(Vec::new()),
+            ))),
             Error::from(DemoError::Timeout("every batch".into())),
             Error::from(ReceiveError::Serve(io("reset"))),
         ];

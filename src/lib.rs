@@ -98,6 +98,7 @@ pub(crate) mod health;
 pub mod lsn;
 pub mod ops;
 pub mod pg;
+pub mod prepare;
 pub mod receive;
 pub mod reload;
 pub mod runs;

@@ -50,11 +50,10 @@ use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::config::OnSlotLost;
 use crate::decode::SourceEvent;
-use crate::delivery::{
-    build_endpoints, DeliveryError, Endpoint, EndpointError, EndpointStats, WorkerHandles,
-};
+use crate::delivery::{DeliveryError, Endpoint, EndpointStats, WorkerHandles};
 use crate::lsn::Lsn;
 use crate::pg::{self, ConnectError, SlotLoss};
+use crate::prepare::{prepare, PrepareError, Prepared};
 use crate::reload::{self, ReloadHandle};
 use crate::runs::{spawn_pause_sync, AppControl, Merge, RunManager, ScheduleBoard};
 use crate::source::{
@@ -63,8 +62,7 @@ use crate::source::{
 };
 use crate::state::{StateError, StateStore};
 use crate::strategy::{
-    self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError, SchemaProblem,
-    StrategyError,
+    self, CompiledStrategy, PublicationOutcome, RouteError, Router, SchemaError,
 };
 use crate::telemetry::{self, TelemetryError};
 use live::{LiveStrategy, Start, WorkerContext, WorkerEnd};
@@ -81,13 +79,9 @@ pub enum AppError {
     #[error("connecting to the source database: {0}")]
     Connect(#[source] ConnectError),
     #[error(transparent)]
-    Strategy(#[from] StrategyError),
+    Prepare(#[from] PrepareError),
     #[error(transparent)]
     Catalog(#[from] SchemaError),
-    #[error("the database does not match the configuration:\n{}", list(.0))]
-    Schema(Vec<SchemaProblem>),
-    #[error(transparent)]
-    Endpoint(#[from] EndpointError),
     #[error("strategies[{index}].endpoint: no endpoint named {name:?}")]
     NoEndpoint { index: usize, name: String },
     #[error("the walhook state schema: {0}")]
@@ -112,14 +106,6 @@ pub enum AppError {
     Task(#[from] JoinError),
     #[error(transparent)]
     Resync(#[from] ResyncError),
-}
-
-fn list(problems: &[SchemaProblem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// Runs the pipeline until `shutdown` is cancelled or a stage stops.
@@ -341,36 +327,25 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Checks the live schema, then creates the publication and the state
-    /// schema when missing. What does not depend on the checks runs beside
-    /// them: the endpoints' HTTP clients (reading the CA roots blocks, so on
-    /// a blocking thread) and the state store's connection and inspection.
-    /// Neither changes the database, and their errors come after the
-    /// checks' (nothing is created before every check passed).
+    /// [`prepare`]s the configuration, then creates the publication and the
+    /// state schema when missing. The state store's connection and
+    /// inspection run beside `prepare`: neither changes the database, and
+    /// their errors come after its (nothing is created before every check
+    /// passed).
     async fn build(config: &Config, client: Client) -> Result<Pipeline, AppError> {
-        let mut strategies = CompiledStrategy::compile_all(config)?;
-        let owned = config.clone();
-        let endpoints = tokio::task::spawn_blocking(move || build_endpoints(&owned));
         // Only read: what is missing is created after the checks.
         let state = async {
             let store = StateStore::for_config(config, "walhook-state").await?;
             let found = store.inspect().await;
             Ok::<_, StateError>((store, found))
         };
-        let checks = async {
-            let problems = strategy::validate_schema(&client, config).await?;
-            if !problems.is_empty() {
-                return Err(AppError::Schema(problems));
-            }
-            Ok(strategy::group_columns(&client, config).await?)
-        };
-        let (columns, (endpoints, state)) =
-            first_then(checks, async { tokio::join!(endpoints, state) }).await?;
-        for (compiled, columns) in strategies.iter_mut().zip(columns) {
-            compiled.set_group_columns(columns);
-        }
-        let strategies: Vec<Arc<CompiledStrategy>> = strategies.into_iter().map(Arc::new).collect();
-        let endpoints = endpoints??;
+        let (
+            Prepared {
+                strategies,
+                endpoints,
+            },
+            state,
+        ) = first_then(prepare(config, &client), state).await?;
         let (state, found) = state.map_err(AppError::State)?;
         if let PublicationOutcome::Created { tables } =
             strategy::ensure_publication(&client, config).await?

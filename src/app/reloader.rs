@@ -15,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use super::live::{LiveStrategy, Start, WorkerContext, WorkerEnd};
 use crate::admin::Console;
 use crate::config::Config;
-use crate::delivery::{build_endpoints, Endpoint, EntryKind, ReplayTarget, WorkerHandles};
+use crate::delivery::{Endpoint, EntryKind, ReplayTarget, WorkerHandles};
 use crate::lsn::Lsn;
-use crate::pg;
+use crate::pg::{self, ConnectError};
+use crate::prepare::{prepare, PrepareError, Prepared};
 use crate::reload::{self, Outcome, Plan, ReloadRequest, ReloadResult, Requests};
 use crate::runs::{schedule, AppControl, RunManager, ScheduleBoard};
 use crate::source::{SourceState, SourceStatus};
-use crate::strategy::{self, CompiledStrategy, Reroute};
+use crate::strategy::{CompiledStrategy, Reroute};
 use crate::telemetry;
 
 /// A strategy a reload took out of the routes, until its worker has ended.
@@ -259,7 +260,9 @@ impl Reloader {
         }
         let built = match build(&new).await {
             Ok(built) => built,
-            Err(error) => return Outcome::failed(ReloadResult::Invalid, error, Some(plan)),
+            Err(error) => {
+                return Outcome::failed(ReloadResult::Invalid, error.to_string(), Some(plan))
+            }
         };
         if dry_run {
             return Outcome {
@@ -289,7 +292,7 @@ impl Reloader {
     async fn apply(
         &mut self,
         new: Config,
-        built: Built,
+        built: Prepared,
         plan: &Plan,
         tasks: &mut JoinSet<WorkerEnd>,
         stop: &CancellationToken,
@@ -485,43 +488,20 @@ impl Reloader {
 /// How long a reload waits for the router to reach a transaction boundary.
 const SWAP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What a valid configuration compiles to, before anything runs.
-struct Built {
-    strategies: Vec<Arc<CompiledStrategy>>,
-    endpoints: BTreeMap<String, Arc<Endpoint>>,
-}
-
-/// The start-up checks that need the database or build something:
-/// expressions compiled, the live schema (tables, columns, replica
-/// identity, publication membership), endpoints (TLS, keys). The error
-/// names each problem's field.
-async fn build(config: &Config) -> Result<Built, String> {
-    let mut strategies = CompiledStrategy::compile_all(config).map_err(|e| e.to_string())?;
+/// The startup checks, as startup runs them ([`prepare`]), on a
+/// connection of their own. The error names each problem's field.
+async fn build(config: &Config) -> Result<Prepared, ReloadBuildError> {
     let client = pg::connect(config.source.url.expose(), "walhook-reload")
         .await
-        .map_err(|e| format!("connecting to the source database: {e}"))?;
-    let problems = strategy::validate_schema(&client, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !problems.is_empty() {
-        return Err(format!(
-            "the database does not match the configuration: {}",
-            problems
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
-    let columns = strategy::group_columns(&client, config)
-        .await
-        .map_err(|e| e.to_string())?;
-    for (compiled, columns) in strategies.iter_mut().zip(columns) {
-        compiled.set_group_columns(columns);
-    }
-    let endpoints = build_endpoints(config).map_err(|e| e.to_string())?;
-    Ok(Built {
-        strategies: strategies.into_iter().map(Arc::new).collect(),
-        endpoints,
-    })
+        .map_err(ReloadBuildError::Connect)?;
+    Ok(prepare(config, &client).await?)
+}
+
+/// Why a reload's configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+enum ReloadBuildError {
+    #[error("connecting to the source database: {0}")]
+    Connect(#[source] ConnectError),
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
 }

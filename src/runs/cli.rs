@@ -19,15 +19,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_postgres::Client;
 
 use super::manager::{Ask, RunManager};
 use super::plan::{Counts, RunError};
 use super::progress::Progress;
 use super::reader::KeyText;
 use crate::config::Config;
-use crate::delivery::{build_endpoints, EndpointError};
+use crate::pg::{self, ConnectError};
+use crate::prepare::{prepare, PrepareError, Prepared};
 use crate::state::{StateError, StateStore};
-use crate::strategy::{CompiledStrategy, StrategyError};
 
 /// How often a progress line is logged when there is no bar.
 const LINE_EVERY: Duration = Duration::from_secs(5);
@@ -63,12 +64,13 @@ pub enum CliError {
     /// No such strategy.
     #[error("no strategy named {name:?}; the configuration has {known:?}")]
     NoStrategy { name: String, known: Vec<String> },
-    /// A strategy's expressions do not compile.
+    /// The source database cannot be reached.
+    #[error("connecting to the source database: {0}")]
+    Connect(#[source] ConnectError),
+    /// The configuration does not compile or does not match the database,
+    /// as `walhook run` would find (see [`crate::prepare`]).
     #[error(transparent)]
-    Strategy(#[from] StrategyError),
-    /// An endpoint cannot be built from its configuration.
-    #[error(transparent)]
-    Endpoint(#[from] EndpointError),
+    Prepare(#[from] PrepareError),
     /// `--filter` does not compile or names a column the table lacks.
     #[error("--filter: {0}")]
     Filter(String),
@@ -275,13 +277,8 @@ fn encode(text: &str) -> String {
 }
 
 /// The walsender pid when a walhook streams the slot.
-async fn slot_streamed(config: &Config) -> Option<i32> {
-    let client = crate::pg::connect(config.source.url.expose(), "walhook-run")
-        .await
-        .ok()?;
-    let slot = crate::pg::slot::read(&client, &config.source.slot)
-        .await
-        .ok()??;
+async fn slot_streamed(client: &Client, slot: &str) -> Option<i32> {
+    let slot = pg::slot::read(client, slot).await.ok()??;
     slot.active.then_some(slot.active_pid).flatten()
 }
 
@@ -298,18 +295,22 @@ pub async fn run_strategy(config: Config, opts: RunStrategyOptions) -> Result<()
     if api.streams(&config.source.slot).await {
         return run_there(&api, opts).await;
     }
-    if let Some(pid) = slot_streamed(&config).await {
+    let client = pg::connect(config.source.url.expose(), "walhook-run")
+        .await
+        .map_err(CliError::Connect)?;
+    if let Some(pid) = slot_streamed(&client, &config.source.slot).await {
         return Err(CliError::Elsewhere {
             slot: config.source.slot.clone(),
             pid,
             base: api.base,
         });
     }
-    let strategies = CompiledStrategy::compile_all(&config)?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
-    let endpoints = build_endpoints(&config)?;
+    // What `walhook run` would build from this file, checked as it checks.
+    let Prepared {
+        strategies,
+        endpoints,
+    } = prepare(&config, &client).await?;
+    drop(client);
     let url = config.source.url.expose().to_string();
     let state = StateStore::for_config(&config, "walhook-state")
         .await

@@ -334,3 +334,34 @@ async fn run_strategy_refuses_when_a_walhook_streams_the_slot_out_of_reach() {
     assert_eq!(receiver.arrivals(), 0, "the CLI sent nothing");
     walhook.stop().await;
 }
+
+/// `walhook run-strategy` checks the file against the live schema as
+/// `walhook run` does (one `prepare` path): a filter on a column the table
+/// lacks is refused with exit 2 and the field, before anything is sent or
+/// created in the database.
+#[tokio::test]
+async fn run_strategy_refuses_what_walhook_run_would_refuse_before_changing_anything() {
+    let (url, db) = setup("runs_cli_prepare").await;
+    let receiver = Receiver::start().await;
+    let config = format!(
+        "{}[endpoints.hook]\nurl = \"{}\"\n\n[[strategies]]\nname = \"seed\"\ntable = \"t\"\n\
+         endpoint = \"hook\"\non_insert = \"new.missing % 2 == 0\"\n",
+        base_config(&url, "runs_cli_prepare", "runs_cli_prepare"),
+        receiver.url("/hook")
+    );
+    let out = run_strategy(&config, &["seed"]).await;
+    assert_eq!(out.code(), Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the database does not match the configuration")
+            && out.stderr.contains("strategies[0]")
+            && out.stderr.contains("missing"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(receiver.arrivals(), 0, "the CLI sent nothing");
+    let schemas = db
+        .psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'walhook'")
+        .await;
+    assert_eq!(schemas.trim(), "0", "no state schema was created");
+}
