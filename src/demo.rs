@@ -10,6 +10,7 @@
 //! and the next steps. Ctrl-C (or the end of the script) stops everything
 //! and removes the cluster.
 
+use crate::error::{Classify, ErrorClass};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -61,6 +62,24 @@ pub enum DemoError {
     Timeout(String),
     #[error("a demo task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl Classify for DemoError {
+    /// Only missing PostgreSQL binaries need the operator: the demo builds
+    /// everything else itself, so its pipeline failing is the demo failing.
+    fn class(&self) -> ErrorClass {
+        match self {
+            DemoError::NoPostgres => ErrorClass::NeedsOperator,
+            DemoError::Cluster { .. }
+            | DemoError::Receiver(_)
+            | DemoError::Listen { .. }
+            | DemoError::Secret(_)
+            | DemoError::Config(_)
+            | DemoError::Pipeline(_)
+            | DemoError::Timeout(_)
+            | DemoError::Task(_) => ErrorClass::Fatal,
+        }
+    }
 }
 
 fn cluster_failed(what: &'static str) -> impl FnOnce(ClusterError) -> DemoError {

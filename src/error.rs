@@ -6,6 +6,16 @@
 //! worded by `pg::describe`, for instance), so `{err}` in main and
 //! `error = %err` in a log line show the whole chain once.
 //!
+//! Every error enum answers one question in one vocabulary, beside its
+//! definition ([`Classify`]): is the failure [`ErrorClass::Transient`]
+//! (waiting and trying again may fix it), [`ErrorClass::NeedsOperator`]
+//! (nothing will until a person changes the configuration, the command
+//! line or the database) or [`ErrorClass::Fatal`] (this process cannot go
+//! on; the log says why and a restart may help)? A wrapper asks its cause,
+//! so the answer comes from where the failure is understood, and the exit
+//! code derives from it ([`ErrorClass::exit_code`]) instead of a match over
+//! every command's variants.
+//!
 //! Exit codes: `0` ok, `1` a failure at run time (restarting may help), `2`
 //! a bad configuration, usage or a database that does not match the
 //! configuration (restarting will not help until something is changed),
@@ -30,6 +40,39 @@ pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code of `check --diff` when a reload would refuse the change.
 const EXIT_NEEDS_RESTART: u8 = 3;
+
+/// What a failure asks of whoever runs walhook (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Passing: the same step a little later may succeed (a server not up
+    /// yet, a connection reset). Loops that wait retry these; a command
+    /// that gives up exits 1.
+    Transient,
+    /// Nothing will change until a person changes the configuration, the
+    /// command line or the database's objects: exit 2 (and no restart by
+    /// the shipped units).
+    NeedsOperator,
+    /// This process cannot go on (a failed task, a broken stream, a refused
+    /// login): exit 1, the message says why.
+    Fatal,
+}
+
+impl ErrorClass {
+    /// The process exit code for a command that failed with this class.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ErrorClass::NeedsOperator => EXIT_CONFIG,
+            ErrorClass::Transient | ErrorClass::Fatal => EXIT_RUNTIME,
+        }
+    }
+}
+
+/// An error that knows its [`ErrorClass`]; implemented beside each error
+/// enum, a wrapper asking its cause.
+pub trait Classify {
+    /// Transient, needs the operator, or fatal.
+    fn class(&self) -> ErrorClass;
+}
 
 /// Why a walhook command failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,49 +138,29 @@ from_command_error!(
 );
 
 impl Error {
-    /// The process exit code: `EXIT_CONFIG` when the configuration, the
-    /// command line or the database's objects must change first, else
-    /// [`EXIT_RUNTIME`].
+    /// The process exit code: [`EXIT_NEEDS_RESTART`] for `check --diff`,
+    /// else what the error's [`ErrorClass`] says.
     pub fn exit_code(&self) -> u8 {
-        let must_change_first = match self {
-            Error::NeedsRestart { .. } => return EXIT_NEEDS_RESTART,
-            Error::Logging { .. } | Error::Config { .. } => true,
-            Error::Ops(err) => matches!(
-                **err,
-                OpsError::CheckFailed {
-                    slot_lost: true,
-                    ..
-                }
-            ),
-            Error::Runtime(_) | Error::Signals(_) | Error::Stdout(_) => false,
-            Error::Run(err) => {
-                matches!(**err, AppError::NoEndpoint { .. } | AppError::Worker(_))
-                    || matches!(&**err, AppError::Prepare(prepare) if prepare.needs_change())
-                    || matches!(&**err, AppError::State(state) if state.needs_setup())
-                    || matches!(&**err, AppError::Catalog(schema) if schema.needs_change())
-                    || matches!(
-                        &**err,
-                        AppError::Source(crate::source::SourceError::SlotLost(_))
-                            | AppError::Resync(_)
-                    )
-            }
-            Error::RunStrategy(err) => {
-                matches!(
-                    **err,
-                    CliError::NoStrategy { .. } | CliError::Filter(_) | CliError::From(_)
-                ) || matches!(&**err, CliError::Prepare(prepare) if prepare.needs_change())
-                    || matches!(&**err, CliError::State(state) if state.needs_setup())
-            }
-            Error::Demo(err) => matches!(**err, DemoError::NoPostgres),
-            Error::Receive(err) => matches!(
-                **err,
-                ReceiveError::Secret { .. } | ReceiveError::Flag { .. } | ReceiveError::Signing(_)
-            ),
-        };
-        if must_change_first {
-            EXIT_CONFIG
-        } else {
-            EXIT_RUNTIME
+        match self {
+            Error::NeedsRestart { .. } => EXIT_NEEDS_RESTART,
+            err => err.class().exit_code(),
+        }
+    }
+}
+
+impl Classify for Error {
+    fn class(&self) -> ErrorClass {
+        match self {
+            Error::Logging { .. } | Error::Config { .. } => ErrorClass::NeedsOperator,
+            Error::Runtime(_) | Error::Signals(_) => ErrorClass::Fatal,
+            // Not a failure of walhook's: the change needs a restart.
+            Error::NeedsRestart { .. } => ErrorClass::NeedsOperator,
+            Error::Run(err) => err.class(),
+            Error::Stdout(err) => err.class(),
+            Error::Ops(err) => err.class(),
+            Error::RunStrategy(err) => err.class(),
+            Error::Demo(err) => err.class(),
+            Error::Receive(err) => err.class(),
         }
     }
 }
@@ -236,6 +259,64 @@ mod tests {
         for err in &exit_1 {
             assert_eq!(err.exit_code(), EXIT_RUNTIME, "{err:?}");
         }
+    }
+
+    /// A wrapper answers with its cause's class, so a lost slot or a bad
+    /// URL exits 2 whichever command met it (`run --stdout` exited 1 for a
+    /// lost slot while `run` exited 2, before the classes).
+    #[test]
+    fn a_wrapper_takes_its_causes_class() {
+        use crate::pg::{ConnectError, SlotLoss, UrlError};
+        use crate::source::SourceError;
+        use crate::state::StateError;
+        let not_ready = || StateError::NotReady {
+            problems: Vec::new(),
+        };
+        let bad_url = || ConnectError::Url(UrlError::Invalid("sslmode".into()));
+        let lost = || {
+            SourceError::SlotLost(Box::new(SlotLoss {
+                slot: "s".into(),
+                kind: crate::pg::slot::LossKind::Missing,
+                after: crate::lsn::Lsn(1),
+                through: crate::lsn::Lsn(2),
+            }))
+        };
+        let needs_operator = [
+            Error::from(AppError::State(not_ready())),
+            Error::from(AppError::Connect(bad_url())),
+            Error::from(AppError::Source(lost())),
+            Error::from(StdoutError::Source(lost())),
+            Error::from(CliError::State(not_ready())),
+            Error::from(CliError::Connect(bad_url())),
+            Error::from(OpsError::Connect(bad_url())),
+            Error::from(AppError::Prepare(PrepareError::Catalog(
+                crate::strategy::SchemaError::WouldBreakWrites {
+                    publication: "p".into(),
+                    problem: "no replica identity".into(),
+                    fix: "ALTER TABLE".into(),
+                },
+            ))),
+        ];
+        for err in &needs_operator {
+            assert_eq!(err.class(), ErrorClass::NeedsOperator, "{err:?}");
+            assert_eq!(err.exit_code(), EXIT_CONFIG, "{err:?}");
+            // main prints `{err}`: each cause in it once.
+            let printed = err.to_string();
+            let mut cause = std::error::Error::source(err);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                assert_eq!(printed.matches(&text).count(), 1, "{text:?} in {printed:?}");
+                cause = c.source();
+            }
+        }
+        assert_eq!(
+            Error::from(StdoutError::Write(io("broken pipe"))).class(),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            Error::NeedsRestart { count: 1 }.exit_code(),
+            EXIT_NEEDS_RESTART
+        );
     }
 
     #[test]

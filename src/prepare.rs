@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::delivery::{build_endpoints, Endpoint, EndpointError};
+use crate::error::{Classify, ErrorClass};
 use crate::strategy::{self, CompiledStrategy, SchemaError, SchemaProblem, StrategyError};
 
 /// A configuration's strategies and endpoints, checked against the live
@@ -29,8 +30,8 @@ pub(crate) struct Prepared {
 }
 
 /// Why a configuration cannot be prepared. Every variant but
-/// [`PrepareError::Task`] (and a catalog query that failed for a passing
-/// reason) means the configuration or the database must change first.
+/// [`PrepareError::Task`] (and a catalog query that failed) means the
+/// configuration or the database must change first ([`Classify`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     /// An expression does not compile.
@@ -50,14 +51,14 @@ pub enum PrepareError {
     Task(#[from] JoinError),
 }
 
-impl PrepareError {
-    /// Whether the configuration or the database must change before
-    /// trying again (exit 2), rather than a passing failure.
-    pub(crate) fn needs_change(&self) -> bool {
+impl Classify for PrepareError {
+    fn class(&self) -> ErrorClass {
         match self {
-            PrepareError::Strategy(_) | PrepareError::Schema(_) | PrepareError::Endpoint(_) => true,
-            PrepareError::Catalog(err) => err.needs_change(),
-            PrepareError::Task(_) => false,
+            PrepareError::Strategy(_) | PrepareError::Schema(_) | PrepareError::Endpoint(_) => {
+                ErrorClass::NeedsOperator
+            }
+            PrepareError::Catalog(err) => err.class(),
+            PrepareError::Task(_) => ErrorClass::Fatal,
         }
     }
 }

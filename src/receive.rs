@@ -18,6 +18,7 @@
 //! totals) is shared with `walhook demo`, which plugs in its own printer:
 //! what happens to a request that passed is a `Sink`'s business.
 
+use crate::error::{Classify, ErrorClass};
 use std::io::Write;
 
 use base64::Engine as _;
@@ -301,6 +302,17 @@ pub enum ReceiveError {
     /// Serving failed.
     #[error("receiver failed: {0}")]
     Serve(std::io::Error),
+}
+
+impl Classify for ReceiveError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            ReceiveError::Flag { .. } | ReceiveError::Signing(_) | ReceiveError::Secret { .. } => {
+                ErrorClass::NeedsOperator
+            }
+            ReceiveError::Bind { .. } | ReceiveError::Serve(_) => ErrorClass::Fatal,
+        }
+    }
 }
 
 /// Counters of what arrived.

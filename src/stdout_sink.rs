@@ -1,6 +1,7 @@
 //! `walhook run --stdout`: the debug sink. Committed records go to stdout
 //! as JSON lines, acknowledged only after they were written and flushed.
 
+use crate::error::{Classify, ErrorClass};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,15 @@ pub enum StdoutError {
     Write(#[source] std::io::Error),
     #[error("the source task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl Classify for StdoutError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            StdoutError::Source(err) => err.class(),
+            StdoutError::Write(_) | StdoutError::Task(_) => ErrorClass::Fatal,
+        }
+    }
 }
 
 /// Runs source → stdout until `shutdown` is cancelled or a fatal error.

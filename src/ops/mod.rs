@@ -13,6 +13,7 @@ pub use check::CheckOptions;
 pub use setup::script as setup_script;
 pub use teardown::{script as teardown_script, TeardownOptions};
 
+use crate::error::{Classify, ErrorClass};
 use std::collections::BTreeSet;
 
 use tokio_postgres::Client;
@@ -56,6 +57,23 @@ pub enum OpsError {
     /// `slot_lost`: one is a lost slot, which restarting will not repair.
     #[error("check found {errors} error{}", if *errors == 1 { "" } else { "s" })]
     CheckFailed { errors: usize, slot_lost: bool },
+}
+
+impl Classify for OpsError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            OpsError::Connect(err) => err.class(),
+            // Restarting will not help until an administrator runs the SQL.
+            OpsError::NeedsAdmin { .. } => ErrorClass::NeedsOperator,
+            OpsError::CheckFailed {
+                slot_lost: true, ..
+            } => ErrorClass::NeedsOperator,
+            OpsError::Sql { .. }
+            | OpsError::Slot(_)
+            | OpsError::Refused(_)
+            | OpsError::CheckFailed { .. } => ErrorClass::Fatal,
+        }
+    }
 }
 
 impl OpsError {

@@ -8,6 +8,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::conninfo::{self, SslMode, Target, UrlError};
 use super::tls::{self, TlsError};
+use crate::error::{Classify, ErrorClass};
 
 /// Why a SQL connection could not be opened. Never holds the password.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,25 @@ pub enum ConnectError {
     },
 }
 
+impl Classify for ConnectError {
+    /// Transient while the server is not reachable yet (refused, timed out,
+    /// unknown host while DNS catches up) or is starting up or shutting
+    /// down (SQLSTATE classes 08, 53 and 57). A bad URL needs the operator;
+    /// a refused login, a missing database or unusable TLS settings stop
+    /// the process (exit 1: the secret or the server may be fixed without a
+    /// change to the file).
+    fn class(&self) -> ErrorClass {
+        match self {
+            ConnectError::Url(_) => ErrorClass::NeedsOperator,
+            ConnectError::Tls { .. } => ErrorClass::Fatal,
+            ConnectError::Connect { .. } if self.reachable_later() => ErrorClass::Transient,
+            ConnectError::Connect { .. } => ErrorClass::Fatal,
+        }
+    }
+}
+
 impl ConnectError {
-    /// Whether waiting can fix it: the server is not reachable yet (refused,
-    /// timed out, unknown host while DNS catches up) or is starting up or
-    /// shutting down (SQLSTATE classes 08, 53 and 57). A refused login, a
-    /// missing database, TLS settings or the URL itself need a human.
-    pub(crate) fn is_transient(&self) -> bool {
+    fn reachable_later(&self) -> bool {
         let ConnectError::Connect { source, .. } = self else {
             return false;
         };

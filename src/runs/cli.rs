@@ -14,6 +14,7 @@
 //! file or journal gets no control sequences. The one-line summary of the
 //! outcome goes to stdout, for scripts.
 
+use crate::error::{Classify, ErrorClass};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,6 +104,25 @@ pub enum CliError {
         pid: i32,
         base: String,
     },
+}
+
+impl Classify for CliError {
+    fn class(&self) -> ErrorClass {
+        match self {
+            CliError::NoStrategy { .. } | CliError::Filter(_) | CliError::From(_) => {
+                ErrorClass::NeedsOperator
+            }
+            CliError::Connect(err) => err.class(),
+            CliError::Prepare(err) => err.class(),
+            CliError::State(err) => err.class(),
+            // The run's own outcome, and another walhook's (README: exit 1).
+            CliError::Run(_)
+            | CliError::Failed { .. }
+            | CliError::Ended { .. }
+            | CliError::Api { .. }
+            | CliError::Elsewhere { .. } => ErrorClass::Fatal,
+        }
+    }
 }
 
 /// The admin API of the walhook that streams the slot, as `-c` describes it.

@@ -1,6 +1,7 @@
 //! Errors of the replication source, each transient (reconnect), standby
 //! (another walsender holds the slot: wait) or fatal (stop, tell the operator).
 
+use crate::error::{Classify, ErrorClass};
 use std::fmt;
 
 use crate::decode::pgoutput::DecodeError;
@@ -205,6 +206,19 @@ impl SourceError {
             | ResumeGap { .. }
             | Decode { .. }
             | DownstreamClosed => Disposition::Fatal,
+        }
+    }
+}
+
+impl Classify for SourceError {
+    /// From [`SourceError::disposition`]: what the source retries is
+    /// transient; a lost slot needs the operator (restarting will not bring
+    /// the changes back); the rest stops the process.
+    fn class(&self) -> ErrorClass {
+        match (self, self.disposition()) {
+            (SourceError::SlotLost(_), _) => ErrorClass::NeedsOperator,
+            (_, Disposition::Transient | Disposition::Standby) => ErrorClass::Transient,
+            (_, Disposition::Fatal) => ErrorClass::Fatal,
         }
     }
 }

@@ -25,6 +25,7 @@ mod runs;
 mod schema;
 mod slots;
 
+use crate::error::{Classify, ErrorClass};
 use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -80,6 +81,18 @@ pub enum StateError {
     NotReady { problems: Vec<StateProblem> },
 }
 
+impl Classify for StateError {
+    /// Needs the operator when an administrator must change the database
+    /// first (missing objects or privileges): restarting will not help.
+    fn class(&self) -> ErrorClass {
+        match self {
+            StateError::Connect(err) => err.class(),
+            StateError::NotReady { .. } => ErrorClass::NeedsOperator,
+            StateError::Query { .. } | StateError::Malformed { .. } => ErrorClass::Fatal,
+        }
+    }
+}
+
 impl StateError {
     /// True when the database lacks the state schema (run `walhook setup`).
     pub(crate) fn is_missing_schema(&self) -> bool {
@@ -91,12 +104,6 @@ impl StateError {
                 false
             }
         }
-    }
-
-    /// True when an administrator must change the database first (missing
-    /// objects or privileges): restarting will not help.
-    pub(crate) fn needs_setup(&self) -> bool {
-        matches!(self, StateError::NotReady { .. })
     }
 
     /// Wraps a failed statement: `map_err(StateError::query("…"))`.

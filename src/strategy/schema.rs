@@ -10,6 +10,7 @@
 //! it does not exist, and never alters an existing one: a table missing from
 //! it is a problem whose fix is the `ALTER PUBLICATION` to run.
 
+use crate::error::{Classify, ErrorClass};
 use std::collections::BTreeSet;
 use std::fmt;
 
@@ -64,15 +65,19 @@ pub enum SchemaError {
     },
 }
 
-impl SchemaError {
-    /// True when the database must change first (restarting will not help).
-    pub(crate) fn needs_change(&self) -> bool {
+impl Classify for SchemaError {
+    /// Needs the operator when the database must change first (restarting
+    /// will not help); a failed catalog query stops the process.
+    fn class(&self) -> ErrorClass {
         match self {
-            SchemaError::WouldBreakWrites { .. } => true,
-            SchemaError::Create { source, .. } => {
-                source.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+            SchemaError::WouldBreakWrites { .. } => ErrorClass::NeedsOperator,
+            SchemaError::Create { source, .. }
+                if source.code()
+                    == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+            {
+                ErrorClass::NeedsOperator
             }
-            SchemaError::Query(_) => false,
+            SchemaError::Create { .. } | SchemaError::Query(_) => ErrorClass::Fatal,
         }
     }
 }
