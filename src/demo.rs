@@ -10,7 +10,7 @@
 //! and the next steps. Ctrl-C (or the end of the script) stops everything
 //! and removes the cluster.
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::net::SocketAddr;

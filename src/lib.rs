@@ -61,10 +61,15 @@
 //!   batches, batch boundaries, runs, pauses, holds), `config/` (the file as data: parsing, `${VAR}`
 //!   interpolation, validation; it imports no other module), `telemetry/`
 //!   (metric names, the recorder), `lsn.rs`, `timestamp.rs` (Postgres
-//!   times, the one RFC 3339 formatter).
+//!   times, the one RFC 3339 formatter), `replica_identity.rs`,
+//!   `error_class.rs` (transient / needs the operator / fatal, answered
+//!   beside each error enum), `prepare.rs` (a configuration compiled and
+//!   checked against the live schema: startup, reload, `run-strategy`).
 //! - Beside the pipeline: `health.rs` (the one decision of each status
 //!   word and of readiness, read by the API, the console and the metrics),
-//!   `admin/` (the HTTP API: metrics, health, status,
+//!   `control.rs` (the operator's commands as the domain sees them: the
+//!   `Control` trait, run requests and replies, `ControlError`),
+//!   `admin/` (the HTTP API over them: metrics, health, status,
 //!   commands, dead letters), `runs/` (on-demand and scheduled runs over a
 //!   table snapshot, `walhook run-strategy`), `ops/` (`check`, `setup`,
 //!   `teardown`), `reload/` (configuration reload: the plan of a change,
@@ -77,7 +82,10 @@
 //! - `cluster.rs`: throwaway PostgreSQL clusters, for the demo and the tests
 //!   only.
 //!
-//! No module imports a module that imports it back. Public items are only
+//! No module imports a module that imports it back; `decode/` and
+//! `config/` import only the leaves, `pg/` only those and `config/`, and
+//! `runs/` and `delivery/` never `admin/`, `app/` or `cluster` (checked on
+//! the source by `layers_tests.rs`). Public items are only
 //! what `main.rs`, the integration tests, the benchmarks and the examples
 //! use; everything else is `pub(crate)` or private (the `unreachable_pub`
 //! lint in Cargo.toml reports a `pub` nothing outside can reach).
@@ -90,10 +98,12 @@ pub(crate) mod budget;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod decode;
 pub mod delivery;
 pub mod demo;
 pub mod error;
+pub mod error_class;
 pub(crate) mod health;
 pub mod lsn;
 pub mod ops;
@@ -101,6 +111,7 @@ pub mod pg;
 pub mod prepare;
 pub mod receive;
 pub mod reload;
+pub(crate) mod replica_identity;
 pub mod runs;
 pub mod source;
 pub mod state;
@@ -109,3 +120,6 @@ pub mod strategy;
 pub mod telemetry;
 pub(crate) mod timestamp;
 pub(crate) mod words;
+
+#[cfg(test)]
+mod layers_tests;

@@ -16,7 +16,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::delivery::{build_endpoints, Endpoint, EndpointError};
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use crate::strategy::{self, CompiledStrategy, SchemaError, SchemaProblem, StrategyError};
 
 /// A configuration's strategies and endpoints, checked against the live

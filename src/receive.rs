@@ -18,7 +18,7 @@
 //! totals) is shared with `walhook demo`, which plugs in its own printer:
 //! what happens to a request that passed is a `Sink`'s business.
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::io::Write;
 
 use base64::Engine as _;

@@ -1,7 +1,7 @@
 //! `walhook run --stdout`: the debug sink. Committed records go to stdout
 //! as JSON lines, acknowledged only after they were written and flushed.
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

@@ -29,7 +29,7 @@ mod slot_record;
 
 pub use resync::ResyncError;
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::lsn::Lsn;
+pub use crate::replica_identity::ReplicaIdentity;
 
 /// What happened to a row.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -28,19 +29,6 @@ impl Op {
             Op::Read => "read",
         }
     }
-}
-
-/// A table's REPLICA IDENTITY setting, as the Relation message reports it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum ReplicaIdentity {
-    /// `d`: primary key columns in the old image.
-    Default,
-    /// `n`: no old image.
-    Nothing,
-    /// `f`: the whole old row.
-    Full,
-    /// `i`: the columns of a chosen unique index.
-    Index,
 }
 
 /// How a column's text value becomes JSON (and a filter value).

@@ -13,7 +13,7 @@ pub use check::CheckOptions;
 pub use setup::script as setup_script;
 pub use teardown::{script as teardown_script, TeardownOptions};
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::collections::BTreeSet;
 
 use tokio_postgres::Client;

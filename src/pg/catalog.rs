@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use super::quote::{quote_ident, quote_table};
 use crate::config::TableName;
-use crate::decode::ReplicaIdentity;
+use crate::replica_identity::ReplicaIdentity;
 
 /// A table's columns and what its old rows carry.
 #[derive(Debug, Clone, PartialEq, Eq)]

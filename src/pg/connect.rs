@@ -8,7 +8,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::conninfo::{self, SslMode, Target, UrlError};
 use super::tls::{self, TlsError};
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 
 /// Why a SQL connection could not be opened. Never holds the password.
 #[derive(Debug, thiserror::Error)]

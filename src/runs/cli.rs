@@ -14,7 +14,7 @@
 //! file or journal gets no control sequences. The one-line summary of the
 //! outcome goes to stdout, for scripts.
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -26,9 +26,9 @@ use super::plan::{
 };
 use super::progress::Progress;
 use super::reader::{KeyText, SnapshotError};
-use crate::admin::{ControlError, RunMode, RunReply};
 use crate::batch::{BatchMeta, Decorate, Decoration, ReplyLog};
 use crate::config::{Config, ExprRole, FilterOp, RecordShape, TableName};
+use crate::control::{ControlError, RunMode, RunReply};
 use crate::delivery::Endpoint;
 use crate::pg;
 use crate::state::StateStore;

@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::progress::Progress;
 use super::reader::{KeyText, SnapshotError};
-use crate::admin::ControlError;
 use crate::batch::{Reply, ReplyLog};
 use crate::config::Config;
+use crate::control::ControlError;
 use crate::delivery::{DeliveryError, Endpoint};
 use crate::state::StateError;
 use crate::strategy::expr::Expr;

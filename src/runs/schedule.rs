@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::manager::{Ask, RunManager};
 use super::plan::Trigger;
-use crate::admin::{RunMode, RunReply};
 use crate::config::Config;
+use crate::control::{RunMode, RunReply};
 use crate::source::{SourceState, SourceStatus};
 use crate::telemetry::names;
 

@@ -1,7 +1,7 @@
 //! Errors of the replication source, each transient (reconnect), standby
 //! (another walsender holds the slot: wait) or fatal (stop, tell the operator).
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::fmt;
 
 use crate::decode::pgoutput::DecodeError;

@@ -25,7 +25,7 @@ mod runs;
 mod schema;
 mod slots;
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;

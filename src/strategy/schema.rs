@@ -10,7 +10,7 @@
 //! it does not exist, and never alters an existing one: a table missing from
 //! it is a problem whose fix is the `ALTER PUBLICATION` to run.
 
-use crate::error::{Classify, ErrorClass};
+use crate::error_class::{Classify, ErrorClass};
 use std::collections::BTreeSet;
 use std::fmt;
 
