@@ -290,34 +290,30 @@ pub async fn run_with(
         Some(loss) => Some(AppError::Source(SourceError::SlotLost(Box::new(loss)))),
         None => None,
     };
-    if let Some(failure) = pending {
-        reloader.stop().await;
-        services.stop().await;
-        recorder_stop.cancel();
-        let _ = recorder.await;
-        watcher_stop.cancel();
-        watcher.join().await;
-        return Err(failure);
-    }
-    let mut stages = Stages::start(
-        source,
-        capacity,
-        Router::new(routes, checkpoint)
-            .with_budget(budget)
-            .with_reroutes(reroutes)
-            .with_backfills(backfills),
-        workers.tasks,
-        workers.stop,
-    );
-    let mut repairs = Repairs {
-        losses,
-        runs: services.runs.clone(),
-        state: pipeline.state.clone(),
+    let failure = match pending {
+        Some(failure) => Some(failure),
+        None => {
+            let mut stages = Stages::start(
+                source,
+                capacity,
+                Router::new(routes, checkpoint)
+                    .with_budget(budget)
+                    .with_reroutes(reroutes)
+                    .with_backfills(backfills),
+                workers.tasks,
+                workers.stop,
+            );
+            let mut repairs = Repairs {
+                losses,
+                runs: services.runs.clone(),
+                state: pipeline.state.clone(),
+            };
+            let first = stages
+                .until_one_stops(&shutdown, &mut reloader, &mut repairs)
+                .await;
+            stages.stop(first).await
+        }
     };
-    let first = stages
-        .until_one_stops(&shutdown, &mut reloader, &mut repairs)
-        .await;
-    let failure = stages.stop(first).await;
     if let Some(task) = sighup {
         task.abort();
     }

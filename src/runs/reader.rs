@@ -216,10 +216,12 @@ impl std::fmt::Debug for TableReader {
     }
 }
 
-/// The session settings pgoutput's text output is made with.
+/// The session settings pgoutput's text output is made with, and the one
+/// the start key's quoted literals need (a DBA may have turned it off).
 const SETTINGS: &str = "SET LOCAL datestyle = 'ISO'; SET LOCAL intervalstyle = 'postgres'; \
      SET LOCAL extra_float_digits = 3; SET LOCAL timezone = 'UTC'; \
-     SET LOCAL bytea_output = 'hex';";
+     SET LOCAL bytea_output = 'hex'; \
+     SET LOCAL standard_conforming_strings = on;";
 
 impl TableReader {
     /// Reads the table's columns on `client` (which it takes over) as `run_as`.
@@ -556,19 +558,23 @@ impl TableReader {
         let mut stream = std::pin::pin!(stream);
         let width = self.relation.columns.len();
         let mut rows = Vec::with_capacity(limit.min(100_000));
+        // PostgreSQL sends a row per message: its cells are slices of it,
+        // uncopied. Only a row split across messages is put together.
         let mut carry = BytesMut::new();
         while let Some(data) = stream.next().await {
-            let data = data.map_err(self.query_err())?;
-            carry.extend_from_slice(&data);
-            while let Some(end) = carry.iter().position(|&b| b == b'\n') {
-                let line = carry.split_to(end + 1).freeze();
-                let row = self.row(line.slice(..end), width, read_time)?;
-                rows.push(row);
+            let mut data = data.map_err(self.query_err())?;
+            if !carry.is_empty() {
+                carry.extend_from_slice(&data);
+                data = carry.split().freeze();
             }
+            while let Some(end) = data.iter().position(|&b| b == b'\n') {
+                let line = data.split_to(end + 1);
+                rows.push(self.row(line.slice(..end), width, read_time)?);
+            }
+            carry.extend_from_slice(&data);
         }
         if !carry.is_empty() {
-            let line = carry.freeze();
-            rows.push(self.row(line, width, read_time)?);
+            rows.push(self.row(carry.freeze(), width, read_time)?);
         }
         let last_key = rows.last().map(|row: &ChunkRow| {
             self.key

@@ -234,3 +234,53 @@ async fn values_read_the_way_replication_sends_them() {
     assert!(rows[0]["note"].is_null(), "NULL stays null");
     assert_eq!(rows[1]["note"], "", "empty text is not NULL");
 }
+
+/// Keys with quotes and backslashes page exactly, also where a DBA turned
+/// `standard_conforming_strings` off (a chunk's start key is written as a
+/// quoted literal: under the old setting a backslash would be an escape).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_quotes_and_backslashes_page_exactly_under_any_string_setting() {
+    let fresh = fresh_db("runs_reader_keys").await;
+    let keys = [
+        "a", "a'b", "a\\", "a\\b", "a\\\\b", "a\\nb", "a\\x41", "b''", "\\", "z",
+    ];
+    let values = keys
+        .iter()
+        .map(|k| format!("(E'{}')", k.replace('\\', "\\\\").replace('\'', "\\'")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    fresh
+        .psql(&format!(
+            "CREATE TABLE t (k text PRIMARY KEY); INSERT INTO t VALUES {values}; \
+             DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET standard_conforming_strings = off', \
+             current_database()); END $$;"
+        ))
+        .await;
+    let client = pg::connect(&fresh.url(), "test-keys").await.unwrap();
+    let mut reader = TableReader::open(client, &table("t"), None).await.unwrap();
+    let mut seen = Vec::new();
+    let mut start = Start::First;
+    for _ in 0..=keys.len() {
+        let chunk = reader.read_chunk(&start, 1).await.unwrap();
+        reader.finish_chunk(None).await.unwrap();
+        let Some(last) = chunk.last_key.clone() else {
+            break;
+        };
+        seen.extend(
+            chunk
+                .rows
+                .iter()
+                .map(|r| json(&r.event)["new"]["k"].as_str().unwrap().to_string()),
+        );
+        start = Start::After(last);
+    }
+    let mut expected: Vec<String> = fresh
+        .psql("SELECT string_agg(k, E'\\n' ORDER BY k) FROM t")
+        .await
+        .lines()
+        .map(str::to_string)
+        .collect();
+    expected.retain(|k| !k.is_empty());
+    assert_eq!(seen.len(), keys.len(), "{seen:?}");
+    assert_eq!(seen, expected, "every key once, in key order");
+}
