@@ -13,7 +13,7 @@ use walhook::lsn::Lsn;
 
 use crate::support::cluster::{add_hba_lines, exclusive_cluster};
 use crate::support::receiver::new_ids;
-use crate::support::walhook::{admin_get, base_config_with_admin};
+use crate::support::walhook::{admin_get, admin_runs_printed_setup, base_config_with_admin};
 use crate::support::{free_port, fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
 
 /// README's role (step 2): LOGIN, REPLICATION, SELECT on the table.
@@ -59,14 +59,7 @@ async fn attached(
     least_privileged_role(db, &role, hba).await;
     let url = db.url_as(&role, &format!("pw-{role}"));
     let config = config(&url, slot, port, receiver, extra);
-    let out = Walhook::command(&["setup", "--print-sql", "-c", "config.toml"])
-        .config(&config)
-        .output()
-        .await;
-    assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    db.try_psql(&out.stdout)
-        .await
-        .unwrap_or_else(|e| panic!("the admin runs the printed SQL: {e}\n{}", out.stdout));
+    admin_runs_printed_setup(db, &config).await;
     config
 }
 

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{call, wait_finished, TOKEN};
 use crate::support::cluster::add_hba_lines;
+use crate::support::walhook::admin_runs_printed_setup;
 use crate::support::{free_port, fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
 
 /// Rows in the table when the run starts.
@@ -85,14 +86,7 @@ on_demand = {{ async = true, sync = true, sync_limit = 100000 }}
 "#,
             hook.url("/hook")
         );
-        let out = Walhook::command(&["setup", "--print-sql", "-c", "config.toml"])
-            .config(&config)
-            .output()
-            .await;
-        assert_eq!(out.code(), Some(0), "{}", out.stderr);
-        db.try_psql(&out.stdout)
-            .await
-            .unwrap_or_else(|e| panic!("the administrator runs the printed SQL: {e}"));
+        admin_runs_printed_setup(&db, &config).await;
         Scene {
             db,
             hook,

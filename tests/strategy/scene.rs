@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::cluster::add_hba_lines;
-use crate::support::walhook::{admin_call, admin_get, metric_sum};
+use crate::support::walhook::{admin_call, admin_get, admin_runs_printed_setup, metric_sum};
 use crate::support::{free_port, fresh_db, wait_until, Db, Receiver, Walhook, WAIT};
 
 pub(crate) const TOKEN: &str = "schema-admin-token-2929";
@@ -65,16 +65,7 @@ impl Scene {
             receiver,
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
         };
-        let out = Walhook::command(&["setup", "--print-sql", "-c", "config.toml"])
-            .config(&scene.config(strategies))
-            .output()
-            .await;
-        assert_eq!(out.code(), Some(0), "{}", out.stderr);
-        scene
-            .db
-            .try_psql(&out.stdout)
-            .await
-            .unwrap_or_else(|e| panic!("the admin runs the printed SQL: {e}\n{}", out.stdout));
+        admin_runs_printed_setup(&scene.db, &scene.config(strategies)).await;
         scene
     }
 

@@ -438,6 +438,19 @@ impl Walhook {
     }
 }
 
+/// README's step for the administrator: runs what `walhook setup
+/// --print-sql` prints for `config` in `db` (as the superuser).
+pub(crate) async fn admin_runs_printed_setup(db: &Db, config: &str) {
+    let out = Walhook::command(&["setup", "--print-sql", "-c", "config.toml"])
+        .config(config)
+        .output()
+        .await;
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    db.try_psql(&out.stdout)
+        .await
+        .unwrap_or_else(|e| panic!("the admin runs the printed SQL: {e}\n{}", out.stdout));
+}
+
 /// `[source]` for a database URL, slot and publication, and `[admin]` on a
 /// free port.
 pub(crate) fn base_config(url: &str, slot: &str, publication: &str) -> String {
